@@ -1,0 +1,320 @@
+"""`bioindex`: a thin command-line shell over bioindex.Collection.
+
+Heavy libraries (torch, open_clip, faiss) are imported inside commands so that
+`bioindex --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any
+
+import click
+
+from bioindex.errors import BioindexError
+
+FORMATS = ("table", "json", "csv")
+
+
+def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn BioindexError into a one-line message and exit status 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BioindexError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; committed work is kept, rerun to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+store_option = click.option(
+    "--store", "-s", required=True, metavar="DIR", help="The store directory."
+)
+device_option = click.option(
+    "--device", default="auto", show_default=True,
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where the model runs.",
+)  # fmt: skip
+k_option = click.option(
+    "--k", "-k", "k", default=10, show_default=True, type=int, help="How many results."
+)
+format_option = click.option(
+    "--format",
+    "fmt",
+    default="table",
+    show_default=True,
+    type=click.Choice(FORMATS),
+    help="Output format.",
+)
+model_option = click.option(
+    "--model", "-m", default=None, metavar="NAME",
+    help="bioclip, bioclip-2, bioclip-demo, hf-hub:ORG/REPO, local-dir:PATH or an open_clip "
+    "architecture with --checkpoint. Default: the store's model (bioclip for a new store).",
+)  # fmt: skip
+checkpoint_option = click.option(
+    "--checkpoint", default=None, metavar="FILE",
+    help="Weights file for an architecture name given as --model ('random' for speed tests).",
+)  # fmt: skip
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bioindex")
+def main() -> None:
+    """Index biological image collections with BioCLIP and search them.
+
+    \b
+    Examples:
+      bioindex demo                                  # offline demo, no downloads
+      bioindex index photos/ --store my-store        # embed a folder (BioCLIP)
+      bioindex search text "Cardinalis cardinalis" --store my-store
+      bioindex search image query.jpg --store my-store --k 5
+      bioindex info --store my-store
+    """
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@store_option
+@model_option
+@checkpoint_option
+@click.option(
+    "--preprocess",
+    type=click.Choice(["eval", "squash"]),
+    default=None,
+    help="eval: open_clip's resize+centre crop (BioCLIP paper). squash: pybioclip's "
+    "whole-image resize. Fixed when the store is created. [default: eval]",
+)
+@click.option(
+    "--metadata",
+    default=None,
+    metavar="CSV",
+    help="CSV/TSV of Darwin Core columns keyed by a 'file' column (file name or "
+    "path relative to the source folder).",
+)
+@device_option
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Images per model batch (default 256 on CUDA, 32 on CPU).",
+)
+@click.option(
+    "--workers", type=int, default=None, help="Decode worker processes (default: cores - 1)."
+)
+@click.option(
+    "--commit-every",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Images per atomic commit; a killed run loses at most this much work.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly
+def index(
+    sources: Sequence[str],
+    store: str,
+    model: str | None,
+    checkpoint: str | None,
+    preprocess: str | None,
+    metadata: str | None,
+    device: str,
+    batch_size: int | None,
+    workers: int | None,
+    commit_every: int,
+    quiet: bool,
+) -> None:
+    """Embed the images under SOURCES (folders or files) into a store.
+
+    Re-running embeds only new or changed files (path, size, mtime) and drops files that
+    vanished from the folders given. Unreadable files are recorded, not fatal
+    (see `bioindex info --failures`).
+
+    \b
+    Examples:
+      bioindex index photos/ --store my-store
+      bioindex index herbarium/ --store herb --model bioclip-2 --preprocess squash
+      bioindex index sheets/ --store s --model local-dir:~/models/bioclip --device cpu
+      bioindex index imgs/ --store s --metadata occurrences.csv
+    """
+    from bioindex.collection import Collection, scan_sources
+
+    scan = scan_sources(sources, metadata)
+    with Collection.open(
+        store, model=model, checkpoint=checkpoint, preprocess=preprocess, device=device, create=True
+    ) as collection:
+        summary = collection.index(
+            scan,
+            batch_size=batch_size,
+            workers=workers,
+            commit_every=commit_every,
+            progress=not quiet,
+        )
+    click.echo(summary.line())
+
+
+@main.group()
+def search() -> None:
+    """Find images by text, by example image, or by an indexed image's id."""
+
+
+def _search_command(
+    name: str, argument: Callable[..., Any], run: Callable[..., Any], doc: str
+) -> None:
+    def command(store: str, k: int, fmt: str, model: str | None, device: str, **kwargs: Any):
+        from bioindex.collection import Collection
+        from bioindex.search.query import check_k
+
+        check_k(k)
+        with Collection.open(store, model=model, device=device, read_only=True) as collection:
+            hits = run(collection, k=k, **kwargs)
+        click.echo(render([h.to_dict() for h in hits], fmt), nl=False)
+
+    for decorate in (
+        _friendly,
+        device_option,
+        model_option,
+        format_option,
+        k_option,
+        store_option,
+        argument,
+    ):
+        command = decorate(command)
+    search.command(name=name, help=doc)(command)
+
+
+_search_command(
+    "text", click.argument("query"), lambda c, k, query: c.search_text(query, k=k),
+    """Images that best match a text QUERY.
+
+    \b
+    Examples:
+      bioindex search text "a photo of Cardinalis cardinalis." --store my-store
+      bioindex search text "herbarium sheet with flowers" --store herb --k 20 --format json
+    """,
+)  # fmt: skip
+_search_command(
+    "image", click.argument("path"), lambda c, k, path: c.search_image(path, k=k),
+    """Images most similar to the picture at PATH.
+
+    \b
+    Example:
+      bioindex search image specimen.jpg --store my-store --k 5 --format csv
+    """,
+)  # fmt: skip
+_search_command(
+    "id", click.argument("image_id", type=int), lambda c, k, image_id: c.search_id(image_id, k=k),
+    """Nearest neighbours of the indexed image IMAGE_ID (itself left out).
+
+    \b
+    Example:
+      bioindex search id 42 --store my-store
+    """,
+)  # fmt: skip
+
+
+@main.command()
+@store_option
+@click.option("--failures", is_flag=True, help="List the files that could not be indexed.")
+@click.option(
+    "--format", "fmt", default="table", type=click.Choice(["table", "json"]), show_default=True
+)
+@_friendly
+def info(store: str, failures: bool, fmt: str) -> None:
+    """Model, counts, index and last run of a store.
+
+    \b
+    Examples:
+      bioindex info --store my-store
+      bioindex info --store my-store --failures --format json
+    """
+    from bioindex.store import Store
+
+    with Store.open(store, read_only=True) as opened:
+        data: Any = opened.failures() if failures else opened.info()
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif failures:
+        click.echo(render(data, "table"), nl=False)
+    else:
+        width = max(len(key) for key in data)
+        for key, value in data.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}={v}" for k, v in value.items())
+            click.echo(f"{key:<{width}}  {value}")
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "workdir",
+    default="bioindex-demo",
+    show_default=True,
+    help="Where the demo collection and its store are written.",
+)
+@click.option(
+    "--species",
+    "images_per_species",
+    default=6,
+    show_default=True,
+    type=int,
+    help="Images drawn per species.",
+)
+@click.option("--seed", default=7, show_default=True, type=int)
+@device_option
+@_friendly
+def demo(workdir: str, images_per_species: int, seed: int, device: str) -> None:
+    """Offline demo: draw a small synthetic collection, index it with the demo model, query it.
+
+    \b
+    Example:
+      bioindex demo --dir /tmp/demo
+    """
+    from bioindex.demo.run import run_demo
+
+    run_demo(
+        workdir, images_per_species=images_per_species, seed=seed, device=device, echo=click.echo
+    )
+
+
+def render(rows: list[dict[str, Any]], fmt: str) -> str:
+    """Rows as an aligned table, JSON, or CSV (columns: the union, in first-seen order)."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str) + "\n"
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(c for c in row if c not in columns)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+    if not rows:
+        return "(no results)\n"
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    main()

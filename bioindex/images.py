@@ -1,0 +1,52 @@
+"""Turning image bytes into upright RGB pictures, whatever mode the file was saved in."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def open_image(source: bytes | str | Path) -> Image.Image:
+    """Decode fully (so truncation is an error here, not later) and return upright RGB."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    with stream:
+        image = Image.open(stream)
+        image.load()
+    image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        # PIL's own convert clips 16/32-bit values at 255, which turns most scans white.
+        return Image.fromarray(_to_uint8(np.asarray(image), mode)).convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent cut-outs (common for specimen photos) go on white, not on the
+        # undefined colour hidden under alpha, which is often black.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    values = array.astype(np.float64)
+    if mode in _SIXTEEN_BIT_MODES:
+        scaled = values / 257.0
+    else:
+        top = float(values.max()) if values.size else 0.0
+        scaled = values if top <= 255.0 else values * (255.0 / top)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""The ingest half: sources → decode → embed → store."""

@@ -1,0 +1,375 @@
+"""Model names → open_clip models, their preprocessing, and L2-normalised embeddings.
+
+Names a user may give:
+  bioclip, bioclip-2          the published BioCLIP weights on the Hugging Face hub
+  bioclip-demo (or demo)      the small offline demo model committed under data/models/
+  hf-hub:ORG/REPO             any open_clip model on the hub
+  local-dir:PATH              a folder with open_clip_config.json + weights (the offline path)
+  ARCH + checkpoint           an open_clip architecture (e.g. ViT-B-16) and a weights file;
+                              checkpoint "random" gives seeded random weights for benchmarks
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from bioindex.errors import BioindexError, ModelMismatchError
+
+ALIASES = {
+    "bioclip": "hf-hub:imageomics/bioclip",
+    "bioclip-2": "hf-hub:imageomics/bioclip-2",
+}
+DEMO_ALIASES = ("bioclip-demo", "demo")
+DEMO_MODEL_NAME = "bioclip-demo"
+PREPROCESS_MODES = ("eval", "squash")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+RANDOM_CHECKPOINT = "random"
+
+_HF_CONFIG = "open_clip_config.json"
+_HF_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_LOCAL_WEIGHTS = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
+
+
+def demo_model_dir() -> Path:
+    """Where the committed demo weights live (repository checkout or editable install)."""
+    return Path(__file__).resolve().parent.parent / "data" / "models" / DEMO_MODEL_NAME
+
+
+def resolve_name(name: str) -> str:
+    """An open_clip model name for what the user typed; local paths become absolute."""
+    if name in ALIASES:
+        return ALIASES[name]
+    if name in DEMO_ALIASES:
+        return f"local-dir:{demo_model_dir()}"
+    if name.startswith("local-dir:"):
+        return f"local-dir:{Path(name[len('local-dir:') :]).expanduser().resolve()}"
+    return name
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What makes two sets of vectors comparable. Stored in every store's manifest."""
+
+    name: str
+    source: str
+    weights_sha256: str
+    dim: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    preprocess: str
+    normalize: str = "l2"
+
+    # Fields whose difference makes vectors incomparable; `name`/`source` may differ
+    # (a local copy of the hub weights is the same model).
+    _KEY_FIELDS = ("weights_sha256", "dim", "preprocess", "image_size", "normalize")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        fields["mean"], fields["std"] = tuple(data["mean"]), tuple(data["std"])
+        return cls(**fields)
+
+    def differences(self, other: ModelIdentity) -> list[str]:
+        return [
+            f"{key} {getattr(self, key)} vs {getattr(other, key)}"
+            for key in self._KEY_FIELDS
+            if getattr(self, key) != getattr(other, key)
+        ]
+
+    def require_same(self, other: ModelIdentity, what: str) -> None:
+        diffs = self.differences(other)
+        if diffs:
+            raise ModelMismatchError(
+                f"{what} was built with model {self.name!r} but {other.name!r} was given "
+                f"({'; '.join(diffs)}); use --model {self.name} or a new store"
+            )
+
+
+@dataclass
+class EmbeddingModel:
+    """A loaded open_clip model with the transform and tokenizer that go with it."""
+
+    identity: ModelIdentity
+    model: Any
+    transform: Callable[[Any], Any]
+    tokenizer: Any
+    device: str
+    text_batch_size: int = 256
+    _torch: Any = field(default=None, repr=False)
+
+    def encode_images(self, batch: Any) -> np.ndarray:
+        """Preprocessed image tensors [n, 3, H, W] → float32 [n, dim], unit length."""
+        torch = self._torch
+        with torch.inference_mode(), self._autocast():
+            batch = batch.to(self.device, non_blocking=True)
+            features = self.model.encode_image(batch)
+        return _normalise(features.float().cpu().numpy())
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        out = []
+        for start in range(0, len(texts), self.text_batch_size):
+            tokens = self.tokenizer(list(texts[start : start + self.text_batch_size]))
+            with torch.inference_mode(), self._autocast():
+                features = self.model.encode_text(tokens.to(self.device))
+            out.append(features.float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.identity.dim), dtype=np.float32)
+        return _normalise(np.concatenate(out))
+
+    def embed_pil(self, images: Sequence[Any]) -> np.ndarray:
+        batch = self._torch.stack([self.transform(image) for image in images])
+        return self.encode_images(batch)
+
+    def _autocast(self):
+        import contextlib
+
+        if self.device == "cuda":
+            return self._torch.autocast("cuda", dtype=self._torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def select_device(device: str = "auto") -> str:
+    import torch
+
+    if device not in DEVICES:
+        raise BioindexError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if device == "cuda" and not cuda:
+        raise BioindexError("--device cuda was asked for but torch sees no CUDA GPU")
+    if device == "mps" and not mps:
+        raise BioindexError("--device mps was asked for but torch sees no Apple GPU")
+    return device
+
+
+def squash_transform(image_size: int, mean: Sequence[float], std: Sequence[float]):
+    """pybioclip's preprocessing: the whole image squashed to a square, no crop."""
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.ToTensor(),
+            transforms.Resize((image_size, image_size), antialias=True),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+
+def load_model(
+    name: str = "bioclip",
+    *,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    preprocess: str = "eval",
+) -> EmbeddingModel:
+    """Load a model for embedding; raise BioindexError (one clear sentence) when it can't be."""
+    if preprocess not in PREPROCESS_MODES:
+        raise BioindexError(
+            f"unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESS_MODES)}"
+        )
+    source = resolve_name(name)
+    weights_path = _locate_weights(name, source, checkpoint)
+
+    import open_clip
+    import torch
+
+    torch_device = select_device(device)
+    pretrained = None
+    if checkpoint == RANDOM_CHECKPOINT:
+        torch.manual_seed(0)
+    elif checkpoint is not None:
+        pretrained = str(weights_path)
+    try:
+        model, _, eval_transform = open_clip.create_model_and_transforms(
+            source, pretrained=pretrained
+        )
+    except BioindexError:
+        raise
+    except Exception as exc:  # open_clip raises a zoo of types for bad configs/weights
+        raise BioindexError(f"could not load model {name!r}: {_first_line(exc)}") from exc
+    model = model.to(torch_device).eval()
+    if weights_path is None and source.startswith("hf-hub:"):
+        weights_path = _cached_hub_weights(source[len("hf-hub:") :])
+
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = cfg.get("size", getattr(model.visual, "image_size", 224))
+    image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    mean = tuple(float(v) for v in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(float(v) for v in cfg.get("std", open_clip.OPENAI_DATASET_STD))
+    transform = eval_transform if preprocess == "eval" else squash_transform(image_size, mean, std)
+    dim = (
+        int(model.text_projection.shape[1])
+        if _has_text_projection(model)
+        else _probe_dim(model, image_size, torch_device)
+    )
+    identity = ModelIdentity(
+        name=name,
+        source=source,
+        weights_sha256=_weights_fingerprint(weights_path, source, checkpoint),
+        dim=dim,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        preprocess=preprocess,
+    )
+    return EmbeddingModel(
+        identity=identity,
+        model=model,
+        transform=transform,
+        tokenizer=open_clip.get_tokenizer(source),
+        device=torch_device,
+        _torch=torch,
+    )
+
+
+def _has_text_projection(model: Any) -> bool:
+    projection = getattr(model, "text_projection", None)
+    return projection is not None and getattr(projection, "ndim", 0) == 2
+
+
+def _probe_dim(model: Any, image_size: int, device: str) -> int:
+    import torch
+
+    with torch.inference_mode():
+        return int(
+            model.encode_image(torch.zeros(1, 3, image_size, image_size, device=device)).shape[1]
+        )
+
+
+def _locate_weights(name: str, source: str, checkpoint: str | None) -> Path | None:
+    """Find the weights file before any loading, so failures are fast and explained."""
+    if source.startswith("local-dir:"):
+        folder = Path(source[len("local-dir:") :])
+        if not folder.is_dir():
+            hint = (
+                " (the demo weights ship in the repository's data/ folder)"
+                if (name in DEMO_ALIASES)
+                else ""
+            )
+            raise BioindexError(f"model folder {folder} does not exist{hint}")
+        if not (folder / _HF_CONFIG).is_file():
+            raise BioindexError(f"model folder {folder} has no {_HF_CONFIG}")
+        for candidate in _LOCAL_WEIGHTS:
+            if (folder / candidate).is_file():
+                return folder / candidate
+        raise BioindexError(
+            f"model folder {folder} has no weights file ({', '.join(_LOCAL_WEIGHTS)})"
+        )
+    if source.startswith("hf-hub:"):
+        _ensure_hub_available(source[len("hf-hub:") :])
+        return None
+    if checkpoint is None:
+        raise BioindexError(
+            f"model {name!r} is an architecture name without weights; add --checkpoint FILE "
+            f"(or --checkpoint random for speed tests), or use bioclip, bioclip-2, hf-hub: "
+            f"or local-dir:"
+        )
+    if checkpoint == RANDOM_CHECKPOINT:
+        return None
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise BioindexError(f"checkpoint file {path} does not exist")
+    return path.resolve()
+
+
+def _cached_hub_file(repo_id: str, filename: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename)
+    return found if isinstance(found, str) else None
+
+
+def _cached_hub_weights(repo_id: str) -> Path | None:
+    for filename in _HF_WEIGHTS:
+        found = _cached_hub_file(repo_id, filename)
+        if found:
+            return Path(found)
+    return None
+
+
+def _ensure_hub_available(repo_id: str) -> None:
+    """Use the local cache when it is complete; otherwise fail fast if the hub is unreachable.
+
+    huggingface_hub retries an unreachable host for ~30 s before giving up, so we check
+    reachability ourselves with one short connection attempt.
+    """
+    import huggingface_hub.constants as hf_constants
+
+    cached = _cached_hub_file(repo_id, _HF_CONFIG) and _cached_hub_weights(repo_id)
+    if hf_constants.HF_HUB_OFFLINE and cached:
+        return
+    if _hub_reachable(hf_constants.ENDPOINT):
+        return
+    if cached:
+        # Everything is on disk; stop huggingface_hub from retrying the network.
+        hf_constants.HF_HUB_OFFLINE = True
+        return
+    raise BioindexError(
+        f"the weights of hf-hub:{repo_id} are not in the Hugging Face cache "
+        f"({hf_constants.HF_HUB_CACHE}) and {hf_constants.ENDPOINT} cannot be reached; "
+        f"download them where there is internet (huggingface-cli download {repo_id}) and copy "
+        f"the cache here (or set HF_HOME), or pass --model local-dir:PATH for a folder holding "
+        f"open_clip_config.json and open_clip_pytorch_model.bin"
+    )
+
+
+def _hub_reachable(endpoint: str, timeout: float = 5.0) -> bool:
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _weights_fingerprint(path: Path | None, source: str, checkpoint: str | None) -> str:
+    if checkpoint == RANDOM_CHECKPOINT:
+        return f"random-init:{source}:seed0"
+    if path is None:
+        return f"unknown:{source}"
+    return file_sha256(path)
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,1 @@
+"""The query half: vectors in, ranked catalog rows out."""

@@ -1,0 +1,627 @@
+"""The collection on disk.
+
+    STORE/
+      manifest.json        format version + the model identity the vectors came from
+      catalog.duckdb       images (Darwin Core columns), failures, runs, meta
+      embeddings/          shard-<generation>.npy: float16 [rows, dim], L2-normalised
+      index.faiss          derived from the catalog + shards; rebuilt whenever stale
+      index.json           which catalog generation index.faiss reflects
+
+Commit order keeps every crash point recoverable: the shard file is written and renamed
+first, then one DuckDB transaction inserts the rows that point at it and bumps the
+generation. A shard that no row points to is an orphan from a killed run and is deleted on
+the next writable open; an index whose generation lags the catalog's is rebuilt.
+
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from bioindex.errors import BioindexError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CATALOG = "catalog.duckdb"
+SHARD_DIR = "embeddings"
+INDEX_FILE = "index.faiss"
+INDEX_STATE = "index.json"
+
+RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "specific_epithet")
+
+DWC_TEXT_COLUMNS = (
+    "occurrence_id", "catalog_number", "institution_code", "collection_code",
+    "basis_of_record", "scientific_name", "taxon_rank", *RANKS, "vernacular_name",
+    "country_code", "event_date", "recorded_by", "license", "rights_holder", "creator",
+)  # fmt: skip
+DWC_FLOAT_COLUMNS = ("decimal_latitude", "decimal_longitude")
+DWC_COLUMNS = DWC_TEXT_COLUMNS + DWC_FLOAT_COLUMNS
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS images (
+    image_id BIGINT PRIMARY KEY,
+    uri VARCHAR NOT NULL UNIQUE,
+    status VARCHAR NOT NULL,
+    size BIGINT,
+    mtime DOUBLE,
+    sha256 VARCHAR,
+    width INTEGER,
+    height INTEGER,
+    shard VARCHAR,
+    shard_row INTEGER,
+    run_id INTEGER,
+    indexed_at TIMESTAMP,
+    {", ".join(f'"{c}" VARCHAR' for c in DWC_TEXT_COLUMNS)},
+    {", ".join(f'"{c}" DOUBLE' for c in DWC_FLOAT_COLUMNS)},
+    extra JSON
+);
+CREATE TABLE IF NOT EXISTS failures (
+    uri VARCHAR NOT NULL, stage VARCHAR, error VARCHAR, run_id INTEGER, failed_at TIMESTAMP,
+    size BIGINT, mtime DOUBLE
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP,
+    sources VARCHAR, embedded BIGINT, unchanged BIGINT, failed BIGINT, deleted BIGINT,
+    seconds DOUBLE
+);
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+"""
+
+# Columns written for each embedded image, in table order.
+_MEDIA_COLUMNS = ("size", "mtime", "sha256", "width", "height")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One embedded image on its way into the catalog."""
+
+    uri: str
+    size: int | None
+    mtime: float | None
+    sha256: str | None
+    width: int | None
+    height: int | None
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failure:
+    uri: str
+    stage: str
+    error: str
+    size: int | None = None
+    mtime: float | None = None
+
+
+def dwc_column(term: str) -> str:
+    """catalogNumber, dwc:catalogNumber, catalog_number, CatalogNumber → catalog_number."""
+    term = term.strip()
+    term = term.rsplit("/", 1)[-1]  # full IRIs: http://rs.tdwg.org/dwc/terms/catalogNumber
+    term = term.split(":", 1)[-1]
+    term = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", term)
+    return re.sub(r"[^0-9a-zA-Z]+", "_", term).strip("_").lower()
+
+
+def split_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Darwin Core columns the catalog knows, and everything else (for `extra`)."""
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if value is None or (isinstance(value, str) and value == ""):
+            continue
+        column = dwc_column(key)
+        if column in DWC_COLUMNS:
+            known[column] = value
+        else:
+            extra[key] = value
+    return known, extra
+
+
+class Store:
+    """An open store. Use `Store.create` / `Store.open`; close when done."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], con: Any, read_only: bool):
+        self.path = path
+        self.manifest = manifest
+        self.con = con
+        self.read_only = read_only
+        self._index: Any = None
+
+    # ---- opening -------------------------------------------------------------------
+
+    @classmethod
+    def exists(cls, path: str | os.PathLike[str]) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], model: dict[str, Any]) -> Store:
+        root = Path(path)
+        _check_store_dir(root, creating=True)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / SHARD_DIR).mkdir(exist_ok=True)
+        con = duckdb.connect(str(root / CATALOG))
+        con.execute(_SCHEMA)
+        con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created_at": _now_iso(),
+            "model": model,
+            "index": {"kind": "flat", "metric": "inner_product"},
+        }
+        # The manifest is written last: a store without one is not a store yet.
+        _atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))
+        return cls(root, manifest, con, read_only=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], read_only: bool = False) -> Store:
+        root = Path(path)
+        _check_store_dir(root, creating=False)
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise BioindexError(f"{root / MANIFEST} is unreadable: {exc}") from exc
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise BioindexError(
+                f"store {root} has format version {manifest.get('format_version')}, "
+                f"this bioindex reads {FORMAT_VERSION}"
+            )
+        try:
+            con = duckdb.connect(str(root / CATALOG), read_only=read_only)
+        except duckdb.Error as exc:
+            raise BioindexError(
+                f"cannot open {root / CATALOG}: {str(exc).splitlines()[0]}"
+            ) from exc
+        store = cls(root, manifest, con, read_only=read_only)
+        if not read_only:
+            con.execute(_SCHEMA)
+            store._remove_orphan_shards()
+        return store
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.manifest["model"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.model["dim"])
+
+    # ---- catalog reads -------------------------------------------------------------
+
+    def generation(self) -> int:
+        return int(self.con.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+
+    def live_count(self) -> int:
+        return self.con.execute("SELECT count(*) FROM images WHERE status='live'").fetchone()[0]
+
+    def known_files(self) -> dict[str, tuple[int, int | None, float | None, str]]:
+        """uri → (image_id, size, mtime, status) for every image ever committed."""
+        rows = self.con.execute("SELECT uri, image_id, size, mtime, status FROM images").fetchall()
+        return {uri: (image_id, size, mtime, status) for uri, image_id, size, mtime, status in rows}
+
+    def known_failures(self) -> dict[str, tuple[int | None, float | None]]:
+        """uri → (size, mtime) of files that failed and have not succeeded since."""
+        rows = self.con.execute("SELECT uri, size, mtime FROM failures").fetchall()
+        return {uri: (size, mtime) for uri, size, mtime in rows}
+
+    def rows(self, image_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Catalog rows by image_id, with NULL columns left out and `extra` parsed."""
+        if not len(image_ids):
+            return {}
+        result = self.con.execute(
+            "SELECT * FROM images WHERE image_id IN (SELECT unnest(?))", [list(map(int, image_ids))]
+        )
+        names = [d[0] for d in result.description]
+        out: dict[int, dict[str, Any]] = {}
+        for values in result.fetchall():
+            row = {k: v for k, v in zip(names, values) if v is not None}
+            if isinstance(row.get("extra"), str):
+                row["extra"] = json.loads(row["extra"])
+            out[int(row["image_id"])] = row
+        return out
+
+    def failures(self) -> list[dict[str, Any]]:
+        result = self.con.execute("SELECT uri, stage, error, run_id FROM failures ORDER BY uri")
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, values)) for values in result.fetchall()]
+
+    def vectors(self, image_ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors (float32) in the order asked for; unknown or deleted ids raise."""
+        locations = dict(
+            (int(i), (s, r))
+            for i, s, r in self.con.execute(
+                "SELECT image_id, shard, shard_row FROM images "
+                "WHERE status='live' AND image_id IN (SELECT unnest(?))",
+                [list(map(int, image_ids))],
+            ).fetchall()
+        )
+        missing = [i for i in image_ids if int(i) not in locations]
+        if missing:
+            raise BioindexError(f"no live image with image_id {missing[0]} in {self.path}")
+        out = np.empty((len(image_ids), self.dim), dtype=np.float32)
+        shards: dict[str, np.ndarray] = {}
+        for position, image_id in enumerate(image_ids):
+            shard, row = locations[int(image_id)]
+            if shard not in shards:
+                shards[shard] = self._load_shard(shard)
+            out[position] = shards[shard][row]
+        return out
+
+    def iter_live_vectors(self, batch: int = 65536) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """(ids int64, vectors float32) for every live image, one shard at a time."""
+        shard_names = [
+            r[0]
+            for r in self.con.execute(
+                "SELECT DISTINCT shard FROM images WHERE status='live' ORDER BY shard"
+            ).fetchall()
+        ]
+        for shard in shard_names:
+            ids, rows = (
+                self.con.execute(
+                    "SELECT image_id, shard_row FROM images WHERE status='live' AND shard=? "
+                    "ORDER BY shard_row",
+                    [shard],
+                )
+                .fetchnumpy()
+                .values()
+            )
+            data = self._load_shard(shard)
+            for start in range(0, len(ids), batch):
+                part = rows[start : start + batch]
+                yield (
+                    np.asarray(ids[start : start + batch], dtype=np.int64),
+                    np.asarray(data[part], dtype=np.float32),
+                )
+
+    def runs(self) -> list[dict[str, Any]]:
+        result = self.con.execute("SELECT * FROM runs ORDER BY run_id")
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, values)) for values in result.fetchall()]
+
+    def info(self) -> dict[str, Any]:
+        counts = dict(
+            self.con.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall()
+        )
+        runs = self.runs()
+        index = self.index()
+        return {
+            "store": str(self.path),
+            "model": self.model.get("name"),
+            "model_source": self.model.get("source"),
+            "weights_sha256": self.model.get("weights_sha256"),
+            "dim": self.dim,
+            "preprocess": self.model.get("preprocess"),
+            "images_live": counts.get("live", 0),
+            "images_deleted": counts.get("deleted", 0),
+            "failures": self.con.execute("SELECT count(*) FROM failures").fetchone()[0],
+            "index_kind": self.manifest["index"]["kind"],
+            "index_ntotal": int(index.ntotal),
+            "store_bytes": _tree_size(self.path),
+            "last_run": runs[-1] if runs else None,
+        }
+
+    # ---- writes --------------------------------------------------------------------
+
+    def next_run_id(self) -> int:
+        return self.con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
+
+    def commit(
+        self,
+        records: Sequence[ImageRecord],
+        vectors: np.ndarray,
+        failures: Sequence[Failure] = (),
+        run_id: int | None = None,
+    ) -> list[int]:
+        """Atomically add (or replace, by uri) embedded images and record failures."""
+        self._require_writable()
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(records), self.dim):
+            raise BioindexError(
+                f"vectors of shape {vectors.shape} do not fit {len(records)} images of dim "
+                f"{self.dim} in {self.path}"
+            )
+        generation = self.generation() + 1
+        shard = None
+        if records:
+            shard = f"shard-{generation:09d}.npy"
+            _atomic_save_npy(self.path / SHARD_DIR / shard, vectors.astype(np.float16))
+
+        uris = [r.uri for r in records]
+        existing = (
+            dict(
+                self.con.execute(
+                    "SELECT uri, image_id FROM images WHERE uri IN (SELECT unnest(?))", [uris]
+                ).fetchall()
+            )
+            if records
+            else {}
+        )
+        next_id = self.con.execute("SELECT coalesce(max(image_id), 0) + 1 FROM images").fetchone()[
+            0
+        ]
+        ids: list[int] = []
+        for record in records:
+            if record.uri in existing:
+                ids.append(int(existing[record.uri]))
+            else:
+                ids.append(int(next_id))
+                next_id += 1
+
+        table = self._records_table(records, ids, shard, run_id)
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            if existing:
+                self.con.execute(
+                    "DELETE FROM images WHERE image_id IN (SELECT unnest(?))",
+                    [list(map(int, existing.values()))],
+                )
+            if records:
+                self.con.register("incoming", table)
+                self.con.execute(
+                    f"INSERT INTO images ({', '.join(_quoted(table.column_names))}) "
+                    "SELECT * FROM incoming"
+                )
+                self.con.unregister("incoming")
+            touched = uris + [f.uri for f in failures]
+            if touched:
+                self.con.execute("DELETE FROM failures WHERE uri IN (SELECT unnest(?))", [touched])
+            if failures:
+                self.con.executemany(
+                    "INSERT INTO failures VALUES (?, ?, ?, ?, now(), ?, ?)",
+                    [(f.uri, f.stage, f.error, run_id, f.size, f.mtime) for f in failures],
+                )
+            self.con.execute("UPDATE meta SET value=? WHERE key='generation'", [str(generation)])
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        if self._index is not None:
+            index_ids = np.asarray(ids, dtype=np.int64)
+            if existing:
+                self._index.remove_ids(np.asarray(list(existing.values()), dtype=np.int64))
+            if len(index_ids):
+                self._index.add_with_ids(vectors, index_ids)
+            self._index_generation = generation
+        return ids
+
+    def mark_deleted(self, image_ids: Sequence[int]) -> int:
+        """Soft-delete: rows stay (history), vectors leave the index and results at once."""
+        self._require_writable()
+        if not len(image_ids):
+            return 0
+        ids = list(map(int, image_ids))
+        generation = self.generation() + 1
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute(
+                "UPDATE images SET status='deleted' WHERE image_id IN (SELECT unnest(?))", [ids]
+            )
+            self.con.execute("UPDATE meta SET value=? WHERE key='generation'", [str(generation)])
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        if self._index is not None:
+            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+            self._index_generation = generation
+        return len(ids)
+
+    def record_run(self, run_id: int, started_at: float, sources: Sequence[str], **counts: Any):
+        self._require_writable()
+        self.con.execute(
+            "INSERT INTO runs VALUES (?, to_timestamp(?), now(), ?, ?, ?, ?, ?, ?)",
+            [
+                run_id, started_at, json.dumps(list(sources)), counts.get("embedded", 0),
+                counts.get("unchanged", 0), counts.get("failed", 0), counts.get("deleted", 0),
+                time.time() - started_at,
+            ],
+        )  # fmt: skip
+
+    # ---- the FAISS index (derived) -------------------------------------------------
+
+    def index(self) -> Any:
+        """The FAISS index, loaded from disk when current, rebuilt from shards when not."""
+        if self._index is not None:
+            return self._index
+        import faiss
+
+        generation = self.generation()
+        state = _read_json(self.path / INDEX_STATE)
+        index_path = self.path / INDEX_FILE
+        if state.get("generation") == generation and index_path.is_file():
+            index = faiss.read_index(str(index_path))
+        else:
+            index = self._build_index()
+            if not self.read_only:
+                self._write_index(index, generation)
+        self._index = index
+        self._index_generation = generation
+        return index
+
+    def save_index(self) -> None:
+        """Persist the in-memory index (call at the end of a write run)."""
+        if self._index is not None and not self.read_only:
+            self._write_index(self._index, self._index_generation)
+
+    def rebuild_index(self) -> Any:
+        self._index = None
+        self._index_generation = -1
+        index = self._build_index()
+        self._index = index
+        self._index_generation = self.generation()
+        self.save_index()
+        return index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inner-product top-k: (scores [q, k], image_ids [q, k]); missing slots have id -1."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise BioindexError(
+                f"query vectors have shape {queries.shape}; this store holds dim {self.dim}"
+            )
+        return self.index().search(queries, k)
+
+    def _build_index(self) -> Any:
+        import faiss
+
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        for ids, vectors in self.iter_live_vectors():
+            index.add_with_ids(vectors, ids)
+        return index
+
+    def _write_index(self, index: Any, generation: int) -> None:
+        import faiss
+
+        tmp = self.path / (INDEX_FILE + ".tmp")
+        faiss.write_index(index, str(tmp))
+        _fsync_file(tmp)
+        os.replace(tmp, self.path / INDEX_FILE)
+        # index.json is written after the index it describes; a crash between the two
+        # leaves an older generation on record, which only costs a rebuild.
+        _atomic_write_text(
+            self.path / INDEX_STATE,
+            json.dumps({"generation": generation, "ntotal": int(index.ntotal)}),
+        )
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise BioindexError(f"store {self.path} is open read-only")
+
+    def _load_shard(self, name: str) -> np.ndarray:
+        return np.load(self.path / SHARD_DIR / name, mmap_mode="r")
+
+    def _remove_orphan_shards(self) -> None:
+        referenced = {
+            r[0] for r in self.con.execute("SELECT DISTINCT shard FROM images").fetchall()
+        }
+        for file in (self.path / SHARD_DIR).glob("*"):
+            if file.name not in referenced:
+                file.unlink(missing_ok=True)
+
+    def _records_table(
+        self, records: Sequence[ImageRecord], ids: list[int], shard: str | None, run_id: int | None
+    ) -> pa.Table:
+        columns: dict[str, list[Any]] = {
+            "image_id": ids,
+            "uri": [r.uri for r in records],
+            "status": ["live"] * len(records),
+            **{c: [getattr(r, c) for r in records] for c in _MEDIA_COLUMNS},
+            "shard": [shard] * len(records),
+            "shard_row": list(range(len(records))),
+            "run_id": [run_id] * len(records),
+        }
+        split = [split_metadata(r.metadata) for r in records]
+        for column in DWC_TEXT_COLUMNS:
+            columns[column] = [_text(known.get(column)) for known, _ in split]
+        for column in DWC_FLOAT_COLUMNS:
+            columns[column] = [_float(known.get(column)) for known, _ in split]
+        columns["extra"] = [json.dumps(extra, default=str) if extra else None for _, extra in split]
+        types = {
+            "image_id": pa.int64(), "size": pa.int64(), "mtime": pa.float64(),
+            "width": pa.int32(), "height": pa.int32(), "shard_row": pa.int32(),
+            "run_id": pa.int32(), **{c: pa.float64() for c in DWC_FLOAT_COLUMNS},
+        }  # fmt: skip
+        return pa.table(
+            {k: pa.array(v, type=types.get(k, pa.string())) for k, v in columns.items()}
+        )
+
+
+def _check_store_dir(root: Path, creating: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise BioindexError(f"store path {root} exists and is not a directory")
+    if creating:
+        # Our own files without a manifest are what an interrupted create leaves behind.
+        ours = {CATALOG, CATALOG + ".wal", SHARD_DIR, MANIFEST + ".tmp"}
+        foreign = [p for p in root.iterdir() if p.name not in ours] if root.is_dir() else []
+        if foreign and not (root / MANIFEST).exists():
+            raise BioindexError(
+                f"store path {root} is a non-empty folder that is not a bioindex store"
+            )
+        return
+    if not (root / MANIFEST).is_file():
+        raise BioindexError(f"{root} is not a bioindex store (no {MANIFEST}); run bioindex index")
+
+
+def _quoted(names: Iterable[str]) -> list[str]:
+    return [f'"{n}"' for n in names]
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _tree_size(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def remove_store(path: str | os.PathLike[str]) -> None:
+    """Delete a store directory (only if it is one)."""
+    root = Path(path)
+    _check_store_dir(root, creating=False)
+    shutil.rmtree(root)

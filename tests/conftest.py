@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+def shared(*parts: str) -> Path:
+    path = SHARED_FIXTURES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared fixture {path} is absent")
+    return path
+
+
+def draw_images(folder: Path, count: int, seed: int = 0, start: int = 0) -> list[Path]:
+    """Distinct pictures (random shapes on random backgrounds), as JPEG and PNG."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + count):
+        w, h = int(rng.integers(96, 320)), int(rng.integers(96, 320))
+        image = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(2, 6))):
+            x0, y0 = int(rng.integers(0, w - 10)), int(rng.integers(0, h - 10))
+            x1, y1 = x0 + int(rng.integers(8, w)), y0 + int(rng.integers(8, h))
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), colour)
+        noise = rng.integers(-20, 20, (h, w, 3))
+        image = Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
+        sub = folder / f"group{i % 4}"
+        sub.mkdir(exist_ok=True)
+        path = sub / (f"img{i:04d}.jpg" if i % 3 else f"img{i:04d}.png")
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from bioindex.tiny import make_tiny_model
+
+    folder = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+    return f"local-dir:{folder}"
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from bioindex.tiny import make_tiny_model
+
+    folder = make_tiny_model(tmp_path_factory.mktemp("models") / "other", seed=1, embed_dim=48)
+    return f"local-dir:{folder}"
+
+
+def live_rows(store_path: Path) -> int:
+    import duckdb
+
+    con = duckdb.connect(str(store_path / "catalog.duckdb"), read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM images WHERE status='live'").fetchone()[0]
+    finally:
+        con.close()
+
+
+def assert_index_matches_catalog(store_path: Path) -> None:
+    """The contract: FAISS ntotal == live rows, and the ids are the same set."""
+    from bioindex.store import Store
+
+    with Store.open(store_path, read_only=True) as store:
+        index = store.index()
+        ids = {
+            r[0]
+            for r in store.con.execute("SELECT image_id FROM images WHERE status='live'").fetchall()
+        }
+        assert index.ntotal == len(ids) == live_rows(store_path)
+        import faiss
+
+        stored = set(faiss.vector_to_array(index.id_map).tolist())
+        assert stored == ids

@@ -1,0 +1,64 @@
+import io
+
+import pytest
+from PIL import Image
+
+from bioindex.images import open_image, to_rgb
+from tests.conftest import shared
+
+
+def _bytes(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "RGBA", "LA", "1", "I;16", "I", "F"])
+def test_every_mode_becomes_rgb(mode: str) -> None:
+    base = Image.new("RGB", (16, 8), (200, 100, 50))
+    if mode == "I;16":
+        image = Image.new("I;16", (16, 8), 51400)
+    else:
+        image = base.convert(mode)
+    out = to_rgb(image)
+    assert out.mode == "RGB" and out.size == (16, 8)
+    if mode == "I;16":
+        # 16-bit values are scaled down, not clipped to white.
+        assert out.getpixel((0, 0)) == (200, 200, 200)
+
+
+def test_transparent_pixels_go_on_white() -> None:
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    image.putpixel((0, 0), (255, 0, 0, 255))
+    out = to_rgb(image)
+    assert out.getpixel((0, 0)) == (255, 0, 0)
+    assert out.getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_palette_with_transparency() -> None:
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 0, 10, 200, 10] + [0] * 762)
+    image.putpixel((1, 1), 1)
+    image.info["transparency"] = 0
+    out = open_image(_bytes(image, "PNG", transparency=0))
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    assert out.getpixel((1, 1)) == (10, 200, 10)
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    out = open_image(_bytes(image, "JPEG", exif=exif))
+    assert out.size == (20, 40)
+
+
+def test_real_camera_trap_variants() -> None:
+    folder = shared("camera-trap")
+    plain = open_image(folder / "african_elephants.jpg")
+    rotated = open_image(folder / "african_elephants_with_exif_orientation.jpg")
+    assert open_image(folder / "african_elephants_cmyk.jpg").mode == "RGB"
+    assert open_image(folder / "african_elephants_bw.jpg").mode == "RGB"
+    assert rotated.size in (plain.size, plain.size[::-1])
+    with pytest.raises(OSError, match="truncated"):
+        open_image(folder / "african_elephants_truncated_file.jpg")

@@ -1,0 +1,174 @@
+"""Store contracts: ids, atomic commits, derived index, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bioindex.errors import BioindexError
+from bioindex.store import Failure, ImageRecord, Store, dwc_column, split_metadata
+from tests.conftest import assert_index_matches_catalog, draw_images, live_rows
+
+MODEL = {
+    "name": "test",
+    "source": "test",
+    "weights_sha256": "0" * 64,
+    "dim": 8,
+    "image_size": 224,
+    "mean": [0.5] * 3,
+    "std": [0.5] * 3,
+    "preprocess": "eval",
+    "normalize": "l2",
+}
+
+
+def _unit(n: int, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _records(names: list[str], **metadata) -> list[ImageRecord]:
+    return [ImageRecord(f"/x/{n}", 1, 1.0, "sha", 10, 10, dict(metadata)) for n in names]
+
+
+def test_commit_replace_delete_keep_index_in_step(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "s", MODEL)
+    store.index()
+    ids = store.commit(_records(["a", "b", "c"]), _unit(3))
+    assert ids == [1, 2, 3] and store.index().ntotal == 3
+    again = store.commit(_records(["b", "d"]), _unit(2, seed=1))
+    assert again == [2, 4] and store.index().ntotal == 4
+    np.testing.assert_allclose(store.vectors([2])[0], _unit(2, seed=1)[0], atol=1e-3)
+    store.mark_deleted([1])
+    assert store.index().ntotal == 3 and store.live_count() == 3
+    with pytest.raises(BioindexError, match="no live image with image_id 1"):
+        store.vectors([1])
+    store.save_index()
+    store.close()
+    assert_index_matches_catalog(tmp_path / "s")
+
+
+def test_stale_or_missing_index_is_rebuilt(tmp_path: Path) -> None:
+    with Store.create(tmp_path / "s", MODEL) as store:
+        store.commit(_records(["a", "b"]), _unit(2))
+    # The run died before the index was saved: no index.json at all.
+    assert not (tmp_path / "s" / "index.json").exists()
+    with Store.open(tmp_path / "s") as store:
+        assert store.index().ntotal == 2
+    state = json.loads((tmp_path / "s" / "index.json").read_text())
+    assert state["ntotal"] == 2
+    with Store.open(tmp_path / "s") as store:
+        store.commit(_records(["c"]), _unit(1, seed=3))  # index not loaded: file now stale
+    with Store.open(tmp_path / "s", read_only=True) as store:
+        scores, ids = store.search(_unit(1, seed=3), 1)
+        assert ids[0][0] == 3 and scores[0][0] > 0.999
+    assert_index_matches_catalog(tmp_path / "s")
+
+
+def test_orphan_shard_from_a_killed_commit_is_removed(tmp_path: Path) -> None:
+    with Store.create(tmp_path / "s", MODEL) as store:
+        store.commit(_records(["a"]), _unit(1))
+    orphan = tmp_path / "s" / "embeddings" / "shard-000000099.npy"
+    np.save(orphan, _unit(4).astype(np.float16))
+    (tmp_path / "s" / "embeddings" / "shard-000000100.npy.tmp").write_bytes(b"partial")
+    with Store.open(tmp_path / "s") as store:
+        assert store.index().ntotal == 1
+    assert sorted(p.name for p in (tmp_path / "s" / "embeddings").iterdir()) == [
+        "shard-000000001.npy"
+    ]
+
+
+def test_failures_are_recorded_and_cleared_on_success(tmp_path: Path) -> None:
+    with Store.create(tmp_path / "s", MODEL) as store:
+        store.commit([], np.zeros((0, 8)), [Failure("/x/bad", "decode", "broken", 5, 2.0)])
+        assert store.known_failures() == {"/x/bad": (5, 2.0)}
+        store.commit(_records(["bad"]), _unit(1))
+        assert store.known_failures() == {}
+
+
+def test_wrong_vector_shape_is_refused(tmp_path: Path) -> None:
+    with Store.create(tmp_path / "s", MODEL) as store, pytest.raises(BioindexError):
+        store.commit(_records(["a"]), np.zeros((1, 4)))
+
+
+def test_darwin_core_columns() -> None:
+    assert dwc_column("catalogNumber") == "catalog_number"
+    assert dwc_column("dwc:institutionCode") == "institution_code"
+    assert dwc_column("http://rs.tdwg.org/dwc/terms/decimalLatitude") == "decimal_latitude"
+    known, extra = split_metadata(
+        {"scientificName": "Felis catus", "order": "Carnivora", "myField": "x", "recordedBy": ""}
+    )
+    assert known == {"scientific_name": "Felis catus", "order": "Carnivora"}
+    assert extra == {"myField": "x"}
+
+
+def test_metadata_lands_in_columns(tmp_path: Path) -> None:
+    with Store.create(tmp_path / "s", MODEL) as store:
+        ids = store.commit(
+            _records(
+                ["a"],
+                scientificName="Felis catus",
+                decimalLatitude="1.5",
+                family="Felidae",
+                note="hi",
+            ),
+            _unit(1),
+        )
+        row = store.rows(ids)[ids[0]]
+    assert row["scientific_name"] == "Felis catus" and row["decimal_latitude"] == 1.5
+    assert row["family"] == "Felidae" and row["extra"] == {"note": "hi"}
+
+
+def test_kill_minus_nine_then_resume(tmp_path: Path, tiny_model: str) -> None:
+    photos = tmp_path / "photos"
+    draw_images(photos, 240, seed=11)
+    store = tmp_path / "s"
+    command = [
+        sys.executable,
+        "-m",
+        "bioindex.cli",
+        "index",
+        str(photos),
+        "-s",
+        str(store),
+        "-m",
+        tiny_model,
+        "--batch-size",
+        "8",
+        "--commit-every",
+        "16",
+        "--workers",
+        "1",
+        "-q",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    shards = store / "embeddings"
+    while time.monotonic() < deadline and process.poll() is None:
+        if shards.is_dir() and len([p for p in shards.glob("*.npy")]) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    committed = live_rows(store)
+    assert 0 < committed < 240
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"embedded {240 - committed}, unchanged {committed}" in result.stdout
+    assert live_rows(store) == 240
+    import duckdb
+
+    con = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
+    uris = con.execute("SELECT count(DISTINCT uri), count(*) FROM images").fetchone()
+    con.close()
+    assert uris == (240, 240)
+    assert_index_matches_catalog(store)
