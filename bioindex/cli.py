@@ -167,59 +167,248 @@ def search() -> None:
     """Find images by text, by example image, or by an indexed image's id."""
 
 
+where_option = click.option(
+    "--where", "-w", "where", multiple=True, metavar="COND",
+    help="Filter, repeatable (AND): family=Felidae, species='Felis catus', country_code=KE, "
+    "institution_code=FMNH, event_date>=2010-01-01, bbox=W,S,E,N, license=CC0-1.0.",
+)  # fmt: skip
+arithmetic_options = (
+    click.option("--add", "add", multiple=True, metavar="[W:]TERM",
+                 help="Add a text or image term to the query (weight W, default 1)."),
+    click.option("--subtract", "subtract", multiple=True, metavar="[W:]TERM",
+                 help="Subtract a text or image term from the query."),
+)  # fmt: skip
+
+
 def _search_command(
-    name: str, argument: Callable[..., Any], run: Callable[..., Any], doc: str
-) -> None:
-    def command(store: str, k: int, fmt: str, model: str | None, device: str, **kwargs: Any):
+    name: str, argument: Callable[..., Any], run: Callable[..., Any], doc: str,
+    extra: Sequence[Callable[..., Any]] = (),
+) -> None:  # fmt: skip
+    def command(store: str, k: int, fmt: str, model: str | None, device: str,
+                where: Sequence[str], **kwargs: Any) -> None:  # fmt: skip
         from bioindex.collection import Collection
+        from bioindex.search.filters import parse_where
         from bioindex.search.query import check_k
 
         check_k(k)
+        conditions = parse_where(where)  # before loading anything: bad filters fail fast
         with Collection.open(store, model=model, device=device, read_only=True) as collection:
-            hits = run(collection, k=k, **kwargs)
+            hits = run(collection, k=k, where=conditions or None, **kwargs)
         click.echo(render([h.to_dict() for h in hits], fmt), nl=False)
 
-    for decorate in (
-        _friendly,
-        device_option,
-        model_option,
-        format_option,
-        k_option,
-        store_option,
-        argument,
-    ):
+    for decorate in (_friendly, *extra, where_option, device_option, model_option,
+                     format_option, k_option, store_option, argument):  # fmt: skip
         command = decorate(command)
     search.command(name=name, help=doc)(command)
 
 
+def _text_query(c: Any, k: int, where: Any, query: str, add: Sequence[str],
+                subtract: Sequence[str]) -> Any:  # fmt: skip
+    if not add and not subtract:
+        return c.search_text(query, k=k, where=where)
+    return c.search_query([query, *add], subtract, k=k, where=where)
+
+
+def _image_query(c: Any, k: int, where: Any, path: str, add: Sequence[str],
+                 subtract: Sequence[str]) -> Any:  # fmt: skip
+    from bioindex.errors import BioindexError
+
+    if not add and not subtract:
+        return c.search_image(path, k=k, where=where)
+    if not __import__("os").path.isfile(path):
+        raise BioindexError(f"image {path} does not exist")
+    return c.search_query([path, *add], subtract, k=k, where=where)
+
+
 _search_command(
-    "text", click.argument("query"), lambda c, k, query: c.search_text(query, k=k),
+    "text", click.argument("query"), _text_query,
     """Images that best match a text QUERY.
 
     \b
     Examples:
       bioindex search text "a photo of Cardinalis cardinalis." --store my-store
-      bioindex search text "herbarium sheet with flowers" --store herb --k 20 --format json
+      bioindex search text "herbarium sheet" --store herb --k 20 --format json
+      bioindex search text "a photo of a frog" -s s --where country_code=BR
+      bioindex search text "a bird" -s s --add "with red feathers" --subtract "2:in a cage"
     """,
+    extra=arithmetic_options,
 )  # fmt: skip
 _search_command(
-    "image", click.argument("path"), lambda c, k, path: c.search_image(path, k=k),
+    "image", click.argument("path"), _image_query,
     """Images most similar to the picture at PATH.
 
     \b
-    Example:
+    Examples:
       bioindex search image specimen.jpg --store my-store --k 5 --format csv
+      bioindex search image leaf.jpg -s herb --where family=Rosaceae --where bbox=-10,35,30,60
+      bioindex search image bird.jpg -s s --add "in flight" --subtract "0.5:other.jpg"
     """,
+    extra=arithmetic_options,
 )  # fmt: skip
 _search_command(
-    "id", click.argument("image_id", type=int), lambda c, k, image_id: c.search_id(image_id, k=k),
+    "id", click.argument("image_id", type=int),
+    lambda c, k, where, image_id: c.search_id(image_id, k=k, where=where),
     """Nearest neighbours of the indexed image IMAGE_ID (itself left out).
 
     \b
     Example:
-      bioindex search id 42 --store my-store
+      bioindex search id 42 --store my-store --where institution_code=FMNH
     """,
 )  # fmt: skip
+_search_command(
+    "taxon", click.argument("name"),
+    lambda c, k, where, name, mode, taxonomy: c.search_taxon(
+        name, k=k, mode=mode, where=where, taxonomy=_taxonomy(taxonomy)),
+    """Images of a taxon NAME: a rank name, a binomial, a common name or a lineage prefix.
+
+    The name is resolved against the store's catalog (or --taxonomy). Modes: catalog (images
+    labelled so), semantic (the model's text embedding of the taxon; finds unlabelled
+    images), hybrid (labelled first, then look-alikes not yet shown; each row says why).
+
+    \b
+    Examples:
+      bioindex search taxon "Panthera leo" --store my-store
+      bioindex search taxon Felidae --store my-store --mode semantic --k 50
+      bioindex search taxon "Animalia Chordata Mammalia" -s s --where country_code=KE
+      bioindex search taxon lion -s s --taxonomy tol-labels/
+    """,
+    extra=(
+        click.option("--mode", type=click.Choice(["hybrid", "catalog", "semantic"]),
+                     default="hybrid", show_default=True),
+        click.option("--taxonomy", default=None, metavar="PATH",
+                     help="Resolve names against a TreeOfLife label folder or a CSV with "
+                     "rank columns instead of the catalog."),
+    ),
+)  # fmt: skip
+
+
+def _taxonomy(path: str | None) -> Any:
+    if path is None:
+        return None
+    from pathlib import Path
+
+    from bioindex.errors import BioindexError
+    from bioindex.taxonomy import Taxonomy
+
+    if Path(path).is_dir():
+        return Taxonomy.from_tree_of_life(path)
+    if Path(path).is_file():
+        return Taxonomy.from_csv(path)
+    raise BioindexError(f"taxonomy {path} does not exist")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option(
+    "--store",
+    "-s",
+    default=None,
+    metavar="DIR",
+    help="Store whose catalog gives the labels and, for knn, the neighbours.",
+)
+@click.option(
+    "--rank",
+    type=click.Choice(["kingdom", "phylum", "class", "order", "family", "genus", "species"]),
+    default="species",
+    show_default=True,
+)
+@click.option(
+    "--method",
+    type=click.Choice(["zero-shot", "knn", "combined"]),
+    default="zero-shot",
+    show_default=True,
+)
+@click.option(
+    "--labels",
+    default=None,
+    metavar="FILE|A,B,C",
+    help="Custom labels: a file with one per line, or a comma-separated list.",
+)
+@click.option(
+    "--tol",
+    "tol",
+    default=None,
+    metavar="DIR",
+    help="TreeOfLife label folder (txt_emb_species.npy + txt_emb_species.json).",
+)
+@click.option("--neighbours", default=20, show_default=True, type=click.IntRange(min=1))
+@k_option
+@format_option
+@model_option
+@device_option
+@_friendly
+def classify(images: Sequence[str], store: str | None, rank: str, method: str,
+             labels: str | None, tol: str | None, neighbours: int, k: int, fmt: str,
+             model: str | None, device: str) -> None:  # fmt: skip
+    """What is in IMAGES? Zero-shot over a label set, a vote of labelled neighbours, or both.
+
+    Labels: --labels, --tol, or (default) the species named in the store's catalog. Species
+    probabilities are summed by lineage up to --rank, as pybioclip does.
+
+    \b
+    Examples:
+      bioindex classify photo.jpg --store my-store --rank family
+      bioindex classify *.jpg --tol ~/tol-labels --model bioclip --k 3 --format csv
+      bioindex classify cat.jpg --labels "cat,dog,bear" --model bioclip
+      bioindex classify photo.jpg --store my-store --method combined
+    """
+    from bioindex.collection import Collection, classify_images
+    from bioindex.errors import BioindexError
+    from bioindex.models import load_model
+    from bioindex.search.labels import labels_from_tree_of_life, read_labels_argument
+    from bioindex.search.query import check_k
+
+    check_k(k)
+    if labels and tol:
+        raise BioindexError("give --labels or --tol, not both")
+    label_set = read_labels_argument(labels) if labels else None
+    if store is None:
+        if method != "zero-shot":
+            raise BioindexError(f"--method {method} needs --store")
+        if label_set is None and tol is None:
+            raise BioindexError("give --labels, --tol or --store to classify against")
+        loaded = load_model(model or "bioclip", device=device)
+        if tol:
+            label_set = labels_from_tree_of_life(tol, loaded.identity.dim)
+        predictions = classify_images(
+            loaded, images, rank=rank, k=k, method=method, labels=label_set
+        )
+    else:
+        with Collection.open(store, model=model, device=device, read_only=True) as collection:
+            if tol:
+                label_set = labels_from_tree_of_life(tol, collection.store.dim)
+            predictions = collection.classify(
+                images, rank=rank, k=k, method=method, labels=label_set, neighbours=neighbours
+            )
+    click.echo(render([p.to_dict() for p in predictions], fmt), nl=False)
+
+
+@main.command()
+@store_option
+@click.option(
+    "--threshold",
+    "-t",
+    default=0.95,
+    show_default=True,
+    type=float,
+    help="Cosine similarity at or above which two images count as duplicates.",
+)
+@format_option
+@_friendly
+def dedup(store: str, threshold: float, fmt: str) -> None:
+    """Groups of duplicate images: identical files first, then near-identical vectors.
+
+    \b
+    Examples:
+      bioindex dedup --store my-store
+      bioindex dedup --store my-store --threshold 0.98 --format csv > dups.csv
+    """
+    from bioindex.search.dedup import find_duplicates
+    from bioindex.store import Store
+
+    with Store.open(store, read_only=True) as opened:
+        members = find_duplicates(opened, threshold)
+    click.echo(render([m.to_dict() for m in members], fmt), nl=False)
 
 
 @main.command()

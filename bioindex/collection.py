@@ -18,12 +18,26 @@ from typing import Any
 import numpy as np
 
 from bioindex.errors import BioindexError
-from bioindex.images import open_image
+from bioindex.images import IMAGE_EXTENSIONS, open_image
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.sources import Scan, scan_paths
 from bioindex.models import EmbeddingModel, ModelIdentity, load_model
-from bioindex.search.query import Hit, check_k, search_vector
+from bioindex.search.classify import Prediction, classify_vectors
+from bioindex.search.dedup import DuplicateMember, find_duplicates
+from bioindex.search.filters import Filter, and_filters, parse_where, taxon_filter
+from bioindex.search.labels import (
+    TAXON_COLUMNS,
+    LabelSet,
+    label_vectors,
+    labels_from_taxa,
+    taxa_from_rows,
+)
+from bioindex.search.query import Hit, check_k, nearest, search_vector, to_hits
 from bioindex.store import Store
+from bioindex.taxonomy import Taxonomy
+
+Where = Sequence[str] | Filter | None
+SEARCH_MODES = ("hybrid", "catalog", "semantic")
 
 DEFAULT_MODEL = "bioclip"
 
@@ -168,35 +182,196 @@ class Collection:
             raise BioindexError(f"cannot read image {path}: {exc}") from exc
         return self.model.embed_pil([image])[0]
 
-    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
-        vector = np.asarray(vector, dtype=np.float32).ravel()
-        if vector.shape[0] != self.store.dim:
-            raise BioindexError(
-                f"vector has {vector.shape[0]} values; the store holds dim {self.store.dim}"
-            )
-        norm = float(np.linalg.norm(vector))
-        if not np.isfinite(norm) or norm == 0.0:
-            raise BioindexError("query vector is zero or not finite")
-        return search_vector(self.store, vector / norm, k)
+    def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None) -> list[Hit]:
+        return search_vector(self.store, _unit(vector, self.store.dim), k, where=_filter(where))
 
-    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+    def search_text(self, text: str, k: int = 10, where: Where = None) -> list[Hit]:
         check_k(k)
         if not text or not text.strip():
             raise BioindexError("text query is empty")
-        return search_vector(self.store, self.embed_texts([text])[0], k)
+        return self.search_vector(self.embed_texts([text])[0], k, where)
 
-    def search_image(self, path: str | os.PathLike[str], k: int = 10) -> list[Hit]:
+    def search_image(self, path: str | os.PathLike[str], k: int = 10,
+                     where: Where = None) -> list[Hit]:  # fmt: skip
         check_k(k)
-        return search_vector(self.store, self.embed_image(path), k)
+        return self.search_vector(self.embed_image(path), k, where)
 
-    def search_id(self, image_id: int, k: int = 10) -> list[Hit]:
+    def search_id(self, image_id: int, k: int = 10, where: Where = None) -> list[Hit]:
         """Neighbours of an indexed image (the image itself left out)."""
         check_k(k)
         vector = self.store.vectors([int(image_id)])[0]
-        return search_vector(self.store, vector, k, exclude={int(image_id)})
+        return search_vector(self.store, vector, k, exclude={int(image_id)}, where=_filter(where))
+
+    def query_vector(self, add: Sequence[str] = (), subtract: Sequence[str] = ()) -> np.ndarray:
+        """rclip-style query arithmetic. Each term is TEXT or an image PATH, optionally
+        weighted as "W:TERM" (e.g. "2:query.jpg"); `subtract` terms count negatively."""
+        total = np.zeros(self.store.dim, dtype=np.float32)
+        terms = [(t, 1.0) for t in add] + [(t, -1.0) for t in subtract]
+        if not terms:
+            raise BioindexError("the query has no terms")
+        for term, sign in terms:
+            weight, value = _weighted(term)
+            total += sign * weight * self._term_vector(value)
+        return _unit(total, self.store.dim)
+
+    def _term_vector(self, value: str) -> np.ndarray:
+        path = Path(value).expanduser()
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            return self.embed_image(path)
+        if path.suffix.lower() in IMAGE_EXTENSIONS and ("/" in value or os.sep in value):
+            raise BioindexError(f"image {value} does not exist")
+        if not value.strip():
+            raise BioindexError("a query term is empty")
+        return self.embed_texts([value])[0]
+
+    def search_query(self, add: Sequence[str], subtract: Sequence[str] = (), k: int = 10,
+                     where: Where = None) -> list[Hit]:  # fmt: skip
+        check_k(k)
+        return self.search_vector(self.query_vector(add, subtract), k, where)
+
+    # ---- taxa ----------------------------------------------------------------------
+
+    def catalog_taxa(self) -> list:
+        rows = self.store.con.execute(
+            f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live'"
+        ).fetchall()
+        return taxa_from_rows(rows)
+
+    def taxonomy(self) -> Taxonomy:
+        """The taxa named in this store's catalog (for name resolution)."""
+        from bioindex.search.labels import taxon_from_row
+
+        rows = self.store.con.execute(
+            f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live'"
+        ).fetchall()
+        taxa = [t for t in (taxon_from_row(r) for r in rows) if t is not None]
+        if not taxa:
+            raise BioindexError(f"the catalog of {self.store.path} names no taxa; give "
+                                f"--taxonomy (a TreeOfLife label folder or a CSV with rank "
+                                f"columns)")  # fmt: skip
+        return Taxonomy(taxa)
+
+    def search_taxon(self, name: str, k: int = 10, mode: str = "hybrid", where: Where = None,
+                     taxonomy: Taxonomy | None = None) -> list[Hit]:  # fmt: skip
+        """Images of a taxon: `catalog` (labelled so), `semantic` (looks so to the model),
+        or `hybrid` (labelled first, then look-alikes not yet shown)."""
+        check_k(k)
+        if mode not in SEARCH_MODES:
+            raise BioindexError(f"unknown mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
+        taxon = (taxonomy or self.taxonomy()).resolve(name)
+        user = _filter(where)
+        query = self.embed_texts([taxon.caption("taxonomic")])[0]
+        hits: list[Hit] = []
+        if mode in ("catalog", "hybrid"):
+            pairs = nearest(self.store, query, k, where=and_filters(taxon_filter(taxon), user))
+            hits = to_hits(self.store, pairs, why=f"catalog {taxon.rank}")
+        if mode in ("semantic", "hybrid") and len(hits) < k:
+            shown = {h.image_id for h in hits}
+            pairs = nearest(self.store, query, k - len(hits), exclude=shown, where=user)
+            hits += to_hits(self.store, pairs, why="semantic", start=len(hits) + 1)
+        return hits
+
+    def catalog_labels(self) -> LabelSet:
+        return labels_from_taxa(self.catalog_taxa(), f"catalog of {self.store.path}")
+
+    def classify(
+        self,
+        images: Sequence[str | os.PathLike[str]],
+        *,
+        rank: str = "species",
+        k: int = 5,
+        method: str = "zero-shot",
+        labels: LabelSet | None = None,
+        neighbours: int = 20,
+    ) -> list[Prediction]:
+        """Predict taxa for image files; labels default to the catalog's species."""
+        check_k(k)
+        if method != "knn" and labels is None:
+            labels = self.catalog_labels()
+        return classify_images(
+            self.model,
+            images,
+            rank=rank,
+            k=k,
+            method=method,
+            labels=labels,
+            store=self.store,
+            neighbours=neighbours,
+        )
+
+    def duplicates(self, threshold: float = 0.95) -> list[DuplicateMember]:
+        return find_duplicates(self.store, threshold)
 
     def info(self) -> dict[str, Any]:
         return self.store.info()
 
     def failures(self) -> list[dict[str, Any]]:
         return self.store.failures()
+
+
+def classify_images(
+    model: EmbeddingModel,
+    images: Sequence[str | os.PathLike[str]],
+    *,
+    rank: str = "species",
+    k: int = 5,
+    method: str = "zero-shot",
+    labels: LabelSet | None = None,
+    store: Store | None = None,
+    neighbours: int = 20,
+    cache_root: str | os.PathLike[str] | None = None,
+) -> list[Prediction]:
+    """Classify image files with a loaded model (a store is needed for knn/combined)."""
+    if not images:
+        raise BioindexError("no images to classify")
+    vectors = []
+    for path in images:
+        file = Path(path)
+        if not file.is_file():
+            raise BioindexError(f"image {path} does not exist")
+        try:
+            vectors.append(model.embed_pil([open_image(file)])[0])
+        except Exception as exc:
+            raise BioindexError(f"cannot read image {path}: {exc}") from exc
+    label_matrix = None
+    if labels is not None and method != "knn":
+        if labels.vectors is not None and labels.vectors.shape[1] != model.identity.dim:
+            raise BioindexError(f"label vectors have dim {labels.vectors.shape[1]}; the model "
+                                f"has {model.identity.dim}")  # fmt: skip
+        label_matrix = label_vectors(labels, model.encode_texts, _text_key(model), cache_root)
+    return classify_vectors(
+        [str(p) for p in images], np.stack(vectors), rank=rank, k=k, method=method,
+        labels=labels, label_vectors=label_matrix, logit_scale=model.logit_scale,
+        store=store, neighbours=neighbours,
+    )  # fmt: skip
+
+
+def _text_key(model: EmbeddingModel) -> str:
+    # Text embeddings depend on the weights only, not on image preprocessing.
+    return model.identity.weights_sha256
+
+
+def _filter(where: Where) -> Filter | None:
+    if where is None or isinstance(where, Filter):
+        return where
+    return parse_where(list(where)) or None
+
+
+def _unit(vector: np.ndarray, dim: int) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32).ravel()
+    if vector.shape[0] != dim:
+        raise BioindexError(f"vector has {vector.shape[0]} values; the store holds dim {dim}")
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise BioindexError("the query vector is zero or not finite (terms cancel out?)")
+    return vector / norm
+
+
+def _weighted(term: str) -> tuple[float, str]:
+    head, sep, rest = term.partition(":")
+    if sep:
+        try:
+            return float(head), rest
+        except ValueError:
+            pass
+    return 1.0, term

@@ -139,6 +139,12 @@ class EmbeddingModel:
             return np.zeros((0, self.identity.dim), dtype=np.float32)
         return _normalise(np.concatenate(out))
 
+    @property
+    def logit_scale(self) -> float:
+        """exp(logit_scale) as trained; what CLIP-style softmax probabilities use."""
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.exp().item()) if scale is not None else 100.0
+
     def embed_pil(self, images: Sequence[Any]) -> np.ndarray:
         batch = self._torch.stack([self.transform(image) for image in images])
         return self.encode_images(batch)

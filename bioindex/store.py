@@ -475,14 +475,33 @@ class Store:
         self.save_index()
         return index
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Inner-product top-k: (scores [q, k], image_ids [q, k]); missing slots have id -1."""
+    def search(
+        self, queries: np.ndarray, k: int, only: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Inner-product top-k: (scores [q, k], image_ids [q, k]); missing slots have id -1.
+
+        `only` restricts the search to those image_ids (exact for flat indexes).
+        """
+        import faiss
+
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise BioindexError(
                 f"query vectors have shape {queries.shape}; this store holds dim {self.dim}"
             )
-        return self.index().search(queries, k)
+        index = self.index()
+        k = max(1, min(k, int(index.ntotal))) if index.ntotal else 1
+        if only is None:
+            return index.search(queries, k)
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(only, dtype=np.int64))
+        return index.search(queries, k, params=faiss.SearchParameters(sel=selector))
+
+    def ids_where(self, sql: str, params: Sequence[Any]) -> np.ndarray:
+        """image_ids of live rows matching a parameterised predicate (see search.filters)."""
+        result = self.con.execute(
+            f"SELECT image_id FROM images WHERE status='live' AND ({sql})", list(params)
+        ).fetchnumpy()
+        return np.asarray(result["image_id"], dtype=np.int64)
 
     def _build_index(self) -> Any:
         import faiss

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from bioindex.errors import BioindexError
+from bioindex.search.filters import Filter
 from bioindex.store import Store
 
 # Catalog columns worth showing next to a hit, in this order, when present.
@@ -15,6 +17,10 @@ SUMMARY_COLUMNS = (
     "scientific_name", "vernacular_name", "catalog_number", "institution_code",
     "occurrence_id", "country_code", "event_date", "license", "rights_holder",
 )  # fmt: skip
+# A filter matching at most this share of the store is searched exactly over its id set;
+# broader ones over-fetch from the whole index and drop what does not match.
+SELECTIVE_SHARE = 0.05
+SELECTIVE_MIN = 4096
 
 
 @dataclass
@@ -24,15 +30,13 @@ class Hit:
     image_id: int
     uri: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    why: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank,
-            "score": round(self.score, 6),
-            "image_id": self.image_id,
-            "uri": self.uri,
-            **self.metadata,
-        }
+        data = {"rank": self.rank, "score": round(self.score, 6), "image_id": self.image_id}
+        if self.why:
+            data["match"] = self.why
+        return {**data, "uri": self.uri, **self.metadata}
 
 
 def check_k(k: int) -> int:
@@ -41,23 +45,66 @@ def check_k(k: int) -> int:
     return k
 
 
-def search_vector(
-    store: Store, query: np.ndarray, k: int, exclude: set[int] | None = None
-) -> list[Hit]:
-    """Top-k live images by cosine to one unit query vector."""
+def nearest(
+    store: Store,
+    query: np.ndarray,
+    k: int,
+    exclude: set[int] | None = None,
+    where: Filter | None = None,
+) -> list[tuple[float, int]]:
+    """(score, image_id) of the top-k live images, honouring exclusions and filters."""
     check_k(k)
     query = np.asarray(query, dtype=np.float32).reshape(1, -1)
     exclude = exclude or set()
-    scores, ids = store.search(query, k + len(exclude))
-    pairs = [
+    total = int(store.index().ntotal)
+    if total == 0:
+        return []
+    if not where:
+        scores, ids = store.search(query, k + len(exclude))
+        return _pairs(scores, ids, exclude)[:k]
+    allowed = store.ids_where(where.sql, where.params)
+    if exclude:
+        allowed = allowed[~np.isin(allowed, list(exclude))]
+    if len(allowed) == 0:
+        return []
+    if len(allowed) <= max(SELECTIVE_MIN, SELECTIVE_SHARE * total):
+        scores, ids = store.search(query, min(k, len(allowed)), only=allowed)
+        return _pairs(scores, ids, exclude)[:k]
+    fetch = k * 2 * math.ceil(total / len(allowed)) + len(exclude)
+    while True:
+        scores, ids = store.search(query, min(fetch, total))
+        keep = np.isin(ids[0], allowed)
+        pairs = _pairs(scores[:, keep], ids[:, keep], exclude)
+        if len(pairs) >= k or fetch >= total:
+            return pairs[:k]
+        fetch *= 4
+
+
+def _pairs(scores: np.ndarray, ids: np.ndarray, exclude: set[int]) -> list[tuple[float, int]]:
+    return [
         (float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude
-    ][:k]
+    ]
+
+
+def to_hits(store: Store, pairs: list[tuple[float, int]], why: str | None = None,
+            start: int = 1) -> list[Hit]:  # fmt: skip
     rows = store.rows([i for _, i in pairs])
     hits = []
-    for rank, (score, image_id) in enumerate(pairs, start=1):
+    for score, image_id in pairs:
         row = rows.get(image_id)
         if row is None:  # the index and catalog disagree: never show a ghost
             continue
         metadata = {c: row[c] for c in SUMMARY_COLUMNS if c in row}
-        hits.append(Hit(rank, score, image_id, row["uri"], metadata))
+        hits.append(Hit(start + len(hits), score, image_id, row["uri"], metadata, why))
     return hits
+
+
+def search_vector(
+    store: Store,
+    query: np.ndarray,
+    k: int,
+    exclude: set[int] | None = None,
+    where: Filter | None = None,
+) -> list[Hit]:
+    """Top-k live images by cosine to one unit query vector."""
+    return to_hits(store, nearest(store, query, k, exclude, where))

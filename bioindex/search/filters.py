@@ -1,0 +1,142 @@
+"""`--where` conditions → a parameterised SQL predicate over the catalog.
+
+    family=Felidae              a rank (kingdom … genus), case-insensitive
+    species=Felis catus         the binomial (scientific_name, or genus + specific_epithet)
+    institution_code=FMNH       any Darwin Core text column; != for "not"
+    event_date>=2010-01-01      ISO dates (or prefixes: 2010, 2010-06) with >=, <=, >, <
+    bbox=W,S,E,N                decimal_longitude/decimal_latitude inside the box
+
+Conditions are ANDed. Column names come from a fixed list and values are always bound as
+parameters, so no part of a value ever becomes SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bioindex.errors import BioindexError
+from bioindex.store import DWC_TEXT_COLUMNS, RANKS
+from bioindex.taxonomy import Taxon
+
+_CONDITION = re.compile(r"^\s*([A-Za-z_:]+)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+_ORDERED_COLUMNS = ("event_date",)
+_RANK_NAMES = tuple(r for r in RANKS if r != "specific_epithet")
+
+
+@dataclass
+class Filter:
+    """A parsed AND of conditions: `sql` has one `?` per entry of `params`."""
+
+    conditions: list[str] = field(default_factory=list)
+    sql: str = "TRUE"
+    params: list[Any] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.conditions)
+
+
+def _column(name: str) -> str:
+    from bioindex.store import dwc_column
+
+    column = dwc_column(name)
+    if column in _RANK_NAMES or column in DWC_TEXT_COLUMNS or column in ("species", "bbox"):
+        return column
+    known = ", ".join(sorted({*_RANK_NAMES, *DWC_TEXT_COLUMNS, "species", "bbox"}))
+    raise BioindexError(f"unknown filter column {name!r}; use one of: {known}")
+
+
+def parse_where(conditions: Sequence[str] | None) -> Filter:
+    """Parse `--where` strings; raise BioindexError for anything malformed."""
+    result = Filter()
+    clauses: list[str] = []
+    for text in conditions or ():
+        match = _CONDITION.match(text)
+        if not match or not match.group(3):
+            raise BioindexError(
+                f"malformed filter {text!r}: expected COLUMN=VALUE, COLUMN!=VALUE, "
+                f"event_date>=DATE or bbox=W,S,E,N"
+            )
+        name, op, value = match.groups()
+        column = _column(name)
+        if column == "bbox":
+            clauses.append(_bbox(text, op, value, result.params))
+        elif op in (">=", "<=", ">", "<"):
+            if column not in _ORDERED_COLUMNS:
+                raise BioindexError(f"filter {text!r}: {op} works on event_date only")
+            # ISO dates compare correctly as text; a prefix like 2010 bounds a whole year.
+            clauses.append(f'"{column}" {op} ?')
+            result.params.append(value)
+        elif column == "species":
+            negate = "NOT " if op == "!=" else ""
+            clauses.append(
+                f"{negate}(lower(scientific_name) = lower(?) OR "
+                f"lower(concat_ws(' ', genus, specific_epithet)) = lower(?))"
+            )
+            result.params.extend([value, value])
+        else:
+            sql_op = "=" if op == "=" else "<>"
+            clauses.append(f'lower("{column}") {sql_op} lower(?)')
+            result.params.append(value)
+        result.conditions.append(text)
+    if clauses:
+        result.sql = " AND ".join(f"({c})" for c in clauses)
+    return result
+
+
+def _bbox(text: str, op: str, value: str, params: list[Any]) -> str:
+    try:
+        west, south, east, north = (float(v) for v in value.split(","))
+    except ValueError:
+        raise BioindexError(f"filter {text!r}: bbox needs four numbers W,S,E,N") from None
+    if op != "=" or not (-180 <= west <= 180 and -180 <= east <= 180):
+        raise BioindexError(f"filter {text!r}: bbox=W,S,E,N with longitudes in [-180, 180]")
+    if not (-90 <= south <= north <= 90):
+        raise BioindexError(f"filter {text!r}: latitudes must satisfy -90 <= S <= N <= 90")
+    params.extend([south, north])
+    if west <= east:
+        params.extend([west, east])
+        return "decimal_latitude BETWEEN ? AND ? AND decimal_longitude BETWEEN ? AND ?"
+    # A box across the antimeridian (W > E) is two longitude ranges.
+    params.extend([west, east])
+    return "decimal_latitude BETWEEN ? AND ? AND (decimal_longitude >= ? OR decimal_longitude <= ?)"
+
+
+def and_filters(*filters: Filter | None) -> Filter:
+    present = [f for f in filters if f]
+    if not present:
+        return Filter()
+    return Filter(
+        conditions=[c for f in present for c in f.conditions],
+        sql=" AND ".join(f"({f.sql})" for f in present),
+        params=[p for f in present for p in f.params],
+    )
+
+
+def taxon_filter(taxon: Taxon) -> Filter:
+    """Catalog rows labelled as `taxon`: its own rank must match; a higher rank that the row
+    fills in must agree (so a genus name shared by a plant and an animal is told apart)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    rank_columns = ("kingdom", "phylum", '"class"', '"order"', "family", "genus")
+    names = taxon.lineage
+    if taxon.rank == "species":
+        binomial = f"{taxon.genus} {taxon.epithet}"
+        clauses.append(
+            "(lower(concat_ws(' ', genus, specific_epithet)) = lower(?) OR "
+            "lower(scientific_name) = lower(?) OR lower(scientific_name) LIKE lower(?))"
+        )
+        params.extend([binomial, binomial, binomial + " %"])
+        higher = names[:5]
+    else:
+        own = rank_columns[len(names) - 1]
+        clauses.append(f"lower({own}) = lower(?)")
+        params.append(names[-1])
+        higher = names[:-1]
+    for column, name in zip(rank_columns, higher):
+        if name:
+            clauses.append(f"({column} IS NULL OR lower({column}) = lower(?))")
+            params.append(name)
+    return Filter([f"{taxon.rank}={taxon.scientific_name}"], " AND ".join(clauses), params)

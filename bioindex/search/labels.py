@@ -1,0 +1,218 @@
+"""Label sets for zero-shot classification, and their text embeddings cached on disk.
+
+A label set is a list of labels, each a Taxon (when its lineage is known) or a free text, with
+a text embedding per label: BioCLIP/pybioclip's recipe, the label put into each of the 80
+OpenAI ImageNet templates, each normalised, averaged, renormalised. TreeOfLife label
+directories come with their embeddings precomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bioindex.errors import BioindexError
+from bioindex.taxonomy import TOL_VECTORS, Taxon, make_taxon, read_tree_of_life_names
+
+TEMPLATE_SET = "openai-imagenet-80"
+
+
+def openai_templates() -> list[Callable[[str], str]]:
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+@dataclass
+class LabelSet:
+    names: list[str]  # what a label is called in output
+    texts: list[str]  # what is put into the templates
+    taxa: list[Taxon | None]
+    vectors: np.ndarray | None = None  # [N, dim] when precomputed
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def has_lineage(self) -> bool:
+        return all(t is not None and t.lineage for t in self.taxa)
+
+
+def labels_from_taxa(taxa: Sequence[Taxon], source: str) -> LabelSet:
+    taxa = list(taxa)
+    if not taxa:
+        raise BioindexError(f"no labelled taxa in {source}")
+    texts = [t.text("taxonomic_common" if t.common_name else "taxonomic") for t in taxa]
+    return LabelSet([t.scientific_name for t in taxa], texts, list(taxa), None, source)
+
+
+def labels_from_strings(labels: Sequence[str], source: str = "--labels") -> LabelSet:
+    cleaned = [label.strip() for label in labels if label.strip()]
+    if len(cleaned) < 2:
+        raise BioindexError("give at least two labels to choose between")
+    if len(set(cleaned)) != len(cleaned):
+        raise BioindexError("the labels contain duplicates")
+    return LabelSet(cleaned, cleaned, [None] * len(cleaned), None, source)
+
+
+def read_labels_argument(value: str) -> LabelSet:
+    """--labels FILE (one per line) or a comma-separated list."""
+    path = Path(value)
+    if path.is_file():
+        return labels_from_strings(path.read_text().splitlines(), str(path))
+    if "," not in value:
+        raise BioindexError(f"--labels {value!r}: not a file, and not a comma-separated list")
+    return labels_from_strings(value.split(","))
+
+
+def labels_from_tree_of_life(folder: str | os.PathLike[str], dim: int) -> LabelSet:
+    """txt_emb_species.npy [dim, N] + txt_emb_species.json, as BioCLIP publishes them."""
+    taxa = read_tree_of_life_names(folder)
+    vectors_path = Path(folder) / TOL_VECTORS
+    if not vectors_path.is_file():
+        raise BioindexError(f"{folder} has no {TOL_VECTORS}")
+    vectors = np.load(vectors_path, mmap_mode="r")
+    if vectors.ndim != 2 or vectors.shape[0] != dim or vectors.shape[1] != len(taxa):
+        raise BioindexError(
+            f"{vectors_path} has shape {vectors.shape}; expected [{dim}, {len(taxa)}] for this "
+            f"model and {len(taxa)} names"
+        )
+    matrix = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).T)
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    names = [t.scientific_name or " ".join(n for n in t.lineage if n) for t in taxa]
+    return LabelSet(names, [t.text("taxonomic") for t in taxa], taxa, matrix, str(folder))
+
+
+def write_tree_of_life(folder: str | os.PathLike[str], taxa: Sequence[Taxon],
+                       vectors: np.ndarray) -> Path:  # fmt: skip
+    """Write labels in the TreeOfLife layout (used by tests and to export a label set)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / TOL_VECTORS, np.ascontiguousarray(vectors.T, dtype=np.float32))
+    names = [
+        [[t.kingdom, t.phylum, t.class_, t.order, t.family, t.genus, t.epithet], t.common_name]
+        for t in taxa
+    ]
+    (out / "txt_emb_species.json").write_text(json.dumps(names))
+    return out
+
+
+class TextEmbeddingCache:
+    """Template-averaged label embeddings on disk, keyed by (model, template set, text).
+
+    One folder per model identity and template set: `keys.json` (text → row) and
+    `vectors.npy`. Rewritten atomically when new labels are added.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], model_key: str, template_set: str):
+        digest = hashlib.sha256(f"{model_key}|{template_set}".encode()).hexdigest()[:24]
+        self.folder = Path(root) / "text-embeddings" / digest
+        self._keys: dict[str, int] | None = None
+        self._vectors: np.ndarray | None = None
+
+    def _load(self) -> None:
+        if self._keys is not None:
+            return
+        try:
+            self._keys = json.loads((self.folder / "keys.json").read_text())
+            self._vectors = np.load(self.folder / "vectors.npy")
+            if len(self._keys) != len(self._vectors):
+                raise ValueError("keys and vectors disagree")
+        except (OSError, ValueError):
+            self._keys, self._vectors = {}, None
+
+    def get(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """(cached vectors by text, texts missing from the cache)."""
+        self._load()
+        found = {t: self._vectors[self._keys[t]] for t in texts if t in self._keys}
+        return found, [t for t in dict.fromkeys(texts) if t not in found]
+
+    def put(self, vectors: dict[str, np.ndarray]) -> None:
+        if not vectors:
+            return
+        self._load()
+        keys = dict(self._keys)
+        rows = [] if self._vectors is None else [self._vectors]
+        new = [t for t in vectors if t not in keys]
+        for text in new:
+            keys[text] = len(keys)
+        rows.append(np.stack([vectors[t] for t in new]).astype(np.float32))
+        matrix = np.concatenate(rows)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp_vectors = self.folder / "vectors.npy.tmp"
+        with open(tmp_vectors, "wb") as handle:
+            np.save(handle, matrix)
+        tmp_keys = self.folder / "keys.json.tmp"
+        tmp_keys.write_text(json.dumps(keys))
+        # vectors first: keys that point past the end are caught by the length check.
+        os.replace(tmp_vectors, self.folder / "vectors.npy")
+        os.replace(tmp_keys, self.folder / "keys.json")
+        self._keys, self._vectors = keys, matrix
+
+
+def default_cache_root() -> Path:
+    root = os.environ.get("BIOINDEX_CACHE_DIR")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bioindex"
+
+
+def label_vectors(
+    labels: LabelSet,
+    encode_texts: Callable[[Sequence[str]], np.ndarray],
+    model_key: str,
+    cache_root: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
+    """[N, dim] unit vectors for a label set, encoding only what the cache lacks."""
+    if labels.vectors is not None:
+        return labels.vectors
+    cache = TextEmbeddingCache(cache_root or default_cache_root(), model_key, TEMPLATE_SET)
+    found, missing = cache.get(labels.texts)
+    if missing:
+        templates = openai_templates()
+        prompts = [template(text) for text in missing for template in templates]
+        encoded = encode_texts(prompts).reshape(len(missing), len(templates), -1)
+        averaged = encoded.mean(axis=1)
+        averaged /= np.maximum(np.linalg.norm(averaged, axis=1, keepdims=True), 1e-12)
+        new = dict(zip(missing, averaged))
+        cache.put(new)
+        found.update(new)
+    return np.stack([found[t] for t in labels.texts]).astype(np.float32)
+
+
+def taxa_from_rows(rows: Sequence[Sequence[str | None]]) -> list[Taxon]:
+    """Species-level taxa from catalog rows (kingdom … genus, epithet, vernacular, sci name).
+
+    When a row has no genus/epithet but a binomial scientific name, the binomial is split;
+    no higher rank is ever invented.
+    """
+    taxa: dict[tuple[str, ...], Taxon] = {}
+    for row in rows:
+        taxon = taxon_from_row(row)
+        if taxon is not None and taxon.epithet:
+            taxa.setdefault(taxon.lineage, taxon)  # one label per lineage, first common name
+    return sorted(taxa.values(), key=lambda t: t.lineage)
+
+
+def taxon_from_row(row: Sequence[str | None]) -> Taxon | None:
+    """(kingdom, phylum, class, order, family, genus, epithet, vernacular, scientific_name)."""
+    *ranks, epithet, common, scientific = row
+    genus = ranks[5]
+    if (not genus or not epithet) and scientific and len(scientific.split()) >= 2:
+        genus, epithet = scientific.split()[:2]
+    taxon = make_taxon([*ranks[:5], genus, epithet], common)
+    return taxon if taxon.lineage else None
+
+
+TAXON_COLUMNS = (
+    'kingdom, phylum, "class", "order", family, genus, specific_epithet, vernacular_name, '
+    "scientific_name"
+)
