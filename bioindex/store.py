@@ -139,6 +139,7 @@ class Store:
         self.con = con
         self.read_only = read_only
         self._index: Any = None
+        self._gpu_index: Any = None  # a GPU copy for plain searches, when faiss-gpu can
 
     # ---- opening -------------------------------------------------------------------
 
@@ -398,6 +399,7 @@ class Store:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+        self._gpu_index = None
         if self._index is not None:
             index_ids = np.asarray(ids, dtype=np.int64)
             if existing:
@@ -424,6 +426,7 @@ class Store:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+        self._gpu_index = None
         if self._index is not None:
             self._index.remove_ids(np.asarray(ids, dtype=np.int64))
             self._index_generation = generation
@@ -467,6 +470,7 @@ class Store:
             self._write_index(self._index, self._index_generation)
 
     def rebuild_index(self) -> Any:
+        self._gpu_index = None
         self._index = None
         self._index_generation = -1
         index = self._build_index()
@@ -492,7 +496,7 @@ class Store:
         index = self.index()
         k = max(1, min(k, int(index.ntotal))) if index.ntotal else 1
         if only is None:
-            return index.search(queries, k)
+            return self._plain_searcher().search(queries, k)
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(only, dtype=np.int64))
         return index.search(queries, k, params=faiss.SearchParameters(sel=selector))
 
@@ -502,6 +506,17 @@ class Store:
             f"SELECT image_id FROM images WHERE status='live' AND ({sql})", list(params)
         ).fetchnumpy()
         return np.asarray(result["image_id"], dtype=np.int64)
+
+    def _plain_searcher(self) -> Any:
+        """The GPU copy of the index when faiss-gpu and a GPU are there and it pays, else the
+        CPU index. Filtered (IDSelector) and range searches always use the CPU index."""
+        index = self._index
+        if index.ntotal < GPU_MIN_VECTORS or os.environ.get("BIOINDEX_FAISS_GPU") == "0":
+            return index
+        if self._gpu_index is None:
+            copy = _to_gpu(index)
+            self._gpu_index = False if copy is None else copy
+        return index if self._gpu_index is False else self._gpu_index
 
     def _build_index(self) -> Any:
         import faiss
@@ -568,6 +583,21 @@ class Store:
         return pa.table(
             {k: pa.array(v, type=types.get(k, pa.string())) for k, v in columns.items()}
         )
+
+
+GPU_MIN_VECTORS = 50_000  # below this a CPU flat search beats the copy to the GPU
+
+
+def _to_gpu(index: Any) -> Any:
+    """A GPU copy of a CPU index, or None when faiss-gpu or a GPU is missing or it fails."""
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        return None
+    try:
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    except Exception:  # an index type the GPU build cannot hold: stay on the CPU
+        return None
 
 
 def _check_store_dir(root: Path, creating: bool) -> None:

@@ -18,8 +18,16 @@ from bioindex.taxonomy import Taxonomy, make_taxon
 from tests.conftest import draw_images
 
 DIM = 16
-MODEL = {"name": "test", "source": "test", "weights_sha256": "1" * 64, "dim": DIM,
-         "image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": "eval"}
+MODEL = {
+    "name": "test",
+    "source": "test",
+    "weights_sha256": "1" * 64,
+    "dim": DIM,
+    "image_size": 224,
+    "mean": [0.5] * 3,
+    "std": [0.5] * 3,
+    "preprocess": "eval",
+}
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +99,9 @@ def test_combined_conditions_and_dates(big_store) -> None:
 def test_injection_is_matched_literally(big_store) -> None:
     path, vectors, _ = big_store
     with Collection.open(path, read_only=True) as col:
-        hits = col.search_vector(vectors[0], k=5,
-                                 where=["institution_code=O'Brien; DROP TABLE images;--"])
+        hits = col.search_vector(
+            vectors[0], k=5, where=["institution_code=O'Brien; DROP TABLE images;--"]
+        )
         assert [h.image_id for h in hits] == [8]
         assert col.store.live_count() == 20_000
 
@@ -152,8 +161,10 @@ def test_ambiguous_and_unknown_names() -> None:
     assert taxonomy.resolve("Moraceae Morus alba").kingdom == "Plantae"
     with pytest.raises(BioindexError, match="did you mean felidae"):
         taxonomy.resolve("Felidea")
-    assert make_taxon(TAXA[4].lineage).text() == "Animalia Chordata Squamata Lacertidae " \
+    assert (
+        make_taxon(TAXA[4].lineage).text() == "Animalia Chordata Squamata Lacertidae "
         "Podarcis muralis"
+    )
 
 
 def test_taxonomy_from_csv(tmp_path: Path) -> None:
@@ -187,8 +198,9 @@ def test_duplicates_exact_and_near(tmp_path: Path, tiny_model: str) -> None:
         assert any(paths[1].name in g and "near.png" in g for g in names)
         kinds = {m.kind for m in groups if Path(m.uri).name in ("copy.jpg", "c.png")}
         assert kinds == {"exact"}
-    result = CliRunner().invoke(main, ["dedup", "-s", str(tmp_path / "s"), "--format", "json",
-                                       "-t", "0.99"])
+    result = CliRunner().invoke(
+        main, ["dedup", "-s", str(tmp_path / "s"), "--format", "json", "-t", "0.99"]
+    )
     assert result.exit_code == 0 and '"kind": "exact"' in result.output
 
 

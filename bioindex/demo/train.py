@@ -153,11 +153,11 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/models/bioclip-demo"))
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=1100)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--per-species", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     report = train(args.out, args.steps, args.batch_size, args.per_species, args.seed, args.lr,

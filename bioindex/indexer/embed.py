@@ -32,7 +32,7 @@ def default_batch_size(device: str) -> int:
     return 256 if device == "cuda" else 32
 
 
-class _DecodeDataset:
+class DecodeDataset:
     """Map-style dataset: item position → preprocessed tensor, or the reason it failed."""
 
     def __init__(self, items: Sequence[Item], transform: Callable[[Any], Any]):
@@ -62,11 +62,11 @@ class _DecodeDataset:
         }
 
 
-def _collate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def collate_samples(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return samples
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
     import torch
 
     # Each decode worker is one core's worth of work; torch's own threads would oversubscribe.
@@ -87,12 +87,12 @@ def embed_items(
         return
     workers = workers if len(items) > batch_size else 0
     loader = DataLoader(
-        _DecodeDataset(items, model.transform),
+        DecodeDataset(items, model.transform),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None,
+        collate_fn=collate_samples,
+        worker_init_fn=worker_init if workers else None,
         pin_memory=model.device == "cuda",
         prefetch_factor=4 if workers else None,
         persistent_workers=False,

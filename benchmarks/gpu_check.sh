@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (see docs/benchmarks.md): GPU-path tests and the
+# ingest benchmark with ViT-B-16 (random weights: speed only). Not part of CI.
+# Expects wheels for what the machine lacks in .whl/ (open_clip_torch, ftfy, wcwidth,
+# duckdb, faiss-cpu; python 3.12) and writes results under $OUT.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 BIOINDEX_CACHE_DIR=/tmp/bic
+OUT=${OUT:-/tmp/out}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, faiss, duckdb, open_clip; print('torch', torch.__version__, \
+'cuda', torch.cuda.is_available(), 'faiss', faiss.__version__)" | tee -a "$OUT/gpu.txt"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_indexing.py tests/test_store.py \
+  tests/test_demo.py -k "not demo_command" 2>&1 | tail -15 | tee "$OUT/tests.txt"
+timeout 150 python3 benchmarks/ingest.py --model ViT-B-16 --checkpoint random --device cuda \
+  --images 3000 --size 224 --no-baseline --out "$OUT/ingest-vitb16-224.json" 2>&1 | tail -12
+timeout 150 python3 benchmarks/ingest.py --model ViT-B-16 --checkpoint random --device cuda \
+  --images 1000 --size 1024 --no-baseline --out "$OUT/ingest-vitb16-1024.json" 2>&1 | tail -12

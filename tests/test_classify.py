@@ -1,0 +1,220 @@
+"""Zero-shot classification: label sets, rank sums, cache, and parity with pybioclip."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bioindex import Collection
+from bioindex.cli import main
+from bioindex.collection import classify_images
+from bioindex.errors import BioindexError
+from bioindex.models import load_model
+from bioindex.search.classify import by_rank, zero_shot_probabilities
+from bioindex.search.labels import (
+    labels_from_strings,
+    labels_from_taxa,
+    labels_from_tree_of_life,
+    write_tree_of_life,
+)
+from bioindex.taxonomy import RANKS, make_taxon
+from tests.conftest import shared
+
+TAXA = [
+    make_taxon(["Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Panthera", "leo"],
+               "lion"),
+    make_taxon(["Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Felis", "catus"],
+               "domestic cat"),
+    make_taxon(["Animalia", "Chordata", "Mammalia", "Carnivora", "Ursidae", "Ursus",
+                "americanus"], "American black bear"),
+    make_taxon(["Animalia", "Chordata", "Mammalia", "Proboscidea", "Elephantidae", "Loxodonta",
+                "africana"], "African bush elephant"),
+    make_taxon(["Animalia", "Chordata", "Mammalia", "Artiodactyla", "Bovidae", "Bos", "taurus"],
+               "cattle"),
+    make_taxon(["Animalia", "Chordata", "", "", "", "Canis", "familiaris"], "dog"),
+]  # fmt: skip
+
+
+@pytest.fixture()
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BIOINDEX_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_rank_sums_match_an_independent_computation(tiny_model: str, cache_dir) -> None:
+    model = load_model(tiny_model, device="cpu")
+    photos = [shared("camera-trap", n) for n in ("ocelot.jpg", "american_black_bear.jpg")]
+    labels = labels_from_taxa(TAXA, "test")
+    for rank in ("species", "family", "order", "class"):
+        predictions = classify_images(model, photos, rank=rank, k=10, labels=labels)
+        for photo in photos:
+            got = [(p.taxon.lineage, p.score) for p in predictions if p.file == str(photo)]
+            # Independently: species probabilities, summed by the first depth names.
+            image = model.embed_pil([__import__("PIL.Image").Image.open(photo).convert("RGB")])
+            texts = []
+            for taxon in TAXA:
+                from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+                prompts = [t(taxon.text("taxonomic_common")) for t in OPENAI_IMAGENET_TEMPLATES]
+                mean = model.encode_texts(prompts).mean(0)
+                texts.append(mean / np.linalg.norm(mean))
+            logits = model.logit_scale * image[0] @ np.stack(texts).T
+            probs = np.exp(logits - logits.max())
+            probs /= probs.sum()
+            depth = RANKS.index(rank) + 1
+            sums: dict = defaultdict(float)
+            for taxon, p in zip(TAXA, probs):
+                if len(taxon.lineage) >= depth:
+                    # a missing rank stays a bucket of its own, as in pybioclip
+                    key = list(taxon.lineage[:depth])
+                    while key and not key[-1]:
+                        key.pop()
+                    sums[tuple(key)] += p
+            expected = sorted(sums.items(), key=lambda kv: -kv[1])
+            assert [lineage for lineage, _ in got] == [lineage for lineage, _ in expected]
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-5)
+
+
+def test_by_rank_keeps_unknown_ranks_apart() -> None:
+    probs = np.array([0.1, 0.2, 0.3, 0.1, 0.2, 0.1])
+    families = by_rank(probs, TAXA, "family")
+    assert pytest.approx(sum(families.values())) == 1.0
+    assert pytest.approx(families[TAXA[0].at_rank("family")]) == 0.3  # lion + cat
+    # The dog's family is unknown: its mass is not given to any named family.
+    assert pytest.approx(families[make_taxon(["Animalia", "Chordata"])]) == 0.1
+    assert len(families) == 5
+
+
+def test_second_run_encodes_no_text(tiny_model: str, cache_dir) -> None:
+    model = load_model(tiny_model, device="cpu")
+    calls = []
+    original = model.encode_texts
+    model.encode_texts = lambda texts: calls.append(len(texts)) or original(texts)
+    photo = [shared("camera-trap", "ocelot.jpg")]
+    labels = labels_from_taxa(TAXA, "test")
+    first = classify_images(model, photo, labels=labels, k=3)
+    assert calls == [80 * len(TAXA)]
+    second = classify_images(model, photo, labels=labels, k=3)
+    assert calls == [80 * len(TAXA)]
+    assert [p.to_dict() for p in first] == [p.to_dict() for p in second]
+    # One new label: only its 80 prompts are encoded.
+    more = labels_from_taxa([*TAXA, make_taxon(["Plantae", "Tracheophyta"], "")], "test")
+    classify_images(model, photo, labels=more, k=3)
+    assert calls == [80 * len(TAXA), 80]
+
+
+def test_tree_of_life_label_folder(tmp_path: Path, tiny_model: str, cache_dir) -> None:
+    model = load_model(tiny_model, device="cpu")
+    texts = [t.text("taxonomic") for t in TAXA]
+    vectors = model.encode_texts(texts)
+    folder = write_tree_of_life(tmp_path / "tol", TAXA, vectors)
+    labels = labels_from_tree_of_life(folder, model.identity.dim)
+    assert labels.names[5] == "Canis familiaris" and labels.taxa[5].class_ == ""
+    np.testing.assert_allclose(labels.vectors, vectors, atol=1e-6)
+    photo = shared("camera-trap", "domestic_dog.jpg")
+    result = CliRunner().invoke(
+        main,
+        [
+            "classify",
+            str(photo),
+            "--tol",
+            str(folder),
+            "--model",
+            tiny_model,
+            "--rank",
+            "genus",
+            "--format",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = json.loads(result.output)
+    assert abs(sum(r["score"] for r in rows) - 1.0) < 1e-5  # 6 genera, k=10: all mass
+    assert {"file", "kingdom", "genus", "score"} <= set(rows[0])
+    with pytest.raises(BioindexError, match="expected"):
+        labels_from_tree_of_life(folder, model.identity.dim + 1)
+
+
+def test_custom_label_errors(tiny_model: str, cache_dir) -> None:
+    with pytest.raises(BioindexError, match="at least two"):
+        labels_from_strings(["cat"])
+    with pytest.raises(BioindexError, match="duplicates"):
+        labels_from_strings(["cat", "cat"])
+    model = load_model(tiny_model, device="cpu")
+    photo = [shared("camera-trap", "ocelot.jpg")]
+    with pytest.raises(BioindexError, match="no lineage"):
+        classify_images(model, photo, labels=labels_from_strings(["a", "b"]), rank="family")
+
+
+def test_parity_with_pybioclip_custom_labels(tiny_model: str, cache_dir) -> None:
+    predict = pytest.importorskip("bioclip.predict")
+    import torch
+
+    labels = ["ocelot", "American black bear", "African elephant", "domestic dog", "human"]
+    # pybioclip wraps its model in torch.compile, which only changes speed; skipping it keeps
+    # this test from spending a minute compiling on a CPU.
+    original_compile = torch.compile
+    torch.compile = lambda model, *a, **k: model
+    try:
+        reference = predict.CustomLabelsClassifier(labels, model_str=tiny_model, device="cpu")
+    finally:
+        torch.compile = original_compile
+    reference.preprocess = predict.preprocess_img  # pybioclip's BioCLIP (squash) recipe
+    model = load_model(tiny_model, device="cpu", preprocess="squash")
+    photos = [
+        shared("camera-trap", n)
+        for n in (
+            "ocelot.jpg",
+            "american_black_bear.jpg",
+            "african_elephants_cmyk.jpg",
+            "human.jpg",
+        )
+    ]
+    ours = classify_images(model, photos, labels=labels_from_strings(labels), k=len(labels))
+    theirs = reference.predict([str(p) for p in photos], k=len(labels))
+    ours_map = {(p.file, p.label): p.score for p in ours}
+    assert len(theirs) == len(ours) == len(photos) * len(labels)
+    for row in theirs:
+        assert abs(ours_map[(row["file_name"], row["classification"])] - row["score"]) < 1e-4
+
+
+def test_knn_and_combined_need_a_store(tiny_model: str, cache_dir) -> None:
+    model = load_model(tiny_model, device="cpu")
+    photo = [shared("camera-trap", "ocelot.jpg")]
+    with pytest.raises(BioindexError, match="needs a store"):
+        classify_images(model, photo, labels=labels_from_taxa(TAXA, "t"), method="knn")
+
+
+def test_knn_votes_with_labelled_neighbours(tmp_path: Path, tiny_model: str, cache_dir) -> None:
+    folder = shared("camera-trap")
+    meta = tmp_path / "meta.csv"
+    meta.write_text(
+        "file,scientificName,kingdom,family,genus,specificEpithet\n"
+        "ocelot.jpg,Leopardus pardalis,Animalia,Felidae,Leopardus,pardalis\n"
+        "american_black_bear.jpg,Ursus americanus,Animalia,Ursidae,Ursus,americanus\n"
+        "african_elephants.jpg,Loxodonta africana,Animalia,Elephantidae,Loxodonta,africana\n"
+        "african_elephants_bw.jpg,Loxodonta africana,Animalia,Elephantidae,Loxodonta,africana\n"
+    )  # fmt: skip
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([folder / n for n in ("ocelot.jpg", "american_black_bear.jpg",
+                                        "african_elephants.jpg", "african_elephants_bw.jpg",
+                                        "blank.jpg")], metadata=meta, progress=False)  # fmt: skip
+        top = col.classify([folder / "african_elephants_cmyk.jpg"], method="knn", k=1)[0]
+        assert top.taxon.scientific_name == "Loxodonta africana"
+        families = col.classify([folder / "ocelot.jpg"], method="combined", rank="family", k=3)
+        assert abs(sum(p.score for p in families) - 1.0) < 1e-5
+        labels = col.catalog_labels()
+        assert sorted(labels.names) == ["Leopardus pardalis", "Loxodonta africana",
+                                        "Ursus americanus"]  # fmt: skip
+
+
+def test_probabilities_are_a_softmax() -> None:
+    probs = zero_shot_probabilities(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32), 10)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+    assert probs[0, 0] > probs[0, 1]
