@@ -118,6 +118,12 @@ def main() -> None:
     show_default=True,
     help="Images per atomic commit; a killed run loses at most this much work.",
 )
+@click.option(
+    "--fast-decode",
+    is_flag=True,
+    help="Let large JPEGs decode at 1/2-1/8 scale (DCT domain) before resizing: "
+    "much faster on big photos, embeddings within cosine 0.99 of the exact path.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly
 def index(
@@ -131,6 +137,7 @@ def index(
     batch_size: int | None,
     workers: int | None,
     commit_every: int,
+    fast_decode: bool,
     quiet: bool,
 ) -> None:
     """Embed the images under SOURCES (folders or files) into a store.
@@ -145,6 +152,7 @@ def index(
       bioindex index herbarium/ --store herb --model bioclip-2 --preprocess squash
       bioindex index sheets/ --store s --model local-dir:~/models/bioclip --device cpu
       bioindex index imgs/ --store s --metadata occurrences.csv
+      bioindex index big-jpegs/ --store s --fast-decode --device cuda --batch-size 512
     """
     from bioindex.collection import Collection, scan_sources
 
@@ -158,6 +166,7 @@ def index(
             workers=workers,
             commit_every=commit_every,
             progress=not quiet,
+            fast_decode=fast_decode,
         )
     click.echo(summary.line())
 

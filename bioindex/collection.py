@@ -146,6 +146,7 @@ class Collection:
         workers: int | None = None,
         commit_every: int = 2048,
         progress: bool = True,
+        fast_decode: bool = False,
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts."""
         from bioindex.indexer.embed import default_batch_size, default_workers
@@ -162,6 +163,7 @@ class Collection:
             workers=default_workers() if workers is None else workers,
             commit_every=commit_every,
             progress=progress,
+            fast_decode=fast_decode,
         )
 
     def rebuild_index(self) -> int:

@@ -127,6 +127,17 @@ class EmbeddingModel:
             features = self.model.encode_image(batch)
         return _normalise(features.float().cpu().numpy())
 
+    def encode_pixels(self, pixels: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+        """uint8 [n, 3, H, W] → unit vectors, finishing ToTensor + Normalize on the device
+        with the same arithmetic torchvision uses (so results match the PIL path)."""
+        torch = self._torch
+        with torch.inference_mode():
+            batch = pixels.to(self.device, non_blocking=True).float().div_(255)
+            mean_t = torch.as_tensor(mean, dtype=batch.dtype, device=self.device)[:, None, None]
+            std_t = torch.as_tensor(std, dtype=batch.dtype, device=self.device)[:, None, None]
+            batch = batch.sub_(mean_t).div_(std_t)
+        return self.encode_images(batch)
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         torch = self._torch
         out = []

@@ -67,3 +67,51 @@ def test_modes_differ_on_non_square_images(tmp_path, tiny_model: str) -> None:
     squash_vec = _reference(tiny_model, photo, squash=True)
     # If the two recipes collapsed into one, the parity test above would prove nothing.
     assert float(eval_vec @ squash_vec) < 0.9999
+
+
+def test_fast_decode_stays_close_to_the_exact_path(tmp_path) -> None:
+    from bioindex.indexer.embed import decode
+
+    folder = shared("camera-trap")
+    names = [n for n in PHOTOS if "cmyk" not in n] + [
+        "african_elephants_cmyk.jpg",
+        "african_elephants_with_exif_orientation.jpg",
+    ]
+    vectors = {}
+    for fast in (False, True):
+        with Collection.open(tmp_path / str(fast), model="bioclip-demo", create=True,
+                             device="cpu") as col:  # fmt: skip
+            col.index([folder / n for n in names], progress=False, workers=0, fast_decode=fast)
+            for name in names:
+                hit = col.search_image(folder / name, k=1)[0]
+                vectors[(fast, name)] = col.store.vectors([hit.image_id])[0]
+    for name in names:
+        exact, fast = vectors[(False, name)], vectors[(True, name)]
+        cosine = float(exact @ fast / np.linalg.norm(exact) / np.linalg.norm(fast))
+        assert cosine >= 0.99, (name, cosine)
+    # ... and the fast path really decoded fewer pixels (else this test proves nothing).
+    data = (folder / "african_elephants.jpg").read_bytes()
+    small, full = decode(data, 96, fast=True), decode(data, 96, fast=False)
+    assert small.width * 4 <= full.width and min(small.size) >= 2 * 96
+    rotated = decode((folder / "african_elephants_with_exif_orientation.jpg").read_bytes(), 96,
+                     fast=True)  # fmt: skip
+    upright = decode((folder / "african_elephants.jpg").read_bytes(), 96, fast=True)
+    assert rotated.size in (upright.size, upright.size[::-1])
+
+
+def test_uint8_hand_over_is_exact(tiny_model: str) -> None:
+    """Workers ship uint8 pixels; finishing ToTensor + Normalize on the model side must give
+    exactly what the full transform gives."""
+    from bioindex.indexer.embed import split_transform
+    from bioindex.models import load_model
+
+    model = load_model(tiny_model, device="cpu")
+    pil_part, mean, std = split_transform(model.transform)
+    assert pil_part is not None
+    image = Image.open(shared("camera-trap", "ocelot.jpg")).convert("RGB")
+    pixels = torch.from_numpy(np.asarray(pil_part(image)).copy()).permute(2, 0, 1)
+    via_uint8 = model.encode_pixels(pixels[None], mean, std)
+    via_float = model.encode_images(model.transform(image)[None])
+    np.testing.assert_array_equal(via_uint8, via_float)
+    squash = load_model(tiny_model, device="cpu", preprocess="squash")
+    assert split_transform(squash.transform)[0] is None  # resize on floats: no uint8 shortcut

@@ -172,3 +172,35 @@ def test_kill_minus_nine_then_resume(tmp_path: Path, tiny_model: str) -> None:
     con.close()
     assert uris == (240, 240)
     assert_index_matches_catalog(store)
+
+
+def test_killed_at_five_random_points_then_completed(tmp_path: Path, tiny_model: str) -> None:
+    photos = tmp_path / "photos"
+    draw_images(photos, 200, seed=12)
+    store = tmp_path / "s"
+    command = [sys.executable, "-m", "bioindex.cli", "index", str(photos), "-s", str(store),
+               "-m", tiny_model, "--batch-size", "8", "--commit-every", "8", "--workers", "1",
+               "-q"]  # fmt: skip
+    rng = np.random.default_rng(7)
+    counts = []
+    for _ in range(5):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Start-up (imports, model load) takes a few seconds; kill anywhere from there on.
+        time.sleep(float(rng.uniform(2.5, 7.0)))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        counts.append(live_rows(store) if (store / "manifest.json").exists() else 0)
+    assert counts == sorted(counts)  # committed work is never lost
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert live_rows(store) == 200
+    import duckdb
+
+    con = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
+    assert con.execute("SELECT count(DISTINCT uri), count(*) FROM images").fetchone() == (200, 200)
+    referenced = {r[0] for r in con.execute("SELECT DISTINCT shard FROM images").fetchall()}
+    con.close()
+    on_disk = {p.name for p in (store / "embeddings").iterdir()}
+    assert on_disk == referenced  # no orphan shards, no half-written .tmp files
+    assert not list(store.glob("*.tmp"))
+    assert_index_matches_catalog(store)

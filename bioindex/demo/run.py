@@ -81,7 +81,8 @@ def run_demo(
         echo(f"Indexed with the {DEMO_MODEL_NAME} model: {summary.line()}")
         precisions: dict[str, float] = {}
 
-        def show(title: str, hits, judge: Callable[[dict], bool]) -> None:
+        def show(title: str, hits, judge: Callable[[dict], bool],
+                 also: tuple[str, Callable[[dict], bool]] | None = None) -> None:  # fmt: skip
             rows = []
             for hit in hits:
                 rows.append({
@@ -91,9 +92,13 @@ def run_demo(
                     "catalog_number": hit.metadata.get("catalog_number", ""),
                     "path": os.path.relpath(hit.uri),
                 })  # fmt: skip
-            right = sum(judge(col.store.rows([h.image_id])[h.image_id]) for h in hits)
+            catalog = col.store.rows([h.image_id for h in hits])
+            right = sum(judge(catalog[h.image_id]) for h in hits)
             precisions[title] = right / max(1, len(hits))
-            echo(f"\n{title}  ({right}/{len(hits)} correct)")
+            extra = ""
+            if also is not None:
+                extra = f", {sum(also[1](catalog[h.image_id]) for h in hits)}/{len(hits)} {also[0]}"
+            echo(f"\n{title}  ({right}/{len(hits)} correct{extra})")
             echo(render(rows, "table").rstrip())
 
         cardinal = SPECIES[0].taxon
@@ -116,7 +121,8 @@ def run_demo(
         draw_organism(target, np.random.default_rng(seed + 99)).save(photo)
         show(f"search image {photo}  (a new picture of {target.name})",
              col.search_image(photo, k=5),
-             lambda r: r.get("scientific_name") == target.name)  # fmt: skip
+             lambda r: r.get("scientific_name") == target.name,
+             ("same genus", lambda r: r.get("genus") == target.taxon.genus))  # fmt: skip
 
     echo(f"\nTry next:\n  bioindex search text \"a photo of tailed blue plain starwort.\" "
          f"--store {store}\n  bioindex search image {photo} --store {store} --format json\n"

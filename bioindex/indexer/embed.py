@@ -1,8 +1,15 @@
-"""Decode in worker processes, embed in the main one, batch by batch."""
+"""Decode in worker processes, embed in the main one, batch by batch.
+
+Workers read, decode and resize whole batches and hand over one tensor per batch. When the
+model's transform ends in ToTensor + Normalize (open_clip's eval transform does), workers
+stop before those two and ship uint8 pixels — a quarter of the bytes — and the model side
+finishes the same arithmetic on its device, so the result is identical.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -10,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bioindex.images import open_image
+from bioindex.images import open_image, to_rgb
 from bioindex.indexer.sources import Item
 from bioindex.models import EmbeddingModel
 from bioindex.store import Failure, ImageRecord
@@ -25,45 +32,90 @@ class EmbeddedBatch:
 
 def default_workers() -> int:
     # Leave a core to the process that runs the model.
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return max(1, min(32, (os.cpu_count() or 2) - 1))
 
 
 def default_batch_size(device: str) -> int:
     return 256 if device == "cuda" else 32
 
 
-class DecodeDataset:
-    """Map-style dataset: item position → preprocessed tensor, or the reason it failed."""
+def split_transform(transform: Any) -> tuple[Callable[[Any], Any] | None, Any, Any]:
+    """(PIL part, mean, std) when `transform` ends in ToTensor + Normalize, else (None, …)."""
+    from torchvision import transforms as T
 
-    def __init__(self, items: Sequence[Item], transform: Callable[[Any], Any]):
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) >= 2 and isinstance(steps[-2], T.ToTensor) and isinstance(steps[-1], T.Normalize):
+        return T.Compose(steps[:-2]), steps[-1].mean, steps[-1].std
+    return None, None, None
+
+
+def decode(data: bytes, image_size: int, fast: bool) -> Any:
+    """Bytes → upright RGB. `fast` lets JPEG decoding downscale in the DCT domain
+    (Image.draft) to no less than twice the model's input on the shortest side."""
+    if not fast:
+        return open_image(data)
+    from PIL import Image, ImageOps
+
+    with io.BytesIO(data) as stream:
+        image = Image.open(stream)
+        if image.format == "JPEG":
+            width, height = image.size
+            target = 2 * image_size
+            short = min(width, height)
+            if short >= 2 * target:
+                image.draft(
+                    None, (max(1, width * target // short), max(1, height * target // short))
+                )
+        image.load()
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+class DecodeBatches:
+    """Map-style dataset of whole batches: batch number → pixels, or reasons for failure."""
+
+    def __init__(self, items: Sequence[Item], transform: Callable[[Any], Any], batch_size: int,
+                 image_size: int, fast_decode: bool = False):  # fmt: skip
         self.items = items
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.fast_decode = fast_decode
+        self.pil_part, _, _ = split_transform(transform)
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.items)
+        return (len(self.items) + self.batch_size - 1) // self.batch_size
 
-    def __getitem__(self, position: int) -> dict[str, Any]:
-        item = self.items[position]
-        stage = "read"
-        try:
-            data = item.read_bytes()
-            stage = "decode"
-            image = open_image(data)
-            stage = "preprocess"
-            tensor = self.transform(image)
-        except Exception as exc:  # bad input is recorded, never fatal
-            return {"position": position, "error": (stage, f"{type(exc).__name__}: {exc}")}
-        return {
-            "position": position,
-            "tensor": tensor,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "width": image.width,
-            "height": image.height,
-        }
+    def __getitem__(self, number: int) -> dict[str, Any]:
+        import torch
 
-
-def collate_samples(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return samples
+        start = number * self.batch_size
+        positions = range(start, min(start + self.batch_size, len(self.items)))
+        good: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": []}
+        pixels = []
+        failures = []
+        for position in positions:
+            item = self.items[position]
+            stage = "read"
+            try:
+                data = item.read_bytes()
+                stage = "decode"
+                image = decode(data, self.image_size, self.fast_decode)
+                stage = "preprocess"
+                if self.pil_part is not None:
+                    array = np.asarray(self.pil_part(image), dtype=np.uint8)
+                    pixels.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+                else:
+                    pixels.append(self.transform(image))
+            except Exception as exc:  # bad input is recorded, never fatal
+                failures.append((position, stage, f"{type(exc).__name__}: {exc}"))
+                continue
+            good["position"].append(position)
+            good["sha256"].append(hashlib.sha256(data).hexdigest())
+            good["width"].append(image.width)
+            good["height"].append(image.height)
+        good["pixels"] = torch.stack(pixels) if pixels else None
+        good["failures"] = failures
+        return good
 
 
 def worker_init(_: int) -> None:
@@ -73,57 +125,53 @@ def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def batch_loader(items: Sequence[Item], model: EmbeddingModel, batch_size: int, workers: int,
+                 fast_decode: bool = False) -> Any:  # fmt: skip
+    from torch.utils.data import DataLoader
+
+    dataset = DecodeBatches(items, model.transform, batch_size, model.identity.image_size,
+                            fast_decode)  # fmt: skip
+    workers = min(workers, len(dataset)) if len(dataset) > 1 else 0
+    return DataLoader(
+        dataset,
+        batch_size=None,  # the dataset already yields whole batches
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=worker_init if workers else None,
+        pin_memory=model.device == "cuda",
+        prefetch_factor=2 if workers else None,
+    )
+
+
 def embed_items(
     items: Sequence[Item],
     model: EmbeddingModel,
     batch_size: int,
     workers: int,
+    fast_decode: bool = False,
 ) -> Iterator[EmbeddedBatch]:
-    """Yield one EmbeddedBatch per decoded batch, in item order."""
-    import torch
-    from torch.utils.data import DataLoader
-
+    """Yield one EmbeddedBatch per batch of items, in item order."""
     if not items:
         return
-    workers = workers if len(items) > batch_size else 0
-    loader = DataLoader(
-        DecodeDataset(items, model.transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_samples,
-        worker_init_fn=worker_init if workers else None,
-        pin_memory=model.device == "cuda",
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
-    for samples in loader:
-        good = [s for s in samples if "tensor" in s]
-        failures = [
-            Failure(
-                items[s["position"]].uri,
-                s["error"][0],
-                s["error"][1],
-                items[s["position"]].size,
-                items[s["position"]].mtime,
-            )
-            for s in samples
-            if "error" in s
-        ]
-        if good:
-            vectors = model.encode_images(torch.stack([s["tensor"] for s in good]))
-        else:
+    _, mean, std = split_transform(model.transform)
+    for batch in batch_loader(items, model, batch_size, workers, fast_decode):
+        pixels = batch["pixels"]
+        if pixels is None:
             vectors = np.zeros((0, model.identity.dim), dtype=np.float32)
+        elif pixels.dtype == model._torch.uint8:
+            vectors = model.encode_pixels(pixels, mean, std)
+        else:
+            vectors = model.encode_images(pixels)
         records = [
             ImageRecord(
-                uri=items[s["position"]].uri,
-                size=items[s["position"]].size,
-                mtime=items[s["position"]].mtime,
-                sha256=s["sha256"],
-                width=s["width"],
-                height=s["height"],
-                metadata=items[s["position"]].metadata,
+                uri=items[p].uri, size=items[p].size, mtime=items[p].mtime, sha256=sha,
+                width=w, height=h, metadata=items[p].metadata,
             )
-            for s in good
+            for p, sha, w, h in zip(batch["position"], batch["sha256"], batch["width"],
+                                    batch["height"])
+        ]  # fmt: skip
+        failures = [
+            Failure(items[p].uri, stage, error, items[p].size, items[p].mtime)
+            for p, stage, error in batch["failures"]
         ]
         yield EmbeddedBatch(records, vectors, failures)

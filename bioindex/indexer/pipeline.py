@@ -88,6 +88,7 @@ def run_index(
     workers: int,
     commit_every: int = 2048,
     progress: bool = True,
+    fast_decode: bool = False,
 ) -> IndexSummary:
     started = time.time()
     run_id = store.next_run_id()
@@ -121,7 +122,9 @@ def run_index(
         total=len(todo), unit="img", desc="embedding", disable=not progress or None, smoothing=0.1
     )
     try:
-        for batch in embed_items(todo, model, batch_size=batch_size, workers=workers):
+        for batch in embed_items(
+            todo, model, batch_size=batch_size, workers=workers, fast_decode=fast_decode
+        ):
             pending_records.extend(batch.records)
             pending_vectors.append(batch.vectors)
             pending_failures.extend(batch.failures)
