@@ -204,3 +204,36 @@ def test_killed_at_five_random_points_then_completed(tmp_path: Path, tiny_model:
     assert on_disk == referenced  # no orphan shards, no half-written .tmp files
     assert not list(store.glob("*.tmp"))
     assert_index_matches_catalog(store)
+
+
+def test_gpu_faiss_is_chosen_only_when_present(tmp_path: Path, monkeypatch) -> None:
+    """faiss-gpu and a GPU cannot exist here; the choice logic is checked with stand-ins."""
+    import faiss
+
+    from bioindex import store as store_module
+
+    with Store.create(tmp_path / "s", MODEL) as store:
+        store.commit(_records([str(i) for i in range(20)]), _unit(20))
+        index = store.index()
+        assert store_module._to_gpu(index) is None or faiss.get_num_gpus() > 0
+        monkeypatch.setattr(store_module, "GPU_MIN_VECTORS", 10)
+        calls = []
+
+        class FakeGpuIndex:
+            def search(self, queries, k):
+                calls.append(k)
+                return index.search(queries, k)
+
+        monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
+        monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+        monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, idx: FakeGpuIndex(),
+                            raising=False)  # fmt: skip
+        scores, ids = store.search(_unit(1), 3)
+        assert calls == [3] and ids[0][0] == 1  # plain searches go to the GPU copy
+        store.search(_unit(1), 3, only=np.array([2, 3]))
+        assert calls == [3]  # filtered searches stay on the CPU index
+        store.commit(_records(["new"]), _unit(1, seed=5))  # a write drops the stale GPU copy
+        assert store._gpu_index is None
+        monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+        store.search(_unit(1), 3)
+        assert calls == [3]  # no GPU: the CPU index answers
