@@ -130,7 +130,7 @@ def main() -> None:
     paths = make_images(workdir / f"images-{args.size}", args.images, args.size)
     model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     batch_size = args.batch_size or default_batch_size(model.device)
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers(model.device) if args.workers is None else args.workers
 
     results = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

@@ -160,7 +160,7 @@ class Collection:
             model,
             scan,
             batch_size=batch_size or default_batch_size(model.device),
-            workers=default_workers() if workers is None else workers,
+            workers=default_workers(model.device) if workers is None else workers,
             commit_every=commit_every,
             progress=progress,
             fast_decode=fast_decode,

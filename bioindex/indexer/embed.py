@@ -30,9 +30,12 @@ class EmbeddedBatch:
     failures: list[Failure]
 
 
-def default_workers() -> int:
-    # Leave a core to the process that runs the model.
-    return max(1, min(32, (os.cpu_count() or 2) - 1))
+def default_workers(device: str = "cpu") -> int:
+    cores = os.cpu_count() or 2
+    if device == "cpu":
+        # Decoding and the model share the cores; the model gets its share between batches.
+        return max(1, min(32, cores))
+    return max(1, min(32, cores - 1))  # leave a core to feed the GPU
 
 
 def default_batch_size(device: str) -> int:
@@ -154,6 +157,19 @@ def embed_items(
     if not items:
         return
     _, mean, std = split_transform(model.transform)
+    torch = model._torch
+    threads = torch.get_num_threads()
+    if model.device == "cpu" and workers:
+        # Decode workers already fill the cores; OpenMP threads spinning beside them only
+        # steal cycles, so the model keeps what the workers leave.
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
+    try:
+        yield from _embed_batches(items, model, batch_size, workers, fast_decode, mean, std)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _embed_batches(items, model, batch_size, workers, fast_decode, mean, std):
     for batch in batch_loader(items, model, batch_size, workers, fast_decode):
         pixels = batch["pixels"]
         if pixels is None:
