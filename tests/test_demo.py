@@ -113,7 +113,7 @@ def test_demo_command_runs_offline_and_fast(tmp_path: Path) -> None:
     assert time.monotonic() - started < 180
     out = result.stdout
     assert "Rubrostria oculatus" in out and "score" in out and "images/" in out
-    assert out.count("correct)") == 4
+    assert out.count(" correct") == 4 and "same genus)" in out
 
 
 @pytest.fixture(scope="module")
