@@ -17,12 +17,12 @@ This module never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -372,8 +372,7 @@ class Store:
                 next_id += 1
 
         table = self._records_table(records, ids, shard, run_id)
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction(generation):
             if existing:
                 self.con.execute(
                     "DELETE FROM images WHERE image_id IN (SELECT unnest(?))",
@@ -394,12 +393,6 @@ class Store:
                     "INSERT INTO failures VALUES (?, ?, ?, ?, now(), ?, ?)",
                     [(f.uri, f.stage, f.error, run_id, f.size, f.mtime) for f in failures],
                 )
-            self.con.execute("UPDATE meta SET value=? WHERE key='generation'", [str(generation)])
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self._gpu_index = None
         if self._index is not None:
             index_ids = np.asarray(ids, dtype=np.int64)
             if existing:
@@ -416,21 +409,27 @@ class Store:
             return 0
         ids = list(map(int, image_ids))
         generation = self.generation() + 1
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction(generation):
             self.con.execute(
                 "UPDATE images SET status='deleted' WHERE image_id IN (SELECT unnest(?))", [ids]
             )
+        if self._index is not None:
+            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+            self._index_generation = generation
+        return len(ids)
+
+    @contextlib.contextmanager
+    def _transaction(self, generation: int) -> Iterator[None]:
+        """One DuckDB transaction that also moves the catalog to `generation`."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
             self.con.execute("UPDATE meta SET value=? WHERE key='generation'", [str(generation)])
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
-        self._gpu_index = None
-        if self._index is not None:
-            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
-            self._index_generation = generation
-        return len(ids)
+        self._gpu_index = None  # any GPU copy of the index is now stale
 
     def record_run(self, run_id: int, started_at: float, sources: Sequence[str], **counts: Any):
         self._require_writable()
@@ -667,10 +666,3 @@ def _tree_size(root: Path) -> int:
 
 def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def remove_store(path: str | os.PathLike[str]) -> None:
-    """Delete a store directory (only if it is one)."""
-    root = Path(path)
-    _check_store_dir(root, creating=False)
-    shutil.rmtree(root)
