@@ -229,3 +229,17 @@ def test_cli_taxon_and_classify(held_out: Collection, queries, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == "file,kingdom,phylum,class,order,family,genus,score"
     assert species.taxon.genus in result.output.splitlines()[1]
+    for args, message in (
+        (["search", "taxon", "Nonexistens imaginarius"], "unknown taxon"),
+        (["search", "taxon", "oculatus"], "unknown taxon"),  # an epithet alone names nothing
+        (["search", "taxon", "Rubridae", "--where", "family"], "malformed filter"),
+        (["search", "taxon", "Rubridae", "--where", "family=x' OR '1'='1"], ""),
+        (["classify", str(path), "-s", store, "--labels", "only-one"], "comma-separated"),
+    ):
+        result = runner.invoke(main, [*args[:3], "-s", store, *args[3:]] if args[0] == "search"
+                               else args)  # fmt: skip
+        if message:
+            assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+            assert message in result.output
+        else:  # an injection attempt is just a value that matches nothing
+            assert result.exit_code == 0 and "(no results)" in result.output
