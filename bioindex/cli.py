@@ -119,6 +119,20 @@ def main() -> None:
     help="Images per atomic commit; a killed run loses at most this much work.",
 )
 @click.option(
+    "--source-type",
+    type=click.Choice(["auto", "folder", "file", "manifest", "dwca", "webdataset"]),
+    default="auto",
+    show_default=True,
+    help="What SOURCES are; auto: folders, images, .csv/.tsv/.parquet manifests, .zip or "
+    "meta.xml folders (Darwin Core Archives), .tar or {..} shard patterns.",
+)
+@click.option(
+    "--media-root",
+    default=None,
+    metavar="DIR",
+    help="Where relative media paths in manifests and archives are found.",
+)
+@click.option(
     "--fast-decode",
     is_flag=True,
     help="Let large JPEGs decode at 1/2-1/8 scale (DCT domain) before resizing: "
@@ -137,10 +151,17 @@ def index(
     batch_size: int | None,
     workers: int | None,
     commit_every: int,
+    source_type: str,
+    media_root: str | None,
     fast_decode: bool,
     quiet: bool,
 ) -> None:
     """Embed the images under SOURCES (folders or files) into a store.
+
+    SOURCES are folders, image files, manifests (CSV/TSV/Parquet with a path or URL column),
+    Darwin Core Archives (occurrence core + multimedia extension; records without images
+    are imported too) or webdataset tar shards (TreeOfLife-10M keys). Remote media are
+    downloaded once into the store's media cache.
 
     Re-running embeds only new or changed files (path, size, mtime) and drops files that
     vanished from the folders given. Unreadable files are recorded, not fatal
@@ -153,10 +174,15 @@ def index(
       bioindex index sheets/ --store s --model local-dir:~/models/bioclip --device cpu
       bioindex index imgs/ --store s --metadata occurrences.csv
       bioindex index big-jpegs/ --store s --fast-decode --device cuda --batch-size 512
+      bioindex index gbif-download.zip --store s          # Darwin Core Archive, fetches media
+      bioindex index manifest.parquet --store s --media-root /data/images
+      bioindex index 'tol/shard-{000000..000165}.tar' --store s   # webdataset shards
     """
     from bioindex.collection import Collection, scan_sources
 
-    scan = scan_sources(sources, metadata)
+    scan = scan_sources(sources, metadata, source_type, media_root)
+    for warning in scan.warnings:
+        click.echo(f"warning: {warning}", err=True)
     with Collection.open(
         store, model=model, checkpoint=checkpoint, preprocess=preprocess, device=device, create=True
     ) as collection:

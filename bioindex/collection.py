@@ -43,10 +43,15 @@ DEFAULT_MODEL = "bioclip"
 
 
 def scan_sources(
-    sources: Sequence[str | os.PathLike[str]], metadata: str | os.PathLike[str] | None = None
+    sources: Sequence[str | os.PathLike[str]],
+    metadata: str | os.PathLike[str] | None = None,
+    source_type: str = "auto",
+    media_root: str | os.PathLike[str] | None = None,
 ) -> Scan:
-    """List the images under folders/files (raises on missing paths or no images)."""
-    return scan_paths(sources, metadata_file=str(metadata) if metadata else None)
+    """List what folders, files, manifests, Darwin Core Archives or tar shards hold
+    (raises on missing paths or when nothing is found)."""
+    return scan_paths(sources, metadata_file=str(metadata) if metadata else None,
+                      source_type=source_type, media_root=media_root)  # fmt: skip
 
 
 class Collection:
@@ -147,11 +152,19 @@ class Collection:
         commit_every: int = 2048,
         progress: bool = True,
         fast_decode: bool = False,
+        source_type: str = "auto",
+        media_root: str | os.PathLike[str] | None = None,
+        download_timeout: float = 20.0,
+        max_download_bytes: int = 50 * 1024 * 1024,
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts."""
         from bioindex.indexer.embed import default_batch_size, default_workers
 
-        scan = sources if isinstance(sources, Scan) else scan_sources(sources, metadata)
+        scan = (
+            sources
+            if isinstance(sources, Scan)
+            else scan_sources(sources, metadata, source_type, media_root)
+        )
         model = self.model
         if batch_size is not None and batch_size < 1:
             raise BioindexError(f"batch size must be at least 1, got {batch_size}")
@@ -164,6 +177,7 @@ class Collection:
             commit_every=commit_every,
             progress=progress,
             fast_decode=fast_decode,
+            download={"timeout": download_timeout, "max_bytes": max_download_bytes},
         )
 
     def rebuild_index(self) -> int:

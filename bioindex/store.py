@@ -78,6 +78,13 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds DOUBLE
 );
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS occurrences (
+    core_id VARCHAR PRIMARY KEY,
+    source VARCHAR,
+    {", ".join(f'"{c}" VARCHAR' for c in DWC_TEXT_COLUMNS)},
+    {", ".join(f'"{c}" DOUBLE' for c in DWC_FLOAT_COLUMNS)},
+    extra JSON
+);
 """
 
 # Columns written for each embedded image, in table order.
@@ -318,6 +325,7 @@ class Store:
             "images_live": counts.get("live", 0),
             "images_deleted": counts.get("deleted", 0),
             "failures": self.con.execute("SELECT count(*) FROM failures").fetchone()[0],
+            "occurrences": self.con.execute("SELECT count(*) FROM occurrences").fetchone()[0],
             "index_kind": self.manifest["index"]["kind"],
             "index_ntotal": int(index.ntotal),
             "store_bytes": _tree_size(self.path),
@@ -417,6 +425,36 @@ class Store:
             self._index.remove_ids(np.asarray(ids, dtype=np.int64))
             self._index_generation = generation
         return len(ids)
+
+    def upsert_occurrences(self, records: Sequence[dict[str, Any]]) -> int:
+        """Occurrence (specimen) records, images or not, keyed by the archive's core id."""
+        self._require_writable()
+        if not records:
+            return 0
+        by_id = {str(r["core_id"]): r for r in records}
+        columns: dict[str, list[Any]] = {
+            "core_id": list(by_id),
+            "source": [r.get("source") for r in by_id.values()],
+        }
+        split = [split_metadata({k: v for k, v in r.items() if k not in ("core_id", "source")})
+                 for r in by_id.values()]  # fmt: skip
+        for column in DWC_TEXT_COLUMNS:
+            columns[column] = [_text(known.get(column)) for known, _ in split]
+        for column in DWC_FLOAT_COLUMNS:
+            columns[column] = [_float(known.get(column)) for known, _ in split]
+        columns["extra"] = [json.dumps(extra, default=str) if extra else None for _, extra in split]
+        table = pa.table({k: pa.array(v, type=pa.float64() if k in DWC_FLOAT_COLUMNS
+                                       else pa.string()) for k, v in columns.items()})  # fmt: skip
+        with self._transaction(self.generation()):
+            self.con.execute("DELETE FROM occurrences WHERE core_id IN (SELECT unnest(?))",
+                             [list(by_id)])  # fmt: skip
+            self.con.register("incoming_occurrences", table)
+            self.con.execute(
+                f"INSERT INTO occurrences ({', '.join(_quoted(table.column_names))}) "
+                "SELECT * FROM incoming_occurrences"
+            )
+            self.con.unregister("incoming_occurrences")
+        return len(by_id)
 
     @contextlib.contextmanager
     def _transaction(self, generation: int) -> Iterator[None]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
 
 from bioindex.indexer.embed import embed_items
+from bioindex.indexer.remote import MediaCache, fetch_all
 from bioindex.indexer.sources import Item, Scan, covered
 from bioindex.models import EmbeddingModel
 from bioindex.store import Failure, ImageRecord, Store
@@ -22,13 +23,18 @@ class IndexSummary:
     failed: int = 0
     deleted: int = 0
     known_bad: int = 0
+    downloaded: int = 0
+    occurrences: int = 0
     seconds: float = 0.0
     run_id: int = 0
 
     def line(self) -> str:
         rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
+        records = f"{self.occurrences} occurrence records, " if self.occurrences else ""
+        fetched = f", downloaded {self.downloaded}" if self.downloaded else ""
         return (
-            f"embedded {self.embedded}, unchanged {self.unchanged}, failed {self.failed}, "
+            f"{records}embedded {self.embedded}, unchanged {self.unchanged}, "
+            f"failed {self.failed}{fetched}, "
             f"deleted {self.deleted}{self._known_bad()} "
             f"in {self.seconds:.1f}s ({rate:.1f} images/s)"
         )
@@ -59,6 +65,15 @@ def plan(scan: Scan, store: Store) -> Plan:
     unchanged = known_bad = 0
     for item in scan.items:
         previous = known.get(item.uri)
+        if item.remote:
+            # A URL is fetched once: embedded or failed before means nothing to do now.
+            if previous is not None and previous[3] == "live":
+                unchanged += 1
+            elif item.uri in failed:
+                known_bad += 1
+            else:
+                todo.append(item)
+            continue
         if failed.get(item.uri) == (item.size, item.mtime):
             known_bad += 1
         elif (
@@ -89,14 +104,25 @@ def run_index(
     commit_every: int = 2048,
     progress: bool = True,
     fast_decode: bool = False,
+    download: dict | None = None,
 ) -> IndexSummary:
     started = time.time()
     run_id = store.next_run_id()
+    summary = IndexSummary(run_id=run_id)
+    summary.occurrences = store.upsert_occurrences(scan.occurrences)
     work = plan(scan, store)
-    todo = work.todo
-    summary = IndexSummary(unchanged=work.unchanged, known_bad=work.known_bad, run_id=run_id)
+    summary.unchanged, summary.known_bad = work.unchanged, work.known_bad
     store.index()  # load (or rebuild) before writing so it follows every commit
     summary.deleted = store.mark_deleted(work.vanished)
+    todo, early_failures, summary.downloaded = download_remote(
+        work.todo, MediaCache(store.path / "media-cache"), progress, **(download or {})
+    )
+    known = store.known_failures()
+    early_failures += [Failure(uri, stage, error) for uri, stage, error in scan.failures
+                       if uri not in known]  # fmt: skip
+    if early_failures:
+        store.commit([], np.zeros((0, store.dim), np.float32), early_failures, run_id=run_id)
+        summary.failed += len(early_failures)
 
     pending_records: list[ImageRecord] = []
     pending_vectors: list[np.ndarray] = []
@@ -158,3 +184,29 @@ def _live_ids_of(store: Store, uris: Sequence[str]) -> list[int]:
         [list(uris)],
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def download_remote(items: list[Item], cache: MediaCache, progress: bool = True,
+                    **options: float) -> tuple[list[Item], list[Failure], int]:  # fmt: skip
+    """Fetch remote media into the cache; local items pass through unchanged.
+    Returns (ready items, download failures, how many files were fetched now)."""
+    urls = [item.uri for item in items if item.remote]
+    if not urls:
+        return items, [], 0
+    with tqdm(total=len(urls), unit="file", desc="downloading",
+              disable=not progress or None) as bar:  # fmt: skip
+        fetched = fetch_all(urls, cache, on_done=lambda _: bar.update(1), **options)
+    ready: list[Item] = []
+    failures: list[Failure] = []
+    for item in items:
+        if not item.remote:
+            ready.append(item)
+            continue
+        result = fetched[item.uri]
+        if result.path is None:
+            failures.append(Failure(item.uri, "download", result.error or "download failed"))
+            continue
+        stat = result.path.stat()
+        ready.append(replace(item, path=str(result.path), size=stat.st_size,
+                             mtime=stat.st_mtime))  # fmt: skip
+    return ready, failures, sum(r.downloaded for r in fetched.values())

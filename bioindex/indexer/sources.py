@@ -1,9 +1,19 @@
-"""Where images come from. An item is a uri, how to read its bytes, and its metadata."""
+"""Where images come from. An item is a uri, how to read its bytes, and its metadata.
+
+Source types (chosen from the path unless --source-type says):
+  folder       a directory walked recursively (+ optional sidecar metadata CSV/TSV/Parquet)
+  file         single image files
+  manifest     a CSV/TSV/Parquet table with a path or URL column and metadata columns
+  dwca         a Darwin Core Archive (zip or folder with meta.xml; iDigBio's layout too)
+  webdataset   tar shards, brace patterns allowed (shard-{000000..000165}.tar), with the
+               TreeOfLife-10M keys (jpg, taxonomic_name.txt, scientific_name.txt, …)
+"""
 
 from __future__ import annotations
 
 import csv
 import os
+import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,19 +21,36 @@ from typing import Any
 
 from bioindex.errors import BioindexError
 from bioindex.images import IMAGE_EXTENSIONS
+from bioindex.indexer.remote import is_remote
+
+SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "webdataset")
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
+_URI_COLUMNS = ("path", "file", "filename", "uri", "url", "identifier", "accessuri", "image")
+_SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass(frozen=True)
 class Item:
     uri: str
-    path: str
-    size: int
-    mtime: float
+    path: str  # a local file ('' for remote media until downloaded)
+    size: int | None
+    mtime: float | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    offset: int | None = None  # bytes of a tar member start here in `path`
 
     def read_bytes(self) -> bytes:
         with open(self.path, "rb") as handle:
-            return handle.read()
+            if self.offset is None:
+                return handle.read()
+            handle.seek(self.offset)
+            data = handle.read(self.size or 0)
+        if len(data) != self.size:
+            raise OSError(f"tar member is truncated ({len(data)} of {self.size} bytes)")
+        return data
+
+    @property
+    def remote(self) -> bool:
+        return not self.path and is_remote(self.uri)
 
 
 @dataclass
@@ -32,55 +59,263 @@ class Scan:
 
     items: list[Item]
     roots: list[str]  # folder prefixes (with trailing separator) and single-file uris
+    occurrences: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (uri, stage, error)
+    warnings: list[str] = field(default_factory=list)
 
 
-def scan_paths(paths: Sequence[str | os.PathLike[str]], metadata_file: str | None = None) -> Scan:
-    """Walk folders (recursively) and single files; raise on missing paths or nothing found."""
+def scan_paths(
+    paths: Sequence[str | os.PathLike[str]],
+    metadata_file: str | None = None,
+    source_type: str = "auto",
+    media_root: str | os.PathLike[str] | None = None,
+) -> Scan:
+    """List what the sources hold; raise on missing paths or when nothing is found."""
     if not paths:
-        raise BioindexError("no source given; name one or more folders or image files")
-    sidecar = read_sidecar(metadata_file) if metadata_file else {}
+        raise BioindexError("no source given; name folders, image files, tables or archives")
+    if source_type not in SOURCE_TYPES:
+        raise BioindexError(f"unknown source type {source_type!r}; one of {SOURCE_TYPES}")
+    sidecar = read_table(metadata_file) if metadata_file else {}
+    scan = Scan(items=[], roots=[])
     items: dict[str, Item] = {}
-    roots: list[str] = []
     for raw in paths:
+        kind = source_type if source_type != "auto" else detect(str(raw))
+        if kind == "webdataset":
+            _scan_shards(str(raw), items, scan)
+            continue
         path = Path(raw).expanduser()
         if not path.exists():
             raise BioindexError(f"source {raw} does not exist")
         path = path.resolve()
-        if path.is_dir():
-            roots.append(str(path) + os.sep)
+        if kind == "folder":
+            scan.roots.append(str(path) + os.sep)
             for file in _walk(path):
-                items.setdefault(str(file), _item(file, path, sidecar))
-        elif path.suffix.lower() in IMAGE_EXTENSIONS:
-            roots.append(str(path))
-            items.setdefault(str(path), _item(path, path.parent, sidecar))
-        else:
-            raise BioindexError(f"source {raw} is not a folder or an image file")
-    if not items:
+                items.setdefault(str(file), _file_item(file, path, sidecar))
+        elif kind == "file":
+            scan.roots.append(str(path))
+            items.setdefault(str(path), _file_item(path, path.parent, sidecar))
+        elif kind == "manifest":
+            _scan_manifest(path, media_root, items)
+        elif kind == "dwca":
+            _scan_archive(path, media_root, items, scan)
+    scan.items = sorted(items.values(), key=lambda i: i.uri)
+    if not scan.items and not scan.occurrences and not scan.failures:
         raise BioindexError(
             f"no images found in {', '.join(map(str, paths))} "
             f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    return Scan(items=sorted(items.values(), key=lambda i: i.uri), roots=roots)
+    return scan
+
+
+def detect(raw: str) -> str:
+    if "{" in raw and "}" in raw or raw.endswith(".tar"):
+        return "webdataset"
+    path = Path(raw).expanduser()
+    if path.is_dir():
+        from bioindex.indexer.dwca import is_archive
+
+        return "dwca" if is_archive(path) else "folder"
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        return "dwca"
+    if suffix in TABLE_SUFFIXES:
+        return "manifest"
+    if suffix in IMAGE_EXTENSIONS or not path.exists():
+        return "file"
+    raise BioindexError(f"source {raw} is not a folder, image, table, archive or tar shard")
 
 
 def covered(uri: str, roots: Sequence[str]) -> bool:
     return any(uri == root or (root.endswith(os.sep) and uri.startswith(root)) for root in roots)
 
 
-def read_sidecar(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """A CSV/TSV of metadata keyed by its first column that names a file (relative path or name)."""
+# ---- tables (sidecars and manifests) ------------------------------------------------
+
+
+def iter_table_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Rows of a CSV/TSV/Parquet file as dicts, streamed."""
     file = Path(path)
     if not file.is_file():
-        raise BioindexError(f"metadata file {path} does not exist")
+        raise BioindexError(f"table {path} does not exist")
+    if file.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=8192):
+            yield from batch.to_pylist()
+        return
     with open(file, newline="", encoding="utf-8-sig") as handle:
         dialect = "excel-tab" if file.suffix.lower() in (".tsv", ".txt") else "excel"
-        reader = csv.DictReader(handle, dialect=dialect)
-        key = next(
-            (c for c in reader.fieldnames or [] if c.lower() in ("file", "filename", "path")), None
-        )
-        if key is None:
-            raise BioindexError(f"metadata file {path} needs a 'file' or 'path' column")
-        return {row[key]: {k: v for k, v in row.items() if k != key} for row in reader}
+        yield from csv.DictReader(handle, dialect=dialect)
+
+
+def _uri_column(columns: Sequence[str], path: Path) -> str:
+    lowered = {c.lower().split(":")[-1]: c for c in columns}
+    for name in _URI_COLUMNS:
+        if name in lowered:
+            return lowered[name]
+    raise BioindexError(f"{path} needs a column naming the images ({', '.join(_URI_COLUMNS)})")
+
+
+def read_table(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """A sidecar: metadata rows keyed by their file column (relative path or file name)."""
+    rows = iter_table_rows(path)
+    out: dict[str, dict[str, Any]] = {}
+    key = None
+    for row in rows:
+        key = key or _uri_column(list(row), Path(path))
+        out[str(row[key])] = {k: v for k, v in row.items() if k != key}
+    return out
+
+
+def _scan_manifest(path: Path, media_root: Any, items: dict[str, Item]) -> None:
+    key = None
+    base = Path(media_root).resolve() if media_root else path.parent
+    for row in iter_table_rows(path):
+        key = key or _uri_column(list(row), path)
+        value = str(row.get(key) or "").strip()
+        if not value:
+            continue
+        metadata = {k: v for k, v in row.items() if k != key and v not in (None, "")}
+        item = _media_item(value, base, metadata)
+        items.setdefault(item.uri, item)
+
+
+def _media_item(value: str, base: Path, metadata: dict[str, Any]) -> Item:
+    """A URL (fetched later) or a path relative to `base`."""
+    if is_remote(value):
+        return Item(value, "", None, None, metadata)
+    if value.startswith("file://"):
+        value = value[len("file://") :]
+    file = (base / value).resolve() if not os.path.isabs(value) else Path(value)
+    try:
+        stat = file.stat()
+        return Item(str(file), str(file), stat.st_size, stat.st_mtime, metadata)
+    except OSError:
+        # Missing local media is a per-image failure (recorded at read time), not fatal.
+        return Item(str(file), str(file), None, None, metadata)
+
+
+# ---- Darwin Core Archives ------------------------------------------------------------
+
+
+def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Scan) -> None:
+    from bioindex.indexer.dwca import Archive
+
+    base = Path(media_root).resolve() if media_root else (path if path.is_dir() else path.parent)
+    seen: set[str] = set()
+    repeated = False
+    with Archive(path) as archive:
+        for number, occurrence in enumerate(archive.occurrences()):
+            terms = dict(occurrence.terms)
+            terms.setdefault("occurrenceID", occurrence.core_id)
+            key = occurrence.core_id
+            if key in seen:  # ids that repeat (seen in the wild) must not merge records
+                key = f"{key}#{terms.get('catalogNumber') or number}"
+                repeated = True
+            seen.add(key)
+            scan.occurrences.append({"core_id": key, "source": str(path), **terms})
+            for media in occurrence.media:
+                uri = media.pop("_media_uri")
+                # The image's own licence/creator/rights holder override the record's.
+                metadata = {**terms, **{k: v for k, v in media.items() if k in _MEDIA_TERMS}}
+                metadata["mediaIdentifier"] = uri
+                item = _media_item(uri, base, metadata)
+                items.setdefault(item.uri, item)
+        scan.warnings.extend(archive.warnings)
+    if repeated:
+        scan.warnings.append(f"{path}: core ids repeat; such records are keyed id#catalogNumber")
+
+
+_MEDIA_TERMS = ("license", "creator", "rightsHolder", "rights", "format", "title", "references")
+
+
+# ---- webdataset tar shards -------------------------------------------------------------
+
+
+def expand_shards(pattern: str) -> list[str]:
+    from braceexpand import braceexpand
+
+    return list(braceexpand(pattern))
+
+
+def _scan_shards(pattern: str, items: dict[str, Item], scan: Scan) -> None:
+    shards = expand_shards(pattern)
+    missing = [s for s in shards if not Path(s).expanduser().is_file()]
+    if missing:
+        raise BioindexError(f"shard {missing[0]} does not exist ({len(missing)} of "
+                            f"{len(shards)} named by {pattern} are missing)")  # fmt: skip
+    for shard in shards:
+        path = Path(shard).expanduser().resolve()
+        scan.roots.append(str(path) + "#")
+        for item, failure in _shard_items(path):
+            if failure is not None:
+                scan.failures.append(failure)
+            else:
+                items.setdefault(item.uri, item)
+
+
+def _shard_items(path: Path) -> Iterator[tuple[Item | None, tuple[str, str, str] | None]]:
+    """Group tar members into samples by webdataset's key rule (name up to the first dot)."""
+    mtime = path.stat().st_mtime
+    samples: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                directory, _, base = member.name.rpartition("/")
+                key, _, extension = base.partition(".")
+                key = f"{directory}/{key}" if directory else key
+                if key not in samples:
+                    samples[key] = {}
+                    order.append(key)
+                extension = extension.lower()
+                if extension in _SHARD_IMAGE_KEYS:
+                    samples[key]["_image"] = (member.offset_data, member.size)
+                elif extension.endswith("txt") or extension in ("cls", "json"):
+                    handle = tar.extractfile(member)
+                    text = handle.read().decode("utf-8", "replace").strip() if handle else ""
+                    samples[key][extension] = text
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        # A truncated shard: keep the samples read so far, record where it broke.
+        yield None, (f"{path}#{order[-1] if order else ''}", "read", f"tar: {exc}")
+        if order:
+            samples.pop(order.pop(), None)
+    for key in order:
+        sample = samples.get(key, {})
+        if "_image" not in sample:
+            continue
+        offset, size = sample["_image"]
+        metadata = tree_of_life_metadata(sample)
+        item = Item(f"{path}#{key}", str(path), size, mtime, metadata, offset=offset)
+        yield item, None
+
+
+def tree_of_life_metadata(sample: dict[str, str]) -> dict[str, Any]:
+    """Darwin Core fields from TreeOfLife-10M text keys; ranks only when all seven are given."""
+    metadata: dict[str, Any] = {}
+    taxonomic = sample.get("taxonomic_name.txt", "")
+    words = taxonomic.split()
+    if len(words) == 7:
+        for rank, value in zip(("kingdom", "phylum", "class", "order", "family", "genus",
+                                "specificEpithet"), words):  # fmt: skip
+            metadata[rank] = value
+        metadata["scientificName"] = f"{words[5]} {words[6]}"
+    elif taxonomic:
+        metadata["taxonomic_name"] = taxonomic  # positions unknown: kept, not guessed
+    if sample.get("scientific_name.txt"):
+        metadata["scientificName"] = sample["scientific_name.txt"]
+    if sample.get("common_name.txt"):
+        metadata["vernacularName"] = sample["common_name.txt"]
+    for key in ("sci.txt", "com.txt", "taxon.txt", "taxonTag.txt", "sci_com.txt",
+                "taxon_com.txt"):  # fmt: skip
+        if sample.get(key) or sample.get(key.lower()):
+            metadata[key[:-4]] = sample.get(key) or sample.get(key.lower())
+    return metadata
+
+
+# ---- folders ---------------------------------------------------------------------------
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -91,14 +326,9 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(directory) / name
 
 
-def _item(file: Path, root: Path, sidecar: dict[str, dict[str, Any]]) -> Item:
+def _file_item(file: Path, root: Path, sidecar: dict[str, dict[str, Any]]) -> Item:
     stat = file.stat()
     relative = file.relative_to(root).as_posix()
     metadata = sidecar.get(relative) or sidecar.get(file.name) or {}
-    return Item(
-        uri=str(file),
-        path=str(file),
-        size=stat.st_size,
-        mtime=stat.st_mtime,
-        metadata=dict(metadata),
-    )
+    return Item(uri=str(file), path=str(file), size=stat.st_size, mtime=stat.st_mtime,
+                metadata=dict(metadata))  # fmt: skip

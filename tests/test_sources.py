@@ -1,0 +1,304 @@
+"""Collection sources: Darwin Core Archives, remote media, manifests, webdataset shards."""
+
+from __future__ import annotations
+
+import csv
+import http.server
+import io
+import shutil
+import tarfile
+import threading
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from bioindex import Collection
+from bioindex.indexer import remote
+from bioindex.indexer.dwca import Archive
+from tests.conftest import assert_index_matches_catalog, draw_images, shared
+
+CAMERA = ["ocelot.jpg", "american_black_bear.jpg", "domestic_dog.jpg", "domestic_cattle.jpg"]
+
+
+@pytest.fixture()
+def no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch):
+    """Fake URLs in real archives must fail like an unreachable host, without a lookup."""
+    real = remote._download
+
+    def guarded(url: str, *args, **kwargs):
+        host = url.split("/")[2].split(":")[0]
+        if host not in ("127.0.0.1", "localhost"):
+            raise urllib.error.URLError(f"no route to {host} (tests stay on loopback)")
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(remote, "_download", guarded)
+
+
+def _catalog(store: Path, sql: str):
+    import duckdb
+
+    con = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_gbif_download_records_arrive_intact(tmp_path: Path, tiny_model: str) -> None:
+    archive = shared("dwca", "gbif-results.zip")
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([archive], progress=False)
+    assert summary.occurrences == 158 and summary.embedded == 0
+    import zipfile
+
+    with zipfile.ZipFile(archive) as z:
+        text = z.read("occurrence.txt").decode("utf-8")
+    rows = list(csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
+    meta = Archive(archive)
+    index_of = {term: i for i, term in meta.core.fields.items()}
+    index_of = {v: k for k, v in meta.core.fields.items()}
+    assert len(rows) == 158
+    stored = {r[0]: r[1:] for r in _catalog(
+        tmp_path / "s",
+        "SELECT core_id, institution_code, catalog_number, scientific_name, country_code, "
+        "decimal_latitude, kingdom, family FROM occurrences")}  # fmt: skip
+    assert len(stored) == 158
+    for row in rows[::17]:
+        got = stored[row[0]]
+        expected = [
+            row[index_of[t]] or None
+            for t in ("institutionCode", "catalogNumber", "scientificName", "countryCode")
+        ]
+        assert list(got[:4]) == expected
+        latitude = row[index_of["decimalLatitude"]]
+        assert got[4] == (float(latitude) if latitude else None)
+        assert got[5] == (row[index_of["kingdom"]] or None)
+    extra = _catalog(tmp_path / "s", "SELECT extra FROM occurrences WHERE extra IS NOT NULL")
+    assert extra  # unmapped terms (datasetID, …) are kept, not dropped
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    photos: Path
+    hits: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.hits.append(self.path)
+        name = self.path.rsplit("/", 1)[-1]
+        if self.path.startswith("/photo/") and (self.photos / name).is_file():
+            body = (self.photos / name).read_bytes()
+            self._send(200, "image/jpeg", body)
+        elif self.path == "/text":
+            self._send(200, "text/html", b"<html>not an image</html>")
+        elif self.path == "/huge":
+            self._send(200, "image/jpeg", b"\xff" * (3 * 1024 * 1024))
+        elif self.path == "/slow":
+            time.sleep(3)
+            self._send(200, "image/jpeg", b"late")
+        else:
+            self._send(404, "text/plain", b"missing")
+
+    def _send(self, code: int, kind: str, body: bytes) -> None:
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def media_server():
+    _Handler.photos = shared("camera-trap")
+    _Handler.hits = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Handler.hits
+    server.shutdown()
+    server.server_close()
+
+
+def _write_archive(folder: Path, media: list[tuple[str, str]]) -> Path:
+    """occurrence core + GBIF Simple Multimedia extension, tab-separated, as GBIF writes it."""
+    folder.mkdir(parents=True)
+    occurrences = sorted({occ for occ, _ in media})
+    (folder / "occurrence.txt").write_text(
+        "".join(
+            f"{occ}\tMUS\tC-{occ}\tPanthera leo\tAnimalia\tFelidae\tKE\n" for occ in occurrences
+        )
+    )
+    (folder / "multimedia.txt").write_text("".join(
+        f"{occ}\t{url}\tCC-BY-4.0\tA. Photographer\n" for occ, url in media))  # fmt: skip
+    (folder / "meta.xml").write_text("""<?xml version="1.0"?>
+<archive xmlns="http://rs.tdwg.org/dwc/text/">
+ <core rowType="http://rs.tdwg.org/dwc/terms/Occurrence" fieldsTerminatedBy="\\t"
+       fieldsEnclosedBy="" ignoreHeaderLines="0">
+  <files><location>occurrence.txt</location></files><id index="0"/>
+  <field index="0" term="http://rs.tdwg.org/dwc/terms/occurrenceID"/>
+  <field index="1" term="http://rs.tdwg.org/dwc/terms/institutionCode"/>
+  <field index="2" term="http://rs.tdwg.org/dwc/terms/catalogNumber"/>
+  <field index="3" term="http://rs.tdwg.org/dwc/terms/scientificName"/>
+  <field index="4" term="http://rs.tdwg.org/dwc/terms/kingdom"/>
+  <field index="5" term="http://rs.tdwg.org/dwc/terms/family"/>
+  <field index="6" term="http://rs.tdwg.org/dwc/terms/countryCode"/>
+ </core>
+ <extension rowType="http://rs.gbif.org/terms/1.0/Multimedia" fieldsTerminatedBy="\\t"
+            fieldsEnclosedBy="" ignoreHeaderLines="0">
+  <files><location>multimedia.txt</location></files><coreid index="0"/>
+  <field index="1" term="http://purl.org/dc/terms/identifier"/>
+  <field index="2" term="http://purl.org/dc/terms/license"/>
+  <field index="3" term="http://purl.org/dc/terms/creator"/>
+ </extension>
+</archive>""")
+    return folder
+
+
+def test_archive_with_remote_media(tmp_path: Path, tiny_model: str, media_server) -> None:
+    base, hits = media_server
+    media = [(f"occ{i // 2}", f"{base}/photo/{name}") for i, name in enumerate(CAMERA)]
+    media += [("occ9", f"{base}/photo/nope.jpg"), ("occ9", f"{base}/slow"),
+              ("occ9", f"{base}/text"), ("occ9", f"{base}/huge")]  # fmt: skip
+    archive = _write_archive(tmp_path / "dwca", media)
+    store = tmp_path / "s"
+    with Collection.open(store, model=tiny_model, create=True) as col:
+        first = col.index([archive], progress=False, download_timeout=1.0,
+                          max_download_bytes=2 * 1024 * 1024)  # fmt: skip
+        assert (first.embedded, first.failed, first.occurrences) == (4, 4, 3)
+        reasons = {f["uri"].rsplit("/", 1)[-1]: (f["stage"], f["error"])
+                   for f in col.failures()}  # fmt: skip
+        assert reasons["nope.jpg"] == ("download", "HTTP 404 Not Found")
+        assert "timed out" in reasons["slow"][1].lower() or "timeout" in reasons["slow"][1].lower()
+        assert "not an image" in reasons["text"][1]
+        assert "too large" in reasons["huge"][1]
+        rows = col.store.con.execute(
+            "SELECT occurrence_id, catalog_number, license, creator, family FROM images"
+        ).fetchall()
+        assert ("occ0", "C-occ0", "CC-BY-4.0", "A. Photographer", "Felidae") in rows
+        fetched = len(hits)
+        second = col.index([archive], progress=False, download_timeout=1.0,
+                           max_download_bytes=2 * 1024 * 1024)  # fmt: skip
+        assert (second.embedded, second.downloaded, second.unchanged) == (0, 0, 4)
+        assert len(hits) == fetched  # nothing was asked of the server again
+    assert_index_matches_catalog(store)
+
+
+@pytest.mark.parametrize("sample, occurrences, media", [
+    ("dwcahandler-sample1", 12, 3), ("dwcahandler-sample2", 8, 8)])  # fmt: skip
+def test_real_quoted_archives_parse_and_fake_urls_fail(
+    tmp_path: Path, tiny_model: str, no_network_beyond_loopback, sample, occurrences, media
+) -> None:
+    folder = shared("dwca", sample)
+    with Archive(folder) as archive:
+        records = list(archive.occurrences())
+    assert len(records) == occurrences
+    assert sum(len(r.media) for r in records) == media
+    assert all(r.terms.get("scientificName") for r in records)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([folder], progress=False)
+        assert (summary.occurrences, summary.embedded, summary.failed) == (occurrences, 0, media)
+        assert {f["stage"] for f in col.failures()} == {"download"}
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_shards_with_tree_of_life_keys(tmp_path: Path, tiny_model: str) -> None:
+    photos = draw_images(tmp_path / "p", 6, seed=31)
+    lineage = "Animalia Chordata Aves Passeriformes Cardinalidae Cardinalis cardinalis"
+    for number in range(2):
+        with tarfile.open(tmp_path / f"shard-{number:06d}.tar", "w") as tar:
+            for i, photo in enumerate(photos[number * 3 : number * 3 + 3]):
+                key = f"{number}{i:05d}"
+                _tar_add(tar, f"{key}.jpg", photo.read_bytes())
+                _tar_add(tar, f"{key}.taxonomic_name.txt", lineage.encode())
+                _tar_add(tar, f"{key}.common_name.txt", b"northern cardinal")
+                _tar_add(tar, f"{key}.sci.txt", b"a photo of Cardinalis cardinalis.")
+    # A third shard cut off in the middle of its last image.
+    with tarfile.open(tmp_path / "shard-000002.tar", "w") as tar:
+        _tar_add(tar, "200000.jpg", photos[0].read_bytes())
+        _tar_add(tar, "200000.taxonomic_name.txt", lineage.encode())
+        _tar_add(tar, "200001.jpg", photos[1].read_bytes())
+    data = (tmp_path / "shard-000002.tar").read_bytes()
+    cut = data.index(photos[1].read_bytes()[:64]) + 200
+    (tmp_path / "shard-000002.tar").write_bytes(data[:cut])
+    pattern = str(tmp_path / "shard-{000000..000002}.tar")
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([pattern], progress=False)
+        assert summary.embedded == 7 and summary.failed == 1
+        failure = col.failures()[0]
+        assert failure["uri"].endswith("shard-000002.tar#200001")
+        assert "truncated" in failure["error"] or "tar" in failure["error"]
+        row = col.store.con.execute(
+            'SELECT kingdom, "order", genus, specific_epithet, scientific_name, vernacular_name '
+            "FROM images LIMIT 1"
+        ).fetchone()
+        assert row == ("Animalia", "Passeriformes", "Cardinalis", "cardinalis",
+                       "Cardinalis cardinalis", "northern cardinal")  # fmt: skip
+        hit = col.search_image(photos[4], k=1)[0]
+        assert hit.uri.endswith("shard-000001.tar#100001") and hit.score >= 0.99
+        again = col.index([pattern], progress=False)
+        assert (again.embedded, again.unchanged) == (0, 7)
+    assert_index_matches_catalog(tmp_path / "s")
+
+
+def test_manifest_with_paths_and_urls(tmp_path: Path, tiny_model: str, media_server) -> None:
+    base, _ = media_server
+    photos = draw_images(tmp_path / "p", 3, seed=2)
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["url", "dwc:scientificName", "Catalog_Number", "note"])
+        writer.writerow([f"p/{photos[0].relative_to(tmp_path / 'p')}", "Felis catus", "A1", "x"])
+        writer.writerow([str(photos[1]), "Felis catus", "A2", ""])
+        writer.writerow([f"{base}/photo/ocelot.jpg", "Leopardus pardalis", "A3", ""])
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([manifest], progress=False)
+        assert summary.embedded == 3
+    rows = _catalog(tmp_path / "s", "SELECT catalog_number, scientific_name, extra FROM images "
+                                    "ORDER BY catalog_number")  # fmt: skip
+    assert [r[:2] for r in rows] == [("A1", "Felis catus"), ("A2", "Felis catus"),
+                                     ("A3", "Leopardus pardalis")]  # fmt: skip
+    assert '"note": "x"' in rows[0][2]
+
+
+def test_sidecar_with_mixed_darwin_core_spellings(tmp_path: Path, tiny_model: str) -> None:
+    photos = draw_images(tmp_path / "p", 3, seed=3)
+    sidecar = tmp_path / "meta.tsv"
+    names = [p.relative_to(tmp_path / "p").as_posix() for p in photos]
+    sidecar.write_text(
+        "File\tdwc:catalogNumber\tScientificName\tinstitution_code\tdecimalLatitude\n"
+        f"{names[0]}\tX-1\tFelis catus\tFMNH\t12.5\n"
+        f"{photos[1].name}\tX-2\tCanis lupus\tMCZ\t-3\n"
+    )  # fmt: skip
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([tmp_path / "p"], metadata=sidecar, progress=False)
+    rows = _catalog(tmp_path / "s", "SELECT catalog_number, scientific_name, institution_code, "
+                                    "decimal_latitude FROM images ORDER BY uri")  # fmt: skip
+    assert ("X-1", "Felis catus", "FMNH", 12.5) in rows
+    assert ("X-2", "Canis lupus", "MCZ", -3.0) in rows
+    assert (None, None, None, None) in rows  # the third picture has no metadata row
+
+
+def test_unknown_source_and_missing_shards(tmp_path: Path, tiny_model: str) -> None:
+    from bioindex.errors import BioindexError
+
+    (tmp_path / "notes.doc").write_text("x")
+    with pytest.raises(BioindexError, match="not a folder, image, table"):
+        Collection.open(tmp_path / "s", model=tiny_model, create=True).index(
+            [tmp_path / "notes.doc"]
+        )
+    with pytest.raises(BioindexError, match="does not exist"):
+        Collection.open(tmp_path / "s2", model=tiny_model, create=True).index(
+            [str(tmp_path / "x-{0..2}.tar")]
+        )
+    shutil.rmtree(tmp_path / "s", ignore_errors=True)
