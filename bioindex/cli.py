@@ -207,6 +207,10 @@ where_option = click.option(
     help="Filter, repeatable (AND): family=Felidae, species='Felis catus', country_code=KE, "
     "institution_code=FMNH, event_date>=2010-01-01, bbox=W,S,E,N, license=CC0-1.0.",
 )  # fmt: skip
+group_option = click.option(
+    "--group-by", "group_by", type=click.Choice(["occurrence"]), default=None,
+    help="One row per specimen (occurrence_id), its best image, with an image count.",
+)  # fmt: skip
 arithmetic_options = (
     click.option("--add", "add", multiple=True, metavar="[W:]TERM",
                  help="Add a text or image term to the query (weight W, default 1)."),
@@ -220,18 +224,23 @@ def _search_command(
     extra: Sequence[Callable[..., Any]] = (),
 ) -> None:  # fmt: skip
     def command(store: str, k: int, fmt: str, model: str | None, device: str,
-                where: Sequence[str], **kwargs: Any) -> None:  # fmt: skip
+                where: Sequence[str], group_by: str | None, **kwargs: Any) -> None:  # fmt: skip
         from bioindex.collection import Collection
         from bioindex.search.filters import parse_where
         from bioindex.search.query import check_k
 
         check_k(k)
         conditions = parse_where(where)  # before loading anything: bad filters fail fast
+        fetch = k * 5 if group_by else k  # several images per specimen: ask for more
         with Collection.open(store, model=model, device=device, read_only=True) as collection:
-            hits = run(collection, k=k, where=conditions or None, **kwargs)
+            hits = run(collection, k=fetch, where=conditions or None, **kwargs)
+        if group_by:
+            from bioindex.search.query import group_by_occurrence
+
+            hits = group_by_occurrence(hits, k)
         click.echo(render([h.to_dict() for h in hits], fmt), nl=False)
 
-    for decorate in (_friendly, *extra, where_option, device_option, model_option,
+    for decorate in (_friendly, *extra, group_option, where_option, device_option, model_option,
                      format_option, k_option, store_option, argument):  # fmt: skip
         command = decorate(command)
     search.command(name=name, help=doc)(command)

@@ -186,6 +186,19 @@ def test_archive_with_remote_media(tmp_path: Path, tiny_model: str, media_server
                            max_download_bytes=2 * 1024 * 1024)  # fmt: skip
         assert (second.embedded, second.downloaded, second.unchanged) == (0, 0, 4)
         assert len(hits) == fetched  # nothing was asked of the server again
+    from click.testing import CliRunner
+
+    from bioindex.cli import main
+
+    grouped = CliRunner().invoke(main, [
+        "search", "image", str(shared("camera-trap", CAMERA[0])), "-s", str(store),
+        "--group-by", "occurrence", "--format", "json"])  # fmt: skip
+    import json
+
+    groups = json.loads(grouped.output)
+    assert [g["occurrence_id"] for g in groups][0] == "occ0"
+    assert sorted(g["occurrence_id"] for g in groups) == ["occ0", "occ1"]
+    assert [g["images"] for g in groups] == [2, 2]
     assert_index_matches_catalog(store)
 
 

@@ -108,3 +108,19 @@ def search_vector(
 ) -> list[Hit]:
     """Top-k live images by cosine to one unit query vector."""
     return to_hits(store, nearest(store, query, k, exclude, where))
+
+
+def group_by_occurrence(hits: list[Hit], k: int) -> list[Hit]:
+    """One row per specimen (occurrence_id; images without one stand alone), best image
+    first, with how many of the hits belong to it; re-ranked, at most k."""
+    groups: dict[str, Hit] = {}
+    counts: dict[str, int] = {}
+    for hit in hits:
+        key = str(hit.metadata.get("occurrence_id") or f"image:{hit.image_id}")
+        counts[key] = counts.get(key, 0) + 1
+        groups.setdefault(key, hit)
+    out = []
+    for rank, (key, hit) in enumerate(list(groups.items())[:k], start=1):
+        metadata = {**hit.metadata, "images": counts[key]}
+        out.append(Hit(rank, hit.score, hit.image_id, hit.uri, metadata, hit.why))
+    return out
