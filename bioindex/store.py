@@ -134,7 +134,19 @@ def split_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
             known[column] = value
         else:
             extra[key] = value
-    return known, extra
+    return fill_ranks(known), extra
+
+
+_BINOMIAL = re.compile(r"^([A-Z][a-z]+)\s+([a-z][a-z-]+)\b")
+
+
+def fill_ranks(known: dict[str, Any]) -> dict[str, Any]:
+    """Genus and specific epithet from a binomial scientificName when those columns are
+    empty. Nothing above genus is ever filled: a name alone does not say its family."""
+    match = _BINOMIAL.match(str(known.get("scientific_name", "")))
+    if match and not known.get("genus") and not known.get("specific_epithet"):
+        known["genus"], known["specific_epithet"] = match.group(1), match.group(2)
+    return known
 
 
 class Store:

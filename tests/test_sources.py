@@ -315,3 +315,29 @@ def test_unknown_source_and_missing_shards(tmp_path: Path, tiny_model: str) -> N
             [str(tmp_path / "x-{0..2}.tar")]
         )
     shutil.rmtree(tmp_path / "s", ignore_errors=True)
+
+
+def test_idigbio_layout_with_local_media(tmp_path: Path, tiny_model: str) -> None:
+    """iDigBio exports: occurrence.csv + multimedia.csv joined on coreid, no meta.xml."""
+    export = tmp_path / "idigbio"
+    (export / "media").mkdir(parents=True)
+    for name in CAMERA[:2]:
+        shutil.copy(shared("camera-trap", name), export / "media" / name)
+    (export / "occurrence.csv").write_text(
+        "coreid,dwc:catalogNumber,dwc:scientificName,dwc:institutionCode\n"
+        "u1,FMNH-1,Leopardus pardalis,FMNH\n"
+        "u2,FMNH-2,Ursus americanus,FMNH\n"
+        "u3,FMNH-3,Panthera leo,FMNH\n"
+    )  # fmt: skip
+    (export / "multimedia.csv").write_text(
+        "coreid,ac:accessURI,dcterms:format\n"
+        f"u1,media/{CAMERA[0]},image/jpeg\n"
+        f"u2,media/{CAMERA[1]},image/jpeg\n"
+    )  # fmt: skip
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([export], progress=False)
+        assert (summary.occurrences, summary.embedded, summary.failed) == (3, 2, 0)
+        rows = col.store.con.execute(
+            "SELECT catalog_number, genus, specific_epithet FROM images ORDER BY catalog_number"
+        ).fetchall()
+    assert rows == [("FMNH-1", "Leopardus", "pardalis"), ("FMNH-2", "Ursus", "americanus")]

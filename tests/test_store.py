@@ -105,8 +105,12 @@ def test_darwin_core_columns() -> None:
     known, extra = split_metadata(
         {"scientificName": "Felis catus", "order": "Carnivora", "myField": "x", "recordedBy": ""}
     )
-    assert known == {"scientific_name": "Felis catus", "order": "Carnivora"}
+    # genus and epithet come from the binomial; nothing above genus is invented
+    assert known == {"scientific_name": "Felis catus", "order": "Carnivora", "genus": "Felis",
+                     "specific_epithet": "catus"}  # fmt: skip
     assert extra == {"myField": "x"}
+    known, _ = split_metadata({"scientificName": "Felidae"})
+    assert known == {"scientific_name": "Felidae"}
 
 
 def test_metadata_lands_in_columns(tmp_path: Path) -> None:
