@@ -519,6 +519,38 @@ def demo(workdir: str, images_per_species: int, seed: int, device: str) -> None:
     )
 
 
+@main.command()
+@store_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; anything but loopback exposes the collection.",
+)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1, 1024))
+@model_option
+@device_option
+@_friendly
+def serve(store: str, host: str, port: int, max_upload_mb: int, model: str | None,
+          device: str) -> None:  # fmt: skip
+    """HTTP API (JSON, OpenAPI at /docs) over a store, read-only.
+
+    \b
+    Examples:
+      bioindex serve --store my-store
+      bioindex serve --store my-store --port 9000 --device cuda
+      curl 'http://127.0.0.1:8000/api/search/taxon?name=Felidae&k=5'
+    """
+    import uvicorn
+
+    from bioindex.serve.app import create_app
+
+    app = create_app(store, model=model, device=device,
+                     max_upload_bytes=max_upload_mb * 1024 * 1024)  # fmt: skip
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def render(rows: list[dict[str, Any]], fmt: str) -> str:
     """Rows as an aligned table, JSON, or CSV (columns: the union, in first-seen order)."""
     if fmt == "json":

@@ -198,6 +198,14 @@ class Collection:
             raise BioindexError(f"cannot read image {path}: {exc}") from exc
         return self.model.embed_pil([image])[0]
 
+    def embed_image_bytes(self, data: bytes) -> np.ndarray:
+        """An uploaded picture's vector; anything PIL cannot decode is a BioindexError."""
+        try:
+            image = open_image(data)
+        except Exception as exc:
+            raise BioindexError(f"not a readable image ({type(exc).__name__})") from exc
+        return self.model.embed_pil([image])[0]
+
     def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None) -> list[Hit]:
         return search_vector(self.store, _unit(vector, self.store.dim), k, where=_filter(where))
 
@@ -314,6 +322,35 @@ class Collection:
             store=self.store,
             neighbours=neighbours,
         )
+
+    def classify_vectors(self, names: Sequence[str], vectors: np.ndarray, *,
+                         rank: str = "species", k: int = 5, method: str = "zero-shot",
+                         labels: LabelSet | None = None, neighbours: int = 20,
+                         ) -> list[Prediction]:  # fmt: skip
+        """Classify already embedded images (e.g. uploads), named `names` in the output."""
+        check_k(k)
+        if method != "knn" and labels is None:
+            labels = self.catalog_labels()
+        label_matrix = None
+        if labels is not None and method != "knn":
+            label_matrix = label_vectors(labels, self.model.encode_texts, _text_key(self.model))
+        return classify_vectors(
+            list(names), np.asarray(vectors, dtype=np.float32), rank=rank, k=k, method=method,
+            labels=labels, label_vectors=label_matrix, logit_scale=self.model.logit_scale,
+            store=self.store, neighbours=neighbours,
+        )  # fmt: skip
+
+    def taxon_names(self) -> list[tuple[str, str]]:
+        """(name, rank) for every rank name, binomial and common name in the catalog."""
+        names: dict[tuple[str, str], None] = {}
+        for taxon in self.taxonomy().species:
+            for rank in ("kingdom", "phylum", "class", "order", "family", "genus", "species"):
+                name = taxon.name_at(rank)
+                if name.strip():
+                    names[(name, rank)] = None
+            if taxon.common_name:
+                names[(taxon.common_name, "common name")] = None
+        return sorted(names)
 
     def duplicates(self, threshold: float = 0.95) -> list[DuplicateMember]:
         return find_duplicates(self.store, threshold)

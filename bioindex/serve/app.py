@@ -1,0 +1,308 @@
+"""HTTP API over one store (read-only): FastAPI, served by uvicorn via `bioindex serve`.
+
+The model is loaded once at start. The server only ever reads files that belong to indexed
+images, found by image_id in the catalog — never a path taken from a request. Every error is
+JSON with a message; nothing answers with a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+
+from bioindex.collection import Collection
+from bioindex.errors import BioindexError
+from bioindex.search.filters import parse_where
+from bioindex.search.query import check_k, group_by_occurrence
+
+DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
+MAX_K = 1000
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Metrics:
+    """Request counts and latency sums per route and status, in Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.seconds: dict[tuple[str, str], float] = defaultdict(float)
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        with self.lock:
+            self.counts[(method, route, status)] += 1
+            self.seconds[(method, route)] += seconds
+
+    def text(self) -> str:
+        lines = ["# TYPE bioindex_requests_total counter"]
+        with self.lock:
+            for (method, route, status), n in sorted(self.counts.items()):
+                lines.append(f'bioindex_requests_total{{method="{method}",route="{route}",'
+                             f'status="{status}"}} {n}')  # fmt: skip
+            lines.append("# TYPE bioindex_request_seconds_sum counter")
+            for (method, route), total in sorted(self.seconds.items()):
+                lines.append(f'bioindex_request_seconds_sum{{method="{method}",route="{route}"}} '
+                             f"{total:.6f}")  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+
+def create_app(
+    store: str | Path,
+    *,
+    model: str | None = None,
+    device: str = "auto",
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+) -> FastAPI:
+    collection = Collection.open(store, model=model, device=device, read_only=True)
+    collection.model  # load once, now, not on the first request  # noqa: B018
+    # DuckDB connections and the torch model are used one request at a time.
+    lock = threading.Lock()
+    metrics = Metrics()
+    app = FastAPI(title="bioindex", version="0.1.0",
+                  description="Search a biological image collection.")  # fmt: skip
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.record(request.method, path, response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(BioindexError)
+    async def user_error(_: Request, exc: BioindexError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    def where_of(where: list[str] | None):
+        return parse_where(where or []) or None
+
+    def k_of(k: int) -> int:
+        check_k(k)
+        if k > MAX_K:
+            raise ApiError(400, f"k must be at most {MAX_K}")
+        return k
+
+    def hits_json(hits: list, group_by: str | None, k: int) -> dict:
+        if group_by == "occurrence":
+            hits = group_by_occurrence(hits, k)
+        elif group_by is not None:
+            raise ApiError(400, "group_by must be 'occurrence'")
+        return {"results": [h.to_dict() for h in hits]}
+
+    async def read_upload(file: UploadFile) -> bytes:
+        data = await file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise ApiError(413, f"upload larger than {max_upload_bytes} bytes")
+        if not data:
+            raise ApiError(400, "empty upload")
+        return data
+
+    def upload_vector(data: bytes):
+        try:
+            with lock:
+                return collection.embed_image_bytes(data)
+        except BioindexError as exc:
+            raise ApiError(415, str(exc)) from exc
+
+    @app.get("/api/health")
+    def health() -> dict:
+        with lock:
+            return {"status": "ok", "images": collection.store.live_count()}
+
+    @app.get("/api/info")
+    def info() -> dict:
+        with lock:
+            data = collection.info()
+        data.pop("store", None)  # the server's own paths are not the client's business
+        data.pop("model_source", None)
+        return data
+
+    @app.get("/api/search/text")
+    def search_text(q: str, k: int = 10, where: list[str] | None = Query(None),
+                    group_by: str | None = None) -> dict:  # fmt: skip
+        k = k_of(k)
+        fetch = k * 5 if group_by else k
+        with lock:
+            hits = collection.search_text(q, k=fetch, where=where_of(where))
+        return hits_json(hits, group_by, k)
+
+    @app.get("/api/search/taxon")
+    def search_taxon(name: str, k: int = 10, mode: str = "hybrid",
+                     where: list[str] | None = Query(None), group_by: str | None = None,
+                     ) -> dict:  # fmt: skip
+        k = k_of(k)
+        fetch = k * 5 if group_by else k
+        with lock:
+            hits = collection.search_taxon(name, k=fetch, mode=mode, where=where_of(where))
+        return hits_json(hits, group_by, k)
+
+    @app.get("/api/search/id/{image_id}")
+    def search_id(image_id: int, k: int = 10, where: list[str] | None = Query(None)) -> dict:
+        k = k_of(k)
+        with lock:
+            known = collection.store.rows([image_id])
+            if image_id not in known or known[image_id].get("status") != "live":
+                raise ApiError(404, f"no image with id {image_id}")
+            hits = collection.search_id(image_id, k=k, where=where_of(where))
+        return hits_json(hits, None, k)
+
+    @app.post("/api/search/image")
+    async def search_image(file: UploadFile = File(...), k: int = 10,
+                           where: list[str] | None = Query(None), group_by: str | None = None,
+                           ) -> dict:  # fmt: skip
+        k = k_of(k)
+        conditions = where_of(where)
+        vector = upload_vector(await read_upload(file))
+        fetch = k * 5 if group_by else k
+        with lock:
+            hits = collection.search_vector(vector, k=fetch, where=conditions)
+        return hits_json(hits, group_by, k)
+
+    @app.post("/api/search/vector")
+    def search_vector(body: dict) -> dict:
+        vector = body.get("vector")
+        if not isinstance(vector, list) or not all(isinstance(v, (int, float)) for v in vector):
+            raise ApiError(400, "body needs 'vector': a list of numbers")
+        k = k_of(int(body.get("k", 10)))
+        where = body.get("where") or []
+        if not isinstance(where, list) or not all(isinstance(w, str) for w in where):
+            raise ApiError(400, "'where' must be a list of strings")
+        with lock:
+            hits = collection.search_vector(vector, k=k, where=where_of(where))
+        return hits_json(hits, None, k)
+
+    @app.post("/api/classify")
+    async def classify(file: UploadFile = File(...), rank: str = "species", k: int = 5,
+                       method: str = "zero-shot") -> dict:  # fmt: skip
+        k = k_of(k)
+        vector = upload_vector(await read_upload(file))
+        with lock:
+            predictions = collection.classify_vectors(
+                [file.filename or "upload"], vector[None], rank=rank, k=k, method=method
+            )
+            lineage = {}
+            for level in ("kingdom", "phylum", "class", "order", "family", "genus", "species"):
+                top = collection.classify_vectors(["upload"], vector[None], rank=level, k=1,
+                                                  method=method)  # fmt: skip
+                if top:
+                    lineage[level] = {
+                        "name": top[0].taxon.name_at(level) if top[0].taxon else top[0].label,
+                        "score": round(top[0].score, 6),
+                    }
+        return {"predictions": [p.to_dict() for p in predictions], "ranks": lineage}
+
+    @app.get("/api/records/{image_id}")
+    def record(image_id: int) -> dict:
+        with lock:
+            rows = collection.store.rows([image_id])
+        if image_id not in rows:
+            raise ApiError(404, f"no image with id {image_id}")
+        row = rows[image_id]
+        for internal in ("shard", "shard_row"):
+            row.pop(internal, None)
+        return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+
+    @app.get("/api/thumbnails/{image_id}")
+    def thumbnail(image_id: int, size: int = 256) -> Response:
+        if not 16 <= size <= 1024:
+            raise ApiError(400, "size must be between 16 and 1024")
+        with lock:
+            rows = collection.store.rows([image_id])
+        if image_id not in rows:
+            raise ApiError(404, f"no image with id {image_id}")
+        data = _image_bytes(collection, rows[image_id])
+        if data is None:
+            raise ApiError(404, f"the file of image {image_id} is no longer readable")
+        from bioindex.images import open_image
+
+        try:
+            image = open_image(data)
+        except Exception as exc:
+            raise ApiError(404, f"the file of image {image_id} no longer decodes") from exc
+        image.thumbnail((size, size))
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=85)
+        return Response(out.getvalue(), media_type="image/jpeg",
+                        headers={"Cache-Control": "max-age=3600"})  # fmt: skip
+
+    @app.get("/api/taxa")
+    def taxa(prefix: str = "", limit: int = 20) -> dict:
+        if not 1 <= limit <= 200:
+            raise ApiError(400, "limit must be between 1 and 200")
+        key = prefix.strip().lower()
+        with lock:
+            try:
+                names = collection.taxon_names()
+            except BioindexError:
+                names = []
+        starts = [n for n in names if n[0].lower().startswith(key)]
+        inside = [n for n in names if key in n[0].lower() and n not in starts]
+        found = (starts + inside)[:limit]
+        return {"taxa": [{"name": name, "rank": rank} for name, rank in found]}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> str:
+        return metrics.text()
+
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        index = STATIC / "index.html"
+        if not index.is_file():
+            return PlainTextResponse("bioindex API: see /docs", status_code=200)
+        return FileResponse(index, media_type="text/html")
+
+    app.state.collection = collection
+    return app
+
+
+def _image_bytes(collection: Collection, row: dict) -> bytes | None:
+    """The stored image's bytes, located through the catalog only."""
+    from bioindex.indexer.remote import MediaCache, is_remote
+    from bioindex.indexer.sources import Item
+
+    uri = row["uri"]
+    try:
+        if is_remote(uri):
+            cached = MediaCache(collection.store.path / "media-cache").cached(uri)
+            return cached.read_bytes() if cached else None
+        if "#" in uri and uri.split("#", 1)[0].endswith(".tar"):
+            return _tar_member(uri)
+        return Item(uri, uri, row.get("size"), row.get("mtime")).read_bytes()
+    except OSError:
+        return None
+
+
+def _tar_member(uri: str) -> bytes | None:
+    import tarfile
+
+    shard, key = uri.split("#", 1)
+    with tarfile.open(shard, "r:") as tar:
+        for member in tar:
+            stem, _, extension = member.name.partition(".")
+            if stem == key and extension.lower() in ("jpg", "jpeg", "png", "webp"):
+                handle = tar.extractfile(member)
+                return handle.read() if handle else None
+    return None

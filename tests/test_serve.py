@@ -1,0 +1,165 @@
+"""The HTTP API, against a real uvicorn server on 127.0.0.1 over a demo-model store."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bioindex import Collection
+from bioindex.demo.draw import draw_organism
+from bioindex.demo.run import write_collection
+from bioindex.demo.tree import SPECIES
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    import uvicorn
+
+    from bioindex.serve.app import create_app
+
+    root = write_collection(tmp_path_factory.mktemp("c"), per_species=3, seed=77)
+    store = root / "store"
+    with Collection.open(store, model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+    app = create_app(store, device="cpu", max_upload_bytes=200_000)
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert uv.started
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client, root
+    uv.should_exit = True
+    thread.join(timeout=10)
+    app.state.collection.close()
+
+
+def _photo(tmp_path: Path, index: int = 9) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    draw_organism(SPECIES[index], np.random.default_rng(5)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_health_info_metrics(server) -> None:
+    client, _ = server
+    assert client.get("/api/health").json() == {"status": "ok", "images": 144}
+    info = client.get("/api/info").json()
+    assert info["images_live"] == 144 and info["dim"] == 64 and "store" not in info
+    assert "bioindex_requests_total" in client.get("/metrics").text
+    assert client.get("/openapi.json").json()["info"]["title"] == "bioindex"
+
+
+def test_text_and_taxon_search(server) -> None:
+    client, _ = server
+    target = SPECIES[3]
+    text = client.get("/api/search/text", params={"q": target.taxon.caption(), "k": 3}).json()
+    assert [r["scientific_name"] for r in text["results"]] == [target.name] * 3
+    taxon = client.get(
+        "/api/search/taxon",
+        params={"name": target.taxon.family, "k": 5, "where": "institution_code=SYNTH"},
+    ).json()
+    assert taxon["results"] and all(r["institution_code"] == "SYNTH" for r in taxon["results"])
+    assert {r["match"] for r in taxon["results"]} <= {"catalog family", "semantic"}
+    grouped = client.get(
+        "/api/search/text", params={"q": "x", "k": 2, "group_by": "occurrence"}
+    ).json()
+    assert len(grouped["results"]) == 2 and grouped["results"][0]["images"] == 1
+
+
+def test_upload_search_and_classify(server, tmp_path: Path) -> None:
+    client, _ = server
+    photo = _photo(tmp_path)
+    found = client.post(
+        "/api/search/image", params={"k": 4}, files={"file": ("q.jpg", photo, "image/jpeg")}
+    ).json()
+    assert len(found["results"]) == 4
+    assert sum(r["scientific_name"] == SPECIES[9].name for r in found["results"]) >= 2
+    result = client.post(
+        "/api/classify",
+        params={"rank": "family", "k": 2},
+        files={"file": ("q.jpg", photo, "image/jpeg")},
+    ).json()
+    assert result["predictions"][0]["family"] == SPECIES[9].taxon.family
+    assert result["ranks"]["species"]["name"] == SPECIES[9].name
+    assert set(result["ranks"]) == {"kingdom", "phylum", "class", "order", "family", "genus",
+                                    "species"}  # fmt: skip
+
+
+def test_records_thumbnails_neighbours_taxa(server) -> None:
+    client, _ = server
+    record = client.get("/api/records/1").json()
+    assert record["image_id"] == 1 and record["catalog_number"] and "shard" not in record
+    thumb = client.get("/api/thumbnails/1", params={"size": 64})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    import io
+
+    from PIL import Image
+
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 64
+    neighbours = client.get("/api/search/id/1", params={"k": 3}).json()["results"]
+    assert len(neighbours) == 3 and all(r["image_id"] != 1 for r in neighbours)
+    vector = client.post("/api/search/vector", json={"vector": [1.0] + [0.0] * 63, "k": 2})
+    assert vector.status_code == 200 and len(vector.json()["results"]) == 2
+    taxa = client.get("/api/taxa", params={"prefix": "rubr", "limit": 50}).json()["taxa"]
+    names = {t["name"] for t in taxa}
+    assert "Rubridae" in names and "Rubrostria oculatus" in names
+    assert {t["rank"] for t in taxa} >= {"family", "genus", "species"}
+
+
+@pytest.mark.parametrize("method, path, kwargs, status", [
+    ("get", "/api/records/999999", {}, 404),
+    ("get", "/api/thumbnails/999999", {}, 404),
+    ("get", "/api/search/id/999999", {}, 404),
+    ("get", "/api/records/../../etc/passwd", {}, 404),
+    ("get", "/api/thumbnails/..%2F..%2Fetc%2Fpasswd", {}, 404),
+    ("get", "/api/search/text", {"params": {"q": "x", "where": "family"}}, 400),
+    ("get", "/api/search/text", {"params": {"q": "x", "where": "nope=1"}}, 400),
+    ("get", "/api/search/text", {"params": {"q": "x", "k": 0}}, 400),
+    ("get", "/api/search/text", {"params": {"q": "x", "k": 5000}}, 400),
+    ("get", "/api/search/text", {"params": {"q": "  "}}, 400),
+    ("get", "/api/search/text", {"params": {"q": "x", "group_by": "nope"}}, 400),
+    ("get", "/api/search/taxon", {"params": {"name": "Nonexistens"}}, 400),
+    ("get", "/api/search/taxon", {"params": {"name": "../../etc/passwd"}}, 400),
+    ("get", "/api/search/taxon", {"params": {"name": "Rubridae", "mode": "x"}}, 400),
+    ("get", "/api/thumbnails/1", {"params": {"size": 5}}, 400),
+    ("get", "/api/taxa", {"params": {"limit": 0}}, 400),
+    ("post", "/api/search/vector", {"json": {"vector": "abc"}}, 400),
+    ("post", "/api/search/vector", {"json": {"vector": [1.0, 2.0]}}, 400),
+    ("post", "/api/search/vector", {"json": {"vector": [0.0] * 64}}, 400),
+    ("post", "/api/search/image", {"files": {"file": ("x.jpg", b"not an image", "image/jpeg")}},
+     415),
+    ("post", "/api/search/image", {"files": {"file": ("x.jpg", b"\xff" * 300_000, "image/jpeg")}},
+     413),
+    ("post", "/api/search/image", {}, 422),
+    ("post", "/api/classify", {"files": {"file": ("../../x.png", b"GIF89a", "image/png")}}, 415),
+    ("post", "/api/classify", {"params": {"rank": "tribe"},
+                               "files": {"file": ("q.jpg", "PHOTO", "image/jpeg")}}, 400),
+])  # fmt: skip
+def test_bad_input_is_4xx_json(server, tmp_path, method, path, kwargs, status) -> None:
+    client, _ = server
+    if "files" in kwargs and kwargs["files"]["file"][1] == "PHOTO":
+        kwargs = {**kwargs, "files": {"file": ("q.jpg", _photo(tmp_path), "image/jpeg")}}
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert ("error" in body) or ("detail" in body)
+    assert "Traceback" not in response.text
