@@ -262,7 +262,17 @@ class Collection:
         return taxa_from_rows(rows)
 
     def taxonomy(self) -> Taxonomy:
-        """The taxa named in this store's catalog (for name resolution)."""
+        """The taxa named in this store's catalog (for name resolution), cached until the
+        catalog changes."""
+        generation = self.store.generation()
+        cached = getattr(self, "_taxonomy", None)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        taxonomy = self._read_taxonomy()
+        self._taxonomy = (generation, taxonomy)
+        return taxonomy
+
+    def _read_taxonomy(self) -> Taxonomy:
         from bioindex.search.labels import taxon_from_row
 
         rows = self.store.con.execute(
