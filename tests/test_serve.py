@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -14,18 +11,11 @@ from bioindex import Collection
 from bioindex.demo.draw import draw_organism
 from bioindex.demo.run import write_collection
 from bioindex.demo.tree import SPECIES
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import LiveServer
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    import uvicorn
-
     from bioindex.serve.app import create_app
 
     root = write_collection(tmp_path_factory.mktemp("c"), per_species=3, seed=77)
@@ -33,19 +23,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     with Collection.open(store, model="bioclip-demo", create=True, device="cpu") as col:
         col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
     app = create_app(store, device="cpu", max_upload_bytes=200_000)
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert uv.started
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
         yield client, root
-    uv.should_exit = True
-    thread.join(timeout=10)
     app.state.collection.close()
 
 

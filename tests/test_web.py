@@ -1,0 +1,125 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright) against uvicorn."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bioindex import Collection
+from bioindex.demo.draw import draw_organism
+from bioindex.demo.run import write_collection
+from bioindex.demo.tree import SPECIES
+from tests.conftest import LiveServer
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory):
+    playwright = pytest.importorskip("playwright.sync_api")
+    from bioindex.serve.app import create_app
+
+    root = write_collection(tmp_path_factory.mktemp("web"), per_species=3, seed=78)
+    with Collection.open(root / "store", model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+    app = create_app(root / "store", device="cpu")
+    with LiveServer(app) as live, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser, live.url, root
+        browser.close()
+    app.state.collection.close()
+
+
+def _shots() -> Path:
+    folder = Path(os.environ.get("BIOINDEX_SCREENSHOTS", "")) or None
+    if folder is None or str(folder) == ".":
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="bioindex-shots-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _cards(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        ".card", "els => els.map(e => ({name: e.querySelector('.name').textContent,"
+        " catalog: e.dataset.catalog, text: e.innerText}))")  # fmt: skip
+
+
+@pytest.mark.parametrize("width, height, label", [(1280, 900, "desktop"), (390, 844, "phone")])
+def test_taxon_search_upload_filter_and_reload(site, tmp_path: Path, width, height, label):
+    browser, url, _ = site
+    shots = _shots()
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+
+    family = SPECIES[30].taxon.family  # a family of six species, three pictures each
+    genera = {s.taxon.genus for s in SPECIES if s.taxon.family == family}
+    page.fill("#q", family[:4])
+    page.wait_for_function("document.querySelectorAll('#taxa option').length > 0")
+    assert family in page.eval_on_selector_all("#taxa option", "os => os.map(o => o.value)")
+    page.fill("#q", family)
+    page.press("#q", "Enter")
+    page.wait_for_selector(".card")
+    cards = _cards(page)
+    assert len(cards) >= 18
+    assert all(c["name"].split()[0] in genera for c in cards[:18]), cards[:18]
+    page.wait_for_function("[...document.images].slice(0, 2).every(i => i.complete && i.naturalWidth)")
+    page.screenshot(path=str(shots / f"{label}-taxon.png"), full_page=True)
+
+    # A filter narrows the same query, and the URL keeps it.
+    page.fill("#institution", "SYNTH")
+    page.press("#q", "Enter")
+    page.wait_for_function("new URLSearchParams(location.search).get('institution') === 'SYNTH'")
+    page.wait_for_function("[...document.querySelectorAll('.card')].every("
+                           "c => c.innerText.includes('SYNTH'))")  # fmt: skip
+    filtered = [c["catalog"] for c in _cards(page)]
+    assert filtered and all(c.startswith("SYNTH-") for c in filtered)
+    page.reload()
+    page.wait_for_selector(".card")
+    page.wait_for_function(f"document.querySelectorAll('.card').length === {len(filtered)}")
+    assert [c["catalog"] for c in _cards(page)] == filtered
+    assert page.input_value("#institution") == "SYNTH" and page.input_value("#q") == family
+
+    # Upload a new photo: its predicted taxon and its look-alikes.
+    target = SPECIES[12]
+    photo = tmp_path / "field-photo.jpg"
+    draw_organism(target, np.random.default_rng(11)).save(photo)
+    page.fill("#institution", "")
+    page.set_input_files("#photo", str(photo))
+    page.wait_for_selector("#predicted")
+    assert page.inner_text("#predicted") == target.name
+    assert target.taxon.family in page.inner_text("#prediction")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('look like')")
+    neighbours = _cards(page)
+    assert sum(c["name"] == target.name for c in neighbours[:3]) >= 2
+    page.screenshot(path=str(shots / f"{label}-upload.png"), full_page=True)
+    if label == "phone":  # the grid reflows to two columns; nothing overflows sideways
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+    assert not errors
+    page.close()
+
+
+def test_unknown_name_falls_back_to_text_search(site) -> None:
+    browser, url, _ = site
+    page = browser.new_page()
+    page.goto(url + "?q=" + "a photo of a striped red drop")
+    page.wait_for_selector(".card")
+    assert "matching the text" in page.inner_text("#status")
+    page.close()
