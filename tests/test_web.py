@@ -80,7 +80,9 @@ def test_taxon_search_upload_filter_and_reload(site, tmp_path: Path, width, heig
     cards = _cards(page)
     assert len(cards) >= 18
     assert all(c["name"].split()[0] in genera for c in cards[:18]), cards[:18]
-    page.wait_for_function("[...document.images].slice(0, 2).every(i => i.complete && i.naturalWidth)")
+    page.wait_for_function(
+        "[...document.images].slice(0, 2).every(i => i.complete && i.naturalWidth)"
+    )
     page.screenshot(path=str(shots / f"{label}-taxon.png"), full_page=True)
 
     # A filter narrows the same query, and the URL keeps it.
@@ -96,6 +98,19 @@ def test_taxon_search_upload_filter_and_reload(site, tmp_path: Path, width, heig
     page.wait_for_function(f"document.querySelectorAll('.card').length === {len(filtered)}")
     assert [c["catalog"] for c in _cards(page)] == filtered
     assert page.input_value("#institution") == "SYNTH" and page.input_value("#q") == family
+
+    # A rank filter: a free-text query restricted to one genus.
+    genus = SPECIES[31].taxon.genus
+    page.fill("#institution", "")
+    page.fill("#q", "a photo of an organism")
+    page.select_option("#rank", "genus")
+    page.fill("#rankvalue", genus)
+    page.press("#q", "Enter")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('text')")
+    page.wait_for_function(f"[...document.querySelectorAll('.card .name')].every("
+                           f"n => n.textContent.startsWith('{genus} '))")  # fmt: skip
+    assert len(_cards(page)) == 9  # three species of the genus, three pictures each
+    page.select_option("#rank", "")
 
     # Upload a new photo: its predicted taxon and its look-alikes.
     target = SPECIES[12]
