@@ -133,6 +133,12 @@ def main() -> None:
     help="Where relative media paths in manifests and archives are found.",
 )
 @click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Try again files and URLs that failed before (by default they are skipped until "
+    "they change).",
+)
+@click.option(
     "--fast-decode",
     is_flag=True,
     help="Let large JPEGs decode at 1/2-1/8 scale (DCT domain) before resizing: "
@@ -153,6 +159,7 @@ def index(
     commit_every: int,
     source_type: str,
     media_root: str | None,
+    retry_failed: bool,
     fast_decode: bool,
     quiet: bool,
 ) -> None:
@@ -193,6 +200,7 @@ def index(
             commit_every=commit_every,
             progress=not quiet,
             fast_decode=fast_decode,
+            retry_failed=retry_failed,
         )
     click.echo(summary.line())
 

@@ -156,6 +156,7 @@ class Collection:
         media_root: str | os.PathLike[str] | None = None,
         download_timeout: float = 20.0,
         max_download_bytes: int = 50 * 1024 * 1024,
+        retry_failed: bool = False,
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts."""
         from bioindex.indexer.embed import default_batch_size, default_workers
@@ -178,6 +179,7 @@ class Collection:
             progress=progress,
             fast_decode=fast_decode,
             download={"timeout": download_timeout, "max_bytes": max_download_bytes},
+            retry_failed=retry_failed,
         )
 
     def rebuild_index(self) -> int:

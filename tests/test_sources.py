@@ -186,6 +186,11 @@ def test_archive_with_remote_media(tmp_path: Path, tiny_model: str, media_server
                            max_download_bytes=2 * 1024 * 1024)  # fmt: skip
         assert (second.embedded, second.downloaded, second.unchanged) == (0, 0, 4)
         assert len(hits) == fetched  # nothing was asked of the server again
+        retried = col.index([archive], progress=False, download_timeout=1.0,
+                            max_download_bytes=2 * 1024 * 1024, retry_failed=True)  # fmt: skip
+        assert (retried.embedded, retried.failed, retried.unchanged) == (0, 4, 4)
+        assert len(hits) > fetched  # only the failed URLs were asked for again
+        assert all("/photo/" not in h or "nope" in h for h in hits[fetched:])
     from click.testing import CliRunner
 
     from bioindex.cli import main

@@ -56,11 +56,11 @@ class Plan:
     vanished: list[int]
 
 
-def plan(scan: Scan, store: Store) -> Plan:
+def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
     """What to embed, what is unchanged, which failed files are still the same bytes,
     and which live images' files vanished."""
     known = store.known_files()
-    failed = store.known_failures()
+    failed = {} if retry_failed else store.known_failures()
     todo: list[Item] = []
     unchanged = known_bad = 0
     for item in scan.items:
@@ -105,12 +105,13 @@ def run_index(
     progress: bool = True,
     fast_decode: bool = False,
     download: dict | None = None,
+    retry_failed: bool = False,
 ) -> IndexSummary:
     started = time.time()
     run_id = store.next_run_id()
     summary = IndexSummary(run_id=run_id)
     summary.occurrences = store.upsert_occurrences(scan.occurrences)
-    work = plan(scan, store)
+    work = plan(scan, store, retry_failed)
     summary.unchanged, summary.known_bad = work.unchanged, work.known_bad
     store.index()  # load (or rebuild) before writing so it follows every commit
     summary.deleted = store.mark_deleted(work.vanished)
