@@ -341,16 +341,27 @@ class Collection:
                          ) -> list[Prediction]:  # fmt: skip
         """Classify already embedded images (e.g. uploads), named `names` in the output."""
         check_k(k)
-        if method != "knn" and labels is None:
-            labels = self.catalog_labels()
         label_matrix = None
-        if labels is not None and method != "knn":
+        if method != "knn" and labels is None:
+            labels, label_matrix = self._catalog_label_vectors()
+        elif labels is not None and method != "knn":
             label_matrix = label_vectors(labels, self.model.encode_texts, _text_key(self.model))
         return classify_vectors(
             list(names), np.asarray(vectors, dtype=np.float32), rank=rank, k=k, method=method,
             labels=labels, label_vectors=label_matrix, logit_scale=self.model.logit_scale,
             store=self.store, neighbours=neighbours,
         )  # fmt: skip
+
+    def _catalog_label_vectors(self) -> tuple[LabelSet, np.ndarray]:
+        """The catalog's label set and its vectors, kept until the catalog changes (a server
+        classifies many uploads against the same labels)."""
+        generation = self.store.generation()
+        cached = getattr(self, "_catalog_labels", None)
+        if cached is None or cached[0] != generation:
+            labels = self.catalog_labels()
+            matrix = label_vectors(labels, self.model.encode_texts, _text_key(self.model))
+            cached = self._catalog_labels = (generation, labels, matrix)
+        return cached[1], cached[2]
 
     def taxon_names(self) -> list[tuple[str, str]]:
         """(name, rank) for every rank name, binomial and common name in the catalog."""

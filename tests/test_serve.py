@@ -128,6 +128,8 @@ def test_records_thumbnails_neighbours_taxa(server) -> None:
      415),
     ("post", "/api/search/image", {"files": {"file": ("x.jpg", b"\xff" * 300_000, "image/jpeg")}},
      413),
+    ("post", "/api/search/image", {"files": {"file": ("x.jpg", b"\xff" * 2_000_000,
+                                                      "image/jpeg")}}, 413),
     ("post", "/api/search/image", {}, 422),
     ("post", "/api/classify", {"files": {"file": ("../../x.png", b"GIF89a", "image/png")}}, 415),
     ("post", "/api/classify", {"params": {"rank": "tribe"},

@@ -78,7 +78,14 @@ def create_app(
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
+        length = request.headers.get("content-length", "")
+        # Refuse oversized bodies before Starlette spools them to disk.
+        if length.isdigit() and int(length) > max_upload_bytes + 64 * 1024:
+            response: Response = JSONResponse(
+                {"error": f"upload larger than {max_upload_bytes} bytes"}, status_code=413
+            )
+        else:
+            response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         metrics.record(request.method, path, response.status_code, time.perf_counter() - started)
