@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -267,7 +268,7 @@ def _image_query(c: Any, k: int, where: Any, path: str, add: Sequence[str],
 
     if not add and not subtract:
         return c.search_image(path, k=k, where=where)
-    if not __import__("os").path.isfile(path):
+    if not os.path.isfile(path):
         raise BioindexError(f"image {path} does not exist")
     return c.search_query([path, *add], subtract, k=k, where=where)
 

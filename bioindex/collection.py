@@ -257,11 +257,13 @@ class Collection:
 
     # ---- taxa ----------------------------------------------------------------------
 
-    def catalog_taxa(self) -> list:
-        rows = self.store.con.execute(
+    def _taxon_rows(self) -> list[tuple]:
+        return self.store.con.execute(
             f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live'"
         ).fetchall()
-        return taxa_from_rows(rows)
+
+    def catalog_taxa(self) -> list:
+        return taxa_from_rows(self._taxon_rows())
 
     def taxonomy(self) -> Taxonomy:
         """The taxa named in this store's catalog (for name resolution), cached until the
@@ -277,10 +279,7 @@ class Collection:
     def _read_taxonomy(self) -> Taxonomy:
         from bioindex.search.labels import taxon_from_row
 
-        rows = self.store.con.execute(
-            f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live'"
-        ).fetchall()
-        taxa = [t for t in (taxon_from_row(r) for r in rows) if t is not None]
+        taxa = [t for t in (taxon_from_row(r) for r in self._taxon_rows()) if t is not None]
         if not taxa:
             raise BioindexError(f"the catalog of {self.store.path} names no taxa; give "
                                 f"--taxonomy (a TreeOfLife label folder or a CSV with rank "
@@ -322,16 +321,14 @@ class Collection:
     ) -> list[Prediction]:
         """Predict taxa for image files; labels default to the catalog's species."""
         check_k(k)
-        if method != "knn" and labels is None:
-            labels = self.catalog_labels()
-        return classify_images(
-            self.model,
-            images,
+        vectors = embed_files(self.model, images)
+        return self.classify_vectors(
+            [str(p) for p in images],
+            vectors,
             rank=rank,
             k=k,
             method=method,
             labels=labels,
-            store=self.store,
             neighbours=neighbours,
         )
 
@@ -345,7 +342,7 @@ class Collection:
         if method != "knn" and labels is None:
             labels, label_matrix = self._catalog_label_vectors()
         elif labels is not None and method != "knn":
-            label_matrix = label_vectors(labels, self.model.encode_texts, _text_key(self.model))
+            label_matrix = _label_matrix(self.model, labels)
         return classify_vectors(
             list(names), np.asarray(vectors, dtype=np.float32), rank=rank, k=k, method=method,
             labels=labels, label_vectors=label_matrix, logit_scale=self.model.logit_scale,
@@ -359,7 +356,7 @@ class Collection:
         cached = getattr(self, "_catalog_labels", None)
         if cached is None or cached[0] != generation:
             labels = self.catalog_labels()
-            matrix = label_vectors(labels, self.model.encode_texts, _text_key(self.model))
+            matrix = _label_matrix(self.model, labels)
             cached = self._catalog_labels = (generation, labels, matrix)
         return cached[1], cached[2]
 
@@ -398,6 +395,19 @@ def classify_images(
     cache_root: str | os.PathLike[str] | None = None,
 ) -> list[Prediction]:
     """Classify image files with a loaded model (a store is needed for knn/combined)."""
+    vectors = embed_files(model, images)
+    label_matrix = None
+    if labels is not None and method != "knn":
+        label_matrix = _label_matrix(model, labels, cache_root)
+    return classify_vectors(
+        [str(p) for p in images], vectors, rank=rank, k=k, method=method,
+        labels=labels, label_vectors=label_matrix, logit_scale=model.logit_scale,
+        store=store, neighbours=neighbours,
+    )  # fmt: skip
+
+
+def embed_files(model: EmbeddingModel, images: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """Unit vectors for image files; a missing or unreadable file is a BioindexError."""
     if not images:
         raise BioindexError("no images to classify")
     vectors = []
@@ -409,17 +419,15 @@ def classify_images(
             vectors.append(model.embed_pil([open_image(file)])[0])
         except Exception as exc:
             raise BioindexError(f"cannot read image {path}: {exc}") from exc
-    label_matrix = None
-    if labels is not None and method != "knn":
-        if labels.vectors is not None and labels.vectors.shape[1] != model.identity.dim:
-            raise BioindexError(f"label vectors have dim {labels.vectors.shape[1]}; the model "
-                                f"has {model.identity.dim}")  # fmt: skip
-        label_matrix = label_vectors(labels, model.encode_texts, _text_key(model), cache_root)
-    return classify_vectors(
-        [str(p) for p in images], np.stack(vectors), rank=rank, k=k, method=method,
-        labels=labels, label_vectors=label_matrix, logit_scale=model.logit_scale,
-        store=store, neighbours=neighbours,
-    )  # fmt: skip
+    return np.stack(vectors)
+
+
+def _label_matrix(model: EmbeddingModel, labels: LabelSet,
+                  cache_root: str | os.PathLike[str] | None = None) -> np.ndarray:  # fmt: skip
+    if labels.vectors is not None and labels.vectors.shape[1] != model.identity.dim:
+        raise BioindexError(f"label vectors have dim {labels.vectors.shape[1]}; the model "
+                            f"has {model.identity.dim}")  # fmt: skip
+    return label_vectors(labels, model.encode_texts, _text_key(model), cache_root)
 
 
 def _text_key(model: EmbeddingModel) -> str:

@@ -448,13 +448,10 @@ class Store:
             "core_id": list(by_id),
             "source": [r.get("source") for r in by_id.values()],
         }
-        split = [split_metadata({k: v for k, v in r.items() if k not in ("core_id", "source")})
-                 for r in by_id.values()]  # fmt: skip
-        for column in DWC_TEXT_COLUMNS:
-            columns[column] = [_text(known.get(column)) for known, _ in split]
-        for column in DWC_FLOAT_COLUMNS:
-            columns[column] = [_float(known.get(column)) for known, _ in split]
-        columns["extra"] = [json.dumps(extra, default=str) if extra else None for _, extra in split]
+        columns.update(_darwin_core_columns(
+            [{k: v for k, v in r.items() if k not in ("core_id", "source")}
+             for r in by_id.values()]
+        ))  # fmt: skip
         table = pa.table({k: pa.array(v, type=pa.float64() if k in DWC_FLOAT_COLUMNS
                                        else pa.string()) for k, v in columns.items()})  # fmt: skip
         with self._transaction(self.generation()):
@@ -618,12 +615,7 @@ class Store:
             "shard_row": list(range(len(records))),
             "run_id": [run_id] * len(records),
         }
-        split = [split_metadata(r.metadata) for r in records]
-        for column in DWC_TEXT_COLUMNS:
-            columns[column] = [_text(known.get(column)) for known, _ in split]
-        for column in DWC_FLOAT_COLUMNS:
-            columns[column] = [_float(known.get(column)) for known, _ in split]
-        columns["extra"] = [json.dumps(extra, default=str) if extra else None for _, extra in split]
+        columns.update(_darwin_core_columns([r.metadata for r in records]))
         types = {
             "image_id": pa.int64(), "size": pa.int64(), "mtime": pa.float64(),
             "width": pa.int32(), "height": pa.int32(), "shard_row": pa.int32(),
@@ -647,6 +639,18 @@ def _to_gpu(index: Any) -> Any:
         return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     except Exception:  # an index type the GPU build cannot hold: stay on the CPU
         return None
+
+
+def _darwin_core_columns(metadatas: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Catalog columns (Darwin Core + `extra` JSON) for rows of free-form metadata."""
+    split = [split_metadata(metadata) for metadata in metadatas]
+    columns: dict[str, list[Any]] = {}
+    for column in DWC_TEXT_COLUMNS:
+        columns[column] = [_text(known.get(column)) for known, _ in split]
+    for column in DWC_FLOAT_COLUMNS:
+        columns[column] = [_float(known.get(column)) for known, _ in split]
+    columns["extra"] = [json.dumps(extra, default=str) if extra else None for _, extra in split]
+    return columns
 
 
 def _check_store_dir(root: Path, creating: bool) -> None:
