@@ -144,13 +144,12 @@ def test_zero_shot_classification_accuracy(held_out: Collection, queries) -> Non
     assert _top1(family, queries, "family") >= 0.9
 
 
-def test_knn_and_combined_on_the_held_out_set(held_out: Collection, queries) -> None:
+def test_knn_beats_zero_shot_on_the_held_out_set(held_out: Collection, queries) -> None:
     paths = [p for _, p in queries]
     zero_shot = _top1(held_out.classify(paths, k=1), queries, "species")
     knn = _top1(held_out.classify(paths, k=1, method="knn"), queries, "species")
     combined = _top1(held_out.classify(paths, k=1, method="combined"), queries, "species")
-    # Here the demo model's zero-shot is as good as it gets; the vote must keep up with it.
-    assert knn >= zero_shot - 0.02 and knn >= 0.85, (knn, zero_shot)
+    assert knn > zero_shot, (knn, zero_shot)
     assert combined >= 0.85
 
 

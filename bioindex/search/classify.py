@@ -65,9 +65,12 @@ def by_rank(probabilities: np.ndarray, taxa: Sequence[Taxon], rank: str) -> dict
 
 def knn_vote(
     store: Store, vector: np.ndarray, rank: str, neighbours: int = DEFAULT_NEIGHBOURS,
-    exclude: set[int] | None = None,
+    exclude: set[int] | None = None, logit_scale: float = 100.0,
 ) -> dict[Taxon, float]:  # fmt: skip
-    """Share of similarity mass per taxon among the labelled nearest neighbours."""
+    """Share of vote per taxon among the labelled nearest neighbours, each neighbour weighted
+    by exp(logit_scale · cosine) — the model's own temperature, so a clearly closer
+    neighbour outweighs a crowd of slightly farther ones (plain cosine weights are nearly
+    uniform, since all neighbours' cosines are close)."""
     pairs = nearest(store, vector, neighbours, exclude=exclude, where=_labelled(rank))
     if not pairs:
         return {}
@@ -81,10 +84,11 @@ def knn_vote(
     )
     votes: dict[Taxon, float] = defaultdict(float)
     depth = RANKS.index(rank) + 1
+    best = pairs[0][0]
     for score, image_id in pairs:
         taxon = taxon_from_row(rows[image_id])
         if taxon is not None and len(taxon.lineage) >= depth:
-            votes[taxon.at_rank(rank)] += max(score, 0.0)
+            votes[taxon.at_rank(rank)] += float(np.exp(logit_scale * (score - best)))
     total = sum(votes.values())
     return {t: v / total for t, v in votes.items()} if total > 0 else {}
 
@@ -142,7 +146,8 @@ def classify_vectors(
         if probabilities is not None:
             scores = by_rank(probabilities[i], labels.taxa, rank)
         if method != "zero-shot":
-            votes = knn_vote(store, image_vectors[i], rank, neighbours)
+            votes = knn_vote(store, image_vectors[i], rank, neighbours,
+                             logit_scale=logit_scale)  # fmt: skip
             if method == "knn":
                 scores = votes
             else:
