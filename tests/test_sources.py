@@ -126,7 +126,7 @@ def media_server():
 
 
 def _write_archive(folder: Path, media: list[tuple[str, str]]) -> Path:
-    """occurrence core + GBIF Simple Multimedia extension, tab-separated, as GBIF writes it."""
+    """occurrence core + Audubon Core multimedia extension (accessURI), tab-separated."""
     folder.mkdir(parents=True)
     occurrences = sorted({occ for occ, _ in media})
     (folder / "occurrence.txt").write_text(
@@ -149,10 +149,10 @@ def _write_archive(folder: Path, media: list[tuple[str, str]]) -> Path:
   <field index="5" term="http://rs.tdwg.org/dwc/terms/family"/>
   <field index="6" term="http://rs.tdwg.org/dwc/terms/countryCode"/>
  </core>
- <extension rowType="http://rs.gbif.org/terms/1.0/Multimedia" fieldsTerminatedBy="\\t"
+ <extension rowType="http://rs.tdwg.org/ac/terms/Multimedia" fieldsTerminatedBy="\\t"
             fieldsEnclosedBy="" ignoreHeaderLines="0">
   <files><location>multimedia.txt</location></files><coreid index="0"/>
-  <field index="1" term="http://purl.org/dc/terms/identifier"/>
+  <field index="1" term="http://rs.tdwg.org/ac/terms/accessURI"/>
   <field index="2" term="http://purl.org/dc/terms/license"/>
   <field index="3" term="http://purl.org/dc/terms/creator"/>
  </extension>
