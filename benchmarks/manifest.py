@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,7 @@ def main() -> None:
     results = []
     for rows in sorted(args.rows):  # ru_maxrss of children only grows: smallest first
         manifest = build(workdir, rows, args.files)
+        shutil.rmtree(workdir / f"store-{rows}", ignore_errors=True)  # a fresh store each time
         peak, seconds, line = run(manifest, workdir / f"store-{rows}")
         results.append({"rows": rows, "peak_rss_mb": round(peak, 1), "seconds": round(seconds, 1),
                         "summary": line})  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,7 @@ def main() -> None:
     for size in sorted(args.sizes):
         images = workdir / f"images-{size}"
         make_images(images, size, args.px)
+        shutil.rmtree(workdir / f"store-{size}", ignore_errors=True)  # a fresh store each time
         rss, seconds, line = peak_rss_of_index(images, workdir / f"store-{size}")
         rows.append({"images": size, "peak_rss_mb": round(rss, 1), "seconds": round(seconds, 1),
                      "summary": line})  # fmt: skip
