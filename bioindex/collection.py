@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from bioindex.errors import BioindexError
 from bioindex.images import IMAGE_EXTENSIONS, open_image
@@ -184,6 +185,26 @@ class Collection:
 
     def rebuild_index(self) -> int:
         return int(self.store.rebuild_index().ntotal)
+
+    def build_index(
+        self,
+        kind: str = "auto",
+        memory: str | int = "4G",
+        target_recall: float = 0.95,
+        rerank: bool | None = None,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """Build (or re-build) the FAISS index of `kind` from the stored vectors and tune it
+        to `target_recall`; returns the recorded spec with its measured recall and latency."""
+        from bioindex import faiss_index
+
+        budget = faiss_index.parse_memory(memory)
+        bar = tqdm(total=self.store.live_count(), unit="vec", desc="index",
+                   disable=not progress)  # fmt: skip
+        with bar:
+            spec = self.store.build_index(kind, budget, target_recall, rerank,
+                                          progress=bar.update)  # fmt: skip
+        return spec.to_json()
 
     # ---- reading -------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from bioindex import faiss_index
 from bioindex.errors import BioindexError
+from bioindex.faiss_index import IndexSpec
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -159,6 +161,9 @@ class Store:
         self.read_only = read_only
         self._index: Any = None
         self._gpu_index: Any = None  # a GPU copy for plain searches, when faiss-gpu can
+        self._removed: set[int] = set()  # deleted ids the index cannot drop (HNSW)
+        self._located: Any = None
+        self._shards: dict[str, np.ndarray] = {}
 
     # ---- opening -------------------------------------------------------------------
 
@@ -179,7 +184,7 @@ class Store:
             "format_version": FORMAT_VERSION,
             "created_at": _now_iso(),
             "model": model,
-            "index": {"kind": "flat", "metric": "inner_product"},
+            "index": IndexSpec(kind="flat", dim=int(model["dim"])).to_json(),
         }
         # The manifest is written last: a store without one is not a store yet.
         _atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))
@@ -338,8 +343,12 @@ class Store:
             "images_deleted": counts.get("deleted", 0),
             "failures": self.con.execute("SELECT count(*) FROM failures").fetchone()[0],
             "occurrences": self.con.execute("SELECT count(*) FROM occurrences").fetchone()[0],
-            "index_kind": self.manifest["index"]["kind"],
+            "index_kind": self.index_spec.kind,
             "index_ntotal": int(index.ntotal),
+            "index_search": self.index_spec.search or None,
+            "index_rerank": self.index_spec.rerank,
+            "index_build": self.index_spec.built or None,
+            "index_advice": self.index_advice() or None,
             "store_bytes": _tree_size(self.path),
             "last_run": runs[-1] if runs else None,
         }
@@ -416,7 +425,7 @@ class Store:
         if self._index is not None:
             index_ids = np.asarray(ids, dtype=np.int64)
             if existing:
-                self._index.remove_ids(np.asarray(list(existing.values()), dtype=np.int64))
+                self._remove_from_index(existing.values())
             if len(index_ids):
                 self._index.add_with_ids(vectors, index_ids)
             self._index_generation = generation
@@ -434,7 +443,7 @@ class Store:
                 "UPDATE images SET status='deleted' WHERE image_id IN (SELECT unnest(?))", [ids]
             )
         if self._index is not None:
-            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+            self._remove_from_index(ids)
             self._index_generation = generation
         return len(ids)
 
@@ -491,21 +500,29 @@ class Store:
 
     # ---- the FAISS index (derived) -------------------------------------------------
 
+    @property
+    def index_spec(self) -> IndexSpec:
+        return IndexSpec.from_json(self.manifest.get("index", {}), self.dim)
+
     def index(self) -> Any:
-        """The FAISS index, loaded from disk when current, rebuilt from shards when not."""
+        """The FAISS index, loaded from disk when current, rebuilt from shards when not.
+
+        A read-only store maps the index file instead of reading it where FAISS can (IVF
+        lists, flat codes), so one query on a large store does not read the whole file."""
         if self._index is not None:
             return self._index
-        import faiss
-
         generation = self.generation()
         state = _read_json(self.path / INDEX_STATE)
         index_path = self.path / INDEX_FILE
         if state.get("generation") == generation and index_path.is_file():
-            index = faiss.read_index(str(index_path))
+            index = faiss_index.read(str(index_path), self.index_spec.kind, self.read_only)
+            self._removed = set(state.get("removed", []))
         else:
-            index = self._build_index()
+            index = self._build_index(self.index_spec)
+            self._removed = set()
             if not self.read_only:
                 self._write_index(index, generation)
+        faiss_index.set_search(index, self.index_spec)
         self._index = index
         self._index_generation = generation
         return index
@@ -516,21 +533,93 @@ class Store:
             self._write_index(self._index, self._index_generation)
 
     def rebuild_index(self) -> Any:
-        self._gpu_index = None
-        self._index = None
-        self._index_generation = -1
-        index = self._build_index()
-        self._index = index
-        self._index_generation = self.generation()
-        self.save_index()
+        """Rebuild with the current kind and search settings (compacts deletions)."""
+        self._require_writable()
+        self._drop_index()
+        index = self._build_index(self.index_spec)
+        self._install_index(index)
         return index
+
+    def build_index(
+        self,
+        kind: str = "auto",
+        memory: int = faiss_index.DEFAULT_MEMORY,
+        target_recall: float = faiss_index.DEFAULT_TARGET_RECALL,
+        rerank: bool | None = None,
+        queries: int = 500,
+        progress: Callable[[int], None] | None = None,
+    ) -> IndexSpec:
+        """Build the index of `kind` (auto picks by size, dim and memory budget) from the
+        stored vectors, tune it to `target_recall` against exact search on held-out stored
+        vectors, and record the spec with the measured recall and latency in the manifest."""
+        self._require_writable()
+        if not 0.0 < target_recall <= 1.0:
+            raise BioindexError(f"target recall must be in (0, 1], got {target_recall}")
+        n = self.live_count()
+        spec = faiss_index.plan(kind, n, self.dim, memory, rerank)
+        self._drop_index()
+        started = time.perf_counter()
+        index = self._build_index(spec, progress)
+        build_seconds = time.perf_counter() - started
+        self._index, self._removed = index, set()  # searchable while tuning
+        probe_ids = self._sample_ids(min(queries, n))
+        tuning = None
+        if len(probe_ids):
+            probes = self.vectors(probe_ids)
+            # A stored vector is its own nearest neighbour; leaving it out of both answers
+            # makes it a held-out query against the other n-1.
+            truth = faiss_index.exact_neighbours(
+                self.iter_live_vectors(), probes, 10, exclude=probe_ids
+            )
+            tuning = faiss_index.tune(index, spec, probes, truth, target_recall,
+                                      fetch=self._fetch, exclude=probe_ids)  # fmt: skip
+        spec.built = {
+            "requested_kind": kind,
+            "memory_budget": int(memory),
+            "target_recall": target_recall,
+            "ntotal": int(index.ntotal),
+            "trained_on": faiss_index.training_size(spec, n),
+            "build_seconds": round(build_seconds, 2),
+            "index_bytes": faiss_index.index_bytes(index),
+            "built_at": _now_iso(),
+            **({k: v for k, v in vars(tuning).items() if k != "search"} if tuning else {}),
+        }
+        self.manifest["index"] = spec.to_json()
+        _atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
+        self._install_index(index)
+        return spec
+
+    def index_advice(self) -> list[str]:
+        """Why a rebuild would pay now, if it would."""
+        spec, index = self.index_spec, self.index()
+        built, ntotal, advice = spec.built, int(index.ntotal), []
+        trained_at = built.get("ntotal") or 0
+        if spec.kind.startswith("ivf") and trained_at and ntotal > 4 * trained_at:
+            advice.append(
+                f"the IVF lists were trained when the index held {trained_at} vectors and it "
+                f"now holds {ntotal}: bioindex build-index would re-balance them"
+            )
+        if self._removed and len(self._removed) > 0.1 * max(ntotal, 1):
+            advice.append(
+                f"{len(self._removed)} deleted vectors are still in the {spec.kind} graph "
+                "(filtered out of results): a rebuild would compact them"
+            )
+        requested = built.get("requested_kind", "auto")
+        if requested == "auto":
+            live = self.live_count()
+            budget = built.get("memory_budget", faiss_index.DEFAULT_MEMORY)
+            better = faiss_index.choose_kind(live, self.dim, budget)
+            if better != spec.kind:
+                advice.append(f"at {live} vectors auto would now pick {better} over {spec.kind}")
+        return advice
 
     def search(
         self, queries: np.ndarray, k: int, only: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Inner-product top-k: (scores [q, k], image_ids [q, k]); missing slots have id -1.
 
-        `only` restricts the search to those image_ids (exact for flat indexes).
+        `only` restricts the search to those image_ids, exactly: a flat index filters while
+        it scans, an approximate one is bypassed for a brute-force pass over their vectors.
         """
         import faiss
 
@@ -539,12 +628,31 @@ class Store:
             raise BioindexError(
                 f"query vectors have shape {queries.shape}; this store holds dim {self.dim}"
             )
-        index = self.index()
+        index, spec = self.index(), self.index_spec
         k = max(1, min(k, int(index.ntotal))) if index.ntotal else 1
-        if only is None:
+        if only is not None and not spec.exact:
+            return self._search_subset(queries, k, np.asarray(only, dtype=np.int64))
+        selector = None
+        if only is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(only, dtype=np.int64))
+        elif self._removed:
+            removed = np.fromiter(self._removed, dtype=np.int64)
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(removed))
+        if selector is None and spec.exact:
             return self._plain_searcher().search(queries, k)
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(only, dtype=np.int64))
-        return index.search(queries, k, params=faiss.SearchParameters(sel=selector))
+        return faiss_index.search(index, spec, queries, k, selector, fetch=self._fetch)
+
+    def range_search(self, vectors: np.ndarray, radius: float) -> list[np.ndarray]:
+        """For each vector, the ids whose stored vector scores at least `radius` with it
+        (approximate on approximate kinds)."""
+        limits, _, found = self.index().range_search(
+            np.ascontiguousarray(vectors, dtype=np.float32), radius
+        )
+        out = [found[limits[i] : limits[i + 1]] for i in range(len(vectors))]
+        if self._removed:
+            removed = np.fromiter(self._removed, dtype=np.int64)
+            out = [ids[~np.isin(ids, removed)] for ids in out]
+        return out
 
     def ids_where(self, sql: str, params: Sequence[Any]) -> np.ndarray:
         """image_ids of live rows matching a parameterised predicate (see search.filters)."""
@@ -564,13 +672,98 @@ class Store:
             self._gpu_index = False if copy is None else copy
         return index if self._gpu_index is False else self._gpu_index
 
-    def _build_index(self) -> Any:
-        import faiss
-
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        for ids, vectors in self.iter_live_vectors():
-            index.add_with_ids(vectors, ids)
+    def _build_index(self, spec: IndexSpec,
+                     progress: Callable[[int], None] | None = None) -> Any:  # fmt: skip
+        n = self.live_count()
+        if spec.kind.startswith("ivf") and n < spec.nlist * faiss_index.MIN_POINTS_PER_LIST:
+            # Too few vectors left to train those lists (say after mass deletion).
+            spec = faiss_index.plan("flat", n, self.dim)
+            self.manifest["index"] = spec.to_json()
+            if not self.read_only:
+                _atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
+        size = faiss_index.training_size(spec, n)
+        sample = self.vectors(self._sample_ids(size)) if size else None
+        index = faiss_index.build(spec, sample, self.iter_live_vectors(), progress)
+        faiss_index.set_search(index, spec)
         return index
+
+    def _install_index(self, index: Any) -> None:
+        self._index, self._removed = index, set()
+        self._index_generation = self.generation()
+        self.save_index()
+
+    def _drop_index(self) -> None:
+        self._gpu_index = None
+        self._index = None
+        self._removed = set()
+        self._index_generation = -1
+
+    def _remove_from_index(self, ids: Sequence[int]) -> None:
+        """Take ids out of the live index; kinds that cannot (HNSW) filter them instead."""
+        array = np.asarray(list(ids), dtype=np.int64)
+        try:
+            self._index.remove_ids(array)
+        except RuntimeError:
+            self._removed.update(int(i) for i in array)
+
+    def _sample_ids(self, n: int) -> np.ndarray:
+        """n distinct live image_ids, a fixed-seed random sample (reproducible builds)."""
+        if n <= 0:
+            return np.empty(0, dtype=np.int64)
+        ids = np.asarray(
+            self.con.execute("SELECT image_id FROM images WHERE status='live'").fetchnumpy()[
+                "image_id"
+            ],
+            dtype=np.int64,
+        )
+        rng = np.random.default_rng(0)
+        return np.sort(rng.choice(ids, min(n, len(ids)), replace=False))
+
+    def _locations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """(sorted live ids, shard number, row) and shard names, cached per generation."""
+        generation = self.generation()
+        if self._located is None or self._located[0] != generation:
+            found = self.con.execute(
+                "SELECT image_id, shard, shard_row FROM images WHERE status='live' "
+                "ORDER BY image_id"
+            ).fetchnumpy()
+            names, codes = np.unique(np.asarray(found["shard"], dtype=object).astype(str),
+                                     return_inverse=True)  # fmt: skip
+            self._located = (
+                generation,
+                (np.asarray(found["image_id"], np.int64), codes.astype(np.int32),
+                 np.asarray(found["shard_row"], np.int64), [str(n) for n in names]),
+            )  # fmt: skip
+        return self._located[1]
+
+    def _fetch(self, image_ids: np.ndarray) -> np.ndarray:
+        """Stored vectors for re-ranking; rows of ids that are not live are NaN."""
+        ids, codes, rows, names = self._locations()
+        image_ids = np.asarray(image_ids, dtype=np.int64)
+        out = np.full((len(image_ids), self.dim), np.nan, dtype=np.float32)
+        if not len(ids):
+            return out
+        at = np.minimum(np.searchsorted(ids, image_ids), len(ids) - 1)
+        live = ids[at] == image_ids
+        for code in np.unique(codes[at[live]]):
+            mine = live & (codes[at] == code)
+            out[mine] = self._shard(names[code])[rows[at[mine]]]
+        return out
+
+    def _search_subset(self, queries: np.ndarray, k: int, only: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        only = np.unique(only)
+        vectors = self._fetch(only)
+        keep = ~np.isnan(vectors[:, 0])
+        only, vectors = only[keep], vectors[keep]
+        scores = queries @ vectors.T
+        k_out = min(k, len(only))
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k_out]
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        out_scores[:, :k_out] = np.take_along_axis(scores, order, axis=1)
+        out_ids[:, :k_out] = only[order]
+        return out_scores, out_ids
 
     def _write_index(self, index: Any, generation: int) -> None:
         import faiss
@@ -583,8 +776,9 @@ class Store:
         # leaves an older generation on record, which only costs a rebuild.
         _atomic_write_text(
             self.path / INDEX_STATE,
-            json.dumps({"generation": generation, "ntotal": int(index.ntotal)}),
-        )
+            json.dumps({"generation": generation, "ntotal": int(index.ntotal),
+                        "removed": sorted(self._removed)}),
+        )  # fmt: skip
 
     # ---- internals -----------------------------------------------------------------
 
@@ -594,6 +788,12 @@ class Store:
 
     def _load_shard(self, name: str) -> np.ndarray:
         return np.load(self.path / SHARD_DIR / name, mmap_mode="r")
+
+    def _shard(self, name: str) -> np.ndarray:
+        """A shard kept mapped for the life of the store (shards never change once written)."""
+        if name not in self._shards:
+            self._shards[name] = self._load_shard(name)
+        return self._shards[name]
 
     def _remove_orphan_shards(self) -> None:
         referenced = {

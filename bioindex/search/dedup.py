@@ -52,13 +52,11 @@ def find_duplicates(
         for image_id in ids:
             sha_of[image_id] = sha
             groups.union(ids[0], image_id)
-    index = store.index()
     # float16 storage can put a vector a hair below 1.0 from itself; the radius is inclusive.
     radius = threshold - 1e-4
     for ids, vectors in store.iter_live_vectors(batch):
-        limits, _, found = index.range_search(vectors, radius)
-        for row, image_id in enumerate(ids):
-            for other in found[limits[row] : limits[row + 1]]:
+        for image_id, found in zip(ids, store.range_search(vectors, radius)):
+            for other in found:
                 if other != image_id:
                     groups.union(int(image_id), int(other))
     members: dict[int, list[int]] = {}

@@ -1,0 +1,406 @@
+"""The FAISS index kinds a store can use: how `auto` picks one, building from streamed
+vectors, tuning nprobe / efSearch against exact search, and searching with re-ranking.
+
+Vectors are unit length and compared by inner product everywhere. Approximate kinds can
+re-rank their candidates against the stored float16 vectors (the source of truth), which
+both lifts recall and makes every reported score an exact cosine.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bioindex.errors import BioindexError
+
+KINDS = ("flat", "hnsw", "ivf", "ivf-pq")
+APPROXIMATE = ("hnsw", "ivf", "ivf-pq")
+DEFAULT_MEMORY = 4 * 1024**3
+DEFAULT_TARGET_RECALL = 0.95
+# Flat search touches every vector; past ~32M stored numbers a single query on one laptop
+# core takes more than a few milliseconds, so `auto` moves on to an approximate kind.
+FLAT_MAX_NUMBERS = 32 * 1024 * 1024
+# FAISS k-means wants ~39 points per centroid and gains little past ~50.
+POINTS_PER_LIST = 50
+MIN_POINTS_PER_LIST = 39
+MAX_TRAINING_POINTS = 500_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 128
+# Candidates fetched per wanted result when re-ranking against stored vectors: 4-bit PQ
+# scores are coarse enough that the true top-10 can sit far down its list.
+RERANK_FACTOR = {"hnsw": 4, "ivf": 4, "ivf-pq": 16}
+RERANK_MIN = 64  # small k still looks at enough candidates to find a stored vector
+NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
+EF_GRID = (32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
+
+# image_ids → float32 vectors in the same order; NaN rows for ids no longer stored.
+Fetch = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class IndexSpec:
+    """What an index is and how it is searched; stored in the store's manifest."""
+
+    kind: str = "flat"
+    dim: int = 0
+    nlist: int = 0
+    pq_m: int = 0
+    rerank: bool = False
+    search: dict[str, int] = field(default_factory=dict)  # {"nprobe": n} or {"efSearch": n}
+    built: dict[str, Any] = field(default_factory=dict)  # measured facts from the last build
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "flat"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": "inner_product", **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], dim: int) -> IndexSpec:
+        known = {k: data[k] for k in ("kind", "nlist", "pq_m", "rerank", "search", "built")
+                 if k in data}  # fmt: skip
+        return cls(dim=dim, **known)
+
+
+def parse_memory(text: str | int) -> int:
+    """'4G', '512M', '1.5GiB', or a byte count → bytes."""
+    if isinstance(text, int):
+        value = text
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.I)
+        if not match:
+            raise BioindexError(f"memory budget {text!r} is not a size like 4G or 512M")
+        power = " KMGT".index(match.group(2).upper() or " ")
+        value = int(float(match.group(1)) * 1024**power)
+    if value <= 0:
+        raise BioindexError(f"memory budget must be positive, got {text!r}")
+    return value
+
+
+def estimated_bytes(kind: str, n: int, dim: int, pq_m: int = 0) -> int:
+    """Memory an index of this kind needs for n vectors (codes + ids + graph)."""
+    per_vector = {
+        "flat": 4 * dim + 8,
+        "hnsw": 4 * dim + 8 + HNSW_M * 2 * 4,
+        "ivf": dim + 8,
+        "ivf-pq": (pq_m or default_pq_m(dim, n)) // 2 + 8,
+    }[kind]
+    nlist = default_nlist(n) if kind.startswith("ivf") else 0
+    return n * per_vector + nlist * dim * 4
+
+
+def choose_kind(n: int, dim: int, memory: int = DEFAULT_MEMORY) -> str:
+    """Exact flat while it fits and stays fast; then IVF with 8-bit codes; then IVF-PQ."""
+    if n * dim <= FLAT_MAX_NUMBERS and estimated_bytes("flat", n, dim) <= memory:
+        return "flat"
+    if n >= MIN_POINTS_PER_LIST * 16 and estimated_bytes("ivf", n, dim) <= memory:
+        return "ivf"
+    if n >= MIN_POINTS_PER_LIST * 16:
+        return "ivf-pq"
+    return "flat"
+
+
+def default_nlist(n: int) -> int:
+    """A power of two near 2·sqrt(n), with enough points per list to train on."""
+    if n < MIN_POINTS_PER_LIST * 16:
+        return 0
+    nlist = 2 ** round(math.log2(2 * math.sqrt(n)))
+    return int(max(16, min(nlist, 65536, 2 ** int(math.log2(n // MIN_POINTS_PER_LIST)))))
+
+
+def default_pq_m(dim: int, n: int = 0, memory: int = DEFAULT_MEMORY) -> int:
+    """Sub-quantizers for 4-bit fast-scan PQ: one per 2 dimensions (dim/4 bytes a vector)
+    when that fits the memory budget, fewer (coarser codes) when it does not."""
+    choices = [m for m in (dim // 2, dim // 4, dim // 8, dim // 16, dim // 32)
+               if m >= 2 and m % 2 == 0 and dim % m == 0]  # fmt: skip
+    if not choices:
+        raise BioindexError(f"cannot split dimension {dim} into PQ sub-vectors")
+    for m in choices:
+        if n * (m // 2 + 8) <= memory:
+            return m
+    return choices[-1]
+
+
+def plan(kind: str, n: int, dim: int, memory: int = DEFAULT_MEMORY,
+         rerank: bool | None = None) -> IndexSpec:  # fmt: skip
+    """The spec for `kind` ('auto' or one of KINDS) at n vectors of this dim."""
+    if kind == "auto":
+        kind = choose_kind(n, dim, memory)
+    if kind not in KINDS:
+        raise BioindexError(f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
+    spec = IndexSpec(kind=kind, dim=dim)
+    if kind.startswith("ivf"):
+        spec.nlist = default_nlist(n)
+        if not spec.nlist:
+            raise BioindexError(
+                f"{n} vectors are too few to train an {kind} index (at least "
+                f"{MIN_POINTS_PER_LIST * 16} needed); use --kind flat"
+            )
+    if kind == "ivf-pq":
+        spec.pq_m = default_pq_m(dim, n, memory)
+    # PQ distances are too coarse to rank by; the other approximate kinds re-rank by
+    # default too, so that scores are exact cosines.
+    spec.rerank = kind in APPROXIMATE if rerank is None else (rerank and kind in APPROXIMATE)
+    spec.search = {"efSearch": 64} if kind == "hnsw" else {"nprobe": 16} if spec.nlist else {}
+    return spec
+
+
+def new_index(spec: IndexSpec) -> Any:
+    """An empty (untrained where it matters) FAISS index with ids, for this spec."""
+    import faiss
+
+    ip = faiss.METRIC_INNER_PRODUCT
+    if spec.kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(spec.dim))
+    if spec.kind == "hnsw":
+        graph = faiss.IndexHNSWFlat(spec.dim, HNSW_M, ip)
+        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return faiss.IndexIDMap2(graph)
+    codes = "SQ8" if spec.kind == "ivf" else f"PQ{spec.pq_m}x4fs"
+    return faiss.index_factory(spec.dim, f"IVF{spec.nlist},{codes}", ip)
+
+
+def training_size(spec: IndexSpec, n: int) -> int:
+    if not spec.kind.startswith("ivf"):
+        return 0
+    return min(n, max(POINTS_PER_LIST * spec.nlist, 20_000), MAX_TRAINING_POINTS)
+
+
+def build(
+    spec: IndexSpec,
+    sample: np.ndarray | None,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    progress: Callable[[int], None] | None = None,
+) -> Any:
+    """Train on `sample` (IVF kinds), then add (ids, vectors) batches as they stream in."""
+    import faiss
+
+    index = new_index(spec)
+    if not index.is_trained:
+        if sample is None or len(sample) < spec.nlist:
+            raise BioindexError(f"an {spec.kind} index needs a training sample")
+        if gpu_count() > 0:
+            # k-means is most of an IVF build; the GPU does it and the CPU keeps the index.
+            index.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(spec.dim))
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    for ids, vectors in batches:
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                           np.ascontiguousarray(ids, dtype=np.int64))  # fmt: skip
+        if progress:
+            progress(len(ids))
+    return index
+
+
+def gpu_count() -> int:
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def set_search(index: Any, spec: IndexSpec) -> None:
+    """Apply the spec's nprobe / efSearch to the index object itself."""
+    import faiss
+
+    if "nprobe" in spec.search:
+        faiss.extract_index_ivf(index).nprobe = int(spec.search["nprobe"])
+    if "efSearch" in spec.search:
+        faiss.downcast_index(index.index).hnsw.efSearch = int(spec.search["efSearch"])
+
+
+def search_parameters(spec: IndexSpec, selector: Any = None) -> Any:
+    import faiss
+
+    if "nprobe" in spec.search:
+        return faiss.SearchParametersIVF(nprobe=int(spec.search["nprobe"]), sel=selector)
+    if "efSearch" in spec.search:
+        return faiss.SearchParametersHNSW(efSearch=int(spec.search["efSearch"]), sel=selector)
+    return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+
+def search(
+    index: Any,
+    spec: IndexSpec,
+    queries: np.ndarray,
+    k: int,
+    selector: Any = None,
+    fetch: Fetch | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [q, k], ids [q, k]), -1 where fewer than k; re-ranked when the spec says so
+    and `fetch` can give the stored vectors."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    rerank = spec.rerank and fetch is not None
+    wanted = k
+    if rerank:
+        wanted = min(max(k * RERANK_FACTOR[spec.kind], RERANK_MIN), int(index.ntotal))
+    scores, ids = index.search(queries, max(wanted, 1), params=search_parameters(spec, selector))
+    if rerank:
+        return rerank_exact(queries, ids, k, fetch)
+    if spec.kind == "hnsw":
+        return _unique_per_row(scores, ids, k)
+    return scores[:, :k], ids[:, :k]
+
+
+def rerank_exact(
+    queries: np.ndarray, candidates: np.ndarray, k: int, fetch: Fetch
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner products of each query with its candidates; top-k of those."""
+    out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (query, found) in enumerate(zip(queries, candidates)):
+        found = np.unique(found[found >= 0])  # an id re-added after replacement shows twice
+        vectors = fetch(found)
+        stored = ~np.isnan(vectors[:, 0]) if len(found) else np.zeros(0, bool)
+        found, vectors = found[stored], vectors[stored]
+        if not len(found):
+            continue
+        exact = vectors @ query
+        order = np.argsort(-exact, kind="stable")[:k]
+        out_scores[row, : len(order)] = exact[order]
+        out_ids[row, : len(order)] = found[order]
+    return out_scores, out_ids
+
+
+def _unique_per_row(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    out_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
+    out_ids = np.full((len(ids), k), -1, dtype=np.int64)
+    for row in range(len(ids)):
+        seen: set[int] = set()
+        for score, found in zip(scores[row], ids[row]):
+            if found >= 0 and found not in seen and len(seen) < k:
+                out_scores[row, len(seen)] = score
+                out_ids[row, len(seen)] = found
+                seen.add(int(found))
+    return out_scores, out_ids
+
+
+def exact_neighbours(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    queries: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Exact top-k ids by streaming over (ids, vectors) batches; `exclude[i]` is an id left
+    out of row i's answer (a query that is itself stored)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for ids, vectors in batches:
+        scores = queries @ np.asarray(vectors, dtype=np.float32).T
+        if exclude is not None:
+            scores[exclude[:, None] == ids[None, :]] = -np.inf
+        merged_scores = np.concatenate([best_scores, scores], axis=1)
+        merged_ids = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
+        top = np.argpartition(-merged_scores, k - 1, axis=1)[:, :k]
+        best_scores = np.take_along_axis(merged_scores, top, axis=1)
+        best_ids = np.take_along_axis(merged_ids, top, axis=1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    return np.take_along_axis(best_ids, order, axis=1)
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each true top-k that the answer contains."""
+    k = truth.shape[1]
+    hits = [len(set(f[:k].tolist()) & set(t.tolist())) for f, t in zip(found, truth)]
+    return float(np.mean(hits) / k)
+
+
+@dataclass
+class Tuning:
+    search: dict[str, int]
+    recall_at_10: float
+    latency_ms_p50: float
+    latency_ms_p99: float
+    queries: int
+    met_target: bool
+
+
+def tune(
+    index: Any,
+    spec: IndexSpec,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    target: float,
+    fetch: Fetch | None = None,
+    exclude: np.ndarray | None = None,
+) -> Tuning:
+    """The smallest nprobe / efSearch whose recall@10 meets `target`, with its latency.
+
+    `exclude[i]` (optional) is an id row i's answers must drop before comparing: a stored
+    vector used as its own query finds itself first."""
+    k = truth.shape[1]
+    name = "nprobe" if "nprobe" in spec.search else "efSearch" if "efSearch" in spec.search else ""
+    grid: Iterable[int] = [0]
+    if name == "nprobe":
+        grid = [p for p in NPROBE_GRID if p < spec.nlist] + [spec.nlist]
+    elif name == "efSearch":
+        grid = [e for e in EF_GRID if e >= k]
+    recall = 0.0
+    for value in grid:
+        if name:
+            spec.search = {name: int(value)}
+        recall = recall_at(_answers(index, spec, queries, k, fetch, exclude), truth)
+        if recall >= target:
+            break
+    latencies = single_query_latencies(index, spec, queries[:200], k, fetch)
+    return Tuning(
+        search=dict(spec.search),
+        recall_at_10=round(recall, 4),
+        latency_ms_p50=round(float(np.percentile(latencies, 50)), 3),
+        latency_ms_p99=round(float(np.percentile(latencies, 99)), 3),
+        queries=len(queries),
+        met_target=recall >= target,
+    )
+
+
+def _answers(index: Any, spec: IndexSpec, queries: np.ndarray, k: int, fetch: Fetch | None,
+             exclude: np.ndarray | None) -> np.ndarray:  # fmt: skip
+    extra = 1 if exclude is not None else 0
+    _, ids = search(index, spec, queries, k + extra, fetch=fetch)
+    if exclude is None:
+        return ids
+    return np.array([row[row != own][:k] for row, own in zip(ids, exclude)])
+
+
+def single_query_latencies(index: Any, spec: IndexSpec, queries: np.ndarray, k: int,
+                           fetch: Fetch | None = None) -> np.ndarray:  # fmt: skip
+    """Milliseconds per one-query search, the way an interactive user asks."""
+    out = []
+    for row in range(len(queries)):
+        started = time.perf_counter()
+        search(index, spec, queries[row : row + 1], k, fetch=fetch)
+        out.append((time.perf_counter() - started) * 1000)
+    return np.asarray(out)
+
+
+def read(path: str, kind: str, mapped: bool = False) -> Any:
+    """Read an index file; `mapped` maps it instead where this FAISS can (IVF lists,
+    flat and HNSW vector storage; not fast-scan PQ), leaving it read-only."""
+    import faiss
+
+    flags = 0
+    if mapped:
+        # The two flags apply to different structures and FAISS refuses them combined.
+        flags = {"ivf": faiss.IO_FLAG_MMAP, "flat": faiss.IO_FLAG_MMAP_IFC,
+                 "hnsw": faiss.IO_FLAG_MMAP_IFC}.get(kind, 0)  # fmt: skip
+    return faiss.read_index(path, flags)
+
+
+def index_bytes(index: Any) -> int:
+    """Bytes the index takes when written (close to what it holds in memory)."""
+    import faiss
+
+    return int(faiss.serialize_index(index).nbytes)
+
+
+def batched(ids: np.ndarray, vectors: np.ndarray, size: int = 65536
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """(ids, float32 vectors) slices of in-memory (or memory-mapped) arrays."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size], np.asarray(vectors[start : start + size], np.float32)

@@ -1,0 +1,179 @@
+"""Index kinds on a real 20k-vector store: exact top-1, measured recall, adds, deletions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bioindex import faiss_index
+from bioindex.cli import main
+from bioindex.store import ImageRecord, Store
+from bioindex.synthetic import ClusteredVectors
+
+DIM = 64
+N = 20_000
+MODEL = {
+    "name": "test", "source": "test", "weights_sha256": "2" * 64, "dim": DIM,
+    "image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": "eval",
+}  # fmt: skip
+APPROXIMATE = ["hnsw", "ivf", "ivf-pq"]
+GENERATOR = ClusteredVectors(DIM, centres=400, seed=3)
+
+
+def _records(start: int, count: int) -> list[ImageRecord]:
+    return [ImageRecord(f"/v/{i}.jpg", 1, 1.0, None, 8, 8, {}) for i in range(start, start + count)]
+
+
+@pytest.fixture(scope="module")
+def base_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    path = tmp_path_factory.mktemp("kinds") / "s"
+    vectors = GENERATOR.sample(N)
+    with Store.create(path, MODEL) as store:
+        for start in range(0, N, 5_000):
+            store.commit(_records(start, 5_000), vectors[start : start + 5_000])
+    return path, vectors  # image_id = row + 1
+
+
+@pytest.fixture()
+def store_copy(base_store, tmp_path: Path) -> tuple[Path, np.ndarray]:
+    path, vectors = base_store
+    shutil.copytree(path, tmp_path / "s")
+    return tmp_path / "s", vectors
+
+
+def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, live: np.ndarray) -> np.ndarray:
+    scores = queries @ vectors.T
+    scores[:, ~live] = -np.inf
+    return np.argsort(-scores, axis=1)[:, :k] + 1
+
+
+@pytest.mark.parametrize("kind", ["flat", *APPROXIMATE])
+def test_every_kind_finds_a_stored_vector_first_and_records_its_recall(store_copy, kind) -> None:
+    path, vectors = store_copy
+    with Store.open(path) as store:
+        spec = store.build_index(kind=kind, target_recall=0.95)
+        ids = np.random.default_rng(5).choice(N, 100, replace=False) + 1
+        scores, found = store.search(vectors[ids - 1], k=1)
+        assert (found[:, 0] == ids).all()
+        assert np.allclose(scores[:, 0], 1.0, atol=2e-3)
+        assert store.index().ntotal == store.live_count() == N
+    recorded = json.loads((path / "manifest.json").read_text())["index"]
+    assert recorded["kind"] == spec.kind == kind
+    assert recorded["built"]["recall_at_10"] >= 0.95
+    assert recorded["built"]["latency_ms_p50"] > 0
+    # The recorded figure must hold for queries the tuning never saw.
+    queries = GENERATOR.sample(200, part=1)
+    truth = _exact_top(vectors, queries, 10, np.ones(N, bool))
+    with Store.open(path, read_only=True) as store:
+        assert store.index_spec.search == spec.search
+        _, found = store.search(queries, k=10)
+    assert faiss_index.recall_at(found, truth) >= 0.94
+
+
+@pytest.mark.parametrize("kind", APPROXIMATE)
+def test_added_batch_is_searchable_without_rebuild(store_copy, kind) -> None:
+    path, _ = store_copy
+    extra = GENERATOR.sample(500, part=2)
+    with Store.open(path) as store:
+        store.build_index(kind=kind)
+        built_at = store.index_spec.built["built_at"]
+        store.index()
+        new_ids = store.commit(_records(N, 500), extra)
+        store.save_index()
+    with Store.open(path, read_only=True) as store:
+        assert store.index_spec.built["built_at"] == built_at  # no rebuild happened
+        assert store.index().ntotal == store.live_count() == N + 500
+        _, found = store.search(extra, k=1)
+    assert found[:, 0].tolist() == new_ids
+
+
+@pytest.mark.parametrize("kind", ["flat", *APPROXIMATE])
+def test_deleted_ids_never_appear(store_copy, kind) -> None:
+    path, vectors = store_copy
+    queries = vectors[:50]
+    with Store.open(path) as store:
+        store.build_index(kind=kind)
+        store.index()
+        # Delete every query's own vector and its nine nearest: the likeliest to leak.
+        doomed = np.unique(_exact_top(vectors, queries, 10, np.ones(N, bool)))
+        store.mark_deleted(doomed.tolist())
+        _, found = store.search(queries, k=20)
+        assert not np.isin(found, doomed).any()
+        store.save_index()
+    live = ~np.isin(np.arange(1, N + 1), doomed)
+    with Store.open(path, read_only=True) as store:  # deletions persist across opens
+        _, found = store.search(queries, k=20)
+        assert not np.isin(found, doomed).any()
+        _, only = store.search(queries, k=5, only=np.arange(1, 2_000))
+        assert not np.isin(only, doomed).any()
+        assert set(only.ravel().tolist()) <= set(range(1, 2_000))
+        ids, _ = store.range_search(queries[:5], 0.5), None
+        assert not any(np.isin(i, doomed).any() for i in ids)
+    with Store.open(path) as store:
+        store.rebuild_index()  # compacts
+        assert store.index().ntotal == store.live_count() == int(live.sum())
+        _, found = store.search(queries, k=10)
+    assert faiss_index.recall_at(found, _exact_top(vectors, queries, 10, live)) >= 0.9
+
+
+@pytest.mark.parametrize("first, second", [("hnsw", "flat"), ("flat", "hnsw"),
+                                           ("flat", "ivf"), ("ivf", "ivf-pq")])  # fmt: skip
+def test_rebuild_with_another_kind(store_copy, first, second) -> None:
+    path, vectors = store_copy
+    queries = GENERATOR.sample(200, part=3)
+    stored = vectors.astype(np.float16).astype(np.float32)  # what the store holds
+    truth = _exact_top(stored, queries, 10, np.ones(N, bool))
+    with Store.open(path) as store:
+        store.build_index(kind=first)
+        store.build_index(kind=second, target_recall=0.95)
+        assert store.index_spec.kind == second
+        assert store.index().ntotal == N
+        _, found = store.search(queries, k=10)
+    if second == "flat":
+        assert (found == truth).all()
+    else:
+        assert faiss_index.recall_at(found, truth) >= 0.94
+
+
+def test_auto_picks_by_size_dim_and_budget() -> None:
+    assert faiss_index.choose_kind(20_000, 512) == "flat"
+    assert faiss_index.choose_kind(1_000_000, 512) == "ivf"
+    assert faiss_index.choose_kind(1_000_000, 512, memory=200 * 2**20) == "ivf-pq"
+    assert faiss_index.choose_kind(200, 512, memory=10) == "flat"  # too few to train lists
+    small = faiss_index.plan("ivf-pq", 10_000_000, 768, memory=2 * 2**30)
+    assert 10_000_000 * (small.pq_m // 2 + 8) <= 2 * 2**30
+    assert faiss_index.parse_memory("1.5G") == int(1.5 * 2**30)
+    with pytest.raises(Exception, match="not a size"):
+        faiss_index.parse_memory("lots")
+
+
+def test_cli_build_index_and_info(store_copy) -> None:
+    path, _ = store_copy
+    runner = CliRunner()
+    result = runner.invoke(main, ["build-index", "--store", str(path), "--kind", "ivf", "-q",
+                                  "--target-recall", "0.9", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)[0]
+    assert row["kind"] == "ivf" and row["recall@10"] >= 0.9 and "nprobe=" in row["search"]
+    info = runner.invoke(main, ["info", "--store", str(path), "--format", "json"])
+    data = json.loads(info.stdout)
+    assert data["index_kind"] == "ivf" and data["index_build"]["recall_at_10"] >= 0.9
+    bad = runner.invoke(main, ["build-index", "--store", str(path), "--memory", "lots"])
+    assert bad.exit_code == 1 and "not a size" in bad.stderr
+
+
+def test_info_says_when_a_rebuild_would_pay(store_copy) -> None:
+    path, _ = store_copy
+    with Store.open(path) as store:
+        store.build_index(kind="ivf")
+        store.index()
+        extra = GENERATOR.sample(4 * N, part=4)
+        for start in range(0, len(extra), 20_000):
+            store.commit(_records(N + start, 20_000), extra[start : start + 20_000])
+        advice = store.info()["index_advice"]
+    assert advice and "trained when the index held 20000" in advice[0]
