@@ -1,0 +1,356 @@
+"""Vector search at scale: bioindex's index choice against exact and HNSW baselines.
+
+    python benchmarks/search.py                          # N = 100k and 1M, d = 512 and 768
+    python benchmarks/search.py --sizes 1000000 --dims 512
+    python benchmarks/search.py --large --dims 512       # adds N = 10M (bioindex only)
+    python benchmarks/search.py --store my-store         # a store's own vectors
+
+Vectors come from bioindex.synthetic (anisotropic, clustered unit vectors; see its
+docstring), stored float16 in a real bioindex store. Queries are 1000 held-out vectors from
+the same clusters; the truth is an exact top-10 over the stored (float16) vectors. Each
+system runs in its own process, so peak RSS is its own: build time, index bytes, peak RSS,
+recall@10, p50/p99 latency of one query at a time (300 queries), and QPS for all queries in
+one batch. Systems:
+
+- bioindex auto: `Store.build_index(kind="auto")`, tuned to recall 0.95, no re-ranking;
+- bioindex auto + re-rank: the same, tuned to 0.99, re-ranking against the stored vectors;
+- faiss Flat: exact IndexFlatIP over float32 vectors;
+- numpy: brute-force matmul + argpartition over float32 vectors (what rclip does);
+- usearch HNSW: float16 storage, connectivity 16, expansion_search tuned to recall 0.95.
+
+Baselines need every vector in RAM as float32 and are skipped past 2M vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SYSTEMS = ("bioindex-auto", "bioindex-rerank", "faiss-flat", "numpy", "usearch-hnsw")
+BASELINE_MAX = 2_000_000
+QUERIES = 1000
+LATENCY_QUERIES = 300
+MODEL = {"name": "synthetic", "source": "benchmarks/search.py", "weights_sha256": "0" * 64,
+         "image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": "eval"}  # fmt: skip
+
+
+# ---- the case: vectors in a store, held-out queries, exact truth --------------------------
+
+
+def prepare(workdir: Path, n: int, dim: int, seed: int) -> Path:
+    """A store of n synthetic vectors plus queries.npy and truth.npy next to it; reused when
+    its stamp matches (building 10M takes a while)."""
+    from bioindex.store import ImageRecord, Store
+    from bioindex.synthetic import ClusteredVectors
+
+    case = workdir / f"case-{n}-{dim}-s{seed}"
+    stamp = {"n": n, "dim": dim, "seed": seed, "queries": QUERIES, "version": 1}
+    if (case / "stamp.json").is_file() and json.loads((case / "stamp.json").read_text()) == stamp:
+        print(f"reusing {case}", flush=True)
+        return case
+    import shutil
+
+    shutil.rmtree(case, ignore_errors=True)
+    case.mkdir(parents=True)
+    generator = ClusteredVectors(dim, seed=seed)
+    started = time.perf_counter()
+    with Store.create(case / "store", {**MODEL, "dim": dim}) as store:
+        done = 0
+        for batch in generator.batches(n, part=0, batch=131072):
+            records = [ImageRecord(f"v{done + i}", None, None, None, None, None, {})
+                       for i in range(len(batch))]  # fmt: skip
+            store.commit(records, batch)
+            done += len(batch)
+            print(f"\r  store {done:,}/{n:,}", end="", flush=True)
+    print(f" ({time.perf_counter() - started:.0f} s)", flush=True)
+    queries = generator.sample(QUERIES, part=1).astype(np.float32)
+    np.save(case / "queries.npy", queries)
+    np.save(case / "truth.npy", exact_truth(case / "store", queries))
+    (case / "stamp.json").write_text(json.dumps(stamp))
+    return case
+
+
+def exact_truth(store_path: Path, queries: np.ndarray, k: int = 10) -> np.ndarray:
+    """Exact top-k image_ids over the stored float16 vectors, one shard batch at a time."""
+    import faiss
+
+    from bioindex.store import Store
+
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    with Store.open(store_path, read_only=True) as store:
+        for ids, vectors in store.iter_live_vectors(262144):
+            scores, rows = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+            heap.add_result(scores, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1))
+    heap.finalize()
+    return heap.I
+
+
+def load_vectors(case: Path) -> np.ndarray:
+    """All stored vectors as float32, in image_id order (image_id = row + 1)."""
+    from bioindex.store import Store
+
+    with Store.open(case / "store", read_only=True) as store:
+        parts = [(ids, vectors) for ids, vectors in store.iter_live_vectors(262144)]
+    ids = np.concatenate([p[0] for p in parts])
+    assert (np.diff(ids) > 0).all() and ids[0] == 1
+    return np.concatenate([p[1] for p in parts])
+
+
+# ---- one system, in a child process --------------------------------------------------------
+
+
+def measure(case: Path, system: str, memory: str) -> dict:
+    queries = np.load(case / "queries.npy")
+    truth = np.load(case / "truth.npy")
+    single, batch, info = RUNNERS[system](case, queries, memory)
+    found_single = np.stack([single(q) for q in queries])  # warms caches too
+    latencies = []
+    for q in queries[:LATENCY_QUERIES]:
+        started = time.perf_counter()
+        single(q)
+        latencies.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    found = batch(queries)
+    qps = len(queries) / (time.perf_counter() - started)
+    from bioindex.faiss_index import recall_at
+
+    return {
+        **info,
+        "recall_at_10": round(recall_at(found_single, truth), 4),
+        "recall_at_10_batch": round(recall_at(found, truth), 4),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 3),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 3),
+        "batch_qps": round(qps, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def run_bioindex(case: Path, queries: np.ndarray, memory: str, rerank: bool):
+    from bioindex import faiss_index
+    from bioindex.store import Store
+
+    path = case / "store"
+    with Store.open(path) as store:
+        store.build_index("auto", faiss_index.parse_memory(memory),
+                          target_recall=0.99 if rerank else 0.95, rerank=rerank)  # fmt: skip
+    # Queries go through a fresh read-only open, the way `bioindex search` runs.
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    store = Store.open(path, read_only=True)
+    spec = store.index_spec
+    store.search(queries[:1], 10)
+    opened_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    info = {
+        "kind": spec.kind, "search": spec.search, "rerank": spec.rerank,
+        "build_s": spec.built["build_seconds"], "index_mb": spec.built["index_bytes"] / 2**20,
+        "tuned_recall": spec.built.get("recall_at_10"),
+        "first_query_rss_growth_mb": round(max(opened_mb, 0), 1),
+    }  # fmt: skip
+    return (lambda q: store.search(q[None], 10)[1][0]), (lambda qs: store.search(qs, 10)[1]), info
+
+
+def run_faiss_flat(case: Path, queries: np.ndarray, memory: str):
+    import faiss
+
+    vectors = load_vectors(case)
+    started = time.perf_counter()
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    info = {"kind": "faiss IndexFlatIP", "build_s": time.perf_counter() - started,
+            "index_mb": vectors.nbytes / 2**20}  # fmt: skip
+    del vectors
+    return (lambda q: index.search(q[None], 10)[1][0] + 1), (
+        lambda qs: index.search(qs, 10)[1] + 1
+    ), info
+
+
+def run_numpy(case: Path, queries: np.ndarray, memory: str):
+    vectors = load_vectors(case)
+
+    def top(scores: np.ndarray) -> np.ndarray:
+        part = np.argpartition(-scores, 10, axis=-1)[..., :10]
+        order = np.argsort(-np.take_along_axis(scores, part, -1), axis=-1)
+        return np.take_along_axis(part, order, -1) + 1
+
+    def batch(qs: np.ndarray) -> np.ndarray:
+        return np.concatenate([top(qs[i : i + 64] @ vectors.T) for i in range(0, len(qs), 64)])
+
+    info = {"kind": "numpy matmul", "build_s": 0.0, "index_mb": vectors.nbytes / 2**20}
+    return (lambda q: top(vectors @ q)), batch, info
+
+
+def run_usearch(case: Path, queries: np.ndarray, memory: str):
+    from usearch.index import Index
+
+    from bioindex.faiss_index import recall_at
+
+    vectors = load_vectors(case)
+    started = time.perf_counter()
+    index = Index(ndim=vectors.shape[1], metric="ip", dtype="f16", connectivity=16,
+                  expansion_add=64)  # fmt: skip
+    index.add(np.arange(1, len(vectors) + 1), vectors, threads=2)
+    build = time.perf_counter() - started
+    del vectors
+    # The same tuning bioindex does: smallest expansion_search reaching recall 0.95 (here
+    # on the first 200 queries).
+    truth = np.load(case / "truth.npy")
+    for expansion in (16, 32, 64, 128, 256, 512):
+        index.expansion_search = expansion
+        found = index.search(queries[:200], 10, threads=2).keys
+        if recall_at(found, truth[:200]) >= 0.95:
+            break
+    info = {"kind": f"usearch HNSW (f16, M=16, ef={index.expansion_search})", "build_s": build,
+            "index_mb": index.memory_usage / 2**20}  # fmt: skip
+    return (lambda q: index.search(q, 10, threads=1).keys), (
+        lambda qs: index.search(qs, 10, threads=2).keys
+    ), info
+
+
+RUNNERS = {
+    "bioindex-auto": lambda c, q, m: run_bioindex(c, q, m, rerank=False),
+    "bioindex-rerank": lambda c, q, m: run_bioindex(c, q, m, rerank=True),
+    "faiss-flat": run_faiss_flat,
+    "numpy": run_numpy,
+    "usearch-hnsw": run_usearch,
+}
+
+
+def in_child(case: Path, system: str, memory: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", str(case), system, "--memory", memory],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr else "failed"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---- the neighbour profile: synthetic next to real embeddings ---------------------------
+
+
+def profiles(dim: int) -> dict:
+    from bioindex.demo.draw import draw_dataset
+    from bioindex.models import load_model
+    from bioindex.synthetic import ClusteredVectors, neighbour_profile
+
+    model = load_model("bioclip-demo", device="cpu")
+    pictures = draw_dataset(21, seed=99)  # 1,008 pictures, 21 per species
+    real = np.concatenate([model.embed_pil([p for _, p in pictures[i : i + 128]])
+                           for i in range(0, len(pictures), 128)])  # fmt: skip
+    real_base, real_queries = real[::2], real[1::2]
+    out = {"demo model (1008 drawn pictures)": neighbour_profile(real_base, real_queries)}
+    generator = ClusteredVectors(dim)
+    for n in (504, 100_000):
+        base = generator.sample(n)
+        out[f"synthetic d={dim}, n={n:,}"] = neighbour_profile(base, generator.sample(300, 1))
+    return out
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--dims", type=int, nargs="+", default=[512, 768])
+    parser.add_argument("--large", action="store_true", help="add N = 10M (bioindex only)")
+    parser.add_argument("--store", type=Path, help="benchmark this store's own vectors")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--memory", default="4G", help="bioindex's memory budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search.json"))
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(Path(args.child[0]), args.child[1], args.memory)))
+        return
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bioindex-search-"))
+    cases: list[tuple[str, Path]] = []
+    if args.store:
+        cases.append((f"store {args.store}", own_store_case(args.store, workdir)))
+    else:
+        sizes = sorted(set(args.sizes + ([10_000_000] if args.large else [])))
+        for n in sizes:
+            for dim in args.dims:
+                cases.append((f"{n:,} x {dim}", prepare(workdir, n, dim, args.seed)))
+    results = []
+    for label, case in cases:
+        n = int(json.loads((case / "stamp.json").read_text())["n"])
+        for system in args.systems:
+            if not system.startswith("bioindex") and n > BASELINE_MAX:
+                continue
+            print(f"{label}: {system} ...", flush=True)
+            row = {"case": label, "system": system, **in_child(case, system, args.memory)}
+            results.append(row)
+            print("  " + json.dumps(row), flush=True)
+    report = {"results": results, "machine": machine()}
+    if not args.store and 512 in args.dims:
+        report["neighbour_profile"] = profiles(512)
+    print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+def own_store_case(store_path: Path, workdir: Path) -> Path:
+    """A copy of the store with 1000 of its vectors held out as queries."""
+    import shutil
+
+    from bioindex.store import Store
+
+    case = workdir / "own-store"
+    shutil.rmtree(case, ignore_errors=True)
+    shutil.copytree(store_path, case / "store")
+    with Store.open(case / "store") as store:
+        held_out = store._sample_ids(min(QUERIES, store.live_count() // 10))
+        queries = store.vectors(held_out)
+        store.mark_deleted(held_out.tolist())
+        n = store.live_count()
+    np.save(case / "queries.npy", queries)
+    np.save(case / "truth.npy", exact_truth(case / "store", queries))
+    (case / "stamp.json").write_text(json.dumps({"n": n}))
+    return case
+
+
+def machine() -> dict:
+    import os
+    import platform
+
+    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version()}  # fmt: skip
+
+
+def print_table(report: dict) -> None:
+    columns = ("case", "system", "kind", "build_s", "index_mb", "peak_rss_mb", "recall_at_10",
+               "p50_ms", "p99_ms", "batch_qps")  # fmt: skip
+    rows = report["results"]
+    numpy_p50 = {r["case"]: r["p50_ms"] for r in rows if r["system"] == "numpy" and "p50_ms" in r}
+    print()
+    print(" | ".join(columns) + " | p50 vs numpy")
+    for row in rows:
+        cells = [_cell(row.get(c)) for c in columns]
+        base = numpy_p50.get(row["case"])
+        ratio = f"{base / row['p50_ms']:.0f}x faster" if base and row.get("p50_ms") else ""
+        print(" | ".join(cells) + f" | {ratio}" + (f"  ERROR {row['error']}" if "error" in row
+                                                    else ""))  # fmt: skip
+    for name, profile in report.get("neighbour_profile", {}).items():
+        print(f"neighbour cosine {name}: {profile}")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+    return "" if value is None else str(value)
+
+
+if __name__ == "__main__":
+    main()
