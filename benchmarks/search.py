@@ -166,9 +166,11 @@ def run_faiss_flat(case: Path, queries: np.ndarray, memory: str):
     info = {"kind": "faiss IndexFlatIP", "build_s": time.perf_counter() - started,
             "index_mb": vectors.nbytes / 2**20}  # fmt: skip
     del vectors
-    return (lambda q: index.search(q[None], 10)[1][0] + 1), (
-        lambda qs: index.search(qs, 10)[1] + 1
-    ), info
+    return (
+        (lambda q: index.search(q[None], 10)[1][0] + 1),
+        (lambda qs: index.search(qs, 10)[1] + 1),
+        info,
+    )
 
 
 def run_numpy(case: Path, queries: np.ndarray, memory: str):
@@ -208,9 +210,11 @@ def run_usearch(case: Path, queries: np.ndarray, memory: str):
             break
     info = {"kind": f"usearch HNSW (f16, M=16, ef={index.expansion_search})", "build_s": build,
             "index_mb": index.memory_usage / 2**20}  # fmt: skip
-    return (lambda q: index.search(q, 10, threads=1).keys), (
-        lambda qs: index.search(qs, 10, threads=2).keys
-    ), info
+    return (
+        (lambda q: index.search(q, 10, threads=1).keys),
+        (lambda qs: index.search(qs, 10, threads=2).keys),
+        info,
+    )
 
 
 RUNNERS = {

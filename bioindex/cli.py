@@ -145,6 +145,27 @@ def main() -> None:
     help="Let large JPEGs decode at 1/2-1/8 scale (DCT domain) before resizing: "
     "much faster on big photos, embeddings within cosine 0.99 of the exact path.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: decode as Ray Data tasks and embed in model actors on a Ray cluster "
+    "(pip install 'bioindex[distributed]').",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="With --engine ray: the cluster ('auto', 'ray://head:10001'); default starts a "
+    "local Ray runtime.",
+)
+@click.option(
+    "--num-gpus",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With --engine ray: GPU model actors (one GPU each); 0 runs CPU actors.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly
 def index(
@@ -162,6 +183,9 @@ def index(
     media_root: str | None,
     retry_failed: bool,
     fast_decode: bool,
+    engine: str,
+    address: str | None,
+    num_gpus: int,
     quiet: bool,
 ) -> None:
     """Embed the images under SOURCES (folders or files) into a store.
@@ -185,6 +209,7 @@ def index(
       bioindex index gbif-download.zip --store s          # Darwin Core Archive, fetches media
       bioindex index manifest.parquet --store s --media-root /data/images
       bioindex index 'tol/shard-{000000..000165}.tar' --store s   # webdataset shards
+      bioindex index /shared/photos --store s --engine ray --address auto --num-gpus 8
     """
     from bioindex.collection import Collection, scan_sources
 
@@ -202,6 +227,9 @@ def index(
             progress=not quiet,
             fast_decode=fast_decode,
             retry_failed=retry_failed,
+            engine=engine,
+            address=address,
+            num_gpus=num_gpus,
         )
     click.echo(summary.line())
 

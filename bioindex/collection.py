@@ -158,8 +158,14 @@ class Collection:
         download_timeout: float = 20.0,
         max_download_bytes: int = 50 * 1024 * 1024,
         retry_failed: bool = False,
+        engine: str = "local",
+        address: str | None = None,
+        num_gpus: int = 0,
     ) -> IndexSummary:
-        """Embed new or changed images, forget vanished ones; returns the run's counts."""
+        """Embed new or changed images, forget vanished ones; returns the run's counts.
+
+        engine='ray' decodes and embeds on a Ray cluster (`address` 'auto' or
+        'ray://host:port'; none starts a local one) with `num_gpus` GPU actors."""
         from bioindex.indexer.embed import default_batch_size, default_workers
 
         scan = (
@@ -181,7 +187,10 @@ class Collection:
             fast_decode=fast_decode,
             download={"timeout": download_timeout, "max_bytes": max_download_bytes},
             retry_failed=retry_failed,
-        )
+            engine=engine,
+            ray_options={"address": address, "num_gpus": num_gpus,
+                         "checkpoint": self.store.model.get("checkpoint")},
+        )  # fmt: skip
 
     def rebuild_index(self) -> int:
         return int(self.store.rebuild_index().ntotal)

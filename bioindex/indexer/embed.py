@@ -89,36 +89,43 @@ class DecodeBatches:
         return (len(self.items) + self.batch_size - 1) // self.batch_size
 
     def __getitem__(self, number: int) -> dict[str, Any]:
-        import torch
-
         start = number * self.batch_size
         positions = range(start, min(start + self.batch_size, len(self.items)))
-        good: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": []}
-        pixels = []
-        failures = []
-        for position in positions:
-            item = self.items[position]
-            stage = "read"
-            try:
-                data = item.read_bytes()
-                stage = "decode"
-                image = decode(data, self.image_size, self.fast_decode)
-                stage = "preprocess"
-                if self.pil_part is not None:
-                    array = np.asarray(self.pil_part(image), dtype=np.uint8)
-                    pixels.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
-                else:
-                    pixels.append(self.transform(image))
-            except Exception as exc:  # bad input is recorded, never fatal
-                failures.append((position, stage, f"{type(exc).__name__}: {exc}"))
-                continue
-            good["position"].append(position)
-            good["sha256"].append(hashlib.sha256(data).hexdigest())
-            good["width"].append(image.width)
-            good["height"].append(image.height)
-        good["pixels"] = torch.stack(pixels) if pixels else None
-        good["failures"] = failures
-        return good
+        return decode_batch([self.items[p] for p in positions], positions, self.pil_part,
+                            self.transform, self.image_size, self.fast_decode)  # fmt: skip
+
+
+def decode_batch(items: Sequence[Item], positions: Sequence[int], pil_part: Any, transform: Any,
+                 image_size: int, fast_decode: bool) -> dict[str, Any]:  # fmt: skip
+    """Read, decode and preprocess items: pixels (uint8 when `pil_part` is given, else the
+    full transform's float tensor) of the good ones, (position, stage, error) of the rest."""
+    import torch
+
+    good: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": []}
+    pixels = []
+    failures = []
+    for item, position in zip(items, positions):
+        stage = "read"
+        try:
+            data = item.read_bytes()
+            stage = "decode"
+            image = decode(data, image_size, fast_decode)
+            stage = "preprocess"
+            if pil_part is not None:
+                array = np.asarray(pil_part(image), dtype=np.uint8)
+                pixels.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+            else:
+                pixels.append(transform(image))
+        except Exception as exc:  # bad input is recorded, never fatal
+            failures.append((position, stage, f"{type(exc).__name__}: {exc}"))
+            continue
+        good["position"].append(position)
+        good["sha256"].append(hashlib.sha256(data).hexdigest())
+        good["width"].append(image.width)
+        good["height"].append(image.height)
+    good["pixels"] = torch.stack(pixels) if pixels else None
+    good["failures"] = failures
+    return good
 
 
 def worker_init(_: int) -> None:
@@ -171,23 +178,31 @@ def embed_items(
 
 def _embed_batches(items, model, batch_size, workers, fast_decode, mean, std):
     for batch in batch_loader(items, model, batch_size, workers, fast_decode):
-        pixels = batch["pixels"]
-        if pixels is None:
-            vectors = np.zeros((0, model.identity.dim), dtype=np.float32)
-        elif pixels.dtype == model._torch.uint8:
-            vectors = model.encode_pixels(pixels, mean, std)
-        else:
-            vectors = model.encode_images(pixels)
-        records = [
-            ImageRecord(
-                uri=items[p].uri, size=items[p].size, mtime=items[p].mtime, sha256=sha,
-                width=w, height=h, metadata=items[p].metadata,
-            )
-            for p, sha, w, h in zip(batch["position"], batch["sha256"], batch["width"],
-                                    batch["height"])
-        ]  # fmt: skip
-        failures = [
-            Failure(items[p].uri, stage, error, items[p].size, items[p].mtime)
-            for p, stage, error in batch["failures"]
-        ]
-        yield EmbeddedBatch(records, vectors, failures)
+        yield to_embedded_batch(items, batch, embed_pixels(model, batch["pixels"], mean, std))
+
+
+def embed_pixels(model: EmbeddingModel, pixels: Any, mean: Any, std: Any) -> np.ndarray:
+    """Unit vectors for a batch of uint8 (resized) or float (fully transformed) pixels."""
+    if pixels is None or len(pixels) == 0:
+        return np.zeros((0, model.identity.dim), dtype=np.float32)
+    if pixels.dtype == model._torch.uint8:
+        return model.encode_pixels(pixels, mean, std)
+    return model.encode_images(pixels)
+
+
+def to_embedded_batch(items: Sequence[Item], batch: dict[str, Any],
+                      vectors: np.ndarray) -> EmbeddedBatch:  # fmt: skip
+    """Catalog records for a decoded batch (as decode_batch describes it) and its vectors."""
+    records = [
+        ImageRecord(
+            uri=items[p].uri, size=items[p].size, mtime=items[p].mtime, sha256=sha,
+            width=w, height=h, metadata=items[p].metadata,
+        )
+        for p, sha, w, h in zip(batch["position"], batch["sha256"], batch["width"],
+                                batch["height"])
+    ]  # fmt: skip
+    failures = [
+        Failure(items[p].uri, stage, error, items[p].size, items[p].mtime)
+        for p, stage, error in batch["failures"]
+    ]
+    return EmbeddedBatch(records, vectors, failures)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from tqdm import tqdm
 
+from bioindex.errors import BioindexError
 from bioindex.indexer.embed import embed_items
 from bioindex.indexer.remote import MediaCache, fetch_all
 from bioindex.indexer.sources import Item, Scan, covered
@@ -106,7 +107,11 @@ def run_index(
     fast_decode: bool = False,
     download: dict | None = None,
     retry_failed: bool = False,
+    engine: str = "local",
+    ray_options: dict | None = None,
 ) -> IndexSummary:
+    """Embed what changed, committing every `commit_every` images; `engine` 'ray' runs
+    decode and embed on a Ray cluster (see indexer.ray_engine) with `ray_options`."""
     started = time.time()
     run_id = store.next_run_id()
     summary = IndexSummary(run_id=run_id)
@@ -148,10 +153,19 @@ def run_index(
     bar = tqdm(
         total=len(todo), unit="img", desc="embedding", disable=not progress or None, smoothing=0.1
     )
+    if engine == "ray":
+        from bioindex.indexer import ray_engine
+
+        batches = ray_engine.embed_items(todo, model, batch_size=batch_size,
+                                         commit_every=commit_every, fast_decode=fast_decode,
+                                         **(ray_options or {}))  # fmt: skip
+    elif engine == "local":
+        batches = embed_items(todo, model, batch_size=batch_size, workers=workers,
+                              fast_decode=fast_decode)  # fmt: skip
+    else:
+        raise BioindexError(f"unknown engine {engine!r}; choose local or ray")
     try:
-        for batch in embed_items(
-            todo, model, batch_size=batch_size, workers=workers, fast_decode=fast_decode
-        ):
+        for batch in batches:
             pending_records.extend(batch.records)
             pending_vectors.append(batch.vectors)
             pending_failures.extend(batch.failures)

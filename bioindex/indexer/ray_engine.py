@@ -1,0 +1,175 @@
+"""The same decode and embed stages on a Ray cluster (`bioindex index --engine ray`).
+
+Ray Data streams the work list in blocks: decoding runs as CPU tasks, embedding in a pool
+of actors that each load the model once (one GPU each on GPU clusters). The driver keeps
+the catalog: results stream back to it and are committed in chunks by the same code as the
+local engine, so image ids, atomic commits and resume-after-kill are the store's, not
+Ray's. Only what the tasks need (position, path, offset, size) travels; metadata stays on
+the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from bioindex.errors import BioindexError
+from bioindex.indexer.embed import (
+    EmbeddedBatch,
+    decode_batch,
+    embed_pixels,
+    split_transform,
+    to_embedded_batch,
+)
+from bioindex.indexer.sources import Item
+from bioindex.models import EmbeddingModel
+
+# Rows per Ray Data block: small enough to spread over workers, big enough to amortise
+# task overhead.
+BLOCK_ROWS = 256
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
+    """Join the cluster at `address` ('auto', 'ray://host:port'), or start a local one."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise BioindexError("--engine ray needs Ray: pip install 'bioindex[distributed]'") from exc
+    if not ray.is_initialized():
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                   "logging_level": logging.WARNING}  # fmt: skip
+        if address:
+            options["address"] = address
+        elif num_cpus:
+            options["num_cpus"] = num_cpus
+        try:
+            ray.init(**options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise BioindexError(f"cannot reach a Ray cluster at {address}: {exc}") from exc
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # bioindex draws its own
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return ray
+
+
+def _decode_rows(rows: dict[str, np.ndarray], transform: Any, image_size: int,
+                 fast_decode: bool) -> dict[str, np.ndarray]:  # fmt: skip
+    """Ray Data CPU task: a block of work rows → pixels and each row's outcome."""
+    items = [
+        Item(uri=str(uri), path=str(path), size=None if size < 0 else int(size), mtime=None,
+             offset=None if offset < 0 else int(offset))
+        for uri, path, size, offset in zip(rows["uri"], rows["path"], rows["size"],
+                                           rows["offset"])
+    ]  # fmt: skip
+    positions = [int(p) for p in rows["position"]]
+    pil_part, _, _ = split_transform(transform)
+    done = decode_batch(items, positions, pil_part, transform, image_size, fast_decode)
+    ok = np.isin(rows["position"], done["position"])
+    pixels = None if done["pixels"] is None else done["pixels"].numpy()
+    shape = (len(positions), *(pixels.shape[1:] if pixels is not None else (1,)))
+    all_pixels = np.zeros(shape, dtype=pixels.dtype if pixels is not None else np.uint8)
+    if pixels is not None:
+        all_pixels[ok] = pixels
+    decoded = dict(zip(done["position"], zip(done["sha256"], done["width"], done["height"])))
+    failed = {p: (stage, error) for p, stage, error in done["failures"]}
+    blank, no_failure = ("", 0, 0), ("", "")
+    return {
+        "position": rows["position"],
+        "ok": ok,
+        "pixels": all_pixels,
+        "sha256": np.array([decoded.get(p, blank)[0] for p in positions], dtype=object),
+        "width": np.array([decoded.get(p, blank)[1] for p in positions], dtype=np.int64),
+        "height": np.array([decoded.get(p, blank)[2] for p in positions], dtype=np.int64),
+        "stage": np.array([failed.get(p, no_failure)[0] for p in positions], dtype=object),
+        "error": np.array([failed.get(p, no_failure)[1] for p in positions], dtype=object),
+    }
+
+
+class _Embed:
+    """Ray Data actor stage: loads the model once, embeds the rows that decoded."""
+
+    def __init__(self, identity: Any, checkpoint: str | None, device: str):
+        import torch
+
+        from bioindex.models import load_model
+
+        if device == "cpu":
+            torch.set_num_threads(1)  # one actor per core; decode tasks use the others
+        self.model = load_model(identity.source, checkpoint=checkpoint,
+                                preprocess=identity.preprocess, device=device)  # fmt: skip
+        # A worker node with other weights at the same path must not write into the store.
+        identity.require_same(self.model.identity, "the store")
+        _, self.mean, self.std = split_transform(self.model.transform)
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.asarray(rows["ok"], dtype=bool)
+        vectors = np.zeros((len(ok), self.model.identity.dim), dtype=np.float32)
+        if ok.any():
+            torch = self.model._torch
+            pixels = torch.from_numpy(np.ascontiguousarray(rows["pixels"][ok]))
+            vectors[ok] = embed_pixels(self.model, pixels, self.mean, self.std)
+        out = {k: v for k, v in rows.items() if k != "pixels"}
+        out["vector"] = vectors
+        return out
+
+
+def embed_items(
+    items: Sequence[Item],
+    model: EmbeddingModel,
+    *,
+    batch_size: int,
+    commit_every: int,
+    checkpoint: str | None = None,
+    address: str | None = None,
+    num_gpus: int = 0,
+    actors: int | None = None,
+    fast_decode: bool = False,
+) -> Iterator[EmbeddedBatch]:
+    """Yield EmbeddedBatches (in no particular order) computed on Ray; each actor loads
+    the model from `model.identity.source` (+ `checkpoint`) and checks its weights."""
+    if not items:
+        return
+    ray = connect(address)
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+    if num_gpus:
+        actors, device, per_actor = actors or num_gpus, "cuda", {"num_gpus": 1}
+    else:
+        # Without GPUs Ray fuses the decode tasks into the model actors (same resources),
+        # so each core gets an actor that decodes and embeds its own blocks.
+        actors, device, per_actor = actors or max(1, cluster_cpus), "cpu", {"num_cpus": 1}
+    identity = model.identity
+    work = ray.data.from_items(
+        [{"position": i, "uri": it.uri, "path": it.path, "size": -1 if it.size is None
+          else it.size, "offset": -1 if it.offset is None else it.offset}
+         for i, it in enumerate(items)],
+        override_num_blocks=max(1, min(len(items) // BLOCK_ROWS + 1, 10_000)),
+    )  # fmt: skip
+    decoded = work.map_batches(
+        _decode_rows, fn_args=(model.transform, identity.image_size, fast_decode),
+        batch_size=batch_size, num_cpus=1,
+    )  # fmt: skip
+    embedded = decoded.map_batches(
+        _Embed,
+        fn_constructor_args=(identity, checkpoint, device),
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), **per_actor,
+    )  # fmt: skip
+    for rows in embedded.iter_batches(batch_size=commit_every, batch_format="numpy"):
+        yield _to_batch(items, rows)
+
+
+def _to_batch(items: Sequence[Item], rows: dict[str, np.ndarray]) -> EmbeddedBatch:
+    ok = np.asarray(rows["ok"], dtype=bool)
+    positions = [int(p) for p in rows["position"]]
+    batch = {
+        "position": [p for p, good in zip(positions, ok) if good],
+        "sha256": [str(s) for s, good in zip(rows["sha256"], ok) if good],
+        "width": [int(w) for w, good in zip(rows["width"], ok) if good],
+        "height": [int(h) for h, good in zip(rows["height"], ok) if good],
+        "failures": [(p, str(st), str(er)) for p, st, er, good
+                     in zip(positions, rows["stage"], rows["error"], ok) if not good],
+    }  # fmt: skip
+    vectors = np.asarray(rows["vector"], dtype=np.float32)[ok]
+    return to_embedded_batch(items, batch, vectors)

@@ -1,0 +1,103 @@
+"""`--engine ray` on a local Ray runtime (2 CPUs): same store as the local engine, and a
+killed job resumes with every image exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bioindex import Collection
+from bioindex.store import Store
+from tests.conftest import assert_index_matches_catalog, draw_images
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ray-images")
+    draw_images(folder, 300, seed=21)
+    (folder / "group0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    from bioindex.indexer.ray_engine import connect
+
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def _vectors_by_uri(path: Path) -> dict[str, np.ndarray]:
+    with Store.open(path, read_only=True) as store:
+        rows = store.con.execute(
+            "SELECT uri, image_id FROM images WHERE status='live' ORDER BY image_id"
+        ).fetchall()
+        vectors = store.vectors([i for _, i in rows])
+    return {uri: vector for (uri, _), vector in zip(rows, vectors)}
+
+
+def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray, tmp_path) -> None:
+    with Collection.open(tmp_path / "local", model=tiny_model, device="cpu", create=True) as c:
+        local = c.index([images], progress=False, workers=0)
+    with Collection.open(tmp_path / "ray", model=tiny_model, device="cpu", create=True) as c:
+        distributed = c.index([images], progress=False, engine="ray", commit_every=64)
+    assert (local.embedded, local.failed) == (distributed.embedded, distributed.failed) == (300, 1)
+    a, b = _vectors_by_uri(tmp_path / "local"), _vectors_by_uri(tmp_path / "ray")
+    assert a.keys() == b.keys() and len(a) == 300
+    # Stored float16 vectors are a hair off unit length; a cosine divides that out.
+    cosines = np.array([float(a[u] @ b[u] / np.linalg.norm(a[u]) / np.linalg.norm(b[u]))
+                        for u in a])  # fmt: skip
+    assert cosines.min() >= 0.9999
+    with Store.open(tmp_path / "ray", read_only=True) as store:
+        assert [f["uri"] for f in store.failures()] == [str(images / "group0" / "broken.jpg")]
+        assert store.failures()[0]["stage"] == "decode"
+        assert store.con.execute("SELECT count(DISTINCT image_id) FROM images").fetchone()[0] == 300
+    assert_index_matches_catalog(tmp_path / "ray")
+    # Unchanged input: nothing is sent to the cluster again.
+    with Collection.open(tmp_path / "ray", device="cpu") as c:
+        again = c.index([images], progress=False, engine="ray")
+    assert (again.embedded, again.unchanged) == (0, 300)
+
+
+def test_killed_ray_job_resumes_with_each_image_once(images, tiny_model, tmp_path) -> None:
+    store = tmp_path / "s"
+    command = [sys.executable, "-m", "bioindex.cli", "index", str(images), "--store", str(store),
+               "--model", tiny_model, "--device", "cpu", "--engine", "ray",
+               "--commit-every", "16", "--batch-size", "8", "-q"]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": ""}  # a fresh local runtime, never someone's cluster
+    # Its own session: the kill takes the driver and the Ray processes it started.
+    job = subprocess.Popen(command, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    shards = store / "embeddings"
+    deadline = time.time() + 180
+    while time.time() < deadline and job.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("shard-*.npy"))) >= 2:
+            break
+        time.sleep(0.2)
+    assert job.poll() is None, "the job finished before it could be killed"
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    with Store.open(store, read_only=True) as opened:
+        partial = opened.live_count()
+    assert 0 < partial < 300
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "embedded" in done.stdout
+    with Store.open(store) as opened:
+        uris = [r[0] for r in opened.con.execute("SELECT uri FROM images").fetchall()]
+        assert len(uris) == len(set(uris)) == opened.live_count() == 300
+        referenced = {r[0] for r in opened.con.execute("SELECT DISTINCT shard FROM images")
+                      .fetchall()}  # fmt: skip
+    assert {p.name for p in shards.iterdir()} == referenced  # no orphan shard files
+    assert_index_matches_catalog(store)
