@@ -146,6 +146,12 @@ def main() -> None:
     "much faster on big photos, embeddings within cosine 0.99 of the exact path.",
 )
 @click.option(
+    "--gpu-decode/--no-gpu-decode",
+    default=None,
+    help="Decode baseline JPEGs on the model's device (nvJPEG), resize and crop there; "
+    "default: on with CUDA, off otherwise.",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -183,6 +189,7 @@ def index(
     media_root: str | None,
     retry_failed: bool,
     fast_decode: bool,
+    gpu_decode: bool | None,
     engine: str,
     address: str | None,
     num_gpus: int,
@@ -230,6 +237,7 @@ def index(
             engine=engine,
             address=address,
             num_gpus=num_gpus,
+            gpu_decode=gpu_decode,
         )
     click.echo(summary.line())
 
@@ -269,7 +277,8 @@ def _search_command(
         check_k(k)
         conditions = parse_where(where)  # before loading anything: bad filters fail fast
         fetch = k * 5 if group_by else k  # several images per specimen: ask for more
-        with Collection.open(store, model=model, device=device, read_only=True) as collection:
+        with Collection.open(store, model=model, device=device, read_only=True,
+                             map_index=True) as collection:  # fmt: skip
             hits = run(collection, k=fetch, where=conditions or None, **kwargs)
         if group_by:
             from bioindex.search.query import group_by_occurrence
@@ -455,7 +464,8 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
             loaded, images, rank=rank, k=k, method=method, labels=label_set
         )
     else:
-        with Collection.open(store, model=model, device=device, read_only=True) as collection:
+        with Collection.open(store, model=model, device=device, read_only=True,
+                             map_index=True) as collection:  # fmt: skip
             if tol:
                 label_set = labels_from_tree_of_life(tol, collection.store.dim)
             predictions = collection.classify(
@@ -520,11 +530,20 @@ def dedup(store: str, threshold: float, fmt: str) -> None:
     help="Re-rank candidates against the stored float16 vectors (default: on for "
     "approximate kinds).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: add the shards in parallel Ray tasks and merge (after a --engine ray ingest).",
+)
+@click.option("--address", default=None, help="With --engine ray: the cluster to join.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @format_option
 @_friendly
 def build_index(store: str, kind: str, memory: str, target_recall: float,
-                rerank: bool | None, quiet: bool, fmt: str) -> None:  # fmt: skip
+                rerank: bool | None, engine: str, address: str | None, quiet: bool,
+                fmt: str) -> None:  # fmt: skip
     """Build the FAISS index from the stored vectors, tune it, and record its recall.
 
     Streams the embedding shards (training IVF kinds on a sample), then measures recall@10
@@ -540,7 +559,8 @@ def build_index(store: str, kind: str, memory: str, target_recall: float,
     from bioindex.collection import Collection
 
     with Collection.open(store) as collection:
-        spec = collection.build_index(kind, memory, target_recall, rerank, progress=not quiet)
+        spec = collection.build_index(kind, memory, target_recall, rerank, progress=not quiet,
+                                      engine=engine, address=address)  # fmt: skip
     built = spec.get("built", {})
     row = {
         "kind": spec["kind"], "vectors": built.get("ntotal"),
@@ -572,7 +592,7 @@ def info(store: str, failures: bool, fmt: str) -> None:
     """
     from bioindex.store import Store
 
-    with Store.open(store, read_only=True) as opened:
+    with Store.open(store, read_only=True, map_index=True) as opened:
         data: Any = opened.failures() if failures else opened.info()
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))

@@ -72,13 +72,16 @@ class Collection:
         device: str = "auto",
         create: bool = False,
         read_only: bool = False,
+        map_index: bool = False,
     ) -> Collection:
         """Open a store; with create=True make it (with `model`, default bioclip) if missing.
 
         Naming a model for an existing store checks that it is the store's model.
+        `map_index` (with read_only) maps the index file instead of reading it: quicker
+        for one query on a large store, slower for many (see Store.open).
         """
         if Store.exists(path):
-            store = Store.open(path, read_only=read_only)
+            store = Store.open(path, read_only=read_only, map_index=map_index)
             collection = cls(store, device=device)
             if model is not None or checkpoint is not None:
                 try:
@@ -161,11 +164,13 @@ class Collection:
         engine: str = "local",
         address: str | None = None,
         num_gpus: int = 0,
+        gpu_decode: bool | None = None,
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts.
 
         engine='ray' decodes and embeds on a Ray cluster (`address` 'auto' or
-        'ray://host:port'; none starts a local one) with `num_gpus` GPU actors."""
+        'ray://host:port'; none starts a local one) with `num_gpus` GPU actors.
+        `gpu_decode` (default: on with CUDA) decodes baseline JPEGs on the model's device."""
         from bioindex.indexer.embed import default_batch_size, default_workers
 
         scan = (
@@ -188,6 +193,7 @@ class Collection:
             download={"timeout": download_timeout, "max_bytes": max_download_bytes},
             retry_failed=retry_failed,
             engine=engine,
+            gpu_decode=gpu_decode,
             ray_options={"address": address, "num_gpus": num_gpus,
                          "checkpoint": self.store.model.get("checkpoint")},
         )  # fmt: skip
@@ -202,6 +208,8 @@ class Collection:
         target_recall: float = 0.95,
         rerank: bool | None = None,
         progress: bool = False,
+        engine: str = "local",
+        address: str | None = None,
     ) -> dict[str, Any]:
         """Build (or re-build) the FAISS index of `kind` from the stored vectors and tune it
         to `target_recall`; returns the recorded spec with its measured recall and latency."""
@@ -212,7 +220,8 @@ class Collection:
                    disable=not progress)  # fmt: skip
         with bar:
             spec = self.store.build_index(kind, budget, target_recall, rerank,
-                                          progress=bar.update)  # fmt: skip
+                                          progress=bar.update, engine=engine,
+                                          address=address)  # fmt: skip
         return spec.to_json()
 
     # ---- reading -------------------------------------------------------------------

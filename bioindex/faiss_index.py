@@ -180,6 +180,17 @@ def build(
     progress: Callable[[int], None] | None = None,
 ) -> Any:
     """Train on `sample` (IVF kinds), then add (ids, vectors) batches as they stream in."""
+    index = train(spec, sample)
+    for ids, vectors in batches:
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                           np.ascontiguousarray(ids, dtype=np.int64))  # fmt: skip
+        if progress:
+            progress(len(ids))
+    return index
+
+
+def train(spec: IndexSpec, sample: np.ndarray | None) -> Any:
+    """A new index for `spec`, trained on `sample` where its kind needs training."""
     import faiss
 
     index = new_index(spec)
@@ -190,12 +201,12 @@ def build(
             # k-means is most of an IVF build; the GPU does it and the CPU keeps the index.
             index.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(spec.dim))
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    for ids, vectors in batches:
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
-                           np.ascontiguousarray(ids, dtype=np.int64))  # fmt: skip
-        if progress:
-            progress(len(ids))
     return index
+
+
+def mergeable(spec: IndexSpec) -> bool:
+    """Whether parts built separately can be merged (FAISS cannot merge HNSW graphs)."""
+    return spec.kind != "hnsw"
 
 
 def gpu_count() -> int:

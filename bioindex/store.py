@@ -154,11 +154,13 @@ def fill_ranks(known: dict[str, Any]) -> dict[str, Any]:
 class Store:
     """An open store. Use `Store.create` / `Store.open`; close when done."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], con: Any, read_only: bool):
+    def __init__(self, path: Path, manifest: dict[str, Any], con: Any, read_only: bool,
+                 map_index: bool = False):  # fmt: skip
         self.path = path
         self.manifest = manifest
         self.con = con
         self.read_only = read_only
+        self.map_index = map_index and read_only
         self._index: Any = None
         self._gpu_index: Any = None  # a GPU copy for plain searches, when faiss-gpu can
         self._removed: set[int] = set()  # deleted ids the index cannot drop (HNSW)
@@ -191,7 +193,11 @@ class Store:
         return cls(root, manifest, con, read_only=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], read_only: bool = False) -> Store:
+    def open(cls, path: str | os.PathLike[str], read_only: bool = False,
+             map_index: bool = False) -> Store:  # fmt: skip
+        """Open a store. `map_index` (read-only only) maps the index file rather than
+        reading it: a one-off query on a large store starts at once, but searches run
+        slower than from memory, so long-lived readers (the server) leave it off."""
         root = Path(path)
         _check_store_dir(root, creating=False)
         try:
@@ -209,7 +215,7 @@ class Store:
             raise BioindexError(
                 f"cannot open {root / CATALOG}: {str(exc).splitlines()[0]}"
             ) from exc
-        store = cls(root, manifest, con, read_only=read_only)
+        store = cls(root, manifest, con, read_only=read_only, map_index=map_index)
         if not read_only:
             con.execute(_SCHEMA)
             store._remove_orphan_shards()
@@ -297,6 +303,14 @@ class Store:
 
     def iter_live_vectors(self, batch: int = 65536) -> Iterable[tuple[np.ndarray, np.ndarray]]:
         """(ids int64, vectors float32) for every live image, one shard at a time."""
+        for shard, ids, rows in self.live_shards():
+            data = self._load_shard(shard)
+            for start in range(0, len(ids), batch):
+                part = rows[start : start + batch]
+                yield ids[start : start + batch], np.asarray(data[part], dtype=np.float32)
+
+    def live_shards(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(shard file name, live image_ids, their rows in the shard) for every shard."""
         shard_names = [
             r[0]
             for r in self.con.execute(
@@ -304,22 +318,13 @@ class Store:
             ).fetchall()
         ]
         for shard in shard_names:
-            ids, rows = (
-                self.con.execute(
-                    "SELECT image_id, shard_row FROM images WHERE status='live' AND shard=? "
-                    "ORDER BY shard_row",
-                    [shard],
-                )
-                .fetchnumpy()
-                .values()
-            )
-            data = self._load_shard(shard)
-            for start in range(0, len(ids), batch):
-                part = rows[start : start + batch]
-                yield (
-                    np.asarray(ids[start : start + batch], dtype=np.int64),
-                    np.asarray(data[part], dtype=np.float32),
-                )
+            found = self.con.execute(
+                "SELECT image_id, shard_row FROM images WHERE status='live' AND shard=? "
+                "ORDER BY shard_row",
+                [shard],
+            ).fetchnumpy()
+            yield (shard, np.asarray(found["image_id"], dtype=np.int64),
+                   np.asarray(found["shard_row"], dtype=np.int64))  # fmt: skip
 
     def runs(self) -> list[dict[str, Any]]:
         result = self.con.execute("SELECT * FROM runs ORDER BY run_id")
@@ -486,6 +491,7 @@ class Store:
             self.con.execute("ROLLBACK")
             raise
         self._gpu_index = None  # any GPU copy of the index is now stale
+        self._located = None
 
     def record_run(self, run_id: int, started_at: float, sources: Sequence[str], **counts: Any):
         self._require_writable()
@@ -515,7 +521,7 @@ class Store:
         state = _read_json(self.path / INDEX_STATE)
         index_path = self.path / INDEX_FILE
         if state.get("generation") == generation and index_path.is_file():
-            index = faiss_index.read(str(index_path), self.index_spec.kind, self.read_only)
+            index = faiss_index.read(str(index_path), self.index_spec.kind, self.map_index)
             self._removed = set(state.get("removed", []))
         else:
             index = self._build_index(self.index_spec)
@@ -548,10 +554,16 @@ class Store:
         rerank: bool | None = None,
         queries: int = 500,
         progress: Callable[[int], None] | None = None,
+        engine: str = "local",
+        address: str | None = None,
     ) -> IndexSpec:
         """Build the index of `kind` (auto picks by size, dim and memory budget) from the
         stored vectors, tune it to `target_recall` against exact search on held-out stored
-        vectors, and record the spec with the measured recall and latency in the manifest."""
+        vectors, and record the spec with the measured recall and latency in the manifest.
+
+        engine='ray' adds the shards in parallel Ray tasks (each fills a copy of the trained,
+        empty index from the shard files, which must be readable where the tasks run) and
+        merges their inverted lists; HNSW graphs cannot be merged and are built locally."""
         self._require_writable()
         if not 0.0 < target_recall <= 1.0:
             raise BioindexError(f"target recall must be in (0, 1], got {target_recall}")
@@ -559,7 +571,7 @@ class Store:
         spec = faiss_index.plan(kind, n, self.dim, memory, rerank)
         self._drop_index()
         started = time.perf_counter()
-        index = self._build_index(spec, progress)
+        index = self._build_index(spec, progress, engine, address)
         build_seconds = time.perf_counter() - started
         self._index, self._removed = index, set()  # searchable while tuning
         probe_ids = self._sample_ids(min(queries, n))
@@ -672,8 +684,8 @@ class Store:
             self._gpu_index = False if copy is None else copy
         return index if self._gpu_index is False else self._gpu_index
 
-    def _build_index(self, spec: IndexSpec,
-                     progress: Callable[[int], None] | None = None) -> Any:  # fmt: skip
+    def _build_index(self, spec: IndexSpec, progress: Callable[[int], None] | None = None,
+                     engine: str = "local", address: str | None = None) -> Any:  # fmt: skip
         n = self.live_count()
         if spec.kind.startswith("ivf") and n < spec.nlist * faiss_index.MIN_POINTS_PER_LIST:
             # Too few vectors left to train those lists (say after mass deletion).
@@ -683,7 +695,16 @@ class Store:
                 _atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
         size = faiss_index.training_size(spec, n)
         sample = self.vectors(self._sample_ids(size)) if size else None
-        index = faiss_index.build(spec, sample, self.iter_live_vectors(), progress)
+        if engine == "ray" and faiss_index.mergeable(spec):
+            from bioindex.indexer import ray_engine
+
+            parts = [(str(self.path / SHARD_DIR / shard), ids, rows)
+                     for shard, ids, rows in self.live_shards()]  # fmt: skip
+            index = ray_engine.build_index(spec, sample, parts, progress, address)
+        elif engine in ("local", "ray"):
+            index = faiss_index.build(spec, sample, self.iter_live_vectors(), progress)
+        else:
+            raise BioindexError(f"unknown engine {engine!r}; choose local or ray")
         faiss_index.set_search(index, spec)
         return index
 
@@ -720,9 +741,8 @@ class Store:
         return np.sort(rng.choice(ids, min(n, len(ids)), replace=False))
 
     def _locations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """(sorted live ids, shard number, row) and shard names, cached per generation."""
-        generation = self.generation()
-        if self._located is None or self._located[0] != generation:
+        """(sorted live ids, shard number, row) and shard names; every write drops them."""
+        if self._located is None:
             found = self.con.execute(
                 "SELECT image_id, shard, shard_row FROM images WHERE status='live' "
                 "ORDER BY image_id"
@@ -730,11 +750,10 @@ class Store:
             names, codes = np.unique(np.asarray(found["shard"], dtype=object).astype(str),
                                      return_inverse=True)  # fmt: skip
             self._located = (
-                generation,
-                (np.asarray(found["image_id"], np.int64), codes.astype(np.int32),
-                 np.asarray(found["shard_row"], np.int64), [str(n) for n in names]),
+                np.asarray(found["image_id"], np.int64), codes.astype(np.int32),
+                np.asarray(found["shard_row"], np.int64), [str(n) for n in names],
             )  # fmt: skip
-        return self._located[1]
+        return self._located
 
     def _fetch(self, image_ids: np.ndarray) -> np.ndarray:
         """Stored vectors for re-ranking; rows of ids that are not live are NaN."""

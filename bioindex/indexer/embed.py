@@ -18,6 +18,12 @@ from typing import Any
 import numpy as np
 
 from bioindex.images import open_image, to_rgb
+from bioindex.indexer.device_decode import (
+    crop_geometry,
+    decode_on_device,
+    device_decodable,
+    use_device_decode,
+)
 from bioindex.indexer.sources import Item
 from bioindex.models import EmbeddingModel
 from bioindex.store import Failure, ImageRecord
@@ -77,11 +83,12 @@ class DecodeBatches:
     """Map-style dataset of whole batches: batch number → pixels, or reasons for failure."""
 
     def __init__(self, items: Sequence[Item], transform: Callable[[Any], Any], batch_size: int,
-                 image_size: int, fast_decode: bool = False):  # fmt: skip
+                 image_size: int, fast_decode: bool = False, raw_jpeg: bool = False):  # fmt: skip
         self.items = items
         self.batch_size = batch_size
         self.image_size = image_size
         self.fast_decode = fast_decode
+        self.raw_jpeg = raw_jpeg
         self.pil_part, _, _ = split_transform(transform)
         self.transform = transform
 
@@ -92,23 +99,46 @@ class DecodeBatches:
         start = number * self.batch_size
         positions = range(start, min(start + self.batch_size, len(self.items)))
         return decode_batch([self.items[p] for p in positions], positions, self.pil_part,
-                            self.transform, self.image_size, self.fast_decode)  # fmt: skip
+                            self.transform, self.image_size, self.fast_decode,
+                            self.raw_jpeg)  # fmt: skip
 
 
-def decode_batch(items: Sequence[Item], positions: Sequence[int], pil_part: Any, transform: Any,
-                 image_size: int, fast_decode: bool) -> dict[str, Any]:  # fmt: skip
+def decode_batch(
+    items: Sequence[Item],
+    positions: Sequence[int],
+    pil_part: Any,
+    transform: Any,
+    image_size: int,
+    fast_decode: bool,
+    raw_jpeg: bool = False,
+) -> dict[str, Any]:
     """Read, decode and preprocess items: pixels (uint8 when `pil_part` is given, else the
-    full transform's float tensor) of the good ones, (position, stage, error) of the rest."""
+    full transform's float tensor) of the good ones, (position, stage, error) of the rest.
+
+    With `raw_jpeg`, JPEGs the device decoder handles are not decoded here: their bytes go
+    in "raw" and their positions come after the decoded ones (see device_decode)."""
     import torch
 
     good: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": []}
     pixels = []
     failures = []
+    raw: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": [],
+                                 "bytes": []}  # fmt: skip
     for item, position in zip(items, positions):
         stage = "read"
         try:
             data = item.read_bytes()
             stage = "decode"
+            if raw_jpeg and (size := device_decodable(data)) is not None:
+                for key, value in (
+                    ("position", position),
+                    ("width", size[0]),
+                    ("height", size[1]),
+                    ("sha256", hashlib.sha256(data).hexdigest()),
+                    ("bytes", torch.frombuffer(bytearray(data), dtype=torch.uint8)),
+                ):
+                    raw[key].append(value)  # fmt: skip
+                continue
             image = decode(data, image_size, fast_decode)
             stage = "preprocess"
             if pil_part is not None:
@@ -125,6 +155,10 @@ def decode_batch(items: Sequence[Item], positions: Sequence[int], pil_part: Any,
         good["height"].append(image.height)
     good["pixels"] = torch.stack(pixels) if pixels else None
     good["failures"] = failures
+    good["decoded"] = len(good["position"])  # the first this many have pixels
+    for key in ("position", "sha256", "width", "height"):
+        good[key].extend(raw[key])
+    good["raw"] = raw["bytes"]
     return good
 
 
@@ -136,11 +170,11 @@ def worker_init(_: int) -> None:
 
 
 def batch_loader(items: Sequence[Item], model: EmbeddingModel, batch_size: int, workers: int,
-                 fast_decode: bool = False) -> Any:  # fmt: skip
+                 fast_decode: bool = False, raw_jpeg: bool = False) -> Any:  # fmt: skip
     from torch.utils.data import DataLoader
 
     dataset = DecodeBatches(items, model.transform, batch_size, model.identity.image_size,
-                            fast_decode)  # fmt: skip
+                            fast_decode, raw_jpeg)  # fmt: skip
     workers = min(workers, len(dataset)) if len(dataset) > 1 else 0
     return DataLoader(
         dataset,
@@ -159,11 +193,15 @@ def embed_items(
     batch_size: int,
     workers: int,
     fast_decode: bool = False,
+    gpu_decode: bool | None = None,
 ) -> Iterator[EmbeddedBatch]:
-    """Yield one EmbeddedBatch per batch of items, in item order."""
+    """Yield one EmbeddedBatch per batch of items, in item order (failures aside).
+
+    `gpu_decode` (default: on with CUDA) decodes baseline JPEGs on the model's device."""
     if not items:
         return
-    _, mean, std = split_transform(model.transform)
+    pil_part, mean, std = split_transform(model.transform)
+    geometry = crop_geometry(pil_part) if use_device_decode(model, pil_part, gpu_decode) else None
     torch = model._torch
     threads = torch.get_num_threads()
     if model.device == "cpu" and workers:
@@ -171,14 +209,33 @@ def embed_items(
         # steal cycles, so the model keeps what the workers leave.
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
     try:
-        yield from _embed_batches(items, model, batch_size, workers, fast_decode, mean, std)
+        for batch in batch_loader(items, model, batch_size, workers, fast_decode,
+                                  raw_jpeg=geometry is not None):  # fmt: skip
+            if batch.get("raw"):
+                batch = _finish_on_device(batch, model.device, geometry)
+            yield to_embedded_batch(items, batch, embed_pixels(model, batch["pixels"], mean, std))
     finally:
         torch.set_num_threads(threads)
 
 
-def _embed_batches(items, model, batch_size, workers, fast_decode, mean, std):
-    for batch in batch_loader(items, model, batch_size, workers, fast_decode):
-        yield to_embedded_batch(items, batch, embed_pixels(model, batch["pixels"], mean, std))
+def _finish_on_device(batch: dict[str, Any], device: str, geometry: Any) -> dict[str, Any]:
+    """Decode the batch's raw JPEGs on the device and append them to its pixels."""
+    import torch
+
+    pixels, failed = decode_on_device(batch["raw"], device, geometry)
+    decoded = batch["decoded"]
+    if failed:
+        bad = {decoded + index for index, _ in failed}
+        batch["failures"] = batch["failures"] + [
+            (batch["position"][decoded + index], "decode", error) for index, error in failed
+        ]
+        for key in ("position", "sha256", "width", "height"):
+            batch[key] = [v for i, v in enumerate(batch[key]) if i not in bad]
+    cpu_pixels = batch["pixels"]
+    if cpu_pixels is not None and len(cpu_pixels):
+        pixels = torch.cat([cpu_pixels.to(pixels.device), pixels])
+    batch["pixels"] = pixels
+    return batch
 
 
 def embed_pixels(model: EmbeddingModel, pixels: Any, mean: Any, std: Any) -> np.ndarray:

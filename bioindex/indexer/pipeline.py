@@ -109,6 +109,7 @@ def run_index(
     retry_failed: bool = False,
     engine: str = "local",
     ray_options: dict | None = None,
+    gpu_decode: bool | None = None,
 ) -> IndexSummary:
     """Embed what changed, committing every `commit_every` images; `engine` 'ray' runs
     decode and embed on a Ray cluster (see indexer.ray_engine) with `ray_options`."""
@@ -161,7 +162,7 @@ def run_index(
                                          **(ray_options or {}))  # fmt: skip
     elif engine == "local":
         batches = embed_items(todo, model, batch_size=batch_size, workers=workers,
-                              fast_decode=fast_decode)  # fmt: skip
+                              fast_decode=fast_decode, gpu_decode=gpu_decode)  # fmt: skip
     else:
         raise BioindexError(f"unknown engine {engine!r}; choose local or ray")
     try:

@@ -173,3 +173,44 @@ def _to_batch(items: Sequence[Item], rows: dict[str, np.ndarray]) -> EmbeddedBat
     }  # fmt: skip
     vectors = np.asarray(rows["vector"], dtype=np.float32)[ok]
     return to_embedded_batch(items, batch, vectors)
+
+
+def _add_shards(empty: bytes, parts: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
+    """Ray task: a copy of the trained, empty index filled from some shard files."""
+    import faiss
+
+    index = faiss.deserialize_index(np.frombuffer(empty, dtype=np.uint8))
+    for path, ids, rows in parts:
+        vectors = np.asarray(np.load(path, mmap_mode="r")[rows], dtype=np.float32)
+        index.add_with_ids(vectors, ids)
+    return faiss.serialize_index(index).tobytes()
+
+
+def build_index(spec: Any, sample: np.ndarray | None,
+                parts: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                progress: Any = None, address: str | None = None) -> Any:  # fmt: skip
+    """Train once on the driver, add shard groups in parallel tasks, merge the parts.
+
+    Each task returns its part serialized, and the driver merges one part at a time as
+    they finish, so it never holds more than the index and one part."""
+    import faiss
+
+    from bioindex.faiss_index import train
+
+    ray = connect(address)
+    index = train(spec, sample)
+    empty = ray.put(faiss.serialize_index(index).tobytes())
+    tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    groups = [list(parts[i::tasks]) for i in range(tasks) if parts[i::tasks]]
+    remote = ray.remote(num_cpus=1)(_add_shards)
+    pending = {remote.remote(empty, group): sum(len(ids) for _, ids, _ in group)
+               for group in groups}  # fmt: skip
+    while pending:
+        [done], _ = ray.wait(list(pending), num_returns=1)
+        part = faiss.deserialize_index(np.frombuffer(ray.get(done), dtype=np.uint8))
+        index.merge_from(part, 0)
+        if progress:
+            progress(pending.pop(done))
+        else:
+            pending.pop(done)
+    return index

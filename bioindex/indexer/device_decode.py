@@ -1,0 +1,103 @@
+"""JPEG decoding on the model's device (nvJPEG through torchvision on CUDA).
+
+At 224 px a GPU embeds far faster than CPU cores decode, so on CUDA the decode workers only
+read bytes for the JPEGs that the device decodes exactly like Pillow (baseline, no EXIF
+rotation, complete, RGB or grey) and the model side decodes, resizes and crops them as one
+batch on the GPU. Every other file keeps the CPU path. The same code runs on the CPU
+(torchvision's libjpeg decoder), which is how the tests check it.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from bioindex.errors import BioindexError
+
+
+def device_decodable(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG the device decoder handles as Pillow would, else None."""
+    if data[:2] != b"\xff\xd8" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return None  # not a JPEG, or cut short (the CPU path reports truncation)
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # header only; nothing is decoded
+            if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                return None
+            if image.info.get("progressive") or image.info.get("progression"):
+                return None
+            if image.getexif().get(0x0112, 1) not in (0, 1):
+                return None  # needs rotating; exif_transpose on the CPU path does it
+            return image.size
+    except Exception:
+        return None
+
+
+def crop_geometry(pil_part: Any) -> tuple[int, Any] | None:
+    """(size, interpolation) when the PIL steps are Resize(short side) + CenterCrop(square)
+    (+ RGB conversion), the eval preprocessing the device path reproduces; else None."""
+    from torchvision import transforms as T
+
+    steps = [s for s in getattr(pil_part, "transforms", []) if not _is_mode_conversion(s)]
+    if len(steps) != 2 or not isinstance(steps[0], T.Resize):
+        return None
+    resize, crop = steps
+    if not isinstance(crop, T.CenterCrop):
+        return None
+    size = resize.size if isinstance(resize.size, int) else resize.size[0]
+    if isinstance(resize.size, (list, tuple)) and len(resize.size) != 1:
+        return None
+    crop_size = crop.size if isinstance(crop.size, int) else crop.size[0]
+    if crop_size != size:
+        return None
+    return int(size), resize.interpolation
+
+
+def _is_mode_conversion(step: Any) -> bool:
+    name = type(step).__name__
+    return "Convert" in name or getattr(step, "__name__", "") == "_convert_to_rgb"
+
+
+def use_device_decode(model: Any, pil_part: Any, requested: bool | None) -> bool:
+    """On by default on CUDA when the preprocessing is one the device path reproduces."""
+    if requested is False:
+        return False
+    possible = crop_geometry(pil_part) is not None
+    if requested and not possible:
+        raise BioindexError(
+            "device decoding reproduces resize + centre-crop preprocessing only; "
+            "this model's preprocessing is different (drop --gpu-decode)"
+        )
+    return possible and (requested is True or model.device == "cuda")
+
+
+def decode_on_device(raws: list[Any], device: str, geometry: tuple[int, Any]
+                     ) -> tuple[Any, list[tuple[int, str]]]:  # fmt: skip
+    """Decode JPEG byte tensors on `device`, resize the short side and centre-crop like the
+    PIL path: (uint8 [n_ok, 3, S, S] on the device, [(index, error)] of those that failed)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional as F
+
+    size, interpolation = geometry
+    try:
+        images = decode_jpeg(raws, mode=ImageReadMode.RGB, device=device)
+        failed: list[tuple[int, str]] = []
+    except RuntimeError:
+        # One bad file fails the whole batch call; sort them out one by one.
+        images, failed = [], []
+        for index, raw in enumerate(raws):
+            try:
+                images.append(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError as exc:
+                images.append(None)
+                failed.append((index, f"RuntimeError: {str(exc).splitlines()[0]}"))
+    out = []
+    for image in images:
+        if image is None:
+            continue
+        image = F.resize(image, [size], interpolation=interpolation, antialias=True)
+        out.append(F.center_crop(image, [size, size]))
+    pixels = torch.stack(out) if out else torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    return pixels, failed

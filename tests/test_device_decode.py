@@ -1,0 +1,112 @@
+"""The device JPEG path (nvJPEG on CUDA) checked on the CPU, where torchvision's decoder
+runs the same code: which files it takes, parity with the PIL path, failures, and that it
+is chosen only with CUDA unless asked for."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bioindex import Collection
+from bioindex.errors import BioindexError
+from bioindex.indexer.device_decode import decode_on_device, device_decodable, use_device_decode
+from bioindex.indexer.embed import split_transform
+from bioindex.models import load_model
+from tests.conftest import shared
+
+
+def _jpeg(image: Image.Image, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, **options)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The camera-trap fixtures plus the JPEG variants the device path must leave alone."""
+    folder = tmp_path_factory.mktemp("device-decode")
+    for path in shared("camera-trap").glob("*.jpg"):
+        shutil.copy(path, folder / path.name)
+    base = Image.open(folder / "ocelot.jpg").convert("RGB")
+    (folder / "progressive.jpg").write_bytes(_jpeg(base, progressive=True))
+    (folder / "grey.jpg").write_bytes(_jpeg(base.convert("L")))
+    base.save(folder / "ocelot.png")
+    whole = (folder / "domestic_dog.jpg").read_bytes()
+    # Complete framing (SOI ... EOI) around a broken entropy-coded body.
+    (folder / "garbled.jpg").write_bytes(whole[:2000] + b"\x00" * 3000 + whole[-2:])
+    return folder
+
+
+def test_device_path_takes_only_what_it_decodes_like_pillow(photos: Path) -> None:
+    def takes(name: str) -> bool:
+        return device_decodable((photos / name).read_bytes()) is not None
+
+    assert takes("ocelot.jpg") and takes("grey.jpg") and takes("african_elephants_bw.jpg")
+    assert device_decodable((photos / "ocelot.jpg").read_bytes()) == Image.open(
+        photos / "ocelot.jpg"
+    ).size
+    for name in ("progressive.jpg", "ocelot.png", "african_elephants_cmyk.jpg",
+                 "african_elephants_truncated_file.jpg",
+                 "african_elephants_with_exif_orientation.jpg"):  # fmt: skip
+        assert not takes(name), name
+
+
+def test_device_decode_matches_the_pil_path(photos: Path, tmp_path: Path) -> None:
+    vectors, failures = {}, {}
+    for device_decode in (False, True):
+        with Collection.open(tmp_path / str(device_decode), model="bioclip-demo", create=True,
+                             device="cpu") as col:  # fmt: skip
+            summary = col.index([photos], progress=False, workers=0, gpu_decode=device_decode)
+            rows = col.store.con.execute(
+                "SELECT uri, image_id, width, height, sha256 FROM images ORDER BY uri"
+            ).fetchall()
+            stored = col.store.vectors([r[1] for r in rows])
+            vectors[device_decode] = {r[0]: (v, r[2:]) for r, v in zip(rows, stored)}
+            failures[device_decode] = {(f["uri"], f["stage"]) for f in col.store.failures()}
+            assert summary.embedded == len(rows)
+    assert failures[True] == failures[False]
+    assert {Path(uri).name for uri, _ in failures[True]} == {
+        "african_elephants_truncated_file.jpg", "garbled.jpg"
+    }
+    assert vectors[True].keys() == vectors[False].keys()
+    for uri, (exact, facts) in vectors[False].items():
+        device, device_facts = vectors[True][uri]
+        assert device_facts == facts, uri  # width, height, sha256 agree
+        cosine = float(exact @ device / np.linalg.norm(exact) / np.linalg.norm(device))
+        assert cosine >= 0.99, (uri, cosine)
+
+
+def test_a_garbled_jpeg_fails_alone(photos: Path) -> None:
+    model = load_model("bioclip-demo", device="cpu")
+    pil_part, _, _ = split_transform(model.transform)
+    from bioindex.indexer.device_decode import crop_geometry
+
+    geometry = crop_geometry(pil_part)
+    assert geometry is not None and geometry[0] == model.identity.image_size
+    raws = [torch.frombuffer(bytearray((photos / n).read_bytes()), dtype=torch.uint8)
+            for n in ("ocelot.jpg", "garbled.jpg", "human.jpg")]  # fmt: skip
+    pixels, failed = decode_on_device(raws, "cpu", geometry)
+    assert [index for index, _ in failed] == [1]
+    assert pixels.shape == (2, 3, geometry[0], geometry[0]) and pixels.dtype == torch.uint8
+
+
+def test_chosen_only_with_cuda_unless_asked() -> None:
+    model = load_model("bioclip-demo", device="cpu")
+    pil_part, _, _ = split_transform(model.transform)
+    assert not use_device_decode(model, pil_part, None)
+    assert use_device_decode(model, pil_part, True)
+    on_cuda = dataclasses.replace(model, device="cuda")  # the choice only reads the device
+    assert use_device_decode(on_cuda, pil_part, None)
+    assert not use_device_decode(on_cuda, pil_part, False)
+    squash = load_model("bioclip-demo", device="cpu", preprocess="squash")
+    squash_pil, _, _ = split_transform(squash.transform)
+    assert not use_device_decode(dataclasses.replace(squash, device="cuda"), squash_pil, None)
+    with pytest.raises(BioindexError, match="resize \\+ centre-crop"):
+        use_device_decode(squash, squash_pil, True)
