@@ -146,6 +146,12 @@ def main() -> None:
     "much faster on big photos, embeddings within cosine 0.99 of the exact path.",
 )
 @click.option(
+    "--compile",
+    "compile_model",
+    is_flag=True,
+    help="torch.compile the image tower: tens of seconds to start, faster batches on a GPU.",
+)
+@click.option(
     "--gpu-decode/--no-gpu-decode",
     default=None,
     help="Decode baseline JPEGs on the model's device (nvJPEG), resize and crop there; "
@@ -189,6 +195,7 @@ def index(
     media_root: str | None,
     retry_failed: bool,
     fast_decode: bool,
+    compile_model: bool,
     gpu_decode: bool | None,
     engine: str,
     address: str | None,
@@ -238,6 +245,7 @@ def index(
             address=address,
             num_gpus=num_gpus,
             gpu_decode=gpu_decode,
+            compile=compile_model,
         )
     click.echo(summary.line())
 

@@ -165,12 +165,14 @@ class Collection:
         address: str | None = None,
         num_gpus: int = 0,
         gpu_decode: bool | None = None,
+        compile: bool = False,
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts.
 
         engine='ray' decodes and embeds on a Ray cluster (`address` 'auto' or
         'ray://host:port'; none starts a local one) with `num_gpus` GPU actors.
-        `gpu_decode` (default: on with CUDA) decodes baseline JPEGs on the model's device."""
+        `gpu_decode` (default: on with CUDA) decodes baseline JPEGs on the model's device;
+        `compile` runs the image tower through torch.compile (local engine)."""
         from bioindex.indexer.embed import default_batch_size, default_workers
 
         scan = (
@@ -179,6 +181,8 @@ class Collection:
             else scan_sources(sources, metadata, source_type, media_root)
         )
         model = self.model
+        if compile:
+            model.compile_visual()
         if batch_size is not None and batch_size < 1:
             raise BioindexError(f"batch size must be at least 1, got {batch_size}")
         return run_index(

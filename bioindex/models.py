@@ -160,6 +160,13 @@ class EmbeddingModel:
         batch = self._torch.stack([self.transform(image) for image in images])
         return self.encode_images(batch)
 
+    def compile_visual(self) -> None:
+        """torch.compile the image tower: slower to start (tens of seconds), faster per batch
+        on a GPU; worth it for long runs. Embeddings stay the same to float precision."""
+        if not getattr(self, "_compiled", False):
+            self.model.visual = self._torch.compile(self.model.visual)
+            self._compiled = True
+
     def _autocast(self):
         import contextlib
 

@@ -110,3 +110,16 @@ def test_chosen_only_with_cuda_unless_asked() -> None:
     assert not use_device_decode(dataclasses.replace(squash, device="cuda"), squash_pil, None)
     with pytest.raises(BioindexError, match="resize \\+ centre-crop"):
         use_device_decode(squash, squash_pil, True)
+
+
+def test_compiled_image_tower_embeds_the_same(tiny_model: str, photos: Path, tmp_path) -> None:
+    names = ["ocelot.jpg", "human.jpg", "domestic_dog.jpg", "ocelot.png"]
+    stored = {}
+    for compiled in (False, True):
+        with Collection.open(tmp_path / str(compiled), model=tiny_model, create=True,
+                             device="cpu") as col:  # fmt: skip
+            col.index([photos / n for n in names], progress=False, workers=0, compile=compiled)
+            if compiled:
+                assert "Optimized" in type(col.model.model.visual).__name__  # really compiled
+            stored[compiled] = col.store.vectors([1, 2, 3, 4])
+    assert np.abs(stored[True] - stored[False]).max() < 1e-3
