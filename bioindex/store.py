@@ -743,14 +743,16 @@ class Store:
     def _locations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """(sorted live ids, shard number, row) and shard names; every write drops them."""
         if self._located is None:
+            # Shard names as small ints in SQL: millions of Python strings would not be.
+            names = [r[0] for r in self.con.execute(
+                "SELECT DISTINCT shard FROM images WHERE status='live' ORDER BY shard"
+            ).fetchall()]  # fmt: skip
             found = self.con.execute(
-                "SELECT image_id, shard, shard_row FROM images WHERE status='live' "
-                "ORDER BY image_id"
+                "SELECT image_id, CAST(dense_rank() OVER (ORDER BY shard) - 1 AS INTEGER) AS code,"
+                " shard_row FROM images WHERE status='live' ORDER BY image_id"
             ).fetchnumpy()
-            names, codes = np.unique(np.asarray(found["shard"], dtype=object).astype(str),
-                                     return_inverse=True)  # fmt: skip
             self._located = (
-                np.asarray(found["image_id"], np.int64), codes.astype(np.int32),
+                np.asarray(found["image_id"], np.int64), np.asarray(found["code"], np.int32),
                 np.asarray(found["shard_row"], np.int64), [str(n) for n in names],
             )  # fmt: skip
         return self._located

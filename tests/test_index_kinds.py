@@ -177,3 +177,20 @@ def test_info_says_when_a_rebuild_would_pay(store_copy) -> None:
             store.commit(_records(N + start, 20_000), extra[start : start + 20_000])
         advice = store.info()["index_advice"]
     assert advice and "trained when the index held 20000" in advice[0]
+
+
+def test_read_only_store_can_map_the_index_instead_of_reading_it(store_copy) -> None:
+    import faiss
+
+    path, vectors = store_copy
+    with Store.open(path) as store:
+        store.build_index(kind="ivf")
+    queries = vectors[:20]
+    with Store.open(path, read_only=True) as loaded:
+        expected = loaded.search(queries, k=10)
+        assert "OnDisk" not in type(faiss.extract_index_ivf(loaded.index()).invlists).__name__
+    with Store.open(path, read_only=True, map_index=True) as mapped:
+        invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped.index()).invlists)
+        assert type(invlists).__name__ == "OnDiskInvertedLists"  # pages in on demand
+        found = mapped.search(queries, k=10)
+    assert (found[1] == expected[1]).all()
