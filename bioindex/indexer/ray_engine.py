@@ -30,6 +30,7 @@ from bioindex.models import EmbeddingModel
 # Rows per Ray Data block: small enough to spread over workers, big enough to amortise
 # task overhead.
 BLOCK_ROWS = 256
+MAX_BLOCKS = 20_000  # past this, blocks grow instead (Ray tracks every block's reference)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
@@ -141,12 +142,7 @@ def embed_items(
         # so each core gets an actor that decodes and embeds its own blocks.
         actors, device, per_actor = actors or max(1, cluster_cpus), "cpu", {"num_cpus": 1}
     identity = model.identity
-    work = ray.data.from_items(
-        [{"position": i, "uri": it.uri, "path": it.path, "size": -1 if it.size is None
-          else it.size, "offset": -1 if it.offset is None else it.offset}
-         for i, it in enumerate(items)],
-        override_num_blocks=max(1, min(len(items) // BLOCK_ROWS + 1, 10_000)),
-    )  # fmt: skip
+    work = ray.data.from_arrow_refs(list(_work_blocks(ray, items)))
     decoded = work.map_batches(
         _decode_rows, fn_args=(model.transform, identity.image_size, fast_decode),
         batch_size=batch_size, num_cpus=1,
@@ -158,6 +154,24 @@ def embed_items(
     )  # fmt: skip
     for rows in embedded.iter_batches(batch_size=commit_every, batch_format="numpy"):
         yield _to_batch(items, rows)
+
+
+def _work_blocks(ray: Any, items: Sequence[Item]) -> Iterator[Any]:
+    """The work list as Arrow blocks put straight into Ray's object store, one block at a
+    time, so the driver never holds a second copy of the whole list."""
+    import pyarrow as pa
+
+    rows = max(BLOCK_ROWS, -(-len(items) // MAX_BLOCKS))
+    for start in range(0, len(items), rows):
+        chunk = items[start : start + rows]
+        yield ray.put(pa.table({
+            "position": pa.array(range(start, start + len(chunk)), pa.int64()),
+            "uri": pa.array([it.uri for it in chunk], pa.string()),
+            "path": pa.array([it.path for it in chunk], pa.string()),
+            "size": pa.array([-1 if it.size is None else it.size for it in chunk], pa.int64()),
+            "offset": pa.array([-1 if it.offset is None else it.offset for it in chunk],
+                               pa.int64()),
+        }))  # fmt: skip
 
 
 def _to_batch(items: Sequence[Item], rows: dict[str, np.ndarray]) -> EmbeddedBatch:
