@@ -433,6 +433,8 @@ class Store:
                 self._remove_from_index(existing.values())
             if len(index_ids):
                 self._index.add_with_ids(vectors, index_ids)
+                # An id deleted before and back now (same uri) must not stay filtered out.
+                self._removed.difference_update(ids)
             self._index_generation = generation
         return ids
 

@@ -194,3 +194,20 @@ def test_read_only_store_can_map_the_index_instead_of_reading_it(store_copy) -> 
         assert type(invlists).__name__ == "OnDiskInvertedLists"  # pages in on demand
         found = mapped.search(queries, k=10)
     assert (found[1] == expected[1]).all()
+
+
+@pytest.mark.parametrize("kind", ["flat", *APPROXIMATE])
+def test_a_deleted_image_that_comes_back_is_found_again(store_copy, kind) -> None:
+    path, vectors = store_copy
+    with Store.open(path) as store:
+        store.build_index(kind=kind)
+        store.index()
+        store.mark_deleted([7])
+        assert 7 not in store.search(vectors[6:7], k=5)[1][0]
+        again = store.commit(_records(6, 1), vectors[6:7])  # the same uri returns
+        assert again == [7]
+        _, found = store.search(vectors[6:7], k=5)
+        assert found[0][0] == 7 and list(found[0]).count(7) == 1
+        store.save_index()
+    with Store.open(path, read_only=True) as store:
+        assert store.search(vectors[6:7], k=1)[1][0][0] == 7
