@@ -49,6 +49,11 @@ device_option = click.option(
 k_option = click.option(
     "--k", "-k", "k", default=10, show_default=True, type=int, help="How many results."
 )
+def engine_option(help: str) -> Callable[..., Any]:
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+                        show_default=True, help=help)  # fmt: skip
+
+
 format_option = click.option(
     "--format",
     "fmt",
@@ -157,13 +162,9 @@ def main() -> None:
     help="Decode baseline JPEGs on the model's device (nvJPEG), resize and crop there; "
     "default: on with CUDA, off otherwise.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="ray: decode as Ray Data tasks and embed in model actors on a Ray cluster "
-    "(pip install 'bioindex[distributed]').",
+@engine_option(
+    "ray: decode as Ray Data tasks and embed in model actors on a Ray cluster "
+    "(pip install 'bioindex[distributed]')."
 )
 @click.option(
     "--address",
@@ -538,13 +539,7 @@ def dedup(store: str, threshold: float, fmt: str) -> None:
     help="Re-rank candidates against the stored float16 vectors (default: on for "
     "approximate kinds).",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="ray: add the shards in parallel Ray tasks and merge (after a --engine ray ingest).",
-)
+@engine_option("ray: add the shards in parallel Ray tasks and merge (after a --engine ray ingest).")
 @click.option("--address", default=None, help="With --engine ray: the cluster to join.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @format_option
