@@ -255,7 +255,8 @@ def search(
     rerank = spec.rerank and fetch is not None
     wanted = k
     if rerank:
-        wanted = min(max(k * RERANK_FACTOR[spec.kind], RERANK_MIN), int(index.ntotal))
+        factor = spec.search.get("rerank_factor", RERANK_FACTOR[spec.kind])
+        wanted = min(max(k * factor, RERANK_MIN), int(index.ntotal))
     scores, ids = index.search(queries, max(wanted, 1), params=search_parameters(spec, selector))
     if rerank:
         return rerank_exact(queries, ids, k, fetch)
@@ -372,13 +373,24 @@ def tune(
         grid = [p for p in NPROBE_GRID if p < spec.nlist] + [spec.nlist]
     elif name == "efSearch":
         grid = [e for e in EF_GRID if e >= k]
+    # When even the widest search misses the target, the true neighbours are there but
+    # ranked too low by the codes: look deeper into the candidates before giving up.
+    factors = [RERANK_FACTOR.get(spec.kind, 1)]
+    if spec.rerank and fetch is not None:
+        factors += [factors[0] * 2, factors[0] * 4, factors[0] * 8]
     recall = bound = 0.0
-    for value in grid:
-        if name:
-            spec.search = {name: int(value)}
-        recalls = per_query_recall(_answers(index, spec, queries, k, fetch, exclude), truth)
-        recall, bound = float(np.mean(recalls)), recall_lower_bound(recalls)
-        if bound >= target or recall >= 1.0:
+    met = False
+    for factor in factors:
+        for value in grid:
+            spec.search = {name: int(value)} if name else {}
+            if factor != factors[0]:
+                spec.search["rerank_factor"] = factor
+            recalls = per_query_recall(_answers(index, spec, queries, k, fetch, exclude), truth)
+            recall, bound = float(np.mean(recalls)), recall_lower_bound(recalls)
+            met = bound >= target or recall >= 1.0
+            if met:
+                break
+        if met:
             break
     latencies = single_query_latencies(index, spec, queries[:200], k, fetch)
     return Tuning(
@@ -388,7 +400,7 @@ def tune(
         latency_ms_p50=round(float(np.percentile(latencies, 50)), 3),
         latency_ms_p99=round(float(np.percentile(latencies, 99)), 3),
         queries=len(queries),
-        met_target=bound >= target or recall >= 1.0,
+        met_target=met,
     )
 
 

@@ -211,3 +211,19 @@ def test_a_deleted_image_that_comes_back_is_found_again(store_copy, kind) -> Non
         store.save_index()
     with Store.open(path, read_only=True) as store:
         assert store.search(vectors[6:7], k=1)[1][0][0] == 7
+
+
+def test_coarse_codes_look_deeper_instead_of_missing_the_target(store_copy) -> None:
+    path, vectors = store_copy
+    with Store.open(path) as store:
+        # A budget of ~12 bytes a vector leaves 8 four-bit sub-quantizers for 64 dimensions:
+        # the true neighbours fall below the default candidate depth.
+        spec = store.build_index(kind="ivf-pq", memory=N * 12, target_recall=0.95)
+        assert spec.pq_m == 8
+        assert spec.built["met_target"] is True
+        assert spec.search["rerank_factor"] > faiss_index.RERANK_FACTOR["ivf-pq"]
+        queries = GENERATOR.sample(200, part=5)
+        _, found = store.search(queries, k=10)
+    stored = vectors.astype(np.float16).astype(np.float32)
+    # Within sampling noise of the tuned figure on queries the tuning never saw.
+    assert faiss_index.recall_at(found, _exact_top(stored, queries, 10, np.ones(N, bool))) >= 0.92
