@@ -437,13 +437,6 @@ def read(path: str, kind: str, mapped: bool = False) -> Any:
     return faiss.read_index(path, flags)
 
 
-def index_bytes(index: Any) -> int:
-    """Bytes the index takes when written (close to what it holds in memory)."""
-    import faiss
-
-    return int(faiss.serialize_index(index).nbytes)
-
-
 def batched(ids: np.ndarray, vectors: np.ndarray, size: int = 65536
             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """(ids, float32 vectors) slices of in-memory (or memory-mapped) arrays."""
