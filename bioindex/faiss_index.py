@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -435,10 +435,3 @@ def read(path: str, kind: str, mapped: bool = False) -> Any:
         flags = {"ivf": faiss.IO_FLAG_MMAP, "flat": faiss.IO_FLAG_MMAP_IFC,
                  "hnsw": faiss.IO_FLAG_MMAP_IFC}.get(kind, 0)  # fmt: skip
     return faiss.read_index(path, flags)
-
-
-def batched(ids: np.ndarray, vectors: np.ndarray, size: int = 65536
-            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
-    """(ids, float32 vectors) slices of in-memory (or memory-mapped) arrays."""
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size], np.asarray(vectors[start : start + size], np.float32)
