@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 
-def make_images(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
-    """Photo-like JPEGs: demo organisms drawn at `size` px with sensor-like noise."""
+def make_images(folder: Path, count: int, size: int, seed: int = 0, repeat: int = 1) -> list[Path]:
+    """Photo-like JPEGs: demo organisms drawn at `size` px with sensor-like noise. With
+    `repeat` > 1 each file is also hard-linked under repeat - 1 more names: a large set for
+    a fast machine without drawing it (decoding does not care that the bytes recur)."""
     from bioindex.demo.draw import draw_organism
     from bioindex.demo.tree import SPECIES
 
@@ -40,37 +42,94 @@ def make_images(folder: Path, count: int, size: int, seed: int = 0) -> list[Path
         if not path.exists():
             draw_organism(SPECIES[i % len(SPECIES)], rng, size).save(path, quality=90)
         paths.append(path)
-    return paths
+    copies = []
+    for copy in range(1, repeat):
+        for original in paths:
+            path = folder / f"{original.stem}-{copy:03d}.jpg"
+            if not path.exists():
+                os.link(original, path)
+            copies.append(path)
+    for stale in set(folder.glob("*.jpg")) - set(paths) - set(copies):
+        stale.unlink()  # left by an earlier run with other counts: the CLI would index it
+    return paths + copies
 
 
-def decode_only(paths: list[Path], model, workers: int, batch_size: int, fast: bool) -> float:
-    """The product's own decode stage (read, decode, resize, batch), run without the model."""
-    from bioindex.indexer.embed import batch_loader
+def decode_only(paths: list[Path], model, workers: int, batch_size: int, fast: bool,
+                device_decode: bool = False) -> float:  # fmt: skip
+    """The product's own decode stage (read, decode, resize, batch), run without the model;
+    with `device_decode`, JPEGs the device takes are decoded there, as a run does."""
+    from bioindex.indexer.device_decode import crop_geometry
+    from bioindex.indexer.embed import _finish_on_device, batch_loader, split_transform
     from bioindex.indexer.sources import Item
 
+    geometry = crop_geometry(split_transform(model.transform)[0]) if device_decode else None
     items = [Item(str(p), str(p), p.stat().st_size, p.stat().st_mtime) for p in paths]
     started = time.perf_counter()
-    count = sum(len(batch["position"]) for batch in batch_loader(items, model, batch_size,
-                                                                 workers, fast))  # fmt: skip
+    count = 0
+    for batch in batch_loader(items, model, batch_size, workers, fast, geometry is not None):
+        if batch.get("raw"):
+            batch = _finish_on_device(batch, model.device, geometry)
+        count += len(batch["position"])
+    _synchronize(model)
     return count / (time.perf_counter() - started)
 
 
 def model_only(model, count: int, batch_size: int) -> float:
+    """The model on pre-decoded uint8 pixels, fed the way a run feeds it (channels-last
+    pinned batches, one in flight)."""
     import torch
 
+    from bioindex.indexer.embed import split_transform, start_pixels
+
+    _, mean, std = split_transform(model.transform)
     size = model.identity.image_size
-    batch = torch.randn(batch_size, 3, size, size)
+    pixels = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8)
     if model.device == "cuda":
-        batch = batch.pin_memory()
-    model.encode_images(batch)  # warm-up (cuDNN autotune, lazy init)
-    if model.device == "cuda":
-        torch.cuda.synchronize()
+        pixels = pixels.pin_memory()
+    pixels = pixels.permute(0, 3, 1, 2)
+    if mean is None:  # a transform that does not end in ToTensor + Normalize
+        pixels = pixels.float().div(255)
+    for _ in range(2):  # warm-up: cuDNN autotuning, lazy init, torch.compile
+        start_pixels(model, pixels, mean, std)()
     done = 0
+    pending = None
     started = time.perf_counter()
     while done < count:
-        model.encode_images(batch)
+        queued = start_pixels(model, pixels, mean, std)
+        if pending is not None:
+            pending()
+        pending = queued
         done += batch_size
+    pending()
     return done / (time.perf_counter() - started)
+
+
+def write_only(dim: int, count: int, folder: Path, chunk: int = 2048) -> float:
+    """The write stage alone: catalog rows, vector shard and FAISS add, in commit-sized
+    chunks (what the writer thread does beside the model)."""
+    from bioindex.store import ImageRecord, Store
+
+    shutil.rmtree(folder, ignore_errors=True)
+    store = Store.create(folder, {"dim": dim, "name": "write-only"})
+    store.index()
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        records = [ImageRecord(f"/data/images/img{i:09d}.jpg", 48_000, 1.7e9, "0" * 64, 1024,
+                               768, {}) for i in range(start, start + n)]  # fmt: skip
+        vectors = rng.standard_normal((n, dim)).astype(np.float32)
+        store.commit(records, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), run_id=1)
+    store.save_index()
+    rate = count / (time.perf_counter() - started)
+    store.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return rate
+
+
+def _synchronize(model) -> None:
+    if model.device == "cuda":
+        model._torch.cuda.synchronize()
 
 
 def end_to_end(paths: list[Path], args: argparse.Namespace, store: Path) -> tuple[float, float]:
@@ -87,6 +146,10 @@ def end_to_end(paths: list[Path], args: argparse.Namespace, store: Path) -> tupl
         command += ["--workers", str(args.workers)]
     if args.fast_decode:
         command += ["--fast-decode"]
+    if args.compile:
+        command += ["--compile"]
+    if args.gpu_decode is not None:
+        command += ["--gpu-decode" if args.gpu_decode else "--no-gpu-decode"]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - started
@@ -117,6 +180,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--fast-decode", action="store_true")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="hard-link each image this many times (a large set, drawn once)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the image tower")
+    parser.add_argument(
+        "--gpu-decode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JPEG decoding on the GPU (default: on with CUDA)",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest.json"))
     args = parser.parse_args()
@@ -127,8 +203,16 @@ def main() -> None:
     if args.model in ("bioclip-demo", "demo"):
         args.model = resolve_name(args.model)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bioindex-bench-"))
-    paths = make_images(workdir / f"images-{args.size}", args.images, args.size)
+    paths = make_images(workdir / f"images-{args.size}", args.images, args.size,
+                        repeat=args.repeat)  # fmt: skip
     model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    if args.compile:
+        model.compile_visual()
+    from bioindex.indexer.device_decode import use_device_decode
+    from bioindex.indexer.embed import split_transform
+
+    device_decode = use_device_decode(model, split_transform(model.transform)[0],
+                                      args.gpu_decode)  # fmt: skip
     batch_size = args.batch_size or default_batch_size(model.device)
     workers = default_workers(model.device) if args.workers is None else args.workers
 
@@ -138,12 +222,16 @@ def main() -> None:
         "model": args.model, "device": model.device, "images": len(paths),
         "image_px": args.size, "batch_size": batch_size, "workers": workers,
     }  # fmt: skip
-    results["fast_decode"] = args.fast_decode
+    results.update(fast_decode=args.fast_decode, device_decode=device_decode,
+                   compile=args.compile, repeat=args.repeat)  # fmt: skip
     # Capacity of decoding on all cores, as the limit L is defined (docs/benchmarks.md).
     all_cores = os.cpu_count() or 1
-    results["decode_only"] = decode_only(paths, model, all_cores, batch_size, args.fast_decode)
-    results["model_only"] = model_only(model, max(batch_size * 4, min(len(paths), 1024)),
+    results["decode_only"] = decode_only(paths, model, all_cores, batch_size, args.fast_decode,
+                                         device_decode)  # fmt: skip
+    results["model_only"] = model_only(model, max(batch_size * 20, min(len(paths), 1024)),
                                        batch_size)  # fmt: skip
+    results["write_only"] = write_only(model.identity.dim, max(len(paths), 20_000),
+                                       workdir / "write-only")  # fmt: skip
     del model
     inner, wall = end_to_end(paths, args, workdir / "store")
     results["bioindex_run"] = inner
@@ -173,11 +261,16 @@ def _gpu_name() -> str:
 def print_table(results: dict) -> None:
     print(f"\n{results['machine']}; model {results['model']} on {results['device']}; "
           f"{results['images']} JPEGs at {results['image_px']} px; batch {results['batch_size']}, "
-          f"{results['workers']} decode workers\n")  # fmt: skip
+          f"{results['workers']} decode workers"
+          + (f"; each drawn image hard-linked {results['repeat']}x" if results["repeat"] > 1
+             else "")
+          + ("; JPEG decoding on the GPU" if results["device_decode"] else "")
+          + ("; torch.compile" if results["compile"] else "") + "\n")  # fmt: skip
     base = results.get("pybioclip_cli")
     rows = [
         ("decode + preprocess only (all workers)", results["decode_only"]),
         ("model only (pre-decoded tensors)", results["model_only"]),
+        ("write only (catalog + shards + FAISS, own thread)", results["write_only"]),
         ("limit L for end to end (see docs/benchmarks.md)", results["limit"]),
         ("bioindex index, inside the run", results["bioindex_run"]),
         ("bioindex index, whole command", results["bioindex_cli"]),

@@ -49,6 +49,8 @@ device_option = click.option(
 k_option = click.option(
     "--k", "-k", "k", default=10, show_default=True, type=int, help="How many results."
 )
+
+
 def engine_option(help: str) -> Callable[..., Any]:
     return click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
                         show_default=True, help=help)  # fmt: skip

@@ -121,14 +121,24 @@ class EmbeddingModel:
 
     def encode_images(self, batch: Any) -> np.ndarray:
         """Preprocessed image tensors [n, 3, H, W] → float32 [n, dim], unit length."""
+        return self.start_images(batch)()
+
+    def start_images(self, batch: Any) -> Callable[[], np.ndarray]:
+        """Queue `batch` on the device and return a call that waits for its unit vectors.
+        On CUDA the model runs while the caller prepares the next batch; elsewhere the
+        work is done before this returns."""
         torch = self._torch
         with torch.inference_mode(), self._autocast():
             batch = batch.to(self.device, non_blocking=True)
-            features = self.model.encode_image(batch)
-        return _normalise(features.float().cpu().numpy())
+            return self._collect(self.model.encode_image(batch).float())
 
     def encode_pixels(self, pixels: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-        """uint8 [n, 3, H, W] → unit vectors, finishing ToTensor + Normalize on the device
+        """uint8 [n, 3, H, W] → unit vectors (see start_pixels)."""
+        return self.start_pixels(pixels, mean, std)()
+
+    def start_pixels(self, pixels: Any, mean: Sequence[float], std: Sequence[float]
+                     ) -> Callable[[], np.ndarray]:  # fmt: skip
+        """Like start_images for uint8 pixels, finishing ToTensor + Normalize on the device
         with the same arithmetic torchvision uses (so results match the PIL path)."""
         torch = self._torch
         with torch.inference_mode():
@@ -136,7 +146,25 @@ class EmbeddingModel:
             mean_t = torch.as_tensor(mean, dtype=batch.dtype, device=self.device)[:, None, None]
             std_t = torch.as_tensor(std, dtype=batch.dtype, device=self.device)[:, None, None]
             batch = batch.sub_(mean_t).div_(std_t)
-        return self.encode_images(batch)
+        return self.start_images(batch)
+
+    def _collect(self, features: Any) -> Callable[[], np.ndarray]:
+        torch = self._torch
+        if self.device != "cuda":
+            vectors = _normalise(features.cpu().numpy())
+            return lambda: vectors
+        # Copy into pinned memory behind the batch's kernels and wait on an event, not on
+        # the stream: a plain .cpu() would also wait for whatever is queued after it.
+        host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+        host.copy_(features, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def wait() -> np.ndarray:
+            done.synchronize()
+            return _normalise(host.numpy())
+
+        return wait
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         torch = self._torch

@@ -49,9 +49,10 @@ def test_device_path_takes_only_what_it_decodes_like_pillow(photos: Path) -> Non
         return device_decodable((photos / name).read_bytes()) is not None
 
     assert takes("ocelot.jpg") and takes("grey.jpg") and takes("african_elephants_bw.jpg")
-    assert device_decodable((photos / "ocelot.jpg").read_bytes()) == Image.open(
-        photos / "ocelot.jpg"
-    ).size
+    assert (
+        device_decodable((photos / "ocelot.jpg").read_bytes())
+        == Image.open(photos / "ocelot.jpg").size
+    )
     for name in ("progressive.jpg", "ocelot.png", "african_elephants_cmyk.jpg",
                  "african_elephants_truncated_file.jpg",
                  "african_elephants_with_exif_orientation.jpg"):  # fmt: skip
@@ -73,7 +74,8 @@ def test_device_decode_matches_the_pil_path(photos: Path, tmp_path: Path) -> Non
             assert summary.embedded == len(rows)
     assert failures[True] == failures[False]
     assert {Path(uri).name for uri, _ in failures[True]} == {
-        "african_elephants_truncated_file.jpg", "garbled.jpg"
+        "african_elephants_truncated_file.jpg",
+        "garbled.jpg",
     }
     assert vectors[True].keys() == vectors[False].keys()
     for uri, (exact, facts) in vectors[False].items():
@@ -95,6 +97,20 @@ def test_a_garbled_jpeg_fails_alone(photos: Path) -> None:
     pixels, failed = decode_on_device(raws, "cpu", geometry)
     assert [index for index, _ in failed] == [1]
     assert pixels.shape == (2, 3, geometry[0], geometry[0]) and pixels.dtype == torch.uint8
+
+
+def test_images_of_one_shape_are_resized_together_with_the_same_pixels(photos: Path) -> None:
+    from torchvision.transforms import InterpolationMode
+
+    names = ["ocelot.jpg", "human.jpg", "ocelot.jpg", "domestic_dog.jpg", "human.jpg"]
+    raws = [torch.frombuffer(bytearray((photos / n).read_bytes()), dtype=torch.uint8)
+            for n in names]  # fmt: skip
+    geometry = (64, InterpolationMode.BICUBIC)
+    together, failed = decode_on_device(raws, "cpu", geometry)
+    alone = torch.cat([decode_on_device([raw], "cpu", geometry)[0] for raw in raws])
+    assert not failed and together.shape == (5, 3, 64, 64)
+    assert torch.equal(together, alone)
+    assert torch.equal(together[0], together[2]) and not torch.equal(together[0], together[1])
 
 
 def test_chosen_only_with_cuda_unless_asked() -> None:

@@ -93,11 +93,18 @@ def decode_on_device(raws: list[Any], device: str, geometry: tuple[int, Any]
             except RuntimeError as exc:
                 images.append(None)
                 failed.append((index, f"RuntimeError: {str(exc).splitlines()[0]}"))
-    out = []
-    for image in images:
-        if image is None:
-            continue
-        image = F.resize(image, [size], interpolation=interpolation, antialias=True)
-        out.append(F.center_crop(image, [size, size]))
-    pixels = torch.stack(out) if out else torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    decoded = [image for image in images if image is not None]
+    if not decoded:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8, device=device), failed
+    # Images of one shape are resized and cropped in one call (a shard's files often share
+    # a shape); the kernels are per image, so the pixels are those of one-by-one.
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(decoded):
+        by_shape.setdefault(tuple(image.shape), []).append(index)
+    pixels = torch.empty((len(decoded), 3, size, size), dtype=torch.uint8,
+                         device=decoded[0].device)  # fmt: skip
+    for indices in by_shape.values():
+        group = torch.stack([decoded[i] for i in indices])
+        group = F.resize(group, [size], interpolation=interpolation, antialias=True)
+        pixels[indices] = F.center_crop(group, [size, size])
     return pixels, failed

@@ -8,6 +8,7 @@ finishes the same arithmetic on its device, so the result is identical.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -119,6 +120,7 @@ def decode_batch(
     in "raw" and their positions come after the decoded ones (see device_decode)."""
     import torch
 
+    square = _square_size(pil_part) if pil_part is not None else None
     good: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": []}
     pixels = []
     failures = []
@@ -141,11 +143,12 @@ def decode_batch(
                 continue
             image = decode(data, image_size, fast_decode)
             stage = "preprocess"
-            if pil_part is not None:
-                array = np.asarray(pil_part(image), dtype=np.uint8)
-                pixels.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
-            else:
+            if pil_part is None:
                 pixels.append(transform(image))
+            elif image.mode == "RGB" and image.size == (square, square):
+                pixels.append(np.asarray(image))  # resize + crop to its own size: a no-op
+            else:
+                pixels.append(np.asarray(pil_part(image), dtype=np.uint8))
         except Exception as exc:  # bad input is recorded, never fatal
             failures.append((position, stage, f"{type(exc).__name__}: {exc}"))
             continue
@@ -153,13 +156,27 @@ def decode_batch(
         good["sha256"].append(hashlib.sha256(data).hexdigest())
         good["width"].append(image.width)
         good["height"].append(image.height)
-    good["pixels"] = torch.stack(pixels) if pixels else None
+    if not pixels:
+        good["pixels"] = None
+    elif pil_part is None:
+        good["pixels"] = torch.stack(pixels)
+    else:
+        # Stacked as height × width × channel, as decoded: one contiguous copy, and a
+        # channels-last [n, 3, H, W] view for the model.
+        good["pixels"] = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
     good["failures"] = failures
     good["decoded"] = len(good["position"])  # the first this many have pixels
     for key in ("position", "sha256", "width", "height"):
         good[key].extend(raw[key])
     good["raw"] = raw["bytes"]
     return good
+
+
+@functools.lru_cache(maxsize=8)
+def _square_size(pil_part: Any) -> int | None:
+    """S when the PIL steps are resize-short-side-to-S + centre-crop S×S (+ RGB)."""
+    geometry = crop_geometry(pil_part)
+    return geometry[0] if geometry is not None else None
 
 
 def worker_init(_: int) -> None:
@@ -209,11 +226,19 @@ def embed_items(
         # steal cycles, so the model keeps what the workers leave.
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
     try:
+        # One batch in flight: on a GPU the model runs batch k+1 while batch k's vectors
+        # come back and are handed on.
+        pending: tuple[dict[str, Any], Callable[[], np.ndarray]] | None = None
         for batch in batch_loader(items, model, batch_size, workers, fast_decode,
                                   raw_jpeg=geometry is not None):  # fmt: skip
             if batch.get("raw"):
                 batch = _finish_on_device(batch, model.device, geometry)
-            yield to_embedded_batch(items, batch, embed_pixels(model, batch["pixels"], mean, std))
+            started = (batch, start_pixels(model, batch["pixels"], mean, std))
+            if pending is not None:
+                yield to_embedded_batch(items, pending[0], pending[1]())
+            pending = started
+        if pending is not None:
+            yield to_embedded_batch(items, pending[0], pending[1]())
     finally:
         torch.set_num_threads(threads)
 
@@ -240,11 +265,18 @@ def _finish_on_device(batch: dict[str, Any], device: str, geometry: Any) -> dict
 
 def embed_pixels(model: EmbeddingModel, pixels: Any, mean: Any, std: Any) -> np.ndarray:
     """Unit vectors for a batch of uint8 (resized) or float (fully transformed) pixels."""
+    return start_pixels(model, pixels, mean, std)()
+
+
+def start_pixels(model: EmbeddingModel, pixels: Any, mean: Any, std: Any
+                 ) -> Callable[[], np.ndarray]:  # fmt: skip
+    """Queue a batch on the model (see EmbeddingModel.start_images); call to get vectors."""
     if pixels is None or len(pixels) == 0:
-        return np.zeros((0, model.identity.dim), dtype=np.float32)
+        empty = np.zeros((0, model.identity.dim), dtype=np.float32)
+        return lambda: empty
     if pixels.dtype == model._torch.uint8:
-        return model.encode_pixels(pixels, mean, std)
-    return model.encode_images(pixels)
+        return model.start_pixels(pixels, mean, std)
+    return model.start_images(pixels)
 
 
 def to_embedded_batch(items: Sequence[Item], batch: dict[str, Any],

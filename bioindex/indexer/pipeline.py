@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from bioindex.errors import BioindexError
-from bioindex.indexer.embed import embed_items
+from bioindex.indexer.embed import EmbeddedBatch, embed_items
 from bioindex.indexer.remote import MediaCache, fetch_all
 from bioindex.indexer.sources import Item, Scan, covered
 from bioindex.models import EmbeddingModel
-from bioindex.store import Failure, ImageRecord, Store
+from bioindex.store import Failure, Store
 
 
 @dataclass
@@ -131,25 +134,13 @@ def run_index(
         store.commit([], np.zeros((0, store.dim), np.float32), early_failures, run_id=run_id)
         summary.failed += len(early_failures)
 
-    pending_records: list[ImageRecord] = []
-    pending_vectors: list[np.ndarray] = []
-    pending_failures: list[Failure] = []
-
-    def flush() -> None:
-        if not pending_records and not pending_failures:
-            return
-        vectors = (
-            np.concatenate(pending_vectors)
-            if pending_vectors
-            else np.zeros((0, store.dim), np.float32)
-        )
-        store.commit(pending_records, vectors, pending_failures, run_id=run_id)
+    def commit(chunk: list[EmbeddedBatch]) -> None:
+        vectors = np.concatenate([b.vectors for b in chunk])
+        failures = [f for b in chunk for f in b.failures]
+        store.commit([r for b in chunk for r in b.records], vectors, failures, run_id=run_id)
         # A file that used to embed but no longer decodes must not keep its stale vector.
-        stale = _live_ids_of(store, [f.uri for f in pending_failures])
+        stale = _live_ids_of(store, [f.uri for f in failures])
         summary.deleted += store.mark_deleted(stale)
-        pending_records.clear()
-        pending_vectors.clear()
-        pending_failures.clear()
 
     bar = tqdm(
         total=len(todo), unit="img", desc="embedding", disable=not progress or None, smoothing=0.1
@@ -165,19 +156,24 @@ def run_index(
                               fast_decode=fast_decode, gpu_decode=gpu_decode)  # fmt: skip
     else:
         raise BioindexError(f"unknown engine {engine!r}; choose local or ray")
+    writer = Writer(commit)
+    chunk: list[EmbeddedBatch] = []
+    size = 0
     try:
         for batch in batches:
-            pending_records.extend(batch.records)
-            pending_vectors.append(batch.vectors)
-            pending_failures.extend(batch.failures)
+            chunk.append(batch)
+            size += len(batch.records) + len(batch.failures)
             summary.embedded += len(batch.records)
             summary.failed += len(batch.failures)
             bar.update(len(batch.records) + len(batch.failures))
-            if len(pending_records) + len(pending_failures) >= commit_every:
-                flush()
-        flush()
+            if size >= commit_every:
+                writer.put(chunk)
+                chunk, size = [], 0
     finally:
         bar.close()
+        # What was embedded is committed even when the run stops early (Ctrl-C included),
+        # so the next run starts after it.
+        writer.close(chunk)
     store.save_index()
     summary.seconds = time.time() - started
     store.record_run(
@@ -190,6 +186,47 @@ def run_index(
         deleted=summary.deleted,
     )
     return summary
+
+
+class Writer:
+    """Runs `write` on each chunk, in order, on a thread of its own, so the model never
+    waits for DuckDB, the shard files or FAISS. One chunk waits while one is written."""
+
+    def __init__(self, write: Callable[[Any], None]):
+        self._write = write
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._reported = False
+        self._thread = threading.Thread(target=self._run, name="bioindex-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: Any) -> None:
+        """Queue a chunk; raises the error of an earlier write."""
+        self._raise()
+        self._queue.put(chunk)
+
+    def close(self, last: Any = None) -> None:
+        """Write what is queued and `last` (when given), stop the thread, and raise a
+        write's error if any."""
+        if last:
+            self._queue.put(last)
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # after a failed write nothing later may land (commits are ordered)
+            try:
+                self._write(chunk)
+            except BaseException as exc:  # handed to the main thread
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None and not self._reported:
+            self._reported = True
+            raise self._error
 
 
 def _live_ids_of(store: Store, uris: Sequence[str]) -> list[int]:

@@ -1,0 +1,107 @@
+"""The stages of an indexing run: decode shortcuts, the writer thread, stopping early."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bioindex.collection import Collection
+from bioindex.indexer import pipeline
+from bioindex.indexer.embed import decode, decode_batch, split_transform
+from bioindex.indexer.pipeline import Writer
+from bioindex.indexer.sources import Item
+from bioindex.models import load_model
+from tests.conftest import draw_images, live_rows
+
+
+def test_writer_hands_a_failed_write_to_the_caller_and_stops_writing() -> None:
+    written: list[int] = []
+    threads: set[str] = set()
+
+    def write(chunk: int) -> None:
+        threads.add(threading.current_thread().name)
+        if chunk == 2:
+            raise OSError("disk full")
+        written.append(chunk)
+
+    writer = Writer(write)
+    with pytest.raises(OSError, match="disk full"):
+        for chunk in range(1, 50):
+            writer.put(chunk)
+    writer.close(99)  # the error was reported once already; nothing after it lands
+    assert written == [1]
+    assert threads == {"bioindex-writer"}
+
+
+def test_writer_writes_everything_in_order_on_close() -> None:
+    written: list[int] = []
+    writer = Writer(written.append)
+    for chunk in range(1, 20):
+        writer.put(chunk)
+    writer.close(20)
+    assert written == list(range(1, 21))
+
+
+def test_interrupted_run_keeps_what_was_embedded(
+    tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = tmp_path / "images"
+    draw_images(images, 40)
+    real = pipeline.embed_items
+
+    def interrupted(*args, **kwargs):
+        for number, batch in enumerate(real(*args, **kwargs)):
+            if number == 3:
+                raise KeyboardInterrupt  # what Ctrl-C raises between batches
+            yield batch
+
+    monkeypatch.setattr(pipeline, "embed_items", interrupted)
+    store = tmp_path / "store"
+    c = Collection.open(store, model=tiny_model, create=True, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        # commit_every is larger than the run: before, nothing was committed at all.
+        c.index([images], batch_size=8, workers=0, commit_every=1000, progress=False)
+    c.close()
+    assert live_rows(store) == 24
+
+    monkeypatch.setattr(pipeline, "embed_items", real)
+    c = Collection.open(store, model=tiny_model, device="cpu")
+    summary = c.index([images], batch_size=8, workers=0, progress=False)
+    assert (summary.embedded, summary.unchanged) == (16, 24)
+    ntotal = c.store.index().ntotal
+    c.close()
+    assert ntotal == live_rows(store) == 40
+
+
+def test_images_already_at_the_model_size_skip_resizing_with_identical_pixels(
+    tmp_path: Path, tiny_model: str
+) -> None:
+    model = load_model(tiny_model, device="cpu")
+    size = model.identity.image_size
+    pil_part, _, _ = split_transform(model.transform)
+    rng = np.random.default_rng(3)
+    shapes = [
+        (size, size, "RGB"),
+        (size, size, "L"),
+        (size, size + 40, "RGB"),
+        (size + 9,) * 2 + ("RGB",),
+    ]
+    items = []
+    for number, (height, width, mode) in enumerate(shapes):
+        array = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        path = tmp_path / f"{number}.jpg"
+        Image.fromarray(array).convert(mode).save(path, quality=92)
+        items.append(Item(str(path), str(path), path.stat().st_size, path.stat().st_mtime))
+
+    batch = decode_batch(items, range(len(items)), pil_part, model.transform, size, False)
+    assert batch["pixels"].shape == (len(items), 3, size, size)
+    for item, pixels in zip(items, batch["pixels"]):
+        expected = np.asarray(pil_part(decode(Path(item.path).read_bytes(), size, False)))
+        assert np.array_equal(pixels.permute(1, 2, 0).numpy(), expected)
+    assert [(w, h) for w, h in zip(batch["width"], batch["height"])] == [
+        (w, h) for h, w, _ in shapes
+    ]
