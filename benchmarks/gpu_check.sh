@@ -18,7 +18,7 @@ timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_indexing.py tests
 bench() {  # bench NAME ARGS...: one ingest benchmark, its table in $OUT/NAME.txt
   local name=$1; shift
   timeout 170 python3 benchmarks/ingest.py --model ViT-B-16 --checkpoint random --device cuda \
-    --no-baseline --workdir /tmp/bench --out "$OUT/$name.json" "$@" 2>&1 | tail -14 \
+    --no-baseline --rounds 1 --workdir /tmp/bench --out "$OUT/$name.json" "$@" 2>&1 | tail -14 \
     | tee "$OUT/$name.txt"
 }
 bench ingest-vitb16-224 --images 4000 --repeat 15 --size 224
