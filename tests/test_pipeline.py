@@ -99,9 +99,37 @@ def test_images_already_at_the_model_size_skip_resizing_with_identical_pixels(
 
     batch = decode_batch(items, range(len(items)), pil_part, model.transform, size, False)
     assert batch["pixels"].shape == (len(items), 3, size, size)
+    assert batch["decode_seconds"] > 0  # the worker's CPU time, for CpuThreads
     for item, pixels in zip(items, batch["pixels"]):
         expected = np.asarray(pil_part(decode(Path(item.path).read_bytes(), size, False)))
         assert np.array_equal(pixels.permute(1, 2, 0).numpy(), expected)
     assert [(w, h) for w, h in zip(batch["width"], batch["height"])] == [
         (w, h) for h, w, _ in shapes
     ]
+
+
+@pytest.mark.parametrize(("decoding", "modelling", "model_gets_all"), [
+    (0.05, 0.08, True),  # small images: the model is the slower stage
+    (0.12, 0.06, False),  # large JPEGs: decoding is
+])  # fmt: skip
+def test_cpu_model_threads_follow_the_slower_stage(decoding, modelling, model_gets_all) -> None:
+    import os
+
+    import torch
+
+    from bioindex.indexer.embed import CpuThreads
+
+    before = torch.get_num_threads()
+    try:
+        threads = CpuThreads(torch, workers=os.cpu_count() or 2)
+        assert torch.get_num_threads() == 1
+        threads.update(5.0, 0.01)  # the first batch waits for the workers to start
+        for _ in range(CpuThreads.SAMPLE):
+            threads.update(decoding, modelling)
+        expected = (os.cpu_count() or 2) if model_gets_all else 1
+        assert torch.get_num_threads() == expected
+        for _ in range(20):  # decided once: later batches do not flip it
+            threads.update(modelling * 3, decoding)
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,6 +121,7 @@ def decode_batch(
     in "raw" and their positions come after the decoded ones (see device_decode)."""
     import torch
 
+    began = time.process_time()
     square = _square_size(pil_part) if pil_part is not None else None
     good: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": []}
     pixels = []
@@ -169,6 +171,7 @@ def decode_batch(
     for key in ("position", "sha256", "width", "height"):
         good[key].extend(raw[key])
     good["raw"] = raw["bytes"]
+    good["decode_seconds"] = time.process_time() - began  # CPU time: immune to waiting
     return good
 
 
@@ -179,11 +182,44 @@ def _square_size(pil_part: Any) -> int | None:
     return geometry[0] if geometry is not None else None
 
 
-def worker_init(_: int) -> None:
+def worker_init(_: int, nice: int = 0) -> None:
     import torch
 
     # Each decode worker is one core's worth of work; torch's own threads would oversubscribe.
     torch.set_num_threads(1)
+    if nice:
+        os.nice(nice)
+
+
+# Decode workers' priority when they share a CPU with the model (see CpuThreads).
+CPU_WORKER_NICE = 19
+
+
+class CpuThreads:
+    """The model's OpenMP threads on a CPU shared with decode workers. While decoding is
+    the slower stage the model keeps the cores the workers leave (more threads would only
+    run less efficiently beside them); when the model is the slower one, it takes every
+    core, and the workers, at a lower priority, decode in what it leaves. Decided once,
+    from the workers' own CPU seconds and the model's seconds on the first batches."""
+
+    SAMPLE = 4  # batches after the first (whose time is the workers starting up)
+
+    def __init__(self, torch: Any, workers: int):
+        self.torch = torch
+        cores = os.cpu_count() or 2
+        self.few, self.all = max(1, cores - workers), cores
+        self.batches, self.decoding, self.modelling = 0, 0.0, 0.0
+        torch.set_num_threads(self.few)
+
+    def update(self, decoding: float, modelling: float) -> None:
+        """After a batch: CPU seconds its worker spent decoding it, seconds in the model."""
+        self.batches += 1
+        if self.batches == 1 or self.batches > self.SAMPLE + 1:
+            return
+        self.decoding += decoding
+        self.modelling += modelling
+        if self.batches == self.SAMPLE + 1 and self.modelling > self.decoding:
+            self.torch.set_num_threads(self.all)
 
 
 def batch_loader(items: Sequence[Item], model: EmbeddingModel, batch_size: int, workers: int,
@@ -198,7 +234,11 @@ def batch_loader(items: Sequence[Item], model: EmbeddingModel, batch_size: int, 
         batch_size=None,  # the dataset already yields whole batches
         shuffle=False,
         num_workers=workers,
-        worker_init_fn=worker_init if workers else None,
+        worker_init_fn=(
+            functools.partial(worker_init, nice=CPU_WORKER_NICE if model.device == "cpu" else 0)
+            if workers
+            else None
+        ),
         pin_memory=model.device == "cuda",
         prefetch_factor=2 if workers else None,
     )
@@ -221,19 +261,23 @@ def embed_items(
     geometry = crop_geometry(pil_part) if use_device_decode(model, pil_part, gpu_decode) else None
     torch = model._torch
     threads = torch.get_num_threads()
-    if model.device == "cpu" and workers:
-        # Decode workers already fill the cores; OpenMP threads spinning beside them only
-        # steal cycles, so the model keeps what the workers leave.
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
+    cpu_threads = CpuThreads(torch, workers) if model.device == "cpu" and workers else None
     try:
         # One batch in flight: on a GPU the model runs batch k+1 while batch k's vectors
         # come back and are handed on.
         pending: tuple[dict[str, Any], Callable[[], np.ndarray]] | None = None
-        for batch in batch_loader(items, model, batch_size, workers, fast_decode,
-                                  raw_jpeg=geometry is not None):  # fmt: skip
+        batches = iter(batch_loader(items, model, batch_size, workers, fast_decode,
+                                    raw_jpeg=geometry is not None))  # fmt: skip
+        while True:
+            batch = next(batches, None)
+            if batch is None:
+                break
             if batch.get("raw"):
                 batch = _finish_on_device(batch, model.device, geometry)
+            asked = time.perf_counter()
             started = (batch, start_pixels(model, batch["pixels"], mean, std))
+            if cpu_threads is not None:  # on a CPU the batch is done by now
+                cpu_threads.update(batch["decode_seconds"], time.perf_counter() - asked)
             if pending is not None:
                 yield to_embedded_batch(items, pending[0], pending[1]())
             pending = started
