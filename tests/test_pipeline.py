@@ -133,3 +133,58 @@ def test_cpu_model_threads_follow_the_slower_stage(decoding, modelling, model_ge
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_ctrl_c_commits_what_was_embedded_then_the_rerun_finishes(
+    tmp_path: Path, tiny_model: str
+) -> None:
+    import fcntl
+    import os
+    import pty
+    import re
+    import select
+    import signal
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from tests.conftest import assert_index_matches_catalog
+
+    photos = tmp_path / "photos"
+    draw_images(photos, 480, seed=21)
+    store = tmp_path / "s"
+    # Nothing is committed during the run (commit-every > 480) but what Ctrl-C leaves.
+    command = [sys.executable, "-m", "bioindex.cli", "index", str(photos), "-s", str(store),
+               "-m", tiny_model, "--batch-size", "8", "--commit-every", "100000",
+               "--workers", "1"]  # fmt: skip
+    # A terminal for stderr, so the progress bar shows (it is off when stderr is a pipe).
+    master, terminal = pty.openpty()
+    fcntl.ioctl(
+        terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0)
+    )  # 0 columns: no bar
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    shown, done, interrupted = "", 0, False
+    progress = re.compile(r"embedding:.*?\| *(\d+)/480")
+    while process.poll() is None:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                shown += os.read(master, 65536).decode(errors="replace")
+            except OSError:
+                break
+        counts = progress.findall(shown)
+        if not interrupted and counts and 40 <= int(counts[-1]) < 400:
+            done, interrupted = int(counts[-1]), True
+            process.send_signal(signal.SIGINT)
+    os.close(master)
+    process.wait(timeout=120)
+    assert interrupted, f"the run ended before it could be interrupted: {shown[-500:]}"
+    assert process.returncode != 0
+    kept = live_rows(store)
+    assert kept >= done  # at least what the progress bar had shown as embedded
+    rerun = subprocess.run(command + ["-q"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"unchanged {kept}" in rerun.stdout
+    assert live_rows(store) == 480
+    assert_index_matches_catalog(store)
