@@ -70,10 +70,23 @@ def decode_only(paths: list[Path], model, workers: int, batch_size: int, fast: b
     started = time.perf_counter()
     count = 0
     for batch in batch_loader(items, model, batch_size, workers, fast, geometry is not None):
-        if batch.get("raw"):
+        if batch.get("raw_sizes"):
             batch = _finish_on_device(batch, model.device, geometry)
         count += len(batch["position"])
     _synchronize(model)
+    return count / (time.perf_counter() - started)
+
+
+def bytes_only(paths: list[Path], model, workers: int, batch_size: int) -> float:
+    """What the workers do when the device decodes: read, hash and check JPEGs, and hand
+    the bytes over (the CPU side of a run with device decoding)."""
+    from bioindex.indexer.embed import batch_loader
+    from bioindex.indexer.sources import Item
+
+    items = [Item(str(p), str(p), p.stat().st_size, p.stat().st_mtime) for p in paths]
+    started = time.perf_counter()
+    loader = batch_loader(items, model, batch_size, workers, raw_jpeg=True)
+    count = sum(len(batch["position"]) for batch in loader)
     return count / (time.perf_counter() - started)
 
 
@@ -244,6 +257,8 @@ def main() -> None:
                    compile=args.compile, repeat=args.repeat)  # fmt: skip
     # Capacity of decoding on all cores, as the limit L is defined (docs/benchmarks.md).
     all_cores = os.cpu_count() or 1
+    if device_decode:
+        results["bytes_only"] = bytes_only(paths, model, all_cores, batch_size)
     results["write_only"] = write_only(model.identity.dim, max(len(paths), 20_000),
                                        workdir / "write-only")  # fmt: skip
     # The stages take turns, `--rounds` times, and each figure is the median of its rounds:
@@ -293,6 +308,7 @@ def print_table(results: dict) -> None:
     base = results.get("pybioclip_cli")
     rows = [
         ("decode + preprocess only (all workers)", results["decode_only"]),
+        ("  workers' part alone (read, hash, hand over)", results.get("bytes_only")),
         ("model only (pre-decoded tensors)", results["model_only"]),
         ("write only (catalog + shards + FAISS, own thread)", results["write_only"]),
         ("limit L for end to end (see docs/benchmarks.md)", results["limit"]),
@@ -302,6 +318,8 @@ def print_table(results: dict) -> None:
     ]
     print(f"{'stage':<48}{'images/s':>10}{'vs pybioclip':>14}")
     for name, value in rows:
+        if value is None and name.startswith(" "):
+            continue  # a detail row that does not apply to this run
         if value is None:
             print(f"{name:<48}{'n/a':>10}")
             continue

@@ -113,6 +113,25 @@ def test_images_of_one_shape_are_resized_together_with_the_same_pixels(photos: P
     assert torch.equal(together[0], together[2]) and not torch.equal(together[0], together[1])
 
 
+def test_raw_jpegs_leave_the_worker_as_one_tensor(photos: Path) -> None:
+    """Hundreds of small tensors per batch crossed from a worker process at ~1,500 files/s
+    here; one tensor with the lengths beside it crosses at ~12,000 (docs/benchmarks.md)."""
+    from bioindex.indexer.embed import decode_batch
+    from bioindex.indexer.sources import Item
+
+    model = load_model("bioclip-demo", device="cpu")
+    pil_part, _, _ = split_transform(model.transform)
+    names = ["ocelot.jpg", "progressive.jpg", "human.jpg", "ocelot.png", "domestic_dog.jpg"]
+    items = [Item(str(photos / n), str(photos / n), 0, 0.0) for n in names]
+    batch = decode_batch(items, range(len(items)), pil_part, model.transform,
+                         model.identity.image_size, False, raw_jpeg=True)  # fmt: skip
+    raw_names = ["ocelot.jpg", "human.jpg", "domestic_dog.jpg"]  # baseline JPEGs only
+    assert batch["decoded"] == 2 and batch["position"] == [1, 3, 0, 2, 4]
+    assert isinstance(batch["raw"], torch.Tensor) and batch["raw"].dim() == 1
+    views = torch.split(batch["raw"], batch["raw_sizes"])
+    assert [bytes(v.numpy()) for v in views] == [(photos / n).read_bytes() for n in raw_names]
+
+
 def test_chosen_only_with_cuda_unless_asked() -> None:
     model = load_model("bioclip-demo", device="cpu")
     pil_part, _, _ = split_transform(model.transform)
