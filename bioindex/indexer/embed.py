@@ -273,18 +273,14 @@ def embed_items(
         # One batch in flight: on a GPU the model runs batch k+1 while batch k's vectors
         # come back and are handed on.
         pending: tuple[dict[str, Any], Callable[[], np.ndarray]] | None = None
-        batches = iter(batch_loader(items, model, batch_size, workers, fast_decode,
-                                    raw_jpeg=geometry is not None))  # fmt: skip
-        while True:
-            batch = next(batches, None)
-            if batch is None:
-                break
+        for batch in batch_loader(items, model, batch_size, workers, fast_decode,
+                                  raw_jpeg=geometry is not None):  # fmt: skip
             if batch.get("raw_sizes"):
                 batch = _finish_on_device(batch, model.device, geometry)
-            asked = time.perf_counter()
+            began = time.perf_counter()
             started = (batch, start_pixels(model, batch["pixels"], mean, std))
             if cpu_threads is not None:  # on a CPU the batch is done by now
-                cpu_threads.update(batch["decode_seconds"], time.perf_counter() - asked)
+                cpu_threads.update(batch["decode_seconds"], time.perf_counter() - began)
             if pending is not None:
                 yield to_embedded_batch(items, pending[0], pending[1]())
             pending = started
