@@ -111,6 +111,8 @@ def test_images_of_one_shape_are_resized_together_with_the_same_pixels(photos: P
     assert not failed and together.shape == (5, 3, 64, 64)
     assert torch.equal(together, alone)
     assert torch.equal(together[0], together[2]) and not torch.equal(together[0], together[1])
+    one_shape, _ = decode_on_device([raws[0], raws[2]], "cpu", geometry)
+    assert torch.equal(one_shape, alone[[0, 2]])
 
 
 def test_raw_jpegs_leave_the_worker_as_one_tensor(photos: Path) -> None:

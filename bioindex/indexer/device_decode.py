@@ -101,10 +101,15 @@ def decode_on_device(raws: list[Any], device: str, geometry: tuple[int, Any]
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(decoded):
         by_shape.setdefault(tuple(image.shape), []).append(index)
-    pixels = torch.empty((len(decoded), 3, size, size), dtype=torch.uint8,
-                         device=decoded[0].device)  # fmt: skip
-    for indices in by_shape.values():
+    groups: dict[tuple[int, ...], Any] = {}
+    for shape, indices in by_shape.items():
         group = torch.stack([decoded[i] for i in indices])
         group = F.resize(group, [size], interpolation=interpolation, antialias=True)
-        pixels[indices] = F.center_crop(group, [size, size])
+        groups[shape] = F.center_crop(group, [size, size])
+    if len(groups) == 1:
+        return next(iter(groups.values())), failed
+    pixels = torch.empty((len(decoded), 3, size, size), dtype=torch.uint8,
+                         device=decoded[0].device)  # fmt: skip
+    for shape, indices in by_shape.items():
+        pixels[torch.tensor(indices, device=pixels.device)] = groups[shape]
     return pixels, failed
