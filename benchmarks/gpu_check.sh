@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (see docs/benchmarks.md): GPU-path tests and the
 # ingest benchmark with ViT-B-16 (random weights: speed only). Not part of CI.
-# Expects wheels for what the machine lacks in .whl/ (open_clip_torch, ftfy, wcwidth,
-# duckdb, faiss-cpu; python 3.12) and writes results under $OUT.
+# Expects wheels for what the machine lacks in .whl/ (python 3.12; keep .whl/ out of git,
+# e.g. in .git/info/exclude, and carry it), fetched here with:
+#   pip download -d .whl --only-binary=:all: --no-deps --python-version 3.12 \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux_2_28_x86_64 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth \
+#     duckdb==2.0.1 faiss-cpu==1.15.1
+# Writes results under $OUT. About 8 minutes: run it with the device's timeout_s=600.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
