@@ -523,7 +523,12 @@ class Store:
         generation = self.generation()
         state = _read_json(self.path / INDEX_STATE)
         index_path = self.path / INDEX_FILE
-        if state.get("generation") == generation and index_path.is_file():
+        if (
+            state.get("generation") == generation
+            and index_path.is_file()
+            # A file without it predates the check (written before structure was recorded).
+            and state.get("structure", self._index_structure()) == self._index_structure()
+        ):
             index = faiss_index.read(str(index_path), self.index_spec.kind, self.map_index)
             self._removed = set(state.get("removed", []))
         else:
@@ -598,6 +603,10 @@ class Store:
             "built_at": _now_iso(),
             **({k: v for k, v in vars(tuning).items() if k != "search"} if tuning else {}),
         }
+        # The spec goes into the manifest before the index file is written, so index.json
+        # records the new structure: a crash before the manifest reaches the disk leaves a
+        # file whose structure the old manifest does not match, and it is rebuilt.
+        self.manifest["index"] = spec.to_json()
         self._install_index(index)
         # Measured from the written file: serializing in memory would double the peak.
         spec.built["index_bytes"] = (self.path / INDEX_FILE).stat().st_size
@@ -802,8 +811,14 @@ class Store:
         _atomic_write_text(
             self.path / INDEX_STATE,
             json.dumps({"generation": generation, "ntotal": int(index.ntotal),
-                        "removed": sorted(self._removed)}),
+                        "removed": sorted(self._removed),
+                        "structure": self._index_structure()}),
         )  # fmt: skip
+
+    def _index_structure(self) -> dict[str, Any]:
+        """What an index file must have been built as to serve the manifest's spec."""
+        spec = self.index_spec
+        return {"kind": spec.kind, "dim": spec.dim, "nlist": spec.nlist, "pq_m": spec.pq_m}
 
     # ---- internals -----------------------------------------------------------------
 

@@ -227,3 +227,28 @@ def test_coarse_codes_look_deeper_instead_of_missing_the_target(store_copy) -> N
     stored = vectors.astype(np.float16).astype(np.float32)
     # Within sampling noise of the tuned figure on queries the tuning never saw.
     assert faiss_index.recall_at(found, _exact_top(stored, queries, 10, np.ones(N, bool))) >= 0.92
+
+
+def test_crash_between_index_and_manifest_writes_leaves_a_consistent_index(store_copy) -> None:
+    """build-index writes index.faiss (+ index.json), then the manifest. A kill between the
+    two leaves the new index beside the old manifest; it must not be used as the old kind."""
+    import faiss
+
+    path, vectors = store_copy
+    with Store.open(path) as store:
+        store.index()
+        store.save_index()  # a flat index on disk, as after an indexing run
+    before = (path / "manifest.json").read_text()
+    with Store.open(path) as store:
+        store.build_index(kind="ivf", target_recall=0.9)
+    (path / "manifest.json").write_text(before)  # the crash: the manifest write never happened
+    queries = GENERATOR.sample(50, part=4)
+    stored = vectors.astype(np.float16).astype(np.float32)
+    truth = _exact_top(stored, queries, 10, np.ones(N, bool))
+    with Store.open(path) as store:
+        assert store.index_spec.kind == "flat"
+        index = faiss.downcast_index(store.index())
+        inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+        assert isinstance(inner, faiss.IndexFlatIP), type(inner).__name__
+        _, found = store.search(queries, k=10)
+    assert (found == truth).all()
