@@ -117,14 +117,18 @@ def main() -> None:
     help="Images per model batch (default 256 on CUDA, 32 on CPU).",
 )
 @click.option(
-    "--workers", type=int, default=None, help="Decode worker processes (default: cores - 1)."
+    "--workers",
+    type=int,
+    default=None,
+    help="Decode worker processes (default: every core on a CPU, cores - 1 beside a GPU).",
 )
 @click.option(
     "--commit-every",
     type=click.IntRange(min=1),
     default=2048,
     show_default=True,
-    help="Images per atomic commit; a killed run loses at most this much work.",
+    help="Images per atomic commit; a killed run redoes at most about three commits' worth "
+    "(one being written, one queued, one being gathered).",
 )
 @click.option(
     "--source-type",

@@ -223,8 +223,7 @@ def build_index(spec: Any, sample: np.ndarray | None,
         [done], _ = ray.wait(list(pending), num_returns=1)
         part = faiss.deserialize_index(np.frombuffer(ray.get(done), dtype=np.uint8))
         index.merge_from(part, 0)
+        added = pending.pop(done)
         if progress:
-            progress(pending.pop(done))
-        else:
-            pending.pop(done)
+            progress(added)
     return index
