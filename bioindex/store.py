@@ -30,7 +30,6 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 
 from bioindex import faiss_index
 from bioindex.errors import BioindexError
@@ -416,7 +415,7 @@ class Store:
             if records:
                 self.con.register("incoming", table)
                 self.con.execute(
-                    f"INSERT INTO images ({', '.join(_quoted(table.column_names))}) "
+                    f"INSERT INTO images ({', '.join(_quoted(table))}) "
                     "SELECT * FROM incoming"
                 )
                 self.con.unregister("incoming")
@@ -461,22 +460,20 @@ class Store:
         if not records:
             return 0
         by_id = {str(r["core_id"]): r for r in records}
-        columns: dict[str, list[Any]] = {
-            "core_id": list(by_id),
-            "source": [r.get("source") for r in by_id.values()],
+        columns = {
+            "core_id": _texts(list(by_id)),
+            "source": _texts([_text(r.get("source")) for r in by_id.values()]),
         }
         columns.update(_darwin_core_columns(
             [{k: v for k, v in r.items() if k not in ("core_id", "source")}
              for r in by_id.values()]
         ))  # fmt: skip
-        table = pa.table({k: pa.array(v, type=pa.float64() if k in DWC_FLOAT_COLUMNS
-                                       else pa.string()) for k, v in columns.items()})  # fmt: skip
         with self._transaction(self.generation()):
             self.con.execute("DELETE FROM occurrences WHERE core_id IN (SELECT unnest(?))",
                              [list(by_id)])  # fmt: skip
-            self.con.register("incoming_occurrences", table)
+            self.con.register("incoming_occurrences", columns)
             self.con.execute(
-                f"INSERT INTO occurrences ({', '.join(_quoted(table.column_names))}) "
+                f"INSERT INTO occurrences ({', '.join(_quoted(columns))}) "
                 "SELECT * FROM incoming_occurrences"
             )
             self.con.unregister("incoming_occurrences")
@@ -851,25 +848,23 @@ class Store:
 
     def _records_table(
         self, records: Sequence[ImageRecord], ids: list[int], shard: str | None, run_id: int | None
-    ) -> pa.Table:
-        columns: dict[str, list[Any]] = {
-            "image_id": ids,
-            "uri": [r.uri for r in records],
-            "status": ["live"] * len(records),
-            **{c: [getattr(r, c) for r in records] for c in _MEDIA_COLUMNS},
-            "shard": [shard] * len(records),
-            "shard_row": list(range(len(records))),
-            "run_id": [run_id] * len(records),
+    ) -> dict[str, np.ndarray]:
+        n = len(records)
+        table = {
+            "image_id": np.asarray(ids, dtype=np.int64),
+            "uri": _texts([r.uri for r in records]),
+            "status": _texts(["live"] * n),
+            "size": _numbers([r.size for r in records]),
+            "mtime": _numbers([r.mtime for r in records]),
+            "sha256": _texts([r.sha256 for r in records]),
+            "width": _numbers([r.width for r in records]),
+            "height": _numbers([r.height for r in records]),
+            "shard": _texts([shard] * n),
+            "shard_row": np.arange(n, dtype=np.int64),
+            "run_id": _numbers([run_id] * n),
         }
-        columns.update(_darwin_core_columns([r.metadata for r in records]))
-        types = {
-            "image_id": pa.int64(), "size": pa.int64(), "mtime": pa.float64(),
-            "width": pa.int32(), "height": pa.int32(), "shard_row": pa.int32(),
-            "run_id": pa.int32(), **{c: pa.float64() for c in DWC_FLOAT_COLUMNS},
-        }  # fmt: skip
-        return pa.table(
-            {k: pa.array(v, type=types.get(k, pa.string())) for k, v in columns.items()}
-        )
+        table.update(_darwin_core_columns([r.metadata for r in records]))
+        return table
 
 
 GPU_MIN_VECTORS = 50_000  # below this a CPU flat search beats the copy to the GPU
@@ -890,13 +885,33 @@ def _to_gpu(index: Any) -> Any:
 def _darwin_core_columns(metadatas: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     """Catalog columns (Darwin Core + `extra` JSON) for rows of free-form metadata."""
     split = [split_metadata(metadata) for metadata in metadatas]
-    columns: dict[str, list[Any]] = {}
+    columns: dict[str, np.ndarray] = {}
     for column in DWC_TEXT_COLUMNS:
-        columns[column] = [_text(known.get(column)) for known, _ in split]
+        columns[column] = _texts([_text(known.get(column)) for known, _ in split])
     for column in DWC_FLOAT_COLUMNS:
-        columns[column] = [_float(known.get(column)) for known, _ in split]
-    columns["extra"] = [json.dumps(extra, default=str) if extra else None for _, extra in split]
+        columns[column] = _numbers([_float(known.get(column)) for known, _ in split])
+    columns["extra"] = _texts([json.dumps(extra, default=str) if extra else None
+                               for _, extra in split])  # fmt: skip
     return columns
+
+
+# Rows reach DuckDB as a dict of NumPy arrays (its NumPy scan), not as an Arrow table:
+# pyarrow's first array imports pandas when that is installed, 0.25-0.5 s that the last
+# commit of every run waited for (apache/arrow#34994).
+
+
+def _texts(values: list[str | None]) -> np.ndarray:
+    """Text column: str and None in an object array, which the scan reads as VARCHAR."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def _numbers(values: Sequence[float | None]) -> np.ndarray:
+    """Numeric column, None as NaN, which the scan reads as NULL; the INSERT casts it to the
+    column's type (integers are exact below 2**53). Typed, because the scan would guess an
+    object column's type from a sample of its rows."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _check_store_dir(root: Path, creating: bool) -> None:

@@ -130,6 +130,58 @@ def test_metadata_lands_in_columns(tmp_path: Path) -> None:
     assert row["family"] == "Felidae" and row["extra"] == {"note": "hi"}
 
 
+def test_column_values_survive_a_commit_exactly(tmp_path: Path) -> None:
+    # Nulls, integers past 2**31, text in the middle of a mostly empty column, odd floats.
+    records = [ImageRecord(f"/x/{i}", 5_000_000_000 + i, 1.7e9 + 0.25, None, 10 + i, None,
+                           {"family": "Felidae"} if i == 1500 else {})
+               for i in range(2048)]  # fmt: skip
+    records[7] = ImageRecord("/x/ü😀", None, None, "sha", None, 3,
+                             {"decimalLatitude": "-0.5", "decimalLongitude": "",
+                              "scientificName": "Übung", "note": "hi"})  # fmt: skip
+    with Store.create(tmp_path / "s", MODEL) as store:
+        ids = store.commit(records, _unit(2048), run_id=None)
+        rows = store.rows(ids)
+        store.upsert_occurrences([
+            {"core_id": 1, "source": None, "decimalLatitude": 4_000_000_000, "family": None},
+            {"core_id": "2", "decimalLongitude": "x", "note": 7},
+        ])  # fmt: skip
+        occurrences = store.con.execute(
+            "SELECT core_id, source, decimal_latitude, decimal_longitude, family, extra "
+            "FROM occurrences ORDER BY core_id"
+        ).fetchall()
+    odd, last = rows[ids[7]], rows[ids[2047]]  # rows() leaves NULL columns out
+    assert {k: odd.get(k) for k in ("uri", "size", "mtime", "sha256", "width", "height",
+                                   "run_id", "decimal_latitude", "decimal_longitude")} == {
+        "uri": "/x/ü😀", "size": None, "mtime": None, "sha256": "sha", "width": None,
+        "height": 3, "run_id": None, "decimal_latitude": -0.5, "decimal_longitude": None,
+    }  # fmt: skip
+    assert odd["scientific_name"] == "Übung" and odd["extra"] == {"note": "hi"}
+    assert (last["size"], last["mtime"], last["width"]) == (5_000_002_047, 1.7e9 + 0.25, 2057)
+    assert [last.get(k) for k in ("sha256", "height", "family")] == [None, None, None]
+    assert rows[ids[1500]]["family"] == "Felidae" and last["shard_row"] == 2047
+    assert occurrences[0][:5] == ("1", None, 4e9, None, None)
+    assert occurrences[1][:5] == ("2", None, None, None, None)
+    assert json.loads(occurrences[1][5]) == {"note": 7}
+
+
+def test_committing_does_not_import_pandas(tmp_path: Path) -> None:
+    # pyarrow imports pandas (when installed) on its first array: 0.25-0.5 s of a run's
+    # critical path, as the last commit of a run waits for it.
+    script = f"""
+import sys
+import numpy as np
+from bioindex.store import ImageRecord, Store
+with Store.create({str(tmp_path / "s")!r}, {MODEL!r}) as store:
+    store.commit([ImageRecord("/x/a", 1, 1.0, "sha", 10, 10, {{"family": "Felidae"}})],
+                 np.eye(1, 8, dtype=np.float32), run_id=1)
+    store.upsert_occurrences([{{"core_id": "1", "family": "Felidae"}}])
+print("pandas" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 def test_kill_minus_nine_then_resume(tmp_path: Path, tiny_model: str) -> None:
     photos = tmp_path / "photos"
     draw_images(photos, 240, seed=11)
