@@ -415,8 +415,7 @@ class Store:
             if records:
                 self.con.register("incoming", table)
                 self.con.execute(
-                    f"INSERT INTO images ({', '.join(_quoted(table))}) "
-                    "SELECT * FROM incoming"
+                    f"INSERT INTO images ({', '.join(_quoted(table))}) SELECT * FROM incoming"
                 )
                 self.con.unregister("incoming")
             touched = uris + [f.uri for f in failures]
