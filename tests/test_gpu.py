@@ -68,3 +68,34 @@ def test_cuda_compiled_run_matches(tmp_path, tiny_model, images) -> None:
         assert float(np.dot(vector, compiled["vectors"][uri])) >= 0.99 * float(
             np.linalg.norm(vector) ** 2
         ), uri
+
+
+def test_device_decode_leaves_memory_the_model_stream_still_reads() -> None:
+    # pytorch/vision#9606's pattern: tensors freed while kernels queued on the caller's
+    # stream still read them, then a decode. Decoding on the caller's stream, nvJPEG was
+    # handed those blocks and overwrote them before the reads ran (199/200 on an H100);
+    # in a run that is the batch in flight while the next one is decoded.
+    from torchvision.transforms import InterpolationMode
+
+    from bioindex.indexer.device_decode import decode_on_device
+
+    size = 224
+    encoded = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), np.uint8)).save(
+        encoded, "JPEG", quality=90
+    )
+    raws = [torch.frombuffer(bytearray(encoded.getvalue()), dtype=torch.uint8) for _ in range(8)]
+    expected = 7 * 3 * size * size
+    corrupted = 0
+    for _ in range(20):
+        victims = [torch.full((3, size, size), 7, dtype=torch.uint8, device="cuda")
+                   for _ in range(8)]  # fmt: skip
+        torch.cuda.synchronize()
+        torch.cuda._sleep(50_000_000)  # keeps the stream busy: the sums below stay queued
+        sums = [victim.sum() for victim in victims]
+        del victims
+        pixels, failed = decode_on_device(raws, "cuda", (size, InterpolationMode.BICUBIC))
+        torch.cuda.synchronize()
+        assert not failed and pixels.shape == (8, 3, size, size)
+        corrupted += sum(int(total) != expected for total in sums)
+    assert corrupted == 0

@@ -75,7 +75,41 @@ def use_device_decode(model: Any, pil_part: Any, requested: bool | None) -> bool
 def decode_on_device(raws: list[Any], device: str, geometry: tuple[int, Any]
                      ) -> tuple[Any, list[tuple[int, str]]]:  # fmt: skip
     """Decode JPEG byte tensors on `device`, resize the short side and centre-crop like the
-    PIL path: (uint8 [n_ok, 3, S, S] on the device, [(index, error)] of those that failed)."""
+    PIL path: (uint8 [n_ok, 3, S, S] on the device, [(index, error)] of those that failed).
+
+    On CUDA the work runs on a side stream. nvJPEG writes its output tensors from a stream
+    of its own without waiting for the caller's (pytorch/vision#9606: 199 of 200 batches
+    corrupted on an H100), and those tensors come from the caller's stream's memory pool:
+    on the model's stream, with a batch in flight, the decoder could be handed memory that
+    the batch's queued kernels have yet to read. A side stream has a pool of its own."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return _decode_and_crop(raws, device, geometry)
+    side = _side_stream(device)
+    side.synchronize()  # its earlier kernels are done before nvJPEG may reuse their memory
+    with torch.cuda.stream(side):
+        pixels, failed = _decode_and_crop(raws, device, geometry)
+    current = torch.cuda.current_stream(device)
+    current.wait_stream(side)
+    # Freed by the caller later: not reused on the side stream until the caller's use is done.
+    pixels.record_stream(current)
+    return pixels, failed
+
+
+_SIDE_STREAMS: dict[str, Any] = {}
+
+
+def _side_stream(device: str) -> Any:
+    import torch
+
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device=device)
+    return _SIDE_STREAMS[device]
+
+
+def _decode_and_crop(raws: list[Any], device: str, geometry: tuple[int, Any]
+                     ) -> tuple[Any, list[tuple[int, str]]]:  # fmt: skip
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import functional as F
