@@ -881,14 +881,20 @@ def _to_gpu(index: Any) -> Any:
         return None
 
 
-def _darwin_core_columns(metadatas: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+def _darwin_core_columns(metadatas: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Catalog columns (Darwin Core + `extra` JSON) for rows of free-form metadata."""
     split = [split_metadata(metadata) for metadata in metadatas]
+    # Most columns of most chunks are empty (a folder of photos has no metadata at all):
+    # those are filled whole rather than looked up row by row.
+    present = set().union(*(known for known, _ in split))
+    empty = np.full(len(split), None, dtype=object)
     columns: dict[str, np.ndarray] = {}
     for column in DWC_TEXT_COLUMNS:
-        columns[column] = _texts([_text(known.get(column)) for known, _ in split])
+        columns[column] = (_texts([_text(known.get(column)) for known, _ in split])
+                           if column in present else empty)  # fmt: skip
     for column in DWC_FLOAT_COLUMNS:
-        columns[column] = _numbers([_float(known.get(column)) for known, _ in split])
+        columns[column] = (_numbers([_float(known.get(column)) for known, _ in split])
+                           if column in present else np.full(len(split), np.nan))  # fmt: skip
     columns["extra"] = _texts([json.dumps(extra, default=str) if extra else None
                                for _, extra in split])  # fmt: skip
     return columns
