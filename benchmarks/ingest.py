@@ -59,16 +59,22 @@ def make_images(folder: Path, count: int, size: int, seed: int = 0, repeat: int 
     return paths + copies
 
 
+def _items(paths: list[Path]) -> list:
+    """The files as a run's scan lists them."""
+    from bioindex.indexer.sources import Item
+
+    return [Item(str(p), str(p), p.stat().st_size, p.stat().st_mtime) for p in paths]
+
+
 def decode_only(paths: list[Path], model, workers: int, batch_size: int, fast: bool,
                 device_decode: bool = False) -> float:  # fmt: skip
     """The product's own decode stage (read, decode, resize, batch), run without the model;
     with `device_decode`, JPEGs the device takes are decoded there, as a run does."""
     from bioindex.indexer.device_decode import crop_geometry
     from bioindex.indexer.embed import _finish_on_device, batch_loader, split_transform
-    from bioindex.indexer.sources import Item
 
     geometry = crop_geometry(split_transform(model.transform)[0]) if device_decode else None
-    items = [Item(str(p), str(p), p.stat().st_size, p.stat().st_mtime) for p in paths]
+    items = _items(paths)
     started = time.perf_counter()
     count = 0
     for batch in batch_loader(items, model, batch_size, workers, fast, geometry is not None):
@@ -83,9 +89,8 @@ def bytes_only(paths: list[Path], model, workers: int, batch_size: int) -> float
     """What the workers do when the device decodes: read, hash and check JPEGs, and hand
     the bytes over (the CPU side of a run with device decoding)."""
     from bioindex.indexer.embed import batch_loader
-    from bioindex.indexer.sources import Item
 
-    items = [Item(str(p), str(p), p.stat().st_size, p.stat().st_mtime) for p in paths]
+    items = _items(paths)
     started = time.perf_counter()
     loader = batch_loader(items, model, batch_size, workers, raw_jpeg=True)
     count = sum(len(batch["position"]) for batch in loader)

@@ -89,9 +89,6 @@ CREATE TABLE IF NOT EXISTS occurrences (
 );
 """
 
-# Columns written for each embedded image, in table order.
-_MEDIA_COLUMNS = ("size", "mtime", "sha256", "width", "height")
-
 
 @dataclass(frozen=True)
 class ImageRecord:

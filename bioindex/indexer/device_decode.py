@@ -9,6 +9,7 @@ batch on the GPU. Every other file keeps the CPU path. The same code runs on the
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any
 
@@ -97,15 +98,11 @@ def decode_on_device(raws: list[Any], device: str, geometry: tuple[int, Any]
     return pixels, failed
 
 
-_SIDE_STREAMS: dict[str, Any] = {}
-
-
+@functools.cache
 def _side_stream(device: str) -> Any:
     import torch
 
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device=device)
-    return _SIDE_STREAMS[device]
+    return torch.cuda.Stream(device=device)
 
 
 def _decode_and_crop(raws: list[Any], device: str, geometry: tuple[int, Any]
