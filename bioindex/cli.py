@@ -50,6 +50,11 @@ k_option = click.option(
     "--k", "-k", "k", default=10, show_default=True, type=int, help="How many results."
 )
 
+wait_option = click.option(
+    "--wait", is_flag=True,
+    help="When another process is writing the store, wait for it instead of stopping.",
+)  # fmt: skip
+
 
 def engine_option(help: str) -> Callable[..., Any]:
     return click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
@@ -186,6 +191,7 @@ def main() -> None:
     help="With --engine ray: GPU model actors (one GPU each); 0 runs CPU actors.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@wait_option
 @_friendly
 def index(
     sources: Sequence[str],
@@ -208,6 +214,7 @@ def index(
     address: str | None,
     num_gpus: int,
     quiet: bool,
+    wait: bool,
 ) -> None:
     """Embed the images under SOURCES (folders or files) into a store.
 
@@ -238,7 +245,8 @@ def index(
     for warning in scan.warnings:
         click.echo(f"warning: {warning}", err=True)
     with Collection.open(
-        store, model=model, checkpoint=checkpoint, preprocess=preprocess, device=device, create=True
+        store, model=model, checkpoint=checkpoint, preprocess=preprocess, device=device,
+        create=True, wait=wait,
     ) as collection:
         summary = collection.index(
             scan,
@@ -548,11 +556,12 @@ def dedup(store: str, threshold: float, fmt: str) -> None:
 @engine_option("ray: add the shards in parallel Ray tasks and merge (after a --engine ray ingest).")
 @click.option("--address", default=None, help="With --engine ray: the cluster to join.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@wait_option
 @format_option
 @_friendly
 def build_index(store: str, kind: str, memory: str, target_recall: float,
                 rerank: bool | None, engine: str, address: str | None, quiet: bool,
-                fmt: str) -> None:  # fmt: skip
+                wait: bool, fmt: str) -> None:  # fmt: skip
     """Build the FAISS index from the stored vectors, tune it, and record its recall.
 
     Streams the embedding shards (training IVF kinds on a sample), then measures recall@10
@@ -567,7 +576,7 @@ def build_index(store: str, kind: str, memory: str, target_recall: float,
     """
     from bioindex.collection import Collection
 
-    with Collection.open(store) as collection:
+    with Collection.open(store, wait=wait) as collection:
         spec = collection.build_index(kind, memory, target_recall, rerank, progress=not quiet,
                                       engine=engine, address=address)  # fmt: skip
     built = spec.get("built", {})
@@ -613,6 +622,90 @@ def info(store: str, failures: bool, fmt: str) -> None:
             if isinstance(value, dict):
                 value = ", ".join(f"{k}={v}" for k, v in value.items())
             click.echo(f"{key:<{width}}  {value}")
+
+
+@main.command()
+@store_option
+@click.option("--full", is_flag=True, help="Also verify every file's sha256 (reads it all).")
+@click.option("--repair", is_flag=True,
+              help="Mend what is found: rebuild the index, drop lost files, mark images whose "
+              "vectors were lost for re-embedding by the next `bioindex index`.")
+@_friendly
+def check(store: str, full: bool, repair: bool) -> None:
+    """Verify a store: every file of its current generation against its size and checksum.
+
+    Prints one line per problem and exits 1 when there is any (0 after a repair).
+
+    \b
+    Examples:
+      bioindex check --store my-store
+      bioindex check --store my-store --full
+      bioindex check --store my-store --repair && bioindex index photos/ --store my-store
+    """
+    from pathlib import Path
+
+    from bioindex.store import check as checking
+
+    report = (checking.repair if repair else checking.check)(Path(store), full)
+    for line in report.problems:
+        click.echo(f"problem: {line}")
+    for line in report.repaired:
+        click.echo(f"repaired: {line}")
+    if report.ok:
+        click.echo(f"ok: generation {report.generation}, every file checks out")
+    elif not repair:
+        click.echo(f"run bioindex check --store {store} --repair to mend it", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@store_option
+@click.argument("query", required=False)
+@click.option("--views", is_flag=True,
+              help="Print CREATE VIEW statements that open the catalog in the duckdb CLI.")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FORMATS))
+@_friendly
+def sql(store: str, query: str | None, views: bool, fmt: str) -> None:
+    """Run a read-only DuckDB QUERY on the catalog's current generation.
+
+    Tables: images (one row per image, Darwin Core columns), failures, occurrences.
+
+    \b
+    Examples:
+      bioindex sql --store s "SELECT family, count(*) FROM images GROUP BY 1 ORDER BY 2 DESC"
+      bioindex sql --store s "SELECT uri, error FROM failures" --format csv
+      bioindex sql --store s --views > views.sql && duckdb -init views.sql
+    """
+    from bioindex.store import Store
+
+    with Store.open(store, read_only=True) as opened:
+        if views:
+            click.echo(opened.catalog.view_sql())
+            return
+        if not query:
+            raise BioindexError("give a QUERY, or --views")
+        names, rows = opened.catalog.query(query)
+    click.echo(render([dict(zip(names, row)) for row in rows], fmt), nl=False)
+
+
+@main.command()
+@store_option
+@_friendly
+def migrate(store: str) -> None:
+    """Bring a store made by an older bioindex to this version's format, in place.
+
+    The vector shards stay; the catalog becomes Parquet segments; the old catalog file
+    is kept as catalog.v1.duckdb. Opening an old store with any command does the same.
+
+    \b
+    Examples:
+      bioindex migrate --store my-store
+    """
+    from pathlib import Path
+
+    from bioindex.store import legacy
+
+    click.echo(legacy.migrate(Path(store)))
 
 
 @main.command()

@@ -27,7 +27,6 @@ from bioindex.search.classify import Prediction, classify_vectors
 from bioindex.search.dedup import DuplicateMember, find_duplicates
 from bioindex.search.filters import Filter, and_filters, parse_where, taxon_filter
 from bioindex.search.labels import (
-    TAXON_COLUMNS,
     LabelSet,
     label_vectors,
     labels_from_taxa,
@@ -73,15 +72,18 @@ class Collection:
         create: bool = False,
         read_only: bool = False,
         map_index: bool = False,
+        wait: bool | float = False,
     ) -> Collection:
         """Open a store; with create=True make it (with `model`, default bioclip) if missing.
 
-        Naming a model for an existing store checks that it is the store's model.
+        Naming a model for an existing store checks that it is the store's model. A
+        writable store takes the store's writer lock: another writer makes this wait
+        (`wait` True, or that many seconds) or raise, naming the holder.
         `map_index` (with read_only) maps the index file instead of reading it: quicker
         for one query on a large store, slower for many (see Store.open).
         """
         if Store.exists(path):
-            store = Store.open(path, read_only=read_only, map_index=map_index)
+            store = Store.open(path, read_only=read_only, map_index=map_index, wait=wait)
             collection = cls(store, device=device)
             if model is not None or checkpoint is not None:
                 try:
@@ -108,8 +110,15 @@ class Collection:
             preprocess=preprocess or "eval",
             device=device,
         )
-        store = Store.create(path, {**loaded.identity.to_dict(), "checkpoint": checkpoint})
-        return cls(store, loaded, device=device)
+        store = Store.create(path, {**loaded.identity.to_dict(), "checkpoint": checkpoint},
+                             wait=wait)  # fmt: skip
+        collection = cls(store, device=device)
+        try:
+            collection._adopt(loaded)  # another run may have made the store meanwhile
+        except BaseException:
+            store.close()
+            raise
+        return collection
 
     def close(self) -> None:
         self.store.close()
@@ -205,6 +214,10 @@ class Collection:
     def rebuild_index(self) -> int:
         return int(self.store.rebuild_index().ntotal)
 
+    def refresh(self) -> bool:
+        """Move a reader to the store's newest generation (see Store.refresh)."""
+        return self.store.refresh()
+
     def build_index(
         self,
         kind: str = "auto",
@@ -224,8 +237,8 @@ class Collection:
                    disable=not progress)  # fmt: skip
         with bar:
             spec = self.store.build_index(kind, budget, target_recall, rerank,
-                                          progress=bar.update, engine=engine,
-                                          address=address)  # fmt: skip
+                                          progress=bar.update,
+                                          builder=_builder(engine, address))  # fmt: skip
         return spec.to_json()
 
     # ---- reading -------------------------------------------------------------------
@@ -301,9 +314,7 @@ class Collection:
     # ---- taxa ----------------------------------------------------------------------
 
     def _taxon_rows(self) -> list[tuple]:
-        return self.store.con.execute(
-            f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live'"
-        ).fetchall()
+        return self.store.catalog.taxon_rows()
 
     def catalog_taxa(self) -> list:
         return taxa_from_rows(self._taxon_rows())
@@ -476,6 +487,17 @@ def _label_matrix(model: EmbeddingModel, labels: LabelSet,
 def _text_key(model: EmbeddingModel) -> str:
     # Text embeddings depend on the weights only, not on image preprocessing.
     return model.identity.weights_sha256
+
+
+def _builder(engine: str, address: str | None) -> Any:
+    """The index builder for an engine (the store is handed it; it knows no engines)."""
+    if engine == "local":
+        return None
+    if engine == "ray":
+        from bioindex.indexer.ray_engine import RayBuilder
+
+        return RayBuilder(address)
+    raise BioindexError(f"unknown engine {engine!r}; choose local or ray")
 
 
 def _filter(where: Where) -> Filter | None:

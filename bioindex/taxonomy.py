@@ -17,6 +17,7 @@ import csv
 import difflib
 import json
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +26,17 @@ from pathlib import Path
 from bioindex.errors import BioindexError
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+# The same ranks as Darwin Core catalog columns: the species rank is held as its epithet.
+RANK_COLUMNS = (*RANKS[:-1], "specific_epithet")
+
+_BINOMIAL = re.compile(r"^([A-Z][a-z]+)\s+([a-z][a-z-]+)\b")
+
+
+def split_binomial(name: str | None) -> tuple[str, str] | None:
+    """(genus, epithet) of a binomial scientific name ("Felis catus Linnaeus, 1758"), or None
+    for anything else (a genus alone, an informal or lower-case name)."""
+    match = _BINOMIAL.match((name or "").strip())
+    return (match.group(1), match.group(2)) if match else None
 FORMATS = ("taxonomic", "scientific", "common", "taxonomic_common")
 
 

@@ -24,6 +24,7 @@ from bioindex.store import Failure, Store
 class IndexSummary:
     embedded: int = 0
     unchanged: int = 0
+    updated: int = 0
     failed: int = 0
     deleted: int = 0
     known_bad: int = 0
@@ -36,6 +37,7 @@ class IndexSummary:
         rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
         records = f"{self.occurrences} occurrence records, " if self.occurrences else ""
         fetched = f", downloaded {self.downloaded}" if self.downloaded else ""
+        fetched += f", metadata updated {self.updated}" if self.updated else ""
         return (
             f"{records}embedded {self.embedded}, unchanged {self.unchanged}, "
             f"failed {self.failed}{fetched}, "
@@ -58,6 +60,7 @@ class Plan:
     unchanged: int
     known_bad: int
     vanished: list[int]
+    same_files: list[Item]  # embedded and unchanged: only their metadata may be new
 
 
 def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
@@ -66,6 +69,7 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
     known = store.known_files()
     failed = {} if retry_failed else store.known_failures()
     todo: list[Item] = []
+    same: list[Item] = []
     unchanged = known_bad = 0
     for item in scan.items:
         previous = known.get(item.uri)
@@ -73,6 +77,7 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
             # A URL is fetched once: embedded or failed before means nothing to do now.
             if previous is not None and previous[3] == "live":
                 unchanged += 1
+                same.append(item)
             elif item.uri in failed:
                 known_bad += 1
             else:
@@ -87,6 +92,7 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
             and previous[2] == item.mtime
         ):
             unchanged += 1
+            same.append(item)
         else:
             todo.append(item)
     present = {item.uri for item in scan.items}
@@ -95,7 +101,7 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
         for uri, (image_id, _, _, status) in known.items()
         if status == "live" and uri not in present and covered(uri, scan.roots)
     ]
-    return Plan(todo, unchanged, known_bad, vanished)
+    return Plan(todo, unchanged, known_bad, vanished, same)
 
 
 def run_index(
@@ -122,6 +128,10 @@ def run_index(
     summary.occurrences = store.upsert_occurrences(scan.occurrences)
     work = plan(scan, store, retry_failed)
     summary.unchanged, summary.known_bad = work.unchanged, work.known_bad
+    # A rerun with new or corrected metadata updates those rows without re-embedding; an
+    # image with no metadata now keeps what it had (a rerun without --metadata clears nothing).
+    summary.updated = store.update_metadata(
+        [(item.uri, item.metadata) for item in work.same_files if item.metadata])
     store.index()  # load (or rebuild) before writing so it follows every commit
     summary.deleted = store.mark_deleted(work.vanished)
     todo, early_failures, summary.downloaded = download_remote(
@@ -179,9 +189,10 @@ def run_index(
     store.record_run(
         run_id,
         started,
-        scan.roots,
+        scan.sources or scan.roots,
         embedded=summary.embedded,
         unchanged=summary.unchanged,
+        updated=summary.updated,
         failed=summary.failed,
         deleted=summary.deleted,
     )
@@ -230,13 +241,7 @@ class Writer:
 
 
 def _live_ids_of(store: Store, uris: Sequence[str]) -> list[int]:
-    if not uris:
-        return []
-    rows = store.con.execute(
-        "SELECT image_id FROM images WHERE status='live' AND uri IN (SELECT unnest(?))",
-        [list(uris)],
-    ).fetchall()
-    return [r[0] for r in rows]
+    return store.catalog.live_ids_of_uris(uris)
 
 
 def download_remote(items: list[Item], cache: MediaCache, progress: bool = True,

@@ -227,3 +227,19 @@ def build_index(spec: Any, sample: np.ndarray | None,
         if progress:
             progress(added)
     return index
+
+
+class RayBuilder:
+    """The store's index builder on a Ray cluster: mergeable kinds (flat, IVF) add their
+    shards in parallel tasks; HNSW graphs cannot be merged and are built locally."""
+
+    def __init__(self, address: str | None = None):
+        self.address = address
+
+    def __call__(self, spec: Any, sample: np.ndarray | None, source: Any,
+                 progress: Any = None) -> Any:  # fmt: skip
+        from bioindex.faiss_index import build, mergeable
+
+        if not mergeable(spec):
+            return build(spec, sample, source.iter_live_vectors(), progress)
+        return build_index(spec, sample, source.live_shard_files(), progress, self.address)

@@ -59,6 +59,7 @@ class Scan:
 
     items: list[Item]
     roots: list[str]  # folder prefixes (with trailing separator) and single-file uris
+    sources: list[str] = field(default_factory=list)  # every source as given, resolved
     occurrences: list[dict[str, Any]] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (uri, stage, error)
     warnings: list[str] = field(default_factory=list)
@@ -81,12 +82,14 @@ def scan_paths(
     for raw in paths:
         kind = source_type if source_type != "auto" else detect(str(raw))
         if kind == "webdataset":
+            scan.sources.append(str(raw))
             _scan_shards(str(raw), items, scan)
             continue
         path = Path(raw).expanduser()
         if not path.exists():
             raise BioindexError(f"source {raw} does not exist")
         path = path.resolve()
+        scan.sources.append(str(path))
         if kind == "folder":
             scan.roots.append(str(path) + os.sep)
             for file in _walk(path):

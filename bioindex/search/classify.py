@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bioindex.errors import BioindexError
-from bioindex.search.labels import TAXON_COLUMNS, LabelSet, taxon_from_row
+from bioindex.search.labels import LabelSet, taxon_from_row
 from bioindex.search.query import nearest
 from bioindex.store import Store
 from bioindex.taxonomy import RANKS, Taxon
@@ -75,13 +75,7 @@ def knn_vote(
     if not pairs:
         return {}
     ids = [i for _, i in pairs]
-    rows = dict(
-        (r[0], r[1:])
-        for r in store.con.execute(
-            f"SELECT image_id, {TAXON_COLUMNS} FROM images WHERE image_id IN (SELECT unnest(?))",
-            [ids],
-        ).fetchall()
-    )
+    rows = store.catalog.taxa_of(ids)
     votes: dict[Taxon, float] = defaultdict(float)
     depth = RANKS.index(rank) + 1
     best = pairs[0][0]

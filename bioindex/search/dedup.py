@@ -45,10 +45,7 @@ def find_duplicates(
         raise BioindexError(f"threshold must be in (0, 1], got {threshold}")
     groups = _UnionFind()
     sha_of: dict[int, str] = {}
-    for sha, ids in store.con.execute(
-        "SELECT sha256, list(image_id ORDER BY image_id) FROM images "
-        "WHERE status='live' AND sha256 IS NOT NULL GROUP BY sha256 HAVING count(*) > 1"
-    ).fetchall():
+    for sha, ids in store.catalog.same_bytes():
         for image_id in ids:
             sha_of[image_id] = sha
             groups.union(ids[0], image_id)

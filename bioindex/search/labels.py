@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from bioindex.errors import BioindexError
-from bioindex.taxonomy import TOL_VECTORS, Taxon, make_taxon, read_tree_of_life_names
+from bioindex.taxonomy import (
+    TOL_VECTORS,
+    Taxon,
+    make_taxon,
+    read_tree_of_life_names,
+    split_binomial,
+)
 
 TEMPLATE_SET = "openai-imagenet-80"
 
@@ -206,13 +212,8 @@ def taxon_from_row(row: Sequence[str | None]) -> Taxon | None:
     """(kingdom, phylum, class, order, family, genus, epithet, vernacular, scientific_name)."""
     *ranks, epithet, common, scientific = row
     genus = ranks[5]
-    if (not genus or not epithet) and scientific and len(scientific.split()) >= 2:
-        genus, epithet = scientific.split()[:2]
+    binomial = split_binomial(scientific)
+    if (not genus or not epithet) and binomial:
+        genus, epithet = binomial
     taxon = make_taxon([*ranks[:5], genus, epithet], common)
     return taxon if taxon.lineage else None
-
-
-TAXON_COLUMNS = (
-    'kingdom, phylum, "class", "order", family, genus, specific_epithet, vernacular_name, '
-    "scientific_name"
-)

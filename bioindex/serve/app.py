@@ -69,8 +69,9 @@ def create_app(
 ) -> FastAPI:
     collection = Collection.open(store, model=model, device=device, read_only=True)
     collection.model  # load once, now, not on the first request  # noqa: B018
-    # DuckDB connections and the torch model are used one request at a time.
-    lock = threading.Lock()
+    # The catalog connection and the torch model are used one request at a time; each
+    # request first moves to the store's newest generation (a stat call when unchanged).
+    lock = _Reading(collection)
     metrics = Metrics()
     app = FastAPI(title="bioindex", version="0.1.0",
                   description="Search a biological image collection.")  # fmt: skip
@@ -283,6 +284,25 @@ def create_app(
 
     app.state.collection = collection
     return app
+
+
+class _Reading:
+    """The lock around the collection; entering it also refreshes the generation read."""
+
+    def __init__(self, collection: Collection):
+        self._lock = threading.Lock()
+        self._collection = collection
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            self._collection.refresh()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def _image_bytes(collection: Collection, row: dict) -> bytes | None:

@@ -1,0 +1,456 @@
+"""The catalog: every SQL statement bioindex runs lives in this class.
+
+The catalog of one generation is a set of immutable Parquet segments (images, failures,
+occurrences) listed in its snapshot. A Catalog is an in-memory DuckDB connection whose
+views `images`, `failures` and `occurrences` read exactly those files, so any number of
+processes read a store while one writes new segments beside them. The same views are what
+`bioindex sql` runs user queries on.
+
+Writes never change a file: `write_*` produce new segment files, `rewrite_images` a
+changed copy of one segment; the store front decides which files the next generation lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from bioindex.errors import BioindexError
+from bioindex.store import files
+from bioindex.store.records import (
+    FAILURE_COLUMNS,
+    IMAGE_COLUMNS,
+    METADATA_COLUMNS,
+    OCCURRENCE_COLUMNS,
+)
+from bioindex.store.snapshot import Snapshot
+
+TAXON_COLUMNS = (
+    'kingdom, phylum, "class", "order", family, genus, specific_epithet, vernacular_name, '
+    "scientific_name"
+)
+_TABLES = {"images": IMAGE_COLUMNS, "failures": FAILURE_COLUMNS,
+           "occurrences": OCCURRENCE_COLUMNS}  # fmt: skip
+_INLINE_IDS = 2000  # id lists up to this long are inlined so Parquet statistics prune
+
+
+class Catalog:
+    """DuckDB over one generation's catalog files. Not shared between threads at once."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.con = duckdb.connect(":memory:")
+        for option in ("enable_object_cache", "parquet_metadata_cache"):
+            try:  # Parquet footers read once per file, not once per query
+                self.con.execute(f"SET {option}=true")
+            except duckdb.Error:
+                pass
+        for table, columns in _TABLES.items():
+            self.con.execute(f"CREATE TABLE _empty_{table} ({_ddl(columns)})")
+        self.files: dict[str, list[str]] = {}
+
+    def close(self) -> None:
+        self.con.close()
+
+    # ---- which generation ------------------------------------------------------------
+
+    def attach(self, snap: Snapshot) -> None:
+        """Point the views at `snap`'s files."""
+        lists = {
+            "images": [r["file"] for r in snap.images],
+            "failures": [snap.failures["file"]] if snap.failures else [],
+            "occurrences": [r["file"] for r in snap.occurrences],
+        }
+        for table, names in lists.items():
+            if self.files.get(table) == names:
+                continue
+            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {self._source(table, names)}")
+            self.files[table] = names
+
+    def _source(self, table: str, names: Sequence[str]) -> str:
+        if not names:
+            return f"SELECT * FROM _empty_{table}"
+        return f"SELECT * FROM read_parquet({_paths(self.root, names)})"
+
+    def view_sql(self) -> str:
+        """CREATE VIEW statements for the DuckDB CLI, with absolute paths."""
+        out = []
+        for table in _TABLES:
+            names = self.files.get(table, [])
+            body = (f"SELECT * FROM read_parquet({_paths(self.root, names)})" if names
+                    else f"SELECT {_null_columns(_TABLES[table])} WHERE false")  # fmt: skip
+            out.append(f"CREATE OR REPLACE VIEW {table} AS {body};")
+        return "\n".join(out)
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
+        """A user's SQL on the views: (column names, rows)."""
+        try:
+            result = self.con.execute(sql, list(params))
+        except duckdb.Error as exc:
+            raise BioindexError(f"SQL error: {str(exc).splitlines()[0]}") from exc
+        if result.description is None:
+            return [], []
+        return [d[0] for d in result.description], result.fetchall()
+
+    def live_count(self) -> int:
+        return self._one("SELECT count(*) FROM images WHERE status='live'")
+
+    def status_counts(self) -> dict[str, int]:
+        return dict(self.con.execute("SELECT status, count(*) FROM images GROUP BY status")
+                    .fetchall())  # fmt: skip
+
+    def failure_count(self) -> int:
+        return self._one("SELECT count(*) FROM failures")
+
+    def occurrence_count(self) -> int:
+        return self._one("SELECT count(*) FROM occurrences")
+
+    def known_files(self) -> dict[str, tuple[int, int | None, float | None, str]]:
+        """uri → (image_id, size, mtime, status) for every image ever committed."""
+        rows = self.con.execute("SELECT uri, image_id, size, mtime, status FROM images").fetchall()
+        return {uri: (image_id, size, mtime, status) for uri, image_id, size, mtime, status in rows}
+
+    def known_failures(self) -> dict[str, tuple[int | None, float | None]]:
+        """uri → (size, mtime) of files that failed and have not succeeded since."""
+        rows = self.con.execute("SELECT uri, size, mtime FROM failures").fetchall()
+        return {uri: (size, mtime) for uri, size, mtime in rows}
+
+    def failures(self) -> list[dict[str, Any]]:
+        return self._dicts("SELECT uri, stage, error, run_id FROM failures ORDER BY uri")
+
+    def rows(self, image_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Catalog rows by image_id, with NULL columns left out and `extra` parsed."""
+        if not len(image_ids):
+            return {}
+        out: dict[int, dict[str, Any]] = {}
+        for row in self._dicts(f"SELECT * FROM images WHERE image_id IN {_ids(image_ids)}"):
+            row = {k: v for k, v in row.items() if v is not None}
+            if isinstance(row.get("extra"), str):
+                row["extra"] = json.loads(row["extra"])
+            out[int(row["image_id"])] = row
+        return out
+
+    def locations(self, image_ids: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """image_id → (shard, row) of the live ones among `image_ids`."""
+        if not len(image_ids):
+            return {}
+        found = self.con.execute(
+            "SELECT image_id, shard, shard_row FROM images "
+            f"WHERE status='live' AND image_id IN {_ids(image_ids)}"
+        ).fetchall()
+        return {int(i): (s, int(r)) for i, s, r in found}
+
+    def live_shards(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(shard name, live image_ids, their rows in the shard) for every shard."""
+        found = self.con.execute(
+            "SELECT shard, image_id, shard_row FROM images WHERE status='live' "
+            "ORDER BY shard, shard_row"
+        ).fetchnumpy()
+        shards = np.asarray(found["shard"], dtype=object)
+        ids = np.asarray(found["image_id"], dtype=np.int64)
+        rows = np.asarray(found["shard_row"], dtype=np.int64)
+        if not len(ids):
+            return
+        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
+        ends = np.r_[starts[1:], len(ids)]
+        for start, end in zip(starts, ends):
+            yield str(shards[start]), ids[start:end], rows[start:end]
+
+    def live_locations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """(live ids sorted, shard code per id, row per id, shard names by code)."""
+        # Shard names as small ints in SQL: millions of Python strings would not be.
+        names = [r[0] for r in self.con.execute(
+            "SELECT DISTINCT shard FROM images WHERE status='live' ORDER BY shard").fetchall()]
+        found = self.con.execute(
+            "SELECT image_id, CAST(dense_rank() OVER (ORDER BY shard) - 1 AS INTEGER) AS code,"
+            " shard_row FROM images WHERE status='live' ORDER BY image_id"
+        ).fetchnumpy()  # fmt: skip
+        return (np.asarray(found["image_id"], np.int64), np.asarray(found["code"], np.int32),
+                np.asarray(found["shard_row"], np.int64), [str(n) for n in names])  # fmt: skip
+
+    def live_ids(self) -> np.ndarray:
+        found = self.con.execute("SELECT image_id FROM images WHERE status='live'").fetchnumpy()
+        return np.asarray(found["image_id"], dtype=np.int64)
+
+    def ids_where(self, sql: str, params: Sequence[Any]) -> np.ndarray:
+        """image_ids of live rows matching a parameterised predicate (see search.filters)."""
+        result = self.con.execute(
+            f"SELECT image_id FROM images WHERE status='live' AND ({sql})", list(params)
+        ).fetchnumpy()
+        return np.asarray(result["image_id"], dtype=np.int64)
+
+    def live_ids_of_uris(self, uris: Sequence[str]) -> list[int]:
+        if not uris:
+            return []
+        rows = self.con.execute(
+            "SELECT image_id FROM images WHERE status='live' AND uri IN (SELECT unnest(?))",
+            [list(uris)],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def live_ids_in_shards(self, names: Sequence[str]) -> list[int]:
+        if not names:
+            return []
+        return [r[0] for r in self.con.execute(
+            "SELECT image_id FROM images WHERE status='live' AND shard IN (SELECT unnest(?))",
+            [list(names)]).fetchall()]  # fmt: skip
+
+    def taxon_rows(self) -> list[tuple]:
+        return self.con.execute(
+            f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live'"
+        ).fetchall()
+
+    def taxa_of(self, image_ids: Sequence[int]) -> dict[int, tuple]:
+        """image_id → (kingdom … scientific_name), the columns of TAXON_COLUMNS."""
+        if not len(image_ids):
+            return {}
+        return {r[0]: r[1:] for r in self.con.execute(
+            f"SELECT image_id, {TAXON_COLUMNS} FROM images WHERE image_id IN {_ids(image_ids)}"
+        ).fetchall()}  # fmt: skip
+
+    def same_bytes(self) -> list[tuple[str, list[int]]]:
+        """(sha256, image_ids) for every set of live images with identical bytes."""
+        return self.con.execute(
+            "SELECT sha256, list(image_id ORDER BY image_id) FROM images "
+            "WHERE status='live' AND sha256 IS NOT NULL GROUP BY sha256 HAVING count(*) > 1"
+        ).fetchall()
+
+    # ---- what a writer needs to know ------------------------------------------------------
+
+    def ids_of_uris(self, uris: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """uri → (image_id, segment file) for the uris already in the catalog."""
+        if not uris or not self.files.get("images"):
+            return {}
+        self.con.register("_asked", {"uri": np.asarray(list(uris), dtype=object)})
+        try:
+            found = self.con.execute(
+                f"SELECT i.uri, i.image_id, i.filename FROM read_parquet("
+                f"{_paths(self.root, self.files['images'])}, filename=true) i "
+                "SEMI JOIN _asked a ON i.uri = a.uri"
+            ).fetchall()
+        finally:
+            self.con.unregister("_asked")
+        return {uri: (int(i), _relative(self.root, f)) for uri, i, f in found}
+
+    def segments_of_ids(self, image_ids: Sequence[int]) -> dict[str, list[int]]:
+        """segment file → which of `image_ids` it holds."""
+        if not len(image_ids) or not self.files.get("images"):
+            return {}
+        self.con.register("_asked", {"image_id": np.asarray(image_ids, dtype=np.int64)})
+        try:
+            found = self.con.execute(
+                f"SELECT i.filename, list(i.image_id) FROM read_parquet("
+                f"{_paths(self.root, self.files['images'])}, filename=true) i "
+                "SEMI JOIN _asked a ON i.image_id = a.image_id GROUP BY i.filename"
+            ).fetchall()
+        finally:
+            self.con.unregister("_asked")
+        return {_relative(self.root, f): list(ids) for f, ids in found}
+
+    def changed_metadata(self, columns: dict[str, np.ndarray]) -> list[str]:
+        """The uris (of `columns["uri"]`) whose stored Darwin Core values differ from these."""
+        if not len(columns["uri"]):
+            return []
+        self.con.register("_incoming", columns)
+        try:
+            differs = " OR ".join(f'n."{c}" IS DISTINCT FROM CAST(i."{c}" AS {_type(c)})'
+                                  for c in METADATA_COLUMNS)  # fmt: skip
+            found = self.con.execute(
+                f"SELECT n.uri FROM {self._typed('_incoming', IMAGE_COLUMNS, METADATA_COLUMNS)} n "
+                f"JOIN images i ON i.uri = n.uri WHERE {differs}"
+            ).fetchall()
+        finally:
+            self.con.unregister("_incoming")
+        return [r[0] for r in found]
+
+    # ---- a format-1 catalog (one DuckDB file), read once to migrate it -----------------
+
+    def open_legacy(self, path: Path) -> dict[str, Any]:
+        """Attach a format-1 catalog.duckdb read-only; returns what migration needs."""
+        try:
+            self.con.execute(f"ATTACH {_quote(str(path))} AS legacy (READ_ONLY)")
+        except duckdb.Error as exc:
+            raise BioindexError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+        runs = self._dicts("SELECT * FROM legacy.runs ORDER BY run_id")
+        for run in runs:
+            try:
+                run["sources"] = json.loads(run.get("sources") or "[]")
+            except ValueError:
+                run["sources"] = [run.get("sources")]
+        return {
+            "generation": int(self._one(
+                "SELECT coalesce(max(value::BIGINT), 0) FROM legacy.meta WHERE key='generation'")),
+            "next_image_id": int(self._one(
+                "SELECT coalesce(max(image_id), 0) + 1 FROM legacy.images")),
+            "shards": [r[0] for r in self.con.execute(
+                "SELECT DISTINCT shard FROM legacy.images WHERE shard IS NOT NULL ORDER BY 1"
+            ).fetchall()],
+            "runs": runs,
+        }  # fmt: skip
+
+    def export_legacy(self, table: str, path: Path) -> int:
+        return self.export_table(f"SELECT * FROM legacy.{table}", table, path)
+
+    def close_legacy(self) -> None:
+        self.con.execute("DETACH legacy")
+
+    # ---- writes (new files only) -----------------------------------------------------------
+
+    def write_images(self, columns: dict[str, np.ndarray], path: Path) -> int:
+        """A new images segment from record columns; indexed_at is now."""
+        self.con.register("_incoming", columns)
+        try:
+            select = self._typed("_incoming", IMAGE_COLUMNS, [*columns, "indexed_at"],
+                                 defaults={"indexed_at": "now()"})  # fmt: skip
+            return self._copy(f"SELECT * FROM {select} ORDER BY image_id", path)
+        finally:
+            self.con.unregister("_incoming")
+
+    def rewrite_images(self, segment: str, path: Path, *, drop: Sequence[int] = (),
+                       delete: Sequence[int] = (), status: str = "deleted",
+                       updates: dict[str, np.ndarray] | None = None) -> int:  # fmt: skip
+        """A copy of `segment` without the rows `drop`, with rows `delete` set to `status`,
+        and with the metadata of the rows whose uri is in `updates` replaced."""
+        source = f"read_parquet({_paths(self.root, [segment])})"
+        where = f"WHERE image_id NOT IN {_ids(drop)}" if len(drop) else ""
+        status_sql = (f"CASE WHEN i.image_id IN {_ids(delete)} THEN '{status}' "
+                      "ELSE i.status END" if len(delete) else "i.status")  # fmt: skip
+        replaced = [f"{status_sql} AS status"]
+        join = ""
+        if updates is not None:
+            self.con.register("_updates", updates)
+            typed = self._typed("_updates", IMAGE_COLUMNS, ["uri", *METADATA_COLUMNS])
+            join = f"LEFT JOIN {typed} u ON u.uri = i.uri"
+            replaced += [f'CASE WHEN u.uri IS NULL THEN i."{c}" ELSE u."{c}" END AS "{c}"'
+                         for c in METADATA_COLUMNS]  # fmt: skip
+        try:
+            return self._copy(
+                f"SELECT i.* REPLACE ({', '.join(replaced)}) FROM (SELECT * FROM {source} "
+                f"{where}) i {join} ORDER BY i.image_id", path)  # fmt: skip
+        finally:
+            if updates is not None:
+                self.con.unregister("_updates")
+
+    def compact_images(self, segments: Sequence[str], path: Path) -> int:
+        return self._copy(f"SELECT * FROM read_parquet({_paths(self.root, segments)}) "
+                          "ORDER BY image_id", path)  # fmt: skip
+
+    def write_failures(self, new: dict[str, np.ndarray], drop_uris: Sequence[str],
+                       path: Path) -> int:  # fmt: skip
+        """The failures table less `drop_uris`, plus `new` (failed now)."""
+        self.con.register("_new", new)
+        self.con.register("_drop", {"uri": np.asarray(list(drop_uris), dtype=object)})
+        try:
+            typed = self._typed("_new", FAILURE_COLUMNS, [*new, "failed_at"],
+                                defaults={"failed_at": "now()"})  # fmt: skip
+            return self._copy(
+                "SELECT * FROM failures f WHERE f.uri NOT IN (SELECT uri FROM _drop) "
+                f"UNION ALL SELECT * FROM {typed}", path)  # fmt: skip
+        finally:
+            self.con.unregister("_new")
+            self.con.unregister("_drop")
+
+    def write_occurrences(self, columns: dict[str, np.ndarray], path: Path) -> int:
+        self.con.register("_incoming", columns)
+        try:
+            return self._copy(
+                f"SELECT * FROM {self._typed('_incoming', OCCURRENCE_COLUMNS, list(columns))}",
+                path)  # fmt: skip
+        finally:
+            self.con.unregister("_incoming")
+
+    def export_table(self, source_sql: str, table: str, path: Path) -> int:
+        """Rows of any query (a legacy catalog's table, say), typed as `table`'s columns."""
+        columns = _TABLES[table]
+        select = ", ".join(f'CAST("{n}" AS {t}) AS "{n}"' for n, t in columns)
+        return self._copy(f"SELECT {select} FROM ({source_sql})", path)
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _copy(self, select: str, path: Path) -> int:
+        """Write a query's rows to a Parquet file, durably; returns the row count."""
+        tmp = path.with_name(path.name + files.TMP_SUFFIX)
+        with files.disk_errors(path):
+            try:
+                self.con.execute(f"COPY ({select}) TO {_quote(str(tmp))} (FORMAT parquet)")
+            except duckdb.IOException as exc:
+                tmp.unlink(missing_ok=True)
+                raise OSError(_errno_of(exc), str(exc).splitlines()[0]) from exc
+            files.fsync_file(tmp)
+            files.publish(tmp, path)
+        return self._one(f"SELECT count(*) FROM read_parquet({_quote(str(path))})")
+
+    def _typed(self, relation: str, columns: Sequence[tuple[str, str]], present: Sequence[str],
+               defaults: dict[str, str] | None = None) -> str:  # fmt: skip
+        """A subquery with every column of `columns`, cast, NULL where not `present`."""
+        defaults = defaults or {}
+        parts = []
+        for name, kind in columns:
+            if name in defaults:
+                value = defaults[name]
+            elif name in present:
+                value = f'"{name}"'
+            else:
+                value = "NULL"
+            parts.append(f'CAST({value} AS {kind}) AS "{name}"')
+        return f"(SELECT {', '.join(parts)} FROM {relation})"
+
+    def _one(self, sql: str) -> Any:
+        return self.con.execute(sql).fetchone()[0]
+
+    def _dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        result = self.con.execute(sql, list(params))
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, values)) for values in result.fetchall()]
+
+
+def _ddl(columns: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f'"{n}" {t}' for n, t in columns)
+
+
+def _null_columns(columns: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in columns)
+
+
+def _type(column: str) -> str:
+    return dict(IMAGE_COLUMNS)[column]
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _paths(root: Path, names: Sequence[str]) -> str:
+    return "[" + ", ".join(_quote(str(root / n)) for n in names) + "]"
+
+
+def _relative(root: Path, filename: str) -> str:
+    return os.path.relpath(filename, root)
+
+
+def _ids(image_ids: Sequence[int]) -> str:
+    values = [int(i) for i in image_ids]
+    if len(values) <= _INLINE_IDS:
+        return "(" + ", ".join(map(str, values)) + ")" if values else "(NULL)"
+    return "(SELECT unnest([" + ", ".join(map(str, values)) + "]))"
+
+
+def _errno_of(exc: Exception) -> int:
+    import errno
+
+    text = str(exc)
+    if "No space left" in text:
+        return errno.ENOSPC
+    if "Permission denied" in text:
+        return errno.EACCES
+    if "Read-only file system" in text:
+        return errno.EROFS
+    return errno.EIO

@@ -1,0 +1,787 @@
+"""The store front: opening, creating, and the one place that orders every write.
+
+    STORE/
+      manifest.json        format version + the model identity (created once, O_EXCL)
+      CURRENT              the latest committed generation
+      snapshots/           one JSON file per generation: its files, with checksums
+      catalog/             Parquet segments: images-*, failures-*, occurrences-*
+      embeddings/          shard-<generation>.npy: float16 [rows, dim], L2-normalised
+      index/               index-<generation>.faiss + .ids.npy (derived, rebuildable)
+      writer.lock          flock of the one writer
+
+Every write makes new files, fsyncs them, writes the next snapshot and switches CURRENT
+(see snapshot.py): a crash at any point leaves the old generation or the new one. Readers
+pin a generation and never wait for the writer; `refresh` moves them to the newest.
+
+This package never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bioindex import faiss_index
+from bioindex.errors import BioindexError
+from bioindex.faiss_index import IndexSpec
+from bioindex.store import files, legacy, shards, snapshot
+from bioindex.store.catalog import Catalog
+from bioindex.store.layout import (
+    CATALOG_DIR,
+    DATA_DIRS,
+    INDEX_DIR,
+    LOCK_FILE,
+    MANIFEST,
+    SHARD_DIR,
+)
+from bioindex.store.live_index import IndexBuilder, LiveIndex, local_builder, structure
+from bioindex.store.lock import WriterLock
+from bioindex.store.records import (
+    Failure,
+    ImageRecord,
+    darwin_core_columns,
+    failure_columns,
+    image_columns,
+    texts,
+)
+from bioindex.store.snapshot import Snapshot
+
+FORMAT_VERSION = snapshot.FORMAT_VERSION
+# Compaction: once this many segments hold fewer than SMALL_SEGMENT rows each, they are
+# merged into one (a run commits every few thousand images; readers should not have to
+# open thousands of files).
+COMPACT_AT = 16
+SMALL_SEGMENT = 256 * 1024
+OCCURRENCE_CHUNK = 100_000
+log = logging.getLogger(__name__)
+
+
+def fault(point: str) -> None:
+    """Test hook: BIOINDEX_FAULT=<point> kills this process (SIGKILL) at that write point,
+    BIOINDEX_FAULT=<point>:<n> at its n-th visit."""
+    wanted = os.environ.get("BIOINDEX_FAULT")
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    if name != point:
+        return
+    visits = _FAULT_VISITS[point] = _FAULT_VISITS.get(point, 0) + 1
+    if visits >= int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAULT_VISITS: dict[str, int] = {}
+
+
+class Store:
+    """An open store. Use `Store.create` / `Store.open`; close when done."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], read_only: bool,
+                 map_index: bool = False, lock: WriterLock | None = None):  # fmt: skip
+        self.path = root
+        self.manifest = manifest
+        self.read_only = read_only
+        self._lock = lock
+        self.catalog = Catalog(root)
+        self._pin = snapshot.Pin(root) if read_only else None
+        self._shards = shards.Shards(root, [])
+        self._live = LiveIndex(root, self.catalog, self._shards, mapped=map_index and read_only)
+        self.builder: IndexBuilder = local_builder
+        self._verified: set[str] = set()  # catalog files already checked against records
+        self.snap: Snapshot = self._pin.latest() if self._pin else snapshot.read(
+            root, snapshot.read_current(root))
+        self._attach(self.snap)
+
+    # ---- opening -------------------------------------------------------------------
+
+    @classmethod
+    def exists(cls, path: str | os.PathLike[str]) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], model: dict[str, Any],
+               wait: bool | float = False) -> Store:  # fmt: skip
+        """Make a new store, exclusively. When another run made it meanwhile with the same
+        model, this opens it for writing; with another model it is refused."""
+        root = Path(path)
+        _check_new_store_dir(root)
+        with files.disk_errors(root):
+            root.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(root)
+        lock.acquire(wait)
+        try:
+            if (root / MANIFEST).is_file():
+                store = cls.open(root, lock=lock)
+                _require_same_model(store, model)
+                return store
+            _check_new_store_dir(root)
+            for name in DATA_DIRS:
+                with files.disk_errors(root / name):
+                    (root / name).mkdir(exist_ok=True)
+            first = Snapshot(generation=0, model=model, created_at=_now_iso(),
+                             index_spec=IndexSpec(kind="flat", dim=int(model["dim"])).to_json())
+            snapshot.write(root, first)
+            snapshot.switch(root, 0)
+            manifest = {"format_version": FORMAT_VERSION, "created_at": first.created_at,
+                        "model": model}  # fmt: skip
+            # Last, and exclusive: a folder is a store from the moment it has a manifest.
+            if not files.create_exclusive(root / MANIFEST, json.dumps(manifest, indent=2)):
+                raise BioindexError(f"store {root} was created by another process meanwhile")
+            return cls(root, manifest, read_only=False, lock=lock)
+        except BaseException:
+            if lock.held and not (root / MANIFEST).is_file():
+                lock.release()
+            raise
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], read_only: bool = False,
+             map_index: bool = False, wait: bool | float = False,
+             lock: WriterLock | None = None) -> Store:  # fmt: skip
+        """Open a store. Read-only stores read the latest generation and never wait for a
+        writer; a writable one takes the writer lock (`wait` as in WriterLock.acquire).
+
+        `map_index` (read-only only) maps the index file rather than reading it: a one-off
+        query on a large store starts at once, but searches run slower than from memory,
+        so long-lived readers (the server) leave it off."""
+        root = Path(path)
+        manifest = read_manifest(root)
+        if manifest.get("format_version") == legacy.FORMAT_VERSION and lock is None:
+            legacy.migrate(root, wait=True if wait is False else wait)
+            with cls.open(root) as migrated:  # save the rebuilt index once, for readers
+                migrated.index()
+                migrated.save_index()
+            manifest = read_manifest(root)
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise BioindexError(
+                f"store {root} has format version {manifest.get('format_version')}, made by "
+                f"a newer bioindex; this one reads {FORMAT_VERSION} (upgrade bioindex)"
+            )
+        if read_only:
+            return cls(root, manifest, read_only=True, map_index=map_index)
+        if lock is None:
+            lock = WriterLock(root)
+            lock.acquire(wait)
+        try:
+            store = cls(root, manifest, read_only=False, lock=lock)
+            store._collect(leftovers=True)
+        except BaseException:
+            lock.release()
+            raise
+        return store
+
+    def close(self) -> None:
+        if self._lock is not None and self._lock.held:
+            try:
+                self._collect()
+            except BioindexError as exc:  # a full disk must not turn a finished run red
+                log.warning("could not tidy old generations: %s", exc)
+            self._lock.release()
+        if self._pin is not None:
+            self._pin.release()
+        self.catalog.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.manifest["model"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.model["dim"])
+
+    def generation(self) -> int:
+        return self.snap.generation
+
+    def refresh(self) -> bool:
+        """Move a reader to the newest generation, if there is one (one stat call when
+        not). Returns whether it moved."""
+        if self._pin is None or not self._pin.changed():
+            return False
+        self._live.remember_content()
+        self._attach(self._pin.latest())
+        return True
+
+    def _attach(self, snap: Snapshot) -> None:
+        records = [*snap.images, *snap.occurrences, *([snap.failures] if snap.failures else [])]
+        for record in records:
+            if record["file"] in self._verified:
+                continue
+            wrong = files.problem(self.path / record["file"], record)
+            if wrong:
+                raise BioindexError(f"store {self.path}: catalog file {record['file']} is "
+                                    f"{wrong}; run bioindex check --store {self.path} --repair")
+            self._verified.add(record["file"])
+        self.snap = snap
+        self.catalog.attach(snap)
+        self._shards.update(snap.shards)
+        self._live.changed()
+
+    # ---- catalog reads -------------------------------------------------------------
+
+    def live_count(self) -> int:
+        return self.catalog.live_count()
+
+    def known_files(self) -> dict[str, tuple[int, int | None, float | None, str]]:
+        return self.catalog.known_files()
+
+    def known_failures(self) -> dict[str, tuple[int | None, float | None]]:
+        return self.catalog.known_failures()
+
+    def rows(self, image_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        return self.catalog.rows(image_ids)
+
+    def failures(self) -> list[dict[str, Any]]:
+        return self.catalog.failures()
+
+    def ids_where(self, sql: str, params: Sequence[Any]) -> np.ndarray:
+        return self.catalog.ids_where(sql, params)
+
+    def runs(self) -> list[dict[str, Any]]:
+        return list(self.snap.runs)
+
+    def next_run_id(self) -> int:
+        return max((int(r["run_id"]) for r in self.snap.runs), default=0) + 1
+
+    def vectors(self, image_ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors (float32) in the order asked for; unknown or deleted ids raise."""
+        locations = self.catalog.locations(image_ids)
+        missing = [i for i in image_ids if int(i) not in locations]
+        if missing:
+            raise BioindexError(f"no live image with image_id {missing[0]} in {self.path}")
+        out = np.empty((len(image_ids), self.dim), dtype=np.float32)
+        for position, image_id in enumerate(image_ids):
+            shard, row = locations[int(image_id)]
+            out[position] = self._shards.get(shard)[row]
+        return out
+
+    def iter_live_vectors(self, batch: int = 65536) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """(ids int64, vectors float32) for every live image, one shard at a time."""
+        for shard, ids, rows in self.catalog.live_shards():
+            data = self._shards.load(shard)
+            for start in range(0, len(ids), batch):
+                part = rows[start : start + batch]
+                yield ids[start : start + batch], np.asarray(data[part], dtype=np.float32)
+
+    def live_shard_files(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(shard path, live image_ids, their rows) for every shard, each verified."""
+        out = []
+        for shard, ids, rows in self.catalog.live_shards():
+            self._shards.load(shard)
+            out.append((str(self.path / SHARD_DIR / shard), ids, rows))
+        return out
+
+    def info(self) -> dict[str, Any]:
+        counts = self.catalog.status_counts()
+        runs = self.runs()
+        index = self.index()
+        spec = self.index_spec
+        return {
+            "store": str(self.path),
+            "generation": self.snap.generation,
+            "model": self.model.get("name"),
+            "model_source": self.model.get("source"),
+            "weights_sha256": self.model.get("weights_sha256"),
+            "dim": self.dim,
+            "preprocess": self.model.get("preprocess"),
+            "images_live": counts.get("live", 0),
+            "images_deleted": counts.get("deleted", 0),
+            "images_lost": counts.get("lost", 0),
+            "failures": self.catalog.failure_count(),
+            "occurrences": self.catalog.occurrence_count(),
+            "index_kind": spec.kind,
+            "index_ntotal": int(index.ntotal),
+            "index_search": spec.search or None,
+            "index_rerank": spec.rerank,
+            "index_build": spec.built or None,
+            "index_advice": self.index_advice() or None,
+            "store_bytes": _tree_size(self.path),
+            "last_run": runs[-1] if runs else None,
+        }
+
+    # ---- writes --------------------------------------------------------------------
+
+    def commit(
+        self,
+        records: Sequence[ImageRecord],
+        vectors: np.ndarray,
+        failures: Sequence[Failure] = (),
+        run_id: int | None = None,
+    ) -> list[int]:
+        """Atomically add (or replace, by uri) embedded images and record failures."""
+        self._require_writable()
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(records), self.dim):
+            raise BioindexError(
+                f"vectors of shape {vectors.shape} do not fit {len(records)} images of dim "
+                f"{self.dim} in {self.path}"
+            )
+        nxt = self.snap.next()
+        existing: dict[str, tuple[int, str]] = {}
+        ids: list[int] = []
+        if records:
+            shard = shards.write(self.path, nxt.generation, vectors)
+            fault("after-shard")
+            nxt.shards.append(shard)
+            existing = self.catalog.ids_of_uris([r.uri for r in records])
+            for record in records:
+                if record.uri in existing:
+                    ids.append(existing[record.uri][0])
+                else:
+                    ids.append(nxt.next_image_id)
+                    nxt.next_image_id += 1
+            # Replaced rows leave their old segments; the new rows form a segment of their own.
+            by_segment: dict[str, list[int]] = {}
+            for image_id, segment in existing.values():
+                by_segment.setdefault(segment, []).append(image_id)
+            self._rewrite_segments(nxt, by_segment, "drop")
+            table = image_columns(records, ids, Path(shard["file"]).name, run_id)
+            nxt.images.append(self._segment(nxt, "images", lambda p: self.catalog.write_images(
+                table, p)))  # fmt: skip
+            fault("after-segment")
+            nxt.vectors_version += 1
+        touched = [r.uri for r in records] + [f.uri for f in failures]
+        known = self.catalog.known_failures() if touched else {}
+        if failures or any(uri in known for uri in touched):
+            new = failure_columns(failures, run_id)
+            nxt.failures = self._segment(nxt, "failures", lambda p: self.catalog.write_failures(
+                new, touched, p))  # fmt: skip
+        self._publish(nxt)
+        if self._live.loaded and records:
+            self._live.remove(i for i, _ in existing.values())
+            self._live.add(np.asarray(ids, dtype=np.int64), vectors)
+            self._live.version = nxt.vectors_version
+        self._maybe_compact(COMPACT_AT * 4)
+        return ids
+
+    def mark_deleted(self, image_ids: Sequence[int], status: str = "deleted") -> int:
+        """Soft-delete: rows stay (history), vectors leave the index and results at once.
+        status 'lost' marks rows whose vectors are gone (the next index run re-embeds)."""
+        self._require_writable()
+        if not len(image_ids):
+            return 0
+        ids = list(map(int, image_ids))
+        nxt = self.snap.next()
+        self._rewrite_segments(nxt, self.catalog.segments_of_ids(ids), "delete", status=status)
+        nxt.vectors_version += 1
+        self._publish(nxt)
+        if self._live.loaded:
+            self._live.remove(ids)
+            self._live.version = nxt.vectors_version
+        return len(ids)
+
+    def update_metadata(self, items: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """New Darwin Core values for images already embedded, by uri (no re-embedding).
+        Only rows whose values differ are rewritten; returns how many were."""
+        self._require_writable()
+        if not items:
+            return 0
+        columns = {"uri": texts([uri for uri, _ in items]),
+                   **darwin_core_columns([m for _, m in items])}  # fmt: skip
+        changed = self.catalog.changed_metadata(columns)
+        if not changed:
+            return 0
+        located = self.catalog.ids_of_uris(changed)
+        by_segment: dict[str, list[int]] = {}
+        for image_id, segment in located.values():
+            by_segment.setdefault(segment, []).append(image_id)
+        keep = np.isin(columns["uri"], np.asarray(changed, dtype=object))
+        updates = {name: values[keep] for name, values in columns.items()}
+        nxt = self.snap.next()
+        self._rewrite_segments(nxt, by_segment, "update", updates=updates)
+        fault("metadata-segment")
+        self._publish(nxt)
+        return len(changed)
+
+    def upsert_occurrences(self, records: Iterable[dict[str, Any]],
+                           source: str | None = None) -> int:  # fmt: skip
+        """Occurrence (specimen) records, images or not, streamed into segments; the records
+        of each source replace that source's earlier ones as a whole."""
+        self._require_writable()
+        nxt = self.snap.next()
+        written: dict[str, list[dict[str, Any]]] = {}
+        total = 0
+        for chunk in _chunks(records, OCCURRENCE_CHUNK):
+            by_source: dict[str, list[dict[str, Any]]] = {}
+            for record in chunk:
+                by_source.setdefault(str(record.get("source", source or "")), []).append(record)
+            for name, part in by_source.items():
+                columns = _occurrence_columns(part)
+                index = len(written.get(name, []))
+                record = self._segment(nxt, f"occurrences-{index}",
+                                       lambda p, c=columns: self.catalog.write_occurrences(c, p))
+                record["source"] = name
+                written.setdefault(name, []).append(record)
+                total += len(part)
+        if not written:
+            return 0
+        nxt.occurrences = [r for r in nxt.occurrences if r.get("source") not in written]
+        nxt.occurrences += [r for parts in written.values() for r in parts]
+        self._publish(nxt)
+        return total
+
+    def record_run(self, run_id: int, started_at: float, sources: Sequence[str],
+                   **counts: Any) -> None:  # fmt: skip
+        self._require_writable()
+        nxt = self.snap.next()
+        nxt.runs.append({
+            "run_id": run_id, "started_at": _iso(started_at), "finished_at": _now_iso(),
+            "sources": list(sources), "embedded": counts.get("embedded", 0),
+            "unchanged": counts.get("unchanged", 0), "updated": counts.get("updated", 0),
+            "failed": counts.get("failed", 0), "deleted": counts.get("deleted", 0),
+            "seconds": round(time.time() - started_at, 2),
+        })  # fmt: skip
+        self._publish(nxt)
+
+    def compact(self) -> bool:
+        """Merge small catalog segments into one (same data, new generation)."""
+        return self._maybe_compact(2)
+
+    def _maybe_compact(self, at_least: int) -> bool:
+        small = [r["file"] for r in self.snap.images if r["rows"] < SMALL_SEGMENT]
+        if len(small) < at_least:
+            return False
+        nxt = self.snap.next()
+        merged = self._segment(nxt, "images-c", lambda p: self.catalog.compact_images(small, p))
+        fault("during-compaction")
+        nxt.images = [r for r in nxt.images if r["file"] not in small] + [merged]
+        self._publish(nxt)
+        return True
+
+    def _rewrite_segments(self, nxt: Snapshot, by_segment: dict[str, list[int]], how: str,
+                          status: str = "deleted", updates: dict[str, np.ndarray] | None = None,
+                          ) -> None:  # fmt: skip
+        for number, (segment, ids) in enumerate(sorted(by_segment.items())):
+            def write(path: Path, segment: str = segment, ids: list[int] = ids) -> int:
+                if how == "drop":
+                    return self.catalog.rewrite_images(segment, path, drop=ids)
+                if how == "delete":
+                    return self.catalog.rewrite_images(segment, path, delete=ids, status=status)
+                return self.catalog.rewrite_images(segment, path, updates=updates)
+
+            record = self._segment(nxt, f"images-r{number}", write)
+            nxt.images = [r for r in nxt.images if r["file"] != segment]
+            if record["rows"]:
+                nxt.images.append(record)
+            else:
+                (self.path / record["file"]).unlink(missing_ok=True)
+
+    def _segment(self, nxt: Snapshot, kind: str, write: Callable[[Path], int]) -> dict[str, Any]:
+        """Write one catalog file of the next generation; returns its record."""
+        name = f"{kind.split('-')[0]}-{nxt.generation:09d}{_suffix(kind)}.parquet"
+        path = self.path / CATALOG_DIR / name
+        rows = write(path)
+        return {"file": f"{CATALOG_DIR}/{name}", "rows": rows, **files.identity(path)}
+
+    def _publish(self, nxt: Snapshot) -> None:
+        """The commit point: the next snapshot, then CURRENT."""
+        nxt.created_at = _now_iso()
+        snapshot.write(self.path, nxt)
+        fault("before-switch")
+        snapshot.switch(self.path, nxt.generation)
+        self._attach(nxt)
+
+    def _collect(self, leftovers: bool = False) -> None:
+        """Delete generations no reader holds, and files no remaining generation lists.
+        `leftovers`: also what a killed writer wrote past CURRENT. Nothing is deleted when
+        the current generation's own files are not all there (run check instead)."""
+        current = self.snap.generation
+        missing = [r["file"] for r in self.snap.data_files()
+                   if not (self.path / r["file"]).is_file()]  # fmt: skip
+        if missing:
+            log.warning("store %s is missing %s; run bioindex check --repair", self.path,
+                        missing[0])  # fmt: skip
+            return
+        kept: set[str] = set()
+        for generation in snapshot.generations(self.path):
+            if generation == current:
+                continue
+            if generation > current and not leftovers:
+                continue
+            if generation < current and not snapshot.unpinned(self.path, generation):
+                try:
+                    kept |= snapshot.read(self.path, generation).file_names()
+                except BioindexError:
+                    pass
+                continue
+            snapshot.snapshot_path(self.path, generation).unlink(missing_ok=True)
+        kept |= self.snap.file_names()
+        for folder in (CATALOG_DIR, SHARD_DIR, INDEX_DIR):
+            for file in (self.path / folder).glob("*"):
+                name = f"{folder}/{file.name}"
+                if name not in kept and file.is_file():
+                    file.unlink(missing_ok=True)
+
+    # ---- the FAISS index (derived) -------------------------------------------------
+
+    @property
+    def index_spec(self) -> IndexSpec:
+        return IndexSpec.from_json(self.snap.index_spec, self.dim)
+
+    def index(self) -> Any:
+        """The FAISS index of this generation: the saved one when it is current and checks
+        out, caught up from an older one, or rebuilt from the shards."""
+        live, version, spec = self._live, self.snap.vectors_version, self.index_spec
+        if live.loaded and live.spec.to_json() != spec.to_json():
+            live.drop()  # build-index made another kind or tuning current
+        if not live.loaded:
+            if not live.load(self.snap.index, spec):
+                live.install(self._build_index(spec), spec, version)
+        if live.version != version:
+            try:
+                live.catch_up(version)
+            except BioindexError as exc:
+                log.warning("rebuilding the index (%s)", exc)
+                live.drop()
+                live.install(self._build_index(spec), spec, version)
+        return live.index
+
+    def save_index(self) -> None:
+        """Persist the in-memory index as part of a new generation (end of a write run)."""
+        if self.read_only or not self._live.loaded:
+            return
+        record = self.snap.index
+        if record and record.get("vectors_version") == self._live.version and record.get(
+                "structure") == structure(self.index_spec):  # fmt: skip
+            return  # the saved file is already this index
+        nxt = self.snap.next()
+        self._live.content = None
+        nxt.index = self._live.save(nxt.generation)
+        fault("after-index-file")
+        self._publish(nxt)
+
+    def rebuild_index(self) -> Any:
+        """Rebuild with the current kind and search settings (compacts deletions)."""
+        self._require_writable()
+        spec = self.index_spec
+        self._live.drop()
+        self._live.install(self._build_index(spec), spec, self.snap.vectors_version)
+        self.save_index()
+        return self._live.index
+
+    def build_index(
+        self,
+        kind: str = "auto",
+        memory: int = faiss_index.DEFAULT_MEMORY,
+        target_recall: float = faiss_index.DEFAULT_TARGET_RECALL,
+        rerank: bool | None = None,
+        queries: int = 500,
+        progress: Callable[[int], None] | None = None,
+        builder: IndexBuilder | None = None,
+    ) -> IndexSpec:
+        """Build the index of `kind` (auto picks by size, dim and memory budget) from the
+        stored vectors, tune it to `target_recall` against exact search on held-out stored
+        vectors, and make it, with its spec and measured recall and latency, a new
+        generation (the file and its record switch together)."""
+        self._require_writable()
+        if not 0.0 < target_recall <= 1.0:
+            raise BioindexError(f"target recall must be in (0, 1], got {target_recall}")
+        n = self.live_count()
+        spec = faiss_index.plan(kind, n, self.dim, memory, rerank)
+        self._live.drop()
+        started = time.perf_counter()
+        index = self._build_index(spec, progress, builder)
+        build_seconds = time.perf_counter() - started
+        self._live.install(index, spec, self.snap.vectors_version)  # searchable while tuning
+        spec = self._live.spec
+        probe_ids = self._sample_ids(min(queries, n))
+        tuning = None
+        if len(probe_ids):
+            probes = self.vectors(probe_ids)
+            # A stored vector is its own nearest neighbour; leaving it out of both answers
+            # makes it a held-out query against the other n-1.
+            truth = faiss_index.exact_neighbours(
+                self.iter_live_vectors(), probes, 10, exclude=probe_ids
+            )
+            tuning = faiss_index.tune(index, spec, probes, truth, target_recall,
+                                      fetch=self._live.fetch, exclude=probe_ids)  # fmt: skip
+        spec.built = {
+            "requested_kind": kind,
+            "memory_budget": int(memory),
+            "target_recall": target_recall,
+            "ntotal": int(index.ntotal),
+            "trained_on": faiss_index.training_size(spec, n),
+            "build_seconds": round(build_seconds, 2),
+            "built_at": _now_iso(),
+            **({k: v for k, v in vars(tuning).items() if k != "search"} if tuning else {}),
+        }
+        faiss_index.set_search(index, spec)
+        nxt = self.snap.next()
+        self._live.content = None
+        nxt.index = self._live.save(nxt.generation)
+        fault("after-index-file")
+        spec.built["index_bytes"] = nxt.index["file"]["size"]
+        nxt.index_spec = spec.to_json()
+        self._publish(nxt)
+        return spec
+
+    def index_advice(self) -> list[str]:
+        """Why a rebuild would pay now, if it would."""
+        spec, index = self.index_spec, self.index()
+        built, ntotal, advice = spec.built, int(index.ntotal), []
+        trained_at = built.get("ntotal") or 0
+        if spec.kind.startswith("ivf") and trained_at and ntotal > 4 * trained_at:
+            advice.append(
+                f"the IVF lists were trained when the index held {trained_at} vectors and it "
+                f"now holds {ntotal}: bioindex build-index would re-balance them"
+            )
+        removed = self._live.removed
+        if removed and len(removed) > 0.1 * max(ntotal, 1):
+            advice.append(
+                f"{len(removed)} deleted vectors are still in the {spec.kind} graph "
+                "(filtered out of results): a rebuild would compact them"
+            )
+        requested = built.get("requested_kind", "auto")
+        if requested == "auto":
+            live = self.live_count()
+            budget = built.get("memory_budget", faiss_index.DEFAULT_MEMORY)
+            better = faiss_index.choose_kind(live, self.dim, budget)
+            if better != spec.kind:
+                advice.append(f"at {live} vectors auto would now pick {better} over {spec.kind}")
+        return advice
+
+    def search(
+        self, queries: np.ndarray, k: int, only: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Inner-product top-k: (scores [q, k], image_ids [q, k]); missing slots have id -1.
+
+        `only` restricts the search to those image_ids, exactly: a flat index filters while
+        it scans, an approximate one is bypassed for a brute-force pass over their vectors.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise BioindexError(
+                f"query vectors have shape {queries.shape}; this store holds dim {self.dim}"
+            )
+        self.index()
+        return self._live.search(queries, k, only)
+
+    def range_search(self, vectors: np.ndarray, radius: float) -> list[np.ndarray]:
+        """For each vector, the ids whose stored vector scores at least `radius` with it
+        (approximate on approximate kinds)."""
+        self.index()
+        return self._live.range_search(vectors, radius)
+
+    def _build_index(self, spec: IndexSpec, progress: Callable[[int], None] | None = None,
+                     builder: IndexBuilder | None = None) -> Any:  # fmt: skip
+        n = self.live_count()
+        if spec.kind.startswith("ivf") and n < spec.nlist * faiss_index.MIN_POINTS_PER_LIST:
+            # Too few vectors left to train those lists (say after mass deletion).
+            spec = faiss_index.plan("flat", n, self.dim)
+            self.snap.index_spec = spec.to_json()
+        size = faiss_index.training_size(spec, n)
+        sample = self.vectors(self._sample_ids(size)) if size else None
+        index = (builder or self.builder)(spec, sample, self, progress)
+        faiss_index.set_search(index, spec)
+        return index
+
+    def _sample_ids(self, n: int) -> np.ndarray:
+        """n distinct live image_ids, a fixed-seed random sample (reproducible builds)."""
+        if n <= 0:
+            return np.empty(0, dtype=np.int64)
+        ids = np.sort(self.catalog.live_ids())
+        rng = np.random.default_rng(0)
+        return np.sort(rng.choice(ids, min(n, len(ids)), replace=False))
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise BioindexError(f"store {self.path} is open read-only")
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    if root.exists() and not root.is_dir():
+        raise BioindexError(f"store path {root} exists and is not a directory")
+    path = root / MANIFEST
+    if not path.is_file():
+        if holds_store_data(root):
+            raise BioindexError(f"{root} holds bioindex data but no {MANIFEST}; run bioindex "
+                                f"check --store {root} --repair")  # fmt: skip
+        raise BioindexError(f"{root} is not a bioindex store (no {MANIFEST}); run bioindex index")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BioindexError(f"{path} is unreadable: {exc}") from exc
+
+
+def holds_store_data(root: Path) -> bool:
+    """Vectors or a catalog are there (whatever else is missing)."""
+    if (root / legacy.CATALOG).exists():
+        return True
+    for folder, pattern in ((SHARD_DIR, "*.npy"), (CATALOG_DIR, "*.parquet")):
+        if (root / folder).is_dir() and any((root / folder).glob(pattern)):
+            return True
+    return False
+
+
+def _check_new_store_dir(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise BioindexError(f"store path {root} exists and is not a directory")
+    if not root.is_dir() or (root / MANIFEST).is_file():
+        return
+    if holds_store_data(root):
+        raise BioindexError(f"{root} holds bioindex data but no {MANIFEST}; it is never "
+                            f"written over: run bioindex check --store {root} --repair")
+    # What an interrupted create leaves behind (nothing of value) may be reused.
+    ours = {*DATA_DIRS, LOCK_FILE, snapshot.CURRENT, snapshot.CURRENT + files.TMP_SUFFIX,
+            MANIFEST + files.TMP_SUFFIX, SHARD_DIR}  # fmt: skip
+    if any(p.name not in ours for p in root.iterdir()):
+        raise BioindexError(f"store path {root} is a non-empty folder that is not a bioindex "
+                            f"store")  # fmt: skip
+
+
+def _require_same_model(store: Store, model: dict[str, Any]) -> None:
+    mine = store.model
+    for key in ("weights_sha256", "dim", "preprocess"):
+        if key in model and key in mine and model[key] != mine[key]:
+            store.close()
+            raise BioindexError(
+                f"store {store.path} was made with model {mine.get('name')} (dim {mine.get('dim')},"
+                f" {key} {str(mine[key])[:16]}); this run's model {model.get('name')} differs")
+
+
+def _occurrence_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    columns = {"core_id": texts([str(r["core_id"]) for r in records]),
+               "source": texts([str(r.get("source", "")) for r in records])}  # fmt: skip
+    columns.update(darwin_core_columns(
+        [{k: v for k, v in r.items() if k not in ("core_id", "source")} for r in records]))
+    return columns
+
+
+def _chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _suffix(kind: str) -> str:
+    head, _, tail = kind.partition("-")
+    return f"-{tail}" if tail else ""
+
+
+def _tree_size(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _now_iso() -> str:
+    return _iso(time.time())

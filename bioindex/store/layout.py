@@ -1,0 +1,10 @@
+"""The names of a store's files and folders (see front.py for what each holds)."""
+
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+SNAPSHOT_DIR = "snapshots"
+CATALOG_DIR = "catalog"
+SHARD_DIR = "embeddings"
+INDEX_DIR = "index"
+LOCK_FILE = "writer.lock"
+DATA_DIRS = (CATALOG_DIR, SHARD_DIR, INDEX_DIR, SNAPSHOT_DIR)

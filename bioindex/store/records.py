@@ -1,0 +1,178 @@
+"""What goes into the catalog: image records, failures, and Darwin Core columns.
+
+Rows reach DuckDB as a dict of NumPy arrays (its NumPy scan), not as an Arrow table:
+pyarrow's first array imports pandas when that is installed, 0.25-0.5 s that the last
+commit of every run waited for (apache/arrow#34994).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bioindex.taxonomy import RANK_COLUMNS, split_binomial
+
+RANKS = RANK_COLUMNS  # the catalog's rank columns (kept under this name for callers)
+
+DWC_TEXT_COLUMNS = (
+    "occurrence_id", "catalog_number", "institution_code", "collection_code",
+    "basis_of_record", "scientific_name", "taxon_rank", *RANK_COLUMNS, "vernacular_name",
+    "country_code", "event_date", "recorded_by", "license", "rights_holder", "creator",
+)  # fmt: skip
+DWC_FLOAT_COLUMNS = ("decimal_latitude", "decimal_longitude")
+DWC_COLUMNS = DWC_TEXT_COLUMNS + DWC_FLOAT_COLUMNS
+# Columns a metadata update may change; everything else belongs to the embedded file.
+METADATA_COLUMNS = (*DWC_COLUMNS, "extra")
+
+IMAGE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("image_id", "BIGINT"), ("uri", "VARCHAR"), ("status", "VARCHAR"), ("size", "BIGINT"),
+    ("mtime", "DOUBLE"), ("sha256", "VARCHAR"), ("width", "INTEGER"), ("height", "INTEGER"),
+    ("shard", "VARCHAR"), ("shard_row", "INTEGER"), ("run_id", "INTEGER"),
+    ("indexed_at", "TIMESTAMP"),
+    *((c, "VARCHAR") for c in DWC_TEXT_COLUMNS), *((c, "DOUBLE") for c in DWC_FLOAT_COLUMNS),
+    ("extra", "VARCHAR"),
+)  # fmt: skip
+FAILURE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("uri", "VARCHAR"), ("stage", "VARCHAR"), ("error", "VARCHAR"), ("run_id", "INTEGER"),
+    ("failed_at", "TIMESTAMP"), ("size", "BIGINT"), ("mtime", "DOUBLE"),
+)  # fmt: skip
+OCCURRENCE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("core_id", "VARCHAR"), ("source", "VARCHAR"),
+    *((c, "VARCHAR") for c in DWC_TEXT_COLUMNS), *((c, "DOUBLE") for c in DWC_FLOAT_COLUMNS),
+    ("extra", "VARCHAR"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One embedded image on its way into the catalog."""
+
+    uri: str
+    size: int | None
+    mtime: float | None
+    sha256: str | None
+    width: int | None
+    height: int | None
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failure:
+    uri: str
+    stage: str
+    error: str
+    size: int | None = None
+    mtime: float | None = None
+
+
+def dwc_column(term: str) -> str:
+    """catalogNumber, dwc:catalogNumber, catalog_number, CatalogNumber → catalog_number."""
+    term = term.strip()
+    term = term.rsplit("/", 1)[-1]  # full IRIs: http://rs.tdwg.org/dwc/terms/catalogNumber
+    term = term.split(":", 1)[-1]
+    term = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", term)
+    return re.sub(r"[^0-9a-zA-Z]+", "_", term).strip("_").lower()
+
+
+def split_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Darwin Core columns the catalog knows, and everything else (for `extra`)."""
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if value is None or (isinstance(value, str) and value == ""):
+            continue
+        column = dwc_column(key)
+        if column in DWC_COLUMNS:
+            known[column] = value
+        else:
+            extra[key] = value
+    return fill_ranks(known), extra
+
+
+def fill_ranks(known: dict[str, Any]) -> dict[str, Any]:
+    """Genus and specific epithet from a binomial scientificName when those columns are
+    empty. Nothing above genus is ever filled: a name alone does not say its family."""
+    binomial = split_binomial(str(known.get("scientific_name", "")))
+    if binomial and not known.get("genus") and not known.get("specific_epithet"):
+        known["genus"], known["specific_epithet"] = binomial
+    return known
+
+
+def darwin_core_columns(metadatas: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Catalog columns (Darwin Core + `extra` JSON) for rows of free-form metadata."""
+    split = [split_metadata(metadata) for metadata in metadatas]
+    # Most columns of most chunks are empty (a folder of photos has no metadata at all):
+    # those are filled whole rather than looked up row by row.
+    present = set().union(*(known for known, _ in split))
+    empty = np.full(len(split), None, dtype=object)
+    columns: dict[str, np.ndarray] = {}
+    for column in DWC_TEXT_COLUMNS:
+        columns[column] = (texts([_text(known.get(column)) for known, _ in split])
+                           if column in present else empty)  # fmt: skip
+    for column in DWC_FLOAT_COLUMNS:
+        columns[column] = (numbers([_float(known.get(column)) for known, _ in split])
+                           if column in present else np.full(len(split), np.nan))  # fmt: skip
+    columns["extra"] = texts([json.dumps(extra, default=str, sort_keys=True) if extra else None
+                              for _, extra in split])  # fmt: skip
+    return columns
+
+
+def image_columns(records: Sequence[ImageRecord], ids: Sequence[int], shard: str | None,
+                  run_id: int | None) -> dict[str, np.ndarray]:  # fmt: skip
+    n = len(records)
+    table = {
+        "image_id": np.asarray(ids, dtype=np.int64),
+        "uri": texts([r.uri for r in records]),
+        "status": texts(["live"] * n),
+        "size": numbers([r.size for r in records]),
+        "mtime": numbers([r.mtime for r in records]),
+        "sha256": texts([r.sha256 for r in records]),
+        "width": numbers([r.width for r in records]),
+        "height": numbers([r.height for r in records]),
+        "shard": texts([shard] * n),
+        "shard_row": np.arange(n, dtype=np.int64),
+        "run_id": numbers([run_id] * n),
+    }
+    table.update(darwin_core_columns([r.metadata for r in records]))
+    return table
+
+
+def failure_columns(failures: Sequence[Failure], run_id: int | None) -> dict[str, np.ndarray]:
+    return {
+        "uri": texts([f.uri for f in failures]),
+        "stage": texts([f.stage for f in failures]),
+        "error": texts([f.error for f in failures]),
+        "run_id": numbers([run_id] * len(failures)),
+        "size": numbers([f.size for f in failures]),
+        "mtime": numbers([f.mtime for f in failures]),
+    }
+
+
+def texts(values: Sequence[str | None]) -> np.ndarray:
+    """Text column: str and None in an object array, which the scan reads as VARCHAR."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = list(values)
+    return column
+
+
+def numbers(values: Sequence[float | None]) -> np.ndarray:
+    """Numeric column, None as NaN, which the scan reads as NULL; the INSERT casts it to the
+    column's type (integers are exact below 2**53). Typed, because the scan would guess an
+    object column's type from a sample of its rows."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
