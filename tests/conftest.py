@@ -58,28 +58,22 @@ def other_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def live_rows(store_path: Path) -> int:
-    import duckdb
+    from bioindex.store import Store
 
-    con = duckdb.connect(str(store_path / "catalog.duckdb"), read_only=True)
-    try:
-        return con.execute("SELECT count(*) FROM images WHERE status='live'").fetchone()[0]
-    finally:
-        con.close()
+    with Store.open(store_path, read_only=True) as store:
+        return store.live_count()
 
 
 def assert_index_matches_catalog(store_path: Path) -> None:
     """The contract: FAISS ntotal == live rows, and the ids are the same set."""
+    import faiss
+
     from bioindex.store import Store
 
     with Store.open(store_path, read_only=True) as store:
         index = store.index()
-        ids = {
-            r[0]
-            for r in store.con.execute("SELECT image_id FROM images WHERE status='live'").fetchall()
-        }
+        ids = set(store.catalog.live_ids().tolist())
         assert index.ntotal == len(ids) == live_rows(store_path)
-        import faiss
-
         stored = set(faiss.vector_to_array(index.id_map).tolist())
         assert stored == ids
 

@@ -58,12 +58,13 @@ def test_commit_replace_delete_keep_index_in_step(tmp_path: Path) -> None:
 def test_stale_or_missing_index_is_rebuilt(tmp_path: Path) -> None:
     with Store.create(tmp_path / "s", MODEL) as store:
         store.commit(_records(["a", "b"]), _unit(2))
-    # The run died before the index was saved: no index.json at all.
-    assert not (tmp_path / "s" / "index.json").exists()
+    # The run died before the index was saved: no index at all.
+    with Store.open(tmp_path / "s", read_only=True) as store:
+        assert store.snap.index is None and store.index().ntotal == 2
     with Store.open(tmp_path / "s") as store:
         assert store.index().ntotal == 2
-    state = json.loads((tmp_path / "s" / "index.json").read_text())
-    assert state["ntotal"] == 2
+    with Store.open(tmp_path / "s", read_only=True) as store:
+        assert store.snap.index["ntotal"] == 2
     with Store.open(tmp_path / "s") as store:
         store.commit(_records(["c"]), _unit(1, seed=3))  # index not loaded: file now stale
     with Store.open(tmp_path / "s", read_only=True) as store:
@@ -78,11 +79,15 @@ def test_orphan_shard_from_a_killed_commit_is_removed(tmp_path: Path) -> None:
     orphan = tmp_path / "s" / "embeddings" / "shard-000000099.npy"
     np.save(orphan, _unit(4).astype(np.float16))
     (tmp_path / "s" / "embeddings" / "shard-000000100.npy.tmp").write_bytes(b"partial")
+    (tmp_path / "s" / "catalog" / "images-000000100.parquet").write_bytes(b"partial")
+    (tmp_path / "s" / "snapshots" / "000000100.json").write_text("{}")  # never made current
     with Store.open(tmp_path / "s") as store:
         assert store.index().ntotal == 1
     assert sorted(p.name for p in (tmp_path / "s" / "embeddings").iterdir()) == [
         "shard-000000001.npy"
     ]
+    assert not (tmp_path / "s" / "catalog" / "images-000000100.parquet").exists()
+    assert not (tmp_path / "s" / "snapshots" / "000000100.json").exists()
 
 
 def test_failures_are_recorded_and_cleared_on_success(tmp_path: Path) -> None:
@@ -145,10 +150,10 @@ def test_column_values_survive_a_commit_exactly(tmp_path: Path) -> None:
             {"core_id": 1, "source": None, "decimalLatitude": 4_000_000_000, "family": None},
             {"core_id": "2", "decimalLongitude": "x", "note": 7},
         ])  # fmt: skip
-        occurrences = store.con.execute(
+        _, occurrences = store.catalog.query(
             "SELECT core_id, source, decimal_latitude, decimal_longitude, family, extra "
             "FROM occurrences ORDER BY core_id"
-        ).fetchall()
+        )
     odd, last = rows[ids[7]], rows[ids[2047]]  # rows() leaves NULL columns out
     assert {k: odd.get(k) for k in ("uri", "size", "mtime", "sha256", "width", "height",
                                    "run_id", "decimal_latitude", "decimal_longitude")} == {
@@ -221,12 +226,7 @@ def test_kill_minus_nine_then_resume(tmp_path: Path, tiny_model: str) -> None:
     assert result.returncode == 0, result.stderr
     assert f"embedded {240 - committed}, unchanged {committed}" in result.stdout
     assert live_rows(store) == 240
-    import duckdb
-
-    con = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
-    uris = con.execute("SELECT count(DISTINCT uri), count(*) FROM images").fetchone()
-    con.close()
-    assert uris == (240, 240)
+    assert _distinct_uris(store) == (240, 240)
     assert_index_matches_catalog(store)
 
 
@@ -250,28 +250,31 @@ def test_killed_at_five_random_points_then_completed(tmp_path: Path, tiny_model:
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert live_rows(store) == 200
-    import duckdb
-
-    con = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
-    assert con.execute("SELECT count(DISTINCT uri), count(*) FROM images").fetchone() == (200, 200)
-    referenced = {r[0] for r in con.execute("SELECT DISTINCT shard FROM images").fetchall()}
-    con.close()
-    on_disk = {p.name for p in (store / "embeddings").iterdir()}
-    assert on_disk == referenced  # no orphan shards, no half-written .tmp files
-    assert not list(store.glob("*.tmp"))
+    assert _distinct_uris(store) == (200, 200)
+    with Store.open(store, read_only=True) as opened:
+        listed = opened.snap.file_names()
+    on_disk = {f"{p.parent.name}/{p.name}" for folder in ("embeddings", "catalog", "index")
+               for p in (store / folder).iterdir()}  # fmt: skip
+    assert on_disk == listed  # no orphan files, no half-written .tmp files
+    assert not list(store.rglob("*.tmp"))
     assert_index_matches_catalog(store)
+
+
+def _distinct_uris(store: Path) -> tuple[int, int]:
+    with Store.open(store, read_only=True) as opened:
+        return opened.catalog.query("SELECT count(DISTINCT uri), count(*) FROM images")[1][0]
 
 
 def test_gpu_faiss_is_chosen_only_when_present(tmp_path: Path, monkeypatch) -> None:
     """faiss-gpu and a GPU cannot exist here; the choice logic is checked with stand-ins."""
     import faiss
 
-    from bioindex import store as store_module
+    from bioindex.store import live_index as store_module
 
     with Store.create(tmp_path / "s", MODEL) as store:
         store.commit(_records([str(i) for i in range(20)]), _unit(20))
         index = store.index()
-        assert store_module._to_gpu(index) is None or faiss.get_num_gpus() > 0
+        assert store_module.to_gpu(index) is None or faiss.get_num_gpus() > 0
         monkeypatch.setattr(store_module, "GPU_MIN_VECTORS", 10)
         calls = []
 
@@ -289,7 +292,7 @@ def test_gpu_faiss_is_chosen_only_when_present(tmp_path: Path, monkeypatch) -> N
         store.search(_unit(1), 3, only=np.array([2, 3]))
         assert calls == [3]  # filtered searches stay on the CPU index
         store.commit(_records(["new"]), _unit(1, seed=5))  # a write drops the stale GPU copy
-        assert store._gpu_index is None
+        assert store._live._gpu is None
         monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
         store.search(_unit(1), 3)
         assert calls == [3]  # no GPU: the CPU index answers

@@ -48,11 +48,11 @@ class Catalog:
         self.con = duckdb.connect(":memory:")
         for option in ("enable_object_cache", "parquet_metadata_cache"):
             try:  # Parquet footers read once per file, not once per query
-                self.con.execute(f"SET {option}=true")
+                self._run(f"SET {option}=true")
             except duckdb.Error:
                 pass
         for table, columns in _TABLES.items():
-            self.con.execute(f"CREATE TABLE _empty_{table} ({_ddl(columns)})")
+            self._run(f"CREATE TABLE _empty_{table} ({_ddl(columns)})")
         self.files: dict[str, list[str]] = {}
 
     def close(self) -> None:
@@ -70,7 +70,7 @@ class Catalog:
         for table, names in lists.items():
             if self.files.get(table) == names:
                 continue
-            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {self._source(table, names)}")
+            self._run(f"CREATE OR REPLACE VIEW {table} AS {self._source(table, names)}")
             self.files[table] = names
 
     def _source(self, table: str, names: Sequence[str]) -> str:
@@ -276,7 +276,7 @@ class Catalog:
     def open_legacy(self, path: Path) -> dict[str, Any]:
         """Attach a format-1 catalog.duckdb read-only; returns what migration needs."""
         try:
-            self.con.execute(f"ATTACH {_quote(str(path))} AS legacy (READ_ONLY)")
+            self._run(f"ATTACH {_quote(str(path))} AS legacy (READ_ONLY)")
         except duckdb.Error as exc:
             raise BioindexError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
         runs = self._dicts("SELECT * FROM legacy.runs ORDER BY run_id")
@@ -300,7 +300,7 @@ class Catalog:
         return self.export_table(f"SELECT * FROM legacy.{table}", table, path)
 
     def close_legacy(self) -> None:
-        self.con.execute("DETACH legacy")
+        self._run("DETACH legacy")
 
     # ---- writes (new files only) -----------------------------------------------------------
 
@@ -380,7 +380,7 @@ class Catalog:
         tmp = path.with_name(path.name + files.TMP_SUFFIX)
         with files.disk_errors(path):
             try:
-                self.con.execute(f"COPY ({select}) TO {_quote(str(tmp))} (FORMAT parquet)")
+                self._run(f"COPY ({select}) TO {_quote(str(tmp))} (FORMAT parquet)")
             except duckdb.IOException as exc:
                 tmp.unlink(missing_ok=True)
                 raise OSError(_errno_of(exc), str(exc).splitlines()[0]) from exc
@@ -403,8 +403,12 @@ class Catalog:
             parts.append(f'CAST({value} AS {kind}) AS "{name}"')
         return f"(SELECT {', '.join(parts)} FROM {relation})"
 
+    def _run(self, sql: str) -> None:
+        """A statement whose result nobody reads (DuckDB wants every result consumed)."""
+        self.con.execute(sql).fetchall()
+
     def _one(self, sql: str) -> Any:
-        return self.con.execute(sql).fetchone()[0]
+        return self.con.execute(sql).fetchall()[0][0]
 
     def _dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         result = self.con.execute(sql, list(params))

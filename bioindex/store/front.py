@@ -180,6 +180,7 @@ class Store:
     def close(self) -> None:
         if self._lock is not None and self._lock.held:
             try:
+                self.save_index()  # an index built or caught up here serves the readers
                 self._collect()
             except BioindexError as exc:  # a full disk must not turn a finished run red
                 log.warning("could not tidy old generations: %s", exc)
@@ -416,11 +417,11 @@ class Store:
         for chunk in _chunks(records, OCCURRENCE_CHUNK):
             by_source: dict[str, list[dict[str, Any]]] = {}
             for record in chunk:
-                by_source.setdefault(str(record.get("source", source or "")), []).append(record)
+                by_source.setdefault(str(record.get("source") or source or ""), []).append(record)
             for name, part in by_source.items():
                 columns = _occurrence_columns(part)
-                index = len(written.get(name, []))
-                record = self._segment(nxt, f"occurrences-{index}",
+                number = sum(len(parts) for parts in written.values())
+                record = self._segment(nxt, f"occurrences-{number}",
                                        lambda p, c=columns: self.catalog.write_occurrences(c, p))
                 record["source"] = name
                 written.setdefault(name, []).append(record)
@@ -753,7 +754,7 @@ def _require_same_model(store: Store, model: dict[str, Any]) -> None:
 
 def _occurrence_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     columns = {"core_id": texts([str(r["core_id"]) for r in records]),
-               "source": texts([str(r.get("source", "")) for r in records])}  # fmt: skip
+               "source": texts([r.get("source") for r in records])}  # fmt: skip
     columns.update(darwin_core_columns(
         [{k: v for k, v in r.items() if k not in ("core_id", "source")} for r in records]))
     return columns
