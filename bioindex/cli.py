@@ -770,6 +770,8 @@ def serve(store: str, host: str, port: int, max_upload_mb: int, model: str | Non
 
     app = create_app(store, model=model, device=device,
                      max_upload_bytes=max_upload_mb * 1024 * 1024)  # fmt: skip
+    click.echo(f"serving {store} at http://{host}:{port}/ (new generations are picked up as "
+               f"they are committed; Ctrl-C stops)", err=True)  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

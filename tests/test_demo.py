@@ -83,8 +83,8 @@ def test_higher_taxon_prefix_search_precision(held_out: Collection, rank: str) -
 
 
 def test_image_neighbours_share_species(held_out: Collection) -> None:
-    ids = [r[0] for r in held_out.store.con.execute(
-        "SELECT image_id FROM images ORDER BY image_id").fetchall()]  # fmt: skip
+    ids = [r[0] for r in held_out.store.catalog.query(
+        "SELECT image_id FROM images ORDER BY image_id")[1]]  # fmt: skip
     rows = held_out.store.rows(ids)
     shares = []
     for image_id in ids[::3]:

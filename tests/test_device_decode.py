@@ -65,9 +65,9 @@ def test_device_decode_matches_the_pil_path(photos: Path, tmp_path: Path) -> Non
         with Collection.open(tmp_path / str(device_decode), model="bioclip-demo", create=True,
                              device="cpu") as col:  # fmt: skip
             summary = col.index([photos], progress=False, workers=0, gpu_decode=device_decode)
-            rows = col.store.con.execute(
+            rows = col.store.catalog.query(
                 "SELECT uri, image_id, width, height, sha256 FROM images ORDER BY uri"
-            ).fetchall()
+            )[1]
             stored = col.store.vectors([r[1] for r in rows])
             vectors[device_decode] = {r[0]: (v, r[2:]) for r, v in zip(rows, stored)}
             failures[device_decode] = {(f["uri"], f["stage"]) for f in col.store.failures()}

@@ -39,9 +39,9 @@ def local_ray():
 
 def _vectors_by_uri(path: Path) -> dict[str, np.ndarray]:
     with Store.open(path, read_only=True) as store:
-        rows = store.con.execute(
+        rows = store.catalog.query(
             "SELECT uri, image_id FROM images WHERE status='live' ORDER BY image_id"
-        ).fetchall()
+        )[1]
         vectors = store.vectors([i for _, i in rows])
     return {uri: vector for (uri, _), vector in zip(rows, vectors)}
 
@@ -61,7 +61,7 @@ def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray,
     with Store.open(tmp_path / "ray", read_only=True) as store:
         assert [f["uri"] for f in store.failures()] == [str(images / "group0" / "broken.jpg")]
         assert store.failures()[0]["stage"] == "decode"
-        assert store.con.execute("SELECT count(DISTINCT image_id) FROM images").fetchone()[0] == 300
+        assert store.catalog.query("SELECT count(DISTINCT image_id) FROM images")[1][0][0] == 300
     assert_index_matches_catalog(tmp_path / "ray")
     # Unchanged input: nothing is sent to the cluster again.
     with Collection.open(tmp_path / "ray", device="cpu") as c:
@@ -95,16 +95,17 @@ def test_killed_ray_job_resumes_with_each_image_once(images, tiny_model, tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     assert "embedded" in done.stdout
     with Store.open(store) as opened:
-        uris = [r[0] for r in opened.con.execute("SELECT uri FROM images").fetchall()]
+        uris = [r[0] for r in opened.catalog.query("SELECT uri FROM images")[1]]
         assert len(uris) == len(set(uris)) == opened.live_count() == 300
-        referenced = {r[0] for r in opened.con.execute("SELECT DISTINCT shard FROM images")
-                      .fetchall()}  # fmt: skip
+        referenced = {r[0] for r in opened.catalog.query(
+            "SELECT DISTINCT shard FROM images")[1]}  # fmt: skip
     assert {p.name for p in shards.iterdir()} == referenced  # no orphan shard files
     assert_index_matches_catalog(store)
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_build_index_on_ray_merges_to_the_local_result(local_ray, tmp_path, kind) -> None:
+    from bioindex.indexer.ray_engine import RayBuilder
     from bioindex.synthetic import ClusteredVectors
     from tests.test_index_kinds import MODEL, _records
 
@@ -116,7 +117,8 @@ def test_build_index_on_ray_merges_to_the_local_result(local_ray, tmp_path, kind
         with Store.create(tmp_path / engine, MODEL) as store:
             for start in range(0, len(vectors), 3_000):  # four shards
                 store.commit(_records(start, 3_000), vectors[start : start + 3_000])
-            spec = store.build_index(kind=kind, engine=engine)
+            builder = RayBuilder() if engine == "ray" else None
+            spec = store.build_index(kind=kind, builder=builder)
             assert store.index().ntotal == store.live_count() == len(vectors)
             results[engine] = (spec, store.search(queries, k=10))
     (local_spec, (local_scores, local_ids)), (ray_spec, (ray_scores, ray_ids)) = (

@@ -34,10 +34,10 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _index(tmp_path: Path, model: str, images: Path, device: str, **options) -> dict:
     with Collection.open(tmp_path / device, model=model, create=True, device=device) as c:
         summary = c.index([images], progress=False, batch_size=16, **options)
-        rows = c.store.con.execute(
+        rows = c.store.catalog.query(
             "SELECT uri, image_id FROM images WHERE status='live' ORDER BY uri"
-        ).fetchall()
-        failed = {uri for uri, *_ in c.store.con.execute("SELECT uri FROM failures").fetchall()}
+        )[1]
+        failed = {uri for uri, *_ in c.store.catalog.query("SELECT uri FROM failures")[1]}
         vectors = c.store.vectors([image_id for _, image_id in rows])
         assert c.store.index().ntotal == len(rows)
     return {

@@ -62,7 +62,8 @@ def test_every_kind_finds_a_stored_vector_first_and_records_its_recall(store_cop
         assert (found[:, 0] == ids).all()
         assert np.allclose(scores[:, 0], 1.0, atol=2e-3)
         assert store.index().ntotal == store.live_count() == N
-    recorded = json.loads((path / "manifest.json").read_text())["index"]
+    with Store.open(path, read_only=True) as store:
+        recorded = store.snap.index_spec
     assert recorded["kind"] == spec.kind == kind
     assert recorded["built"]["recall_at_10"] >= 0.95
     assert recorded["built"]["latency_ms_p50"] > 0
@@ -229,19 +230,27 @@ def test_coarse_codes_look_deeper_instead_of_missing_the_target(store_copy) -> N
     assert faiss_index.recall_at(found, _exact_top(stored, queries, 10, np.ones(N, bool))) >= 0.92
 
 
-def test_crash_between_index_and_manifest_writes_leaves_a_consistent_index(store_copy) -> None:
-    """build-index writes index.faiss (+ index.json), then the manifest. A kill between the
-    two leaves the new index beside the old manifest; it must not be used as the old kind."""
+def test_a_build_that_dies_before_its_switch_leaves_the_old_index(store_copy,
+                                                                 monkeypatch) -> None:
+    """build-index writes the new index file, then switches the generation (index file,
+    record and spec at once). A death between the two must leave the old index in use
+    (the real SIGKILL at that point is in test_store_faults)."""
     import faiss
+
+    from bioindex.store import front
 
     path, vectors = store_copy
     with Store.open(path) as store:
         store.index()
         store.save_index()  # a flat index on disk, as after an indexing run
-    before = (path / "manifest.json").read_text()
-    with Store.open(path) as store:
+
+    def die(point: str) -> None:
+        if point == "after-index-file":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(front, "fault", die)
+    with Store.open(path) as store, pytest.raises(KeyboardInterrupt):
         store.build_index(kind="ivf", target_recall=0.9)
-    (path / "manifest.json").write_text(before)  # the crash: the manifest write never happened
     queries = GENERATOR.sample(50, part=4)
     stored = vectors.astype(np.float16).astype(np.float32)
     truth = _exact_top(stored, queries, 10, np.ones(N, bool))

@@ -41,7 +41,7 @@ def test_every_file_is_embedded_or_listed_as_failed(indexed, collection_dir: Pat
     with Collection.open(store, read_only=True) as col:
         live = {
             r[0]
-            for r in col.store.con.execute("SELECT uri FROM images WHERE status='live'").fetchall()
+            for r in col.store.catalog.query("SELECT uri FROM images WHERE status='live'")[1]
         }
         failed = {f["uri"]: f for f in col.failures()}
     assert live | set(failed) == files

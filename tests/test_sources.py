@@ -37,13 +37,10 @@ def no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch):
 
 
 def _catalog(store: Path, sql: str):
-    import duckdb
+    from bioindex.store import Store
 
-    con = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+    with Store.open(store, read_only=True) as opened:
+        return opened.catalog.query(sql)[1]
 
 
 def test_gbif_download_records_arrive_intact(tmp_path: Path, tiny_model: str) -> None:
@@ -177,9 +174,9 @@ def test_archive_with_remote_media(tmp_path: Path, tiny_model: str, media_server
         assert "timed out" in reasons["slow"][1].lower() or "timeout" in reasons["slow"][1].lower()
         assert "not an image" in reasons["text"][1]
         assert "too large" in reasons["huge"][1]
-        rows = col.store.con.execute(
+        rows = col.store.catalog.query(
             "SELECT occurrence_id, catalog_number, license, creator, family FROM images"
-        ).fetchall()
+        )[1]
         assert ("occ0", "C-occ0", "CC-BY-4.0", "A. Photographer", "Felidae") in rows
         fetched = len(hits)
         second = col.index([archive], progress=False, download_timeout=1.0,
@@ -256,10 +253,10 @@ def test_webdataset_shards_with_tree_of_life_keys(tmp_path: Path, tiny_model: st
         failure = col.failures()[0]
         assert failure["uri"].endswith("shard-000002.tar#200001")
         assert "truncated" in failure["error"] or "tar" in failure["error"]
-        row = col.store.con.execute(
+        row = col.store.catalog.query(
             'SELECT kingdom, "order", genus, specific_epithet, scientific_name, vernacular_name '
             "FROM images LIMIT 1"
-        ).fetchone()
+        )[1][0]
         assert row == ("Animalia", "Passeriformes", "Cardinalis", "cardinalis",
                        "Cardinalis cardinalis", "northern cardinal")  # fmt: skip
         hit = col.search_image(photos[4], k=1)[0]
@@ -342,7 +339,7 @@ def test_idigbio_layout_with_local_media(tmp_path: Path, tiny_model: str) -> Non
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
         summary = col.index([export], progress=False)
         assert (summary.occurrences, summary.embedded, summary.failed) == (3, 2, 0)
-        rows = col.store.con.execute(
+        rows = col.store.catalog.query(
             "SELECT catalog_number, genus, specific_epithet FROM images ORDER BY catalog_number"
-        ).fetchall()
+        )[1]
     assert rows == [("FMNH-1", "Leopardus", "pardalis"), ("FMNH-2", "Ursus", "americanus")]

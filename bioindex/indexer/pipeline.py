@@ -15,7 +15,7 @@ from tqdm import tqdm
 from bioindex.errors import BioindexError
 from bioindex.indexer.embed import EmbeddedBatch, embed_items
 from bioindex.indexer.remote import MediaCache, fetch_all
-from bioindex.indexer.sources import Item, Scan, covered
+from bioindex.indexer.sources import Item, Scan, covered, occurrence_records
 from bioindex.models import EmbeddingModel
 from bioindex.store import Failure, Store
 
@@ -61,6 +61,7 @@ class Plan:
     known_bad: int
     vanished: list[int]
     same_files: list[Item]  # embedded and unchanged: only their metadata may be new
+    gone_failures: list[str]  # failed files that are no longer there
 
 
 def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
@@ -101,7 +102,9 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
         for uri, (image_id, _, _, status) in known.items()
         if status == "live" and uri not in present and covered(uri, scan.roots)
     ]
-    return Plan(todo, unchanged, known_bad, vanished, same)
+    gone = [uri for uri in store.known_failures()
+            if uri not in present and covered(uri, scan.roots)]  # fmt: skip
+    return Plan(todo, unchanged, known_bad, vanished, same, gone)
 
 
 def run_index(
@@ -125,7 +128,8 @@ def run_index(
     started = time.time()
     run_id = store.next_run_id()
     summary = IndexSummary(run_id=run_id)
-    summary.occurrences = store.upsert_occurrences(scan.occurrences)
+    for archive in scan.archives:
+        summary.occurrences += store.upsert_occurrences(occurrence_records(archive), archive)
     work = plan(scan, store, retry_failed)
     summary.unchanged, summary.known_bad = work.unchanged, work.known_bad
     # A rerun with new or corrected metadata updates those rows without re-embedding; an
@@ -134,6 +138,7 @@ def run_index(
         [(item.uri, item.metadata) for item in work.same_files if item.metadata])
     store.index()  # load (or rebuild) before writing so it follows every commit
     summary.deleted = store.mark_deleted(work.vanished)
+    store.forget_failures(work.gone_failures)
     todo, early_failures, summary.downloaded = download_remote(
         work.todo, MediaCache(store.path / "media-cache"), progress, **(download or {})
     )

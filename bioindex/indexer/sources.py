@@ -60,7 +60,9 @@ class Scan:
     items: list[Item]
     roots: list[str]  # folder prefixes (with trailing separator) and single-file uris
     sources: list[str] = field(default_factory=list)  # every source as given, resolved
-    occurrences: list[dict[str, Any]] = field(default_factory=list)
+    # Darwin Core Archives whose occurrence records are streamed into the catalog at index
+    # time (never held in memory: a GBIF download can hold tens of millions).
+    archives: list[str] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (uri, stage, error)
     warnings: list[str] = field(default_factory=list)
 
@@ -102,7 +104,7 @@ def scan_paths(
         elif kind == "dwca":
             _scan_archive(path, media_root, items, scan)
     scan.items = sorted(items.values(), key=lambda i: i.uri)
-    if not scan.items and not scan.occurrences and not scan.failures:
+    if not scan.items and not scan.archives and not scan.failures:
         raise BioindexError(
             f"no images found in {', '.join(map(str, paths))} "
             f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
@@ -205,28 +207,34 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
     from bioindex.indexer.dwca import Archive
 
     base = Path(media_root).resolve() if media_root else (path if path.is_dir() else path.parent)
-    seen: set[str] = set()
-    repeated = False
+    scan.archives.append(str(path))
     with Archive(path) as archive:
-        for number, occurrence in enumerate(archive.occurrences()):
-            terms = dict(occurrence.terms)
-            terms.setdefault("occurrenceID", occurrence.core_id)
-            key = occurrence.core_id
-            if key in seen:  # ids that repeat (seen in the wild) must not merge records
-                key = f"{key}#{terms.get('catalogNumber') or number}"
-                repeated = True
-            seen.add(key)
-            scan.occurrences.append({"core_id": key, "source": str(path), **terms})
-            for media in occurrence.media:
-                uri = media.pop("_media_uri")
-                # The image's own licence/creator/rights holder override the record's.
-                metadata = {**terms, **{k: v for k, v in media.items() if k in _MEDIA_TERMS}}
-                metadata["mediaIdentifier"] = uri
-                item = _media_item(uri, base, metadata)
-                items.setdefault(item.uri, item)
+        if archive.media_extension() is not None:
+            for occurrence in archive.occurrences():
+                terms = dict(occurrence.terms)
+                terms.setdefault("occurrenceID", occurrence.core_id)
+                for media in occurrence.media:
+                    uri = media.pop("_media_uri")
+                    # The image's own licence/creator/rights holder override the record's.
+                    metadata = {**terms,
+                                **{k: v for k, v in media.items() if k in _MEDIA_TERMS}}
+                    metadata["mediaIdentifier"] = uri
+                    item = _media_item(uri, base, metadata)
+                    items.setdefault(item.uri, item)
         scan.warnings.extend(archive.warnings)
-    if repeated:
-        scan.warnings.append(f"{path}: core ids repeat; such records are keyed id#catalogNumber")
+
+
+def occurrence_records(archive_path: str) -> Iterator[dict[str, Any]]:
+    """Every occurrence record of an archive as a catalog row, streamed. Keys that repeat
+    are told apart by the store (see Store.upsert_occurrences)."""
+    from bioindex.indexer.dwca import Archive
+
+    with Archive(archive_path) as archive:
+        for occurrence in archive.rows(archive.core):
+            key, terms = occurrence
+            core_id = key or terms.get("occurrenceID") or ""
+            terms.setdefault("occurrenceID", core_id)
+            yield {"core_id": core_id, "source": archive_path, **terms}
 
 
 _MEDIA_TERMS = ("license", "creator", "rightsHolder", "rights", "format", "title", "references")

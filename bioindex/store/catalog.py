@@ -12,6 +12,7 @@ changed copy of one segment; the store front decides which files the next genera
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -46,6 +47,8 @@ class Catalog:
     def __init__(self, root: Path):
         self.root = root
         self.con = duckdb.connect(":memory:")
+        # What does not fit the memory limit (large imports) spills here.
+        self._run(f"SET temp_directory={_quote(str(root / '.duckdb-tmp'))}")
         for option in ("enable_object_cache", "parquet_metadata_cache"):
             try:  # Parquet footers read once per file, not once per query
                 self._run(f"SET {option}=true")
@@ -263,9 +266,9 @@ class Catalog:
         try:
             differs = " OR ".join(f'n."{c}" IS DISTINCT FROM CAST(i."{c}" AS {_type(c)})'
                                   for c in METADATA_COLUMNS)  # fmt: skip
+            incoming = self._typed("_incoming", IMAGE_COLUMNS, ["uri", *METADATA_COLUMNS])
             found = self.con.execute(
-                f"SELECT n.uri FROM {self._typed('_incoming', IMAGE_COLUMNS, METADATA_COLUMNS)} n "
-                f"JOIN images i ON i.uri = n.uri WHERE {differs}"
+                f"SELECT n.uri FROM {incoming} n JOIN images i ON i.uri = n.uri WHERE {differs}"
             ).fetchall()
         finally:
             self.con.unregister("_incoming")
@@ -366,6 +369,33 @@ class Catalog:
                 path)  # fmt: skip
         finally:
             self.con.unregister("_incoming")
+
+    @contextlib.contextmanager
+    def memory_limit(self, limit: str) -> Iterator[None]:
+        """Hold DuckDB to `limit` (spilling to disk beyond it) for a bulk job."""
+        self._run(f"SET memory_limit={_quote(limit)}")
+        try:
+            yield
+        finally:
+            self._run("RESET memory_limit")
+
+    def repeated_keys(self, segments: Sequence[str]) -> bool:
+        return bool(self._one(
+            f"SELECT count(*) > count(DISTINCT core_id) FROM read_parquet("
+            f"{_paths(self.root, segments)})"))  # fmt: skip
+
+    def key_repeated_occurrences(self, segments: Sequence[str], path: Path) -> int:
+        """One segment of `segments` (in order) where the second and later records of a core
+        id are keyed id#catalogNumber, or id#row-number without one."""
+        source = f"read_parquet({_paths(self.root, segments)}, filename=true, file_row_number=true)"
+        numbered = (f"SELECT *, row_number() OVER (ORDER BY filename, file_row_number) - 1 "
+                    f"AS _row FROM {source}")  # fmt: skip
+        return self._copy(
+            "SELECT * EXCLUDE (filename, file_row_number, _row, _nth) REPLACE ("
+            "CASE WHEN _nth > 1 THEN core_id || '#' || coalesce(catalog_number, "
+            "CAST(_row AS VARCHAR)) ELSE core_id END AS core_id) FROM (SELECT *, row_number() "
+            f"OVER (PARTITION BY core_id ORDER BY _row) AS _nth FROM ({numbered})) ORDER BY _row",
+            path)  # fmt: skip
 
     def export_table(self, source_sql: str, table: str, path: Path) -> int:
         """Rows of any query (a legacy catalog's table, say), typed as `table`'s columns."""

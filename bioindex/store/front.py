@@ -61,6 +61,7 @@ FORMAT_VERSION = snapshot.FORMAT_VERSION
 COMPACT_AT = 16
 SMALL_SEGMENT = 256 * 1024
 OCCURRENCE_CHUNK = 100_000
+OCCURRENCE_MEMORY = "1GB"  # DuckDB's share while importing occurrences (it spills beyond)
 log = logging.getLogger(__name__)
 
 
@@ -367,6 +368,17 @@ class Store:
         self._maybe_compact(COMPACT_AT * 4)
         return ids
 
+    def forget_failures(self, uris: Sequence[str]) -> int:
+        """Drop failures of files that are gone."""
+        self._require_writable()
+        if not uris:
+            return 0
+        nxt = self.snap.next()
+        nxt.failures = self._segment(nxt, "failures", lambda p: self.catalog.write_failures(
+            failure_columns([], None), uris, p))  # fmt: skip
+        self._publish(nxt)
+        return len(uris)
+
     def mark_deleted(self, image_ids: Sequence[int], status: str = "deleted") -> int:
         """Soft-delete: rows stay (history), vectors leave the index and results at once.
         status 'lost' marks rows whose vectors are gone (the next index run re-embeds)."""
@@ -411,6 +423,11 @@ class Store:
         """Occurrence (specimen) records, images or not, streamed into segments; the records
         of each source replace that source's earlier ones as a whole."""
         self._require_writable()
+        with self.catalog.memory_limit(OCCURRENCE_MEMORY):
+            return self._upsert_occurrences(records, source)
+
+    def _upsert_occurrences(self, records: Iterable[dict[str, Any]],
+                            source: str | None) -> int:  # fmt: skip
         nxt = self.snap.next()
         written: dict[str, list[dict[str, Any]]] = {}
         total = 0
@@ -421,13 +438,24 @@ class Store:
             for name, part in by_source.items():
                 columns = _occurrence_columns(part)
                 number = sum(len(parts) for parts in written.values())
-                record = self._segment(nxt, f"occurrences-{number}",
+                record = self._segment(nxt, f"occurrences-{number:06d}",
                                        lambda p, c=columns: self.catalog.write_occurrences(c, p))
                 record["source"] = name
                 written.setdefault(name, []).append(record)
                 total += len(part)
         if not written:
             return 0
+        for name, parts in written.items():
+            names = [r["file"] for r in parts]
+            if self.catalog.repeated_keys(names):
+                # Ids that repeat (seen in the wild) must not merge records: the later ones
+                # are keyed id#catalogNumber (or id#row).
+                log.warning("%s: core ids repeat; such records are keyed id#catalogNumber", name)
+                record = self._segment(nxt, "occurrences-k", lambda p, n=names:
+                                       self.catalog.key_repeated_occurrences(n, p))
+                for old in names:
+                    (self.path / old).unlink(missing_ok=True)
+                written[name] = [{**record, "source": name}]
         nxt.occurrences = [r for r in nxt.occurrences if r.get("source") not in written]
         nxt.occurrences += [r for parts in written.values() for r in parts]
         self._publish(nxt)
@@ -539,19 +567,22 @@ class Store:
             live.drop()  # build-index made another kind or tuning current
         if not live.loaded:
             if not live.load(self.snap.index, spec):
-                live.install(self._build_index(spec), spec, version)
+                live.install(*self._build_index(spec), version)
         if live.version != version:
             try:
                 live.catch_up(version)
             except BioindexError as exc:
                 log.warning("rebuilding the index (%s)", exc)
                 live.drop()
-                live.install(self._build_index(spec), spec, version)
+                live.install(*self._build_index(spec), version)
         return live.index
 
     def save_index(self) -> None:
         """Persist the in-memory index as part of a new generation (end of a write run)."""
         if self.read_only or not self._live.loaded:
+            return
+        if self._live.spec.to_json() != self.snap.index_spec:
+            self._live.drop()  # a build that did not land (it failed before its switch)
             return
         record = self.snap.index
         if record and record.get("vectors_version") == self._live.version and record.get(
@@ -568,7 +599,7 @@ class Store:
         self._require_writable()
         spec = self.index_spec
         self._live.drop()
-        self._live.install(self._build_index(spec), spec, self.snap.vectors_version)
+        self._live.install(*self._build_index(spec), self.snap.vectors_version)
         self.save_index()
         return self._live.index
 
@@ -593,7 +624,7 @@ class Store:
         spec = faiss_index.plan(kind, n, self.dim, memory, rerank)
         self._live.drop()
         started = time.perf_counter()
-        index = self._build_index(spec, progress, builder)
+        index, spec = self._build_index(spec, progress, builder)
         build_seconds = time.perf_counter() - started
         self._live.install(index, spec, self.snap.vectors_version)  # searchable while tuning
         spec = self._live.spec
@@ -676,7 +707,9 @@ class Store:
         return self._live.range_search(vectors, radius)
 
     def _build_index(self, spec: IndexSpec, progress: Callable[[int], None] | None = None,
-                     builder: IndexBuilder | None = None) -> Any:  # fmt: skip
+                     builder: IndexBuilder | None = None) -> tuple[Any, IndexSpec]:  # fmt: skip
+        """A filled index and the spec it was built as (flat when too few vectors are left
+        to train the spec's IVF lists)."""
         n = self.live_count()
         if spec.kind.startswith("ivf") and n < spec.nlist * faiss_index.MIN_POINTS_PER_LIST:
             # Too few vectors left to train those lists (say after mass deletion).
@@ -686,7 +719,7 @@ class Store:
         sample = self.vectors(self._sample_ids(size)) if size else None
         index = (builder or self.builder)(spec, sample, self, progress)
         faiss_index.set_search(index, spec)
-        return index
+        return index, spec
 
     def _sample_ids(self, n: int) -> np.ndarray:
         """n distinct live image_ids, a fixed-seed random sample (reproducible builds)."""

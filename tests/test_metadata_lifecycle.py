@@ -1,0 +1,68 @@
+"""Metadata has a life of its own: added, corrected and cleared without re-embedding."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from bioindex.collection import Collection
+from tests.conftest import draw_images
+
+
+def _sidecar(path: Path, photos: Path, family: dict[str, str]) -> Path:
+    files = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.*"))
+    rows = [f"{f},{family.get(f, 'Felidae')},Felis catus,Animalia,Chordata,Mammalia,Carnivora\n"
+            for f in files]  # fmt: skip
+    path.write_text("file,family,scientificName,kingdom,phylum,class,order\n" + "".join(rows))
+    return path
+
+
+def test_metadata_added_then_corrected_without_re_embedding(tmp_path: Path,
+                                                            tiny_model: str) -> None:
+    photos = tmp_path / "photos"
+    draw_images(photos, 12, seed=8)
+    store = tmp_path / "s"
+    with Collection.open(store, model=tiny_model, create=True) as col:
+        bare = col.index([photos], progress=False, workers=0)
+        assert bare.embedded == 12
+        ids = {r["uri"]: r["image_id"] for r in col.store.rows(col.store.catalog.live_ids())
+               .values()}  # fmt: skip
+        sidecar = _sidecar(tmp_path / "meta.csv", photos, {})
+        added = col.index([photos], metadata=sidecar, progress=False, workers=0)
+        assert (added.embedded, added.unchanged, added.updated) == (0, 12, 12)
+        hits = col.search_taxon("Felidae", k=12, mode="catalog")
+        assert len(hits) == 12 and all(h.why == "catalog family" for h in hits)
+        first = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.*"))[0]
+        _sidecar(sidecar, photos, {first: "Canidae"})
+        edited = col.index([photos], metadata=sidecar, progress=False, workers=0)
+        assert (edited.embedded, edited.updated) == (0, 1)
+        row = col.store.rows([ids[str(photos / first)]])[ids[str(photos / first)]]
+        assert row["family"] == "Canidae" and row["scientific_name"] == "Felis catus"
+        kept = col.index([photos], progress=False, workers=0)  # no --metadata: nothing cleared
+        assert (kept.embedded, kept.updated) == (0, 0)
+        assert len(col.search_taxon("Felidae", k=20, mode="catalog")) == 11
+        now = {r["uri"]: r["image_id"] for r in col.store.rows(col.store.catalog.live_ids())
+               .values()}  # fmt: skip
+        assert now == ids  # same images, same ids: nothing was re-embedded
+        assert col.store.runs()[-1]["sources"] == [str(photos.resolve())]
+
+
+def test_a_fixed_failure_leaves_the_failures_list(tmp_path: Path, tiny_model: str) -> None:
+    photos = tmp_path / "photos"
+    good = draw_images(photos, 3, seed=9)
+    broken = photos / "broken.jpg"
+    broken.write_bytes(b"not a jpeg at all")
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        first = col.index([photos], progress=False, workers=0)
+        assert (first.embedded, first.failed) == (3, 1)
+        assert [f["uri"] for f in col.failures()] == [str(broken)]
+        shutil.copy(good[0], broken)  # fixed
+        second = col.index([photos], progress=False, workers=0)
+        assert (second.embedded, second.failed) == (1, 0)
+        assert col.failures() == []
+        broken.unlink()  # a failed file that vanished leaves the list too
+        (photos / "bad2.png").write_bytes(b"broken")
+        col.index([photos], progress=False, workers=0)
+        (photos / "bad2.png").unlink()
+        col.index([photos], progress=False, workers=0)
+        assert col.failures() == []

@@ -1,0 +1,219 @@
+"""Readers never wait for the writer; one writer at a time; creating a store is exclusive."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bioindex.errors import BioindexError
+from bioindex.store import ImageRecord, Store
+from bioindex.store.snapshot import read_current
+from tests.conftest import assert_index_matches_catalog, draw_images, live_rows
+from tests.test_store import MODEL, _records, _unit
+
+CLI = [sys.executable, "-m", "bioindex.cli"]
+
+
+def test_a_second_writer_is_refused_with_one_line_or_waits(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "s", MODEL)
+    store.commit(_records(["a"]), _unit(1))
+    with pytest.raises(BioindexError, match=r"being written by process \d+.*pass --wait"):
+        Store.open(tmp_path / "s")
+    with Store.open(tmp_path / "s", read_only=True) as reader:  # readers never wait
+        assert reader.live_count() == 1
+    opened: list[Store] = []
+    waiter = threading.Thread(target=lambda: opened.append(Store.open(tmp_path / "s", wait=True)))
+    waiter.start()
+    time.sleep(0.5)
+    assert not opened  # still waiting for the first writer
+    store.close()
+    waiter.join(timeout=10)
+    assert opened and opened[0].live_count() == 1
+    opened[0].commit(_records(["b"]), _unit(1, seed=1))
+    opened[0].close()
+    assert live_rows(tmp_path / "s") == 2
+
+
+def test_second_cli_writer_gets_one_line(tmp_path: Path, tiny_model: str) -> None:
+    photos = tmp_path / "photos"
+    draw_images(photos, 4, seed=1)
+    subprocess.run([*CLI, "index", str(photos), "-s", str(tmp_path / "s"), "-m", tiny_model,
+                    "-q"], check=True, capture_output=True)  # fmt: skip
+    holder = Store.open(tmp_path / "s")
+    try:
+        for command in (["index", str(photos)], ["build-index"]):
+            result = subprocess.run([*CLI, *command, "-s", str(tmp_path / "s"), "-q"],
+                                    capture_output=True, text=True)  # fmt: skip
+            assert result.returncode == 1
+            assert result.stderr.count("\n") == 1 and "being written by process" in result.stderr
+    finally:
+        holder.close()
+
+
+@pytest.mark.parametrize("same_model", [True, False])
+def test_two_runs_creating_one_store(tmp_path: Path, tiny_model: str, other_tiny_model: str,
+                                     same_model: bool) -> None:  # fmt: skip
+    photos = tmp_path / "photos"
+    draw_images(photos, 24, seed=2)
+    store = tmp_path / "s"
+    second_model = tiny_model if same_model else other_tiny_model
+    runs = [subprocess.Popen([*CLI, "index", str(photos), "-s", str(store), "-m", model,
+                              "--batch-size", "4", "--workers", "0", "-q", "--wait"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for model in (tiny_model, second_model)]  # fmt: skip
+    results = [(p.wait(timeout=300), *p.communicate()) for p in runs]
+    codes = sorted(code for code, _, _ in results)
+    if same_model:
+        assert codes == [0, 0]
+    else:
+        assert codes == [0, 1]
+        refused = next(err for code, _, err in results if code == 1)
+        assert refused.count("\n") == 1 and "was made with model" in refused
+    info = subprocess.run([*CLI, "info", "-s", str(store), "--format", "json"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert json.loads(info.stdout)["images_live"] == 24
+    search = subprocess.run([*CLI, "search", "text", "a photo", "-s", str(store), "-k", "3"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert search.returncode == 0, search.stderr
+    assert_index_matches_catalog(store)
+
+
+def test_a_reader_follows_the_writer_without_reopening(tmp_path: Path) -> None:
+    writer = Store.create(tmp_path / "s", MODEL)
+    writer.commit(_records(["a", "b"]), _unit(2))
+    writer.save_index()
+    reader = Store.open(tmp_path / "s", read_only=True)
+    assert reader.index().ntotal == 2
+    new = _unit(1, seed=9)
+    writer.commit([ImageRecord("/x/new", 1, 1.0, None, 1, 1, {})], new)
+    writer.mark_deleted([1])
+    assert reader.refresh()
+    scores, ids = reader.search(new, 1)
+    assert ids[0][0] == 3 and scores[0][0] > 0.999  # caught up without a rebuild
+    assert reader.index().ntotal == reader.live_count() == 2
+    assert not reader.refresh()  # nothing new: one stat call
+    writer.close()
+    reader.close()
+
+
+def test_an_old_generation_stays_readable_while_pinned(tmp_path: Path) -> None:
+    writer = Store.create(tmp_path / "s", MODEL)
+    writer.commit(_records(["a"]), _unit(1))
+    reader = Store.open(tmp_path / "s", read_only=True)
+    for i in range(20):  # enough small segments to be compacted away
+        writer.commit(_records([f"n{i}"]), _unit(1, seed=i + 10))
+    writer.compact()
+    writer.close()  # collects every generation no reader holds
+    assert reader.live_count() == 1 and reader.rows([1])[1]["uri"] == "/x/a"
+    np.testing.assert_allclose(reader.vectors([1]), _unit(1), atol=1e-3)
+    assert reader.refresh() and reader.live_count() == 21
+    reader.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_model: str
+                                                           ) -> None:  # fmt: skip
+    first, more = tmp_path / "first", tmp_path / "more"
+    draw_images(first, 40, seed=1)
+    draw_images(more, 5000, seed=2, start=100)
+    store = tmp_path / "s"
+    subprocess.run([*CLI, "index", str(first), "-s", str(store), "-m", tiny_model, "-q"],
+                   check=True, capture_output=True)  # fmt: skip
+    port = _free_port()
+    server = subprocess.Popen([*CLI, "serve", "-s", str(store), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _get(f"{base}/api/health")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "no server"
+                time.sleep(0.2)
+        writer = subprocess.Popen([*CLI, "index", str(more), "-s", str(store), "--commit-every",
+                                   "256", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)  # fmt: skip
+        committed: dict[int, float] = {}  # generation → when it became current
+        seen: list[tuple[float, int]] = []  # (time, generation) answered by the server
+        failures: list[str] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                try:
+                    committed.setdefault(read_current(store), time.monotonic())
+                except BioindexError:
+                    pass
+                time.sleep(0.01)
+
+        def serve_reads() -> None:
+            for _ in range(3000):  # bounded
+                if done.is_set():
+                    return
+                try:
+                    info = _get(f"{base}/api/info")
+                    hits = _get(f"{base}/api/search/text?q=a%20photo&k=5")["results"]
+                except Exception as exc:  # noqa: BLE001 - every failure is counted
+                    failures.append(f"http: {exc}")
+                    continue
+                seen.append((time.monotonic(), info["generation"]))
+                if info["index_ntotal"] != info["images_live"] or len(hits) != 5:
+                    failures.append(f"inconsistent: {info['index_ntotal']} vectors for "
+                                    f"{info['images_live']} rows, {len(hits)} hits")
+                time.sleep(0.05)
+
+        def cli_reads() -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                result = subprocess.run([*CLI, "search", "text", "a photo", "-s", str(store),
+                                         "-k", "3", "--format", "json"],
+                                        capture_output=True, text=True)  # fmt: skip
+                if result.returncode != 0 or len(json.loads(result.stdout or "[]")) != 3:
+                    failures.append(f"cli: {result.stderr.strip()[-300:]}")
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+
+        threads = [threading.Thread(target=f) for f in (watch, serve_reads, cli_reads)]
+        for thread in threads:
+            thread.start()
+        out, err = writer.communicate(timeout=600)
+        time.sleep(2.5)
+        done.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert writer.returncode == 0, err
+        assert "embedded 5000" in out
+        assert not failures, failures[:5]
+        assert _get(f"{base}/api/info")["images_live"] == 5040
+        last = max(committed)
+        for generation, at in committed.items():
+            later = [t for t, g in seen if g >= generation]
+            assert later and min(later) <= at + 2.0, (generation, last)
+        assert len(committed) > 5  # the run was really seen committing in steps
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert live_rows(store) == 5040
+    assert os.path.getsize(store / "manifest.json") > 0
