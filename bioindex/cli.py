@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -92,7 +93,30 @@ def main() -> None:
       bioindex search text "Cardinalis cardinalis" --store my-store
       bioindex search image query.jpg --store my-store --k 5
       bioindex info --store my-store
+      bioindex check --store my-store
     """
+    # Library warnings (a writer waited for, a file rebuilt) reach the user as one line each.
+    logger = logging.getLogger("bioindex")
+    if not any(getattr(h, "bioindex_cli", False) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname_lower)s: %(message)s"))
+        handler.addFilter(_lower_level)
+        handler.bioindex_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (click's test runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _lower_level(record: logging.LogRecord) -> bool:
+    record.levelname_lower = record.levelname.lower()
+    return True
 
 
 @main.command()
