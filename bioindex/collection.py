@@ -101,6 +101,7 @@ class Collection:
         if not create:
             if Path(path).exists() and not Path(path).is_dir():
                 raise BioindexError(f"store path {path} exists and is not a directory")
+            Store.check_damaged(path)
             raise BioindexError(f"no bioindex store at {path}; create one with bioindex index")
         if Path(path).exists() and not Path(path).is_dir():
             raise BioindexError(f"store path {path} exists and is not a directory")
@@ -120,14 +121,14 @@ class Collection:
             raise
         return collection
 
-    def close(self) -> None:
-        self.store.close()
+    def close(self, save_index: bool = True) -> None:
+        self.store.close(save_index)
 
     def __enter__(self) -> Collection:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self.close(save_index=kind is None)
 
     # ---- the model -----------------------------------------------------------------
 

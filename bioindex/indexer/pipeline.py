@@ -189,6 +189,7 @@ def run_index(
         # What was embedded is committed even when the run stops early (Ctrl-C included),
         # so the next run starts after it.
         writer.close(chunk)
+    store.compact()
     store.save_index()
     summary.seconds = time.time() - started
     store.record_run(

@@ -108,6 +108,12 @@ class Store:
         return (Path(path) / MANIFEST).is_file()
 
     @classmethod
+    def check_damaged(cls, path: str | os.PathLike[str]) -> None:
+        """Raise the repair advice when `path` holds store data without a manifest."""
+        if not cls.exists(path) and holds_store_data(Path(path)):
+            read_manifest(Path(path))
+
+    @classmethod
     def create(cls, path: str | os.PathLike[str], model: dict[str, Any],
                wait: bool | float = False) -> Store:  # fmt: skip
         """Make a new store, exclusively. When another run made it meanwhile with the same
@@ -178,12 +184,19 @@ class Store:
             raise
         return store
 
-    def close(self) -> None:
+    def close(self, save_index: bool = True) -> None:
+        """Release the store; a writer first saves an index it built or caught up (unless
+        it stops on an error: nothing more is written then) and deletes what no
+        generation lists any more."""
         if self._lock is not None and self._lock.held:
             try:
-                self.save_index()  # an index built or caught up here serves the readers
-                self._collect()
+                if save_index:
+                    self.save_index()
             except BioindexError as exc:  # a full disk must not turn a finished run red
+                log.warning("the index was not saved (%s); readers rebuild it", exc)
+            try:
+                self._collect()
+            except OSError as exc:
                 log.warning("could not tidy old generations: %s", exc)
             self._lock.release()
         if self._pin is not None:
@@ -193,8 +206,8 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self.close(save_index=kind is None)
 
     @property
     def model(self) -> dict[str, Any]:
@@ -363,7 +376,10 @@ class Store:
         self._publish(nxt)
         if self._live.loaded and records:
             self._live.remove(i for i, _ in existing.values())
-            self._live.add(np.asarray(ids, dtype=np.int64), vectors)
+            # What the shard holds (float16), so a live index answers exactly as one rebuilt
+            # from the shards does, whichever way a store got to the same images.
+            self._live.add(np.asarray(ids, dtype=np.int64),
+                           vectors.astype(np.float16).astype(np.float32))  # fmt: skip
             self._live.version = nxt.vectors_version
         self._maybe_compact(COMPACT_AT * 4)
         return ids
@@ -474,9 +490,10 @@ class Store:
         })  # fmt: skip
         self._publish(nxt)
 
-    def compact(self) -> bool:
-        """Merge small catalog segments into one (same data, new generation)."""
-        return self._maybe_compact(2)
+    def compact(self, at_least: int = COMPACT_AT) -> bool:
+        """Merge the small catalog segments into one when there are `at_least` of them
+        (same rows, new generation); the end of every run calls this."""
+        return self._maybe_compact(at_least)
 
     def _maybe_compact(self, at_least: int) -> bool:
         small = [r["file"] for r in self.snap.images if r["rows"] < SMALL_SEGMENT]
