@@ -60,8 +60,10 @@ def test_search_with_an_indexed_image_finds_it_first(indexed, collection_dir, na
     store, _ = indexed
     with Collection.open(store, read_only=True) as col:
         hits = col.search_image(collection_dir / name, k=5)
-    assert hits[0].uri == str((collection_dir / name).resolve())
-    assert hits[0].score >= 0.99
+    mine = [h for h in hits if h.uri == str((collection_dir / name).resolve())]
+    # First, or tied with a copy of the same photograph (the CMYK and EXIF-rotated elephants)
+    # within float16 storage precision: the index holds what the shards hold.
+    assert mine and mine[0].score >= 0.99 and hits[0].score - mine[0].score <= 1e-3
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
 
 

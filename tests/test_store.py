@@ -296,3 +296,28 @@ def test_gpu_faiss_is_chosen_only_when_present(tmp_path: Path, monkeypatch) -> N
         monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
         store.search(_unit(1), 3)
         assert calls == [3]  # no GPU: the CPU index answers
+
+
+def test_sql_command_and_views_for_the_duckdb_cli(tmp_path: Path) -> None:
+    import duckdb
+    from click.testing import CliRunner
+
+    from bioindex.cli import main
+
+    with Store.create(tmp_path / "s", MODEL) as store:
+        store.commit(_records(["a", "b"], family="Felidae"), _unit(2))
+        store.commit(_records(["c"], family="Canidae"), _unit(1, seed=2))
+    runner = CliRunner()
+    result = runner.invoke(main, ["sql", "-s", str(tmp_path / "s"), "--format", "json",
+                                  "SELECT family, count(*) AS n FROM images GROUP BY 1 ORDER BY 1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == [{"family": "Canidae", "n": 1},
+                                         {"family": "Felidae", "n": 2}]  # fmt: skip
+    bad = runner.invoke(main, ["sql", "-s", str(tmp_path / "s"), "SELEC nonsense"])
+    assert bad.exit_code == 1 and bad.output.startswith("error: SQL error")
+    views = runner.invoke(main, ["sql", "-s", str(tmp_path / "s"), "--views"]).output
+    con = duckdb.connect()
+    for statement in filter(str.strip, views.split(";")):
+        con.execute(statement).fetchall()
+    assert con.execute("SELECT count(*) FROM images").fetchall() == [(3,)]
+    assert con.execute("SELECT count(*) FROM failures").fetchall() == [(0,)]

@@ -60,8 +60,8 @@ FORMAT_VERSION = snapshot.FORMAT_VERSION
 # open thousands of files).
 COMPACT_AT = 16
 SMALL_SEGMENT = 256 * 1024
-OCCURRENCE_CHUNK = 100_000
-OCCURRENCE_MEMORY = "1GB"  # DuckDB's share while importing occurrences (it spills beyond)
+OCCURRENCE_CHUNK = 50_000
+OCCURRENCE_MEMORY = "512MB"  # DuckDB's share while importing occurrences (it spills beyond)
 log = logging.getLogger(__name__)
 
 

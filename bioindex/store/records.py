@@ -7,6 +7,7 @@ commit of every run waited for (apache/arrow#34994).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -70,6 +71,7 @@ class Failure:
     mtime: float | None = None
 
 
+@functools.lru_cache(maxsize=4096)
 def dwc_column(term: str) -> str:
     """catalogNumber, dwc:catalogNumber, catalog_number, CatalogNumber → catalog_number."""
     term = term.strip()
