@@ -217,3 +217,22 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
         server.terminate()
         server.wait(timeout=30)
     assert live_rows(store) == 5040
+
+
+def test_a_mapped_index_is_never_changed_in_place(tmp_path: Path) -> None:
+    """FAISS aborts the process when a mapped index is added to (seen: `bioindex search`
+    during an index run). A reader behind the writer reads the file into memory instead,
+    and a mapped one copies it before catching up."""
+    writer = Store.create(tmp_path / "s", MODEL)
+    writer.commit(_records(["a", "b"]), _unit(2))
+    writer.save_index()
+    current = Store.open(tmp_path / "s", read_only=True, map_index=True)
+    assert current.index().ntotal == 2
+    writer.commit(_records(["c"]), _unit(1, seed=4))  # now the saved file is behind
+    behind = Store.open(tmp_path / "s", read_only=True, map_index=True)
+    assert behind.index().ntotal == 3
+    assert current.refresh() and current.index().ntotal == 3
+    scores, ids = current.search(_unit(1, seed=4), 1)
+    assert ids[0][0] == 3 and scores[0][0] > 0.999
+    for store in (current, behind, writer):
+        store.close()

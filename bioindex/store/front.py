@@ -583,7 +583,7 @@ class Store:
         if live.loaded and live.spec.to_json() != spec.to_json():
             live.drop()  # build-index made another kind or tuning current
         if not live.loaded:
-            if not live.load(self.snap.index, spec):
+            if not live.load(self.snap.index, spec, version):
                 live.install(*self._build_index(spec), version)
         if live.version != version:
             try:

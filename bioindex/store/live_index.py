@@ -69,6 +69,7 @@ class LiveIndex:
         self.content: tuple[np.ndarray, np.ndarray] | None = None
         self._gpu: Any = None
         self._located: Any = None
+        self._owned = True  # False: the index maps its file (read-only)
 
     @property
     def loaded(self) -> bool:
@@ -89,8 +90,10 @@ class LiveIndex:
 
     # ---- getting current -------------------------------------------------------------
 
-    def load(self, record: dict[str, Any] | None, spec: IndexSpec) -> bool:
-        """Read the saved index file when it checks out; False when there is none to use."""
+    def load(self, record: dict[str, Any] | None, spec: IndexSpec, version: int) -> bool:
+        """Read the saved index file when it checks out; False when there is none to use.
+        A file behind `version` is read into memory even when mapping is asked for: FAISS
+        cannot add to or remove from a mapped index (it aborts the process)."""
         if not record or not record.get("file"):
             return False
         if record.get("structure") != structure(spec):
@@ -104,7 +107,8 @@ class LiveIndex:
             log.warning("index file %s is %s: rebuilding it", record["file"]["file"], wrong)
             return False
         try:
-            index = faiss_index.read(str(path), spec.kind, self.mapped)
+            mapped = self.mapped and int(record["vectors_version"]) == version
+            index = faiss_index.read(str(path), spec.kind, mapped)
             pairs = np.load(ids_path) if ids_path is not None else None
         except (RuntimeError, OSError, ValueError) as exc:
             log.warning("index file %s is unreadable (%s): rebuilding it", path.name, exc)
@@ -114,6 +118,7 @@ class LiveIndex:
             return False
         faiss_index.set_search(index, spec)
         self.index, self.spec, self.version = index, spec, int(record["vectors_version"])
+        self._owned = not mapped
         self.removed = set(record.get("removed", []))
         self.content = (pairs[:, 0].copy(), pairs[:, 1].copy()) if pairs is not None else None
         self._gpu, self._located = None, None
@@ -124,12 +129,19 @@ class LiveIndex:
         faiss_index.set_search(index, spec)
         self.index, self.spec, self.version = index, spec, version
         self.removed, self.content, self._gpu, self._located = set(), None, None, None
+        self._owned = True
 
     def catch_up(self, version: int) -> None:
         """Add and remove what differs between what the index holds and the live set."""
         if self.content is None:
             raise BioindexError("index content unknown; cannot catch up")  # a bug, not input
         old_ids, old_shards = self.content
+        if not self._owned:  # a mapped index cannot change: take a copy of it first
+            import faiss
+
+            self.index = faiss.clone_index(self.index)
+            faiss_index.set_search(self.index, self.spec)
+            self._owned = True
         ids, codes, rows, names = self.catalog.live_locations()
         numbers = np.asarray([shard_number(n) for n in names], dtype=np.int64)
         shard_of = numbers[codes] if len(ids) else np.empty(0, np.int64)
