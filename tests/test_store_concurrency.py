@@ -225,6 +225,7 @@ def test_a_mapped_index_is_never_changed_in_place(tmp_path: Path) -> None:
     and a mapped one copies it before catching up."""
     writer = Store.create(tmp_path / "s", MODEL)
     writer.commit(_records(["a", "b"]), _unit(2))
+    writer.index()
     writer.save_index()
     current = Store.open(tmp_path / "s", read_only=True, map_index=True)
     assert current.index().ntotal == 2

@@ -69,7 +69,7 @@ class LiveIndex:
         self.content: tuple[np.ndarray, np.ndarray] | None = None
         self._gpu: Any = None
         self._located: Any = None
-        self._owned = True  # False: the index maps its file (read-only)
+        self._mapped = False  # the index views its file (read-only)
 
     @property
     def loaded(self) -> bool:
@@ -77,7 +77,7 @@ class LiveIndex:
 
     def drop(self) -> None:
         self.index, self.spec, self.version, self.content = None, None, -1, None
-        self.removed, self._gpu, self._located = set(), None, None
+        self.removed, self._gpu, self._located, self._mapped = set(), None, None, False
 
     def changed(self) -> None:
         """The catalog moved to another generation: cached lookups are stale."""
@@ -118,7 +118,7 @@ class LiveIndex:
             return False
         faiss_index.set_search(index, spec)
         self.index, self.spec, self.version = index, spec, int(record["vectors_version"])
-        self._owned = not mapped
+        self._mapped = mapped
         self.removed = set(record.get("removed", []))
         self.content = (pairs[:, 0].copy(), pairs[:, 1].copy()) if pairs is not None else None
         self._gpu, self._located = None, None
@@ -129,19 +129,21 @@ class LiveIndex:
         faiss_index.set_search(index, spec)
         self.index, self.spec, self.version = index, spec, version
         self.removed, self.content, self._gpu, self._located = set(), None, None, None
-        self._owned = True
+        self._mapped = False
 
     def catch_up(self, version: int) -> None:
         """Add and remove what differs between what the index holds and the live set."""
         if self.content is None:
             raise BioindexError("index content unknown; cannot catch up")  # a bug, not input
         old_ids, old_shards = self.content
-        if not self._owned:  # a mapped index cannot change: take a copy of it first
+        if self._mapped:
+            # A mapped index cannot change, and a clone still views the mapping: a copy
+            # through serialisation owns its memory (the file may be gone by now).
             import faiss
 
-            self.index = faiss.clone_index(self.index)
+            self.index = faiss.deserialize_index(faiss.serialize_index(self.index))
             faiss_index.set_search(self.index, self.spec)
-            self._owned = True
+            self._mapped = False
         ids, codes, rows, names = self.catalog.live_locations()
         numbers = np.asarray([shard_number(n) for n in names], dtype=np.int64)
         shard_of = numbers[codes] if len(ids) else np.empty(0, np.int64)
