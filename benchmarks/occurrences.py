@@ -86,8 +86,9 @@ def main() -> None:
         archive = workdir / f"archive-{rows}"
         started = time.perf_counter()
         make_archive(archive, rows)
-        print(f"{rows:>11} rows: archive of {(archive / 'occurrence.txt').stat().st_size / 2**30:.2f}"
-              f" GiB ready ({time.perf_counter() - started:.0f} s)", flush=True)
+        gib = (archive / "occurrence.txt").stat().st_size / 2**30
+        print(f"{rows:>11} rows: archive of {gib:.2f} GiB ready "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
         store = workdir / f"store-{rows}"
         subprocess.run(["rm", "-rf", str(store)], check=True)
         rss, seconds, line = import_archive(archive, store)
