@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import peak_rss_of_index  # noqa: E402  (the same command, timed the same way)
 
 TERMS = ("occurrenceID", "catalogNumber", "institutionCode", "basisOfRecord", "scientificName",
          "kingdom", "phylum", "class", "order", "family", "genus", "specificEpithet",
@@ -56,24 +57,6 @@ def make_archive(folder: Path, rows: int) -> None:
     (folder / "done").write_text("")
 
 
-def import_archive(archive: Path, store: Path) -> tuple[float, float, str]:
-    """(peak RSS MB, seconds, summary line) of one `bioindex index ARCHIVE`."""
-    with tempfile.TemporaryFile("w+") as output:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bioindex.cli", "index", str(archive), "--store", str(store),
-             "--model", "bioclip-demo", "--device", "cpu", "-q"],
-            stdout=output, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        output.seek(0)
-        text = output.read().strip()
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"bioindex index failed:\n{text[-3000:]}")
-    return usage.ru_maxrss / 1024, seconds, text.splitlines()[-1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[30_000_000])
@@ -90,8 +73,7 @@ def main() -> None:
         print(f"{rows:>11} rows: archive of {gib:.2f} GiB ready "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         store = workdir / f"store-{rows}"
-        subprocess.run(["rm", "-rf", str(store)], check=True)
-        rss, seconds, line = import_archive(archive, store)
+        rss, seconds, line = peak_rss_of_index(archive, store)
         results.append({"rows": rows, "peak_rss_mb": round(rss, 1), "seconds": round(seconds, 1),
                         "rows_per_s": round(rows / seconds), "summary": line})  # fmt: skip
         print(f"{rows:>11} rows  peak RSS {rss:8.1f} MB  {seconds:8.1f} s  "

@@ -414,7 +414,7 @@ class Catalog:
             except duckdb.IOException as exc:
                 tmp.unlink(missing_ok=True)
                 raise OSError(_errno_of(exc), str(exc).splitlines()[0]) from exc
-            files.fsync_file(tmp)
+            files.fsync_path(tmp)
             files.publish(tmp, path)
         return self._one(f"SELECT count(*) FROM read_parquet({_quote(str(path))})")
 

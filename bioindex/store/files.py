@@ -22,15 +22,8 @@ TMP_SUFFIX = ".tmp"
 _EDGE = 64 * 1024  # bytes read from each end of a file for its quick fingerprint
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's entry list: renames into it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -41,7 +34,7 @@ def fsync_file(path: Path) -> None:
 def publish(tmp: Path, path: Path) -> None:
     """Move a fully written, fsynced temporary file into place, durably."""
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -69,7 +62,7 @@ def create_exclusive(path: Path, text: str) -> bool:
             path.unlink(missing_ok=True)
             raise
         os.close(fd)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
         return True
 
 

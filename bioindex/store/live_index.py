@@ -198,7 +198,7 @@ class LiveIndex:
             except RuntimeError as exc:
                 tmp.unlink(missing_ok=True)
                 raise OSError(28 if "No space" in str(exc) else 5, str(exc)) from exc
-            files.fsync_file(tmp)
+            files.fsync_path(tmp)
             files.publish(tmp, path)
         ids, shard_numbers = self.content if self.content is not None else self._live_pairs()
         ids_path = folder / f"index-{generation:09d}.ids.npy"
