@@ -188,3 +188,26 @@ def test_ctrl_c_commits_what_was_embedded_then_the_rerun_finishes(
     assert f"unchanged {kept}" in rerun.stdout
     assert live_rows(store) == 480
     assert_index_matches_catalog(store)
+
+
+def test_a_second_ctrl_c_waits_for_the_commit_in_progress() -> None:
+    import os
+    import signal
+    import time
+
+    written: list[int] = []
+    started = threading.Event()
+
+    def slow_write(chunk: int) -> None:
+        started.set()
+        time.sleep(1.0)
+        written.append(chunk)
+
+    writer = Writer(slow_write)
+    writer.put(1)
+    started.wait(5)
+    # The main thread is in close() when the signal comes, as on a Ctrl-C at 100%.
+    threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        writer.close(2)
+    assert written == [1, 2]  # nothing was cut off, and the interrupt still reaches the caller

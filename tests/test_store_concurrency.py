@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -137,7 +138,11 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
                                                            ) -> None:  # fmt: skip
     first, more = tmp_path / "first", tmp_path / "more"
     draw_images(first, 40, seed=1)
-    draw_images(more, 5000, seed=2, start=100)
+    # 500 drawn pictures under ten names each: 5,000 files, without drawing 5,000.
+    for picture in draw_images(tmp_path / "drawn", 500, seed=2, start=100):
+        for copy in range(10):
+            (more / f"copy{copy}").mkdir(parents=True, exist_ok=True)
+            os.link(picture, more / f"copy{copy}" / picture.name)
     store = tmp_path / "s"
     subprocess.run([*CLI, "index", str(first), "-s", str(store), "-m", tiny_model, "-q"],
                    check=True, capture_output=True)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,6 +19,8 @@ from bioindex.indexer.remote import MediaCache, fetch_all
 from bioindex.indexer.sources import Item, Scan, covered, occurrence_records
 from bioindex.models import EmbeddingModel
 from bioindex.store import Failure, Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -225,11 +228,25 @@ class Writer:
     def close(self, last: Any = None) -> None:
         """Write what is queued and `last` (when given), stop the thread, and raise a
         write's error if any."""
-        if last:
-            self._queue.put(last)
-        self._queue.put(None)
-        self._thread.join()
+        # A second Ctrl-C must not close the store under a commit in progress (it gave
+        # "connection is busy" tracebacks): the queued commits finish, then it is raised.
+        interrupted: KeyboardInterrupt | None = None
+        for item in ([last] if last else []) + [None]:
+            while True:
+                try:
+                    self._queue.put(item)
+                    break
+                except KeyboardInterrupt as exc:
+                    interrupted = exc
+        while self._thread.is_alive():
+            try:
+                self._thread.join()
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+                log.warning("finishing the commits in progress; they take a moment")
         self._raise()
+        if interrupted is not None:
+            raise interrupted
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not None:

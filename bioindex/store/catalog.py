@@ -13,9 +13,10 @@ changed copy of one segment; the store front decides which files the next genera
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,19 @@ _TABLES = {"images": IMAGE_COLUMNS, "failures": FAILURE_COLUMNS,
 _INLINE_IDS = 2000  # id lists up to this long are inlined so Parquet statistics prune
 
 
+def _releasing_ids(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Unregister the id arrays a method's statement registered, however it ends."""
+
+    @functools.wraps(method)
+    def wrapper(self: Catalog, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._forget_ids()
+
+    return wrapper
+
+
 class Catalog:
     """DuckDB over one generation's catalog files. Not shared between threads at once."""
 
@@ -57,6 +71,7 @@ class Catalog:
         for table, columns in _TABLES.items():
             self._run(f"CREATE TABLE _empty_{table} ({_ddl(columns)})")
         self.files: dict[str, list[str]] = {}
+        self._registered: list[str] = []  # id arrays registered for the statement in hand
 
     def close(self) -> None:
         self.con.close()
@@ -129,55 +144,61 @@ class Catalog:
     def failures(self) -> list[dict[str, Any]]:
         return self._dicts("SELECT uri, stage, error, run_id FROM failures ORDER BY uri")
 
+    @_releasing_ids
     def rows(self, image_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """Catalog rows by image_id, with NULL columns left out and `extra` parsed."""
         if not len(image_ids):
             return {}
         out: dict[int, dict[str, Any]] = {}
-        for row in self._dicts(f"SELECT * FROM images WHERE image_id IN {_ids(image_ids)}"):
+        found = self._dicts(f"SELECT * FROM images WHERE image_id IN {self._ids(image_ids)}")
+        for row in found:
             row = {k: v for k, v in row.items() if v is not None}
             if isinstance(row.get("extra"), str):
                 row["extra"] = json.loads(row["extra"])
             out[int(row["image_id"])] = row
         return out
 
+    @_releasing_ids
     def locations(self, image_ids: Sequence[int]) -> dict[int, tuple[str, int]]:
         """image_id → (shard, row) of the live ones among `image_ids`."""
         if not len(image_ids):
             return {}
         found = self.con.execute(
             "SELECT image_id, shard, shard_row FROM images "
-            f"WHERE status='live' AND image_id IN {_ids(image_ids)}"
+            f"WHERE status='live' AND image_id IN {self._ids(image_ids)}"
         ).fetchall()
         return {int(i): (s, int(r)) for i, s, r in found}
 
     def live_shards(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """(shard name, live image_ids, their rows in the shard) for every shard."""
+        names = self._shard_names()
         found = self.con.execute(
-            "SELECT shard, image_id, shard_row FROM images WHERE status='live' "
-            "ORDER BY shard, shard_row"
-        ).fetchnumpy()
-        shards = np.asarray(found["shard"], dtype=object)
+            "SELECT CAST(dense_rank() OVER (ORDER BY shard) - 1 AS INTEGER) AS code, image_id, "
+            "shard_row FROM images WHERE status='live' ORDER BY shard, shard_row"
+        ).fetchnumpy()  # shard names as small ints: millions of Python strings would not be
+        codes = np.asarray(found["code"], dtype=np.int32)
         ids = np.asarray(found["image_id"], dtype=np.int64)
         rows = np.asarray(found["shard_row"], dtype=np.int64)
         if not len(ids):
             return
-        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         ends = np.r_[starts[1:], len(ids)]
         for start, end in zip(starts, ends):
-            yield str(shards[start]), ids[start:end], rows[start:end]
+            yield names[codes[start]], ids[start:end], rows[start:end]
+
+    def _shard_names(self) -> list[str]:
+        return [str(r[0]) for r in self.con.execute(
+            "SELECT DISTINCT shard FROM images WHERE status='live' ORDER BY shard").fetchall()]
 
     def live_locations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """(live ids sorted, shard code per id, row per id, shard names by code)."""
-        # Shard names as small ints in SQL: millions of Python strings would not be.
-        names = [r[0] for r in self.con.execute(
-            "SELECT DISTINCT shard FROM images WHERE status='live' ORDER BY shard").fetchall()]
+        names = self._shard_names()
         found = self.con.execute(
             "SELECT image_id, CAST(dense_rank() OVER (ORDER BY shard) - 1 AS INTEGER) AS code,"
             " shard_row FROM images WHERE status='live' ORDER BY image_id"
         ).fetchnumpy()  # fmt: skip
         return (np.asarray(found["image_id"], np.int64), np.asarray(found["code"], np.int32),
-                np.asarray(found["shard_row"], np.int64), [str(n) for n in names])  # fmt: skip
+                np.asarray(found["shard_row"], np.int64), names)  # fmt: skip
 
     def live_ids(self) -> np.ndarray:
         found = self.con.execute("SELECT image_id FROM images WHERE status='live'").fetchnumpy()
@@ -211,12 +232,14 @@ class Catalog:
             f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live'"
         ).fetchall()
 
+    @_releasing_ids
     def taxa_of(self, image_ids: Sequence[int]) -> dict[int, tuple]:
         """image_id → (kingdom … scientific_name), the columns of TAXON_COLUMNS."""
         if not len(image_ids):
             return {}
         return {r[0]: r[1:] for r in self.con.execute(
-            f"SELECT image_id, {TAXON_COLUMNS} FROM images WHERE image_id IN {_ids(image_ids)}"
+            f"SELECT image_id, {TAXON_COLUMNS} FROM images "
+            f"WHERE image_id IN {self._ids(image_ids)}"
         ).fetchall()}  # fmt: skip
 
     def same_bytes(self) -> list[tuple[str, list[int]]]:
@@ -317,14 +340,15 @@ class Catalog:
         finally:
             self.con.unregister("_incoming")
 
+    @_releasing_ids
     def rewrite_images(self, segment: str, path: Path, *, drop: Sequence[int] = (),
                        delete: Sequence[int] = (), status: str = "deleted",
                        updates: dict[str, np.ndarray] | None = None) -> int:  # fmt: skip
         """A copy of `segment` without the rows `drop`, with rows `delete` set to `status`,
         and with the metadata of the rows whose uri is in `updates` replaced."""
         source = f"read_parquet({_paths(self.root, [segment])})"
-        where = f"WHERE image_id NOT IN {_ids(drop)}" if len(drop) else ""
-        status_sql = (f"CASE WHEN i.image_id IN {_ids(delete)} THEN '{status}' "
+        where = f"WHERE image_id NOT IN {self._ids(drop)}" if len(drop) else ""
+        status_sql = (f"CASE WHEN i.image_id IN {self._ids(delete)} THEN '{status}' "
                       "ELSE i.status END" if len(delete) else "i.status")  # fmt: skip
         replaced = [f"{status_sql} AS status"]
         join = ""
@@ -437,6 +461,20 @@ class Catalog:
         """A statement whose result nobody reads (DuckDB wants every result consumed)."""
         self.con.execute(sql).fetchall()
 
+    def _ids(self, image_ids: Sequence[int]) -> str:
+        """An IN list: inlined when short (Parquet statistics then prune), else a registered
+        array (a SQL text of 100,000s of numbers costs the parser more than the query)."""
+        if len(image_ids) <= _INLINE_IDS:
+            return _inline(image_ids)
+        name = f"_ids_{len(self._registered)}"
+        self.con.register(name, {"image_id": np.asarray(image_ids, dtype=np.int64)})
+        self._registered.append(name)
+        return f"(SELECT image_id FROM {name})"
+
+    def _forget_ids(self) -> None:
+        while self._registered:
+            self.con.unregister(self._registered.pop())
+
     def _one(self, sql: str) -> Any:
         return self.con.execute(sql).fetchall()[0][0]
 
@@ -470,11 +508,8 @@ def _relative(root: Path, filename: str) -> str:
     return os.path.relpath(filename, root)
 
 
-def _ids(image_ids: Sequence[int]) -> str:
-    values = [int(i) for i in image_ids]
-    if len(values) <= _INLINE_IDS:
-        return "(" + ", ".join(map(str, values)) + ")" if values else "(NULL)"
-    return "(SELECT unnest([" + ", ".join(map(str, values)) + "]))"
+def _inline(values: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(v)) for v in values) + ")" if len(values) else "(NULL)"
 
 
 def _errno_of(exc: Exception) -> int:

@@ -239,6 +239,18 @@ class Store:
                 raise BioindexError(f"store {self.path}: catalog file {record['file']} is "
                                     f"{wrong}; run bioindex check --store {self.path} --repair")
             self._verified.add(record["file"])
+        # Shards are read lazily (and then fully checked); a lost or cut one is named at once,
+        # so no command reports a damaged store as fine (one stat call per new shard).
+        for record in snap.shards:
+            if record["file"] in self._verified:
+                continue
+            path = self.path / record["file"]
+            size = path.stat().st_size if path.is_file() else None
+            if size != record["size"]:
+                wrong = "missing" if size is None else f"{size} bytes, expected {record['size']}"
+                raise BioindexError(f"store {self.path}: vector shard {record['file']} is "
+                                    f"{wrong}; run bioindex check --store {self.path} --repair")
+            self._verified.add(record["file"])
         self.snap = snap
         self.catalog.attach(snap)
         self._shards.update(snap.shards)
@@ -277,9 +289,14 @@ class Store:
         if missing:
             raise BioindexError(f"no live image with image_id {missing[0]} in {self.path}")
         out = np.empty((len(image_ids), self.dim), dtype=np.float32)
+        # Mapped for this call only: kept mappings (for re-ranking) would hold every page
+        # a large sample touched resident for the life of the store.
+        mapped: dict[str, np.ndarray] = {}
         for position, image_id in enumerate(image_ids):
             shard, row = locations[int(image_id)]
-            out[position] = self._shards.get(shard)[row]
+            if shard not in mapped:
+                mapped[shard] = self._shards.load(shard)
+            out[position] = mapped[shard][row]
         return out
 
     def iter_live_vectors(self, batch: int = 65536) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -579,7 +596,10 @@ class Store:
     def index(self) -> Any:
         """The FAISS index of this generation: the saved one when it is current and checks
         out, caught up from an older one, or rebuilt from the shards."""
-        live, version, spec = self._live, self.snap.vectors_version, self.index_spec
+        live, version = self._live, self.snap.vectors_version
+        if live.loaded and live.version == version and live.spec_json is self.snap.index_spec:
+            return live.index  # the common case, once per query: no spec is rebuilt
+        spec = self.index_spec
         if live.loaded and live.spec.to_json() != spec.to_json():
             live.drop()  # build-index made another kind or tuning current
         if not live.loaded:
@@ -592,6 +612,7 @@ class Store:
                 log.warning("rebuilding the index (%s)", exc)
                 live.drop()
                 live.install(*self._build_index(spec), version)
+        live.spec_json = self.snap.index_spec
         return live.index
 
     def save_index(self) -> None:

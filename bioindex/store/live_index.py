@@ -70,6 +70,7 @@ class LiveIndex:
         self._gpu: Any = None
         self._located: Any = None
         self._mapped = False  # the index views its file (read-only)
+        self.spec_json: Any = None  # the snapshot's spec object this index was checked against
 
     @property
     def loaded(self) -> bool:
