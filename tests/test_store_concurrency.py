@@ -242,3 +242,27 @@ def test_a_mapped_index_is_never_changed_in_place(tmp_path: Path) -> None:
     assert ids[0][0] == 3 and scores[0][0] > 0.999
     for store in (current, behind, writer):
         store.close()
+
+
+def test_a_killed_writers_lock_dies_with_it_though_its_workers_linger(tmp_path: Path) -> None:
+    """Decode workers are forked: the lock must not live on in them after a kill -9."""
+    import signal
+    import subprocess as sp
+
+    Store.create(tmp_path / "s", MODEL).close()
+    script = f"""
+import os, time
+from bioindex.store import Store
+store = Store.open({str(tmp_path / "s")!r})
+if os.fork() == 0:
+    time.sleep(20)  # a worker that has not noticed yet
+    os._exit(0)
+print("ready", flush=True)
+time.sleep(60)
+"""
+    writer = sp.Popen([sys.executable, "-c", script], stdout=sp.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "ready"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    with Store.open(tmp_path / "s") as store:  # not "being written by process …"
+        assert store.live_count() == 0

@@ -26,6 +26,7 @@ class WriterLock:
     def __init__(self, root: Path):
         self.path = root / LOCK_FILE
         self._fd: int | None = None
+        self._registered = False
 
     def acquire(self, wait: bool | float = False) -> None:
         """Take the lock; `wait` True waits as long as it takes, a number waits that many
@@ -54,6 +55,16 @@ class WriterLock:
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.time(),
                                   "command": " ".join(sys.argv[:3])}).encode(), 0)  # fmt: skip
         self._fd = fd
+        if not self._registered:
+            # Forked children (decode workers) share the lock's open file; were they to keep
+            # it, a killed writer's lock would outlive it until they notice and exit.
+            os.register_at_fork(after_in_child=self._drop_in_child)
+            self._registered = True
+
+    def _drop_in_child(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def release(self) -> None:
         if self._fd is not None:
