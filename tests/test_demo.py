@@ -158,6 +158,7 @@ def _colour_cast(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_knn_beats_zero_shot_on_a_collection_with_its_own_look(tmp_path: Path) -> None:
     """A collection photographed under its own (yellow) light, queried with photos taken the
     same way: labelled neighbours share the look, the text labels do not."""

@@ -46,6 +46,7 @@ def _vectors_by_uri(path: Path) -> dict[str, np.ndarray]:
     return {uri: vector for (uri, _), vector in zip(rows, vectors)}
 
 
+@pytest.mark.slow
 def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray, tmp_path) -> None:
     with Collection.open(tmp_path / "local", model=tiny_model, device="cpu", create=True) as c:
         local = c.index([images], progress=False, workers=0)
@@ -69,6 +70,7 @@ def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray,
     assert (again.embedded, again.unchanged) == (0, 300)
 
 
+@pytest.mark.slow
 def test_killed_ray_job_resumes_with_each_image_once(images, tiny_model, tmp_path) -> None:
     store = tmp_path / "s"
     command = [sys.executable, "-m", "bioindex.cli", "index", str(images), "--store", str(store),

@@ -135,6 +135,7 @@ def test_cpu_model_threads_follow_the_slower_stage(decoding, modelling, model_ge
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_ctrl_c_commits_what_was_embedded_then_the_rerun_finishes(
     tmp_path: Path, tiny_model: str
 ) -> None:

@@ -157,6 +157,7 @@ def _write_archive(folder: Path, media: list[tuple[str, str]]) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_archive_with_remote_media(tmp_path: Path, tiny_model: str, media_server) -> None:
     base, hits = media_server
     media = [(f"occ{i // 2}", f"{base}/photo/{name}") for i, name in enumerate(CAMERA)]

@@ -187,6 +187,7 @@ print("pandas" in sys.modules)
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_then_resume(tmp_path: Path, tiny_model: str) -> None:
     photos = tmp_path / "photos"
     draw_images(photos, 240, seed=11)
@@ -230,6 +231,7 @@ def test_kill_minus_nine_then_resume(tmp_path: Path, tiny_model: str) -> None:
     assert_index_matches_catalog(store)
 
 
+@pytest.mark.slow
 def test_killed_at_five_random_points_then_completed(tmp_path: Path, tiny_model: str) -> None:
     photos = tmp_path / "photos"
     draw_images(photos, 200, seed=12)

@@ -60,6 +60,7 @@ def test_second_cli_writer_gets_one_line(tmp_path: Path, tiny_model: str) -> Non
         holder.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("same_model", [True, False])
 def test_two_runs_creating_one_store(tmp_path: Path, tiny_model: str, other_tiny_model: str,
                                      same_model: bool) -> None:  # fmt: skip
