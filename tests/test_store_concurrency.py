@@ -255,9 +255,12 @@ def test_a_killed_writers_lock_dies_with_it_though_its_workers_linger(tmp_path: 
 import os, time
 from bioindex.store import Store
 store = Store.open({str(tmp_path / "s")!r})
+started, told = os.pipe()
 if os.fork() == 0:
-    time.sleep(20)  # a worker that has not noticed yet
+    os.write(told, b"x")  # running (fork handlers done): a worker that has not noticed yet
+    time.sleep(20)
     os._exit(0)
+os.read(started, 1)
 print("ready", flush=True)
 time.sleep(60)
 """

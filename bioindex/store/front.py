@@ -807,7 +807,7 @@ def _check_new_store_dir(root: Path) -> None:
                             f"written over: run bioindex check --store {root} --repair")
     # What an interrupted create leaves behind (nothing of value) may be reused.
     ours = {*DATA_DIRS, LOCK_FILE, snapshot.CURRENT, snapshot.CURRENT + files.TMP_SUFFIX,
-            MANIFEST + files.TMP_SUFFIX, SHARD_DIR}  # fmt: skip
+            MANIFEST + files.TMP_SUFFIX}  # fmt: skip
     if any(p.name not in ours for p in root.iterdir()):
         raise BioindexError(f"store path {root} is a non-empty folder that is not a bioindex "
                             f"store")  # fmt: skip
