@@ -331,6 +331,14 @@ class Collection:
         self._taxonomy = (generation, taxonomy)
         return taxonomy
 
+    def catalog_names_taxa(self) -> bool:
+        """Whether any live image of the catalog carries a taxon (a plain folder has none)."""
+        try:
+            self.taxonomy()
+        except BioindexError:
+            return False
+        return True
+
     def _read_taxonomy(self) -> Taxonomy:
         from bioindex.search.labels import taxon_from_row
 
@@ -348,8 +356,15 @@ class Collection:
         check_k(k)
         if mode not in SEARCH_MODES:
             raise BioindexError(f"unknown mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
-        taxon = (taxonomy or self.taxonomy()).resolve(name)
         user = _filter(where)
+        if taxonomy is None and mode != "catalog" and not self.catalog_names_taxa():
+            # A plain folder has no labels to resolve the name against: the model alone
+            # can still look for it, from the caption BioCLIP was trained on.
+            if not name or not name.strip():
+                raise BioindexError("taxon name is empty")
+            query = self.embed_texts([f"a photo of {' '.join(name.split())}."])[0]
+            return to_hits(self.store, nearest(self.store, query, k, where=user), why="semantic")
+        taxon = (taxonomy or self.taxonomy()).resolve(name)
         query = self.embed_texts([taxon.caption("taxonomic")])[0]
         hits: list[Hit] = []
         if mode in ("catalog", "hybrid"):

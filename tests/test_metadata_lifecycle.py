@@ -66,3 +66,27 @@ def test_a_fixed_failure_leaves_the_failures_list(tmp_path: Path, tiny_model: st
         (photos / "bad2.png").unlink()
         col.index([photos], progress=False, workers=0)
         assert col.failures() == []
+
+
+def test_taxon_search_on_a_plain_folder_asks_the_model(tmp_path: Path, tiny_model: str) -> None:
+    """A store with no labels (the first one a user makes) still answers a taxon name: from
+    its BioCLIP caption, every hit marked as a look-alike; the catalog mode says why not."""
+    import pytest
+    from click.testing import CliRunner
+
+    from bioindex.cli import main
+    from bioindex.errors import BioindexError
+
+    photos = tmp_path / "photos"
+    draw_images(photos, 10, seed=3)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([photos], progress=False, workers=0)
+        hits = col.search_taxon("Felis catus", k=4)
+        assert [h.why for h in hits] == ["semantic"] * 4
+        same = col.search_text("a photo of Felis catus.", k=4)
+        assert [h.image_id for h in hits] == [h.image_id for h in same]
+        with pytest.raises(BioindexError, match="names no taxa"):
+            col.search_taxon("Felis catus", k=4, mode="catalog")
+    result = CliRunner().invoke(main, ["search", "taxon", "Felidae", "-s", str(tmp_path / "s"),
+                                       "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
