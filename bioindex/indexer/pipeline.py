@@ -71,7 +71,8 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
     """What to embed, what is unchanged, which failed files are still the same bytes,
     and which live images' files vanished."""
     known = store.known_files()
-    failed = {} if retry_failed else store.known_failures()
+    failures = store.known_failures()
+    failed = {} if retry_failed else failures
     todo: list[Item] = []
     same: list[Item] = []
     unchanged = known_bad = 0
@@ -105,8 +106,7 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
         for uri, (image_id, _, _, status) in known.items()
         if status == "live" and uri not in present and covered(uri, scan.roots)
     ]
-    gone = [uri for uri in store.known_failures()
-            if uri not in present and covered(uri, scan.roots)]  # fmt: skip
+    gone = [uri for uri in failures if uri not in present and covered(uri, scan.roots)]
     return Plan(todo, unchanged, known_bad, vanished, same, gone)
 
 

@@ -12,6 +12,7 @@ Source types (chosen from the path unless --source-type says):
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,8 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 _URI_COLUMNS = ("path", "file", "filename", "uri", "url", "identifier", "accessuri", "image")
 _SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Item:
@@ -235,6 +238,9 @@ def occurrence_records(archive_path: str) -> Iterator[dict[str, Any]]:
             core_id = key or terms.get("occurrenceID") or ""
             terms.setdefault("occurrenceID", core_id)
             yield {"core_id": core_id, "source": archive_path, **terms}
+        for warning in archive.warnings:  # the scan did not read the rows of this archive
+            if archive.media_extension() is None:
+                log.warning("%s", warning)
 
 
 _MEDIA_TERMS = ("license", "creator", "rightsHolder", "rights", "format", "title", "references")

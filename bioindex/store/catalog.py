@@ -323,7 +323,9 @@ class Catalog:
         }  # fmt: skip
 
     def export_legacy(self, table: str, path: Path) -> int:
-        return self.export_table(f"SELECT * FROM legacy.{table}", table, path)
+        """A format-1 table's rows as one segment, typed as this format's columns."""
+        select = ", ".join(f'CAST("{n}" AS {t}) AS "{n}"' for n, t in _TABLES[table])
+        return self._copy(f"SELECT {select} FROM legacy.{table}", path)
 
     def close_legacy(self) -> None:
         self._run("DETACH legacy")
@@ -420,12 +422,6 @@ class Catalog:
             "CAST(_row AS VARCHAR)) ELSE core_id END AS core_id) FROM (SELECT *, row_number() "
             f"OVER (PARTITION BY core_id ORDER BY _row) AS _nth FROM ({numbered})) ORDER BY _row",
             path)  # fmt: skip
-
-    def export_table(self, source_sql: str, table: str, path: Path) -> int:
-        """Rows of any query (a legacy catalog's table, say), typed as `table`'s columns."""
-        columns = _TABLES[table]
-        select = ", ".join(f'CAST("{n}" AS {t}) AS "{n}"' for n, t in columns)
-        return self._copy(f"SELECT {select} FROM ({source_sql})", path)
 
     # ---- internals ---------------------------------------------------------------------
 

@@ -142,7 +142,3 @@ def describe_os_error(exc: OSError, path: Path | str) -> str:
         return f"{path} is on a read-only file system"
     return f"cannot write {path}: {exc.strerror or exc}"
 
-
-def is_disk_error(exc: BaseException) -> bool:
-    text = str(exc)
-    return isinstance(exc, OSError) or "No space left" in text or "Disk quota" in text

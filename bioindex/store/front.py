@@ -385,7 +385,8 @@ class Store:
             fault("after-segment")
             nxt.vectors_version += 1
         touched = [r.uri for r in records] + [f.uri for f in failures]
-        known = self.catalog.known_failures() if touched else {}
+        # Only a store with failures on record can have some of these to clear.
+        known = self.catalog.known_failures() if touched and self.snap.failures else {}
         if failures or any(uri in known for uri in touched):
             new = failure_columns(failures, run_id)
             nxt.failures = self._segment(nxt, "failures", lambda p: self.catalog.write_failures(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -316,9 +316,3 @@ def _matched(ids: np.ndarray, shards: np.ndarray, other_ids: np.ndarray,
     at = np.minimum(np.searchsorted(other_ids, ids), len(other_ids) - 1)
     return (other_ids[at] == ids) & (other_shards[at] == shards)
 
-
-def iter_batches(ids: np.ndarray, rows: np.ndarray, data: np.ndarray,
-                 batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
-    for start in range(0, len(ids), batch):
-        part = rows[start : start + batch]
-        yield ids[start : start + batch], np.asarray(data[part], dtype=np.float32)
