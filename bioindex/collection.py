@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from bioindex.errors import BioindexError
-from bioindex.images import IMAGE_EXTENSIONS, open_image
+from bioindex.errors import BioindexError, NoTaxaError, Remedy, UnknownTaxonError
+from bioindex.images import IMAGE_EXTENSIONS, describe_error, open_image
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.sources import Scan, scan_paths
 from bioindex.models import EmbeddingModel, ModelIdentity, load_model
@@ -34,12 +35,48 @@ from bioindex.search.labels import (
 )
 from bioindex.search.query import Hit, check_k, nearest, search_vector, to_hits
 from bioindex.store import Store
-from bioindex.taxonomy import Taxonomy
+from bioindex.taxonomy import Taxon, Taxonomy, looks_scientific
 
 Where = Sequence[str] | Filter | None
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
 
 DEFAULT_MODEL = "bioclip"
+LOOK_ALIKE = "look-alike"  # a hit found by the model's eye, not by the catalog's label
+
+# What to do when a store has no taxon names, said for each interface.
+NAME_TAXA = Remedy(
+    python="pass taxonomy=Taxonomy.from_csv(PATH) or labels=…, or index with metadata= to "
+    "name the images' taxa",
+    http="search by text, or give labels=A,B,C to classify against",
+    cli=(("--taxonomy", "give --taxonomy PATH (a TreeOfLife label folder or a CSV with rank "
+                        "columns), or index the images with --metadata FILE"),
+         ("--labels", "give --labels A,B,C or --tol DIR (TreeOfLife labels), or index the "
+                      "images with --metadata FILE"),
+         ("", "index the images with --metadata FILE to name their taxa")),
+)  # fmt: skip
+LOOK_INSTEAD = Remedy(
+    python="use mode='semantic' to find look-alikes", http="use mode=semantic",
+    cli=(("--mode", "use --mode semantic to find look-alikes"),),
+)  # fmt: skip
+AS_TEXT = Remedy(
+    python="search_text() searches free text", http="use /api/search/text for free text",
+    cli=(("", "for free text use bioindex search text"),),
+)  # fmt: skip
+
+
+@dataclass
+class Answer:
+    """A search box's answer: how the query was read (`taxon` the catalog names, a Latin
+    `name` it does not, or free `text`) and the hits (catalog matches first)."""
+
+    kind: str
+    hits: list[Hit]
+    taxon: dict[str, str] | None = None
+    rank: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query_as": self.kind, "taxon": self.taxon, "rank": self.rank,
+                "results": [h.to_dict() for h in self.hits]}  # fmt: skip
 
 
 def scan_sources(
@@ -183,24 +220,28 @@ class Collection:
         'ray://host:port'; none starts a local one) with `num_gpus` GPU actors.
         `gpu_decode` (default: on with CUDA) decodes baseline JPEGs on the model's device;
         `compile` runs the image tower through torch.compile (local engine)."""
-        from bioindex.indexer.embed import default_batch_size, default_workers
-
         scan = (
             sources
             if isinstance(sources, Scan)
             else scan_sources(sources, metadata, source_type, media_root)
         )
-        model = self.model
-        if compile:
-            model.compile_visual()
         if batch_size is not None and batch_size < 1:
             raise BioindexError(f"batch size must be at least 1, got {batch_size}")
+
+        def load() -> EmbeddingModel:
+            # Only when there is something to embed: a rerun over unchanged files is
+            # answered without loading (or importing) the model.
+            model = self.model
+            if compile:
+                model.compile_visual()
+            return model
+
         return run_index(
             self.store,
-            model,
+            load,
             scan,
-            batch_size=batch_size or default_batch_size(model.device),
-            workers=default_workers(model.device) if workers is None else workers,
+            batch_size=batch_size,
+            workers=workers,
             commit_every=commit_every,
             progress=progress,
             fast_decode=fast_decode,
@@ -245,7 +286,13 @@ class Collection:
     # ---- reading -------------------------------------------------------------------
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.model.encode_texts(texts)
+        """Unit vectors of texts; ones asked before come from the store's query cache, so
+        a repeated query does not load the model."""
+        from bioindex.store.query_cache import QueryCache
+
+        manifest = self.store.model
+        cache = QueryCache(self.store.path, manifest["weights_sha256"], self.store.dim)
+        return cache.embed(list(texts), lambda missing: self.model.encode_texts(missing))
 
     def embed_image(self, path: str | os.PathLike[str]) -> np.ndarray:
         file = Path(path)
@@ -335,7 +382,7 @@ class Collection:
         """Whether any live image of the catalog carries a taxon (a plain folder has none)."""
         try:
             self.taxonomy()
-        except BioindexError:
+        except NoTaxaError:
             return False
         return True
 
@@ -344,27 +391,27 @@ class Collection:
 
         taxa = [t for t in (taxon_from_row(r) for r in self._taxon_rows()) if t is not None]
         if not taxa:
-            raise BioindexError(f"the catalog of {self.store.path} names no taxa; give "
-                                f"--taxonomy (a TreeOfLife label folder or a CSV with rank "
-                                f"columns)")  # fmt: skip
+            raise NoTaxaError(f"the catalog of {self.store.path} names no taxa",
+                              remedy=NAME_TAXA)  # fmt: skip
         return Taxonomy(taxa)
 
     def search_taxon(self, name: str, k: int = 10, mode: str = "hybrid", where: Where = None,
                      taxonomy: Taxonomy | None = None) -> list[Hit]:  # fmt: skip
         """Images of a taxon: `catalog` (labelled so), `semantic` (looks so to the model),
-        or `hybrid` (labelled first, then look-alikes not yet shown)."""
+        or `hybrid` (labelled first, then look-alikes not yet shown).
+
+        A name the catalog (or `taxonomy`) does not know is still searched semantically
+        from its BioCLIP caption when it reads as a Latin name, or when the catalog names
+        no taxa at all (a plain folder): every hit is then a look-alike."""
         check_k(k)
         if mode not in SEARCH_MODES:
             raise BioindexError(f"unknown mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
         user = _filter(where)
-        if taxonomy is None and mode != "catalog" and not self.catalog_names_taxa():
-            # A plain folder has no labels to resolve the name against: the model alone
-            # can still look for it, from the caption BioCLIP was trained on.
-            if not name or not name.strip():
-                raise BioindexError("taxon name is empty")
-            query = self.embed_texts([f"a photo of {' '.join(name.split())}."])[0]
-            return to_hits(self.store, nearest(self.store, query, k, where=user), why="semantic")
-        taxon = (taxonomy or self.taxonomy()).resolve(name)
+        taxon = self._resolve_taxon(name, mode, taxonomy)
+        if taxon is None:
+            caption = f"a photo of {' '.join(name.split())}."
+            query = self.embed_texts([caption])[0]
+            return to_hits(self.store, nearest(self.store, query, k, where=user), why=LOOK_ALIKE)
         query = self.embed_texts([taxon.caption("taxonomic")])[0]
         hits: list[Hit] = []
         if mode in ("catalog", "hybrid"):
@@ -373,8 +420,45 @@ class Collection:
         if mode in ("semantic", "hybrid") and len(hits) < k:
             shown = {h.image_id for h in hits}
             pairs = nearest(self.store, query, k - len(hits), exclude=shown, where=user)
-            hits += to_hits(self.store, pairs, why="semantic", start=len(hits) + 1)
+            hits += to_hits(self.store, pairs, why=LOOK_ALIKE, start=len(hits) + 1)
         return hits
+
+    def _resolve_taxon(self, name: str, mode: str, taxonomy: Taxonomy | None) -> Taxon | None:
+        """The taxon `name` means, or None when only its caption can be searched."""
+        if not name or not name.strip():
+            raise BioindexError("taxon name is empty")
+        try:
+            return (taxonomy or self.taxonomy()).resolve(name)
+        except NoTaxaError:
+            if mode == "catalog":
+                raise NoTaxaError(f"the catalog of {self.store.path} names no taxa, so no "
+                                  f"image is labelled {name!r}", remedy=LOOK_INSTEAD) from None
+            return None  # a plain folder: the model alone can still look for the name
+        except UnknownTaxonError as exc:
+            if mode == "catalog" or exc.close or not looks_scientific(name):
+                raise BioindexError(exc.message, remedy=AS_TEXT) from None
+            return None
+
+    def search(self, query: str, k: int = 10, where: Where = None) -> Answer:
+        """What a search box does with `query`: a taxon the catalog names gives its images
+        and then look-alikes; a Latin name it does not know, or any name on a store without
+        labels, gives look-alikes of the name's caption; anything else is a text search."""
+        check_k(k)
+        if not query or not query.strip():
+            raise BioindexError("the query is empty")
+        labelled = self.catalog_names_taxa()
+        if labelled or looks_scientific(query):
+            try:
+                taxon = self._resolve_taxon(query, "hybrid", None) if labelled else None
+            except BioindexError:
+                taxon = None
+                if not looks_scientific(query):
+                    return Answer("text", self.search_text(query, k, where))
+            if taxon is not None:
+                return Answer("taxon", self.search_taxon(query, k, "hybrid", where),
+                              taxon.to_row(), taxon.rank)  # fmt: skip
+            return Answer("name", self.search_taxon(query, k, "semantic", where))
+        return Answer("text", self.search_text(query, k, where))
 
     def catalog_labels(self) -> LabelSet:
         return labels_from_taxa(self.catalog_taxa(), f"catalog of {self.store.path}")
@@ -391,16 +475,12 @@ class Collection:
     ) -> list[Prediction]:
         """Predict taxa for image files; labels default to the catalog's species."""
         check_k(k)
-        vectors = embed_files(self.model, images)
-        return self.classify_vectors(
-            [str(p) for p in images],
-            vectors,
-            rank=rank,
-            k=k,
-            method=method,
-            labels=labels,
-            neighbours=neighbours,
-        )
+        if labels is None and not self.catalog_names_taxa():
+            raise NoTaxaError(f"the catalog of {self.store.path} names no taxa to classify "
+                              f"against", remedy=NAME_TAXA)  # fmt: skip
+        names, vectors, failed = embed_files(self.model, images)
+        return self.classify_vectors(names, vectors, rank=rank, k=k, method=method,
+                                     labels=labels, neighbours=neighbours) + failed  # fmt: skip
 
     def classify_vectors(self, names: Sequence[str], vectors: np.ndarray, *,
                          rank: str = "species", k: int = 5, method: str = "zero-shot",
@@ -408,6 +488,9 @@ class Collection:
                          ) -> list[Prediction]:  # fmt: skip
         """Classify already embedded images (e.g. uploads), named `names` in the output."""
         check_k(k)
+        if labels is None and not self.catalog_names_taxa():
+            raise NoTaxaError(f"the catalog of {self.store.path} names no taxa to classify "
+                              f"against", remedy=NAME_TAXA)  # fmt: skip
         label_matrix = None
         if method != "knn" and labels is None:
             labels, label_matrix = self._catalog_label_vectors()
@@ -464,32 +547,41 @@ def classify_images(
     neighbours: int = 20,
     cache_root: str | os.PathLike[str] | None = None,
 ) -> list[Prediction]:
-    """Classify image files with a loaded model (a store is needed for knn/combined)."""
-    vectors = embed_files(model, images)
+    """Classify image files with a loaded model (a store is needed for knn/combined);
+    unreadable files come last, as predictions with an `error`."""
+    names, vectors, failed = embed_files(model, images)
     label_matrix = None
     if labels is not None and method != "knn":
         label_matrix = _label_matrix(model, labels, cache_root)
     return classify_vectors(
-        [str(p) for p in images], vectors, rank=rank, k=k, method=method,
+        names, vectors, rank=rank, k=k, method=method,
         labels=labels, label_vectors=label_matrix, logit_scale=model.logit_scale,
         store=store, neighbours=neighbours,
-    )  # fmt: skip
+    ) + failed  # fmt: skip
 
 
-def embed_files(model: EmbeddingModel, images: Sequence[str | os.PathLike[str]]) -> np.ndarray:
-    """Unit vectors for image files; a missing or unreadable file is a BioindexError."""
+def embed_files(model: EmbeddingModel, images: Sequence[str | os.PathLike[str]],
+                ) -> tuple[list[str], np.ndarray, list[Prediction]]:  # fmt: skip
+    """(readable files, their unit vectors, a failed Prediction for each file that is missing
+    or does not decode). Like `index`, one bad file does not stop the batch; none readable
+    is a BioindexError."""
     if not images:
         raise BioindexError("no images to classify")
-    vectors = []
+    names, vectors, failed = [], [], []
     for path in images:
         file = Path(path)
-        if not file.is_file():
-            raise BioindexError(f"image {path} does not exist")
         try:
+            if not file.is_file():
+                raise FileNotFoundError("no such file")
             vectors.append(model.embed_pil([open_image(file)])[0])
+            names.append(str(path))
         except Exception as exc:
-            raise BioindexError(f"cannot read image {path}: {exc}") from exc
-    return np.stack(vectors)
+            reason = "no such file" if isinstance(exc, FileNotFoundError) else describe_error(exc)
+            failed.append(Prediction(str(path), 0.0, error=reason))
+    if not names:
+        raise BioindexError(f"none of the {len(images)} images could be read "
+                            f"({failed[0].file}: {failed[0].error})")  # fmt: skip
+    return names, np.stack(vectors), failed
 
 
 def _label_matrix(model: EmbeddingModel, labels: LabelSet,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,14 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def describe_error(exc: BaseException) -> str:
+    """A decode failure in words: its kind and message, without the object reprs PIL puts
+    in ("cannot identify image file <_io.BytesIO object at 0x…>")."""
+    message = _OBJECT_REPR.sub("", str(exc)).strip() or "no details"
+    return f"{type(exc).__name__}: {message.splitlines()[0]}"
 
 
 def open_image(source: bytes | str | Path) -> Image.Image:

@@ -11,7 +11,9 @@ Names a user may give:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import importlib.util
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -22,7 +24,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from bioindex.errors import BioindexError, ModelMismatchError
+from bioindex.errors import BioindexError, ModelMismatchError, Remedy
 
 ALIASES = {
     "bioclip": "hf-hub:imageomics/bioclip",
@@ -44,6 +46,37 @@ _LOCAL_WEIGHTS = (
     "model.safetensors",
     "pytorch_model.bin",
 )
+
+
+_NAMED = "bioclip, bioclip-2, bioclip-demo, hf-hub:ORG/REPO or local-dir:PATH"
+KNOWN_MODELS = Remedy(
+    python=f"use {_NAMED}, or an open_clip architecture with checkpoint=FILE",
+    cli=(("--checkpoint", f"use {_NAMED}, or an open_clip architecture with --checkpoint FILE"),
+         ("", f"use {_NAMED}")),
+)  # fmt: skip
+GIVE_CHECKPOINT = Remedy(
+    python="pass checkpoint=FILE, or use a named model",
+    cli=(("--checkpoint", "add --checkpoint FILE (or --checkpoint random for speed tests)"),
+         ("", f"use {_NAMED}; an architecture with weights is given when the store is made "
+              f"(bioindex index --model ARCH --checkpoint FILE)")),
+)  # fmt: skip
+
+
+def known_architectures() -> list[str]:
+    """open_clip's architecture names, read from its config folder (importing open_clip
+    takes seconds; a typo should be answered at once)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model_configs"
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def _did_you_mean(name: str, architectures: Sequence[str]) -> str:
+    known = [*ALIASES, DEMO_MODEL_NAME, *architectures]
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=2, cutoff=0.7)
+    return f" (did you mean {' or '.join(by_lower[c] for c in close)}?)" if close else ""
 
 
 def demo_model_dir() -> Path:
@@ -340,12 +373,13 @@ def _locate_weights(name: str, source: str, checkpoint: str | None) -> Path | No
     if source.startswith("hf-hub:"):
         _ensure_hub_available(source[len("hf-hub:") :])
         return None
+    architectures = known_architectures()
+    if architectures and name not in architectures:
+        raise BioindexError(f"unknown model {name!r}{_did_you_mean(name, architectures)}",
+                            remedy=KNOWN_MODELS)  # fmt: skip
     if checkpoint is None:
-        raise BioindexError(
-            f"model {name!r} is an architecture name without weights; add --checkpoint FILE "
-            f"(or --checkpoint random for speed tests), or use bioclip, bioclip-2, hf-hub: "
-            f"or local-dir:"
-        )
+        raise BioindexError(f"model {name!r} is an open_clip architecture without weights",
+                            remedy=GIVE_CHECKPOINT)  # fmt: skip
     if checkpoint == RANDOM_CHECKPOINT:
         return None
     path = Path(checkpoint).expanduser()

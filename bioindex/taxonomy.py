@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bioindex.errors import BioindexError
+from bioindex.errors import BioindexError, UnknownTaxonError
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 # The same ranks as Darwin Core catalog columns: the species rank is held as its epithet.
@@ -37,6 +37,18 @@ def split_binomial(name: str | None) -> tuple[str, str] | None:
     for anything else (a genus alone, an informal or lower-case name)."""
     match = _BINOMIAL.match((name or "").strip())
     return (match.group(1), match.group(2)) if match else None
+
+
+_SCIENTIFIC = re.compile(r"^[A-Z][a-z]+(?:\s+[a-z][a-z-]+){0,2}$")
+
+
+def looks_scientific(name: str) -> bool:
+    """Whether `name` reads as a Latin taxon name: one capitalised word (a genus, family,
+    order …) or a binomial/trinomial ("Cardinalis cardinalis"). Free text ("a red bird",
+    "herbarium sheet") does not."""
+    return bool(_SCIENTIFIC.match(" ".join(name.split())))
+
+
 FORMATS = ("taxonomic", "scientific", "common", "taxonomic_common")
 
 
@@ -157,7 +169,8 @@ class Taxonomy:
         if not candidates:
             close = difflib.get_close_matches(key, self._names.keys(), n=3, cutoff=0.75)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise BioindexError(f"unknown taxon {name!r} (not among {len(self)} known taxa){hint}")
+            raise UnknownTaxonError(
+                f"unknown taxon {name!r} (not among {len(self)} known taxa){hint}", close)
         listed = "; ".join(
             f"{t.rank} {' '.join(n for n in t.lineage if n)}"
             for t in sorted(candidates, key=lambda t: t.lineage)[:5]

@@ -200,7 +200,7 @@ def test_taxon_search_modes(tmp_path: Path) -> None:
         assert len(catalog) == 2 and {h.why for h in catalog} == {"catalog species"}
         hybrid = col.search_taxon(target.taxon.common_name, k=4, mode="hybrid")
         assert [h.why for h in hybrid[:2]] == ["catalog species"] * 2
-        assert [h.why for h in hybrid[2:]] == ["semantic", "semantic"]
+        assert [h.why for h in hybrid[2:]] == ["look-alike", "look-alike"]
         # The look-alikes found semantically are the unlabelled pictures of that species.
         names = {Path(h.uri).name for h in hybrid}
         truth = {f"{r.split(',')[0]}" for n, r in enumerate(rows)

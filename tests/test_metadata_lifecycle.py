@@ -82,7 +82,7 @@ def test_taxon_search_on_a_plain_folder_asks_the_model(tmp_path: Path, tiny_mode
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
         col.index([photos], progress=False, workers=0)
         hits = col.search_taxon("Felis catus", k=4)
-        assert [h.why for h in hits] == ["semantic"] * 4
+        assert [h.why for h in hits] == ["look-alike"] * 4
         same = col.search_text("a photo of Felis catus.", k=4)
         assert [h.image_id for h in hits] == [h.image_id for h in same]
         with pytest.raises(BioindexError, match="names no taxa"):

@@ -196,8 +196,9 @@ def test_duplicates_exact_and_near(tmp_path: Path, tiny_model: str) -> None:
         assert frozenset({paths[0].name, "c.png" if paths[0].suffix == ".png" else
                           "copy.jpg"}) in names  # fmt: skip
         assert any(paths[1].name in g and "near.png" in g for g in names)
-        kinds = {m.kind for m in groups if Path(m.uri).name in ("copy.jpg", "c.png")}
-        assert kinds == {"exact"}
+        pair = {m.kind: m.score for m in groups
+                if Path(m.uri).name in ("copy.jpg", "c.png", paths[0].name)}  # fmt: skip
+        assert pair == {"anchor": None, "exact": 1.0}
     result = CliRunner().invoke(
         main, ["dedup", "-s", str(tmp_path / "s"), "--format", "json", "-t", "0.99"]
     )

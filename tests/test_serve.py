@@ -57,7 +57,7 @@ def test_text_and_taxon_search(server) -> None:
         params={"name": target.taxon.family, "k": 5, "where": "institution_code=SYNTH"},
     ).json()
     assert taxon["results"] and all(r["institution_code"] == "SYNTH" for r in taxon["results"])
-    assert {r["match"] for r in taxon["results"]} <= {"catalog family", "semantic"}
+    assert {r["match"] for r in taxon["results"]} <= {"catalog family", "look-alike"}
     grouped = client.get(
         "/api/search/text", params={"q": "x", "k": 2, "group_by": "occurrence"}
     ).json()
@@ -116,7 +116,7 @@ def test_records_thumbnails_neighbours_taxa(server) -> None:
     ("get", "/api/search/text", {"params": {"q": "x", "k": 5000}}, 400),
     ("get", "/api/search/text", {"params": {"q": "  "}}, 400),
     ("get", "/api/search/text", {"params": {"q": "x", "group_by": "nope"}}, 400),
-    ("get", "/api/search/taxon", {"params": {"name": "Nonexistens"}}, 400),
+    ("get", "/api/search/taxon", {"params": {"name": "no such thing"}}, 400),
     ("get", "/api/search/taxon", {"params": {"name": "../../etc/passwd"}}, 400),
     ("get", "/api/search/text", {"params": {"q": "x", "where": "../../etc/passwd"}}, 400),
     ("get", "/api/search/text", {"params": {"q": "x", "where": "uri=/etc/passwd"}}, 400),

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bioindex.images import open_image, to_rgb
+from bioindex.images import describe_error, open_image, to_rgb
 from bioindex.indexer.device_decode import (
     crop_geometry,
     decode_on_device,
@@ -154,7 +154,7 @@ def decode_batch(
             else:
                 pixels.append(np.asarray(pil_part(image), dtype=np.uint8))
         except Exception as exc:  # bad input is recorded, never fatal
-            failures.append((position, stage, f"{type(exc).__name__}: {exc}"))
+            failures.append((position, stage, describe_error(exc)))
             continue
         good["position"].append(position)
         good["sha256"].append(hashlib.sha256(data).hexdigest())

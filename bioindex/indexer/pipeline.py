@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -14,7 +14,12 @@ import numpy as np
 from tqdm import tqdm
 
 from bioindex.errors import BioindexError
-from bioindex.indexer.embed import EmbeddedBatch, embed_items
+from bioindex.indexer.embed import (
+    EmbeddedBatch,
+    default_batch_size,
+    default_workers,
+    embed_items,
+)
 from bioindex.indexer.remote import MediaCache, fetch_all
 from bioindex.indexer.sources import Item, Scan, covered, occurrence_records
 from bioindex.models import EmbeddingModel
@@ -37,7 +42,8 @@ class IndexSummary:
     run_id: int = 0
 
     def line(self) -> str:
-        rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
+        # A rate over nothing embedded ("0.0 images/s") reads as a fault.
+        rate = f" ({self.embedded / max(self.seconds, 1e-9):.1f} images/s)" if self.embedded else ""
         records = f"{self.occurrences} occurrence records, " if self.occurrences else ""
         fetched = f", downloaded {self.downloaded}" if self.downloaded else ""
         fetched += f", metadata updated {self.updated}" if self.updated else ""
@@ -45,7 +51,7 @@ class IndexSummary:
             f"{records}embedded {self.embedded}, unchanged {self.unchanged}, "
             f"failed {self.failed}{fetched}, "
             f"deleted {self.deleted}{self._known_bad()} "
-            f"in {self.seconds:.1f}s ({rate:.1f} images/s)"
+            f"in {self.seconds:.1f}s{rate}"
         )
 
     def _known_bad(self) -> str:
@@ -112,11 +118,11 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
 
 def run_index(
     store: Store,
-    model: EmbeddingModel,
+    model: EmbeddingModel | Callable[[], EmbeddingModel],
     scan: Scan,
     *,
-    batch_size: int,
-    workers: int,
+    batch_size: int | None = None,
+    workers: int | None = None,
     commit_every: int = 2048,
     progress: bool = True,
     fast_decode: bool = False,
@@ -127,7 +133,11 @@ def run_index(
     gpu_decode: bool | None = None,
 ) -> IndexSummary:
     """Embed what changed, committing every `commit_every` images; `engine` 'ray' runs
-    decode and embed on a Ray cluster (see indexer.ray_engine) with `ray_options`."""
+    decode and embed on a Ray cluster (see indexer.ray_engine) with `ray_options`.
+
+    `model` may be a call that loads it: it is made only when there is something to embed,
+    so a rerun over unchanged files never loads (or imports) the model. Batch size and
+    workers default to what suits the model's device."""
     started = time.time()
     run_id = store.next_run_id()
     summary = IndexSummary(run_id=run_id)
@@ -160,10 +170,18 @@ def run_index(
         stale = _live_ids_of(store, [f.uri for f in failures])
         summary.deleted += store.mark_deleted(stale)
 
+    if engine not in ("local", "ray"):
+        raise BioindexError(f"unknown engine {engine!r}; choose local or ray")
+    if todo:
+        model = model if isinstance(model, EmbeddingModel) else model()
+        batch_size = batch_size or default_batch_size(model.device)
+        workers = default_workers(model.device) if workers is None else workers
     bar = tqdm(
         total=len(todo), unit="img", desc="embedding", disable=not progress or None, smoothing=0.1
     )
-    if engine == "ray":
+    if not todo:
+        batches: Iterable[EmbeddedBatch] = ()
+    elif engine == "ray":
         from bioindex.indexer import ray_engine
 
         batches = ray_engine.embed_items(todo, model, batch_size=batch_size,
@@ -172,8 +190,6 @@ def run_index(
     elif engine == "local":
         batches = embed_items(todo, model, batch_size=batch_size, workers=workers,
                               fast_decode=fast_decode, gpu_decode=gpu_decode)  # fmt: skip
-    else:
-        raise BioindexError(f"unknown engine {engine!r}; choose local or ray")
     writer = Writer(commit)
     chunk: list[EmbeddedBatch] = []
     size = 0

@@ -29,9 +29,12 @@ class Prediction:
     score: float
     taxon: Taxon | None = None
     label: str | None = None
+    error: str | None = None  # the file could not be read: no prediction
 
     def to_dict(self) -> dict:
         row: dict = {"file": self.file}
+        if self.error is not None:
+            return {**row, "error": self.error}
         if self.taxon is not None:
             row.update(self.taxon.to_row())
         else:

@@ -3,7 +3,7 @@
     family=Felidae              a rank (kingdom … genus), case-insensitive
     species=Felis catus         the binomial (scientific_name, or genus + specific_epithet)
     institution_code=FMNH       any Darwin Core text column; != for "not"
-    event_date>=2010-01-01      ISO dates (or prefixes: 2010, 2010-06) with >=, <=, >, <
+    event_date>=2010-01-01      ISO dates (or prefixes: 2010, 2010-06) with =, !=, >=, <=, >, <
     bbox=W,S,E,N                decimal_longitude/decimal_latitude inside the box
 
 Conditions are ANDed. Column names come from a fixed list and values are always bound as
@@ -12,6 +12,7 @@ parameters, so no part of a value ever becomes SQL.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from bioindex.taxonomy import Taxon
 
 _CONDITION = re.compile(r"^\s*([A-Za-z_:]+)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 _ORDERED_COLUMNS = ("event_date",)
+_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 _RANK_NAMES = tuple(r for r in RANKS if r != "specific_epithet")
 
 
@@ -60,15 +62,16 @@ def parse_where(conditions: Sequence[str] | None) -> Filter:
                 f"event_date>=DATE or bbox=W,S,E,N"
             )
         name, op, value = match.groups()
+        if value[0] in "=<>!":
+            raise BioindexError(f"filter {text!r}: unknown operator {op + value[0]!r}; use "
+                                f"=, !=, or >=, <=, >, < on event_date")  # fmt: skip
         column = _column(name)
         if column == "bbox":
             clauses.append(_bbox(text, op, value, result.params))
+        elif column in _ORDERED_COLUMNS:
+            clauses.append(_date(text, column, op, value, result.params))
         elif op in (">=", "<=", ">", "<"):
-            if column not in _ORDERED_COLUMNS:
-                raise BioindexError(f"filter {text!r}: {op} works on event_date only")
-            # ISO dates compare correctly as text; a prefix like 2010 bounds a whole year.
-            clauses.append(f'"{column}" {op} ?')
-            result.params.append(value)
+            raise BioindexError(f"filter {text!r}: {op} works on event_date only")
         elif column == "species":
             negate = "NOT " if op == "!=" else ""
             clauses.append(
@@ -84,6 +87,30 @@ def parse_where(conditions: Sequence[str] | None) -> Filter:
     if clauses:
         result.sql = " AND ".join(f"({c})" for c in clauses)
     return result
+
+
+def _date(text: str, column: str, op: str, value: str, params: list[Any]) -> str:
+    """ISO dates compare correctly as text; a prefix (2010, 2010-06) stands for its whole
+    period, so `<= 2010` includes 2010-12-31 and `= 2010-06` all of June."""
+    if not _DATE.match(value) or not _real_date(value):
+        raise BioindexError(f"filter {text!r}: {value!r} is not a date (YYYY, YYYY-MM or "
+                            f"YYYY-MM-DD)")  # fmt: skip
+    end = value + "\x7f"  # sorts after every date the prefix starts
+    if op in ("=", "!="):
+        params.extend([value, end])
+        inside = f'"{column}" >= ? AND "{column}" < ?'
+        return inside if op == "=" else f'NOT ({inside})'
+    params.append(end if op in ("<=", ">") else value)
+    return f'"{column}" {"<" if op == "<=" else ">=" if op == ">" else op} ?'
+
+
+def _real_date(value: str) -> bool:
+    parts = [int(p) for p in value.split("-")]
+    try:
+        datetime.date(parts[0], *(parts[1:] + [1] * (3 - len(parts))))
+    except ValueError:
+        return False
+    return True
 
 
 def _bbox(text: str, op: str, value: str, params: list[Any]) -> str:

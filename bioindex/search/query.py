@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +32,13 @@ class Hit:
     uri: str
     metadata: dict[str, Any] = field(default_factory=dict)
     why: str | None = None
+    path: str | None = None  # the uri relative to the folder it was indexed from
 
     def to_dict(self) -> dict[str, Any]:
         data = {"rank": self.rank, "score": round(self.score, 6), "image_id": self.image_id}
         if self.why:
             data["match"] = self.why
-        return {**data, "uri": self.uri, **self.metadata}
+        return {**data, "path": self.path or self.uri, "uri": self.uri, **self.metadata}
 
 
 def check_k(k: int) -> int:
@@ -89,14 +91,39 @@ def _pairs(scores: np.ndarray, ids: np.ndarray, exclude: set[int]) -> list[tuple
 def to_hits(store: Store, pairs: list[tuple[float, int]], why: str | None = None,
             start: int = 1) -> list[Hit]:  # fmt: skip
     rows = store.rows([i for _, i in pairs])
+    roots = source_roots(store.runs())
     hits = []
     for score, image_id in pairs:
         row = rows.get(image_id)
         if row is None:  # the index and catalog disagree: never show a ghost
             continue
-        metadata = {c: row[c] for c in SUMMARY_COLUMNS if c in row}
-        hits.append(Hit(start + len(hits), score, image_id, row["uri"], metadata, why))
+        metadata = {c: row[c] for c in SUMMARY_COLUMNS if row.get(c) not in (None, "")}
+        hits.append(Hit(start + len(hits), score, image_id, row["uri"], metadata, why,
+                        display_path(row["uri"], roots)))  # fmt: skip
     return hits
+
+
+def source_roots(runs: list[dict[str, Any]]) -> list[str]:
+    """The folders the store's runs read from (a file's own folder), deepest first."""
+    roots = set()
+    for run in runs:
+        for source in run.get("sources") or ():
+            if "://" in str(source):
+                continue
+            path = os.path.abspath(str(source))
+            roots.add(path if os.path.isdir(path) or not os.path.splitext(path)[1]
+                      else os.path.dirname(path))  # fmt: skip
+    return sorted(roots, key=len, reverse=True)
+
+
+def display_path(uri: str, roots: list[str]) -> str:
+    """`uri` from the folder it was indexed from, that folder's name first
+    ("photos/birds/a.jpg" for /data/photos/birds/a.jpg); other uris as they are."""
+    for root in roots:
+        if uri.startswith(root.rstrip(os.sep) + os.sep):
+            parent = os.path.dirname(root.rstrip(os.sep))
+            return os.path.relpath(uri, parent) if parent else uri
+    return uri
 
 
 def search_vector(
@@ -122,5 +149,5 @@ def group_by_occurrence(hits: list[Hit], k: int) -> list[Hit]:
     out = []
     for rank, (key, hit) in enumerate(list(groups.items())[:k], start=1):
         metadata = {**hit.metadata, "images": counts[key]}
-        out.append(Hit(rank, hit.score, hit.image_id, hit.uri, metadata, hit.why))
+        out.append(Hit(rank, hit.score, hit.image_id, hit.uri, metadata, hit.why, hit.path))
     return out

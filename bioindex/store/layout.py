@@ -8,3 +8,4 @@ SHARD_DIR = "embeddings"
 INDEX_DIR = "index"
 LOCK_FILE = "writer.lock"
 DATA_DIRS = (CATALOG_DIR, SHARD_DIR, INDEX_DIR, SNAPSHOT_DIR)
+QUERY_CACHE_DIR = "query-cache"  # derived, outside the generations (see query_cache.py)
