@@ -101,8 +101,20 @@ checkpoint_option = click.option(
 )  # fmt: skip
 
 
+def _set_verbose(context: click.Context, _: click.Parameter, value: bool) -> None:
+    if value:
+        logging.getLogger("bioindex").setLevel(logging.DEBUG)
+
+
+verbose_option = click.option(
+    "--verbose", "-v", is_flag=True, expose_value=False, callback=_set_verbose,
+    help="Say more: debug lines, and the engine's own logs (Ray's start-up messages).",
+)  # fmt: skip
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bioindex")
+@verbose_option
 def main() -> None:
     """Index biological image collections with BioCLIP and search them.
 
@@ -235,6 +247,7 @@ def _lower_level(record: logging.LogRecord) -> bool:
     help="With --engine ray: GPU model actors (one GPU each); 0 runs CPU actors.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@verbose_option
 @wait_option
 @_friendly
 def index(
@@ -628,6 +641,7 @@ def dedup(store: str, threshold: float, fmt: str, columns: str | None) -> None:
 @engine_option("ray: add the shards in parallel Ray tasks and merge (after a --engine ray ingest).")
 @click.option("--address", default=None, help="With --engine ray: the cluster to join.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@verbose_option
 @wait_option
 @format_option
 @_friendly
@@ -837,15 +851,16 @@ def serve(store: str, host: str, port: int, max_upload_mb: int, model: str | Non
       bioindex serve --store my-store --port 9000 --device cuda
       curl 'http://127.0.0.1:8000/api/search/taxon?name=Felidae&k=5'
     """
-    import uvicorn
-
     from bioindex.serve.app import create_app
+    from bioindex.serve.run import serve_app
 
     app = create_app(store, model=model, device=device,
                      max_upload_bytes=max_upload_mb * 1024 * 1024)  # fmt: skip
-    click.echo(f"serving {store} at http://{host}:{port}/ (new generations are picked up as "
-               f"they are committed; Ctrl-C stops)", err=True)  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    collection = app.state.collection
+    click.echo(f"store {store}: {collection.store.live_count()} images, model "
+               f"{collection.identity.name} on {collection.model.device}", err=True)  # fmt: skip
+    served = serve_app(app, host, port, echo=lambda line: click.echo(line, err=True))
+    click.echo(f"stopped after {served} requests; goodbye", err=True)
 
 
 if __name__ == "__main__":

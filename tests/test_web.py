@@ -44,12 +44,11 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     app.state.collection.close()
 
 
-def _shots() -> Path:
-    folder = Path(os.environ.get("BIOINDEX_SCREENSHOTS", "")) or None
-    if folder is None or str(folder) == ".":
-        import tempfile
-
-        folder = Path(tempfile.mkdtemp(prefix="bioindex-shots-"))
+def screenshot_folder() -> Path:
+    """Where the page's screenshots go: $BIOINDEX_SCREENSHOTS, else test-output/screenshots
+    in the checkout (ignored by git), so a run leaves them to look at."""
+    folder = Path(os.environ.get("BIOINDEX_SCREENSHOTS") or
+                  Path(__file__).resolve().parent.parent / "test-output" / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -63,7 +62,7 @@ def _cards(page) -> list[dict]:
 @pytest.mark.parametrize("width, height, label", [(1280, 900, "desktop"), (390, 844, "phone")])
 def test_taxon_search_upload_filter_and_reload(site, tmp_path: Path, width, height, label):
     browser, url, _ = site
-    shots = _shots()
+    shots = screenshot_folder()
     page = browser.new_page(viewport={"width": width, "height": height})
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -10,7 +10,11 @@ the driver.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -39,21 +43,47 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
         import ray
     except ImportError as exc:
         raise BioindexError("--engine ray needs Ray: pip install 'bioindex[distributed]'") from exc
+    # Ray's start-up notes (token auth, actor restarts, progress bars, concurrency hints)
+    # concern Ray, not the run, and read as failures on runs that succeed: --verbose shows them.
+    verbose = logging.getLogger("bioindex").isEnabledFor(logging.DEBUG)
+    level = logging.INFO if verbose else logging.ERROR
+    if not verbose:
+        warnings.filterwarnings("ignore", module=r"ray\.")
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+        # Ray Data logs an error from its C++ core for its own actors' arguments; only
+        # fatal ones stay (Ray announces that setting on stderr, hence _silenced below).
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if not ray.is_initialized():
-        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                   "logging_level": logging.WARNING}  # fmt: skip
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose,
+                                   "logging_level": level}  # fmt: skip
         if address:
             options["address"] = address
         elif num_cpus:
             options["num_cpus"] = num_cpus
         try:
-            ray.init(**options)
+            with contextlib.nullcontext() if verbose else _silenced_stderr():
+                ray.init(**options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise BioindexError(f"cannot reach a Ray cluster at {address}: {exc}") from exc
+    logging.getLogger("ray.data").setLevel(level)  # after ray.data set up its loggers
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # bioindex draws its own
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray
+
+
+@contextlib.contextmanager
+def _silenced_stderr() -> Iterator[None]:
+    """The process's stderr (file descriptor 2, where Ray's C++ core writes) sent to
+    /dev/null; a failed start still raises, with its message, in Python."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _decode_rows(rows: dict[str, np.ndarray], transform: Any, image_size: int,

@@ -20,7 +20,9 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from bioindex.collection import Collection
 from bioindex.errors import BioindexError
 from bioindex.search.filters import parse_where
+from bioindex.search.labels import labels_from_strings
 from bioindex.search.query import check_k, group_by_occurrence
+from bioindex.taxonomy import RANKS
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
 MAX_K = 1000
@@ -98,7 +100,7 @@ def create_app(
 
     @app.exception_handler(BioindexError)
     async def user_error(_: Request, exc: BioindexError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"error": exc.explain("http")}, status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -144,9 +146,21 @@ def create_app(
     def info() -> dict:
         with lock:
             data = collection.info()
+            data["names_taxa"] = collection.catalog_names_taxa()
         data.pop("store", None)  # the server's own paths are not the client's business
         data.pop("model_source", None)
         return data
+
+    @app.get("/api/search")
+    def search_box(q: str, k: int = 10, where: list[str] | None = Query(None),
+                   group_by: str | None = None) -> dict:  # fmt: skip
+        """What the page's search box does: a taxon the catalog names (its records, then
+        look-alikes), a Latin name it does not (look-alikes), or free text."""
+        k = k_of(k)
+        fetch = k * 5 if group_by else k
+        with lock:
+            answer = collection.search(q, k=fetch, where=where_of(where))
+        return {**answer.to_dict(), **hits_json(answer.hits, group_by, k)}
 
     @app.get("/api/search/text")
     def search_text(q: str, k: int = 10, where: list[str] | None = Query(None),
@@ -204,22 +218,24 @@ def create_app(
 
     @app.post("/api/classify")
     async def classify(file: UploadFile = File(...), rank: str = "species", k: int = 5,
-                       method: str = "zero-shot") -> dict:  # fmt: skip
+                       method: str = "zero-shot", labels: str | None = None) -> dict:  # fmt: skip
+        """Top-k predictions, and the best name at each rank the labels name (`labels`:
+        comma-separated custom labels instead of the catalog's taxa)."""
         k = k_of(k)
+        label_set = labels_from_strings(labels.split(","), "labels") if labels else None
         vector = upload_vector(await read_upload(file))
         with lock:
             predictions = collection.classify_vectors(
-                [file.filename or "upload"], vector[None], rank=rank, k=k, method=method
-            )
+                [file.filename or "upload"], vector[None], rank=rank, k=k, method=method,
+                labels=label_set,
+            )  # fmt: skip
             lineage = {}
-            for level in ("kingdom", "phylum", "class", "order", "family", "genus", "species"):
+            for level in RANKS if label_set is None else ():
                 top = collection.classify_vectors(["upload"], vector[None], rank=level, k=1,
                                                   method=method)  # fmt: skip
-                if top:
-                    lineage[level] = {
-                        "name": top[0].taxon.name_at(level) if top[0].taxon else top[0].label,
-                        "score": round(top[0].score, 6),
-                    }
+                name = top[0].taxon.name_at(level) if top and top[0].taxon else ""
+                if name.strip():  # a rank the catalog leaves empty is not a prediction
+                    lineage[level] = {"name": name, "score": round(top[0].score, 6)}
         return {"predictions": [p.to_dict() for p in predictions], "ranks": lineage}
 
     @app.get("/api/records/{image_id}")

@@ -1,0 +1,210 @@
+"""The first hour of a new user on the store most people make first: a plain folder of photos,
+no metadata. Every interface (CLI, Python API, HTTP API, the page in Chromium) answers free
+text, a taxon by name, an upload, classify with one bad file, dedup and info — with results
+or a one-line error that names the remedy for that interface."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from bioindex import Collection
+from bioindex.cli import main
+from bioindex.errors import BioindexError, NoTaxaError
+from tests.conftest import SHARED_FIXTURES, LiveServer, draw_images
+from tests.test_web import CHROMIUM, FLAGS, screenshot_folder
+
+NAME = "Loxodonta africana"  # a Latin name no catalog row carries here
+
+
+def _photos(folder: Path) -> Path:
+    """Real camera-trap photos when the shared fixtures are there, drawn ones otherwise;
+    plus an exact copy (for dedup) and a file that is not an image."""
+    folder.mkdir(parents=True)
+    trap = SHARED_FIXTURES / "camera-trap"
+    if trap.is_dir():
+        for photo in sorted(trap.glob("*.jpg")):
+            shutil.copy(photo, folder / photo.name)
+        shutil.copy(trap / "ocelot.jpg", folder / "ocelot-copy.jpg")
+    else:
+        drawn = draw_images(folder / "drawn", 12, seed=5)
+        shutil.copy(drawn[0], folder / f"copy{drawn[0].suffix}")
+    (folder / "notes.jpg").write_text("field notes, not a picture")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("first-hour")
+    photos = _photos(root / "photos")
+    result = CliRunner().invoke(main, ["index", str(photos), "-s", str(root / "store"),
+                                       "--model", "bioclip-demo", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "failed" in result.output and "images/s" in result.output
+    return root, photos
+
+
+def _cli(*args: str, columns: int = 80) -> object:
+    return CliRunner().invoke(main, list(args), env={"COLUMNS": str(columns)})
+
+
+def test_cli_first_hour(plain) -> None:
+    root, photos = plain
+    store = str(root / "store")
+    again = _cli("index", str(photos), "-s", store, "-q")
+    assert again.exit_code == 0 and "embedded 0" in again.output
+    assert "images/s" not in again.output  # no "(0.0 images/s)" after a no-op
+
+    text = _cli("search", "text", "an animal at night", "-s", store, "-k", "5")
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert len(lines) == 6 and all(len(line) <= 80 for line in lines), text.output
+    assert "photos/" in text.output and str(photos) not in text.output  # relative paths
+
+    for mode in ("hybrid", "semantic"):
+        taxon = _cli("search", "taxon", NAME, "-s", store, "-k", "3", "--mode", mode,
+                     "--format", "json")  # fmt: skip
+        assert taxon.exit_code == 0, taxon.output
+        rows = json.loads(taxon.output)
+        assert len(rows) == 3 and {r["match"] for r in rows} == {"look-alike"}
+    catalog = _cli("search", "taxon", NAME, "-s", store, "--mode", "catalog")
+    assert catalog.exit_code == 1
+    assert "names no taxa" in catalog.output and "--mode semantic" in catalog.output
+
+    bad = str(photos / "notes.jpg")
+    good = str(next(p for p in sorted(photos.glob("*.jpg")) if p.name != "notes.jpg"))
+    unnamed = _cli("classify", good, bad, "-s", store)
+    assert unnamed.exit_code == 1 and len(unnamed.output.strip().splitlines()) == 1
+    assert "names no taxa" in unnamed.output and "--labels" in unnamed.output
+    assert "--taxonomy" not in unnamed.output  # classify has no such option
+    named = _cli("classify", good, bad, "-s", store, "--labels", "elephant,cat,car,empty")
+    assert named.exit_code == 0, named.output
+    assert f"warning: cannot read {bad}" in named.output
+    assert named.output.count(Path(good).name) == 4  # the readable file: four labels
+
+    dedup = _cli("dedup", "-s", store, "--format", "json")
+    members = json.loads(dedup.output)
+    anchors = [m for m in members if m["kind"] == "anchor"]
+    assert anchors and all(m["score"] is None for m in anchors)
+    assert [m["score"] for m in members if m["kind"] == "exact"] == [1.0]
+
+    info = _cli("info", "-s", store)
+    assert info.exit_code == 0 and "None" not in info.output
+    assert all(len(line) <= 80 for line in info.output.splitlines()), info.output
+    data = json.loads(_cli("info", "-s", store, "--format", "json").output)
+    assert data["last_run"]["sources"] == [str(photos)]
+    failures = json.loads(_cli("info", "-s", store, "--failures", "--format", "json").output)
+    assert failures and not any("object at 0x" in f["error"] for f in failures)
+
+
+def test_python_api_first_hour(plain) -> None:
+    root, photos = plain
+    with Collection.open(root / "store", read_only=True) as col:
+        assert col.search("herbarium sheet", k=3).kind == "text"
+        answer = col.search(NAME, k=3)
+        assert answer.kind == "name" and {h.why for h in answer.hits} == {"look-alike"}
+        assert len(col.search_taxon("Felidae", k=4)) == 4
+        with pytest.raises(NoTaxaError) as caught:
+            col.classify([next(photos.glob("*.jpg"))])
+        message = str(caught.value)
+        assert "labels=" in message and "--" not in message  # Python's remedy, not a flag
+        assert col.duplicates(0.95)[0].kind == "anchor"
+        assert col.info()["images_live"] >= 10
+
+
+@pytest.fixture(scope="module")
+def server(plain):
+    from bioindex.serve.app import create_app
+
+    root, _ = plain
+    app = create_app(root / "store", device="cpu")
+    with LiveServer(app) as live:
+        yield live.url, root
+    app.state.collection.close()
+
+
+def test_http_api_first_hour(server, plain) -> None:
+    url, _ = server
+    _, photos = plain
+    photo = next(p for p in sorted(photos.glob("*.jpg")) if p.name != "notes.jpg").read_bytes()
+    with httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/api/info").json()["names_taxa"] is False
+        text = client.get("/api/search", params={"q": "an animal at night", "k": 3}).json()
+        assert text["query_as"] == "text" and len(text["results"]) == 3
+        name = client.get("/api/search", params={"q": NAME, "k": 3}).json()
+        assert name["query_as"] == "name"
+        assert {r["match"] for r in name["results"]} == {"look-alike"}
+        assert all(not r["path"].startswith("/") for r in name["results"])
+        found = client.post("/api/search/image", params={"k": 3},
+                            files={"file": ("q.jpg", photo, "image/jpeg")})  # fmt: skip
+        assert found.status_code == 200 and len(found.json()["results"]) == 3
+        refused = client.post("/api/classify", files={"file": ("q.jpg", photo, "image/jpeg")})
+        assert refused.status_code == 400
+        assert "labels=" in refused.json()["error"] and "--" not in refused.json()["error"]
+        named = client.post("/api/classify", params={"labels": "elephant,cat,car"},
+                            files={"file": ("q.jpg", photo, "image/jpeg")})  # fmt: skip
+        assert named.status_code == 200 and len(named.json()["predictions"]) == 3
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@pytest.mark.parametrize("width, height, label", [(1280, 900, "desktop"), (390, 844, "phone")])
+def test_page_first_hour(server, plain, width: int, height: int, label: str) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    url, _ = server
+    _, photos = plain
+    shots = screenshot_folder()
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.wait_for_function("document.querySelector('#summary').textContent.includes('no "
+                               "taxon names')")  # fmt: skip
+
+        page.fill("#q", "an animal at night")
+        page.press("#q", "Enter")
+        page.wait_for_selector(".card")
+        assert "matching the text" in page.inner_text("#status")
+        assert page.get_attribute("#status", "class") != "error"
+        page.wait_for_function("[...document.images].slice(0, 2).every(i => i.complete && "
+                               "i.naturalWidth)")  # fmt: skip
+        page.screenshot(path=str(shots / f"plain-{label}-text.png"), full_page=True)
+
+        page.fill("#q", NAME)
+        page.press("#q", "Enter")
+        page.wait_for_function("document.querySelector('#status').textContent.includes("
+                               "'look-alikes of')")  # fmt: skip
+        kinds = page.eval_on_selector_all("section.list", "s => s.map(e => e.dataset.kind)")
+        assert kinds == ["look-alike"]
+
+        page.set_input_files("#photo", str(next(photos.glob("*elephants.jpg"), None)
+                                            or sorted(photos.rglob("*.jpg"))[0]))  # fmt: skip
+        page.wait_for_selector("#no-names")
+        page.wait_for_function("document.querySelector('#status').textContent.includes("
+                               "'look like')")  # fmt: skip
+        assert page.get_attribute("#status", "class") != "error"
+        assert len(page.query_selector_all(".card")) >= 5
+        page.screenshot(path=str(shots / f"plain-{label}-upload.png"), full_page=True)
+        if label == "phone":
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+        assert not errors
+        browser.close()
+    assert (shots / f"plain-{label}-upload.png").stat().st_size > 10_000
+
+
+def test_errors_name_the_remedy_for_each_interface() -> None:
+    from bioindex.collection import NAME_TAXA
+
+    error = BioindexError("the catalog of s names no taxa", remedy=NAME_TAXA)
+    assert "--taxonomy" in error.explain("cli", {"--taxonomy", "--mode"})
+    assert "--labels" in error.explain("cli", {"--labels", "--tol"})
+    assert "--taxonomy" not in error.explain("cli", {"--labels"})
+    assert "--" not in error.explain("python") and "--" not in error.explain("http")
+    assert os.linesep not in error.explain("cli", set())
