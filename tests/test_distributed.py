@@ -96,6 +96,8 @@ def test_killed_ray_job_resumes_with_each_image_once(images, tiny_model, tmp_pat
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "embedded" in done.stdout
+    # Ray's start-up notes (an "E … core_worker.cc" line, warnings) only with --verbose.
+    assert "core_worker" not in done.stderr and "WARNING" not in done.stderr, done.stderr
     with Store.open(store) as opened:
         uris = [r[0] for r in opened.catalog.query("SELECT uri FROM images")[1]]
         assert len(uris) == len(set(uris)) == opened.live_count() == 300

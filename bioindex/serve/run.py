@@ -55,5 +55,8 @@ def serve_app(app: Any, host: str, port: int, echo: Callable[[str], None]) -> in
     config = uvicorn.Config(app, host=host, port=port, log_config=LOG_CONFIG, access_log=True)
     server = _Server(config, lambda: echo(f"ready: open http://{shown}:{port}/ "
                                           f"(Ctrl-C stops)"))  # fmt: skip
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+        pass
     return int(server.server_state.total_requests)

@@ -1,0 +1,248 @@
+"""One test per defect a new user met in the first hour (issue #17), each failing before
+its fix: mislabelled predictions and look-alikes, a silent server, classify stopped by one
+bad file, misleading model typos, loose filters, chained dedup groups, wide tables and
+internals in the output, the model loaded when nothing needs it, setup surprises."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bioindex import Collection
+from bioindex.cli import build_warning, main
+from bioindex.errors import BioindexError
+from bioindex.output import render
+from bioindex.search.filters import parse_where
+from bioindex.store import ImageRecord, Store
+from tests.conftest import REPO, LiveServer, draw_images
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Path:
+    """Twelve drawn photos; four named by a binomial only (no kingdom … family)."""
+    root = tmp_path_factory.mktemp("named")
+    paths = draw_images(root / "photos", 12, seed=3)
+    rows = ["file,scientificName"] + [
+        f"{p.relative_to(root / 'photos')},{'Ursus arctos' if i % 2 else 'Ursus maritimus'}"
+        for i, p in enumerate(paths[:4])
+    ]
+    (root / "meta.csv").write_text("\n".join(rows) + "\n")
+    with Collection.open(root / "store", model=tiny_model, create=True) as col:
+        col.index([root / "photos"], metadata=root / "meta.csv", progress=False)
+    return root
+
+
+def test_predictions_show_only_named_ranks_and_lookalikes_apart(named: Path) -> None:
+    from bioindex.serve.app import create_app
+
+    photo = next((named / "photos").rglob("*.jpg")).read_bytes()
+    app = create_app(named / "store", device="cpu")
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        ranks = client.post("/api/classify", files={"file": ("q.jpg", photo, "image/jpeg")}
+                            ).json()["ranks"]  # fmt: skip
+        answer = client.get("/api/search", params={"q": "Ursus", "k": 8}).json()
+    app.state.collection.close()
+    assert set(ranks) == {"genus", "species"}  # no empty kingdom … family at 100%
+    assert answer["query_as"] == "taxon"
+    matches = [r["match"] for r in answer["results"]]
+    assert matches == ["catalog genus"] * 4 + ["look-alike"] * 4
+
+    result = CliRunner().invoke(main, ["search", "taxon", "Ursus", "-s", str(named / "store"),
+                                       "-k", "8"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    first, second = result.output.split("look-alikes (found by the model, not labelled so):")
+    assert first.startswith("catalog matches:")
+    for section in (first, second):  # each list is ranked by its own score
+        scores = [float(line.split()[1]) for line in section.splitlines()[2:] if line.strip()]
+        assert scores and scores == sorted(scores, reverse=True)
+
+
+def test_serve_says_where_logs_requests_and_says_goodbye(named: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bioindex.cli", "serve", "-s", str(named / "store"),
+         "--port", str(port), "--device", "cpu"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            lines.append(server.stderr.readline())
+            if "ready" in lines[-1]:
+                break
+        assert f"http://127.0.0.1:{port}/" in lines[-1], lines
+        assert any("12 images" in line and "model" in line for line in lines), lines
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
+        logged = server.stderr.readline()
+        assert '"GET /api/health HTTP/1.1" 200' in logged
+        server.send_signal(signal.SIGINT)
+        rest = server.communicate(timeout=30)[1]
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0 and "goodbye" in rest
+
+
+def test_classify_answers_for_the_readable_files(named: Path) -> None:
+    good = next((named / "photos").rglob("*.jpg"))
+    bad = named / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    with Collection.open(named / "store", read_only=True) as col:
+        predictions = col.classify([good, bad, named / "missing.jpg"], k=2)
+    assert [p.file for p in predictions if p.error is None] == [str(good)] * 2
+    errors = {Path(p.file).name: p.error for p in predictions if p.error}
+    assert set(errors) == {"broken.jpg", "missing.jpg"} and "object at" not in errors["broken.jpg"]
+
+
+@pytest.mark.parametrize("args, expected, absent", [
+    (["search", "text", "x", "-m", "bioclip-dmeo"], "did you mean bioclip-demo", "--checkpoint"),
+    (["search", "text", "x", "-m", "ViT-B-16"], "architecture without weights", "add --checkpoint"),
+    (["index", "photos", "--model", "ViT-B-16"], "add --checkpoint FILE", "did you mean"),
+    (["index", "photos", "--model", "bioclip-dmeo"], "unknown model", "architecture name"),
+])  # fmt: skip
+def test_model_typos_are_unknown_and_suggest_what_the_command_has(named, args, expected, absent):
+    store = ["-s", str(named / "store")] if args[0] == "search" else ["-s", str(named / "new")]
+    args = [str(named / a) if a == "photos" else a for a in args]
+    result = CliRunner().invoke(main, [*args, *store])
+    assert result.exit_code != 0 and expected in result.output, result.output
+    assert absent not in result.output
+
+
+@pytest.mark.parametrize("condition", [
+    "family==Felidae", "event_date>=yesterday", "event_date<2000-13-45", "event_date=2010-02-30",
+    "country_code=>KE", "bbox=1,2,3", "institution_code<MUS", "family=",
+])  # fmt: skip
+def test_bad_filters_are_one_line_errors(condition: str) -> None:
+    with pytest.raises(BioindexError) as caught:
+        parse_where([condition])
+    assert "\n" not in str(caught.value) and condition in str(caught.value)
+
+
+def test_date_prefixes_cover_their_whole_period(tmp_path: Path) -> None:
+    dates = ["2009-12-31", "2010-01-01", "2010-06-15", "2010-12-31", "2011-01-01"]
+    with _store(tmp_path, np.eye(5, 8, dtype=np.float32), dates) as store:
+        def ids(condition: str) -> list[int]:
+            where = parse_where([condition])
+            return sorted(int(i) for i in store.ids_where(where.sql, where.params))
+
+        assert ids("event_date<=2010") == [1, 2, 3, 4]
+        assert ids("event_date>2010") == [5]
+        assert ids("event_date=2010") == [2, 3, 4]
+        assert ids("event_date!=2010-06") == [1, 2, 4, 5]
+        assert ids("event_date>=2010-06-15") == [3, 4, 5]
+
+
+def _store(path: Path, vectors: np.ndarray, dates: list[str] | None = None,
+           shas: list[str] | None = None) -> Store:  # fmt: skip
+    from tests.test_store import MODEL
+
+    store = Store.create(path / "s", MODEL)
+    store.index()
+    records = [ImageRecord(f"/x/{i}.jpg", 1, 1.0, (shas or [f"sha{i}" for i in
+                                                          range(len(vectors))])[i], 8, 8,
+                           {"eventDate": dates[i]} if dates else {})
+               for i in range(len(vectors))]  # fmt: skip
+    store.commit(records, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    return store
+
+
+def test_dedup_groups_do_not_chain_and_exact_copies_score_one(tmp_path: Path) -> None:
+    from bioindex.search.dedup import find_duplicates
+
+    # a~b at 0.98 and b~c at 0.98, but a~c only ~0.92; d is an exact copy of e.
+    step = np.arccos(0.98)
+    vectors = np.zeros((5, 8), dtype=np.float32)
+    for i, angle in enumerate((0.0, step, 2 * step)):
+        vectors[i, :2] = np.cos(angle), np.sin(angle)
+    vectors[3, 5] = vectors[4, 5] = 1.0
+    with _store(tmp_path, vectors, shas=["a", "b", "c", "same", "same"]) as store:
+        members = find_duplicates(store, threshold=0.97)
+    groups: dict[int, list] = {}
+    for m in members:
+        groups.setdefault(m.group, []).append((m.image_id, m.kind, m.score))
+    first, second = groups.values()
+    assert first[0] == (1, "anchor", None) and [m[:2] for m in first[1:]] == [(2, "near")]
+    assert first[1][2] == pytest.approx(0.98, abs=2e-3)  # c (0.92 to a) is not in a's group
+    assert second == [(4, "anchor", None), (5, "exact", 1.0)]
+
+
+def test_tables_fit_the_width_and_keep_the_end_of_paths() -> None:
+    rows = [{"rank": i, "score": 0.5, "path": "photos/" + "deep/" * 30 + f"img{i}.jpg",
+             "scientific_name": None} for i in range(3)]  # fmt: skip
+    lines = render(rows, "table", width=60).splitlines()
+    assert all(len(line) <= 60 for line in lines)
+    assert lines[1].endswith("img0.jpg") and "scientific_name" not in lines[0]
+    assert json.loads(render(rows, "json"))[0]["path"] == rows[0]["path"]  # JSON stays whole
+
+
+def test_build_index_warning_names_the_bound() -> None:
+    text = build_warning({"recall_at_10": 0.9917, "recall_lower_bound": 0.9871}, 0.99)
+    assert "lower bound of recall@10 (0.9871) stays below the target 0.99" in text
+    assert "estimate 0.9917" in text
+
+
+def _run_cli(args: list[str]) -> dict:
+    """The CLI in a fresh interpreter; what it printed and whether torch got imported."""
+    code = textwrap.dedent(f"""
+        import contextlib, io, json, sys
+        from bioindex.cli import main
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                main({args!r}, standalone_mode=False)
+            except SystemExit:
+                pass
+        print(json.dumps({{"out": out.getvalue(), "torch": "torch" in sys.modules,
+                           "open_clip": "open_clip" in sys.modules}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_cold_paths_never_load_the_model(named: Path) -> None:
+    store = str(named / "store")
+    rerun = _run_cli(["index", str(named / "photos"), "-s", store, "-q",
+                      "--metadata", str(named / "meta.csv")])  # fmt: skip
+    assert "unchanged 12" in rerun["out"] and not rerun["torch"]
+    first = _run_cli(["search", "text", "a bear on ice", "-s", store, "-k", "3"])
+    assert first["open_clip"]  # a new text needs the model once
+    again = _run_cli(["search", "text", "a bear on ice", "-s", store, "-k", "3"])
+    assert again["out"] == first["out"] and not again["torch"]
+    taxon = _run_cli(["search", "taxon", "Ursus", "-s", store, "-k", "3"])
+    assert not _run_cli(["search", "taxon", "Ursus", "-s", store, "-k", "3"])["torch"]
+    assert "catalog" in taxon["out"]
+
+
+def test_readme_tells_cpu_users_and_the_suite_time() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "download.pytorch.org/whl/cpu" in readme
+    assert "minutes" in readme.split("## Quickstart")[1].split("##")[0]
+    assert "bioindex serve" in readme and "your own folder" in readme.lower()
+
+
+def test_query_cache_that_cannot_be_written_is_gone_without(named: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(named / "store", copy)
+    shutil.rmtree(copy / "query-cache", ignore_errors=True)
+    (copy / "query-cache").write_text("in the way")  # the cache folder cannot be made
+    with Collection.open(copy, read_only=True) as col:
+        assert len(col.search_text("a bear", k=2)) == 2
