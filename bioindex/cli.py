@@ -28,6 +28,7 @@ from bioindex.output import (
 # What a search table shows unless --columns says otherwise (empty columns drop out).
 HIT_COLUMNS = ("rank", "score", "match", "image_id", "scientific_name", "vernacular_name",
                "catalog_number", "institution_code", "country_code", "event_date", "path")
+DEDUP_COLUMNS = ("group", "image_id", "kind", "score", "path")
 
 
 def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -365,7 +366,9 @@ def _search_command(
             from bioindex.search.query import group_by_occurrence
 
             hits = group_by_occurrence(hits, k)
-        click.echo(render_hits(hits, fmt, parse_columns(columns, HIT_COLUMNS)), nl=False)
+        # The short default set is for eyes; JSON and CSV keep every field for programs.
+        shown = parse_columns(columns, HIT_COLUMNS if fmt == "table" else None)
+        click.echo(render_hits(hits, fmt, shown), nl=False)
 
     for decorate in (_friendly, *extra, group_option, where_option, device_option, model_option,
                      columns_option, format_option, k_option, store_option,
@@ -574,7 +577,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
             if "error" in row:
                 click.echo(f"warning: cannot read {row['file']}: {row['error']}", err=True)
         rows = [r for r in rows if "error" not in r]
-    click.echo(render(rows, fmt, parse_columns(columns, ()) if columns else None,
+    click.echo(render(rows, fmt, parse_columns(columns, None),
                       terminal_width()), nl=False)  # fmt: skip
 
 
@@ -606,7 +609,7 @@ def dedup(store: str, threshold: float, fmt: str, columns: str | None) -> None:
     with Store.open(store, read_only=True) as opened:
         members = find_duplicates(opened, threshold)
     click.echo(render([m.to_dict() for m in members], fmt,
-                      parse_columns(columns, ("group", "image_id", "kind", "score", "path")),
+                      parse_columns(columns, DEDUP_COLUMNS if fmt == "table" else None),
                       terminal_width()), nl=False)  # fmt: skip
 
 

@@ -93,10 +93,11 @@ def terminal_width() -> int | None:
     return None
 
 
-def parse_columns(value: str | None, default: Sequence[str]) -> list[str] | None:
-    """--columns: a comma list, 'all' (None: every column), or the command's default."""
+def parse_columns(value: str | None, default: Sequence[str] | None) -> list[str] | None:
+    """--columns: a comma list, 'all' (None: every column), or the command's default
+    (None: every column)."""
     if value is None:
-        return list(default)
+        return None if default is None else list(default)
     if value.strip() == "all":
         return None
     return [c.strip() for c in value.split(",") if c.strip()]

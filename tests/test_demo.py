@@ -208,8 +208,11 @@ def test_taxon_search_modes(tmp_path: Path) -> None:
         assert names == truth
         family = col.search_taxon(target.taxon.family, k=20, mode="catalog")
         assert len(family) == 6 * 2  # six species per family, two labelled pictures each
+        # A Latin name the catalog does not hold: look-alikes of its caption, never records.
+        alike = col.search_taxon("Nonexistens imaginarius", k=3)
+        assert len(alike) == 3 and {h.why for h in alike} == {"look-alike"}
         with pytest.raises(BioindexError, match="unknown taxon"):
-            col.search_taxon("Nonexistens imaginarius")
+            col.search_taxon("Nonexistens imaginarius", mode="catalog")
 
 
 def test_cli_taxon_and_classify(held_out: Collection, queries, tmp_path: Path) -> None:
@@ -230,13 +233,13 @@ def test_cli_taxon_and_classify(held_out: Collection, queries, tmp_path: Path) -
     assert result.output.splitlines()[0] == "file,kingdom,phylum,class,order,family,genus,score"
     assert species.taxon.genus in result.output.splitlines()[1]
     for args, message in (
-        (["search", "taxon", "Nonexistens imaginarius"], "unknown taxon"),
+        (["search", "taxon", "Nonexistens imaginarius", "--mode", "catalog"], "unknown taxon"),
         (["search", "taxon", "oculatus"], "unknown taxon"),  # an epithet alone names nothing
         (["search", "taxon", "Rubridae", "--where", "family"], "malformed filter"),
         (["search", "taxon", "Rubridae", "--where", "family=x' OR '1'='1"], ""),
         (["classify", str(path), "-s", store, "--labels", "only-one"], "comma-separated"),
     ):
-        result = runner.invoke(main, [*args[:3], "-s", store, *args[3:]] if args[0] == "search"
+        result = runner.invoke(main, [*args, "-s", store] if args[0] == "search"
                                else args)  # fmt: skip
         if message:
             assert result.exit_code == 1 and result.output.count("\n") == 1, result.output

@@ -105,7 +105,7 @@ def test_search_commands_print_table_json_csv(indexed, collection_dir) -> None:
         ["search", "image", str(collection_dir / "ocelot.jpg"), "--store", str(store), "-k", "2"],
     )
     assert table.exit_code == 0
-    assert table.output.splitlines()[0].split()[:4] == ["rank", "score", "image_id", "uri"]
+    assert table.output.splitlines()[0].split()[:4] == ["rank", "score", "image_id", "path"]
     assert "ocelot.jpg" in table.output.splitlines()[1]
 
     info = runner.invoke(main, ["info", "--store", str(store), "--format", "json"])
