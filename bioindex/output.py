@@ -19,7 +19,7 @@ from typing import Any
 FORMATS = ("table", "json", "csv")
 # Columns whose start matters less than their end (a path's file name, not its folders).
 _KEEP_END = ("path", "uri", "file")
-_MIN_WIDTH = 8
+_MIN_WIDTH = 14  # "catalog family", a date, a catalog number stay whole
 
 
 def render(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None,
