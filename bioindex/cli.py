@@ -207,6 +207,20 @@ def _lower_level(record: logging.LogRecord) -> bool:
     help="Where relative media paths in manifests and archives are found.",
 )
 @click.option(
+    "--allow-private-urls", is_flag=True,
+    help="Fetch media URLs on private networks too (loopback, 10/8, 192.168/16, …): for a "
+    "museum's own intranet media server. Off by default: archives come from strangers.",
+)
+@click.option(
+    "--allow-outside-paths", is_flag=True,
+    help="Read media paths of manifests and archives wherever they point (by default only "
+    "inside the manifest's or archive's folder, or --media-root).",
+)
+@click.option(
+    "--download-timeout", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
+    help="Seconds one media URL may take, every attempt and redirect included.",
+)
+@click.option(
     "--retry-failed",
     is_flag=True,
     help="Try again files and URLs that failed before (by default they are skipped until "
@@ -264,6 +278,9 @@ def index(
     commit_every: int,
     source_type: str,
     media_root: str | None,
+    allow_private_urls: bool,
+    allow_outside_paths: bool,
+    download_timeout: float,
     retry_failed: bool,
     fast_decode: bool,
     compile_model: bool,
@@ -299,7 +316,7 @@ def index(
     """
     from bioindex.collection import Collection, scan_sources
 
-    scan = scan_sources(sources, metadata, source_type, media_root)
+    scan = scan_sources(sources, metadata, source_type, media_root, allow_outside_paths)
     for warning in scan.warnings:
         click.echo(f"warning: {warning}", err=True)
     with Collection.open(
@@ -314,6 +331,8 @@ def index(
             progress=not quiet,
             fast_decode=fast_decode,
             retry_failed=retry_failed,
+            download_timeout=download_timeout,
+            allow_private_urls=allow_private_urls,
             engine=engine,
             address=address,
             num_gpus=num_gpus,

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from bioindex.errors import BioindexError, NoTaxaError, Remedy, UnknownTaxonError
 from bioindex.images import IMAGE_EXTENSIONS, describe_error, open_image
 from bioindex.indexer.pipeline import IndexSummary, run_index
+from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Scan, scan_paths
 from bioindex.models import EmbeddingModel, ModelIdentity, load_model
 from bioindex.search.classify import Prediction, classify_vectors
@@ -84,11 +85,15 @@ def scan_sources(
     metadata: str | os.PathLike[str] | None = None,
     source_type: str = "auto",
     media_root: str | os.PathLike[str] | None = None,
+    allow_outside_paths: bool = False,
 ) -> Scan:
     """List what folders, files, manifests, Darwin Core Archives or tar shards hold
-    (raises on missing paths or when nothing is found)."""
+    (raises on missing paths or when nothing is found). Media paths in manifests and
+    archives outside their folder (or `media_root`) are failures unless
+    `allow_outside_paths`."""
     return scan_paths(sources, metadata_file=str(metadata) if metadata else None,
-                      source_type=source_type, media_root=media_root)  # fmt: skip
+                      source_type=source_type, media_root=media_root,
+                      allow_outside_paths=allow_outside_paths)  # fmt: skip
 
 
 class Collection:
@@ -207,6 +212,8 @@ class Collection:
         media_root: str | os.PathLike[str] | None = None,
         download_timeout: float = 20.0,
         max_download_bytes: int = 50 * 1024 * 1024,
+        allow_private_urls: bool = False,
+        allow_outside_paths: bool = False,
         retry_failed: bool = False,
         engine: str = "local",
         address: str | None = None,
@@ -216,6 +223,10 @@ class Collection:
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts.
 
+        Media URLs are fetched while the local files embed, each within `download_timeout`
+        seconds and `max_download_bytes`, from public addresses only unless
+        `allow_private_urls` (see indexer.remote).
+
         engine='ray' decodes and embeds on a Ray cluster (`address` 'auto' or
         'ray://host:port'; none starts a local one) with `num_gpus` GPU actors.
         `gpu_decode` (default: on with CUDA) decodes baseline JPEGs on the model's device;
@@ -223,7 +234,7 @@ class Collection:
         scan = (
             sources
             if isinstance(sources, Scan)
-            else scan_sources(sources, metadata, source_type, media_root)
+            else scan_sources(sources, metadata, source_type, media_root, allow_outside_paths)
         )
         if batch_size is not None and batch_size < 1:
             raise BioindexError(f"batch size must be at least 1, got {batch_size}")
@@ -245,7 +256,8 @@ class Collection:
             commit_every=commit_every,
             progress=progress,
             fast_decode=fast_decode,
-            download={"timeout": download_timeout, "max_bytes": max_download_bytes},
+            fetch_policy=FetchPolicy(timeout=download_timeout, max_bytes=max_download_bytes,
+                                     allow_private=allow_private_urls),
             retry_failed=retry_failed,
             engine=engine,
             gpu_decode=gpu_decode,

@@ -102,6 +102,7 @@ def test_a_wrong_label_would_fail(held_out: Collection) -> None:
     assert np.mean([r["scientific_name"] == b.name for r in rows]) < 0.5
 
 
+@pytest.mark.slow
 def test_demo_command_runs_offline_and_fast(tmp_path: Path) -> None:
     started = time.monotonic()
     result = subprocess.run(
@@ -144,6 +145,7 @@ def test_zero_shot_classification_accuracy(held_out: Collection, queries) -> Non
     assert _top1(family, queries, "family") >= 0.9
 
 
+@pytest.mark.slow
 def test_knn_beats_zero_shot_on_the_held_out_set(held_out: Collection, queries) -> None:
     paths = [p for _, p in queries]
     zero_shot = _top1(held_out.classify(paths, k=1), queries, "species")

@@ -149,6 +149,7 @@ def test_chosen_only_with_cuda_unless_asked() -> None:
         use_device_decode(squash, squash_pil, True)
 
 
+@pytest.mark.slow
 def test_compiled_image_tower_embeds_the_same(tiny_model: str, photos: Path, tmp_path) -> None:
     names = ["ocelot.jpg", "human.jpg", "domestic_dog.jpg", "ocelot.png"]
     stored = {}

@@ -107,6 +107,7 @@ def test_killed_ray_job_resumes_with_each_image_once(images, tiny_model, tmp_pat
     assert_index_matches_catalog(store)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_build_index_on_ray_merges_to_the_local_result(local_ray, tmp_path, kind) -> None:
     from bioindex.indexer.ray_engine import RayBuilder

@@ -55,6 +55,7 @@ def test_store_that_is_a_file(tmp_path: Path, tiny_model: str) -> None:
     assert_one_line_error(result, "is not a directory")
 
 
+@pytest.mark.slow
 def test_k_zero_and_missing_store(tmp_path: Path, tiny_model: str) -> None:
     draw_images(tmp_path / "p", 2)
     assert (
@@ -80,6 +81,7 @@ def test_k_zero_and_missing_store(tmp_path: Path, tiny_model: str) -> None:
     assert_one_line_error(bioindex("info", "-s", str(tmp_path / "none")), "not a bioindex store")
 
 
+@pytest.mark.slow
 def test_non_store_folder_is_not_overwritten(tmp_path: Path, tiny_model: str) -> None:
     draw_images(tmp_path / "p", 2)
     (tmp_path / "mine").mkdir()
@@ -101,6 +103,7 @@ def test_unreachable_hub_fails_fast_with_advice(tmp_path: Path) -> None:
     assert "local-dir:" in result.stderr and "huggingface-cli download" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, expected",
     [

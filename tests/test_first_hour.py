@@ -153,7 +153,8 @@ def test_http_api_first_hour(server, plain) -> None:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
-@pytest.mark.parametrize("width, height, label", [(1280, 900, "desktop"), (390, 844, "phone")])
+@pytest.mark.parametrize("width, height, label", [
+    (1280, 900, "desktop"), pytest.param(390, 844, "phone", marks=pytest.mark.slow)])
 def test_page_first_hour(server, plain, width: int, height: int, label: str) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     url, _ = server

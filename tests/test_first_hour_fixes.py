@@ -67,6 +67,7 @@ def test_predictions_show_only_named_ranks_and_lookalikes_apart(named: Path) -> 
         assert scores and scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_serve_says_where_logs_requests_and_says_goodbye(named: Path) -> None:
     import socket
 
@@ -216,6 +217,7 @@ def _run_cli(args: list[str]) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_cold_paths_never_load_the_model(named: Path) -> None:
     store = str(named / "store")
     rerun = _run_cli(["index", str(named / "photos"), "-s", store, "-q",

@@ -15,6 +15,13 @@ from bioindex.cli import main
 from bioindex.store import ImageRecord, Store
 from bioindex.synthetic import ClusteredVectors
 
+
+def lanes(*kinds: str) -> list:
+    """The kinds, with the slowest to build (HNSW, IVF-PQ) in the slow lane only: the fast
+    lane keeps an exact and an approximate kind."""
+    return [pytest.param(k, marks=pytest.mark.slow) if k in ("hnsw", "ivf-pq") else k
+            for k in kinds]  # fmt: skip
+
 DIM = 64
 N = 20_000
 MODEL = {
@@ -52,7 +59,7 @@ def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, live: np.ndarra
     return np.argsort(-scores, axis=1)[:, :k] + 1
 
 
-@pytest.mark.parametrize("kind", ["flat", *APPROXIMATE])
+@pytest.mark.parametrize("kind", lanes("flat", *APPROXIMATE))
 def test_every_kind_finds_a_stored_vector_first_and_records_its_recall(store_copy, kind) -> None:
     path, vectors = store_copy
     with Store.open(path) as store:
@@ -76,7 +83,7 @@ def test_every_kind_finds_a_stored_vector_first_and_records_its_recall(store_cop
     assert faiss_index.recall_at(found, truth) >= 0.94
 
 
-@pytest.mark.parametrize("kind", APPROXIMATE)
+@pytest.mark.parametrize("kind", lanes(*APPROXIMATE))
 def test_added_batch_is_searchable_without_rebuild(store_copy, kind) -> None:
     path, _ = store_copy
     extra = GENERATOR.sample(500, part=2)
@@ -93,7 +100,7 @@ def test_added_batch_is_searchable_without_rebuild(store_copy, kind) -> None:
     assert found[:, 0].tolist() == new_ids
 
 
-@pytest.mark.parametrize("kind", ["flat", *APPROXIMATE])
+@pytest.mark.parametrize("kind", lanes("flat", *APPROXIMATE))
 def test_deleted_ids_never_appear(store_copy, kind) -> None:
     path, vectors = store_copy
     queries = vectors[:50]
@@ -122,8 +129,10 @@ def test_deleted_ids_never_appear(store_copy, kind) -> None:
     assert faiss_index.recall_at(found, _exact_top(vectors, queries, 10, live)) >= 0.9
 
 
-@pytest.mark.parametrize("first, second", [("hnsw", "flat"), ("flat", "hnsw"),
-                                           ("flat", "ivf"), ("ivf", "ivf-pq")])  # fmt: skip
+@pytest.mark.parametrize("first, second", [
+    pytest.param("hnsw", "flat", marks=pytest.mark.slow), ("flat", "hnsw"), ("flat", "ivf"),
+    pytest.param("ivf", "ivf-pq", marks=pytest.mark.slow),
+])  # fmt: skip
 def test_rebuild_with_another_kind(store_copy, first, second) -> None:
     path, vectors = store_copy
     queries = GENERATOR.sample(200, part=3)
@@ -197,7 +206,7 @@ def test_read_only_store_can_map_the_index_instead_of_reading_it(store_copy) -> 
     assert (found[1] == expected[1]).all()
 
 
-@pytest.mark.parametrize("kind", ["flat", *APPROXIMATE])
+@pytest.mark.parametrize("kind", lanes("flat", *APPROXIMATE))
 def test_a_deleted_image_that_comes_back_is_found_again(store_copy, kind) -> None:
     path, vectors = store_copy
     with Store.open(path) as store:

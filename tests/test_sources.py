@@ -167,7 +167,7 @@ def test_archive_with_remote_media(tmp_path: Path, tiny_model: str, media_server
     store = tmp_path / "s"
     with Collection.open(store, model=tiny_model, create=True) as col:
         first = col.index([archive], progress=False, download_timeout=1.0,
-                          max_download_bytes=2 * 1024 * 1024)  # fmt: skip
+                          max_download_bytes=2 * 1024 * 1024, allow_private_urls=True)  # fmt: skip
         assert (first.embedded, first.failed, first.occurrences) == (4, 4, 3)
         reasons = {f["uri"].rsplit("/", 1)[-1]: (f["stage"], f["error"])
                    for f in col.failures()}  # fmt: skip
@@ -181,11 +181,12 @@ def test_archive_with_remote_media(tmp_path: Path, tiny_model: str, media_server
         assert ("occ0", "C-occ0", "CC-BY-4.0", "A. Photographer", "Felidae") in rows
         fetched = len(hits)
         second = col.index([archive], progress=False, download_timeout=1.0,
-                           max_download_bytes=2 * 1024 * 1024)  # fmt: skip
+                           max_download_bytes=2 * 1024 * 1024, allow_private_urls=True)  # fmt: skip
         assert (second.embedded, second.downloaded, second.unchanged) == (0, 0, 4)
         assert len(hits) == fetched  # nothing was asked of the server again
         retried = col.index([archive], progress=False, download_timeout=1.0,
-                            max_download_bytes=2 * 1024 * 1024, retry_failed=True)  # fmt: skip
+                            max_download_bytes=2 * 1024 * 1024, retry_failed=True,
+                            allow_private_urls=True)  # fmt: skip
         assert (retried.embedded, retried.failed, retried.unchanged) == (0, 4, 4)
         assert len(hits) > fetched  # only the failed URLs were asked for again
         assert all("/photo/" not in h or "nope" in h for h in hits[fetched:])
@@ -278,7 +279,7 @@ def test_manifest_with_paths_and_urls(tmp_path: Path, tiny_model: str, media_ser
         writer.writerow([str(photos[1]), "Felis catus", "A2", ""])
         writer.writerow([f"{base}/photo/ocelot.jpg", "Leopardus pardalis", "A3", ""])
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
-        summary = col.index([manifest], progress=False)
+        summary = col.index([manifest], progress=False, allow_private_urls=True)
         assert summary.embedded == 3
     rows = _catalog(tmp_path / "s", "SELECT catalog_number, scientific_name, extra FROM images "
                                     "ORDER BY catalog_number")  # fmt: skip

@@ -44,6 +44,7 @@ def test_a_second_writer_is_refused_with_one_line_or_waits(tmp_path: Path) -> No
     assert live_rows(tmp_path / "s") == 2
 
 
+@pytest.mark.slow
 def test_second_cli_writer_gets_one_line(tmp_path: Path, tiny_model: str) -> None:
     photos = tmp_path / "photos"
     draw_images(photos, 4, seed=1)
@@ -148,8 +149,10 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
     subprocess.run([*CLI, "index", str(first), "-s", str(store), "-m", tiny_model, "-q"],
                    check=True, capture_output=True)  # fmt: skip
     port = _free_port()
+    # Its request log goes to a file: an unread pipe fills up and stalls the server.
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed with the server
     server = subprocess.Popen([*CLI, "serve", "-s", str(store), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=log, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -222,6 +225,7 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
     assert live_rows(store) == 5040
 
 

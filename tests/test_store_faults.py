@@ -185,6 +185,7 @@ def test_corruption_is_named_never_answered_silently_and_repaired(tmp_path: Path
     assert _answers(store) == expected
 
 
+@pytest.mark.slow
 def test_a_folder_with_data_but_no_manifest_is_never_written_over(tmp_path: Path,
                                                                   tiny_model: str) -> None:
     photos = tmp_path / "photos"

@@ -18,16 +18,16 @@ import csv
 import io
 import os
 import re
-import sys
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from bioindex.errors import BioindexError
+from bioindex.indexer.lines import Lines
 
 MULTIMEDIA_TYPES = {
     "http://rs.gbif.org/terms/1.0/multimedia": "identifier",
@@ -38,7 +38,11 @@ MULTIMEDIA_TYPES = {
 OCCURRENCE_TYPE = "http://rs.tdwg.org/dwc/terms/occurrence"
 
 _TERM = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # remarks fields can be long
+# Archives come from strangers: a member that inflates more than this many times (beyond a
+# size any real table reaches in a small zip) is a bomb, and no line may outgrow LINE_LIMIT.
+# Real Darwin Core text compresses 5-20x.
+MAX_RATIO = 200
+RATIO_FREE_BYTES = 64 << 20
 
 
 @dataclass
@@ -81,7 +85,12 @@ class Archive:
         self.warnings: list[str] = []
         if not self.path.exists():
             raise BioindexError(f"Darwin Core Archive {path} does not exist")
-        self._zip = zipfile.ZipFile(self.path) if self.path.is_file() else None
+        try:
+            self._zip = zipfile.ZipFile(self.path) if self.path.is_file() else None
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise BioindexError(f"{path} is not a readable zip file ({exc})") from None
+        if self._zip is not None:
+            _refuse_bombs(self._zip, self.path)
         names = self._names()
         prefix = _common_prefix(names)
         self._prefix = prefix
@@ -93,6 +102,19 @@ class Archive:
             raise BioindexError(f"{path} has no meta.xml (nor iDigBio's occurrence.csv)")
         if self.core.key_index is None:
             self.core.key_index = 0
+        for spec in (self.core, *self.extensions):
+            for location in spec.files:
+                self._check_location(location, names)
+
+    def _check_location(self, location: str, names: set[str]) -> None:
+        """meta.xml names files inside the archive only ("../../etc/passwd" is refused)."""
+        name = self._prefix + location
+        inside = name in names
+        if inside and self._zip is None:
+            inside = (self.path / name).resolve().is_relative_to(self.path.resolve())
+        if not inside:
+            raise BioindexError(f"{self.path}: meta.xml names {location!r}, which is not a "
+                                f"file in the archive")  # fmt: skip
 
     def _names(self) -> set[str]:
         if self._zip is not None:
@@ -119,29 +141,44 @@ class Archive:
         self.close()
 
     def rows(self, spec: TableSpec) -> Iterator[tuple[str | None, dict[str, str]]]:
-        """(key, {term: value}) for every data row of a table, streamed."""
+        """(key, {term: value}) for every data row of a table, streamed; a line that does
+        not decode in the declared encoding, or is too long, is a one-line error naming the
+        file and the line."""
         for location in spec.files:
-            with self._open(self._prefix + location) as raw:
-                text = io.TextIOWrapper(raw, encoding=spec.encoding, errors="replace", newline="")
-                reader = _reader(text, spec)
-                fields = spec.fields
-                for line in range(spec.ignore_header):
-                    header = next(reader, None)
-                    if line == 0 and header:
-                        fields = self._trusted_fields(spec, header)
-                for values in reader:
-                    if not values or values == [""]:
-                        continue
-                    terms = dict(spec.defaults)
-                    for index, term in fields.items():
-                        if index < len(values) and values[index] != "":
-                            terms[term] = values[index]
-                    key = (
-                        values[spec.key_index]
-                        if spec.key_index is not None and (spec.key_index < len(values))
-                        else None
-                    )
-                    yield key, terms
+            lines = Lines(location)
+            try:
+                with self._open(self._prefix + location) as raw:
+                    yield from self._table_rows(raw, spec, lines)
+            except UnicodeDecodeError:
+                raise BioindexError(f"{location}: line {lines.number} is not {spec.encoding} "
+                                    f"text (the encoding the archive declares)") from None
+            except csv.Error as exc:
+                raise BioindexError(f"{location}: line {lines.number}: {exc}") from None
+            except LookupError:
+                raise BioindexError(f"{location}: meta.xml declares an unknown encoding "
+                                    f"{spec.encoding!r}") from None  # fmt: skip
+
+    def _table_rows(self, raw: BinaryIO, spec: TableSpec, lines: Lines,
+                    ) -> Iterator[tuple[str | None, dict[str, str]]]:  # fmt: skip
+        reader = _reader(lines.of(raw, spec.encoding), spec)
+        fields = spec.fields
+        for line in range(spec.ignore_header):
+            header = next(reader, None)
+            if line == 0 and header:
+                fields = self._trusted_fields(spec, header)
+        for values in reader:
+            if not values or values == [""]:
+                continue
+            terms = dict(spec.defaults)
+            for index, term in fields.items():
+                if index < len(values) and values[index] != "":
+                    terms[term] = values[index]
+            key = (
+                values[spec.key_index]
+                if spec.key_index is not None and (spec.key_index < len(values))
+                else None
+            )
+            yield key, terms
 
     def _trusted_fields(self, spec: TableSpec, header: list[str]) -> dict[int, str]:
         """meta.xml's columns, unless the file's own header row names other terms at the
@@ -185,12 +222,22 @@ class Archive:
             yield Occurrence(core_id, terms, found)
 
 
-def _reader(text: io.TextIOBase, spec: TableSpec) -> Any:
-    if spec.encloser:
-        return csv.reader(text, delimiter=spec.delimiter, quotechar=spec.encloser)
-    if spec.delimiter == ",":
-        return csv.reader(text, delimiter=",", quotechar='"')
-    return csv.reader(text, delimiter=spec.delimiter, quoting=csv.QUOTE_NONE)
+def _reader(lines: Iterator[str], spec: TableSpec) -> Iterator[list[str]]:
+    if spec.encloser or spec.delimiter == ",":
+        # Quoted fields: the csv module, with its own field limit (128 KiB by default, and
+        # never raised here: the limit is process-wide).
+        return csv.reader(lines, delimiter=spec.delimiter, quotechar=spec.encloser or '"')
+    # Unquoted (GBIF's tab-separated downloads): a plain split has no field limit.
+    return (line.rstrip("\r\n").split(spec.delimiter) for line in lines)
+
+
+def _refuse_bombs(archive: zipfile.ZipFile, path: Path) -> None:
+    for info in archive.infolist():
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FREE_BYTES and ratio > MAX_RATIO:
+            raise BioindexError(f"{path}: {info.filename} would expand {ratio:.0f}-fold to "
+                                f"{info.file_size >> 20} MiB; refused as a zip bomb (real "
+                                f"archives compress at most ~{MAX_RATIO // 10}-fold)")  # fmt: skip
 
 
 def _read_meta(data: bytes) -> tuple[TableSpec, list[TableSpec]]:

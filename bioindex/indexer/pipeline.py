@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -20,7 +20,7 @@ from bioindex.indexer.embed import (
     default_workers,
     embed_items,
 )
-from bioindex.indexer.remote import MediaCache, fetch_all
+from bioindex.indexer.remote import Downloads, FetchPolicy, MediaCache
 from bioindex.indexer.sources import Item, Scan, covered, occurrence_records
 from bioindex.models import EmbeddingModel
 from bioindex.store import Failure, Store
@@ -126,7 +126,7 @@ def run_index(
     commit_every: int = 2048,
     progress: bool = True,
     fast_decode: bool = False,
-    download: dict | None = None,
+    fetch_policy: FetchPolicy | None = None,
     retry_failed: bool = False,
     engine: str = "local",
     ray_options: dict | None = None,
@@ -152,12 +152,10 @@ def run_index(
     store.index()  # load (or rebuild) before writing so it follows every commit
     summary.deleted = store.mark_deleted(work.vanished)
     store.forget_failures(work.gone_failures)
-    todo, early_failures, summary.downloaded = download_remote(
-        work.todo, MediaCache(store.path / "media-cache"), progress, **(download or {})
-    )
+    todo = work.todo
     known = store.known_failures()
-    early_failures += [Failure(uri, stage, error) for uri, stage, error in scan.failures
-                       if uri not in known]  # fmt: skip
+    early_failures = [Failure(uri, stage, error) for uri, stage, error in scan.failures
+                      if uri not in known]  # fmt: skip
     if early_failures:
         store.commit([], np.zeros((0, store.dim), np.float32), early_failures, run_id=run_id)
         summary.failed += len(early_failures)
@@ -179,17 +177,22 @@ def run_index(
     bar = tqdm(
         total=len(todo), unit="img", desc="embedding", disable=not progress or None, smoothing=0.1
     )
-    if not todo:
-        batches: Iterable[EmbeddedBatch] = ()
-    elif engine == "ray":
-        from bioindex.indexer import ray_engine
 
-        batches = ray_engine.embed_items(todo, model, batch_size=batch_size,
-                                         commit_every=commit_every, fast_decode=fast_decode,
-                                         **(ray_options or {}))  # fmt: skip
-    elif engine == "local":
-        batches = embed_items(todo, model, batch_size=batch_size, workers=workers,
-                              fast_decode=fast_decode, gpu_decode=gpu_decode)  # fmt: skip
+    def embed(items: list[Item]) -> Iterable[EmbeddedBatch]:
+        if engine == "ray":
+            from bioindex.indexer import ray_engine
+
+            return ray_engine.embed_items(items, model, batch_size=batch_size,
+                                          commit_every=commit_every, fast_decode=fast_decode,
+                                          **(ray_options or {}))  # fmt: skip
+        return embed_items(items, model, batch_size=batch_size, workers=workers,
+                           fast_decode=fast_decode, gpu_decode=gpu_decode)  # fmt: skip
+
+    cache = MediaCache(store.path / "media-cache")
+    cache.sweep()
+    downloads = Downloads([i.uri for i in todo if i.remote], cache,
+                          fetch_policy or FetchPolicy())  # fmt: skip
+    batches = _batches(todo, downloads, embed, commit_every, summary, store.dim)
     writer = Writer(commit)
     chunk: list[EmbeddedBatch] = []
     size = 0
@@ -204,10 +207,12 @@ def run_index(
                 writer.put(chunk)
                 chunk, size = [], 0
     finally:
+        downloads.close()
         bar.close()
         # What was embedded is committed even when the run stops early (Ctrl-C included),
         # so the next run starts after it.
         writer.close(chunk)
+        cache.sweep()
     store.compact()
     store.save_index()
     summary.seconds = time.time() - started
@@ -283,27 +288,27 @@ def _live_ids_of(store: Store, uris: Sequence[str]) -> list[int]:
     return store.catalog.live_ids_of_uris(uris)
 
 
-def download_remote(items: list[Item], cache: MediaCache, progress: bool = True,
-                    **options: float) -> tuple[list[Item], list[Failure], int]:  # fmt: skip
-    """Fetch remote media into the cache; local items pass through unchanged.
-    Returns (ready items, download failures, how many files were fetched now)."""
-    urls = [item.uri for item in items if item.remote]
-    if not urls:
-        return items, [], 0
-    with tqdm(total=len(urls), unit="file", desc="downloading",
-              disable=not progress or None) as bar:  # fmt: skip
-        fetched = fetch_all(urls, cache, on_done=lambda _: bar.update(1), **options)
-    ready: list[Item] = []
-    failures: list[Failure] = []
-    for item in items:
-        if not item.remote:
-            ready.append(item)
-            continue
-        result = fetched[item.uri]
-        if result.path is None:
-            failures.append(Failure(item.uri, "download", result.error or "download failed"))
-            continue
-        stat = result.path.stat()
-        ready.append(replace(item, path=str(result.path), size=stat.st_size,
-                             mtime=stat.st_mtime))  # fmt: skip
-    return ready, failures, sum(r.downloaded for r in fetched.values())
+def _batches(todo: list[Item], downloads: Downloads,
+             embed: Callable[[list[Item]], Iterable[EmbeddedBatch]], wave: int,
+             summary: IndexSummary, dim: int) -> Iterator[EmbeddedBatch]:  # fmt: skip
+    """The local files' batches first, then each wave of downloads as it arrives (the
+    downloads run meanwhile): a slow or dead server delays only its own files."""
+    local = [item for item in todo if not item.remote]
+    if local:
+        yield from embed(local)
+    remote = {item.uri: item for item in todo if item.remote}
+    for fetched in downloads.waves(size=wave):
+        ready, failures = [], []
+        for result in fetched:
+            item = remote[result.url]
+            if result.path is None:
+                failures.append(Failure(item.uri, "download", result.error or "download failed"))
+                continue
+            summary.downloaded += result.downloaded
+            stat = result.path.stat()
+            ready.append(replace(item, path=str(result.path), size=stat.st_size,
+                                 mtime=stat.st_mtime))  # fmt: skip
+        if failures:
+            yield EmbeddedBatch([], np.zeros((0, dim), np.float32), failures)
+        if ready:
+            yield from embed(ready)

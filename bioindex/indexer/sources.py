@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import stat
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ from typing import Any
 
 from bioindex.errors import BioindexError
 from bioindex.images import IMAGE_EXTENSIONS
+from bioindex.indexer.lines import Lines
 from bioindex.indexer.remote import is_remote
 
+MAX_FILE_BYTES = 1 << 30  # one image file; a 150 MP uncompressed TIFF master is ~450 MB
 SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "webdataset")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 _URI_COLUMNS = ("path", "file", "filename", "uri", "url", "identifier", "accessuri", "image")
@@ -41,10 +44,19 @@ class Item:
     metadata: dict[str, Any] = field(default_factory=dict)
     offset: int | None = None  # bytes of a tar member start here in `path`
 
-    def read_bytes(self) -> bytes:
-        with open(self.path, "rb") as handle:
+    def read_bytes(self, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """The file's bytes; only a regular file is read (a device, pipe or socket named in
+        a manifest would block or never end), and at most `max_bytes` of it."""
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError("not a regular file (a device, pipe or socket)")
             if self.offset is None:
-                return handle.read()
+                if info.st_size > max_bytes:
+                    raise OSError(f"larger than the {max_bytes >> 20} MiB cap on one file")
+                return handle.read(max_bytes + 1)
             handle.seek(self.offset)
             data = handle.read(self.size or 0)
         if len(data) != self.size:
@@ -75,8 +87,11 @@ def scan_paths(
     metadata_file: str | None = None,
     source_type: str = "auto",
     media_root: str | os.PathLike[str] | None = None,
+    allow_outside_paths: bool = False,
 ) -> Scan:
-    """List what the sources hold; raise on missing paths or when nothing is found."""
+    """List what the sources hold; raise on missing paths or when nothing is found.
+    Media paths of manifests and archives must stay inside their folder (or `media_root`)
+    unless `allow_outside_paths`; others are recorded as failures."""
     if not paths:
         raise BioindexError("no source given; name folders, image files, tables or archives")
     if source_type not in SOURCE_TYPES:
@@ -103,9 +118,9 @@ def scan_paths(
             scan.roots.append(str(path))
             items.setdefault(str(path), _file_item(path, path.parent, sidecar))
         elif kind == "manifest":
-            _scan_manifest(path, media_root, items)
+            _scan_manifest(path, media_root, items, scan, allow_outside_paths)
         elif kind == "dwca":
-            _scan_archive(path, media_root, items, scan)
+            _scan_archive(path, media_root, items, scan, allow_outside_paths)
     scan.items = sorted(items.values(), key=lambda i: i.uri)
     if not scan.items and not scan.archives and not scan.failures:
         raise BioindexError(
@@ -151,9 +166,16 @@ def iter_table_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         for batch in pq.ParquetFile(file).iter_batches(batch_size=8192):
             yield from batch.to_pylist()
         return
-    with open(file, newline="", encoding="utf-8-sig") as handle:
-        dialect = "excel-tab" if file.suffix.lower() in (".tsv", ".txt") else "excel"
-        yield from csv.DictReader(handle, dialect=dialect)
+    dialect = "excel-tab" if file.suffix.lower() in (".tsv", ".txt") else "excel"
+    lines = Lines(str(file))
+    try:
+        with open(file, "rb") as raw:
+            yield from csv.DictReader(lines.of(raw, "utf-8-sig"), dialect=dialect)
+    except UnicodeDecodeError:
+        raise BioindexError(f"{file}: line {lines.number} is not UTF-8 text; save the table "
+                            f"as UTF-8") from None  # fmt: skip
+    except csv.Error as exc:  # a field over the csv module's 128 KiB, a stray NUL, …
+        raise BioindexError(f"{file}: line {lines.number}: {exc}") from None
 
 
 def _uri_column(columns: Sequence[str], path: Path) -> str:
@@ -175,7 +197,8 @@ def read_table(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _scan_manifest(path: Path, media_root: Any, items: dict[str, Item]) -> None:
+def _scan_manifest(path: Path, media_root: Any, items: dict[str, Item], scan: Scan,
+                   anywhere: bool) -> None:  # fmt: skip
     key = None
     base = Path(media_root).resolve() if media_root else path.parent
     for row in iter_table_rows(path):
@@ -184,17 +207,35 @@ def _scan_manifest(path: Path, media_root: Any, items: dict[str, Item]) -> None:
         if not value:
             continue
         metadata = {k: v for k, v in row.items() if k != key and v not in (None, "")}
-        item = _media_item(value, base, metadata)
-        items.setdefault(item.uri, item)
+        _add_media(value, base, metadata, items, scan, anywhere)
 
 
-def _media_item(value: str, base: Path, metadata: dict[str, Any]) -> Item:
-    """A URL (fetched later) or a path relative to `base`."""
+def _add_media(value: str, base: Path, metadata: dict[str, Any], items: dict[str, Item],
+               scan: Scan, anywhere: bool) -> None:  # fmt: skip
+    try:
+        item = _media_item(value, base, metadata, anywhere)
+    except OutsidePath as exc:
+        scan.failures.append((value, "read", exc.message))
+        return
+    items.setdefault(item.uri, item)
+
+
+class OutsidePath(BioindexError):
+    """A media path from a manifest or archive that leads out of its folder."""
+
+
+def _media_item(value: str, base: Path, metadata: dict[str, Any],
+                anywhere: bool = False) -> Item:  # fmt: skip
+    """A URL (fetched later) or a path inside `base` (anywhere only when the user says so:
+    a stranger's manifest must not make us read /etc/passwd or ~/.ssh)."""
     if is_remote(value):
         return Item(value, "", None, None, metadata)
     if value.startswith("file://"):
         value = value[len("file://") :]
-    file = (base / value).resolve() if not os.path.isabs(value) else Path(value)
+    file = (base / value).resolve()
+    if not anywhere and not file.is_relative_to(base.resolve()):
+        raise OutsidePath(f"refused: {value} is outside {base}; give --media-root, or "
+                          f"--allow-outside-paths to read paths wherever they point")
     try:
         stat = file.stat()
         return Item(str(file), str(file), stat.st_size, stat.st_mtime, metadata)
@@ -206,7 +247,8 @@ def _media_item(value: str, base: Path, metadata: dict[str, Any]) -> Item:
 # ---- Darwin Core Archives ------------------------------------------------------------
 
 
-def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Scan) -> None:
+def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Scan,
+                  anywhere: bool) -> None:  # fmt: skip
     from bioindex.indexer.dwca import Archive
 
     base = Path(media_root).resolve() if media_root else (path if path.is_dir() else path.parent)
@@ -222,8 +264,7 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
                     metadata = {**terms,
                                 **{k: v for k, v in media.items() if k in _MEDIA_TERMS}}
                     metadata["mediaIdentifier"] = uri
-                    item = _media_item(uri, base, metadata)
-                    items.setdefault(item.uri, item)
+                    _add_media(uri, base, metadata, items, scan, anywhere)
         scan.warnings.extend(archive.warnings)
 
 
@@ -340,7 +381,16 @@ def _walk(root: Path) -> Iterator[Path]:
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield Path(directory) / name
+                path = Path(directory) / name
+                if _regular(path):  # a FIFO or device named *.jpg would hang the run
+                    yield path
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def _file_item(file: Path, root: Path, sidecar: dict[str, dict[str, Any]]) -> Item:
