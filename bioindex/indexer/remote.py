@@ -113,12 +113,16 @@ def public_addresses(host: str, port: int, allow_private: bool = False) -> list[
     if not allow_private:
         for address in addresses:
             ip = ipaddress.ip_address(address.split("%")[0])
-            mapped = getattr(ip, "ipv4_mapped", None)
-            ip = mapped or ip
-            if not ip.is_global or ip.is_multicast:
+            if not is_public(getattr(ip, "ipv4_mapped", None) or ip):
                 raise Refused(f"refused: {host} is not a public address; --allow-private-urls "
                               f"fetches from private networks")  # fmt: skip
     return addresses
+
+
+def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Routable on the internet: not loopback, private, link-local (cloud metadata at
+    169.254.169.254), shared, reserved, unspecified or multicast."""
+    return ip.is_global and not ip.is_multicast
 
 
 class _PinnedHTTP(http.client.HTTPConnection):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import stat
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -214,14 +215,18 @@ def _add_media(value: str, base: Path, metadata: dict[str, Any], items: dict[str
                scan: Scan, anywhere: bool) -> None:  # fmt: skip
     try:
         item = _media_item(value, base, metadata, anywhere)
-    except OutsidePath as exc:
+    except RefusedMedia as exc:
         scan.failures.append((value, "read", exc.message))
         return
     items.setdefault(item.uri, item)
 
 
-class OutsidePath(BioindexError):
-    """A media path from a manifest or archive that leads out of its folder."""
+class RefusedMedia(BioindexError):
+    """A media entry of a manifest or archive that is not read: a path leading out of its
+    folder, or a URL scheme other than http, https and file."""
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def _media_item(value: str, base: Path, metadata: dict[str, Any],
@@ -232,9 +237,12 @@ def _media_item(value: str, base: Path, metadata: dict[str, Any],
         return Item(value, "", None, None, metadata)
     if value.startswith("file://"):
         value = value[len("file://") :]
+    elif _SCHEME.match(value):
+        raise RefusedMedia(f"refused: {_SCHEME.match(value)[1]}:// URLs are not fetched "
+                           f"(http and https only)")  # fmt: skip
     file = (base / value).resolve()
     if not anywhere and not file.is_relative_to(base.resolve()):
-        raise OutsidePath(f"refused: {value} is outside {base}; give --media-root, or "
+        raise RefusedMedia(f"refused: {value} is outside {base}; give --media-root, or "
                           f"--allow-outside-paths to read paths wherever they point")
     try:
         stat = file.stat()

@@ -1,0 +1,340 @@
+"""Archives, manifests and media URLs written by strangers (issue #16): every probe ends in a
+one-line failure on record or a one-line error, nothing outside is read, and the rest of the
+run completes. The "public internet" is played by 127.0.0.1 where a test says so (the only
+thing mocked: the network beyond loopback)."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bioindex import Collection
+from bioindex.errors import BioindexError
+from bioindex.indexer import remote
+from tests.conftest import draw_images
+
+
+def _jpeg() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(out, "JPEG")
+    return out.getvalue()
+
+
+class _Media(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []
+    redirect_to = ""
+    drip: dict[str, float] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.hits.append(self.path)
+        if self.path.startswith("/photo"):
+            self._send(200, {"Content-Type": "image/jpeg"}, _jpeg())
+        elif self.path == "/untyped-jpeg":
+            self._send(200, {}, _jpeg())
+        elif self.path == "/untyped-text":
+            self._send(200, {}, b"#!/bin/sh\necho not a picture\n")
+        elif self.path == "/redirect":
+            self._send(302, {"Location": self.redirect_to}, b"")
+        elif self.path == "/drip":
+            self.drip["start"] = time.monotonic()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(200):  # bounded: 1 byte every 0.25 s
+                    self.wfile.write(b"\xff")
+                    self.wfile.flush()
+                    time.sleep(0.25)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.drip["end"] = time.monotonic()
+        else:
+            self._send(404, {"Content-Type": "text/plain"}, b"missing")
+
+    def _send(self, code: int, headers: dict[str, str], body: bytes) -> None:
+        try:
+            self.send_response(code)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _serve(host: str) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer((host, 0), _Media)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture()
+def media():
+    _Media.hits, _Media.drip = [], {}
+    public, private = _serve("127.0.0.1"), _serve("127.0.0.2")
+    yield f"http://127.0.0.1:{public.server_address[1]}", \
+        f"http://127.0.0.2:{private.server_address[1]}"  # fmt: skip
+    for server in (public, private):
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture()
+def loopback_is_public(monkeypatch: pytest.MonkeyPatch):
+    """127.0.0.1 stands for a server on the public internet; 127.0.0.2 stays private."""
+    real = remote.is_public
+    monkeypatch.setattr(remote, "is_public", lambda ip: str(ip) == "127.0.0.1" or real(ip))
+
+
+def _manifest(folder: Path, values: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "manifest.csv"
+    path.write_text("url,catalogNumber\n" + "".join(f"{v},C{i}\n" for i, v in enumerate(values)))
+    return path
+
+
+def _reasons(col: Collection) -> dict[str, str]:
+    return {f["uri"]: f["error"] for f in col.failures()}
+
+
+def _one_line(text: str) -> None:
+    assert text and "\n" not in text and "Traceback" not in text, text
+
+
+def test_private_urls_are_refused_and_nothing_is_asked(tmp_path, tiny_model, media) -> None:
+    public, _ = media
+    port = public.rsplit(":", 1)[1]
+    local = draw_images(tmp_path / "m" / "p", 2, seed=1)
+    urls = [f"{public}/photo-a.jpg", f"http://localhost:{port}/photo-b.jpg",
+            f"http://[::1]:{port}/photo-c.jpg", "ftp://example.org/x.jpg",
+            "http://169.254.169.254/latest/meta-data/x.jpg"]  # fmt: skip
+    rows = [str(p.relative_to(tmp_path / "m")) for p in local] + urls
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([_manifest(tmp_path / "m", rows)], progress=False,
+                            download_timeout=5)  # fmt: skip
+        reasons = _reasons(col)
+    assert (summary.embedded, summary.failed) == (2, 5)  # the local files still embed
+    assert not _Media.hits  # no request reached the server
+    for url in urls[:3] + urls[4:]:
+        _one_line(reasons[url])
+        assert "refused" in reasons[url] and "not a public address" in reasons[url]
+    assert "http and https only" in reasons[urls[3]]
+
+
+def test_redirects_are_checked_hop_by_hop(tmp_path, tiny_model, media, loopback_is_public):
+    public, private = media
+    _Media.redirect_to = f"{private}/photo-secret.jpg"
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([_manifest(tmp_path / "m", [f"{public}/redirect",
+                                                        f"{public}/photo-ok.jpg"])],
+                            progress=False, download_timeout=5)  # fmt: skip
+        reasons = _reasons(col)
+    assert (summary.embedded, summary.failed) == (1, 1)
+    assert "not a public address" in reasons[f"{public}/redirect"]
+    assert "/photo-secret.jpg" not in _Media.hits  # the private server was never asked
+
+
+def test_content_must_be_an_image_by_type_or_by_bytes(tmp_path, tiny_model, media,
+                                                      loopback_is_public) -> None:  # fmt: skip
+    public, _ = media
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([_manifest(tmp_path / "m", [f"{public}/untyped-jpeg",
+                                                        f"{public}/untyped-text"])],
+                            progress=False, download_timeout=5)  # fmt: skip
+        reasons = _reasons(col)
+    assert (summary.embedded, summary.failed) == (1, 1)
+    assert "not an image" in reasons[f"{public}/untyped-text"]
+    assert not list((tmp_path / "s" / "media-cache").rglob("*.tmp"))
+    kept = [p for p in (tmp_path / "s" / "media-cache").rglob("*") if p.is_file()]
+    assert len(kept) == 1  # the text was never kept
+
+
+def test_a_slow_drip_meets_its_deadline_while_the_rest_embeds(
+    tmp_path, tiny_model, media, loopback_is_public
+) -> None:
+    public, _ = media
+    local = draw_images(tmp_path / "m" / "p", 6, seed=2)
+    rows = [str(p.relative_to(tmp_path / "m")) for p in local]
+    rows += [f"{public}/drip"] + [f"{public}/photo-{i}.jpg" for i in range(4)]
+    store = tmp_path / "s"
+    progress: list[tuple[float, int]] = []
+    with Collection.open(store, model=tiny_model, create=True) as col:
+        done = threading.Event()
+
+        def watch() -> None:
+            from bioindex.store import Store
+
+            while not done.is_set():
+                try:
+                    with Store.open(store, read_only=True) as reader:
+                        progress.append((time.monotonic(), reader.live_count()))
+                except BioindexError:
+                    pass
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        started = time.monotonic()
+        summary = col.index([_manifest(tmp_path / "m", rows)], progress=False,
+                            download_timeout=4.0, commit_every=4)  # fmt: skip
+        elapsed = time.monotonic() - started
+        done.set()
+        watcher.join()
+        reasons = _reasons(col)
+    assert (summary.embedded, summary.failed) == (10, 1)
+    assert reasons[f"{public}/drip"] == "timed out after 4s"
+    assert elapsed < 2 * 4.0  # the deadline held (within 2x, start-up included)
+    # Other files were embedded and committed while the drip was still being waited for.
+    assert any(count >= 6 and at < _Media.drip["start"] + 4.0 for at, count in progress)
+
+
+def test_fifos_devices_and_paths_out_of_the_folder_are_never_read(tmp_path, tiny_model):
+    folder = tmp_path / "m"
+    good = draw_images(folder / "p", 2, seed=3)
+    os.mkfifo(folder / "p" / "pipe.jpg")  # in the folder walk and in the manifest
+    secret = draw_images(tmp_path / "outside", 1, seed=4)[0]  # a real image, outside
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    climb = f"../outside/{secret.relative_to(tmp_path / 'outside')}"
+    rows = [str(p.relative_to(folder)) for p in good] + [
+        "p/pipe.jpg", str(secret), f"file://{secret}", climb, "zero.jpg", "/etc/passwd"]
+    manifest = _manifest(folder, rows)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        walked = col.index([folder / "p"], progress=False)
+        assert walked.embedded == 2 and walked.failed == 0  # the FIFO is not even listed
+        summary = col.index([manifest], progress=False)
+        reasons = _reasons(col)
+        uris = [r[0] for r in col.store.catalog.query("SELECT uri FROM images")[1]]
+    assert summary.embedded == 0 and summary.unchanged == 2
+    assert "not a regular file" in reasons[str(folder / "p" / "pipe.jpg")]
+    for row in rows[3:]:
+        reason = reasons[row]
+        _one_line(reason)
+        assert "outside" in reason and "--allow-outside-paths" in reason
+    assert not any(str(secret) in uri or "passwd" in uri for uri in uris)
+    with Collection.open(tmp_path / "s2", model=tiny_model, create=True) as col:
+        trusted = col.index([manifest], progress=False, allow_outside_paths=True)
+        reasons = _reasons(col)
+    assert trusted.embedded == 3  # the user's opt-in reads the outside image
+    assert "not a regular file" in reasons[str(Path("/dev/zero"))]
+
+
+def _archive(folder: Path, location: str = "occurrence.txt", data: bytes | None = None,
+             encoding: str = "") -> Path:  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "occurrence.txt").write_bytes(data if data is not None else
+                                            b"o1\tPanthera leo\no2\tFelis catus\n")  # fmt: skip
+    declared = f' encoding="{encoding}"' if encoding else ""
+    (folder / "meta.xml").write_text(f"""<?xml version="1.0"?>
+<archive xmlns="http://rs.tdwg.org/dwc/text/">
+ <core rowType="http://rs.tdwg.org/dwc/terms/Occurrence" fieldsTerminatedBy="\\t"
+       fieldsEnclosedBy=""{declared}>
+  <files><location>{location}</location></files><id index="0"/>
+  <field index="0" term="http://rs.tdwg.org/dwc/terms/occurrenceID"/>
+  <field index="1" term="http://rs.tdwg.org/dwc/terms/scientificName"/>
+ </core>
+</archive>""")
+    return folder
+
+
+def _zip(folder: Path) -> Path:
+    path = folder.with_suffix(".zip")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in folder.iterdir():
+            archive.write(file, file.name)
+    return path
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_meta_xml_cannot_point_outside_the_archive(tmp_path, tiny_model, zipped) -> None:
+    (tmp_path / "secret.txt").write_text("s1\tSecretus secretus\n")
+    folder = _archive(tmp_path / "a" / "dwca", location="../../secret.txt")
+    source = _zip(folder) if zipped else folder
+    with pytest.raises(BioindexError) as caught:
+        Collection.open(tmp_path / "s", model=tiny_model, create=True).index([source],
+                                                                             progress=False)
+    _one_line(str(caught.value))
+    assert "not a file in the archive" in str(caught.value)
+
+
+def test_bad_encoding_and_huge_fields_are_one_line_errors(tmp_path, tiny_model) -> None:
+    text = "o1\tAbies alba\no2\tPicea ab\xe9s\n"
+    latin = _archive(tmp_path / "latin", data=text.encode("latin-1"))
+    with pytest.raises(BioindexError) as caught, \
+            Collection.open(tmp_path / "s1", model=tiny_model, create=True) as col:  # fmt: skip
+        col.index([latin], progress=False)
+    _one_line(str(caught.value))
+    assert "occurrence.txt: line 2 is not utf-8" in str(caught.value)
+    declared = _archive(tmp_path / "declared", encoding="ISO-8859-1",
+                        data="o1\tPicea ab\xe9s\n".encode("latin-1"))  # fmt: skip
+    with Collection.open(tmp_path / "s2", model=tiny_model, create=True) as col:
+        assert col.index([declared], progress=False).occurrences == 1
+        names = col.store.catalog.query("SELECT scientific_name FROM occurrences")[1]
+    assert names == [("Picea abés",)]
+    # An unquoted archive takes a 1 MB field; a quoted CSV manifest names the line.
+    big = _archive(tmp_path / "big", data=b"o1\t" + b"x" * (1 << 20) + b"\n")
+    with Collection.open(tmp_path / "s3", model=tiny_model, create=True) as col:
+        assert col.index([big], progress=False).occurrences == 1
+    manifest = tmp_path / "m" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text('url,remarks\na.jpg,short\nb.jpg,"' + "y" * (1 << 20) + '"\n')
+    with pytest.raises(BioindexError) as caught:
+        Collection.open(tmp_path / "s4", model=tiny_model, create=True).index([manifest],
+                                                                              progress=False)
+    _one_line(str(caught.value))
+    assert "manifest.csv: line 3" in str(caught.value)
+    latin_manifest = tmp_path / "m2" / "m.csv"
+    latin_manifest.parent.mkdir()
+    latin_manifest.write_bytes("url,remarks\na.jpg,ab\xe9s\n".encode("latin-1"))
+    with pytest.raises(BioindexError, match="m.csv: line 2 is not UTF-8"):
+        Collection.open(tmp_path / "s5", model=tiny_model, create=True).index([latin_manifest],
+                                                                              progress=False)
+
+
+def test_the_process_wide_csv_limit_is_left_alone() -> None:
+    import csv
+
+    import bioindex.indexer.dwca  # noqa: F401 - importing it must not change the limit
+
+    assert csv.field_size_limit() == 131072
+
+
+@pytest.mark.slow
+def test_a_zip_bomb_is_refused_in_little_memory(tmp_path, tiny_model) -> None:
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        archive.writestr("meta.xml", _archive(tmp_path / "x").joinpath("meta.xml").read_text())
+        with archive.open("occurrence.txt", "w", force_zip64=True) as member:
+            block = b"a" * (8 << 20)  # one line of 1.1 GiB, no newline
+            for _ in range(140):
+                member.write(block)
+    assert bomb.stat().st_size < 10 << 20
+    # The command's own peak: VmHWM of its process after exec, written as it exits (rusage
+    # would count the forked test process's memory too).
+    peak = tmp_path / "peak"
+    wrapper = ("import atexit, sys; atexit.register(lambda: open(sys.argv[1], 'w').write("
+               "next(l for l in open('/proc/self/status') if l.startswith('VmHWM')))); "
+               "from bioindex.cli import main; main(sys.argv[2:])")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", wrapper, str(peak), "index", str(bomb), "-s",
+                           str(tmp_path / "s"), "-m", tiny_model, "-q"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    _one_line(done.stderr.strip())
+    assert "zip bomb" in done.stderr
+    assert int(peak.read_text().split()[1]) * 1024 < 1 << 30  # peak RSS under 1 GB
