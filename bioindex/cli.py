@@ -856,28 +856,57 @@ def demo(workdir: str, images_per_species: int, seed: int, device: str) -> None:
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Interface to listen on; anything but loopback exposes the collection.",
+    help="Interface to listen on; anything but loopback needs --token or --public.",
 )
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token", default=None, metavar="SECRET", envvar="BIOINDEX_TOKEN",
+              help="Every API call must send 'Authorization: Bearer SECRET' (the page asks "
+              "for it once). Also read from $BIOINDEX_TOKEN.")  # fmt: skip
+@click.option("--public", is_flag=True,
+              help="Serve beyond loopback without a token: anyone who reaches the port can "
+              "search the collection and see its records.")  # fmt: skip
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Another Host name the server answers to (a DNS name or proxy in front); "
+              "the bound address and localhost always are.")  # fmt: skip
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--max-megapixels", default=50, show_default=True, type=click.IntRange(1, 1000),
+              help="Uploads larger than this are refused from their header, before decoding.")
 @model_option
 @device_option
 @_friendly
-def serve(store: str, host: str, port: int, max_upload_mb: int, model: str | None,
-          device: str) -> None:  # fmt: skip
-    """HTTP API (JSON, OpenAPI at /docs) over a store, read-only.
+def serve(store: str, host: str, port: int, token: str | None, public: bool,
+          allowed_hosts: Sequence[str], max_upload_mb: int, max_megapixels: int,
+          model: str | None, device: str) -> None:  # fmt: skip
+    """HTTP API (JSON, OpenAPI at /docs) and a search page over a store, read-only.
 
     \b
     Examples:
       bioindex serve --store my-store
       bioindex serve --store my-store --port 9000 --device cuda
-      curl 'http://127.0.0.1:8000/api/search/taxon?name=Felidae&k=5'
+      bioindex serve --store my-store --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+      curl 'http://127.0.0.1:8000/api/search?q=Felidae&k=5'
     """
     from bioindex.serve.app import create_app
+    from bioindex.serve.guard import LOOPBACK_NAMES
     from bioindex.serve.run import serve_app
 
-    app = create_app(store, model=model, device=device,
-                     max_upload_bytes=max_upload_mb * 1024 * 1024)  # fmt: skip
+    exposed = host not in LOOPBACK_NAMES
+    if exposed and not token and not public:
+        raise BioindexError(f"--host {host} serves the collection to the network; give "
+                            f"--token SECRET (clients send it as a bearer token), or --public "
+                            f"to serve it to anyone")  # fmt: skip
+    hosts = (*LOOPBACK_NAMES, *allowed_hosts) + ((host,) if host not in ("0.0.0.0", "::") else ())
+    if exposed:
+        import socket
+
+        hosts += (socket.gethostname(), socket.getfqdn())
+        click.echo(f"warning: listening on {host}: "
+                   + ("only clients with the token are answered" if token else
+                      "anyone who can reach this port can search the collection"),
+                   err=True)  # fmt: skip
+    app = create_app(store, model=model, device=device, token=token, hosts=hosts,
+                     max_upload_bytes=max_upload_mb * 1024 * 1024,
+                     max_pixels=max_megapixels * 1_000_000)  # fmt: skip
     collection = app.state.collection
     click.echo(f"store {store}: {collection.store.live_count()} images, model "
                f"{collection.identity.name} on {collection.model.device}", err=True)  # fmt: skip

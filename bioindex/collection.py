@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bioindex.errors import BioindexError, NoTaxaError, Remedy, UnknownTaxonError
+from bioindex.errors import (
+    BioindexError,
+    ImageTooLarge,
+    NoTaxaError,
+    Remedy,
+    UnknownTaxonError,
+)
 from bioindex.images import IMAGE_EXTENSIONS, describe_error, open_image
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
@@ -316,13 +322,25 @@ class Collection:
             raise BioindexError(f"cannot read image {path}: {exc}") from exc
         return self.model.embed_pil([image])[0]
 
-    def embed_image_bytes(self, data: bytes) -> np.ndarray:
+    def embed_image_bytes(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
         """An uploaded picture's vector; anything PIL cannot decode is a BioindexError."""
+        return self.embed_pixels(self.image_pixels(data, max_pixels))
+
+    def image_pixels(self, data: bytes, max_pixels: int | None = None) -> Any:
+        """Picture bytes decoded and preprocessed for the model, ready for embed_pixels.
+        Needs no lock (a server decodes uploads side by side). ImageTooLarge above
+        `max_pixels` (judged from the header), BioindexError when it is not an image."""
         try:
-            image = open_image(data)
+            image = open_image(data, max_pixels=max_pixels)
+        except ImageTooLarge:
+            raise
         except Exception as exc:
             raise BioindexError(f"not a readable image ({type(exc).__name__})") from exc
-        return self.model.embed_pil([image])[0]
+        return self.model.transform(image)
+
+    def embed_pixels(self, pixels: Any) -> np.ndarray:
+        """The unit vector of one image_pixels result."""
+        return self.model.encode_images(self.model._torch.stack([pixels]))[0]
 
     def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None) -> list[Hit]:
         return search_vector(self.store, _unit(vector, self.store.dim), k, where=_filter(where))

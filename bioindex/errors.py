@@ -58,3 +58,7 @@ class UnknownTaxonError(BioindexError):
 
 class NoTaxaError(BioindexError):
     """The catalog names no taxa (a plain folder of photos) and the call needs some."""
+
+
+class ImageTooLarge(BioindexError):
+    """An image over the pixel cap, found from its header before it is decoded."""

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from bioindex.errors import ImageTooLarge
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
@@ -22,11 +24,20 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message.splitlines()[0]}"
 
 
-def open_image(source: bytes | str | Path) -> Image.Image:
-    """Decode fully (so truncation is an error here, not later) and return upright RGB."""
+def open_image(source: bytes | str | Path, *, max_pixels: int | None = None,
+               draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode fully (so truncation is an error here, not later) and return upright RGB.
+
+    `max_pixels`: refuse (ImageTooLarge) from the header alone, before any decoding.
+    `draft`: let a JPEG decode at a reduced scale still at least this size (thumbnails)."""
     stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     with stream:
         image = Image.open(stream)
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageTooLarge(f"image of {image.width}x{image.height} pixels is over the "
+                                f"{max_pixels / 1e6:g} MP cap")  # fmt: skip
+        if draft is not None:
+            image.draft("RGB", draft)
         image.load()
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)

@@ -17,6 +17,9 @@ from tests.conftest import LiveServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+# Pages are opened with bypass_csp: Playwright's wait_for_function evaluates strings, which
+# the server's Content-Security-Policy forbids (test_page_runs_under_its_own_csp checks the
+# page itself needs no such exception).
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -64,7 +67,8 @@ def _cards(page) -> list[dict]:
 def test_taxon_search_upload_filter_and_reload(site, tmp_path: Path, width, height, label):
     browser, url, _ = site
     shots = screenshot_folder()
-    page = browser.new_page(viewport={"width": width, "height": height})
+    page = browser.new_page(viewport={"width": width, "height": height},
+                            bypass_csp=True)
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url)
@@ -133,8 +137,27 @@ def test_taxon_search_upload_filter_and_reload(site, tmp_path: Path, width, heig
 
 def test_unknown_name_falls_back_to_text_search(site) -> None:
     browser, url, _ = site
-    page = browser.new_page()
+    page = browser.new_page(bypass_csp=True)
     page.goto(url + "?q=" + "a photo of a striped red drop")
     page.wait_for_selector(".card")
     assert "matching the text" in page.inner_text("#status")
+    page.close()
+
+
+def test_page_runs_under_its_own_csp(site) -> None:
+    """No bypass here: the page, its script file and its thumbnails work under the CSP the
+    server sends, and the browser reports no violation."""
+    browser, url, _ = site
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text)
+            if "Content Security Policy" in message.text else None)  # fmt: skip
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    response = page.goto(url)
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page.fill("#q", SPECIES[30].taxon.family)
+    page.press("#q", "Enter")
+    page.wait_for_selector(".card img")
+    page.wait_for_selector("#status:has-text('records of')")
+    assert not problems
     page.close()

@@ -1,30 +1,43 @@
 """HTTP API over one store (read-only): FastAPI, served by uvicorn via `bioindex serve`.
 
 The model is loaded once at start. The server only ever reads files that belong to indexed
-images, found by image_id in the catalog — never a path taken from a request. Every error is
-JSON with a message; nothing answers with a traceback.
+images, found by image_id in the catalog — never a path taken from a request — and shows
+their paths relative to the folder they were indexed from. Every error is JSON
+`{"error": …}` with a 4xx status for what the client sent; nothing answers with a
+traceback. Uploads are decoded in a small pool of their own, outside the lock the model and
+catalog are used under, and refused above a pixel cap before they are decoded. The Guard
+(guard.py) checks Host, token and body size and adds the security headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException
 
 from bioindex.collection import Collection
-from bioindex.errors import BioindexError
+from bioindex.errors import BioindexError, ImageTooLarge
+from bioindex.indexer.remote import is_remote
 from bioindex.search.filters import parse_where
 from bioindex.search.labels import labels_from_strings
-from bioindex.search.query import check_k, group_by_occurrence
+from bioindex.search.query import check_k, display_path, group_by_occurrence, source_roots
+from bioindex.serve.guard import LOOPBACK_NAMES, Guard
 from bioindex.taxonomy import RANKS
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 50_000_000  # a 50 MP upload decodes to ~150 MB of RGB
+DECODE_WORKERS = 2  # uploads decoded at once; more wait their turn without blocking searches
 MAX_K = 1000
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -68,31 +81,42 @@ def create_app(
     model: str | None = None,
     device: str = "auto",
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    token: str | None = None,
+    hosts: tuple[str, ...] = LOOPBACK_NAMES,
 ) -> FastAPI:
+    """The app. `hosts`: the Host names it answers to; `token`: when given, every API call
+    must carry it (bearer header, or the cookie the page sets)."""
     collection = Collection.open(store, model=model, device=device, read_only=True)
     collection.model  # load once, now, not on the first request  # noqa: B018
     # The catalog connection and the torch model are used one request at a time; each
     # request first moves to the store's newest generation (a stat call when unchanged).
     lock = _Reading(collection)
+    decoding = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="bioindex-upload")
     metrics = Metrics()
-    app = FastAPI(title="bioindex", version="0.1.0",
-                  description="Search a biological image collection.")  # fmt: skip
+    app = FastAPIOffline(title="bioindex", version="0.1.0",
+                         description="Search a biological image collection.")  # fmt: skip
+    # Multipart framing and the other form fields ride on top of the upload itself.
+    app.add_middleware(Guard, hosts=hosts, token=token, max_body=max_upload_bytes + 64 * 1024)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
-        length = request.headers.get("content-length", "")
-        # Refuse oversized bodies before Starlette spools them to disk.
-        if length.isdigit() and int(length) > max_upload_bytes + 64 * 1024:
-            response: Response = JSONResponse(
-                {"error": f"upload larger than {max_upload_bytes} bytes"}, status_code=413
-            )
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         metrics.record(request.method, path, response.status_code, time.perf_counter() - started)
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _describe(exc.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "bad request"
+        return JSONResponse({"error": message.lower() if exc.status_code == 404 else message},
+                            status_code=exc.status_code, headers=exc.headers)  # fmt: skip
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -120,7 +144,7 @@ def create_app(
             hits = group_by_occurrence(hits, k)
         elif group_by is not None:
             raise ApiError(400, "group_by must be 'occurrence'")
-        return {"results": [h.to_dict() for h in hits]}
+        return {"results": [_public(h.to_dict()) for h in hits]}
 
     async def read_upload(file: UploadFile) -> bytes:
         data = await file.read(max_upload_bytes + 1)
@@ -130,12 +154,12 @@ def create_app(
             raise ApiError(400, "empty upload")
         return data
 
-    def upload_vector(data: bytes):
-        try:
-            with lock:
-                return collection.embed_image_bytes(data)
-        except BioindexError as exc:
-            raise ApiError(415, str(exc)) from exc
+    async def upload_vector(data: bytes):
+        """Decoded and preprocessed in the upload pool; only the model call takes the lock."""
+        future = decoding.submit(_prepare_upload, collection, data, max_pixels)
+        pixels = await asyncio.wrap_future(future)
+        with lock:
+            return collection.embed_pixels(pixels)
 
     @app.get("/api/health")
     def health() -> dict:
@@ -197,7 +221,7 @@ def create_app(
                            ) -> dict:  # fmt: skip
         k = k_of(k)
         conditions = where_of(where)
-        vector = upload_vector(await read_upload(file))
+        vector = await upload_vector(await read_upload(file))
         fetch = k * 5 if group_by else k
         with lock:
             hits = collection.search_vector(vector, k=fetch, where=conditions)
@@ -206,9 +230,13 @@ def create_app(
     @app.post("/api/search/vector")
     def search_vector(body: dict) -> dict:
         vector = body.get("vector")
-        if not isinstance(vector, list) or not all(isinstance(v, (int, float)) for v in vector):
+        if not isinstance(vector, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in vector):
             raise ApiError(400, "body needs 'vector': a list of numbers")
-        k = k_of(int(body.get("k", 10)))
+        k = body.get("k", 10)
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise ApiError(400, "'k' must be a whole number")
+        k = k_of(k)
         where = body.get("where") or []
         if not isinstance(where, list) or not all(isinstance(w, str) for w in where):
             raise ApiError(400, "'where' must be a list of strings")
@@ -223,7 +251,7 @@ def create_app(
         comma-separated custom labels instead of the catalog's taxa)."""
         k = k_of(k)
         label_set = labels_from_strings(labels.split(","), "labels") if labels else None
-        vector = upload_vector(await read_upload(file))
+        vector = await upload_vector(await read_upload(file))
         with lock:
             predictions = collection.classify_vectors(
                 [file.filename or "upload"], vector[None], rank=rank, k=k, method=method,
@@ -247,6 +275,8 @@ def create_app(
         row = rows[image_id]
         for internal in ("shard", "shard_row"):
             row.pop(internal, None)
+        row["path"] = display_path(row["uri"], source_roots(collection.store.runs()))
+        row = _public(row)
         return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
     @app.get("/api/thumbnails/{image_id}")
@@ -263,7 +293,7 @@ def create_app(
         from bioindex.images import open_image
 
         try:
-            image = open_image(data)
+            image = open_image(data, draft=(size, size))
         except Exception as exc:
             raise ApiError(404, f"the file of image {image_id} no longer decodes") from exc
         image.thumbnail((size, size))
@@ -298,8 +328,38 @@ def create_app(
             return PlainTextResponse("bioindex API: see /docs", status_code=200)
         return FileResponse(index, media_type="text/html")
 
+    @app.get("/page.js", include_in_schema=False)
+    def page_script() -> Response:
+        return FileResponse(STATIC / "page.js", media_type="text/javascript")
+
     app.state.collection = collection
     return app
+
+
+def _describe(errors: Any) -> str:
+    """FastAPI's validation errors as one sentence: where, and what was wrong."""
+    parts = []
+    for error in list(errors)[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body",)) or "body"
+        parts.append(f"{where}: {str(error.get('msg', 'invalid')).lower()}")
+    return "; ".join(parts) or "invalid request"
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as a client sees it: a local file by its path from the indexed folder, never
+    by where it lies on this server; media URLs as they are."""
+    if row.get("uri") and not is_remote(str(row["uri"])):
+        row = {k: v for k, v in row.items() if k != "uri"}
+    return row
+
+
+def _prepare_upload(collection: Collection, data: bytes, max_pixels: int) -> Any:
+    try:
+        return collection.image_pixels(data, max_pixels)
+    except ImageTooLarge as exc:
+        raise ApiError(413, exc.message) from exc
+    except BioindexError as exc:
+        raise ApiError(415, exc.message) from exc
 
 
 class _Reading:
@@ -323,7 +383,7 @@ class _Reading:
 
 def _image_bytes(collection: Collection, row: dict) -> bytes | None:
     """The stored image's bytes, located through the catalog only."""
-    from bioindex.indexer.remote import MediaCache, is_remote
+    from bioindex.indexer.remote import MediaCache
     from bioindex.indexer.sources import Item
 
     uri = row["uri"]

@@ -1,0 +1,164 @@
+const $ = (id) => document.getElementById(id);
+const FIELDS = ["q", "rank", "rankvalue", "institution", "country", "from", "to"];
+
+function filters() {
+  const where = [];
+  if ($("rank").value && $("rankvalue").value.trim()) where.push($("rank").value + "=" + $("rankvalue").value.trim());
+  if ($("institution").value.trim()) where.push("institution_code=" + $("institution").value.trim());
+  if ($("country").value.trim()) where.push("country_code=" + $("country").value.trim());
+  if ($("from").value.trim()) where.push("event_date>=" + $("from").value.trim());
+  if ($("to").value.trim()) where.push("event_date<=" + $("to").value.trim());
+  return where;
+}
+
+function params(extra) {
+  const p = new URLSearchParams(extra);
+  for (const w of filters()) p.append("where", w);
+  if ($("group").checked) p.set("group_by", "occurrence");
+  return p;
+}
+
+function status(text, error) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
+}
+
+function card(r) {
+  const file = String(r.path || "").split("/").pop();
+  return `
+    <div class="card" data-id="${r.image_id}" data-catalog="${esc(r.catalog_number)}" data-match="${esc(r.match || "")}">
+      <img loading="lazy" alt="${esc(r.scientific_name || file || "image " + r.image_id)}" src="/api/thumbnails/${r.image_id}?size=256">
+      <div>${r.scientific_name ? `<span class="name">${esc(r.scientific_name)}</span>` : `<span class="path">${esc(r.path || "")}</span>`}
+        ${r.images > 1 ? `<span class="badge">${r.images} images</span>` : ""}</div>
+      <div class="meta">score ${Number(r.score).toFixed(3)}${r.catalog_number ? " · " + esc(r.catalog_number) : ""}</div>
+      ${r.scientific_name ? `<div class="path">${esc(r.path || "")}</div>` : ""}
+      <div class="meta">${esc(r.institution_code || "")} ${esc(r.country_code || "")} ${esc(r.event_date || "")}</div>
+      <div class="meta">${esc(r.license || "")}${r.rights_holder ? " · " + esc(r.rights_holder) : ""}</div>
+    </div>`;
+}
+
+// Each list is ranked by its own score under its own heading: catalog records of a taxon
+// and look-alikes (found by the model, not labelled so) are never mixed.
+function show(sections, summary) {
+  const shown = sections.filter((s) => s.results.length);
+  $("results").innerHTML = shown.map((s) => `
+    <section class="list" data-kind="${s.kind}"><h2>${esc(s.title)} <small>${esc(s.note || "")}</small></h2>
+      <div class="results">${s.results.map(card).join("")}</div></section>`).join("");
+  status(shown.length ? summary : "No images found.");
+}
+
+function sectionsOf(body, q) {
+  const records = body.results.filter((r) => r.match && r.match !== "look-alike");
+  const alike = body.results.filter((r) => r.match === "look-alike");
+  if (body.query_as === "taxon") {
+    return [
+      {kind: "catalog", title: `${records.length} records of ${q}`, note: `labelled ${body.rank} ${q} in the catalog`, results: records},
+      {kind: "look-alike", title: `${alike.length} look-alikes`, note: "not labelled so; nearest to the name by the model", results: alike},
+    ];
+  }
+  if (body.query_as === "name") {
+    return [{kind: "look-alike", title: `${alike.length} look-alikes of ${q}`, note: "no image in the catalog is labelled so; nearest to the name by the model", results: alike}];
+  }
+  return [{kind: "text", title: `${body.results.length} images matching the text`, note: "nearest to the description by the model", results: body.results}];
+}
+
+// A server started with --token answers 401 until the page has it: asked for once, kept
+// in a cookie (sent with every request, thumbnails included) for this site only.
+async function getJSON(url, options) {
+  let response = await fetch(url, options);
+  if (response.status === 401) {
+    const token = window.prompt("This collection needs its access token:");
+    if (token) {
+      document.cookie = "bioindex_token=" + encodeURIComponent(token) + "; path=/; SameSite=Strict";
+      response = await fetch(url, options);
+    }
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
+async function search(push) {
+  const q = $("q").value.trim();
+  if (!q) { status("Type a taxon, a common name or a description."); return; }
+  const state = new URLSearchParams();
+  for (const f of FIELDS) if ($(f).value.trim()) state.set(f, $(f).value.trim());
+  if ($("group").checked) state.set("group", "1");
+  history[push ? "pushState" : "replaceState"](null, "", "?" + state.toString());
+  status("Searching…");
+  $("prediction").style.display = "none";
+  try {
+    const body = await getJSON("/api/search?" + params({q: q, k: 24}));
+    const sections = sectionsOf(body, q);
+    show(sections, sections.filter((s) => s.results.length).map((s) => s.title).join(" · "));
+  } catch (error) {
+    status(error.message, true);
+  }
+}
+
+let collection = {names_taxa: true};
+
+async function upload(file) {
+  if (!file) return;
+  status("Looking at " + file.name + "…");
+  const form = () => { const f = new FormData(); f.append("file", file); return f; };
+  await infoLoaded;
+  try {
+    const found = getJSON("/api/search/image?" + params({k: 24}), {method: "POST", body: form()});
+    let panel;
+    if (collection.names_taxa) {
+      const prediction = await getJSON("/api/classify?rank=species&k=3", {method: "POST", body: form()});
+      const ranks = Object.entries(prediction.ranks).map(([rank, v]) =>
+        `<tr><td>${rank}</td><td><i>${esc(v.name)}</i></td><td>${(v.score * 100).toFixed(1)}%</td></tr>`).join("");
+      const top = prediction.ranks.species ? prediction.ranks.species.name : (prediction.predictions[0] || {}).species || "?";
+      panel = `<b>Predicted: <i id="predicted">${esc(top)}</i></b><table>${ranks}</table>`;
+    } else {
+      panel = `<span id="no-names">This collection's catalog names no taxa, so the photo cannot be named here.
+        The images below look like it. To name photos, index the collection with its metadata (<code>--metadata</code>).</span>`;
+    }
+    $("prediction").innerHTML = panel;
+    $("prediction").style.display = "block";
+    const results = (await found).results;
+    show([{kind: "image", title: `${results.length} images that look like ${file.name}`, note: "nearest by the model", results}],
+         `${results.length} images that look like ${file.name}`);
+  } catch (error) {
+    status(error.message, true);
+  }
+}
+
+let timer;
+$("q").addEventListener("input", () => {
+  clearTimeout(timer);
+  timer = setTimeout(async () => {
+    const prefix = $("q").value.trim();
+    if (prefix.length < 2) return;
+    const body = await getJSON("/api/taxa?" + new URLSearchParams({prefix, limit: 12})).catch(() => ({taxa: []}));
+    $("taxa").innerHTML = body.taxa.map((t) => `<option value="${esc(t.name)}">${esc(t.rank)}</option>`).join("");
+  }, 150);
+});
+$("search").addEventListener("submit", (event) => { event.preventDefault(); search(true); });
+$("photo").addEventListener("change", () => upload($("photo").files[0]));
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault(); drop.classList.remove("over");
+  upload(event.dataTransfer.files[0]);
+});
+window.addEventListener("popstate", () => load());
+const infoLoaded = getJSON("/api/info").then((info) => {
+  collection = info;
+  $("summary").textContent = `${info.images_live} images · model ${info.model}` +
+    (info.names_taxa ? "" : " · no taxon names in the catalog");
+}).catch(() => {});
+function load() {
+  const state = new URLSearchParams(location.search);
+  for (const f of FIELDS) $(f).value = state.get(f) || "";
+  $("group").checked = state.get("group") === "1";
+  if (state.get("q")) search(false);
+}
+load();
