@@ -5,6 +5,7 @@ error of the API."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Collection
@@ -27,7 +28,9 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
 DOCS_CSP = PAGE_CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'").replace(
     "img-src 'self' data: blob:", "img-src 'self' data: blob:; worker-src 'self' blob:")
 DOCS_PATHS = ("/docs", "/redoc")
-OPEN_PATHS = ("/", "/favicon.ico")  # the page itself asks for the token
+OPEN_PATHS = ("/", "/page.js", "/favicon.ico")  # the page itself asks for the token
+DRAIN_BYTES = 32 << 20
+DRAIN_SECONDS = 10.0
 
 
 class _TooLarge(Exception):
@@ -62,33 +65,32 @@ class Guard:
         if declared.isdigit() and int(declared) > self.max_body:
             await _refuse(secured, 413, f"body larger than {self.max_body} bytes")
             return
-        started = False
-
-        async def sending(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await secured(message)
-
-        try:
-            await self.app(scope, self._limited(receive), sending)
-        except _TooLarge:
-            if not started:
-                await _refuse(secured, 413, f"body larger than {self.max_body} bytes")
-
-    def _limited(self, receive: Receive) -> Receive:
-        """`receive` that stops a body (chunked or not) once it passes the limit."""
-        seen = 0
+        state = {"seen": 0, "over": False, "started": False}
 
         async def limited() -> Message:
-            nonlocal seen
+            """`receive` that cuts a body (chunked or not) once it passes the limit."""
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
+                state["seen"] += len(message.get("body", b""))
+                if state["seen"] > self.max_body:
+                    state["over"] = True
                     raise _TooLarge
             return message
 
-        return limited
+        async def sending(message: Message) -> None:
+            if state["over"] and not state["started"]:
+                return  # the app's answer to a cut-off body (FastAPI says 400) is replaced
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await secured(message)
+
+        try:
+            await self.app(scope, limited, sending)
+        except Exception:
+            if not state["over"]:
+                raise
+        if state["over"] and not state["started"]:
+            await _drain(receive)
+            await _refuse(secured, 413, f"body larger than {self.max_body} bytes")
 
     def _authorised(self, headers: dict[str, str]) -> bool:
         given = headers.get("authorization", "")
@@ -121,6 +123,24 @@ def _with_headers(send: Send, csp: str) -> Send:
         await send(message)
 
     return sending
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop the rest of a refused body, up to DRAIN_BYTES for DRAIN_SECONDS: a
+    server that closes with unread bytes resets the connection, and the client never sees
+    the 413 (a slightly too large upload deserves its message; a flood gets cut off)."""
+    async def drop() -> None:
+        left = DRAIN_BYTES
+        while left > 0:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+            left -= len(message.get("body", b""))
+
+    try:
+        await asyncio.wait_for(drop(), DRAIN_SECONDS)
+    except asyncio.TimeoutError:
+        pass
 
 
 async def _refuse(send: Send, status: int, error: str) -> None:

@@ -1,0 +1,186 @@
+"""The server facing whoever reaches it (issue #16): fuzzed requests over its OpenAPI schema
+never get a 5xx or a traceback and do not grow its memory; oversized bodies are refused even
+when chunked; every answer carries the security headers; a foreign Host is refused; a bind
+beyond loopback needs a token or --public."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from PIL import Image
+
+from bioindex import Collection
+from tests.conftest import LiveServer, draw_images
+
+FUZZ_EXAMPLES = 200  # per operation: over 2,000 requests over the 14 operations
+TRACEBACK = re.compile(r"Traceback|File \"|line \d+, in ")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: str):
+    from bioindex.serve.app import create_app
+
+    root = tmp_path_factory.mktemp("hardening")
+    rows = ["file,scientificName,family"]
+    for i, path in enumerate(draw_images(root / "photos", 24, seed=9)):
+        name = ("Ursus arctos", "Ursidae") if i % 2 else ("Felis catus", "Felidae")
+        rows.append(f"{path.relative_to(root / 'photos')},{name[0]},{name[1]}")
+    (root / "meta.csv").write_text("\n".join(rows) + "\n")
+    with Collection.open(root / "store", model=tiny_model, create=True) as col:
+        col.index([root / "photos"], metadata=root / "meta.csv", progress=False)
+    app = create_app(root / "store", device="cpu", max_upload_bytes=300_000,
+                     max_pixels=2_000_000)  # fmt: skip
+    with LiveServer(app) as server:
+        yield server.url, root
+    app.state.collection.close()
+
+
+@pytest.fixture(scope="module")
+def api_schema(live):
+    url, _ = live
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    schema.config.generation.update(modes=list(schemathesis.GenerationMode),
+                                    max_examples=FUZZ_EXAMPLES)  # fmt: skip
+    return schema
+
+
+fuzzed = schemathesis.pytest.from_fixture("api_schema")
+SEEN = {"requests": 0, "rss_before": 0.0}
+
+
+@pytest.mark.slow
+@fuzzed.parametrize()
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None,
+          suppress_health_check=list(HealthCheck))  # fmt: skip
+def test_fuzzed_requests_never_fail_the_server(case) -> None:
+    if not SEEN["rss_before"]:
+        SEEN["rss_before"] = _rss_mb()
+    response = case.call(timeout=60)
+    SEEN["requests"] += 1
+    kind = response.headers.get("content-type") or ""
+    kind = kind[0] if isinstance(kind, list) else kind  # schemathesis lists header values
+    text = "" if kind.startswith("image/") else response.content.decode("utf-8", "replace")
+    assert response.status_code < 500, (case.method, case.path, text[:300])
+    assert not TRACEBACK.search(text), text[:300]
+    if response.status_code >= 400 and "json" in kind:
+        assert set(response.json()) == {"error"}, text[:300]
+
+
+@pytest.mark.slow
+def test_fuzzing_covered_enough_requests_and_memory_held(live) -> None:
+    """Runs after the fuzzing (same module, file order): the server lives in this process."""
+    if not SEEN["requests"]:
+        pytest.skip("the fuzzing test did not run (deselected)")
+    growth = _rss_mb() - SEEN["rss_before"]
+    print(f"fuzzed requests: {SEEN['requests']}, server RSS growth {growth:.0f} MB")
+    assert SEEN["requests"] >= 2000  # some operations have few distinct inputs
+    assert growth < 200
+
+
+def _raw(url: str, request: bytes) -> bytes:
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_chunked_bodies_over_the_limit_are_refused(live) -> None:
+    url, _ = live
+    port = url.rsplit(":", 1)[1]
+    chunk = b'{"vector": [' + b"0.5, " * 20_000
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(8)) + b"0\r\n\r\n"
+    answer = _raw(url, b"POST /api/search/vector HTTP/1.1\r\nHost: 127.0.0.1:" + port.encode()
+                  + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                  b"Connection: close\r\n\r\n" + body)  # fmt: skip
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"error"' in answer
+
+
+def test_headers_host_and_client_errors(live) -> None:
+    url, _ = live
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for path in ("/", "/api/info", "/api/search/text?q=x&k=0", "/nowhere"):
+            headers = client.get(path).headers
+            assert "frame-ancestors 'none'" in headers["content-security-policy"]
+            assert headers["x-content-type-options"] == "nosniff"
+            assert headers["referrer-policy"] == "no-referrer"
+        foreign = client.get("/api/info", headers={"Host": "evil.example"})
+        assert foreign.status_code == 400 and "Host" in foreign.json()["error"]
+        bad_k = client.post("/api/search/vector", json={"vector": [0.1] * 32, "k": "x"})
+        assert bad_k.status_code == 400 and set(bad_k.json()) == {"error"}
+        missing = client.get("/api/search/text")  # no q: a validation error, said as error
+        assert missing.status_code == 422 and "q" in missing.json()["error"]
+        info = client.get("/api/info").json()
+        assert "store" not in info
+        hits = client.get("/api/search/text", params={"q": "a photo", "k": 3}).json()["results"]
+        assert hits and all("uri" not in h and h["path"].startswith("photos/") for h in hits)
+        record = client.get(f"/api/records/{hits[0]['image_id']}").json()
+        assert "uri" not in record and record["path"] == hits[0]["path"]
+        docs = client.get("/docs").text
+        assert "cdn" not in docs.lower() and "/static-offline-docs/" in docs
+        assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+
+
+def _png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (width, height), 255).save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+def test_uploads_over_the_pixel_cap_are_refused_before_decoding(live) -> None:
+    url, _ = live
+    big = _png(3000, 3000)  # 9 MP: a few KB of PNG, 27 MB once decoded
+    with httpx.Client(base_url=url, timeout=30) as client:
+        refused = client.post("/api/search/image", files={"file": ("big.png", big, "image/png")})
+        assert refused.status_code == 413 and "MP cap" in refused.json()["error"]
+        small = _png(600, 400)
+        fine = client.post("/api/search/image", files={"file": ("ok.png", small, "image/png")})
+        assert fine.status_code == 200
+
+
+def test_token_is_required_and_the_page_stays_reachable(live) -> None:
+    from bioindex.serve.app import create_app
+
+    _, root = live
+    app = create_app(root / "store", device="cpu", token="s3cret")
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/").status_code == 200  # the page asks for the token itself
+        assert client.get("/api/info").status_code == 401
+        wrong = client.get("/api/info", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "token" in wrong.json()["error"]
+        assert client.get("/api/info", headers={"Authorization": "Bearer s3cret"}).is_success
+        with httpx.Client(base_url=server.url, cookies={"bioindex_token": "s3cret"}) as page:
+            assert page.get("/api/info").is_success  # the cookie the page sets
+    app.state.collection.close()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--host", "0.0.0.0"], "give --token SECRET"),
+])  # fmt: skip
+def test_binding_beyond_loopback_needs_a_token_or_public(live, args, expected) -> None:
+    _, root = live
+    done = subprocess.run([sys.executable, "-m", "bioindex.cli", "serve", "-s",
+                           str(root / "store"), *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "BIOINDEX_TOKEN": ""})  # fmt: skip
+    assert done.returncode == 1 and expected in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
