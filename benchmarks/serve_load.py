@@ -58,7 +58,8 @@ def main() -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "bioindex.cli", "serve", "--store", str(store), "--port",
          str(port), "--device", "cpu"],  # fmt: skip
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # Not a pipe: the server logs a line per request, and an unread pipe stalls it.
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
