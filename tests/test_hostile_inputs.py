@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import io
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -338,3 +339,46 @@ def test_a_zip_bomb_is_refused_in_little_memory(tmp_path, tiny_model) -> None:
     _one_line(done.stderr.strip())
     assert "zip bomb" in done.stderr
     assert int(peak.read_text().split()[1]) * 1024 < 1 << 30  # peak RSS under 1 GB
+
+
+def test_leftover_downloads_and_closed_ports(tmp_path, tiny_model, media, loopback_is_public):
+    public, _ = media
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/photo.jpg"
+    store = tmp_path / "s"
+    leftover = store / "media-cache" / "ab" / "abcdef.4242.1.tmp"  # a killed run's part file
+    with Collection.open(store, model=tiny_model, create=True) as col:
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"\xff\xd8 half a picture")
+        summary = col.index([_manifest(tmp_path / "m", [closed, f"{public}/photo-1.jpg"])],
+                            progress=False, download_timeout=5)  # fmt: skip
+        reasons = _reasons(col)
+    assert (summary.embedded, summary.failed) == (1, 1)
+    assert reasons[closed] == "could not connect"  # not "refused": no port map for strangers
+    assert not list((store / "media-cache").rglob("*.tmp"))
+
+
+def test_decompression_bombs_and_tar_tricks_at_index_time(tmp_path, tiny_model) -> None:
+    import tarfile
+
+    from PIL import Image
+
+    folder = tmp_path / "p"
+    draw_images(folder, 2, seed=6)
+    Image.new("1", (20000, 20000)).save(folder / "bomb.png")  # 400 MP in a few KB
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("../../escape.jpg", _jpeg()), ("/abs/key.jpg", _jpeg()),
+                           ("ok.jpg", _jpeg())):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([folder], progress=False)
+        reasons = _reasons(col)
+        shards = col.index([shard], progress=False)
+    assert (summary.embedded, summary.failed) == (2, 1)
+    assert "bomb" in reasons[str(folder / "bomb.png")].lower()
+    assert shards.embedded == 3  # read by offset inside the tar: nothing is extracted
+    assert not (tmp_path.parent / "escape.jpg").exists() and not Path("/abs").exists()

@@ -184,3 +184,28 @@ def test_binding_beyond_loopback_needs_a_token_or_public(live, args, expected) -
                           timeout=60, env={**os.environ, "BIOINDEX_TOKEN": ""})  # fmt: skip
     assert done.returncode == 1 and expected in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", [
+    "/api/thumbnails/..%2F..%2Fetc%2Fpasswd", "/api/records/..%2Fmanifest.json",
+    "/api/search/id/..%2F..", "/page.js/..%2F..%2F..%2Fetc%2Fpasswd", "/../../etc/passwd",
+    "/static-offline-docs/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+])  # fmt: skip
+def test_paths_from_requests_never_reach_the_disk(live, path: str) -> None:
+    url, _ = live
+    response = httpx.get(url + path, timeout=30)
+    assert response.status_code in (404, 422) and "root:" not in response.text
+
+
+@pytest.mark.slow
+def test_two_hundred_clients_at_once(live) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = live
+    limits = httpx.Limits(max_connections=200)
+    with httpx.Client(base_url=url, timeout=120, limits=limits) as client, \
+            ThreadPoolExecutor(200) as pool:  # fmt: skip
+        statuses = list(pool.map(lambda i: client.get(
+            "/api/search/text", params={"q": f"a photo {i % 20}", "k": 5}).status_code,
+            range(400)))  # fmt: skip
+    assert statuses == [200] * 400
