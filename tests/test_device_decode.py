@@ -59,6 +59,7 @@ def test_device_path_takes_only_what_it_decodes_like_pillow(photos: Path) -> Non
         assert not takes(name), name
 
 
+@pytest.mark.slow
 def test_device_decode_matches_the_pil_path(photos: Path, tmp_path: Path) -> None:
     vectors, failures = {}, {}
     for device_decode in (False, True):

@@ -167,6 +167,7 @@ def test_content_must_be_an_image_by_type_or_by_bytes(tmp_path, tiny_model, medi
     assert len(kept) == 1  # the text was never kept
 
 
+@pytest.mark.slow
 def test_a_slow_drip_meets_its_deadline_while_the_rest_embeds(
     tmp_path, tiny_model, media, loopback_is_public
 ) -> None:

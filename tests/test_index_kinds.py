@@ -130,7 +130,8 @@ def test_deleted_ids_never_appear(store_copy, kind) -> None:
 
 
 @pytest.mark.parametrize("first, second", [
-    pytest.param("hnsw", "flat", marks=pytest.mark.slow), ("flat", "hnsw"), ("flat", "ivf"),
+    pytest.param("hnsw", "flat", marks=pytest.mark.slow),
+    pytest.param("flat", "hnsw", marks=pytest.mark.slow), ("flat", "ivf"),
     pytest.param("ivf", "ivf-pq", marks=pytest.mark.slow),
 ])  # fmt: skip
 def test_rebuild_with_another_kind(store_copy, first, second) -> None:
@@ -177,6 +178,7 @@ def test_cli_build_index_and_info(store_copy) -> None:
     assert bad.exit_code == 1 and "not a size" in bad.stderr
 
 
+@pytest.mark.slow
 def test_info_says_when_a_rebuild_would_pay(store_copy) -> None:
     path, _ = store_copy
     with Store.open(path) as store:
@@ -223,6 +225,7 @@ def test_a_deleted_image_that_comes_back_is_found_again(store_copy, kind) -> Non
         assert store.search(vectors[6:7], k=1)[1][0][0] == 7
 
 
+@pytest.mark.slow
 def test_coarse_codes_look_deeper_instead_of_missing_the_target(store_copy) -> None:
     path, vectors = store_copy
     with Store.open(path) as store:

@@ -69,6 +69,7 @@ def test_modes_differ_on_non_square_images(tmp_path, tiny_model: str) -> None:
     assert float(eval_vec @ squash_vec) < 0.9999
 
 
+@pytest.mark.slow
 def test_fast_decode_stays_close_to_the_exact_path(tmp_path) -> None:
     from bioindex.indexer.embed import decode
 

@@ -62,6 +62,7 @@ def _cards(page) -> list[dict]:
         " catalog: e.dataset.catalog, text: e.innerText}))")  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width, height, label", [
     (1280, 900, "desktop"), pytest.param(390, 844, "phone", marks=pytest.mark.slow)])
 def test_taxon_search_upload_filter_and_reload(site, tmp_path: Path, width, height, label):
