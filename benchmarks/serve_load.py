@@ -40,6 +40,28 @@ def build_store(workdir: Path) -> Path:
     return root / "store"
 
 
+def start_server(store: Path) -> tuple[subprocess.Popen, str]:
+    """`bioindex serve` on a free loopback port, as its own process, once it answers."""
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bioindex.cli", "serve", "--store", str(store), "--port",
+         str(port), "--device", "cpu"],  # fmt: skip
+        # Not a pipe: the server logs a line per request, and an unread pipe stalls it.
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return server, base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
@@ -54,22 +76,8 @@ def main() -> None:
     from bioindex.demo.tree import SPECIES
 
     store = args.store or build_store(Path(tempfile.mkdtemp(prefix="bioindex-load-")))
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bioindex.cli", "serve", "--store", str(store), "--port",
-         str(port), "--device", "cpu"],  # fmt: skip
-        # Not a pipe: the server logs a line per request, and an unread pipe stalls it.
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_server(store)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         rng = np.random.default_rng(0)
         photos = []
         for species in SPECIES[:8]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import _free_port, build_store  # noqa: E402
+from serve_load import build_store, start_server  # noqa: E402
 
 
 def huge_png(side: int) -> bytes:
@@ -59,20 +58,9 @@ def main() -> None:
 
     store = args.store or build_store(Path(tempfile.mkdtemp(prefix="bioindex-flood-")))
     png = huge_png(args.side)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bioindex.cli", "serve", "--store",
-                               str(store), "--port", str(port), "--device", "cpu"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_server(store)
     uploads: list[tuple[int, float]] = []
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         with httpx.Client(base_url=base, timeout=120) as client:
             alone = searches(client, args.queries, "quiet")
             stop = threading.Event()

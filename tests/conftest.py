@@ -109,3 +109,16 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def send_response(handler, code: int, headers: dict[str, str], body: bytes) -> None:
+    """An http.server handler's whole answer; a client that went away is no error."""
+    try:
+        handler.send_response(code)
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass

@@ -21,7 +21,7 @@ import pytest
 from bioindex import Collection
 from bioindex.errors import BioindexError
 from bioindex.indexer import remote
-from tests.conftest import draw_images
+from tests.conftest import draw_images, send_response
 
 
 def _jpeg() -> bytes:
@@ -65,15 +65,7 @@ class _Media(http.server.BaseHTTPRequestHandler):
             self._send(404, {"Content-Type": "text/plain"}, b"missing")
 
     def _send(self, code: int, headers: dict[str, str], body: bytes) -> None:
-        try:
-            self.send_response(code)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        send_response(self, code, headers, body)
 
     def log_message(self, *args) -> None:
         pass

@@ -153,9 +153,9 @@ def test_ctrl_c_commits_what_was_embedded_then_the_rerun_finishes(
     from tests.conftest import assert_index_matches_catalog
 
     photos = tmp_path / "photos"
-    draw_images(photos, 480, seed=21)
+    draw_images(photos, 240, seed=21)
     store = tmp_path / "s"
-    # Nothing is committed during the run (commit-every > 480) but what Ctrl-C leaves.
+    # Nothing is committed during the run (commit-every > 240) but what Ctrl-C leaves.
     command = [sys.executable, "-m", "bioindex.cli", "index", str(photos), "-s", str(store),
                "-m", tiny_model, "--batch-size", "8", "--commit-every", "100000",
                "--workers", "1"]  # fmt: skip
@@ -167,7 +167,7 @@ def test_ctrl_c_commits_what_was_embedded_then_the_rerun_finishes(
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal)
     os.close(terminal)
     shown, done, interrupted = "", 0, False
-    progress = re.compile(r"embedding:.*?\| *(\d+)/480")
+    progress = re.compile(r"embedding:.*?\| *(\d+)/240")
     while process.poll() is None:
         if select.select([master], [], [], 0.2)[0]:
             try:
@@ -175,7 +175,7 @@ def test_ctrl_c_commits_what_was_embedded_then_the_rerun_finishes(
             except OSError:
                 break
         counts = progress.findall(shown)
-        if not interrupted and counts and 40 <= int(counts[-1]) < 400:
+        if not interrupted and counts and 40 <= int(counts[-1]) < 200:
             done, interrupted = int(counts[-1]), True
             process.send_signal(signal.SIGINT)
     os.close(master)
@@ -187,7 +187,7 @@ def test_ctrl_c_commits_what_was_embedded_then_the_rerun_finishes(
     rerun = subprocess.run(command + ["-q"], capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert f"unchanged {kept}" in rerun.stdout
-    assert live_rows(store) == 480
+    assert live_rows(store) == 240
     assert_index_matches_catalog(store)
 
 

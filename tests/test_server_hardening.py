@@ -22,7 +22,7 @@ from PIL import Image
 from bioindex import Collection
 from tests.conftest import LiveServer, draw_images
 
-FUZZ_EXAMPLES = 200  # per operation: over 2,000 requests over the 14 operations
+FUZZ_EXAMPLES = 180  # per operation: over 2,000 requests over the 14 operations
 TRACEBACK = re.compile(r"Traceback|File \"|line \d+, in ")
 
 
@@ -207,5 +207,5 @@ def test_two_hundred_clients_at_once(live) -> None:
             ThreadPoolExecutor(200) as pool:  # fmt: skip
         statuses = list(pool.map(lambda i: client.get(
             "/api/search/text", params={"q": f"a photo {i % 20}", "k": 5}).status_code,
-            range(400)))  # fmt: skip
-    assert statuses == [200] * 400
+            range(200)))  # fmt: skip
+    assert statuses == [200] * 200

@@ -17,7 +17,7 @@ import pytest
 from bioindex import Collection
 from bioindex.indexer import remote
 from bioindex.indexer.dwca import Archive
-from tests.conftest import assert_index_matches_catalog, draw_images, shared
+from tests.conftest import assert_index_matches_catalog, draw_images, send_response, shared
 
 CAMERA = ["ocelot.jpg", "american_black_bear.jpg", "domestic_dog.jpg", "domestic_cattle.jpg"]
 
@@ -97,14 +97,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(404, "text/plain", b"missing")
 
     def _send(self, code: int, kind: str, body: bytes) -> None:
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        send_response(self, code, {"Content-Type": kind}, body)
 
     def log_message(self, *args) -> None:
         pass
