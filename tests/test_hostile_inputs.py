@@ -375,3 +375,31 @@ def test_decompression_bombs_and_tar_tricks_at_index_time(tmp_path, tiny_model) 
     assert "bomb" in reasons[str(folder / "bomb.png")].lower()
     assert shards.embedded == 3  # read by offset inside the tar: nothing is extracted
     assert not (tmp_path.parent / "escape.jpg").exists() and not Path("/abs").exists()
+
+
+def test_archive_media_paths_stay_inside_the_archive(tmp_path, tiny_model) -> None:
+    secret = draw_images(tmp_path / "outside", 1, seed=8)[0]
+    folder = tmp_path / "dwca"
+    inside = draw_images(folder / "media", 1, seed=9)[0]
+    entries = [str(inside.relative_to(folder)), str(secret), f"file://{secret}",
+               f"../outside/{secret.relative_to(tmp_path / 'outside')}", "/dev/zero"]
+    (folder / "occurrence.txt").write_text("o1\tUrsus arctos\n")
+    (folder / "multimedia.txt").write_text("".join(f"o1\t{e}\n" for e in entries))
+    (folder / "meta.xml").write_text("""<?xml version="1.0"?>
+<archive xmlns="http://rs.tdwg.org/dwc/text/">
+ <core rowType="http://rs.tdwg.org/dwc/terms/Occurrence" fieldsTerminatedBy="\\t"
+       fieldsEnclosedBy=""><files><location>occurrence.txt</location></files><id index="0"/>
+  <field index="1" term="http://rs.tdwg.org/dwc/terms/scientificName"/></core>
+ <extension rowType="http://rs.tdwg.org/ac/terms/Multimedia" fieldsTerminatedBy="\\t"
+       fieldsEnclosedBy=""><files><location>multimedia.txt</location></files><coreid index="0"/>
+  <field index="1" term="http://rs.tdwg.org/ac/terms/accessURI"/></extension>
+</archive>""")
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([folder], progress=False)
+        reasons = _reasons(col)
+        uris = [r[0] for r in col.store.catalog.query("SELECT uri FROM images")[1]]
+    assert (summary.embedded, summary.failed) == (1, 4)
+    assert uris == [str(inside)]
+    for entry in entries[1:]:
+        _one_line(reasons[entry])
+        assert "outside" in reasons[entry]

@@ -190,7 +190,7 @@ print("pandas" in sys.modules)
 @pytest.mark.slow
 def test_kill_minus_nine_then_resume(tmp_path: Path, tiny_model: str) -> None:
     photos = tmp_path / "photos"
-    draw_images(photos, 240, seed=11)
+    draw_images(photos, 120, seed=11)
     store = tmp_path / "s"
     command = [
         sys.executable,
@@ -221,13 +221,13 @@ def test_kill_minus_nine_then_resume(tmp_path: Path, tiny_model: str) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
     committed = live_rows(store)
-    assert 0 < committed < 240
+    assert 0 < committed < 120
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert f"embedded {240 - committed}, unchanged {committed}" in result.stdout
-    assert live_rows(store) == 240
-    assert _distinct_uris(store) == (240, 240)
+    assert f"embedded {120 - committed}, unchanged {committed}" in result.stdout
+    assert live_rows(store) == 120
+    assert _distinct_uris(store) == (120, 120)
     assert_index_matches_catalog(store)
 
 

@@ -164,7 +164,7 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
                 assert time.monotonic() < deadline and server.poll() is None, "no server"
                 time.sleep(0.2)
         writer = subprocess.Popen([*CLI, "index", str(more), "-s", str(store), "--commit-every",
-                                   "512", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   "256", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True)  # fmt: skip
         committed: dict[int, float] = {}  # generation → when it became current
         seen: list[tuple[float, int]] = []  # (time, generation) answered by the server

@@ -235,7 +235,7 @@ def test_disk_full_is_one_line_and_loses_nothing(tmp_path: Path, tiny_model: str
         before = _answers(store)
         filler = disk / "filler"
         more = tmp_path / "more"
-        draw_images(more, 400, seed=6, start=1000)
+        draw_images(more, 400, seed=6, start=1000)  # more than the 6 MB disk holds
         for file in more.rglob("*.*"):  # same folder tree, more files
             target = photos / file.relative_to(more)
             target.parent.mkdir(parents=True, exist_ok=True)
