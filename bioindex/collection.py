@@ -436,12 +436,17 @@ class Collection:
         check_k(k)
         if mode not in SEARCH_MODES:
             raise BioindexError(f"unknown mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
-        user = _filter(where)
         taxon = self._resolve_taxon(name, mode, taxonomy)
         if taxon is None:
-            caption = f"a photo of {' '.join(name.split())}."
-            query = self.embed_texts([caption])[0]
-            return to_hits(self.store, nearest(self.store, query, k, where=user), why=LOOK_ALIKE)
+            return self._caption_hits(name, k, _filter(where))
+        return self._taxon_hits(taxon, k, mode, _filter(where))
+
+    def _caption_hits(self, name: str, k: int, user: Filter | None) -> list[Hit]:
+        """Look-alikes of a name no catalog row carries, from its BioCLIP caption."""
+        query = self.embed_texts([f"a photo of {' '.join(name.split())}."])[0]
+        return to_hits(self.store, nearest(self.store, query, k, where=user), why=LOOK_ALIKE)
+
+    def _taxon_hits(self, taxon: Taxon, k: int, mode: str, user: Filter | None) -> list[Hit]:
         query = self.embed_texts([taxon.caption("taxonomic")])[0]
         hits: list[Hit] = []
         if mode in ("catalog", "hybrid"):
@@ -476,19 +481,19 @@ class Collection:
         check_k(k)
         if not query or not query.strip():
             raise BioindexError("the query is empty")
-        labelled = self.catalog_names_taxa()
-        if labelled or looks_scientific(query):
+        user = _filter(where)
+        taxon = None
+        if self.catalog_names_taxa():
             try:
-                taxon = self._resolve_taxon(query, "hybrid", None) if labelled else None
-            except BioindexError:
-                taxon = None
-                if not looks_scientific(query):
-                    return Answer("text", self.search_text(query, k, where))
-            if taxon is not None:
-                return Answer("taxon", self.search_taxon(query, k, "hybrid", where),
-                              taxon.to_row(), taxon.rank)  # fmt: skip
-            return Answer("name", self.search_taxon(query, k, "semantic", where))
-        return Answer("text", self.search_text(query, k, where))
+                taxon = self.taxonomy().resolve(query)
+            except BioindexError:  # unknown or ambiguous: not one taxon of the catalog
+                pass
+        if taxon is not None:
+            return Answer("taxon", self._taxon_hits(taxon, k, "hybrid", user), taxon.to_row(),
+                          taxon.rank)  # fmt: skip
+        if looks_scientific(query):
+            return Answer("name", self._caption_hits(query, k, user))
+        return Answer("text", self.search_text(query, k, user))
 
     def catalog_labels(self) -> LabelSet:
         return labels_from_taxa(self.catalog_taxa(), f"catalog of {self.store.path}")
@@ -505,9 +510,7 @@ class Collection:
     ) -> list[Prediction]:
         """Predict taxa for image files; labels default to the catalog's species."""
         check_k(k)
-        if labels is None and not self.catalog_names_taxa():
-            raise NoTaxaError(f"the catalog of {self.store.path} names no taxa to classify "
-                              f"against", remedy=NAME_TAXA)  # fmt: skip
+        self._require_names(labels)  # before any file is embedded
         names, vectors, failed = embed_files(self.model, images)
         return self.classify_vectors(names, vectors, rank=rank, k=k, method=method,
                                      labels=labels, neighbours=neighbours) + failed  # fmt: skip
@@ -518,9 +521,7 @@ class Collection:
                          ) -> list[Prediction]:  # fmt: skip
         """Classify already embedded images (e.g. uploads), named `names` in the output."""
         check_k(k)
-        if labels is None and not self.catalog_names_taxa():
-            raise NoTaxaError(f"the catalog of {self.store.path} names no taxa to classify "
-                              f"against", remedy=NAME_TAXA)  # fmt: skip
+        self._require_names(labels)
         label_matrix = None
         if method != "knn" and labels is None:
             labels, label_matrix = self._catalog_label_vectors()
@@ -531,6 +532,11 @@ class Collection:
             labels=labels, label_vectors=label_matrix, logit_scale=self.model.logit_scale,
             store=self.store, neighbours=neighbours,
         )  # fmt: skip
+
+    def _require_names(self, labels: LabelSet | None) -> None:
+        if labels is None and not self.catalog_names_taxa():
+            raise NoTaxaError(f"the catalog of {self.store.path} names no taxa to classify "
+                              f"against", remedy=NAME_TAXA)  # fmt: skip
 
     def _catalog_label_vectors(self) -> tuple[LabelSet, np.ndarray]:
         """The catalog's label set and its vectors, kept until the catalog changes (a server

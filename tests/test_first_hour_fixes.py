@@ -249,3 +249,15 @@ def test_query_cache_that_cannot_be_written_is_gone_without(named: Path, tmp_pat
     (copy / "query-cache").write_text("in the way")  # the cache folder cannot be made
     with Collection.open(copy, read_only=True) as col:
         assert len(col.search_text("a bear", k=2)) == 2
+
+
+def test_search_box_reads_taxa_names_and_text_without_failing(named: Path) -> None:
+    with Collection.open(named / "store", read_only=True) as col:
+        assert col.search("Ursus", k=6).kind == "taxon"
+        # A typo of a catalog name is a Latin name the catalog does not hold: look-alikes,
+        # not the CLI's "did you mean" error (that stays for `search taxon`).
+        typo = col.search("Ursus arctoss", k=3)
+        assert typo.kind == "name" and {h.why for h in typo.hits} == {"look-alike"}
+        assert col.search("a bear on the ice", k=3).kind == "text"
+        with pytest.raises(BioindexError, match="did you mean"):
+            col.search_taxon("Ursus arctoss", mode="catalog")
