@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -103,20 +104,26 @@ def to_hits(store: Store, pairs: list[tuple[float, int]], why: str | None = None
     return hits
 
 
-def source_roots(runs: list[dict[str, Any]]) -> list[str]:
+def source_roots(runs: list[dict[str, Any]]) -> tuple[str, ...]:
     """The folders the store's runs read from (a file's own folder), deepest first."""
+    sources = dict.fromkeys(str(s) for run in runs for s in run.get("sources") or ())
+    return _roots(tuple(sources))
+
+
+@functools.lru_cache(maxsize=64)
+def _roots(sources: tuple[str, ...]) -> tuple[str, ...]:
+    # Cached: every search shows paths, and a server must not stat each source every time.
     roots = set()
-    for run in runs:
-        for source in run.get("sources") or ():
-            if "://" in str(source):
-                continue
-            path = os.path.abspath(str(source))
-            roots.add(path if os.path.isdir(path) or not os.path.splitext(path)[1]
-                      else os.path.dirname(path))  # fmt: skip
-    return sorted(roots, key=len, reverse=True)
+    for source in sources:
+        if "://" in source:
+            continue
+        path = os.path.abspath(source)
+        roots.add(path if os.path.isdir(path) or not os.path.splitext(path)[1]
+                  else os.path.dirname(path))  # fmt: skip
+    return tuple(sorted(roots, key=len, reverse=True))
 
 
-def display_path(uri: str, roots: list[str]) -> str:
+def display_path(uri: str, roots: tuple[str, ...]) -> str:
     """`uri` from the folder it was indexed from, that folder's name first
     ("photos/birds/a.jpg" for /data/photos/birds/a.jpg); other uris as they are."""
     for root in roots:
