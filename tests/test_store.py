@@ -188,50 +188,6 @@ print("pandas" in sys.modules)
 
 
 @pytest.mark.slow
-def test_kill_minus_nine_then_resume(tmp_path: Path, tiny_model: str) -> None:
-    photos = tmp_path / "photos"
-    draw_images(photos, 120, seed=11)
-    store = tmp_path / "s"
-    command = [
-        sys.executable,
-        "-m",
-        "bioindex.cli",
-        "index",
-        str(photos),
-        "-s",
-        str(store),
-        "-m",
-        tiny_model,
-        "--batch-size",
-        "8",
-        "--commit-every",
-        "16",
-        "--workers",
-        "1",
-        "-q",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    shards = store / "embeddings"
-    while time.monotonic() < deadline and process.poll() is None:
-        if shards.is_dir() and len([p for p in shards.glob("*.npy")]) >= 3:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    committed = live_rows(store)
-    assert 0 < committed < 120
-
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert f"embedded {120 - committed}, unchanged {committed}" in result.stdout
-    assert live_rows(store) == 120
-    assert _distinct_uris(store) == (120, 120)
-    assert_index_matches_catalog(store)
-
-
-@pytest.mark.slow
 def test_killed_at_five_random_points_then_completed(tmp_path: Path, tiny_model: str) -> None:
     photos = tmp_path / "photos"
     draw_images(photos, 120, seed=12)
@@ -241,16 +197,22 @@ def test_killed_at_five_random_points_then_completed(tmp_path: Path, tiny_model:
                "-q"]  # fmt: skip
     rng = np.random.default_rng(7)
     counts = []
-    for _ in range(5):
+    for attempt in range(5):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Start-up (imports, model load) takes a few seconds; kill anywhere from there on.
-        time.sleep(float(rng.uniform(2.5, 5.0)))
+        if attempt == 0:  # surely mid-run: after some shards, before the last
+            _wait_for_shards(store, 3, process)
+        else:  # start-up (imports, model load) takes a few seconds; kill anywhere from there
+            time.sleep(float(rng.uniform(2.5, 5.0)))
+        assert attempt > 0 or process.poll() is None, "the run finished before it could be killed"
         process.send_signal(signal.SIGKILL)
         process.wait()
         counts.append(live_rows(store) if (store / "manifest.json").exists() else 0)
+    assert 0 < counts[0] < 120
     assert counts == sorted(counts)  # committed work is never lost
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    committed = counts[-1]
+    assert f"embedded {120 - committed}, unchanged {committed}" in result.stdout
     assert live_rows(store) == 120
     assert _distinct_uris(store) == (120, 120)
     with Store.open(store, read_only=True) as opened:
@@ -260,6 +222,15 @@ def test_killed_at_five_random_points_then_completed(tmp_path: Path, tiny_model:
     assert on_disk == listed  # no orphan files, no half-written .tmp files
     assert not list(store.rglob("*.tmp"))
     assert_index_matches_catalog(store)
+
+
+def _wait_for_shards(store: Path, count: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    shards = store / "embeddings"
+    while time.monotonic() < deadline and process.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("*.npy"))) >= count:
+            return
+        time.sleep(0.05)
 
 
 def _distinct_uris(store: Path) -> tuple[int, int]:
