@@ -347,6 +347,7 @@ def search() -> None:
     """Find images by text, by example image, or by an indexed image's id."""
 
 
+RANK_CHOICES = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
 where_option = click.option(
     "--where", "-w", "where", multiple=True, metavar="COND",
     help="Filter, repeatable (AND): family=Felidae, species='Felis catus', country_code=KE, "
@@ -630,6 +631,111 @@ def dedup(store: str, threshold: float, fmt: str, columns: str | None) -> None:
     click.echo(render([m.to_dict() for m in members], fmt,
                       parse_columns(columns, DEDUP_COLUMNS if fmt == "table" else None),
                       terminal_width()), nl=False)  # fmt: skip
+
+
+@main.command()
+@format_option
+@columns_option
+@_friendly
+def models(fmt: str, columns: str | None) -> None:
+    """The models a short name stands for (give one to --model): hub name, architecture,
+    embedding dim, input size and whether its weights are in the local cache. Nothing is
+    downloaded; any other open_clip model works by hf-hub:ORG/REPO or local-dir:PATH.
+
+    \b
+    Examples:
+      bioindex models
+      bioindex models --format json
+    """
+    from bioindex.models import model_catalog
+
+    default = ["alias", "hub", "architecture", "dim", "image_size", "cached"]
+    click.echo(render(model_catalog(), fmt,
+                      parse_columns(columns, default if fmt == "table" else None),
+                      terminal_width()), nl=False)  # fmt: skip
+
+
+@main.command()
+@store_option
+@click.option("--format", "fmt", type=click.Choice(["dwca", "parquet", "npy"]), default="dwca",
+              show_default=True,
+              help="dwca: a Darwin Core Archive (.zip); parquet/npy: the embeddings.")
+@click.option("--output", "-o", required=True, metavar="FILE",
+              help="Where to write (npy also writes FILE's .csv with the rows' keys).")
+@where_option
+@click.option("--from", "from_file", default=None, metavar="FILE",
+              help="Only the images of a search result saved with --format json or csv.")
+@click.option("--identify", is_flag=True,
+              help="dwca: add bioindex's prediction for each image (Identification extension).")
+@click.option("--method", type=click.Choice(["zero-shot", "knn", "combined"]),
+              default="zero-shot", show_default=True, help="With --identify.")
+@click.option("--rank", type=click.Choice(RANK_CHOICES), default="species",
+              show_default=True, help="With --identify: the rank to name.")
+@click.option("--labels", default=None, metavar="FILE|A,B,C",
+              help="With --identify: the labels (default: the catalog's species).")
+@click.option("--tol", "tol", default=None, metavar="DIR",
+              help="With --identify: TreeOfLife label folder.")
+@click.option("--with-media", is_flag=True,
+              help="dwca: copy local image files into the archive so it stands alone.")
+@_friendly
+def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: str | None,
+           identify: bool, method: str, rank: str, labels: str | None, tol: str | None,
+           with_media: bool) -> None:  # fmt: skip
+    """Hand a store on: a Darwin Core Archive of its occurrences and images (with
+    bioindex's identifications when asked) for a collection database or GBIF, or its
+    embeddings (L2-normalised float32) for your own tools.
+
+    \b
+    Examples:
+      bioindex export -s herb -o herb-dwca.zip --identify --rank genus --with-media
+      bioindex export -s herb -o sheets.zip --where institution_code=BR --identify
+      bioindex export -s herb --format parquet -o vectors.parquet
+      bioindex search text "orchid" -s herb -k 100 --format json > hits.json
+      bioindex export -s herb --format npy -o orchids.npy --from hits.json
+    """
+    from bioindex.collection import Collection
+    from bioindex.search.labels import labels_from_tree_of_life, read_labels_argument
+
+    if (labels or tol or method != "zero-shot" or rank != "species") and not identify:
+        raise click.UsageError("--method, --rank, --labels and --tol go with --identify")
+    ids = _ids_of_results(from_file) if from_file else None
+    with Collection.open(store, read_only=True) as collection:
+        label_set = read_labels_argument(labels) if labels else None
+        if tol:
+            label_set = labels_from_tree_of_life(tol, collection.store.dim)
+        written = collection.export(output, fmt, where=list(where) or None, image_ids=ids,
+                                    identify=identify, method=method, rank=rank,
+                                    labels=label_set, with_media=with_media)  # fmt: skip
+    if written.get("media_referenced"):
+        click.echo(f"note: {written['media_referenced']} local images are named by path; "
+                   f"give --with-media for an archive that stands alone", err=True)
+    click.echo(render_mapping(written, "table", terminal_width()), nl=False)
+
+
+def _ids_of_results(path: str) -> list[int]:
+    """image_ids from a saved search result (JSON list of hits, or CSV with image_id)."""
+    import csv
+    import json
+
+    from bioindex.errors import BioindexError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise BioindexError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        rows = json.loads(text) if text.lstrip().startswith(("[", "{")) else list(
+            csv.DictReader(text.splitlines()))
+        if isinstance(rows, dict):
+            rows = rows.get("hits") or rows.get("results") or []
+        ids = [int(row["image_id"]) for row in rows if row.get("image_id") not in (None, "")]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        ids = []
+    if not ids:
+        raise BioindexError(f"{path} is not a search result saved with --format json or csv "
+                            f"(rows with an image_id)")
+    return ids
 
 
 @main.command("build-index")

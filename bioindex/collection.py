@@ -11,7 +11,7 @@ with Collection.open("my-store", model="bioclip", create=True) as col:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from bioindex.errors import (
     Remedy,
     UnknownTaxonError,
 )
+from bioindex.export.archive import Identification, write_archive
+from bioindex.export.vectors import write_npy, write_parquet
 from bioindex.images import IMAGE_EXTENSIONS, describe_error, open_image
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
@@ -45,6 +47,7 @@ from bioindex.store import Store
 from bioindex.taxonomy import Taxon, Taxonomy, looks_scientific
 
 Where = Sequence[str] | Filter | None
+EXPORT_FORMATS = ("dwca", "parquet", "npy")
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
 
 DEFAULT_MODEL = "bioclip"
@@ -548,6 +551,66 @@ class Collection:
             matrix = _label_matrix(self.model, labels)
             cached = self._catalog_labels = (generation, labels, matrix)
         return cached[1], cached[2]
+
+    def chosen_ids(self, where: Where = None,
+                   image_ids: Sequence[int] | None = None) -> np.ndarray | None:  # fmt: skip
+        """The live images a filter and/or an id list name (None: all of them)."""
+        user = _filter(where)
+        if not user and image_ids is None:
+            return None
+        chosen = (self.store.ids_where(user.sql, user.params) if user
+                  else self.store.catalog.live_ids())  # fmt: skip
+        if image_ids is not None:
+            chosen = np.intersect1d(chosen, np.asarray(list(image_ids), dtype=np.int64))
+        return np.sort(chosen)
+
+    def identify(self, image_ids: np.ndarray | None = None, *, rank: str = "species",
+                 method: str = "zero-shot", labels: LabelSet | None = None,
+                 batch: int = 2048) -> Iterator[Identification]:  # fmt: skip
+        """The top prediction for stored images (all live ones by default), from their
+        stored vectors: nothing is embedded again."""
+        self._require_names(labels)
+        ids = self.store.catalog.live_ids() if image_ids is None else image_ids
+        model = self.store.model.get("name") or self.store.model.get("source")
+        for start in range(0, len(ids), batch):
+            chunk = [int(i) for i in ids[start : start + batch]]
+            predictions = self.classify_vectors([str(i) for i in chunk], self.store.vectors(chunk),
+                                                rank=rank, k=1, method=method, labels=labels)
+            for prediction in predictions:
+                name = (prediction.taxon.name_at(rank) if prediction.taxon is not None
+                        else prediction.label) or ""  # fmt: skip
+                if name.strip():
+                    yield Identification(int(prediction.file), name, rank, prediction.score,
+                                         method, str(model))  # fmt: skip
+
+    def export(self, path: str | os.PathLike[str], fmt: str = "dwca", *, where: Where = None,
+               image_ids: Sequence[int] | None = None, identify: bool = False,
+               method: str = "zero-shot", rank: str = "species", labels: LabelSet | None = None,
+               with_media: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Write the store (or the images `where`/`image_ids` choose) as a Darwin Core
+        Archive (`dwca`, with bioindex's identifications when `identify`) or its embeddings
+        as `parquet` or `npy`. Returns what was written."""
+        if fmt not in EXPORT_FORMATS:
+            raise BioindexError(f"unknown export format {fmt!r}; use "
+                                f"{', '.join(EXPORT_FORMATS)}")  # fmt: skip
+        if identify and fmt != "dwca":
+            raise BioindexError("identifications go into a Darwin Core Archive (format dwca)")
+        chosen = self.chosen_ids(where, image_ids)
+        target = Path(path)
+        if not target.parent.is_dir():
+            raise BioindexError(f"folder {target.parent} does not exist")
+        if fmt == "parquet":
+            return {"path": str(target), "rows": write_parquet(self.store, target, chosen)}
+        if fmt == "npy":
+            rows = write_npy(self.store, target, chosen)
+            return {"path": str(target), "rows": rows, "table": str(target.with_suffix(".csv"))}
+        found = (self.identify(chosen, rank=rank, method=method, labels=labels) if identify
+                 else ())  # fmt: skip
+        provenance = {"filters": " AND ".join(_filter(where).conditions) if _filter(where) else "",
+                      "identification": f"{method} at rank {rank}" if identify else ""}
+        return write_archive(self.store, target, image_ids=chosen, identifications=found,
+                             with_media=with_media,
+                             provenance={k: v for k, v in provenance.items() if v}).to_dict()
 
     def taxon_names(self) -> list[tuple[str, str]]:
         """(name, rank) for every rank name, binomial and common name in the catalog."""

@@ -1,7 +1,8 @@
 """Model names → open_clip models, their preprocessing, and L2-normalised embeddings.
 
-Names a user may give:
-  bioclip, bioclip-2          the published BioCLIP weights on the Hugging Face hub
+Names a user may give (`bioindex models` lists them):
+  bioclip, bioclip-2,         the published BioCLIP weights on the Hugging Face hub
+  bioclip-2.5
   bioclip-demo (or demo)      the small offline demo model committed under data/models/
   hf-hub:ORG/REPO             any open_clip model on the hub
   local-dir:PATH              a folder with open_clip_config.json + weights (the offline path)
@@ -14,6 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.util
+import json
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -26,10 +28,28 @@ import numpy as np
 
 from bioindex.errors import BioindexError, ModelMismatchError, Remedy
 
-ALIASES = {
-    "bioclip": "hf-hub:imageomics/bioclip",
-    "bioclip-2": "hf-hub:imageomics/bioclip-2",
-}
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A published model a short name stands for. Hub names are the publisher's own
+    (imageomics.github.io/bioclip-ecosystem, each model card); dims and input sizes are
+    read from open_clip's config of the architecture, never typed in here."""
+
+    alias: str
+    hub: str
+    architecture: str
+    about: str
+
+
+KNOWN_MODELS_LIST = (
+    KnownModel("bioclip", "hf-hub:imageomics/bioclip", "ViT-B-16",
+               "BioCLIP (CVPR 2024), trained on TreeOfLife-10M"),
+    KnownModel("bioclip-2", "hf-hub:imageomics/bioclip-2", "ViT-L-14",
+               "BioCLIP 2, trained on TreeOfLife-200M"),
+    KnownModel("bioclip-2.5", "hf-hub:imageomics/bioclip-2.5-vith14", "ViT-H-14",
+               "BioCLIP 2.5 Huge, TreeOfLife-200M plus 19M images"),
+)  # fmt: skip
+ALIASES = {known.alias: known.hub for known in KNOWN_MODELS_LIST}
 DEMO_ALIASES = ("bioclip-demo", "demo")
 DEMO_MODEL_NAME = "bioclip-demo"
 PREPROCESS_MODES = ("eval", "squash")
@@ -48,7 +68,7 @@ _LOCAL_WEIGHTS = (
 )
 
 
-_NAMED = "bioclip, bioclip-2, bioclip-demo, hf-hub:ORG/REPO or local-dir:PATH"
+_NAMED = "bioclip, bioclip-2, bioclip-2.5, bioclip-demo, hf-hub:ORG/REPO or local-dir:PATH"
 KNOWN_MODELS = Remedy(
     python=f"use {_NAMED}, or an open_clip architecture with checkpoint=FILE",
     cli=(("--checkpoint", f"use {_NAMED}, or an open_clip architecture with --checkpoint FILE"),
@@ -70,6 +90,42 @@ def known_architectures() -> list[str]:
         return []
     folder = Path(next(iter(spec.submodule_search_locations))) / "model_configs"
     return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def _architecture_config(architecture: str) -> dict[str, Any]:
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(next(iter(spec.submodule_search_locations))) / "model_configs"
+    try:
+        return json.loads((path / f"{architecture}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def model_catalog() -> list[dict[str, Any]]:
+    """The models a short name stands for: alias, hub name, architecture, embedding dim,
+    input size and preprocessing. Nothing is downloaded or loaded."""
+    rows = []
+    for known in KNOWN_MODELS_LIST:
+        config = _architecture_config(known.architecture)
+        rows.append({"alias": known.alias, "hub": known.hub, "architecture": known.architecture,
+                     "dim": config.get("embed_dim"),
+                     "image_size": config.get("vision_cfg", {}).get("image_size"),
+                     "preprocess": "open_clip eval (default) or squash (pybioclip's)",
+                     "cached": _cached_hub_weights(known.hub[len("hf-hub:"):]) is not None,
+                     "about": known.about})  # fmt: skip
+    demo = demo_model_dir()
+    try:
+        config = json.loads((demo / _HF_CONFIG).read_text())["model_cfg"]
+    except (OSError, ValueError, KeyError):
+        config = {}
+    rows.append({"alias": DEMO_MODEL_NAME, "hub": f"local-dir:{demo}",
+                 "architecture": "tiny ViT (this project's)", "dim": config.get("embed_dim"),
+                 "image_size": config.get("vision_cfg", {}).get("image_size"),
+                 "preprocess": "open_clip eval (default) or squash", "cached": True,
+                 "about": "offline demo model trained on the synthetic tree of life"})  # fmt: skip
+    return rows
 
 
 def _did_you_mean(name: str, architectures: Sequence[str]) -> str:

@@ -18,6 +18,7 @@ import csv
 import io
 import os
 import re
+import struct
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import defaultdict
@@ -115,6 +116,26 @@ class Archive:
         if not inside:
             raise BioindexError(f"{self.path}: meta.xml names {location!r}, which is not a "
                                 f"file in the archive")  # fmt: skip
+
+    def stored_member(self, name: str) -> tuple[int, int, float] | None:
+        """(data offset, size, mtime) of an uncompressed member of a zipped archive, so it
+        is read in place like a tar member; None for a folder, a compressed or no member."""
+        if self._zip is None:
+            return None
+        try:
+            info = self._zip.getinfo(self._prefix + name)
+        except KeyError:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            return None
+        with open(self.path, "rb") as handle:
+            handle.seek(info.header_offset)
+            header = handle.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        offset = info.header_offset + 30 + name_length + extra_length
+        return offset, info.file_size, self.path.stat().st_mtime
 
     def _names(self) -> set[str]:
         if self._zip is not None:

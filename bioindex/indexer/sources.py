@@ -261,6 +261,8 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
 
     base = Path(media_root).resolve() if media_root else (path if path.is_dir() else path.parent)
     scan.archives.append(str(path))
+    if path.is_file():
+        scan.roots.append(f"{path}#")  # its members, when it holds images
     with Archive(path) as archive:
         if archive.media_extension() is not None:
             for occurrence in archive.occurrences():
@@ -272,6 +274,12 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
                     metadata = {**terms,
                                 **{k: v for k, v in media.items() if k in _MEDIA_TERMS}}
                     metadata["mediaIdentifier"] = uri
+                    member = None if is_remote(uri) else archive.stored_member(uri)
+                    if member is not None:  # an image inside the zip (an exported archive)
+                        offset, size, mtime = member
+                        item = Item(f"{path}#{uri}", str(path), size, mtime, metadata, offset)
+                        items.setdefault(item.uri, item)
+                        continue
                     _add_media(uri, base, metadata, items, scan, anywhere)
         scan.warnings.extend(archive.warnings)
 

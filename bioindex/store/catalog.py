@@ -26,6 +26,7 @@ import numpy as np
 from bioindex.errors import BioindexError
 from bioindex.store import files
 from bioindex.store.records import (
+    DWC_COLUMNS,
     FAILURE_COLUMNS,
     IMAGE_COLUMNS,
     METADATA_COLUMNS,
@@ -329,6 +330,80 @@ class Catalog:
 
     def close_legacy(self) -> None:
         self._run("DETACH legacy")
+
+    # ---- exports -----------------------------------------------------------------------
+
+    def extra_keys(self) -> list[str]:
+        """Every key of the `extra` JSON of live images and occurrence records."""
+        found = self.con.execute(
+            "SELECT DISTINCT unnest(json_keys(extra)) FROM (SELECT extra FROM images WHERE "
+            "status='live' AND extra IS NOT NULL UNION ALL SELECT extra FROM occurrences "
+            "WHERE extra IS NOT NULL)").fetchall()  # fmt: skip
+        return sorted(str(row[0]) for row in found)
+
+    def export_occurrences(self, image_ids: np.ndarray | None,
+                           batch: int = 4096) -> Iterator[list[dict[str, Any]]]:  # fmt: skip
+        """Occurrence rows for an export, a batch at a time: the catalog's own records
+        (those the chosen images belong to, when `image_ids` is given), then one per
+        occurrence of chosen images that have no record (a plain folder's images each
+        become one, keyed `bioindex:image:<image_id>`)."""
+        columns = ", ".join(f'"{c}"' for c in DWC_COLUMNS if c != "occurrence_id")
+        chosen = "status='live'"
+        try:
+            if image_ids is not None:
+                self.con.register("_export_ids", {"image_id": np.asarray(image_ids, np.int64)})
+                chosen += " AND image_id IN (SELECT image_id FROM _export_ids)"
+            linked = ("" if image_ids is None else
+                      f" WHERE occurrence_id IN (SELECT occurrence_id FROM images WHERE {chosen})")
+            yield from self._batches(
+                f"SELECT DISTINCT ON (occurrence_id) occurrence_id, {columns}, extra "
+                f"FROM occurrences{linked} ORDER BY occurrence_id", batch)  # fmt: skip
+            yield from self._batches(
+                f"SELECT DISTINCT ON (oid) oid AS occurrence_id, {columns}, extra FROM "
+                f"(SELECT *, coalesce(occurrence_id, 'bioindex:image:' || image_id) AS oid "
+                f"FROM images WHERE {chosen} AND (occurrence_id IS NULL OR occurrence_id NOT "
+                f"IN (SELECT occurrence_id FROM occurrences WHERE occurrence_id IS NOT NULL))) "
+                f"ORDER BY oid", batch)  # fmt: skip
+        finally:
+            if image_ids is not None:
+                self.con.unregister("_export_ids")
+
+    def export_media(self, image_ids: np.ndarray | None,
+                     batch: int = 4096) -> Iterator[list[dict[str, Any]]]:  # fmt: skip
+        """Live images (uri, occurrence key, licence, rights holder, creator, size) in
+        image_id order, a batch at a time."""
+        chosen = "status='live'"
+        try:
+            if image_ids is not None:
+                self.con.register("_export_ids", {"image_id": np.asarray(image_ids, np.int64)})
+                chosen += " AND image_id IN (SELECT image_id FROM _export_ids)"
+            yield from self._batches(
+                "SELECT image_id, uri, coalesce(occurrence_id, 'bioindex:image:' || image_id) "
+                "AS occurrence_id, license, rights_holder, creator, width, height, sha256, extra "
+                f"FROM images WHERE {chosen} ORDER BY image_id", batch)  # fmt: skip
+        finally:
+            if image_ids is not None:
+                self.con.unregister("_export_ids")
+
+    @_releasing_ids
+    def key_columns(self, image_ids: Sequence[int]) -> dict[str, list[Any]]:
+        """uri, occurrence_id, catalog_number and scientific_name of `image_ids`, in their
+        order (the columns an embeddings export carries beside each vector)."""
+        names = ("uri", "occurrence_id", "catalog_number", "scientific_name")
+        found = self.con.execute(
+            f"SELECT image_id, {', '.join(names)} FROM images "
+            f"WHERE image_id IN {self._ids(image_ids)}").fetchall()  # fmt: skip
+        by_id = {int(row[0]): row[1:] for row in found}
+        return {name: [by_id.get(int(i), (None,) * len(names))[n] for i in image_ids]
+                for n, name in enumerate(names)}  # fmt: skip
+
+    def _batches(self, sql: str, batch: int) -> Iterator[list[dict[str, Any]]]:
+        """A statement's rows as dicts, fetched `batch` at a time (nothing else may run on
+        this connection until the last batch is taken)."""
+        result = self.con.execute(sql)
+        names = [d[0] for d in result.description]
+        while rows := result.fetchmany(batch):
+            yield [dict(zip(names, values)) for values in rows]
 
     # ---- writes (new files only) -----------------------------------------------------------
 

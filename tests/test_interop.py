@@ -1,0 +1,210 @@
+"""The collections world's formats: Darwin Core Archives out (and back in), embeddings out,
+IIIF in, and the list of known models."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bioindex import Collection
+from bioindex.cli import main
+from bioindex.indexer.dwca import Archive
+from bioindex.models import ALIASES
+from bioindex.store import ImageRecord, Store
+from tests.conftest import draw_images, shared
+
+TEXT = "{http://rs.tdwg.org/dwc/text/}"
+MEDIA_META = """  <extension encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n"
+      fieldsEnclosedBy="" ignoreHeaderLines="1" rowType="http://rs.gbif.org/terms/1.0/Multimedia">
+    <files><location>multimedia.txt</location></files>
+    <coreid index="0"/>
+    <field index="1" term="http://purl.org/dc/terms/identifier"/>
+    <field index="2" term="http://purl.org/dc/terms/license"/>
+    <field index="3" term="http://purl.org/dc/terms/rightsHolder"/>
+  </extension>
+</archive>"""
+
+
+def _gbif_archive_with_images(folder: Path, count: int = 12) -> tuple[Path, list[str]]:
+    """The fixtures' GBIF download, unpacked, with a Simple Multimedia extension giving
+    `count` of its occurrences one local image each."""
+    with zipfile.ZipFile(shared("dwca", "gbif-results.zip")) as source:
+        source.extractall(folder)
+    occurrence_ids = [line.split("\t")[0] for line in
+                      (folder / "occurrence.txt").read_text(encoding="utf-8").splitlines()]
+    photos = draw_images(folder / "media", count, seed=31)
+    lines = ["coreid\tidentifier\tlicense\trightsHolder"]
+    for n, (occurrence, photo) in enumerate(zip(occurrence_ids, photos)):
+        licence = "http://creativecommons.org/licenses/by/4.0/" if n % 2 else "CC0-1.0"
+        lines.append(f"{occurrence}\t{photo.relative_to(folder).as_posix()}\t{licence}\tMuseum {n}")
+    (folder / "multimedia.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    meta = (folder / "meta.xml").read_text(encoding="utf-8")
+    (folder / "meta.xml").write_text(meta.replace("</archive>", MEDIA_META), encoding="utf-8")
+    return folder, occurrence_ids[:count]
+
+
+def _occurrences(store: Path) -> dict[str, tuple]:
+    with Store.open(store, read_only=True) as opened:
+        rows = opened.catalog.query(
+            "SELECT occurrence_id, catalog_number, institution_code, scientific_name, license, "
+            "decimal_latitude, event_date FROM occurrences")[1]  # fmt: skip
+    return {row[0]: row[1:] for row in rows}
+
+
+def _images(store: Path) -> dict[str, tuple]:
+    with Store.open(store, read_only=True) as opened:
+        rows = opened.catalog.query(
+            "SELECT sha256, occurrence_id, catalog_number, license, rights_holder FROM images "
+            "WHERE status='live'")[1]  # fmt: skip
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_darwin_core_archive_round_trip(tmp_path: Path, tiny_model: str) -> None:
+    source, with_images = _gbif_archive_with_images(tmp_path / "gbif")
+    first = tmp_path / "first"
+    with Collection.open(first, model=tiny_model, create=True) as collection:
+        summary = collection.index([source], progress=False)
+        assert (summary.embedded, summary.occurrences) == (12, 158)
+        written = collection.export(tmp_path / "out.zip", identify=True, rank="genus",
+                                    with_media=True)  # fmt: skip
+    assert written["occurrences"] == 158 and written["images"] == 12
+    assert written["identifications"] == 12 and written["media_copied"] == 12
+
+    result = CliRunner().invoke(main, ["index", str(tmp_path / "out.zip"), "-s",
+                                       str(tmp_path / "second"), "-m", tiny_model, "-q"])
+    assert result.exit_code == 0, result.output
+    assert _occurrences(tmp_path / "second") == _occurrences(first)
+    assert _images(tmp_path / "second") == _images(first)
+    assert {row[0] for row in _images(first).values()} == set(with_images)
+
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        identified = archive.read("identification.txt").decode().splitlines()
+        eml = archive.read("metadata.xml").decode()
+    header = identified[0].split("\t")
+    assert len(identified) == 13 and header[:3] == ["occurrenceID", "scientificName", "taxonRank"]
+    assert all(line.split("\t")[2] == "genus" for line in identified[1:])
+    assert all(line.split("\t")[0] in with_images for line in identified[1:])
+    with Store.open(first, read_only=True) as opened:
+        assert opened.model["weights_sha256"] in eml and "zero-shot at rank genus" in eml
+
+
+def _structure(meta: bytes) -> tuple[set, set, set]:
+    root = ET.fromstring(meta)
+    core = root.find(f"{TEXT}core")
+    return ({c.tag for c in root}, set(core.attrib), {c.tag for c in core})
+
+
+def test_exported_meta_xml_has_the_structure_of_gbif_downloads(tmp_path: Path,
+                                                                tiny_model: str) -> None:  # fmt: skip
+    draw_images(tmp_path / "photos", 6, seed=3)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
+        collection.index([tmp_path / "photos"], progress=False)
+        written = collection.export(tmp_path / "plain.zip")  # a plain folder: no records
+    assert written["occurrences"] == 6 and written["media_referenced"] == 6
+    with zipfile.ZipFile(shared("dwca", "gbif-results.zip")) as gbif:
+        reference = _structure(gbif.read("meta.xml"))
+    with zipfile.ZipFile(tmp_path / "plain.zip") as ours:
+        meta = ours.read("meta.xml")
+        names = set(ours.namelist())
+        tables = {name: ours.read(name).decode() for name in names if name.endswith(".txt")}
+    tags, core_attributes, core_children = _structure(meta)
+    assert ET.fromstring(meta).tag == f"{TEXT}archive"
+    assert core_attributes == reference[1] and core_children == reference[2]
+    assert tags <= {f"{TEXT}core", f"{TEXT}extension"}
+    for table in ET.fromstring(meta):
+        location = table.find(f"{TEXT}files/{TEXT}location").text
+        indexes = [int(f.get("index")) for f in table.findall(f"{TEXT}field")]
+        assert location in names and indexes == list(range(len(indexes)))
+        assert all(f.get("term").startswith("http://") for f in table.findall(f"{TEXT}field"))
+        lines = tables[location].splitlines()
+        assert all(len(line.split("\t")) == len(indexes) for line in lines)
+    with Archive(tmp_path / "plain.zip") as archive:  # and bioindex reads it back
+        occurrences = list(archive.occurrences())
+    assert len(occurrences) == 6 and all(len(o.media) == 1 for o in occurrences)
+
+
+def test_export_chooses_by_filter_and_by_saved_results(tmp_path: Path, tiny_model: str) -> None:
+    source, _ = _gbif_archive_with_images(tmp_path / "gbif")
+    store = tmp_path / "s"
+    with Collection.open(store, model=tiny_model, create=True) as collection:
+        collection.index([source], progress=False)
+        licensed = collection.export(tmp_path / "cc0.zip", where=["license=CC0-1.0"])
+        hits = collection.search_text("a photo", k=3)
+    assert licensed["images"] == 6 and licensed["occurrences"] == 6
+    (tmp_path / "hits.json").write_text(json.dumps([h.to_dict() for h in hits]))
+    result = CliRunner().invoke(main, ["export", "-s", str(store), "--format", "npy", "-o",
+                                       str(tmp_path / "hits.npy"), "--from",
+                                       str(tmp_path / "hits.json")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    vectors = np.load(tmp_path / "hits.npy")
+    keys = (tmp_path / "hits.csv").read_text().splitlines()
+    assert vectors.shape == (3, 32) and len(keys) == 4
+    assert sorted(int(line.split(",")[0]) for line in keys[1:]) == sorted(h.image_id for h in hits)
+    bad = CliRunner().invoke(main, ["export", "-s", str(store), "-o", str(tmp_path / "x.zip"),
+                                    "--from", str(store / "manifest.json")])  # fmt: skip
+    assert bad.exit_code == 1 and "not a search result" in bad.output
+
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.slow
+def test_parquet_export_of_100k_vectors_streams_and_reads_back(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    dim, count, chunk = 512, 100_000, 10_000
+    model = {"name": "random", "source": "test", "weights_sha256": "0", "dim": dim,
+             "image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": "eval"}
+    rng = np.random.default_rng(0)
+    with Store.create(tmp_path / "s", model) as store:
+        for start in range(0, count, chunk):
+            vectors = rng.standard_normal((chunk, dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            store.commit([ImageRecord(f"/x/{i}.jpg", 1, 1.0, None, 1, 1,
+                                      {"catalogNumber": f"C{i}"})
+                          for i in range(start, start + chunk)], vectors)  # fmt: skip
+    with Collection.open(tmp_path / "s", read_only=True) as collection:
+        # pyarrow's own start-up (libraries, pools: ~100 MB) is paid by a first small export.
+        collection.export(tmp_path / "warm.parquet", "parquet", image_ids=[1, 2])
+        Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again here
+        before = _rss_mb("VmRSS")
+        collection.export(tmp_path / "v.parquet", "parquet")
+        peak = _rss_mb("VmHWM") - before
+        print(f"export of {count} x {dim}: peak RSS +{peak:.0f} MB")
+        # 100k x 512 float32 is 205 MB: a streaming export holds a batch, not the store.
+        assert peak < 70, peak
+        table = pq.read_table(tmp_path / "v.parquet")
+        assert table.num_rows == count
+        ids = table["image_id"].to_numpy()
+        sample = rng.choice(count, 2000, replace=False)
+        stored = collection.store.vectors(ids[sample].tolist())
+        read = np.stack(table["embedding"].to_numpy(zero_copy_only=False)[sample])
+        stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+        assert np.min(np.sum(stored * read, axis=1)) >= 0.9999
+        assert np.allclose(np.linalg.norm(read, axis=1), 1, atol=1e-5)
+        catalog = table["catalog_number"].to_pylist()
+        rows = collection.store.rows(ids[sample[:50]].tolist())
+        assert [catalog[i] for i in sample[:50]] == [rows[int(ids[i])]["catalog_number"]
+                                                     for i in sample[:50]]  # fmt: skip
+
+
+def test_models_lists_every_alias() -> None:
+    result = CliRunner().invoke(main, ["models", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    listed = {row["alias"]: row for row in json.loads(result.output)}
+    assert set(ALIASES) | {"bioclip-demo"} == set(listed)
+    assert listed["bioclip"]["hub"] == "hf-hub:imageomics/bioclip"
+    assert (listed["bioclip"]["dim"], listed["bioclip-2"]["dim"]) == (512, 768)  # DESIGN.md
+    assert listed["bioclip-2.5"]["architecture"] == "ViT-H-14"
+    assert listed["bioclip-demo"]["dim"] == 64 and listed["bioclip-demo"]["cached"]
