@@ -100,8 +100,7 @@ def _structure(meta: bytes) -> tuple[set, set, set]:
     return ({c.tag for c in root}, set(core.attrib), {c.tag for c in core})
 
 
-def test_exported_meta_xml_has_the_structure_of_gbif_downloads(tmp_path: Path,
-                                                                tiny_model: str) -> None:  # fmt: skip
+def test_exported_meta_xml_is_shaped_like_gbif_downloads(tmp_path: Path, tiny_model: str) -> None:
     draw_images(tmp_path / "photos", 6, seed=3)
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
         collection.index([tmp_path / "photos"], progress=False)
