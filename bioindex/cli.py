@@ -194,11 +194,12 @@ def _lower_level(record: logging.LogRecord) -> bool:
 )
 @click.option(
     "--source-type",
-    type=click.Choice(["auto", "folder", "file", "manifest", "dwca", "webdataset"]),
+    type=click.Choice(["auto", "folder", "file", "manifest", "dwca", "webdataset", "iiif"]),
     default="auto",
     show_default=True,
     help="What SOURCES are; auto: folders, images, .csv/.tsv/.parquet manifests, .zip or "
-    "meta.xml folders (Darwin Core Archives), .tar or {..} shard patterns.",
+    "meta.xml folders (Darwin Core Archives), .tar or {..} shard patterns, .json files or "
+    "URLs (IIIF manifests and collections).",
 )
 @click.option(
     "--media-root",
@@ -312,11 +313,15 @@ def index(
       bioindex index gbif-download.zip --store s          # Darwin Core Archive, fetches media
       bioindex index manifest.parquet --store s --media-root /data/images
       bioindex index 'tol/shard-{000000..000165}.tar' --store s   # webdataset shards
+      bioindex index https://example.org/iiif/manifest.json --store s   # IIIF, by canvas
       bioindex index /shared/photos --store s --engine ray --address auto --num-gpus 8
     """
     from bioindex.collection import Collection, scan_sources
+    from bioindex.indexer.remote import FetchPolicy
 
-    scan = scan_sources(sources, metadata, source_type, media_root, allow_outside_paths)
+    scan = scan_sources(sources, metadata, source_type, media_root, allow_outside_paths,
+                        FetchPolicy(timeout=download_timeout,
+                                    allow_private=allow_private_urls))  # fmt: skip
     for warning in scan.warnings:
         click.echo(f"warning: {warning}", err=True)
     with Collection.open(

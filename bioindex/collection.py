@@ -95,6 +95,7 @@ def scan_sources(
     source_type: str = "auto",
     media_root: str | os.PathLike[str] | None = None,
     allow_outside_paths: bool = False,
+    fetch_policy: FetchPolicy | None = None,
 ) -> Scan:
     """List what folders, files, manifests, Darwin Core Archives or tar shards hold
     (raises on missing paths or when nothing is found). Media paths in manifests and
@@ -102,7 +103,8 @@ def scan_sources(
     `allow_outside_paths`."""
     return scan_paths(sources, metadata_file=str(metadata) if metadata else None,
                       source_type=source_type, media_root=media_root,
-                      allow_outside_paths=allow_outside_paths)  # fmt: skip
+                      allow_outside_paths=allow_outside_paths,
+                      fetch_policy=fetch_policy)  # fmt: skip
 
 
 class Collection:
@@ -240,10 +242,13 @@ class Collection:
         'ray://host:port'; none starts a local one) with `num_gpus` GPU actors.
         `gpu_decode` (default: on with CUDA) decodes baseline JPEGs on the model's device;
         `compile` runs the image tower through torch.compile (local engine)."""
+        policy = FetchPolicy(timeout=download_timeout, max_bytes=max_download_bytes,
+                             allow_private=allow_private_urls)  # fmt: skip
         scan = (
             sources
             if isinstance(sources, Scan)
-            else scan_sources(sources, metadata, source_type, media_root, allow_outside_paths)
+            else scan_sources(sources, metadata, source_type, media_root, allow_outside_paths,
+                              policy)  # fmt: skip
         )
         if batch_size is not None and batch_size < 1:
             raise BioindexError(f"batch size must be at least 1, got {batch_size}")
@@ -265,8 +270,7 @@ class Collection:
             commit_every=commit_every,
             progress=progress,
             fast_decode=fast_decode,
-            fetch_policy=FetchPolicy(timeout=download_timeout, max_bytes=max_download_bytes,
-                                     allow_private=allow_private_urls),
+            fetch_policy=policy,
             retry_failed=retry_failed,
             engine=engine,
             gpu_decode=gpu_decode,

@@ -14,13 +14,21 @@ import numpy as np
 from tqdm import tqdm
 
 from bioindex.errors import BioindexError
+from bioindex.indexer import iiif
 from bioindex.indexer.embed import (
     EmbeddedBatch,
     default_batch_size,
     default_workers,
     embed_items,
 )
-from bioindex.indexer.remote import Downloads, FetchPolicy, MediaCache
+from bioindex.indexer.remote import (
+    Downloads,
+    Fetched,
+    FetchPolicy,
+    Getter,
+    MediaCache,
+    fetch,
+)
 from bioindex.indexer.sources import Item, Scan, covered, occurrence_records
 from bioindex.models import EmbeddingModel
 from bioindex.store import Failure, Store
@@ -191,7 +199,8 @@ def run_index(
     cache = MediaCache(store.path / "media-cache")
     cache.sweep()
     downloads = Downloads([i.uri for i in todo if i.remote], cache,
-                          fetch_policy or FetchPolicy())  # fmt: skip
+                          fetch_policy or FetchPolicy(),
+                          get=_getter(todo, int(store.model.get("image_size") or 224)))
     batches = _batches(todo, downloads, embed, commit_every, summary, store.dim)
     writer = Writer(commit)
     chunk: list[EmbeddedBatch] = []
@@ -288,6 +297,19 @@ def _live_ids_of(store: Store, uris: Sequence[str]) -> list[int]:
     return store.catalog.live_ids_of_uris(uris)
 
 
+def _getter(todo: list[Item], image_size: int) -> Getter:
+    """Plain URLs are fetched as they are; IIIF canvases and manifests through the Image
+    API, at a size for a model whose input is `image_size` pixels."""
+    via = {item.uri: item.fetch_via for item in todo if item.remote and item.fetch_via}
+
+    def get(url: str, cache: MediaCache, policy: FetchPolicy) -> Fetched:
+        if url in via:
+            return iiif.fetch_item(url, via[url], cache, policy, image_size)
+        return fetch(url, cache, policy)
+
+    return get
+
+
 def _batches(todo: list[Item], downloads: Downloads,
              embed: Callable[[list[Item]], Iterable[EmbeddedBatch]], wave: int,
              summary: IndexSummary, dim: int) -> Iterator[EmbeddedBatch]:  # fmt: skip
@@ -307,7 +329,8 @@ def _batches(todo: list[Item], downloads: Downloads,
             summary.downloaded += result.downloaded
             stat = result.path.stat()
             ready.append(replace(item, path=str(result.path), size=stat.st_size,
-                                 mtime=stat.st_mtime))  # fmt: skip
+                                 mtime=stat.st_mtime,
+                                 metadata={**result.metadata, **item.metadata}))  # fmt: skip
         if failures:
             yield EmbeddedBatch([], np.zeros((0, dim), np.float32), failures)
         if ready:

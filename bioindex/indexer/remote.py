@@ -19,16 +19,18 @@ from __future__ import annotations
 import hashlib
 import http.client
 import ipaddress
+import json
 import os
 import queue
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -79,6 +81,7 @@ class Fetched:
     path: Path | None = None
     error: str | None = None
     downloaded: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)  # learnt on the way (IIIF labels)
 
 
 class MediaCache:
@@ -149,7 +152,7 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 Opened = tuple[http.client.HTTPConnection, socket.socket, http.client.HTTPResponse]
 
 
-def _open(url: str, policy: FetchPolicy, deadline: float) -> Opened:
+def _open(url: str, policy: FetchPolicy, deadline: float, accept: str = "image/*") -> Opened:
     """A 2xx response for `url` (with its connection and socket), every redirect hop held
     to the policy."""
     for _ in range(policy.max_redirects + 1):
@@ -164,7 +167,7 @@ def _open(url: str, policy: FetchPolicy, deadline: float) -> Opened:
         connection = kind(parts.hostname, port, address, _left(deadline))
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection.request("GET", target, headers={"User-Agent": "bioindex (media fetch)",
-                                                   "Accept": "image/*"})  # fmt: skip
+                                                   "Accept": accept})  # fmt: skip
         # Kept: a response that closes the connection takes the socket from `connection`.
         sock = connection.sock
         response = connection.getresponse()
@@ -257,14 +260,52 @@ def fetch(url: str, cache: MediaCache, policy: FetchPolicy = FetchPolicy()) -> F
     return Fetched(url, error=error)
 
 
+def read_json(url: str, policy: FetchPolicy, max_bytes: int = 4 << 20) -> Any:
+    """A small JSON document (a IIIF manifest or info.json) under the same policy as media:
+    public addresses only, one deadline, a size cap. Raises ValueError with the reason."""
+    deadline = time.monotonic() + policy.timeout
+    try:
+        connection, sock, response = _open(url, policy, deadline,
+                                           accept="application/ld+json, application/json")
+        try:
+            body = bytearray()
+            while True:
+                sock.settimeout(_left(deadline))
+                chunk = response.read1(_CHUNK)
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ValueError(f"larger than {max_bytes >> 20} MiB")
+        finally:
+            connection.close()
+    except TimeoutError:
+        raise ValueError(f"timed out after {policy.timeout:g}s") from None
+    except _Status as exc:
+        raise ValueError(str(exc)) from None
+    except Refused as exc:
+        raise ValueError(str(exc)) from None
+    except (OSError, http.client.HTTPException):
+        raise ValueError("could not connect") from None
+    try:
+        return json.loads(bytes(body))
+    except ValueError:
+        raise ValueError("not JSON") from None
+
+
+Getter = Callable[[str, "MediaCache", FetchPolicy], Fetched]
+
+
 class Downloads:
     """Fetches URLs on a thread pool from the moment it is made, and hands the results
     over as they finish, so a slow server holds back only its own files. At most `window`
     results are in flight or waiting to be taken."""
 
     def __init__(self, urls: Sequence[str], cache: MediaCache, policy: FetchPolicy,
-                 concurrency: int = DEFAULT_CONCURRENCY, window: int = 256):  # fmt: skip
+                 concurrency: int = DEFAULT_CONCURRENCY, window: int = 256,
+                 get: Getter | None = None):  # fmt: skip
         self.total = len(urls)
+        self._get = get or fetch
         self._done: queue.Queue[Fetched] = queue.Queue()
         self._slots = threading.BoundedSemaphore(max(window, concurrency))
         self._stop = threading.Event()
@@ -285,7 +326,7 @@ class Downloads:
 
     def _one(self, url: str, cache: MediaCache, policy: FetchPolicy) -> None:
         try:
-            result = fetch(url, cache, policy)
+            result = self._get(url, cache, policy)
         except Exception as exc:  # noqa: BLE001 - a failed fetch is a result, never a crash
             result = Fetched(url, error=f"{type(exc).__name__}: {exc}")
         self._done.put(result)

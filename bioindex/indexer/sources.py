@@ -7,6 +7,7 @@ Source types (chosen from the path unless --source-type says):
   dwca         a Darwin Core Archive (zip or folder with meta.xml; iDigBio's layout too)
   webdataset   tar shards, brace patterns allowed (shard-{000000..000165}.tar), with the
                TreeOfLife-10M keys (jpg, taxonomic_name.txt, scientific_name.txt, …)
+  iiif         a IIIF Presentation manifest or collection (v2 or v3), a .json file or URL
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from typing import Any
 
 from bioindex.errors import BioindexError
 from bioindex.images import IMAGE_EXTENSIONS
+from bioindex.indexer import iiif
 from bioindex.indexer.lines import Lines
-from bioindex.indexer.remote import is_remote
+from bioindex.indexer.remote import FetchPolicy, is_remote
 
 MAX_FILE_BYTES = 1 << 30  # one image file; a 150 MP uncompressed TIFF master is ~450 MB
-SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "webdataset")
+SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "webdataset", "iiif")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 _URI_COLUMNS = ("path", "file", "filename", "uri", "url", "identifier", "accessuri", "image")
 _SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -44,6 +46,7 @@ class Item:
     mtime: float | None
     metadata: dict[str, Any] = field(default_factory=dict)
     offset: int | None = None  # bytes of a tar member start here in `path`
+    fetch_via: str = ""  # how a remote item is fetched, when not from its uri (IIIF)
 
     def read_bytes(self, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         """The file's bytes; only a regular file is read (a device, pipe or socket named in
@@ -66,7 +69,7 @@ class Item:
 
     @property
     def remote(self) -> bool:
-        return not self.path and is_remote(self.uri)
+        return not self.path and (bool(self.fetch_via) or is_remote(self.uri))
 
 
 @dataclass
@@ -89,6 +92,7 @@ def scan_paths(
     source_type: str = "auto",
     media_root: str | os.PathLike[str] | None = None,
     allow_outside_paths: bool = False,
+    fetch_policy: FetchPolicy | None = None,
 ) -> Scan:
     """List what the sources hold; raise on missing paths or when nothing is found.
     Media paths of manifests and archives must stay inside their folder (or `media_root`)
@@ -102,6 +106,11 @@ def scan_paths(
     items: dict[str, Item] = {}
     for raw in paths:
         kind = source_type if source_type != "auto" else detect(str(raw))
+        if kind == "iiif":
+            scan.sources.append(str(raw) if is_remote(str(raw)) else
+                                str(Path(raw).expanduser().resolve()))  # fmt: skip
+            _scan_iiif(str(raw), items, fetch_policy or FetchPolicy())
+            continue
         if kind == "webdataset":
             scan.sources.append(str(raw))
             _scan_shards(str(raw), items, scan)
@@ -132,6 +141,8 @@ def scan_paths(
 
 
 def detect(raw: str) -> str:
+    if is_remote(raw):
+        return "iiif"  # the one kind of source given by URL
     if "{" in raw and "}" in raw or raw.endswith(".tar"):
         return "webdataset"
     path = Path(raw).expanduser()
@@ -144,6 +155,8 @@ def detect(raw: str) -> str:
         return "dwca"
     if suffix in TABLE_SUFFIXES:
         return "manifest"
+    if suffix in (".json", ".jsonld"):
+        return "iiif"
     if suffix in IMAGE_EXTENSIONS or not path.exists():
         return "file"
     raise BioindexError(f"source {raw} is not a folder, image, table, archive or tar shard")
@@ -274,6 +287,10 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
                     metadata = {**terms,
                                 **{k: v for k, v in media.items() if k in _MEDIA_TERMS}}
                     metadata["mediaIdentifier"] = uri
+                    if _names_a_manifest(media):  # CETAF: a IIIF manifest per specimen
+                        item = Item(uri, "", None, None, metadata, fetch_via=iiif.MANIFEST)
+                        items.setdefault(uri, item)
+                        continue
                     member = None if is_remote(uri) else archive.stored_member(uri)
                     if member is not None:  # an image inside the zip (an exported archive)
                         offset, size, mtime = member
@@ -282,6 +299,12 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
                         continue
                     _add_media(uri, base, metadata, items, scan, anywhere)
         scan.warnings.extend(archive.warnings)
+
+
+def _names_a_manifest(media: dict[str, str]) -> bool:
+    expectation = media.get("serviceExpectation", "").strip().upper()
+    kind = media.get("format", "").strip().lower()
+    return expectation == "IIIF" or kind in ("application/ld+json", "application/json")
 
 
 def occurrence_records(archive_path: str) -> Iterator[dict[str, Any]]:
@@ -301,6 +324,32 @@ def occurrence_records(archive_path: str) -> Iterator[dict[str, Any]]:
 
 
 _MEDIA_TERMS = ("license", "creator", "rightsHolder", "rights", "format", "title", "references")
+
+
+# ---- IIIF manifests and collections --------------------------------------------------
+
+
+def _scan_iiif(source: str, items: dict[str, Item], policy: FetchPolicy) -> None:
+    """Every canvas of a manifest, or of every manifest a collection lists (at any depth,
+    each document read once)."""
+    pending, seen = [source], set()
+    while pending and len(seen) < iiif.MAX_MANIFESTS:
+        location = pending.pop(0)
+        if location in seen:
+            continue
+        seen.add(location)
+        document = iiif.read_manifest(location, policy)
+        if iiif.is_collection(document):
+            manifests, collections = iiif.members(document)
+            pending.extend(manifests + collections)
+            continue
+        shared = iiif.manifest_metadata(document)
+        for canvas in iiif.canvases(document):
+            metadata = {**shared, "iiifCanvas": canvas.id}
+            if canvas.label:
+                metadata["canvasLabel"] = canvas.label
+            item = Item(canvas.id, "", None, None, metadata, fetch_via=canvas.fetch_via)
+            items.setdefault(item.uri, item)
 
 
 # ---- webdataset tar shards -------------------------------------------------------------
