@@ -37,6 +37,7 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     from bioindex.serve.app import create_app
 
     root = write_collection(tmp_path_factory.mktemp("web"), per_species=3, seed=78)
+    _link_records(root / "occurrences.csv")
     with Collection.open(root / "store", model="bioclip-demo", create=True, device="cpu") as col:
         col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
     app = create_app(root / "store", device="cpu")
@@ -45,6 +46,21 @@ def site(tmp_path_factory: pytest.TempPathFactory):
         yield browser, live.url, root
         browser.close()
     app.state.collection.close()
+
+
+RECORDS = "https://collections.example.org/specimen/"
+
+
+def _link_records(table: Path) -> None:
+    """Give every record a web page (dcterms:references), as a museum's catalog has."""
+    import csv
+
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(table, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], "references"])
+        writer.writeheader()
+        writer.writerows({**row, "references": RECORDS + row["catalogNumber"]} for row in rows)
 
 
 def screenshot_folder() -> Path:
@@ -161,4 +177,19 @@ def test_page_runs_under_its_own_csp(site) -> None:
     page.wait_for_selector(".card img")
     page.wait_for_selector("#status:has-text('records of')")
     assert not problems
+    page.close()
+
+
+def test_cards_link_to_the_record_and_show_institution_and_rights(site) -> None:
+    browser, url, _ = site
+    page = browser.new_page(bypass_csp=True)
+    page.goto(url + "?q=" + SPECIES[30].taxon.family)
+    page.wait_for_selector(".card a.record")
+    cards = page.eval_on_selector_all(".card", "els => els.map(e => ({catalog: "
+                                      "e.dataset.catalog, link: e.querySelector('a.record')"
+                                      ".href, rights: e.querySelector('.rights').innerText, "
+                                      "text: e.innerText}))")  # fmt: skip
+    assert cards and all(c["link"] == RECORDS + c["catalog"] for c in cards)
+    assert all(c["rights"].startswith("licence ") and "©" in c["rights"] for c in cards)
+    assert all(c["catalog"].split("-")[0] in c["text"] for c in cards)  # the institution code
     page.close()

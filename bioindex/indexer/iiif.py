@@ -125,7 +125,7 @@ def canvases(manifest: dict[str, Any]) -> list[Canvas]:
 def manifest_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
     """What the catalog keeps of a manifest: its label, its metadata pairs (a label that
     names a Darwin Core term, such as "Catalog Number", fills that column), its rights and
-    required statement, and the manifest's own id (dcterms:references)."""
+    required statement, and the manifest's own id."""
     metadata: dict[str, Any] = {}
     for pair in manifest.get("metadata") or []:
         if isinstance(pair, dict):
@@ -141,7 +141,7 @@ def manifest_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
     holder = holder or text(manifest.get("attribution"))
     if holder:
         metadata["rightsHolder"] = holder
-    metadata["references"] = _id(manifest)
+    metadata["iiifManifest"] = _id(manifest)
     return {k: v for k, v in metadata.items() if v}
 
 

@@ -99,9 +99,23 @@ def to_hits(store: Store, pairs: list[tuple[float, int]], why: str | None = None
         if row is None:  # the index and catalog disagree: never show a ghost
             continue
         metadata = {c: row[c] for c in SUMMARY_COLUMNS if row.get(c) not in (None, "")}
+        link = occurrence_url(row)
+        if link:
+            metadata["occurrence_url"] = link
         hits.append(Hit(start + len(hits), score, image_id, row["uri"], metadata, why,
                         display_path(row["uri"], roots)))  # fmt: skip
     return hits
+
+
+def occurrence_url(row: dict[str, Any]) -> str | None:
+    """Where a record can be read on the web: its dcterms:references, an occurrenceID that
+    is a URL (CETAF stable identifiers are), or its GBIF occurrence page (gbifID)."""
+    extra = row.get("extra") if isinstance(row.get("extra"), dict) else {}
+    for candidate in (extra.get("references"), row.get("occurrence_id")):
+        if isinstance(candidate, str) and candidate.startswith(("https://", "http://")):
+            return candidate
+    key = str(extra.get("gbifID") or "").strip()
+    return f"https://www.gbif.org/occurrence/{key}" if key.isdigit() else None
 
 
 def source_roots(runs: list[dict[str, Any]]) -> tuple[str, ...]:

@@ -37,7 +37,8 @@ function card(r) {
       <div class="meta">score ${Number(r.score).toFixed(3)}${r.catalog_number ? " · " + esc(r.catalog_number) : ""}</div>
       ${r.scientific_name ? `<div class="path">${esc(r.path || "")}</div>` : ""}
       <div class="meta">${esc(r.institution_code || "")} ${esc(r.country_code || "")} ${esc(r.event_date || "")}</div>
-      <div class="meta">${esc(r.license || "")}${r.rights_holder ? " · " + esc(r.rights_holder) : ""}</div>
+      <div class="meta rights">${r.license ? "licence " + esc(r.license) : ""}${r.rights_holder ? " · © " + esc(r.rights_holder) : ""}</div>
+      ${/^https?:\/\//.test(r.occurrence_url || "") ? `<a class="record" href="${esc(r.occurrence_url)}" target="_blank" rel="noopener noreferrer">occurrence record</a>` : ""}
     </div>`;
 }
 
