@@ -181,6 +181,24 @@ def test_a_manifest_is_indexed_at_model_size_and_a_rerun_fetches_nothing(
     iiif.reset()
     output = _index(str(manifest), tmp_path / "s", tiny_model)
     assert "embedded 0, unchanged 5" in output and iiif.sent == 0
+    assert _thumbnails_served(tmp_path / "s") == 5 and iiif.sent == 0  # from the media cache
+
+
+def _thumbnails_served(store: Path) -> int:
+    from fastapi.testclient import TestClient
+
+    from bioindex.serve.app import create_app
+
+    app = create_app(store, device="cpu", hosts=("testserver",))
+    try:
+        with TestClient(app) as client:
+            ids = [r["image_id"] for r in client.get("/api/search/text?q=sheet&k=50")
+                   .json()["results"]]  # fmt: skip
+            answers = [client.get(f"/api/thumbnails/{i}?size=64") for i in ids]
+        return sum(a.status_code == 200 and a.headers["content-type"] == "image/jpeg"
+                   for a in answers)  # fmt: skip
+    finally:
+        app.state.collection.close()
 
 
 CETAF_META = """<?xml version="1.0" encoding="UTF-8"?>

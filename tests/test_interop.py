@@ -82,6 +82,9 @@ def test_darwin_core_archive_round_trip(tmp_path: Path, tiny_model: str) -> None
     assert _occurrences(tmp_path / "second") == _occurrences(first)
     assert _images(tmp_path / "second") == _images(first)
     assert {row[0] for row in _images(first).values()} == set(with_images)
+    from tests.test_iiif import _thumbnails_served
+
+    assert _thumbnails_served(tmp_path / "second") == 12  # read from inside the zip
 
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         identified = archive.read("identification.txt").decode().splitlines()

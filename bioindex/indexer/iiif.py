@@ -247,6 +247,9 @@ def fetch_item(key: str, via: str, cache: MediaCache, policy: FetchPolicy,
     """Fetch the image behind a canvas (or a manifest's first canvas) at the size the
     model needs. The result is keyed by `key` (the item's uri)."""
     metadata: dict[str, Any] = {}
+    cached = cache.cached(key)
+    if cached is not None and via != MANIFEST:  # fetched before a run was stopped
+        return Fetched(key, cached)
     try:
         if via == MANIFEST:
             manifest = read_manifest(key, policy)
@@ -266,4 +269,24 @@ def fetch_item(key: str, via: str, cache: MediaCache, policy: FetchPolicy,
     except (ValueError, BioindexError) as exc:
         return Fetched(key, error=f"IIIF: {exc}")
     fetched = fetch(url, cache, policy)
+    if fetched.path is not None:
+        # Also under the item's own uri: thumbnails and reruns find it by what the catalog
+        # holds (the canvas or manifest), not by a URL that depended on info.json.
+        _link(fetched.path, cache.path_for(key))
     return Fetched(key, fetched.path, fetched.error, fetched.downloaded, metadata)
+
+
+def _link(source: Path, target: Path) -> None:
+    import os
+
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".{os.getpid()}.link.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

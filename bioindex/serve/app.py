@@ -391,10 +391,29 @@ def _image_bytes(collection: Collection, row: dict) -> bytes | None:
         if is_remote(uri):
             cached = MediaCache(collection.store.path / "media-cache").cached(uri)
             return cached.read_bytes() if cached else None
-        if "#" in uri and uri.split("#", 1)[0].endswith(".tar"):
+        container = uri.split("#", 1)[0] if "#" in uri else ""
+        if container.endswith(".tar"):
             return _tar_member(uri)
+        if container.endswith(".zip"):
+            return _zip_member(uri, row.get("size"))
         return Item(uri, uri, row.get("size"), row.get("mtime")).read_bytes()
     except OSError:
+        return None
+
+
+def _zip_member(uri: str, size: int | None) -> bytes | None:
+    """An image stored in a zipped Darwin Core Archive, at most the size it was indexed at."""
+    import zipfile
+
+    archive, name = uri.split("#", 1)
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            info = opened.getinfo(name)
+            if size is not None and info.file_size != size:
+                return None  # the archive changed since: not the indexed image
+            with opened.open(info) as member:
+                return member.read(info.file_size + 1)
+    except (KeyError, zipfile.BadZipFile):
         return None
 
 
