@@ -583,9 +583,10 @@ class Collection:
             for prediction in predictions:
                 name = (prediction.taxon.name_at(rank) if prediction.taxon is not None
                         else prediction.label) or ""  # fmt: skip
-                if name.strip():
-                    yield Identification(int(prediction.file), name, rank, prediction.score,
-                                         method, str(model))  # fmt: skip
+                if name.strip():  # a free label (labels=["cat", …]) names no rank
+                    yield Identification(int(prediction.file), name,
+                                         rank if prediction.taxon is not None else "",
+                                         prediction.score, method, str(model))  # fmt: skip
 
     def export(self, path: str | os.PathLike[str], fmt: str = "dwca", *, where: Where = None,
                image_ids: Sequence[int] | None = None, identify: bool = False,

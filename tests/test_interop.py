@@ -16,6 +16,7 @@ from bioindex import Collection
 from bioindex.cli import main
 from bioindex.indexer.dwca import Archive
 from bioindex.models import ALIASES
+from bioindex.search.labels import labels_from_strings
 from bioindex.store import ImageRecord, Store
 from tests.conftest import draw_images, shared
 
@@ -108,6 +109,13 @@ def test_exported_meta_xml_is_shaped_like_gbif_downloads(tmp_path: Path, tiny_mo
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
         collection.index([tmp_path / "photos"], progress=False)
         written = collection.export(tmp_path / "plain.zip")  # a plain folder: no records
+        free = labels_from_strings(["cat", "dog"], "labels")
+        labelled = collection.export(tmp_path / "labels.zip", identify=True, labels=free)
+    with zipfile.ZipFile(tmp_path / "labels.zip") as archive:
+        rows = [line.split("\t") for line in
+                archive.read("identification.txt").decode().splitlines()[1:]]
+    assert labelled["identifications"] == 6 == len(rows)
+    assert all(row[1] in ("cat", "dog") and row[2] == "" for row in rows)  # a label has no rank
     assert written["occurrences"] == 6 and written["media_referenced"] == 6
     with zipfile.ZipFile(shared("dwca", "gbif-results.zip")) as gbif:
         reference = _structure(gbif.read("meta.xml"))
