@@ -72,6 +72,7 @@ class Catalog:
         for table, columns in _TABLES.items():
             self._run(f"CREATE TABLE _empty_{table} ({_ddl(columns)})")
         self.files: dict[str, list[str]] = {}
+        self.snap: Snapshot | None = None  # the generation the views read
         self._registered: list[str] = []  # id arrays registered for the statement in hand
 
     def close(self) -> None:
@@ -91,6 +92,7 @@ class Catalog:
                 continue
             self._run(f"CREATE OR REPLACE VIEW {table} AS {self._source(table, names)}")
             self.files[table] = names
+        self.snap = snap
 
     def _source(self, table: str, names: Sequence[str]) -> str:
         if not names:

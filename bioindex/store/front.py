@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -91,15 +92,33 @@ class Store:
         self.manifest = manifest
         self.read_only = read_only
         self._lock = lock
-        self.catalog = Catalog(root)
+        # One DuckDB connection per thread (a connection serves one statement at a time),
+        # each pointed at the generation the store is at when that thread next reads.
+        self._local = threading.local()
+        self._catalogs: list[Catalog] = []
+        self._catalogs_lock = threading.Lock()
         self._pin = snapshot.Pin(root) if read_only else None
         self._shards = shards.Shards(root, [])
-        self._live = LiveIndex(root, self.catalog, self._shards, mapped=map_index and read_only)
+        self._live = LiveIndex(root, lambda: self.catalog, self._shards,
+                               mapped=map_index and read_only)  # fmt: skip
         self.builder: IndexBuilder = local_builder
         self._verified: set[str] = set()  # catalog files already checked against records
         self.snap: Snapshot = self._pin.latest() if self._pin else snapshot.read(
             root, snapshot.read_current(root))
         self._attach(self.snap)
+
+    @property
+    def catalog(self) -> Catalog:
+        """This thread's catalog connection, at the store's generation."""
+        catalog = getattr(self._local, "catalog", None)
+        if catalog is None:
+            catalog = Catalog(self.path)
+            with self._catalogs_lock:
+                self._catalogs.append(catalog)
+            self._local.catalog = catalog
+        if catalog.snap is not self.snap and getattr(self, "snap", None) is not None:
+            catalog.attach(self.snap)
+        return catalog
 
     # ---- opening -------------------------------------------------------------------
 
@@ -201,7 +220,11 @@ class Store:
             self._lock.release()
         if self._pin is not None:
             self._pin.release()
-        self.catalog.close()
+        with self._catalogs_lock:
+            for catalog in self._catalogs:
+                catalog.close()
+            self._catalogs.clear()
+        self._local = threading.local()
 
     def __enter__(self) -> Store:
         return self
@@ -219,6 +242,10 @@ class Store:
 
     def generation(self) -> int:
         return self.snap.generation
+
+    def stale(self) -> bool:
+        """Whether a newer generation is there to move to (one stat call)."""
+        return self._pin is not None and self._pin.changed()
 
     def refresh(self) -> bool:
         """Move a reader to the newest generation, if there is one (one stat call when

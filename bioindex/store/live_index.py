@@ -56,9 +56,10 @@ def shard_number(name: str) -> int:
 class LiveIndex:
     """One FAISS index and what it holds, following the generation a store is at."""
 
-    def __init__(self, root: Path, catalog: Catalog, shards: Shards, mapped: bool = False):
+    def __init__(self, root: Path, catalog: Callable[[], Catalog], shards: Shards,
+                 mapped: bool = False):  # fmt: skip
         self.root = root
-        self.catalog = catalog
+        self._catalog = catalog  # the calling thread's catalog (see Store.catalog)
         self.shards = shards
         self.mapped = mapped
         self.index: Any = None
@@ -71,6 +72,10 @@ class LiveIndex:
         self._located: Any = None
         self._mapped = False  # the index views its file (read-only)
         self.spec_json: Any = None  # the snapshot's spec object this index was checked against
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog()
 
     @property
     def loaded(self) -> bool:
