@@ -982,12 +982,15 @@ def demo(workdir: str, images_per_species: int, seed: int, device: str) -> None:
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--max-megapixels", default=50, show_default=True, type=click.IntRange(1, 1000),
               help="Uploads larger than this are refused from their header, before decoding.")
+@click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Requests answered at once; their model calls are batched together. "
+              "1: one request at a time.")
 @model_option
 @device_option
 @_friendly
 def serve(store: str, host: str, port: int, token: str | None, public: bool,
           allowed_hosts: Sequence[str], max_upload_mb: int, max_megapixels: int,
-          model: str | None, device: str) -> None:  # fmt: skip
+          workers: int, model: str | None, device: str) -> None:  # fmt: skip
     """HTTP API (JSON, OpenAPI at /docs) and a search page over a store, read-only.
 
     \b
@@ -1015,9 +1018,15 @@ def serve(store: str, host: str, port: int, token: str | None, public: bool,
                    + ("only clients with the token are answered" if token else
                       "anyone who can reach this port can search the collection"),
                    err=True)  # fmt: skip
+    if workers > 1:
+        import faiss
+
+        # Requests search side by side: one OpenMP team per search would oversubscribe
+        # the cores (every team spins up all cores for one small query).
+        faiss.omp_set_num_threads(1)
     app = create_app(store, model=model, device=device, token=token, hosts=hosts,
                      max_upload_bytes=max_upload_mb * 1024 * 1024,
-                     max_pixels=max_megapixels * 1_000_000)  # fmt: skip
+                     max_pixels=max_megapixels * 1_000_000, workers=workers)  # fmt: skip
     collection = app.state.collection
     click.echo(f"store {store}: {collection.store.live_count()} images, model "
                f"{collection.identity.name} on {collection.model.device}", err=True)  # fmt: skip

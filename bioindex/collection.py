@@ -11,7 +11,9 @@ with Collection.open("my-store", model="bioclip", create=True) as col:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,11 +109,37 @@ def scan_sources(
                       fetch_policy=fetch_policy)  # fmt: skip
 
 
+class RecentTexts:
+    """The latest text vectors in memory (a server is asked the same texts over and over;
+    the query cache on disk costs a file read each). Thread-safe, least recently used out."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            found = {t: self._vectors[t] for t in texts if t in self._vectors}
+            for text in found:
+                self._vectors.move_to_end(text)
+        return found
+
+    def put_many(self, pairs: Iterable[tuple[str, np.ndarray]]) -> None:
+        with self._lock:
+            for text, vector in pairs:
+                self._vectors[text] = vector
+                self._vectors.move_to_end(text)
+            while len(self._vectors) > self.size:
+                self._vectors.popitem(last=False)
+
+
 class Collection:
     def __init__(self, store: Store, model: EmbeddingModel | None = None, device: str = "auto"):
         self.store = store
         self._model = model
         self._device = device
+        self._recent_texts = RecentTexts()
 
     @classmethod
     def open(
@@ -175,6 +203,9 @@ class Collection:
         return collection
 
     def close(self, save_index: bool = True) -> None:
+        stop = getattr(type(self._model), "close", None)  # a batching stand-in's thread
+        if stop is not None:
+            stop(self._model)
         self.store.close(save_index)
 
     def __enter__(self) -> Collection:
@@ -310,14 +341,28 @@ class Collection:
 
     # ---- reading -------------------------------------------------------------------
 
+    def use_model(self, model: Any) -> None:
+        """Encode through `model`: an EmbeddingModel of the store's identity, or a stand-in
+        with its encode calls (the server's batching one)."""
+        self._model = model
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit vectors of texts; ones asked before come from the store's query cache, so
-        a repeated query does not load the model."""
+        """Unit vectors of texts; ones asked before come from memory or the store's query
+        cache, so a repeated query does not load the model."""
         from bioindex.store.query_cache import QueryCache
 
-        manifest = self.store.model
-        cache = QueryCache(self.store.path, manifest["weights_sha256"], self.store.dim)
-        return cache.embed(list(texts), lambda missing: self.model.encode_texts(missing))
+        texts = list(texts)
+        known = self._recent_texts.get_many(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        if missing:
+            manifest = self.store.model
+            cache = QueryCache(self.store.path, manifest["weights_sha256"], self.store.dim)
+            found = cache.embed(missing, lambda new: self.model.encode_texts(new))
+            known.update(zip(missing, found))
+            self._recent_texts.put_many(zip(missing, found))
+        if not texts:
+            return np.zeros((0, self.store.dim), dtype=np.float32)
+        return np.stack([known[t] for t in texts])
 
     def embed_image(self, path: str | os.PathLike[str]) -> np.ndarray:
         file = Path(path)

@@ -32,12 +32,14 @@ from bioindex.indexer.remote import is_remote
 from bioindex.search.filters import parse_where
 from bioindex.search.labels import labels_from_strings
 from bioindex.search.query import check_k, display_path, group_by_occurrence, source_roots
+from bioindex.serve.concurrency import BatchingModel, Gate
 from bioindex.serve.guard import LOOPBACK_NAMES, Guard
 from bioindex.taxonomy import RANKS
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000  # a 50 MP upload decodes to ~150 MB of RGB
 DECODE_WORKERS = 2  # uploads decoded at once; more wait their turn without blocking searches
+DEFAULT_WORKERS = 8  # requests answered at once (FAISS, DuckDB and torch release the GIL)
 MAX_K = 1000
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -84,14 +86,19 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     token: str | None = None,
     hosts: tuple[str, ...] = LOOPBACK_NAMES,
+    workers: int = DEFAULT_WORKERS,
 ) -> FastAPI:
     """The app. `hosts`: the Host names it answers to; `token`: when given, every API call
-    must carry it (bearer header, or the cookie the page sets)."""
+    must carry it (bearer header, or the cookie the page sets); `workers`: requests served
+    at once (1: one at a time, the model called per request)."""
     collection = Collection.open(store, model=model, device=device, read_only=True)
-    collection.model  # load once, now, not on the first request  # noqa: B018
-    # The catalog connection and the torch model are used one request at a time; each
-    # request first moves to the store's newest generation (a stat call when unchanged).
-    lock = _Reading(collection)
+    loaded = collection.model  # load once, now, not on the first request
+    collection.store.index()
+    if workers > 1:
+        collection.use_model(BatchingModel(loaded))
+    # Each request reads one generation; a newer one is moved to between requests (a stat
+    # call when there is none). See concurrency.py.
+    lock = Gate(collection, workers)
     decoding = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="bioindex-upload")
     metrics = Metrics()
     app = FastAPIOffline(title="bioindex", version="0.1.0",
@@ -155,20 +162,21 @@ def create_app(
         return data
 
     async def upload_vector(data: bytes):
-        """Decoded and preprocessed in the upload pool; only the model call takes the lock."""
+        """Decoded and preprocessed in the upload pool, then embedded (batched with other
+        requests' images when the server runs workers side by side)."""
         future = decoding.submit(_prepare_upload, collection, data, max_pixels)
         pixels = await asyncio.wrap_future(future)
-        with lock:
+        with lock.reading():
             return collection.embed_pixels(pixels)
 
     @app.get("/api/health")
     def health() -> dict:
-        with lock:
+        with lock.reading():
             return {"status": "ok", "images": collection.store.live_count()}
 
     @app.get("/api/info")
     def info() -> dict:
-        with lock:
+        with lock.reading():
             data = collection.info()
             data["names_taxa"] = collection.catalog_names_taxa()
         data.pop("store", None)  # the server's own paths are not the client's business
@@ -182,7 +190,7 @@ def create_app(
         look-alikes), a Latin name it does not (look-alikes), or free text."""
         k = k_of(k)
         fetch = k * 5 if group_by else k
-        with lock:
+        with lock.reading():
             answer = collection.search(q, k=fetch, where=where_of(where))
         return {**answer.to_dict(), **hits_json(answer.hits, group_by, k)}
 
@@ -191,7 +199,7 @@ def create_app(
                     group_by: str | None = None) -> dict:  # fmt: skip
         k = k_of(k)
         fetch = k * 5 if group_by else k
-        with lock:
+        with lock.reading():
             hits = collection.search_text(q, k=fetch, where=where_of(where))
         return hits_json(hits, group_by, k)
 
@@ -201,14 +209,14 @@ def create_app(
                      ) -> dict:  # fmt: skip
         k = k_of(k)
         fetch = k * 5 if group_by else k
-        with lock:
+        with lock.reading():
             hits = collection.search_taxon(name, k=fetch, mode=mode, where=where_of(where))
         return hits_json(hits, group_by, k)
 
     @app.get("/api/search/id/{image_id}")
     def search_id(image_id: int, k: int = 10, where: list[str] | None = Query(None)) -> dict:
         k = k_of(k)
-        with lock:
+        with lock.reading():
             known = collection.store.rows([image_id])
             if image_id not in known or known[image_id].get("status") != "live":
                 raise ApiError(404, f"no image with id {image_id}")
@@ -223,7 +231,7 @@ def create_app(
         conditions = where_of(where)
         vector = await upload_vector(await read_upload(file))
         fetch = k * 5 if group_by else k
-        with lock:
+        with lock.reading():
             hits = collection.search_vector(vector, k=fetch, where=conditions)
         return hits_json(hits, group_by, k)
 
@@ -240,7 +248,7 @@ def create_app(
         where = body.get("where") or []
         if not isinstance(where, list) or not all(isinstance(w, str) for w in where):
             raise ApiError(400, "'where' must be a list of strings")
-        with lock:
+        with lock.reading():
             hits = collection.search_vector(vector, k=k, where=where_of(where))
         return hits_json(hits, None, k)
 
@@ -252,7 +260,7 @@ def create_app(
         k = k_of(k)
         label_set = labels_from_strings(labels.split(","), "labels") if labels else None
         vector = await upload_vector(await read_upload(file))
-        with lock:
+        with lock.reading():
             predictions = collection.classify_vectors(
                 [file.filename or "upload"], vector[None], rank=rank, k=k, method=method,
                 labels=label_set,
@@ -268,7 +276,7 @@ def create_app(
 
     @app.get("/api/records/{image_id}")
     def record(image_id: int) -> dict:
-        with lock:
+        with lock.reading():
             rows = collection.store.rows([image_id])
         if image_id not in rows:
             raise ApiError(404, f"no image with id {image_id}")
@@ -283,7 +291,7 @@ def create_app(
     def thumbnail(image_id: int, size: int = 256) -> Response:
         if not 16 <= size <= 1024:
             raise ApiError(400, "size must be between 16 and 1024")
-        with lock:
+        with lock.reading():
             rows = collection.store.rows([image_id])
         if image_id not in rows:
             raise ApiError(404, f"no image with id {image_id}")
@@ -307,7 +315,7 @@ def create_app(
         if not 1 <= limit <= 200:
             raise ApiError(400, "limit must be between 1 and 200")
         key = prefix.strip().lower()
-        with lock:
+        with lock.reading():
             try:
                 names = collection.taxon_names()
             except BioindexError:
@@ -360,25 +368,6 @@ def _prepare_upload(collection: Collection, data: bytes, max_pixels: int) -> Any
         raise ApiError(413, exc.message) from exc
     except BioindexError as exc:
         raise ApiError(415, exc.message) from exc
-
-
-class _Reading:
-    """The lock around the collection; entering it also refreshes the generation read."""
-
-    def __init__(self, collection: Collection):
-        self._lock = threading.Lock()
-        self._collection = collection
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-        try:
-            self._collection.refresh()
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
 
 
 def _image_bytes(collection: Collection, row: dict) -> bytes | None:

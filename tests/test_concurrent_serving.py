@@ -1,0 +1,128 @@
+"""Many requests at once: the server answers them side by side, batches their model calls,
+and answers exactly what one-at-a-time calls answer."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bioindex import Collection
+from tests.conftest import LiveServer, draw_images
+
+TEXTS = ["a photo of a red circle"] * 8 + [f"a photo of shape {n}" for n in range(8)]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tuple[Path, Path]:
+    """Two copies of one store, made before any query: neither has a cached text vector."""
+    root = tmp_path_factory.mktemp("concurrent")
+    rows = ["file,scientificName"]
+    for i, path in enumerate(draw_images(root / "photos", 40, seed=5)):
+        rows.append(f"{path.relative_to(root / 'photos')},{('Felis catus', 'Ursus arctos')[i % 2]}")
+    (root / "meta.csv").write_text("\n".join(rows) + "\n")
+    with Collection.open(root / "one", model=tiny_model, create=True) as collection:
+        collection.index([root / "photos"], metadata=root / "meta.csv", progress=False)
+    shutil.copytree(root / "one", root / "other")
+    return root / "one", root / "other"
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _post_image(url: str, data: bytes) -> dict:
+    boundary = "bioindexboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"q.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + data + \
+        f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    request = urllib.request.Request(url, data=body, headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _requests(base: str, pictures: list[bytes]) -> list:
+    texts = [lambda t=t: _get(f"{base}/api/search/text?q={urllib.request.quote(t)}&k=10")
+             for t in TEXTS]  # fmt: skip
+    taxa = [lambda: _get(f"{base}/api/search?q=Felis%20catus&k=5")] * 4
+    images = [lambda p=p: _post_image(f"{base}/api/search/image?k=5", p) for p in pictures]
+    return texts + taxa + images
+
+
+def _answers(store: Path, workers: int, pictures: list[bytes]) -> tuple[list, list]:
+    from bioindex.serve.app import create_app
+
+    app = create_app(store, device="cpu", workers=workers)
+    try:
+        with LiveServer(app) as live:
+            calls = _requests(live.url, pictures)
+            if workers == 1:
+                answers = [call() for call in calls]
+            else:
+                start = threading.Barrier(len(calls))
+
+                def together(call):
+                    start.wait(timeout=30)
+                    return call()
+
+                with ThreadPoolExecutor(len(calls)) as pool:
+                    answers = list(pool.map(together, calls))
+        batches = getattr(app.state.collection.model, "batches", {})
+        return answers, [list(batches.get(kind, [])) for kind in ("texts", "images")]
+    finally:
+        app.state.collection.close()
+
+
+def test_concurrent_requests_answer_what_serial_ones_do(stores) -> None:
+    pictures = []
+    for path in draw_images(stores[0].parent / "queries", 4, seed=77):
+        out = io.BytesIO()
+        Image.open(path).convert("RGB").save(out, "PNG")
+        pictures.append(out.getvalue())
+    serial, _ = _answers(stores[0], 1, pictures)
+    together, (text_batches, _) = _answers(stores[1], 16, pictures)
+    assert max(text_batches) > 1, text_batches  # the texts met in a model call
+    for mine, theirs in zip(together, serial, strict=True):
+        assert [r["image_id"] for r in mine["results"]] == [r["image_id"]
+                                                             for r in theirs["results"]]
+        # A batched matrix product sums in another order: equal to float rounding.
+        assert np.allclose([r["score"] for r in mine["results"]],
+                           [r["score"] for r in theirs["results"]], atol=2e-6)
+        assert mine.get("query_as") == theirs.get("query_as")
+    assert len({json.dumps(a["results"]) for a in together[:8]}) == 1  # one text, one answer
+
+
+def test_image_encodes_of_concurrent_callers_share_a_model_call(tiny_model: str) -> None:
+    import torch
+
+    from bioindex.models import load_model
+    from bioindex.serve.concurrency import BatchingModel
+
+    model = load_model(tiny_model, device="cpu")
+    size = model.identity.image_size
+    pictures = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+    alone = [model.encode_images(pictures[i : i + 1])[0] for i in range(8)]
+    batching = BatchingModel(model, window=0.05)
+    start = threading.Barrier(8)
+
+    def encode(i: int) -> np.ndarray:
+        start.wait(timeout=30)
+        return batching.encode_images(pictures[i : i + 1])[0]
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(encode, range(8)))
+    finally:
+        batching.close()
+    assert max(batching.batches["images"]) > 1 and sum(batching.batches["images"]) == 8
+    assert np.allclose(np.stack(together), np.stack(alone), atol=1e-6)
