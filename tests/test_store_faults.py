@@ -194,8 +194,9 @@ def test_a_folder_with_data_but_no_manifest_is_never_written_over(tmp_path: Path
     _rerun(photos, store, tiny_model)
     shards = sorted((store / "embeddings").iterdir())
     (store / "manifest.json").unlink()
-    result = _index(photos, store, tiny_model)
-    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    result = CliRunner().invoke(main, ["index", str(photos), "-s", str(store), "-m", tiny_model,
+                                       "-q"])  # fmt: skip
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "no manifest.json" in result.stderr and "--repair" in result.stderr
     assert sorted((store / "embeddings").iterdir()) == shards  # nothing deleted
     (store / "CURRENT").unlink()  # worse: the pointer too
@@ -243,8 +244,10 @@ def test_disk_full_is_one_line_and_loses_nothing(tmp_path: Path, tiny_model: str
         free = shutil.disk_usage(disk).free
         with open(filler, "wb") as handle:
             handle.write(b"\0" * max(0, free - 200_000))
-        result = _index(photos, store)
-        assert result.returncode == 1, result.stdout
+        args = ["index", str(photos), "-s", str(store), "--batch-size", "8",
+                "--commit-every", "8", "--workers", "0", "-q"]  # fmt: skip
+        result = CliRunner().invoke(main, args)  # in this process: nothing here needs a kill
+        assert result.exit_code == 1, result.stdout
         assert result.stderr.count("\n") == 1 and "disk full" in result.stderr, result.stderr
         # Chunks committed before the disk filled are kept; the last generation is whole.
         assert CliRunner().invoke(main, ["check", "-s", str(store), "--full"]).exit_code == 0
