@@ -50,8 +50,9 @@ def test_a_second_writer_is_refused_with_one_line_or_waits(tmp_path: Path) -> No
 def test_second_cli_writer_gets_one_line(tmp_path: Path, tiny_model: str) -> None:
     photos = tmp_path / "photos"
     draw_images(photos, 4, seed=1)
-    subprocess.run([*CLI, "index", str(photos), "-s", str(tmp_path / "s"), "-m", tiny_model,
-                    "-q"], check=True, capture_output=True)  # fmt: skip
+    made = CliRunner().invoke(main, ["index", str(photos), "-s", str(tmp_path / "s"), "-m",
+                                     tiny_model, "-q"])  # fmt: skip
+    assert made.exit_code == 0, made.output
     holder = Store.open(tmp_path / "s")
     try:
         for command in (["index", str(photos)], ["build-index"]):
@@ -148,8 +149,9 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
             (more / f"copy{copy}").mkdir(parents=True, exist_ok=True)
             os.link(picture, more / f"copy{copy}" / picture.name)
     store = tmp_path / "s"
-    subprocess.run([*CLI, "index", str(first), "-s", str(store), "-m", tiny_model, "-q"],
-                   check=True, capture_output=True)  # fmt: skip
+    made = CliRunner().invoke(main, ["index", str(first), "-s", str(store), "-m", tiny_model,
+                                     "-q"])  # fmt: skip
+    assert made.exit_code == 0, made.output
     port = _free_port()
     # Its request log goes to a file: an unread pipe fills up and stalls the server.
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed with the server
