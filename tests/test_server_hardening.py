@@ -141,6 +141,18 @@ def test_headers_host_and_client_errors(live) -> None:
         assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
 
 
+def test_ids_no_integer_column_holds_are_not_found(live) -> None:
+    """The fuzzer's /api/thumbnails/314702996921268396868043191529236332544 was a 500."""
+    url, _ = live
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for huge in (2**63, 314702996921268396868043191529236332544, -(2**130)):
+            for path in (f"/api/thumbnails/{huge}", f"/api/records/{huge}",
+                         f"/api/search/id/{huge}"):  # fmt: skip
+                answer = client.get(path)
+                assert answer.status_code == 404, (path, answer.text)
+                assert "no image with id" in answer.json()["error"]
+
+
 def _png(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.new("L", (width, height), 255).save(out, "PNG", optimize=True)

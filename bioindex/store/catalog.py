@@ -40,6 +40,7 @@ TAXON_COLUMNS = (
 )
 _TABLES = {"images": IMAGE_COLUMNS, "failures": FAILURE_COLUMNS,
            "occurrences": OCCURRENCE_COLUMNS}  # fmt: skip
+_INT64 = (-(2**63), 2**63 - 1)
 _INLINE_IDS = 2000  # id lists up to this long are inlined so Parquet statistics prune
 
 
@@ -536,7 +537,11 @@ class Catalog:
 
     def _ids(self, image_ids: Sequence[int]) -> str:
         """An IN list: inlined when short (Parquet statistics then prune), else a registered
-        array (a SQL text of 100,000s of numbers costs the parser more than the query)."""
+        array (a SQL text of 100,000s of numbers costs the parser more than the query).
+        Numbers no BIGINT holds name no image and are left out (DuckDB would refuse the
+        statement: a fuzzed /api/thumbnails/2^128 was a 500)."""
+        if not isinstance(image_ids, np.ndarray):
+            image_ids = [i for i in image_ids if _INT64[0] <= int(i) <= _INT64[1]]
         if len(image_ids) <= _INLINE_IDS:
             return _inline(image_ids)
         name = f"_ids_{len(self._registered)}"
