@@ -783,6 +783,9 @@ def build_index(store: str, kind: str, memory: str, target_recall: float,
                 wait: bool, fmt: str) -> None:  # fmt: skip
     """Build the FAISS index from the stored vectors, tune it, and record its recall.
 
+    auto: exact flat search while the store is small; past that, each candidate kind is
+    built and tuned on samples of the store's own vectors and the fastest that meets
+    --target-recall within --memory is built (`bioindex info` shows the comparison).
     Streams the embedding shards (training IVF kinds on a sample), then measures recall@10
     against exact search on held-out stored vectors and keeps the smallest nprobe /
     efSearch that reaches --target-recall. `bioindex info` shows the result.
@@ -807,6 +810,11 @@ def build_index(store: str, kind: str, memory: str, target_recall: float,
         "build_s": built.get("build_seconds"), "index_mb": round(built["index_bytes"] / 2**20, 1),
     }  # fmt: skip
     click.echo(render([row], fmt), nl=False)
+    if built.get("candidates") and fmt == "table":
+        from bioindex.index_choice import describe
+
+        click.echo(f"auto measured on samples of this store: {describe(built['candidates'])}"
+                   f" (predicted p50 at {built.get('ntotal')} vectors)")
     if built.get("met_target") is False:
         click.echo(build_warning(built, target_recall), err=True)
 

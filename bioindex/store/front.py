@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bioindex import faiss_index
+from bioindex import faiss_index, index_choice
 from bioindex.errors import BioindexError
 from bioindex.faiss_index import IndexSpec
 from bioindex.store import files, legacy, shards, snapshot
@@ -364,7 +364,10 @@ class Store:
             "index_ntotal": int(index.ntotal),
             "index_search": spec.search or None,
             "index_rerank": spec.rerank,
-            "index_build": spec.built or None,
+            "index_build": ({k: v for k, v in spec.built.items() if k != "candidates"}
+                            or None),
+            "index_choice": (index_choice.describe(spec.built["candidates"])
+                             if spec.built.get("candidates") else None),
             "index_advice": self.index_advice() or None,
             "store_bytes": _tree_size(self.path),
             "last_run": runs[-1] if runs else None,
@@ -678,16 +681,29 @@ class Store:
         queries: int = 500,
         progress: Callable[[int], None] | None = None,
         builder: IndexBuilder | None = None,
+        exact_up_to: int = faiss_index.FLAT_MAX_NUMBERS,
     ) -> IndexSpec:
-        """Build the index of `kind` (auto picks by size, dim and memory budget) from the
-        stored vectors, tune it to `target_recall` against exact search on held-out stored
-        vectors, and make it, with its spec and measured recall and latency, a new
-        generation (the file and its record switch together)."""
+        """Build the index of `kind` from the stored vectors, tune it to `target_recall`
+        against exact search on held-out stored vectors, and make it, with its spec and
+        measured recall and latency, a new generation (the file and its record switch
+        together). `auto` keeps exact flat search up to `exact_up_to` stored numbers
+        (vectors x dim); past that it measures the candidate kinds on samples of the
+        store's own vectors and builds the fastest that meets the target within `memory`
+        (bioindex.index_choice)."""
         self._require_writable()
         if not 0.0 < target_recall <= 1.0:
             raise BioindexError(f"target recall must be in (0, 1], got {target_recall}")
         n = self.live_count()
-        spec = faiss_index.plan(kind, n, self.dim, memory, rerank)
+        candidates = None
+        if (kind == "auto" and n * self.dim > exact_up_to
+                and n >= index_choice.MIN_VECTORS):  # fmt: skip
+            sample = self.vectors(self._sample_ids(min(n, index_choice.SAMPLE
+                                                       + index_choice.QUERIES)))  # fmt: skip
+            chosen, lists, measured = index_choice.choose(sample, n, memory, target_recall)
+            spec = index_choice.Option(chosen, lists).spec(n, self.dim, memory, rerank)
+            candidates = [m.to_json() for m in measured]
+        else:
+            spec = faiss_index.plan(kind, n, self.dim, memory, rerank)
         self._live.drop()
         started = time.perf_counter()
         index, spec = self._build_index(spec, progress, builder)
@@ -714,6 +730,7 @@ class Store:
             "build_seconds": round(build_seconds, 2),
             "built_at": _now_iso(),
             **({k: v for k, v in vars(tuning).items() if k != "search"} if tuning else {}),
+            **({"candidates": candidates} if candidates else {}),
         }
         faiss_index.set_search(index, spec)
         nxt = self.snap.next()
@@ -742,8 +759,12 @@ class Store:
                 "(filtered out of results): a rebuild would compact them"
             )
         requested = built.get("requested_kind", "auto")
-        if requested == "auto":
-            live = self.live_count()
+        live = self.live_count()
+        if requested == "auto" and built.get("candidates"):
+            if trained_at and live > 4 * trained_at and not spec.kind.startswith("ivf"):
+                advice.append(f"the index kind was measured at {trained_at} vectors and the "
+                              f"store holds {live}: bioindex build-index would measure again")
+        elif requested == "auto":
             budget = built.get("memory_budget", faiss_index.DEFAULT_MEMORY)
             better = faiss_index.choose_kind(live, self.dim, budget)
             if better != spec.kind:
