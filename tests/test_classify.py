@@ -152,7 +152,8 @@ def test_custom_label_errors(tiny_model: str, cache_dir) -> None:
         classify_images(model, photo, labels=labels_from_strings(["a", "b"]), rank="family")
 
 
-def test_parity_with_pybioclip_custom_labels(tiny_model: str, cache_dir) -> None:
+def test_parity_with_pybioclip_custom_labels(tiny_model_224: str, cache_dir) -> None:
+    tiny_model = tiny_model_224
     predict = pytest.importorskip("bioclip.predict")
     import torch
 

@@ -44,7 +44,8 @@ def _reference(model_name: str, path, squash: bool) -> np.ndarray:
 
 
 @pytest.mark.parametrize("mode", ["eval", "squash"])
-def test_embeddings_match_reference(tmp_path, tiny_model: str, mode: str) -> None:
+def test_embeddings_match_reference(tmp_path, tiny_model_224: str, mode: str) -> None:
+    tiny_model = tiny_model_224
     folder = shared("camera-trap")
     with Collection.open(
         tmp_path / mode, model=tiny_model, preprocess=mode, create=True, device="cpu"
@@ -61,7 +62,8 @@ def test_embeddings_match_reference(tmp_path, tiny_model: str, mode: str) -> Non
         assert col.identity.preprocess == mode
 
 
-def test_modes_differ_on_non_square_images(tmp_path, tiny_model: str) -> None:
+def test_modes_differ_on_non_square_images(tmp_path, tiny_model_224: str) -> None:
+    tiny_model = tiny_model_224
     photo = shared("camera-trap", "ocelot.jpg")
     eval_vec = _reference(tiny_model, photo, squash=False)
     squash_vec = _reference(tiny_model, photo, squash=True)
