@@ -126,3 +126,29 @@ def test_image_encodes_of_concurrent_callers_share_a_model_call(tiny_model: str)
         batching.close()
     assert max(batching.batches["images"]) > 1 and sum(batching.batches["images"]) == 8
     assert np.allclose(np.stack(together), np.stack(alone), atol=1e-6)
+
+
+def test_a_refresh_catches_the_index_up_before_readers_search(tmp_path: Path) -> None:
+    """Readers search side by side after a move; the move itself must leave nothing for a
+    search to mutate (two searches catching one index up at once gave a 500 under load)."""
+    from bioindex.store import Store
+    from tests.test_store import MODEL, _records, _unit
+
+    writer = Store.create(tmp_path / "s", MODEL)
+    writer.commit(_records([f"a{i}" for i in range(50)]), _unit(50))
+    writer.save_index()
+    reader = Store.open(tmp_path / "s", read_only=True)
+    try:
+        reader.index()
+        writer.commit(_records([f"b{i}" for i in range(50)]), _unit(50, seed=4))
+        writer.mark_deleted([1, 2, 3])
+        assert reader.refresh()
+        assert reader._live.version == reader.snap.vectors_version  # nothing left to catch up
+        queries = _unit(32, seed=5)
+        with ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(lambda q: reader.search(q[None], 5)[1][0], queries))
+        assert reader.index().ntotal == reader.live_count() == 97
+        assert all(len(ids) == 5 and not {1, 2, 3} & set(ids.tolist()) for ids in found)
+    finally:
+        reader.close()
+        writer.close()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -192,6 +193,9 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
                 try:
                     info = _get(f"{base}/api/info")
                     hits = _get(f"{base}/api/search/text?q=a%20photo&k=5")["results"]
+                except urllib.error.HTTPError as exc:  # the body says what went wrong
+                    failures.append(f"http {exc.code}: {exc.read()[:300]!r}")
+                    continue
                 except Exception as exc:  # noqa: BLE001 - every failure is counted
                     failures.append(f"http: {exc}")
                     continue

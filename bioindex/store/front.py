@@ -254,6 +254,10 @@ class Store:
             return False
         self._live.remember_content()
         self._attach(self._pin.latest())
+        if self._live.loaded:
+            # Caught up now, not by the next search: a server's readers search side by
+            # side, and two catching up one index at once broke it (a 500 under load).
+            self.index()
         return True
 
     def _attach(self, snap: Snapshot) -> None:
