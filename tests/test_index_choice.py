@@ -13,7 +13,7 @@ from bioindex.store import ImageRecord, Store
 from bioindex.synthetic import ClusteredVectors
 
 DIM = 32
-N = 24_000
+N = 16_000
 MODEL = {"name": "test", "source": "test", "weights_sha256": "3" * 64, "dim": DIM,
          "image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": "eval"}  # fmt: skip
 DISTRIBUTIONS = {
