@@ -669,7 +669,8 @@ def models(fmt: str, columns: str | None) -> None:
               help="Where to write (npy also writes FILE's .csv with the rows' keys).")
 @where_option
 @click.option("--from", "from_file", default=None, metavar="FILE",
-              help="Only the images of a search result saved with --format json or csv.")
+              help="Only the images of a search or classify result saved with --format json "
+              "or csv; a classify result's top predictions become the identifications.")
 @click.option("--identify", is_flag=True,
               help="dwca: add bioindex's prediction for each image (Identification extension).")
 @click.option("--method", type=click.Choice(["zero-shot", "knn", "combined"]),
@@ -697,28 +698,32 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
       bioindex export -s herb --format parquet -o vectors.parquet
       bioindex search text "orchid" -s herb -k 100 --format json > hits.json
       bioindex export -s herb --format npy -o orchids.npy --from hits.json
+      bioindex classify sheets/*.jpg -s herb --rank genus --format json > ids.json
+      bioindex export -s herb -o identified.zip --from ids.json
     """
     from bioindex.collection import Collection
     from bioindex.search.labels import labels_from_tree_of_life, read_labels_argument
 
     if (labels or tol or method != "zero-shot" or rank != "species") and not identify:
         raise click.UsageError("--method, --rank, --labels and --tol go with --identify")
-    ids = _ids_of_results(from_file) if from_file else None
+    rows = _result_rows(from_file) if from_file else None
     with Collection.open(store, read_only=True) as collection:
+        ids, predictions = collection.from_results(rows) if rows is not None else (None, None)
         label_set = read_labels_argument(labels) if labels else None
         if tol:
             label_set = labels_from_tree_of_life(tol, collection.store.dim)
         written = collection.export(output, fmt, where=list(where) or None, image_ids=ids,
                                     identify=identify, method=method, rank=rank,
-                                    labels=label_set, with_media=with_media)  # fmt: skip
+                                    labels=label_set, with_media=with_media,
+                                    identifications=predictions)  # fmt: skip
     if written.get("media_referenced"):
         click.echo(f"note: {written['media_referenced']} local images are named by path; "
                    f"give --with-media for an archive that stands alone", err=True)
     click.echo(render_mapping(written, "table", terminal_width()), nl=False)
 
 
-def _ids_of_results(path: str) -> list[int]:
-    """image_ids from a saved search result (JSON list of hits, or CSV with image_id)."""
+def _result_rows(path: str) -> list[dict[str, Any]]:
+    """The rows of a saved search or classify result (JSON list, or CSV)."""
     import csv
     import json
 
@@ -734,13 +739,13 @@ def _ids_of_results(path: str) -> list[int]:
             csv.DictReader(text.splitlines()))
         if isinstance(rows, dict):
             rows = rows.get("hits") or rows.get("results") or []
-        ids = [int(row["image_id"]) for row in rows if row.get("image_id") not in (None, "")]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        ids = []
-    if not ids:
-        raise BioindexError(f"{path} is not a search result saved with --format json or csv "
-                            f"(rows with an image_id)")
-    return ids
+        rows = [row for row in rows if isinstance(row, dict)]
+    except ValueError:
+        rows = []
+    if not any(row.get("image_id") not in (None, "") or row.get("file") for row in rows):
+        raise BioindexError(f"{path} is not a search or classify result saved with --format "
+                            f"json or csv (rows with an image_id or a file)")
+    return rows
 
 
 @main.command("build-index")

@@ -46,7 +46,7 @@ from bioindex.search.labels import (
 )
 from bioindex.search.query import Hit, check_k, nearest, search_vector, to_hits
 from bioindex.store import Store
-from bioindex.taxonomy import Taxon, Taxonomy, looks_scientific
+from bioindex.taxonomy import RANKS, Taxon, Taxonomy, looks_scientific
 
 Where = Sequence[str] | Filter | None
 EXPORT_FORMATS = ("dwca", "parquet", "npy")
@@ -633,13 +633,45 @@ class Collection:
                                          rank if prediction.taxon is not None else "",
                                          prediction.score, method, str(model))  # fmt: skip
 
+    def from_results(self, rows: Sequence[dict[str, Any]]
+                     ) -> tuple[list[int], list[Identification] | None]:  # fmt: skip
+        """The images a saved search result names (image_id), or a saved classify result
+        names (file: an indexed image's path), and for a classify result its top
+        prediction per image as identifications."""
+        ids = [int(r["image_id"]) for r in rows if r.get("image_id") not in (None, "")]
+        files = {}
+        for row in rows:
+            if row.get("image_id") in (None, "") and row.get("file") and not row.get("error"):
+                files.setdefault(str(row["file"]), row)  # rows come best first per file
+        if not files:
+            return ids, None
+        uris = {f: str(Path(f).expanduser().resolve()) for f in files}
+        known = self.store.catalog.live_ids_by_uri(list(uris.values()))
+        model = str(self.store.model.get("name") or self.store.model.get("source"))
+        found = []
+        for file, row in files.items():
+            image_id = known.get(uris[file])
+            if image_id is None:
+                continue
+            rank = next((r for r in reversed(RANKS) if str(row.get(r) or "").strip()), "")
+            name = str(row.get(rank) or row.get("label") or "").strip()
+            if name:
+                found.append(Identification(image_id, name, rank, float(row.get("score") or 0),
+                                            "classify (saved result)", model))  # fmt: skip
+            ids.append(image_id)
+        if not ids:
+            raise BioindexError("none of the result's files is an indexed image of this store")
+        return ids, found
+
     def export(self, path: str | os.PathLike[str], fmt: str = "dwca", *, where: Where = None,
                image_ids: Sequence[int] | None = None, identify: bool = False,
                method: str = "zero-shot", rank: str = "species", labels: LabelSet | None = None,
-               with_media: bool = False) -> dict[str, Any]:  # fmt: skip
+               with_media: bool = False, identifications: Sequence[Identification] | None = None,
+               ) -> dict[str, Any]:  # fmt: skip
         """Write the store (or the images `where`/`image_ids` choose) as a Darwin Core
         Archive (`dwca`, with bioindex's identifications when `identify`) or its embeddings
-        as `parquet` or `npy`. Returns what was written."""
+        as `parquet` or `npy`. `identifications` (e.g. from_results of a saved classify
+        result) go into the archive as they are. Returns what was written."""
         if fmt not in EXPORT_FORMATS:
             raise BioindexError(f"unknown export format {fmt!r}; use "
                                 f"{', '.join(EXPORT_FORMATS)}")  # fmt: skip
@@ -655,7 +687,9 @@ class Collection:
             rows = write_npy(self.store, target, chosen)
             return {"path": str(target), "rows": rows, "table": str(target.with_suffix(".csv"))}
         found = (self.identify(chosen, rank=rank, method=method, labels=labels) if identify
-                 else ())  # fmt: skip
+                 else identifications or ())  # fmt: skip
+        if identifications and identify:
+            raise BioindexError("give --identify or a classify result, not both")
         provenance = {"filters": " AND ".join(_filter(where).conditions) if _filter(where) else "",
                       "identification": f"{method} at rank {rank}" if identify else ""}
         return write_archive(self.store, target, image_ids=chosen, identifications=found,

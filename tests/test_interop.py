@@ -158,7 +158,26 @@ def test_export_chooses_by_filter_and_by_saved_results(tmp_path: Path, tiny_mode
     assert sorted(int(line.split(",")[0]) for line in keys[1:]) == sorted(h.image_id for h in hits)
     bad = CliRunner().invoke(main, ["export", "-s", str(store), "-o", str(tmp_path / "x.zip"),
                                     "--from", str(store / "manifest.json")])  # fmt: skip
-    assert bad.exit_code == 1 and "not a search result" in bad.output
+    assert bad.exit_code == 1 and "not a search or classify result" in bad.output
+    # A classify result: its files' top predictions become the archive's identifications.
+    photos = sorted(str(p) for p in (source / "media").rglob("*.jpg"))
+    classified = CliRunner().invoke(main, ["classify", *photos, "-s", str(store), "--rank",
+                                           "genus", "-k", "2", "--format", "json"])  # fmt: skip
+    assert classified.exit_code == 0, classified.output
+    (tmp_path / "classified.json").write_text(classified.stdout)
+    result = CliRunner().invoke(main, ["export", "-s", str(store), "-o",
+                                       str(tmp_path / "identified.zip"), "--from",
+                                       str(tmp_path / "classified.json")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(tmp_path / "identified.zip") as archive:
+        rows = [line.split("\t") for line in
+                archive.read("identification.txt").decode().splitlines()[1:]]
+    top = {}
+    for row in json.loads(classified.stdout):
+        top.setdefault(row["file"], row)
+    assert len(rows) == len(photos) == len(top)
+    assert sorted(r[1] for r in rows) == sorted(t["genus"] for t in top.values())
+    assert all(r[2] == "genus" and "classify" in r[5] for r in rows)
 
 
 def _rss_mb(field: str) -> float:

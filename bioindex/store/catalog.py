@@ -216,13 +216,16 @@ class Catalog:
         return np.asarray(result["image_id"], dtype=np.int64)
 
     def live_ids_of_uris(self, uris: Sequence[str]) -> list[int]:
+        return list(self.live_ids_by_uri(uris).values())
+
+    def live_ids_by_uri(self, uris: Sequence[str]) -> dict[str, int]:
         if not uris:
-            return []
+            return {}
         rows = self.con.execute(
-            "SELECT image_id FROM images WHERE status='live' AND uri IN (SELECT unnest(?))",
+            "SELECT uri, image_id FROM images WHERE status='live' AND uri IN (SELECT unnest(?))",
             [list(uris)],
         ).fetchall()
-        return [r[0] for r in rows]
+        return {uri: int(image_id) for uri, image_id in rows}
 
     def live_ids_in_shards(self, names: Sequence[str]) -> list[int]:
         if not names:
