@@ -50,20 +50,20 @@ def _gbif_archive_with_images(folder: Path, count: int = 12) -> tuple[Path, list
     return folder, occurrence_ids[:count]
 
 
-def _occurrences(store: Path) -> dict[str, tuple]:
+def _keyed(store: Path, sql: str) -> dict[str, tuple]:
+    """Rows of a catalog query by their first column."""
     with Store.open(store, read_only=True) as opened:
-        rows = opened.catalog.query(
-            "SELECT occurrence_id, catalog_number, institution_code, scientific_name, license, "
-            "decimal_latitude, event_date FROM occurrences")[1]  # fmt: skip
-    return {row[0]: row[1:] for row in rows}
+        return {row[0]: row[1:] for row in opened.catalog.query(sql)[1]}
+
+
+def _occurrences(store: Path) -> dict[str, tuple]:
+    return _keyed(store, "SELECT occurrence_id, catalog_number, institution_code, "
+                         "scientific_name, license, decimal_latitude, event_date FROM occurrences")
 
 
 def _images(store: Path) -> dict[str, tuple]:
-    with Store.open(store, read_only=True) as opened:
-        rows = opened.catalog.query(
-            "SELECT sha256, occurrence_id, catalog_number, license, rights_holder FROM images "
-            "WHERE status='live'")[1]  # fmt: skip
-    return {row[0]: row[1:] for row in rows}
+    return _keyed(store, "SELECT sha256, occurrence_id, catalog_number, license, rights_holder "
+                         "FROM images WHERE status='live'")
 
 
 def test_darwin_core_archive_round_trip(tmp_path: Path, tiny_model: str) -> None:
