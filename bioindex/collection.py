@@ -678,6 +678,9 @@ class Collection:
         if identify and fmt != "dwca":
             raise BioindexError("identifications go into a Darwin Core Archive (format dwca)")
         chosen = self.chosen_ids(where, image_ids)
+        if chosen is not None and not len(chosen):
+            raise BioindexError("no live image matches the filters or the result given; "
+                                "nothing written")
         target = Path(path)
         if not target.parent.is_dir():
             raise BioindexError(f"folder {target.parent} does not exist")

@@ -147,6 +147,10 @@ def test_export_chooses_by_filter_and_by_saved_results(tmp_path: Path, tiny_mode
         licensed = collection.export(tmp_path / "cc0.zip", where=["license=CC0-1.0"])
         hits = collection.search_text("a photo", k=3)
     assert licensed["images"] == 6 and licensed["occurrences"] == 6
+    none = CliRunner().invoke(main, ["export", "-s", str(store), "--format", "npy", "-o",
+                                     str(tmp_path / "none.npy"), "--where", "family=Nowhere"])
+    assert none.exit_code == 1 and "nothing written" in none.output  # not an empty file
+    assert not (tmp_path / "none.npy").exists()
     (tmp_path / "hits.json").write_text(json.dumps([h.to_dict() for h in hits]))
     result = CliRunner().invoke(main, ["export", "-s", str(store), "--format", "npy", "-o",
                                        str(tmp_path / "hits.npy"), "--from",
