@@ -17,7 +17,7 @@ import re
 import shutil
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,8 +147,9 @@ def write_archive(
                                 *(extra.get(k) for k in extra_names)])  # fmt: skip
                     summary.occurrences += 1
             core.close()
-            tables = [core, _write_media(archive, store, image_ids, with_media, summary)]
-            identified = _write_identifications(archive, store, image_ids, identifications,
+            media, occurrence_of = _write_media(archive, store, image_ids, with_media, summary)
+            tables = [core, media]
+            identified = _write_identifications(archive, occurrence_of, identifications,
                                                 summary)  # fmt: skip
             if identified is not None:
                 tables.append(identified)
@@ -178,11 +179,15 @@ _MEDIA_TERMS = [DWC + "occurrenceID", DCTERMS + "identifier", DCTERMS + "type",
 
 
 def _write_media(archive: zipfile.ZipFile, store: Store, image_ids: np.ndarray | None,
-                 with_media: bool, summary: ArchiveSummary) -> _Table:  # fmt: skip
+                 with_media: bool, summary: ArchiveSummary
+                 ) -> tuple[_Table, dict[int, str]]:  # fmt: skip
+    """The multimedia table, and each image's occurrence key (for identifications)."""
     media = _Table(archive, "multimedia.txt", _MEDIA_TERMS)
     copies: list[tuple[str, str]] = []
+    occurrence_of: dict[int, str] = {}
     for batch in store.catalog.export_media(image_ids):
         for row in batch:
+            occurrence_of[int(row["image_id"])] = str(row["occurrence_id"])
             uri = str(row["uri"])
             identifier = uri
             if not uri.startswith(("http://", "https://")) and os.path.isfile(uri):
@@ -206,7 +211,7 @@ def _write_media(archive: zipfile.ZipFile, store: Store, image_ids: np.ndarray |
         info.compress_type = zipfile.ZIP_STORED
         with open(source, "rb") as handle, archive.open(info, "w", force_zip64=True) as out:
             shutil.copyfileobj(handle, out, 1 << 20)
-    return media
+    return media, occurrence_of
 
 
 _IDENTIFICATION_TERMS = [DWC + "occurrenceID", DWC + "scientificName", DWC + "taxonRank",
@@ -214,13 +219,10 @@ _IDENTIFICATION_TERMS = [DWC + "occurrenceID", DWC + "scientificName", DWC + "ta
                          DWC + "identificationRemarks", DCTERMS + "identifier"]  # fmt: skip
 
 
-def _write_identifications(archive: zipfile.ZipFile, store: Store,
-                           image_ids: np.ndarray | None, identifications: Iterable[Identification],
+def _write_identifications(archive: zipfile.ZipFile, occurrence_of: dict[int, str],
+                           identifications: Iterable[Identification],
                            summary: ArchiveSummary) -> _Table | None:  # fmt: skip
     table: _Table | None = None
-    occurrence_of: dict[int, str] = {}
-    for found in _occurrence_keys(store, image_ids):
-        occurrence_of.update(found)
     for item in identifications:
         if item.image_id not in occurrence_of:
             continue
@@ -234,11 +236,6 @@ def _write_identifications(archive: zipfile.ZipFile, store: Store,
     if table is not None:
         table.close()
     return table
-
-
-def _occurrence_keys(store: Store, image_ids: np.ndarray | None) -> Iterator[dict[int, str]]:
-    for batch in store.catalog.export_media(image_ids):
-        yield {int(r["image_id"]): str(r["occurrence_id"]) for r in batch}
 
 
 def meta_xml(tables: Sequence[_Table]) -> str:

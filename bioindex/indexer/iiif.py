@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,16 +279,12 @@ def fetch_item(key: str, via: str, cache: MediaCache, policy: FetchPolicy,
 
 
 def _link(source: Path, target: Path) -> None:
-    import os
-
     if target.exists():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".{os.getpid()}.link.tmp")
     try:
         os.link(source, tmp)
-    except OSError:
-        import shutil
-
+    except OSError:  # another filesystem: a copy
         shutil.copyfile(source, tmp)
     os.replace(tmp, target)
