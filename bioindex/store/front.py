@@ -116,8 +116,9 @@ class Store:
             with self._catalogs_lock:
                 self._catalogs.append(catalog)
             self._local.catalog = catalog
-        if catalog.snap is not self.snap and getattr(self, "snap", None) is not None:
-            catalog.attach(self.snap)
+        snap = getattr(self, "snap", None)  # None only while __init__ reads the first one
+        if snap is not None and catalog.snap is not snap:
+            catalog.attach(snap)
         return catalog
 
     # ---- opening -------------------------------------------------------------------
