@@ -189,6 +189,8 @@ def index_command(sources: list[Path], args: argparse.Namespace, store: Path
         command += ["--fast-decode"]
     if args.compile:
         command += ["--compile"]
+    if args.precision != "auto":
+        command += ["--precision", args.precision]
     if args.gpu_decode is not None:
         command += ["--gpu-decode" if args.gpu_decode else "--no-gpu-decode"]
     with tempfile.TemporaryFile("w+") as output:
@@ -249,6 +251,8 @@ def main() -> None:
         help="run the stages in turn this many times; report medians",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the image tower")
+    parser.add_argument("--precision", choices=["auto", "float32", "bf16"], default="auto",
+                        help="the image tower's numbers, as `bioindex index --precision`")
     parser.add_argument(
         "--gpu-decode",
         action=argparse.BooleanOptionalAction,
@@ -268,6 +272,7 @@ def main() -> None:
     paths = make_images(workdir / f"images-{args.size}", args.images, args.size,
                         repeat=args.repeat)  # fmt: skip
     model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model.set_precision(args.precision)
     if args.compile:
         model.compile_visual()
     from bioindex.indexer.device_decode import use_device_decode
@@ -285,7 +290,8 @@ def main() -> None:
         "image_px": args.size, "batch_size": batch_size, "workers": workers,
     }  # fmt: skip
     results.update(fast_decode=args.fast_decode, device_decode=device_decode,
-                   compile=args.compile, repeat=args.repeat)  # fmt: skip
+                   compile=args.compile, precision=args.precision,
+                   repeat=args.repeat)  # fmt: skip
     # Capacity of decoding on all cores, as the limit L is defined (docs/benchmarks.md).
     all_cores = os.cpu_count() or 1
     if device_decode:
@@ -339,7 +345,9 @@ def print_table(results: dict) -> None:
           + (f"; each drawn image hard-linked {results['repeat']}x" if results["repeat"] > 1
              else "")
           + ("; JPEG decoding on the GPU" if results["device_decode"] else "")
-          + ("; torch.compile" if results["compile"] else "") + "\n")  # fmt: skip
+          + ("; torch.compile" if results["compile"] else "")
+          + (f"; precision {results['precision']}" if results.get("precision", "auto") != "auto"
+             else "") + "\n")  # fmt: skip
     # Like with like: rates once running against pybioclip's once running, whole commands
     # (start-up included) against its whole command.
     steady, whole = results.get("pybioclip_steady"), results.get("pybioclip_cli")

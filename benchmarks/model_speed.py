@@ -2,6 +2,8 @@
 
     python benchmarks/model_speed.py --model ViT-B-16 --checkpoint random --device cuda
     python benchmarks/model_speed.py --device cpu --batches 10       # demo model, CPU
+    python benchmarks/model_speed.py --model ViT-B-16 --checkpoint random --device cpu \
+        --batch-size 32 --batches 4     # what a museum without a GPU lives with
 
 On a GPU the model-only figure of the ingest benchmark (bf16 autocast over float32
 weights, the product's path) is what end to end can reach at most, so this asks what the
@@ -80,7 +82,7 @@ def main() -> None:
 
     half = copy.deepcopy(tower).to(torch.bfloat16)
     variants = [("float32", tower, False), ("bf16 autocast (bioindex, CUDA)", tower, True),
-                ("bf16 weights", half, False)]  # fmt: skip
+                ("bf16 weights (--precision bf16)", half, False)]  # fmt: skip
     if args.compile:
         variants += [("bf16 autocast, compiled", torch.compile(tower), True),
                      ("bf16 weights, compiled", torch.compile(half), False)]  # fmt: skip

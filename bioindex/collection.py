@@ -34,7 +34,7 @@ from bioindex.images import IMAGE_EXTENSIONS, describe_error, open_image
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Scan, scan_paths
-from bioindex.models import EmbeddingModel, ModelIdentity, load_model
+from bioindex.models import PRECISIONS, EmbeddingModel, ModelIdentity, load_model
 from bioindex.search.classify import Prediction, classify_vectors
 from bioindex.search.dedup import DuplicateMember, find_duplicates
 from bioindex.search.filters import Filter, and_filters, parse_where, taxon_filter
@@ -262,6 +262,7 @@ class Collection:
         num_gpus: int = 0,
         gpu_decode: bool | None = None,
         compile: bool = False,
+        precision: str = "auto",
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts.
 
@@ -272,7 +273,13 @@ class Collection:
         engine='ray' decodes and embeds on a Ray cluster (`address` 'auto' or
         'ray://host:port'; none starts a local one) with `num_gpus` GPU actors.
         `gpu_decode` (default: on with CUDA) decodes baseline JPEGs on the model's device;
-        `compile` runs the image tower through torch.compile (local engine)."""
+        `compile` runs the image tower through torch.compile (local engine); `precision`
+        'bf16' runs it with bf16 weights (CPUs with bf16 instructions, CUDA), 'float32'
+        without CUDA's bf16 autocast (see EmbeddingModel.set_precision)."""
+        if precision not in PRECISIONS:
+            raise BioindexError(
+                f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
         policy = FetchPolicy(timeout=download_timeout, max_bytes=max_download_bytes,
                              allow_private=allow_private_urls)  # fmt: skip
         scan = (
@@ -288,6 +295,7 @@ class Collection:
             # Only when there is something to embed: a rerun over unchanged files is
             # answered without loading (or importing) the model.
             model = self.model
+            model.set_precision(precision)
             if compile:
                 model.compile_visual()
             return model

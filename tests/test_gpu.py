@@ -99,3 +99,13 @@ def test_device_decode_leaves_memory_the_model_stream_still_reads() -> None:
         assert not failed and pixels.shape == (8, 3, size, size)
         corrupted += sum(int(total) != expected for total in sums)
     assert corrupted == 0
+
+
+def test_cuda_bf16_weights_match_float32(tmp_path, tiny_model, images) -> None:
+    exact = _index(tmp_path / "float32", tiny_model, images, "cuda", precision="float32")
+    half = _index(tmp_path / "bf16", tiny_model, images, "cuda", precision="bf16")
+    assert half["vectors"].keys() == exact["vectors"].keys()
+    for uri, vector in exact["vectors"].items():
+        other = half["vectors"][uri]
+        cosine = float(vector @ other) / float(np.linalg.norm(vector) * np.linalg.norm(other))
+        assert cosine >= 0.999, uri

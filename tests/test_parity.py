@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from bioindex import Collection
-from tests.conftest import shared
+from tests.conftest import draw_images, shared
 
 PHOTOS = [
     "african_elephants.jpg",
@@ -118,3 +118,58 @@ def test_uint8_hand_over_is_exact(tiny_model: str) -> None:
     np.testing.assert_array_equal(via_uint8, via_float)
     squash = load_model(tiny_model, device="cpu", preprocess="squash")
     assert split_transform(squash.transform)[0] is None  # resize on floats: no uint8 shortcut
+
+
+def _stored_vectors(store) -> dict[str, np.ndarray]:
+    from bioindex.store import Store
+
+    with Store.open(store) as opened:
+        rows = opened.catalog.query("SELECT uri, image_id FROM images WHERE status='live'")[1]
+        return dict(zip([uri for uri, _ in rows], opened.vectors([i for _, i in rows])))
+
+
+def test_bf16_precision_stays_close_to_float32(tmp_path) -> None:
+    """`index --precision bf16` (bf16 image-tower weights) against float32 on the real
+    photos; text vectors stay float32, exactly."""
+    from click.testing import CliRunner
+
+    from bioindex.cli import main
+    from bioindex.models import _cpu_has_bf16, load_model
+
+    if not _cpu_has_bf16(torch):
+        pytest.skip("this CPU has no bf16 instructions")
+    names = [n for n in PHOTOS if "cmyk" not in n] + ["vehicle.jpg", "domestic_dog.jpg"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in names:
+        (photos / name).write_bytes(shared("camera-trap", name).read_bytes())
+    for precision in ("float32", "bf16"):
+        args = ["index", str(photos), "--store", str(tmp_path / precision), "--model",
+                "bioclip-demo", "--device", "cpu", "--precision", precision, "-q"]  # fmt: skip
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    exact, half = _stored_vectors(tmp_path / "float32"), _stored_vectors(tmp_path / "bf16")
+    assert exact.keys() == half.keys() and len(exact) == len(names)
+    cosines = [float(exact[uri] @ half[uri]) for uri in exact]
+    assert min(cosines) >= 0.999, cosines
+    assert min(cosines) < 0.99999, "bf16 gave float32's vectors: it did not run in bf16"
+
+    model = load_model("bioclip-demo", device="cpu")
+    texts = model.encode_texts(["Felis catus", "a photo of an elephant"])
+    model.set_precision("bf16")
+    assert next(model.model.visual.parameters()).dtype == torch.bfloat16
+    np.testing.assert_array_equal(model.encode_texts(["Felis catus", "a photo of an elephant"]),
+                                  texts)  # fmt: skip
+
+
+def test_bf16_on_a_cpu_without_it_is_a_clear_error(tmp_path, tiny_model, monkeypatch) -> None:
+    from bioindex import models
+    from bioindex.errors import BioindexError
+
+    draw_images(tmp_path / "photos", 2)
+    monkeypatch.setattr(models, "_cpu_has_bf16", lambda torch: False)  # the hardware
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True, device="cpu") as col:
+        with pytest.raises(BioindexError, match="needs a CPU with bf16 instructions"):
+            col.index([tmp_path / "photos"], progress=False, precision="bf16")
+        with pytest.raises(BioindexError, match="unknown precision 'half'"):
+            col.index([tmp_path / "photos"], progress=False, precision="half")

@@ -122,7 +122,7 @@ def _decode_rows(rows: dict[str, np.ndarray], transform: Any, image_size: int,
 class _Embed:
     """Ray Data actor stage: loads the model once, embeds the rows that decoded."""
 
-    def __init__(self, identity: Any, checkpoint: str | None, device: str):
+    def __init__(self, identity: Any, checkpoint: str | None, device: str, precision: str):
         import torch
 
         from bioindex.models import load_model
@@ -133,6 +133,7 @@ class _Embed:
                                 preprocess=identity.preprocess, device=device)  # fmt: skip
         # A worker node with other weights at the same path must not write into the store.
         identity.require_same(self.model.identity, "the store")
+        self.model.set_precision(precision)
         _, self.mean, self.std = split_transform(self.model.transform)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,7 +180,7 @@ def embed_items(
     )  # fmt: skip
     embedded = decoded.map_batches(
         _Embed,
-        fn_constructor_args=(identity, checkpoint, device),
+        fn_constructor_args=(identity, checkpoint, device, model.precision),
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), **per_actor,
     )  # fmt: skip
     for rows in embedded.iter_batches(batch_size=commit_every, batch_format="numpy"):
