@@ -21,8 +21,14 @@ from bioindex.output import (
     parse_columns,
     render,
     render_mapping,
+    render_predictions,
     render_sections,
     terminal_width,
+)
+from bioindex.search.defaults import (
+    DEFAULT_MIN_CONFIDENCE,
+    DEFAULT_OUTSIDE_WEIGHT,
+    DEFAULT_RADIUS_KM,
 )
 
 # What a search table shows unless --columns says otherwise (empty columns drop out).
@@ -539,15 +545,64 @@ def _taxonomy(path: str | None) -> Any:
 )
 @click.option(
     "--method",
-    type=click.Choice(["zero-shot", "knn", "combined"]),
+    type=click.Choice(["zero-shot", "knn", "combined", "few-shot", "linear-probe"]),
     default="zero-shot",
     show_default=True,
+    help="few-shot: nearest centroid of the store's own labelled images (SimpleShot); "
+    "linear-probe: logistic regression on them. Both learn the collection's look, are "
+    "calibrated on held-out labelled images and are cached in the store.",
 )
 @click.option(
     "--labels",
     default=None,
     metavar="FILE|A,B,C",
     help="Custom labels: a file with one per line, or a comma-separated list.",
+)
+@click.option(
+    "--min-confidence",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_MIN_CONFIDENCE,
+    show_default=True,
+    help="Answer at the deepest rank whose probability reaches this; below it the rank is "
+    "'unknown' (bands: confident, uncertain = backed off to a higher rank, unknown).",
+)
+@click.option(
+    "--near",
+    default=None,
+    metavar="LAT,LON",
+    help="Where the specimen was found: taxa the store records within --radius-km keep "
+    "their probability, others keep --outside-weight of it. Leave out to ignore location.",
+)
+@click.option("--radius-km", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_RADIUS_KM, show_default=True)  # fmt: skip
+@click.option(
+    "--where",
+    "-w",
+    "place_where",
+    multiple=True,
+    metavar="COND",
+    help="Where it was found, as catalog conditions (country_code=KE, bbox=W,S,E,N): "
+    "re-weights like --near.",
+)
+@click.option(
+    "--species-list",
+    default=None,
+    metavar="FILE",
+    help="Where it was found, as a checklist: a CSV/TSV with a species or scientificName "
+    "column (e.g. a GBIF species-list download); re-weights like --near.",
+)
+@click.option(
+    "--outside-weight",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_OUTSIDE_WEIGHT,
+    show_default=True,
+    help="Share of its probability a taxon not recorded at the place keeps (0: only "
+    "recorded taxa).",
+)
+@click.option(
+    "--specimen",
+    is_flag=True,
+    help="IMAGES are views of one specimen: answer once for all of them.",
 )
 @click.option(
     "--tol",
@@ -564,58 +619,81 @@ def _taxonomy(path: str | None) -> Any:
 @device_option
 @_friendly
 def classify(images: Sequence[str], store: str | None, rank: str, method: str,
-             labels: str | None, tol: str | None, neighbours: int, k: int, fmt: str,
+             labels: str | None, min_confidence: float, near: str | None, radius_km: float,
+             place_where: Sequence[str], species_list: str | None, outside_weight: float,
+             specimen: bool, tol: str | None, neighbours: int, k: int, fmt: str,
              columns: str | None, model: str | None, device: str) -> None:  # fmt: skip
-    """What is in IMAGES? Zero-shot over a label set, a vote of labelled neighbours, or both.
+    """What is in IMAGES? Zero-shot over a label set, a vote of labelled neighbours, both, or
+    a few-shot classifier trained on the store's own labelled images.
 
     Labels: --labels, --tol, or (default) the species named in the store's catalog. Species
-    probabilities are summed by lineage up to --rank, as pybioclip does. A file that cannot
-    be read gets a warning (and an `error` row in JSON/CSV); the others are answered.
+    probabilities are summed by lineage up to --rank, as pybioclip does. Each file gets an
+    answer at the deepest rank whose probability reaches --min-confidence, and a band. A
+    file that cannot be read gets a warning (and an `error` row in JSON/CSV); the others
+    are answered.
 
     \b
     Examples:
       bioindex classify photo.jpg --store my-store --rank family
       bioindex classify *.jpg --tol ~/tol-labels --model bioclip --k 3 --format csv
       bioindex classify cat.jpg --labels "cat,dog,bear" --model bioclip
-      bioindex classify photo.jpg --store my-store --method combined
+      bioindex classify photo.jpg --store my-store --method few-shot
+      bioindex classify photo.jpg --store my-store --near -1.29,36.82 --radius-km 300
+      bioindex classify photo.jpg --store my-store --species-list kenya-checklist.csv
+      bioindex classify --specimen front.jpg back.jpg label.jpg --store my-store
     """
     from bioindex.collection import Collection, classify_images
     from bioindex.errors import BioindexError
     from bioindex.models import load_model
     from bioindex.search.labels import labels_from_tree_of_life, read_labels_argument
+    from bioindex.search.place import parse_near, species_list_prior
     from bioindex.search.query import check_k
 
     check_k(k)
     if labels and tol:
         raise BioindexError("give --labels or --tol, not both")
+    if sum(bool(p) for p in (near, place_where, species_list)) > 1:
+        raise BioindexError("give one place: --near, --where or --species-list")
     label_set = read_labels_argument(labels) if labels else None
+    place = species_list_prior(species_list, outside_weight) if species_list else None
     if store is None:
         if method != "zero-shot":
             raise BioindexError(f"--method {method} needs --store")
+        if near or place_where:
+            raise BioindexError("--near and --where look up where taxa are recorded in a "
+                                "store's catalog; give --store, or --species-list")  # fmt: skip
         if label_set is None and tol is None:
             raise BioindexError("give --labels, --tol or --store to classify against")
         loaded = load_model(model or "bioclip", device=device)
         if tol:
             label_set = labels_from_tree_of_life(tol, loaded.identity.dim)
         predictions = classify_images(
-            loaded, images, rank=rank, k=k, method=method, labels=label_set
-        )
+            loaded, images, rank=rank, k=k, method=method, labels=label_set,
+            min_confidence=min_confidence, place=place, specimen=specimen,
+        )  # fmt: skip
     else:
         with Collection.open(store, model=model, device=device, read_only=True,
                              map_index=True) as collection:  # fmt: skip
             if tol:
                 label_set = labels_from_tree_of_life(tol, collection.store.dim)
+            if near:
+                place = collection.place_near(*parse_near(near), radius_km, outside_weight)
+            elif place_where:
+                place = collection.place_where(place_where, outside_weight)
             predictions = collection.classify(
-                images, rank=rank, k=k, method=method, labels=label_set, neighbours=neighbours
-            )
+                images, rank=rank, k=k, method=method, labels=label_set, neighbours=neighbours,
+                min_confidence=min_confidence, place=place, specimen=specimen,
+            )  # fmt: skip
     rows = [p.to_dict() for p in predictions]
     if fmt == "table":
         for row in rows:
             if "error" in row:
                 click.echo(f"warning: cannot read {row['file']}: {row['error']}", err=True)
         rows = [r for r in rows if "error" not in r]
-    click.echo(render(rows, fmt, parse_columns(columns, None),
-                      terminal_width()), nl=False)  # fmt: skip
+        if place is not None:
+            click.echo(f"place: {place.source} (others weighted {place.outside:g})", err=True)
+    click.echo(render_predictions(rows, fmt, parse_columns(columns, None),
+                                  terminal_width()), nl=False)  # fmt: skip
 
 
 @main.command()

@@ -37,12 +37,23 @@ from bioindex.indexer.sources import Scan, scan_paths
 from bioindex.models import PRECISIONS, EmbeddingModel, ModelIdentity, load_model
 from bioindex.search.classify import Prediction, classify_vectors
 from bioindex.search.dedup import DuplicateMember, find_duplicates
+from bioindex.search.defaults import (
+    DEFAULT_MIN_CONFIDENCE,
+    DEFAULT_OUTSIDE_WEIGHT,
+    DEFAULT_RADIUS_KM,
+)
+from bioindex.search.fewshot import FEW_SHOT_METHODS, Head, store_head
 from bioindex.search.filters import Filter, and_filters, parse_where, taxon_filter
 from bioindex.search.labels import (
     LabelSet,
     label_vectors,
     labels_from_taxa,
     taxa_from_rows,
+)
+from bioindex.search.place import (
+    PlacePrior,
+    catalog_prior,
+    within_radius,
 )
 from bioindex.search.query import Hit, check_k, nearest, search_vector, to_hits
 from bioindex.store import Store
@@ -567,31 +578,72 @@ class Collection:
         method: str = "zero-shot",
         labels: LabelSet | None = None,
         neighbours: int = 20,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+        place: PlacePrior | None = None,
+        specimen: bool = False,
     ) -> list[Prediction]:
-        """Predict taxa for image files; labels default to the catalog's species."""
+        """Predict taxa for image files; labels default to the catalog's species.
+
+        Each file's rows carry its decision (search.classify.decide): the deepest rank
+        reaching `min_confidence`, and a band. `place` (place_near, place_where or
+        search.place.species_list_prior) re-weights taxa by where they are recorded.
+        `specimen`: the images are views of one specimen, answered once (the mean of their
+        unit vectors; benchmarks/identify.py compares it with summing log-probabilities)."""
         check_k(k)
         self._require_names(labels)  # before any file is embedded
         names, vectors, failed = embed_files(self.model, images)
-        return self.classify_vectors(names, vectors, rank=rank, k=k, method=method,
-                                     labels=labels, neighbours=neighbours) + failed  # fmt: skip
+        if specimen:
+            names, vectors = [" + ".join(names)], combine_views(vectors)[None]
+        answered = self.classify_vectors(names, vectors, rank=rank, k=k, method=method,
+                                         labels=labels, neighbours=neighbours,
+                                         min_confidence=min_confidence, place=place)  # fmt: skip
+        return answered + failed
 
     def classify_vectors(self, names: Sequence[str], vectors: np.ndarray, *,
                          rank: str = "species", k: int = 5, method: str = "zero-shot",
                          labels: LabelSet | None = None, neighbours: int = 20,
+                         min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+                         place: PlacePrior | None = None,
                          ) -> list[Prediction]:  # fmt: skip
         """Classify already embedded images (e.g. uploads), named `names` in the output."""
         check_k(k)
         self._require_names(labels)
-        label_matrix = None
-        if method != "knn" and labels is None:
+        label_matrix, head = None, None
+        if method in FEW_SHOT_METHODS:
+            head = self.head(method)
+        elif method != "knn" and labels is None:
             labels, label_matrix = self._catalog_label_vectors()
         elif labels is not None and method != "knn":
             label_matrix = _label_matrix(self.model, labels)
         return classify_vectors(
             list(names), np.asarray(vectors, dtype=np.float32), rank=rank, k=k, method=method,
             labels=labels, label_vectors=label_matrix, logit_scale=self.model.logit_scale,
-            store=self.store, neighbours=neighbours,
+            store=self.store, neighbours=neighbours, head=head, place=place,
+            min_confidence=min_confidence,
         )  # fmt: skip
+
+    def head(self, method: str = "few-shot") -> Head:
+        """The few-shot head (`few-shot` or `linear-probe`) trained on this store's labelled
+        images, kept until the store changes (see search.fewshot)."""
+        generation = self.store.generation()
+        cached = getattr(self, "_heads", {})
+        if cached.get(method, (None,))[0] != generation:
+            cached = {**cached, method: (generation, store_head(self.store, method))}
+            self._heads = cached
+        return cached[method][1]
+
+    def place_near(self, lat: float, lon: float, radius_km: float = DEFAULT_RADIUS_KM,
+                   outside: float = DEFAULT_OUTSIDE_WEIGHT) -> PlacePrior:  # fmt: skip
+        """A place prior from the taxa this catalog records within `radius_km` of a point."""
+        return catalog_prior(self.store, within_radius(lat, lon, radius_km), outside)
+
+    def place_where(self, where: Where, outside: float = DEFAULT_OUTSIDE_WEIGHT) -> PlacePrior:
+        """A place prior from the taxa this catalog records where `where` holds
+        (country_code=KE, bbox=W,S,E,N, …)."""
+        chosen = _filter(where)
+        if not chosen:
+            raise BioindexError("a place needs at least one condition, e.g. country_code=KE")
+        return catalog_prior(self.store, chosen, outside)
 
     def _require_names(self, labels: LabelSet | None) -> None:
         if labels is None and not self.catalog_names_taxa():
@@ -740,18 +792,29 @@ def classify_images(
     store: Store | None = None,
     neighbours: int = 20,
     cache_root: str | os.PathLike[str] | None = None,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    place: PlacePrior | None = None,
+    specimen: bool = False,
 ) -> list[Prediction]:
     """Classify image files with a loaded model (a store is needed for knn/combined);
     unreadable files come last, as predictions with an `error`."""
     names, vectors, failed = embed_files(model, images)
+    if specimen:
+        names, vectors = [" + ".join(names)], combine_views(vectors)[None]
     label_matrix = None
     if labels is not None and method != "knn":
         label_matrix = _label_matrix(model, labels, cache_root)
     return classify_vectors(
         names, vectors, rank=rank, k=k, method=method,
         labels=labels, label_vectors=label_matrix, logit_scale=model.logit_scale,
-        store=store, neighbours=neighbours,
+        store=store, neighbours=neighbours, min_confidence=min_confidence, place=place,
     ) + failed  # fmt: skip
+
+
+def combine_views(vectors: np.ndarray) -> np.ndarray:
+    """One unit vector for several views of one specimen: the mean of their unit vectors."""
+    mean = np.asarray(vectors, dtype=np.float32).mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
 def embed_files(model: EmbeddingModel, images: Sequence[str | os.PathLike[str]],

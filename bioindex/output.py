@@ -66,6 +66,40 @@ def render_sections(
     return "\n".join(f"{title}:\n{render(rows, fmt, columns, width)}" for title, rows in present)
 
 
+ANSWER_KEYS = ("answer", "answer_rank", "answer_score", "band")
+
+
+def render_predictions(rows: list[dict[str, Any]], fmt: str,
+                       columns: Sequence[str] | None = None, width: int | None = None,
+                       ) -> str:  # fmt: skip
+    """classify's rows: JSON and CSV hold every row (each with its file's answer); a table
+    gives each file one answer line, then its candidates."""
+    if fmt != "table" or columns is not None:
+        return render(rows, fmt, columns, width)
+    files: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        files.setdefault(str(row.get("file")), []).append(row)
+    if not files:
+        return "(no results)\n"
+    parts = []
+    for file, group in files.items():
+        first = group[0]
+        candidates = [{k: v for k, v in r.items() if k not in ANSWER_KEYS and k != "file"}
+                      for r in group]  # fmt: skip
+        parts.append(f"{file}: {_answer(first)}\n{render(candidates, fmt, None, width)}")
+    return "\n".join(parts)
+
+
+def _answer(row: dict[str, Any]) -> str:
+    band = row.get("band")
+    if band is None:
+        return "(no answer)"
+    if band == "unknown":
+        return "unknown (no rank reaches the minimum confidence)"
+    rank = f" ({row['answer_rank']})" if row.get("answer_rank") else ""
+    return f"{row['answer']}{rank}, {band}, {float(row['answer_score']):.4f}"
+
+
 def render_mapping(data: dict[str, Any], fmt: str, width: int | None = None) -> str:
     """One record, key per line (empty values left out, long values wrapped to `width`),
     or JSON with its real types."""

@@ -128,7 +128,19 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
 
 def draw_organism(species: Species, rng: np.random.Generator, size: int = CANVAS) -> Image.Image:
     """One photo-like picture of `species`: random pose, size, place, background, noise."""
+    return photograph(draw_sprite(species, rng), rng, size)
+
+
+def draw_views(species: Species, rng: np.random.Generator, views: int, size: int = CANVAS
+               ) -> list[Image.Image]:  # fmt: skip
+    """Several pictures of one specimen (one sprite: the same hue, shade and pattern
+    phase), each with its own pose, background, light and noise."""
     sprite = draw_sprite(species, rng)
+    return [photograph(sprite, rng, size) for _ in range(views)]
+
+
+def photograph(sprite: Image.Image, rng: np.random.Generator, size: int = CANVAS) -> Image.Image:
+    """The organism's sprite posed on a noisy background."""
     if rng.random() < 0.5:
         sprite = sprite.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     sprite = sprite.rotate(rng.uniform(0, 360), resample=Image.Resampling.BICUBIC, expand=True)

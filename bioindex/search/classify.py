@@ -1,8 +1,15 @@
-"""What is this specimen? Zero-shot over a label set, a vote of labelled neighbours, or both.
+"""What is this specimen? Zero-shot over a label set, a vote of labelled neighbours, both, or
+a few-shot head trained on the store's own labels — and how far the answer can be trusted.
 
 Zero-shot follows pybioclip: probabilities are softmax(logit_scale · image · labelsᵀ) over the
 species labels, then summed by lineage up to the asked rank. The neighbour vote (knn) weighs
 each labelled neighbour in the store by its cosine similarity. `combined` averages the two.
+few-shot / linear-probe: see search.fewshot.
+
+Every file also gets a decision: the deepest rank, from the asked one upwards, whose best
+taxon's probability reaches `min_confidence`, with a band — confident (answered at the asked
+rank), uncertain (backed off to a higher rank; the asked rank is unknown) or unknown (no rank
+reaches it). A place prior (search.place) re-weights the candidates first.
 """
 
 from __future__ import annotations
@@ -14,13 +21,33 @@ from dataclasses import dataclass
 import numpy as np
 
 from bioindex.errors import BioindexError
+from bioindex.search.calibration import softmax
+from bioindex.search.defaults import DEFAULT_MIN_CONFIDENCE
+from bioindex.search.fewshot import FEW_SHOT_METHODS, Head
+from bioindex.search.filters import labelled_filter
 from bioindex.search.labels import LabelSet, taxon_from_row
+from bioindex.search.place import PlacePrior
 from bioindex.search.query import nearest
 from bioindex.store import Store
 from bioindex.taxonomy import RANKS, Taxon
 
-METHODS = ("zero-shot", "knn", "combined")
+METHODS = ("zero-shot", "knn", "combined", *FEW_SHOT_METHODS)
 DEFAULT_NEIGHBOURS = 20
+CONFIDENT, UNCERTAIN, UNKNOWN = "confident", "uncertain", "unknown"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What classify vouches for about one file."""
+
+    name: str  # the answer's name ("unknown" when no rank is answered)
+    rank: str  # the rank answered ("" for none, and for a free-text label)
+    score: float
+    band: str
+
+    def to_dict(self) -> dict:
+        return {"answer": self.name, "answer_rank": self.rank,
+                "answer_score": round(self.score, 6), "band": self.band}  # fmt: skip
 
 
 @dataclass
@@ -30,6 +57,7 @@ class Prediction:
     taxon: Taxon | None = None
     label: str | None = None
     error: str | None = None  # the file could not be read: no prediction
+    decision: Decision | None = None  # the file's answer (the same on each of its rows)
 
     def to_dict(self) -> dict:
         row: dict = {"file": self.file}
@@ -40,13 +68,9 @@ class Prediction:
         else:
             row["label"] = self.label
         row["score"] = round(self.score, 6)
+        if self.decision is not None:
+            row.update(self.decision.to_dict())
         return row
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def zero_shot_probabilities(
@@ -74,7 +98,7 @@ def knn_vote(
     by exp(logit_scale · cosine) — the model's own temperature, so a clearly closer
     neighbour outweighs a crowd of slightly farther ones (plain cosine weights are nearly
     uniform, since all neighbours' cosines are close)."""
-    pairs = nearest(store, vector, neighbours, exclude=exclude, where=_labelled(rank))
+    pairs = nearest(store, vector, neighbours, exclude=exclude, where=labelled_filter(rank))
     if not pairs:
         return {}
     ids = [i for _, i in pairs]
@@ -90,15 +114,28 @@ def knn_vote(
     return {t: v / total for t, v in votes.items()} if total > 0 else {}
 
 
-def _labelled(rank: str):
-    from bioindex.search.filters import Filter
+def decide(scores: dict[Taxon, float], rank: str, min_confidence: float) -> Decision:
+    """The deepest rank from `rank` upwards whose best taxon (scores summed by lineage)
+    reaches `min_confidence` (ranks the taxa leave blank are skipped)."""
+    for level in reversed(RANKS[: RANKS.index(rank) + 1]):
+        totals = by_rank_scores(scores, level)
+        named = {t: p for t, p in totals.items() if t.name_at(level).strip()}
+        if not named:
+            continue
+        taxon, score = max(named.items(), key=lambda item: (item[1], item[0].lineage))
+        if score >= min_confidence:
+            return Decision(taxon.name_at(level), level, score,
+                            CONFIDENT if level == rank else UNCERTAIN)  # fmt: skip
+    return Decision(UNKNOWN, "", 0.0, UNKNOWN)
 
-    column = {"species": "scientific_name", "class": '"class"', "order": '"order"'}.get(rank, rank)
-    if rank == "species":
-        sql = "(specific_epithet IS NOT NULL OR scientific_name LIKE '% %')"
-    else:
-        sql = f"{column} IS NOT NULL AND {column} <> ''"
-    return Filter(conditions=[f"labelled at {rank}"], sql=sql, params=[])
+
+def by_rank_scores(scores: dict[Taxon, float], rank: str) -> dict[Taxon, float]:
+    totals: dict[Taxon, float] = defaultdict(float)
+    depth = RANKS.index(rank) + 1
+    for taxon, p in scores.items():
+        if len(taxon.lineage) >= depth:
+            totals[taxon.at_rank(rank)] += p
+    return dict(totals)
 
 
 def classify_vectors(
@@ -113,36 +150,56 @@ def classify_vectors(
     logit_scale: float = 100.0,
     store: Store | None = None,
     neighbours: int = DEFAULT_NEIGHBOURS,
+    head: Head | None = None,
+    place: PlacePrior | None = None,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
 ) -> list[Prediction]:
-    """Top-k predictions per image, best first."""
+    """Top-k predictions per image, best first, each carrying its file's decision."""
     if rank not in RANKS:
         raise BioindexError(f"unknown rank {rank!r}; choose one of {', '.join(RANKS)}")
     if method not in METHODS:
         raise BioindexError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method != "knn" and (labels is None or label_vectors is None):
+    if not 0.0 <= min_confidence <= 1.0:
+        raise BioindexError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    few_shot = method in FEW_SHOT_METHODS
+    if few_shot and head is None:
+        raise BioindexError(f"--method {method} needs a store with images named to species")
+    if few_shot and labels is not None:
+        raise BioindexError(f"--method {method} learns the store's own labels; --labels and "
+                            "--tol are for zero-shot")  # fmt: skip
+    if method in ("zero-shot", "combined") and (labels is None or label_vectors is None):
         raise BioindexError(f"{method} classification needs a label set")
-    if method != "zero-shot" and store is None:
+    if method in ("knn", "combined") and store is None:
         raise BioindexError(f"--method {method} needs a store with labelled images (--store)")
     if labels is not None and not labels.has_lineage and method != "zero-shot":
         raise BioindexError("custom labels have no lineage; use --method zero-shot with them")
     if labels is not None and not labels.has_lineage and rank != "species":
         raise BioindexError(f"custom labels have no lineage to sum up to rank {rank}")
+    if labels is not None and not labels.has_lineage and place is not None:
+        raise BioindexError("custom labels name no taxa a place could have records of")
 
-    probabilities = None
-    if method != "knn":
+    probabilities, taxa = None, None
+    if few_shot:
+        probabilities, taxa = head.probabilities(image_vectors), head.taxa
+    elif method != "knn":
         probabilities = zero_shot_probabilities(image_vectors, label_vectors, logit_scale)
+        taxa = labels.taxa
     predictions: list[Prediction] = []
     for i, file in enumerate(files):
-        if probabilities is not None and not labels.has_lineage:
+        if probabilities is not None and labels is not None and not labels.has_lineage:
             top = np.argsort(-probabilities[i])[:k]
+            best = float(probabilities[i][top[0]])
+            decision = (Decision(labels.names[top[0]], "", best, CONFIDENT)
+                        if best >= min_confidence else Decision(UNKNOWN, "", 0.0, UNKNOWN))
             predictions.extend(
-                Prediction(file, float(probabilities[i][j]), label=labels.names[j]) for j in top
+                Prediction(file, float(probabilities[i][j]), label=labels.names[j],
+                           decision=decision) for j in top  # fmt: skip
             )
             continue
         scores: dict[Taxon, float] = {}
         if probabilities is not None:
-            scores = by_rank(probabilities[i], labels.taxa, rank)
-        if method != "zero-shot":
+            scores = by_rank(probabilities[i], taxa, rank)
+        if method in ("knn", "combined"):
             votes = knn_vote(store, image_vectors[i], rank, neighbours,
                              logit_scale=logit_scale)  # fmt: skip
             if method == "knn":
@@ -150,6 +207,10 @@ def classify_vectors(
             else:
                 keys = set(scores) | set(votes)
                 scores = {t: 0.5 * scores.get(t, 0.0) + 0.5 * votes.get(t, 0.0) for t in keys}
+        if place is not None:
+            scores = place.apply(scores)
+        decision = decide(scores, rank, min_confidence)
         best = sorted(scores.items(), key=lambda item: (-item[1], item[0].lineage))[:k]
-        predictions.extend(Prediction(file, score, taxon=taxon) for taxon, score in best)
+        predictions.extend(Prediction(file, score, taxon=taxon, decision=decision)
+                           for taxon, score in best)  # fmt: skip
     return predictions

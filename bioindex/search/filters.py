@@ -167,3 +167,13 @@ def taxon_filter(taxon: Taxon) -> Filter:
             clauses.append(f"({column} IS NULL OR lower({column}) = lower(?))")
             params.append(name)
     return Filter([f"{taxon.rank}={taxon.scientific_name}"], " AND ".join(clauses), params)
+
+
+def labelled_filter(rank: str) -> Filter:
+    """Live images whose catalog row names a taxon at `rank`."""
+    column = {"species": "scientific_name", "class": '"class"', "order": '"order"'}.get(rank, rank)
+    if rank == "species":
+        sql = "(specific_epithet IS NOT NULL OR scientific_name LIKE '% %')"
+    else:
+        sql = f"{column} IS NOT NULL AND {column} <> ''"
+    return Filter(conditions=[f"labelled at {rank}"], sql=sql, params=[])

@@ -20,17 +20,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
-from bioindex.collection import Collection
+from bioindex.collection import Collection, combine_views
 from bioindex.errors import BioindexError, ImageTooLarge
 from bioindex.indexer.remote import is_remote
+from bioindex.search.defaults import (
+    DEFAULT_MIN_CONFIDENCE,
+    DEFAULT_OUTSIDE_WEIGHT,
+    DEFAULT_RADIUS_KM,
+)
 from bioindex.search.filters import parse_where
 from bioindex.search.labels import labels_from_strings
+from bioindex.search.place import parse_near
 from bioindex.search.query import check_k, display_path, group_by_occurrence, source_roots
 from bioindex.serve.concurrency import BatchingModel, Gate
 from bioindex.serve.guard import LOOPBACK_NAMES, Guard
@@ -41,6 +48,7 @@ DEFAULT_MAX_PIXELS = 50_000_000  # a 50 MP upload decodes to ~150 MB of RGB
 DECODE_WORKERS = 2  # uploads decoded at once; more wait their turn without blocking searches
 DEFAULT_WORKERS = 8  # requests answered at once (FAISS, DuckDB and torch release the GIL)
 MAX_K = 1000
+MAX_VIEWS = 8  # photos of one specimen in one classify request
 STATIC = Path(__file__).resolve().parent / "static"
 
 
@@ -253,26 +261,45 @@ def create_app(
         return hits_json(hits, None, k)
 
     @app.post("/api/classify")
-    async def classify(file: UploadFile = File(...), rank: str = "species", k: int = 5,
-                       method: str = "zero-shot", labels: str | None = None) -> dict:  # fmt: skip
-        """Top-k predictions, and the best name at each rank the labels name (`labels`:
-        comma-separated custom labels instead of the catalog's taxa)."""
+    async def classify(file: list[UploadFile] = File(...), rank: str = "species", k: int = 5,
+                       method: str = "zero-shot", labels: str | None = None,
+                       min_confidence: float = DEFAULT_MIN_CONFIDENCE, near: str | None = None,
+                       radius_km: float = DEFAULT_RADIUS_KM,
+                       outside_weight: float = DEFAULT_OUTSIDE_WEIGHT) -> dict:  # fmt: skip
+        """Top-k predictions with the answer (deepest rank reaching `min_confidence`, and
+        its band), and the best name at each rank the labels name (`labels`:
+        comma-separated custom labels instead of the catalog's taxa). Several `file` parts
+        are views of one specimen, answered once; `near` (LAT,LON) re-weights taxa by
+        where the catalog records them within `radius_km`."""
         k = k_of(k)
+        if len(file) > MAX_VIEWS:
+            raise ApiError(400, f"at most {MAX_VIEWS} views of one specimen")
         label_set = labels_from_strings(labels.split(","), "labels") if labels else None
-        vector = await upload_vector(await read_upload(file))
+        vectors = [await upload_vector(await read_upload(part)) for part in file]
+        vector = combine_views(np.stack(vectors))
+        name = " + ".join(part.filename or "upload" for part in file)
+        options = {"method": method, "min_confidence": min_confidence}
         with lock.reading():
+            if near:
+                if not 0 < radius_km <= 20_000:
+                    raise ApiError(400, "radius_km must be in (0, 20000]")
+                options["place"] = collection.place_near(*parse_near(near), radius_km,
+                                                         outside_weight)  # fmt: skip
             predictions = collection.classify_vectors(
-                [file.filename or "upload"], vector[None], rank=rank, k=k, method=method,
-                labels=label_set,
+                [name], vector[None], rank=rank, k=k, labels=label_set, **options
             )  # fmt: skip
             lineage = {}
             for level in RANKS if label_set is None else ():
                 top = collection.classify_vectors(["upload"], vector[None], rank=level, k=1,
-                                                  method=method)  # fmt: skip
-                name = top[0].taxon.name_at(level) if top and top[0].taxon else ""
-                if name.strip():  # a rank the catalog leaves empty is not a prediction
-                    lineage[level] = {"name": name, "score": round(top[0].score, 6)}
-        return {"predictions": [p.to_dict() for p in predictions], "ranks": lineage}
+                                                  **options)  # fmt: skip
+                name_at = top[0].taxon.name_at(level) if top and top[0].taxon else ""
+                if name_at.strip():  # a rank the catalog leaves empty is not a prediction
+                    lineage[level] = {"name": name_at, "score": round(top[0].score, 6)}
+        rows = [p.to_dict() for p in predictions]
+        answer = {key: rows[0][key] for key in ("answer", "answer_rank", "answer_score", "band")
+                  if rows and key in rows[0]}  # fmt: skip
+        return {"predictions": rows, "ranks": lineage, "answer": answer,
+                "views": len(file)}  # fmt: skip
 
     @app.get("/api/records/{image_id}")
     def record(image_id: int) -> dict:

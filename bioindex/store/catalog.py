@@ -239,6 +239,15 @@ class Catalog:
             f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live'"
         ).fetchall()
 
+    def taxon_rows_where(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+        """Distinct taxon rows (TAXON_COLUMNS) of live images and occurrence records that
+        match a predicate over Darwin Core columns (where a taxon is recorded)."""
+        return self.con.execute(
+            f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live' AND ({sql}) "
+            f"UNION SELECT DISTINCT {TAXON_COLUMNS} FROM occurrences WHERE ({sql})",
+            [*params, *params],
+        ).fetchall()
+
     @_releasing_ids
     def taxa_of(self, image_ids: Sequence[int]) -> dict[int, tuple]:
         """image_id → (kingdom … scientific_name), the columns of TAXON_COLUMNS."""

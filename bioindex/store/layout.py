@@ -9,3 +9,4 @@ INDEX_DIR = "index"
 LOCK_FILE = "writer.lock"
 DATA_DIRS = (CATALOG_DIR, SHARD_DIR, INDEX_DIR, SNAPSHOT_DIR)
 QUERY_CACHE_DIR = "query-cache"  # derived, outside the generations (see query_cache.py)
+HEADS_DIR = "heads"  # derived: few-shot classifiers trained on the labels (search/fewshot.py)

@@ -1,0 +1,79 @@
+"""Identification a curator can trust, on the demo world: few-shot against zero-shot and the
+neighbour vote, calibration, "I don't know" for species left out of the labels, back-off to
+genus, the place prior and several views of one specimen.
+
+    python benchmarks/identify.py                      # slide-film look, 4 queries/species
+    python benchmarks/identify.py --look yellow-light --queries 6
+
+Stores are built with the demo model from the demo world (bioindex.demo.world); queries are
+drawn from seeds the stores never saw. Prints a table, writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bioindex.demo.identify import evaluate
+from bioindex.demo.world import LOOKS
+
+
+def rows(results: dict) -> list[tuple[str, str, str]]:
+    """(what, figure, target from issue #19)."""
+    f1, f5 = results["few_shot_1"], results["few_shot_5"]
+    cal, open_set = results["calibration_5"], results["open_set_5"]
+    place, views = results["place_1"], results["several_views_1"]
+    pct = "{:.1%}".format
+    return [
+        ("1-shot top-1: zero-shot / knn / few-shot / linear-probe",
+         " / ".join(pct(f1[m]) for m in ("zero-shot", "knn", "few-shot", "linear-probe")),
+         "few-shot >= zero-shot + 10 pts"),
+        ("5-shot top-1: zero-shot / knn / few-shot / linear-probe",
+         " / ".join(pct(f5[m]) for m in ("zero-shot", "knn", "few-shot", "linear-probe")),
+         "few-shot >= zero-shot + 10 pts; > knn"),
+        *((f"ECE of {m} (5-shot): before / after fitting T",
+           f"{cal[m]['ece_before']:.3f} (T {cal[m]['temperature_before']:.1f}) / "
+           f"{cal[m]['ece_fitted']:.3f} (T {cal[m]['temperature_fitted']:.1f})",
+           "after <= 0.05") for m in ("few-shot", "linear-probe")),
+        ("open set: 'unknown' at species for held-out species",
+         pct(open_set["unknown_said_for_held_out"]), ">= 80%"),
+        ("open set: known species keeping a species answer",
+         pct(open_set["known_keep_species_answer"]), ">= 90%"),
+        ("open set: AUROC of confidence, known vs held-out",
+         f"{open_set['auroc_known_vs_held_out']:.3f}", "reported"),
+        ("open set: held-out answered at genus / genus right then",
+         f"{pct(open_set['held_out_answered_at_genus'])} / "
+         f"{pct(open_set['genus_accuracy_when_backed_off'])}", "genus right >= 80%"),
+        ("place (1-shot few-shot): top-1 without / with --near",
+         f"{pct(place['without_place'])} / {pct(place['with_near'])}", "+10 pts"),
+        ("3 views (1-shot few-shot): best single / mean vector / summed log-p",
+         f"{pct(views['best_single_view'])} / {pct(views['mean_vector'])} / "
+         f"{pct(views['summed_log_probabilities'])}", "+5 pts over best single"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--look", choices=LOOKS, default="slide-film")
+    parser.add_argument("--queries", type=int, default=4, help="queries per species")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/identify.json"))
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results = evaluate(args.workdir, look=args.look, per_species=args.queries)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    table = rows(results)
+    width = max(len(r[0]) for r in table)
+    print(f"\ndemo world, look {args.look}, {args.queries} queries per species (48 species)\n")
+    print(f"{'':<{width}}  {'measured':<36}  target")
+    for what, figure, target in table:
+        print(f"{what:<{width}}  {figure:<36}  {target}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\n{results['seconds']} s; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""How far identification can be trusted, measured on the demo world (benchmarks/identify.py
+prints these figures; tests/test_identify.py asserts the thresholds).
+
+Every figure comes from real stores built with the demo model and queries drawn from seeds
+the stores never saw, through the same Python API a user calls.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bioindex.collection import Collection, combine_views
+from bioindex.demo.tree import SPECIES, Species
+from bioindex.demo.world import (
+    draw_pictures,
+    draw_specimens,
+    held_out_species,
+    place_in_range,
+    write_world,
+)
+from bioindex.search.calibration import expected_calibration_error, softmax
+from bioindex.search.classify import UNKNOWN
+
+STORE_SEED, QUERY_SEED, SPECIMEN_SEED = 101, 202, 303
+
+
+def open_world_store(folder: Path, species: Sequence[Species], shots: int, look: str,
+                     device: str = "cpu") -> Collection:  # fmt: skip
+    """A store of `shots` labelled pictures per species (in `look`), with places; made
+    once per folder (a second call reruns the index over unchanged files: nothing to do)."""
+    root = write_world(folder / "world", species, shots, STORE_SEED, look)
+    collection = Collection.open(folder / "store", model="bioclip-demo", create=True,
+                                 device=device)  # fmt: skip
+    collection.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+    return collection
+
+
+def query_vectors(collection: Collection, per_species: int, look: str, seed: int = QUERY_SEED,
+                  species: Sequence[Species] = SPECIES,
+                  ) -> tuple[np.ndarray, list[Species]]:  # fmt: skip
+    pictures = draw_pictures(species, per_species, seed, look)
+    vectors = collection.model.embed_pil([p for _, p in pictures])
+    return vectors, [s for s, _ in pictures]
+
+
+def top1(collection: Collection, vectors: np.ndarray, truth: Sequence[Species], method: str,
+         **options: Any) -> float:  # fmt: skip
+    names = [str(i) for i in range(len(truth))]
+    found = collection.classify_vectors(names, vectors, k=1, method=method, **options)
+    return float(np.mean([p.taxon is not None and p.taxon.lineage == s.taxon.lineage
+                          for p, s in zip(found, truth)]))  # fmt: skip
+
+
+def few_shot(look: str, shots: int, per_species: int, workdir: Path) -> dict[str, float]:
+    """Top-1 at species of each method on a store of `shots` labelled pictures per species."""
+    with open_world_store(workdir / f"{look}-{shots}", SPECIES, shots, look) as collection:
+        vectors, truth = query_vectors(collection, per_species, look)
+        methods = ("zero-shot", "knn", "few-shot", "linear-probe")
+        return {m: top1(collection, vectors, truth, m) for m in methods}
+
+
+def calibration(look: str, shots: int, per_species: int, workdir: Path) -> dict[str, Any]:
+    """ECE on held-out queries of each few-shot head before temperature fitting (few-shot:
+    its documented default T; linear-probe: scikit-learn's own probabilities, T = 1) and
+    after (T fitted on held-out folds of the store's labelled images)."""
+    from bioindex.search.fewshot import DEFAULT_TEMPERATURE
+
+    results: dict[str, Any] = {}
+    with open_world_store(workdir / f"{look}-{shots}", SPECIES, shots, look) as collection:
+        vectors, truth = query_vectors(collection, per_species, look)
+        for method in ("few-shot", "linear-probe"):
+            head = collection.head(method)
+            index = {t.lineage: i for i, t in enumerate(head.taxa)}
+            classes = np.array([index[s.taxon.lineage] for s in truth])
+            logits = head.logits(vectors)
+            before = DEFAULT_TEMPERATURE[method]
+            results[method] = {
+                "temperature_before": before, "temperature_fitted": head.temperature,
+                "ece_before": expected_calibration_error(softmax(before * logits), classes),
+                "ece_fitted": expected_calibration_error(softmax(head.temperature * logits),
+                                                         classes),
+            }  # fmt: skip
+    return results
+
+
+def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str = "few-shot",
+             min_confidence: float | None = None) -> dict[str, float]:  # fmt: skip
+    """20% of the species (one per genus at most) are left out of the store's labels."""
+    held = held_out_species(0.2)
+    known = [s for s in SPECIES if s not in held]
+    options = {} if min_confidence is None else {"min_confidence": min_confidence}
+    with open_world_store(workdir / f"open-{look}-{shots}", known, shots, look) as collection:
+        vectors, truth = query_vectors(collection, per_species, look)
+        names = [str(i) for i in range(len(truth))]
+        found = collection.classify_vectors(names, vectors, k=1, method=method, **options)
+    is_held = np.array([s in held for s in truth])
+    decisions = [p.decision for p in found]
+    species_answer = np.array([d.rank == "species" for d in decisions])
+    confidence = np.array([p.score for p in found])  # the top species' probability
+    genus_answers = [(d, s) for d, s, h in zip(decisions, truth, is_held)
+                     if h and d.rank == "genus"]  # fmt: skip
+    return {
+        "unknown_said_for_held_out": float((~species_answer[is_held]).mean()),
+        "known_keep_species_answer": float(species_answer[~is_held].mean()),
+        "known_species_correct": float(np.mean([p.taxon.lineage == s.taxon.lineage
+                                                for p, s, h in zip(found, truth, is_held)
+                                                if not h])),  # fmt: skip
+        "auroc_known_vs_held_out": auroc(confidence[~is_held], confidence[is_held]),
+        "held_out_answered_at_genus": len(genus_answers) / max(int(is_held.sum()), 1),
+        "genus_accuracy_when_backed_off": float(np.mean(
+            [d.name == s.taxon.genus for d, s in genus_answers])) if genus_answers else 0.0,
+        "held_out_said_unknown_at_every_rank": float(np.mean(
+            [d.name == UNKNOWN for d, h in zip(decisions, is_held) if h])),
+    }  # fmt: skip
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a positive scores above a negative), ties counted half."""
+    if not len(positive) or not len(negative):
+        return float("nan")
+    above = (positive[:, None] > negative[None, :]).mean()
+    ties = (positive[:, None] == negative[None, :]).mean()
+    return float(above + 0.5 * ties)
+
+
+def place(look: str, shots: int, per_species: int, workdir: Path, method: str = "few-shot",
+          radius_km: float = 500.0) -> dict[str, float]:  # fmt: skip
+    """Top-1 with and without --near (the query's own find spot, in its home range); every
+    species' two look-alikes (same genus) live in other regions."""
+    with open_world_store(workdir / f"{look}-{shots}", SPECIES, shots, look) as collection:
+        vectors, truth = query_vectors(collection, per_species, look)
+        rng = np.random.default_rng(QUERY_SEED + 1)
+        spots = [place_in_range(s, rng) for s in truth]
+        without = top1(collection, vectors, truth, method)
+        right = 0
+        for vector, species, (lat, lon) in zip(vectors, truth, spots):
+            prior = collection.place_near(lat, lon, radius_km)
+            right += top1(collection, vector[None], [species], method, place=prior) == 1.0
+        return {"without_place": without, "with_near": right / len(truth)}
+
+
+def several_views(look: str, shots: int, per_species: int, workdir: Path,
+                  method: str = "few-shot", views: int = 3) -> dict[str, float]:  # fmt: skip
+    """Top-1 of each single view, of the views' mean vector, and of summed log-probabilities."""
+    with open_world_store(workdir / f"{look}-{shots}", SPECIES, shots, look) as collection:
+        specimens = draw_specimens(SPECIES, per_species, views, SPECIMEN_SEED, look)
+        truth = [s for s, _ in specimens]
+        per_view = [collection.model.embed_pil([v[i] for _, v in specimens]) for i in range(views)]
+        singles = [top1(collection, vectors, truth, method) for vectors in per_view]
+        mean = np.stack([combine_views(np.stack([pv[j] for pv in per_view]))
+                         for j in range(len(truth))])  # fmt: skip
+        summed = _summed_log_probabilities(collection, per_view, method)
+        right = [s.taxon.lineage == t.taxon.lineage for s, t in zip(summed, truth)]
+        return {"best_single_view": max(singles), "single_views": singles,
+                "mean_vector": top1(collection, mean, truth, method),
+                "summed_log_probabilities": float(np.mean(right))}  # fmt: skip
+
+
+def _summed_log_probabilities(collection: Collection, per_view: Sequence[np.ndarray],
+                              method: str) -> list[Species]:  # fmt: skip
+    by_lineage = {s.taxon.lineage: s for s in SPECIES}
+    total: list[dict[tuple[str, ...], float]] = [{} for _ in range(len(per_view[0]))]
+    for vectors in per_view:
+        names = [str(i) for i in range(len(vectors))]
+        found = collection.classify_vectors(names, vectors, k=len(SPECIES), method=method)
+        for p in found:
+            sums = total[int(p.file)]
+            sums[p.taxon.lineage] = sums.get(p.taxon.lineage, 0.0) + np.log(max(p.score, 1e-12))
+    return [by_lineage[max(sums, key=sums.get)] for sums in total]
+
+
+def evaluate(workdir: str | os.PathLike[str] | None = None, look: str = "slide-film",
+             per_species: int = 4, open_set_shots: int = 5) -> dict[str, Any]:  # fmt: skip
+    """Every figure of benchmarks/identify.py."""
+    folder = Path(workdir or tempfile.mkdtemp(prefix="bioindex-identify-"))
+    return {
+        "look": look, "queries_per_species": per_species,
+        "few_shot_1": few_shot(look, 1, per_species, folder),
+        "few_shot_5": few_shot(look, 5, per_species, folder),
+        "calibration_5": calibration(look, 5, per_species, folder),
+        "open_set_5": open_set(look, open_set_shots, per_species, folder),
+        "place_1": place(look, 1, per_species, folder),
+        "several_views_1": several_views(look, 1, per_species, folder),
+    }  # fmt: skip

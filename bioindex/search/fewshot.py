@@ -1,0 +1,223 @@
+"""Few-shot identification: a classifier trained on the store's own labelled images.
+
+A collection's own pictures (its light, its mounting, its camera) are the best training set
+for its look. Two heads, both linear maps over centred, L2-normalised image vectors:
+
+- few-shot: SimpleShot's nearest centroid (Wang et al., 2019): subtract the store's mean
+  vector, normalise, average each species' vectors and normalise again; the logits are the
+  cosines to those centroids. This is the 1- and 5-shot protocol of the BioCLIP paper.
+- linear-probe: multinomial logistic regression (scikit-learn) on the same features.
+
+Probabilities are softmax(T · logits) with T fitted on held-out folds of the labelled images
+(calibration.fit_temperature); with too few repeated labels to hold any out, a documented
+default. A trained head is cached in the store (heads/), keyed by model, method and the
+labelled rows, so it is retrained exactly when a label (or an image) changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bioindex.errors import BioindexError
+from bioindex.search.calibration import fit_temperature, softmax
+from bioindex.search.labels import taxon_from_row
+from bioindex.store import Store
+from bioindex.store.layout import HEADS_DIR
+from bioindex.taxonomy import Taxon, make_taxon
+
+log = logging.getLogger(__name__)
+
+FEW_SHOT_METHODS = ("few-shot", "linear-probe")
+# Used when no species has two labelled images to hold one out. few-shot: the temperature
+# fitted on the demo world's 5-shot store (benchmarks/identify.py, 15.6); linear-probe: its
+# own probabilities as scikit-learn fits them.
+DEFAULT_TEMPERATURE = {"few-shot": 16.0, "linear-probe": 1.0}
+FOLDS = 5
+MIN_HELD_OUT = 10  # fewer held-out rows than this fit a temperature to noise
+PROBE_C = 10.0  # inverse L2 strength; unit-length features need a weak penalty
+HEAD_VERSION = 1
+
+
+@dataclass
+class Head:
+    """A trained linear classifier over the store's labelled species."""
+
+    method: str
+    taxa: list[Taxon]
+    mean: np.ndarray  # [dim]: the store's mean vector, subtracted first
+    weight: np.ndarray  # [species, dim]
+    bias: np.ndarray  # [species]
+    temperature: float
+    calibrated: bool  # T fitted on held-out labelled images (False: DEFAULT_TEMPERATURE)
+    examples: int  # labelled images it was trained on
+
+    def logits(self, vectors: np.ndarray) -> np.ndarray:
+        return centred(vectors, self.mean) @ self.weight.T + self.bias
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """[images, species] probabilities, calibrated."""
+        return softmax(self.temperature * self.logits(np.atleast_2d(vectors)))
+
+    def save(self, path: Path) -> None:
+        rows = [list(astuple(t)) for t in self.taxa]
+        meta = {"method": self.method, "temperature": self.temperature,
+                "calibrated": self.calibrated, "examples": self.examples,
+                "taxa": rows, "version": HEAD_VERSION}  # fmt: skip
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as out:
+            np.savez(out, mean=self.mean, weight=self.weight, bias=self.bias,
+                     meta=np.array(json.dumps(meta)))  # fmt: skip
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Head:
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+            taxa = [make_taxon(row[:7], row[7]) for row in meta["taxa"]]
+            return cls(meta["method"], taxa, data["mean"], data["weight"], data["bias"],
+                       float(meta["temperature"]), bool(meta["calibrated"]),
+                       int(meta["examples"]))  # fmt: skip
+
+
+def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    shifted = np.asarray(vectors, dtype=np.float32) - mean
+    return shifted / np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)
+
+
+def train_linear(method: str, features: np.ndarray, classes: np.ndarray, count: int
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(weight [count, dim], bias [count]) from centred features and class indexes."""
+    if method == "few-shot":
+        weight = np.zeros((count, features.shape[1]), dtype=np.float32)
+        np.add.at(weight, classes, features)
+        weight /= np.maximum(np.linalg.norm(weight, axis=1, keepdims=True), 1e-12)
+        return weight, np.zeros(count, dtype=np.float32)
+    from sklearn.linear_model import LogisticRegression
+
+    present = np.unique(classes)
+    model = LogisticRegression(C=PROBE_C, max_iter=2000)
+    with warnings.catch_warnings():  # one or two images per species is the point here
+        warnings.filterwarnings("ignore", "The number of unique classes", UserWarning)
+        model.fit(features, classes)
+    weight = np.zeros((count, features.shape[1]), dtype=np.float32)
+    bias = np.full(count, -1e4, dtype=np.float32)  # a class absent from training: never
+    if len(present) == 2:  # scikit-learn keeps one row for two classes: logit(p1) = w·x + b
+        weight[present[1]], bias[present[1]] = model.coef_[0], model.intercept_[0]
+        bias[present[0]] = 0.0
+    else:
+        weight[present], bias[present] = model.coef_, model.intercept_
+    return weight, bias
+
+
+def held_out_logits(method: str, features: np.ndarray, classes: np.ndarray, count: int
+                    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Logits of labelled images from heads trained without them (FOLDS folds; a species'
+    images go round-robin into folds, and one with a single image is never held out, so
+    every fold's head knows every species)."""
+    order = np.lexsort((np.arange(len(classes)), classes))
+    rank_in_class = np.empty(len(classes), dtype=np.int64)
+    start = 0
+    for size in np.unique(classes[order], return_counts=True)[1]:
+        rank_in_class[order[start : start + size]] = np.arange(size) if size > 1 else -1
+        start += size
+    fold = np.where(rank_in_class >= 0, rank_in_class % FOLDS, -1)
+    logits, truth = [], []
+    for f in range(FOLDS):
+        held = fold == f
+        if not held.any():
+            continue
+        weight, bias = train_linear(method, features[~held], classes[~held], count)
+        logits.append(features[held] @ weight.T + bias)
+        truth.append(classes[held])
+    if not logits:
+        return np.zeros((0, count), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(logits), np.concatenate(truth)
+
+
+def fit_head(method: str, vectors: np.ndarray, taxa: Sequence[Taxon], mean: np.ndarray
+             ) -> Head:  # fmt: skip
+    """Train `method` on labelled `vectors` (one taxon each) and calibrate it."""
+    if method not in FEW_SHOT_METHODS:
+        raise BioindexError(f"unknown few-shot method {method!r}")
+    species = sorted(set(taxa), key=lambda t: t.lineage)
+    if len(species) < 2:
+        raise BioindexError(f"--method {method} needs labelled images of at least two species "
+                            f"in the store; it has {len(species)}")  # fmt: skip
+    index = {t: i for i, t in enumerate(species)}
+    classes = np.array([index[t] for t in taxa], dtype=np.int64)
+    features = centred(vectors, mean)
+    weight, bias = train_linear(method, features, classes, len(species))
+    logits, truth = held_out_logits(method, features, classes, len(species))
+    calibrated = len(truth) >= MIN_HELD_OUT
+    temperature = (fit_temperature(logits, truth) if calibrated
+                   else DEFAULT_TEMPERATURE[method])  # fmt: skip
+    return Head(method, species, mean.astype(np.float32), weight, bias, temperature,
+                calibrated, len(taxa))  # fmt: skip
+
+
+def labelled_species(store: Store) -> tuple[np.ndarray, list[Taxon]]:
+    """(image_ids, taxa) of the live images named to species, by image_id."""
+    from bioindex.search.classify import labelled_filter
+
+    chosen = labelled_filter("species")
+    ids = np.sort(store.ids_where(chosen.sql, chosen.params))
+    rows = store.catalog.taxa_of([int(i) for i in ids])
+    kept, taxa = [], []
+    first: dict[tuple[str, ...], Taxon] = {}  # one class per lineage, whatever its common name
+    for image_id in ids:
+        taxon = taxon_from_row(rows[int(image_id)])
+        if taxon is not None and taxon.rank == "species":
+            kept.append(int(image_id))
+            taxa.append(first.setdefault(taxon.lineage, taxon))
+    return np.asarray(kept, dtype=np.int64), taxa
+
+
+def store_mean(store: Store, chunk: int = 65536) -> np.ndarray:
+    """The mean of every live vector of the store, read a chunk at a time."""
+    ids = store.catalog.live_ids()
+    total = np.zeros(store.dim, dtype=np.float64)
+    for start in range(0, len(ids), chunk):
+        total += store.vectors([int(i) for i in ids[start : start + chunk]]).sum(axis=0)
+    return (total / max(len(ids), 1)).astype(np.float32)
+
+
+def store_head(store: Store, method: str) -> Head:
+    """The store's trained head for `method`: from its cache when the labelled images and
+    the model are the ones it was trained on, else trained now (and cached)."""
+    path = Path(store.path) / HEADS_DIR / f"{method}-{_key(store, method)}.npz"
+    if path.is_file():
+        try:
+            return Head.load(path)
+        except (OSError, ValueError, KeyError) as exc:  # a torn or foreign file: retrain
+            log.warning("ignoring unreadable cached head %s: %s", path, exc)
+    ids, taxa = labelled_species(store)
+    if not len(ids):
+        raise BioindexError(f"--method {method} learns from the store's images named to "
+                            "species, and this store has none")  # fmt: skip
+    head = fit_head(method, store.vectors([int(i) for i in ids]), taxa, store_mean(store))
+    try:
+        path.parent.mkdir(exist_ok=True)
+        head.save(path)
+        for old in path.parent.glob(f"{method}-*.npz"):  # trained on older labels
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only store still answers; it trains again next time
+        log.info("could not cache the %s head in %s: %s", method, path.parent, exc)
+    return head
+
+
+def _key(store: Store, method: str) -> str:
+    # The generation changes with every commit: new labels, new images (the mean moves).
+    model = store.model
+    identity = [HEAD_VERSION, method, model.get("weights_sha256"), model.get("preprocess"),
+                store.generation()]  # fmt: skip
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]

@@ -1,0 +1,184 @@
+"""Identification a curator can trust (#19), on the demo world: few-shot heads trained on the
+store's own labels, calibration, back-off and bands, the place prior and several views —
+through the Python API, the CLI and the HTTP API, on real stores."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bioindex import Collection
+from bioindex.cli import main
+from bioindex.demo import identify
+from bioindex.demo.tree import SPECIES
+from bioindex.demo.world import draw_specimens, region_of, write_world
+from bioindex.errors import BioindexError
+from bioindex.search.classify import decide
+from bioindex.search.place import species_list_prior
+from tests.conftest import LiveServer
+
+LOOK = "slide-film"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder holding the 1-shot and 5-shot stores (built once, by the first test)."""
+    return tmp_path_factory.mktemp("world")
+
+
+def test_few_shot_learns_the_collections_look(world: Path) -> None:
+    one, five = identify.few_shot(LOOK, 1, 4, world), identify.few_shot(LOOK, 5, 4, world)
+    # The look turns every hue by 40 degrees: the text labels mislead, the labels do not.
+    assert one["few-shot"] >= one["zero-shot"] + 0.10, one
+    assert five["few-shot"] >= five["zero-shot"] + 0.10, five
+    assert five["linear-probe"] > five["knn"], five
+    assert five["few-shot"] > one["few-shot"], (one, five)
+
+
+def test_fitting_the_temperature_calibrates_the_linear_probe(world: Path) -> None:
+    found = identify.calibration(LOOK, 5, 12, world)["linear-probe"]
+    assert found["ece_fitted"] <= 0.05, found
+    assert found["ece_fitted"] < found["ece_before"], found
+
+
+def test_near_lifts_top1_where_look_alikes_live_elsewhere(world: Path) -> None:
+    found = identify.place(LOOK, 1, 4, world)
+    assert found["with_near"] >= found["without_place"] + 0.10, found
+
+
+def test_three_views_beat_the_best_single_view(world: Path) -> None:
+    found = identify.several_views(LOOK, 1, 4, world)
+    assert found["mean_vector"] >= found["best_single_view"] + 0.05, found
+
+
+def test_decisions_back_off_to_the_deepest_rank_that_is_sure_enough() -> None:
+    a, b, c = SPECIES[0].taxon, SPECIES[1].taxon, SPECIES[6].taxon  # a, b share a genus
+    assert a.genus == b.genus and a.genus != c.genus
+    scores = {a: 0.45, b: 0.40, c: 0.15}
+    sure = decide(scores, "species", 0.4)
+    assert (sure.name, sure.rank, sure.band) == (a.scientific_name, "species", "confident")
+    genus = decide(scores, "species", 0.5)
+    assert (genus.name, genus.rank, genus.band) == (a.genus, "genus", "uncertain")
+    assert genus.score == pytest.approx(0.85)
+    split = decide({a: 0.5, SPECIES[12].taxon: 0.5}, "species", 0.9)
+    assert split.band == "uncertain" and split.rank == "class"  # two orders of one class
+    assert decide({a: 0.5, SPECIES[-1].taxon: 0.5}, "species", 0.9).band == "unknown"
+
+
+def test_the_head_is_cached_and_retrained_when_labels_change(tmp_path: Path) -> None:
+    root = write_world(tmp_path / "w", SPECIES[:6], 2, seed=5, look=LOOK)
+    heads = tmp_path / "s" / "heads"
+    with Collection.open(tmp_path / "s", model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+        first = col.head("few-shot")
+        assert len(first.taxa) == 6 and first.calibrated and len(list(heads.glob("*"))) == 1
+        cached = next(heads.glob("few-shot-*.npz"))
+    with Collection.open(tmp_path / "s", device="cpu", read_only=True) as col:
+        again = col.head("few-shot")  # a new process would read it back, not train
+        np.testing.assert_array_equal(again.weight, first.weight)
+    rows = list(csv.DictReader(open(root / "occurrences.csv")))
+    for row in rows:
+        if row["scientificName"] == SPECIES[0].name:  # relabel one species
+            row["scientificName"] = f"{SPECIES[0].taxon.genus} novus"
+            row["specificEpithet"] = "novus"
+    with open(root / "occurrences.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with Collection.open(tmp_path / "s", device="cpu") as col:
+        col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+        names = {t.scientific_name for t in col.head("few-shot").taxa}
+        assert f"{SPECIES[0].taxon.genus} novus" in names and SPECIES[0].name not in names
+    assert not cached.exists() and len(list(heads.glob("few-shot-*.npz"))) == 1
+
+
+def test_few_shot_needs_labels_and_says_so(tmp_path: Path, tiny_model: str) -> None:
+    from tests.conftest import draw_images
+
+    draw_images(tmp_path / "photos", 3)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True, device="cpu") as col:
+        col.index([tmp_path / "photos"], progress=False)
+        with pytest.raises(BioindexError, match="names no taxa"):
+            col.classify([next((tmp_path / "photos").rglob("*.jpg"))], method="few-shot")
+
+
+def test_a_species_list_is_a_place(tmp_path: Path) -> None:
+    listed = tmp_path / "checklist.tsv"  # GBIF species-list download columns (a subset)
+    listed.write_text("taxonKey\tscientificName\tkingdom\tfamily\tgenus\tspecies\n"
+                      f"1\t{SPECIES[0].name} Smith, 1901\tAnimalia\t{SPECIES[0].taxon.family}"
+                      f"\t{SPECIES[0].taxon.genus}\t{SPECIES[0].name}\n")  # fmt: skip
+    prior = species_list_prior(listed, outside=0.2)
+    a, b = SPECIES[0].taxon, SPECIES[1].taxon
+    assert prior.weight(a) == 1.0 and prior.weight(b) == 0.2
+    assert prior.weight(a.at_rank("genus")) == 1.0  # b's genus is recorded too
+    assert prior.apply({a: 0.4, b: 0.6})[a] == pytest.approx(0.4 / (0.4 + 0.12))
+    with pytest.raises(BioindexError, match="no 'species' or 'scientificName'"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("name\nx\n")
+        species_list_prior(bad)
+
+
+def test_cli_answers_a_specimen_once_with_place_and_band(world: Path, tmp_path: Path) -> None:
+    identify.few_shot(LOOK, 1, 1, world)  # makes sure the 1-shot store exists
+    store = world / f"{LOOK}-1" / "store"
+    species, views = draw_specimens([SPECIES[7]], 1, 3, seed=9, look=LOOK)[0]
+    paths = []
+    for i, view in enumerate(views):
+        paths.append(tmp_path / f"view{i}.png")
+        view.save(paths[-1])
+    _, lat, lon = region_of(species)
+    runner = CliRunner()
+    result = runner.invoke(main, ["classify", *map(str, paths), "--store", str(store),
+                                  "--method", "few-shot", "--specimen", "--near", f"{lat},{lon}",
+                                  "--format", "json", "-k", "3"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = json.loads(result.output)
+    assert len(rows) == 3 and len({r["file"] for r in rows}) == 1 and " + " in rows[0]["file"]
+    assert rows[0]["band"] in ("confident", "uncertain") and rows[0]["answer_rank"]
+    table = runner.invoke(main, ["classify", str(paths[0]), "--store", str(store),
+                                 "--method", "linear-probe", "--min-confidence", "1"])  # fmt: skip
+    assert table.exit_code == 0 and "unknown (no rank reaches" in table.output
+    for args, message in ((["--near", "91,0"], "latitude must be in"),
+                          (["--near", "x"], "give LAT,LON"),
+                          (["--near", "1,2", "--where", "country_code=KE"], "give one place")):
+        bad = runner.invoke(main, ["classify", str(paths[0]), "--store", str(store), *args])
+        assert bad.exit_code == 1 and message in bad.output, bad.output
+
+
+def test_http_classify_takes_several_views_and_a_place(world: Path) -> None:
+    from bioindex.serve.app import create_app
+
+    identify.few_shot(LOOK, 1, 1, world)
+    store = world / f"{LOOK}-1" / "store"
+    species, views = draw_specimens([SPECIES[20]], 1, 3, seed=4, look=LOOK)[0]
+    parts = []
+    for i, view in enumerate(views):
+        data = io.BytesIO()
+        view.save(data, "PNG")
+        parts.append(("file", (f"v{i}.png", data.getvalue(), "image/png")))
+    _, lat, lon = region_of(species)
+    app = create_app(store, device="cpu")
+    try:
+        with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+            found = client.post("/api/classify", files=parts,
+                                params={"method": "few-shot", "near": f"{lat},{lon}",
+                                        "k": 2}).json()  # fmt: skip
+            assert found["views"] == 3
+            assert found["predictions"][0]["file"] == "v0.png + v1.png + v2.png"
+            assert found["answer"]["band"] in ("confident", "uncertain", "unknown")
+            one = client.post("/api/classify", files=parts[:1], params={"k": 1}).json()
+            assert one["views"] == 1 and "band" in one["answer"]
+            bad = client.post("/api/classify", files=parts[:1], params={"near": "500,1"})
+            assert bad.status_code == 400 and "latitude" in bad.json()["error"]
+            many = client.post("/api/classify", files=parts * 3)
+            assert many.status_code == 400 and "at most" in many.json()["error"]
+    finally:
+        app.state.collection.close()
