@@ -232,7 +232,8 @@ def test_cli_taxon_and_classify(held_out: Collection, queries, tmp_path: Path) -
     result = runner.invoke(main, ["classify", str(path), "-s", store, "--rank", "genus",
                                   "-k", "2", "--format", "csv"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == "file,kingdom,phylum,class,order,family,genus,score"
+    assert result.output.splitlines()[0] == ("file,kingdom,phylum,class,order,family,genus,"
+                                             "score,answer,answer_rank,answer_score,band")
     assert species.taxon.genus in result.output.splitlines()[1]
     for args, message in (
         (["search", "taxon", "Nonexistens imaginarius", "--mode", "catalog"], "unknown taxon"),
