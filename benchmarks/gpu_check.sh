@@ -18,7 +18,7 @@ python3 -c "import torch, faiss, duckdb, open_clip; print('torch', torch.__versi
 'cuda', torch.cuda.is_available(), 'faiss', faiss.__version__)" | tee -a "$OUT/gpu.txt"
 # GPU tests first (CUDA run = CPU run within bf16, with and without nvJPEG, compiled): a
 # broken CUDA path shows here in a minute instead of as a failed benchmark.
-timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_pipeline.py \
+timeout 110 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_gpu.py tests/test_pipeline.py \
   tests/test_indexing.py -k "not kill" 2>&1 | tail -6 | tee "$OUT/tests.txt"
 # 224 px: 4,000 drawn JPEGs hard-linked 15x = 60,000 files, enough for a steady state at
 # >10,000 images/s (3,000 files were over before 16 workers had delivered a batch each).

@@ -136,3 +136,10 @@ def send_response(handler, code: int, headers: dict[str, str], body: bytes) -> N
         handler.wfile.write(body)
     except (BrokenPipeError, ConnectionResetError):
         pass
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with slow tests first: workers take whole files in order (--dist=loadfile), and
+    the longest jobs started first finish together instead of one worker running last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: order kept otherwise

@@ -32,6 +32,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("world")
 
 
+@pytest.mark.slow
 def test_few_shot_learns_the_collections_look(world: Path) -> None:
     one, five = identify.few_shot(LOOK, 1, 4, world), identify.few_shot(LOOK, 5, 4, world)
     # The look turns every hue by 40 degrees: the text labels mislead, the labels do not.
@@ -41,17 +42,20 @@ def test_few_shot_learns_the_collections_look(world: Path) -> None:
     assert five["few-shot"] > one["few-shot"], (one, five)
 
 
+@pytest.mark.slow
 def test_fitting_the_temperature_calibrates_the_linear_probe(world: Path) -> None:
     found = identify.calibration(LOOK, 5, 12, world)["linear-probe"]
     assert found["ece_fitted"] <= 0.05, found
     assert found["ece_fitted"] < found["ece_before"], found
 
 
+@pytest.mark.slow
 def test_near_lifts_top1_where_look_alikes_live_elsewhere(world: Path) -> None:
     found = identify.place(LOOK, 1, 4, world)
     assert found["with_near"] >= found["without_place"] + 0.10, found
 
 
+@pytest.mark.slow
 def test_three_views_beat_the_best_single_view(world: Path) -> None:
     found = identify.several_views(LOOK, 1, 4, world)
     assert found["mean_vector"] >= found["best_single_view"] + 0.05, found
