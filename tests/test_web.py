@@ -152,6 +152,36 @@ def test_taxon_search_upload_filter_and_reload(site, tmp_path: Path, width, heig
     page.close()
 
 
+def test_several_photos_of_one_specimen_get_one_answer_with_its_band(site, tmp_path) -> None:
+    import csv
+
+    from bioindex.demo.draw import draw_views
+
+    browser, url, root = site
+    target = SPECIES[30]
+    rows = list(csv.DictReader(open(root / "occurrences.csv")))
+    spot = next(r for r in rows if r["scientificName"] == target.name)
+    paths = []
+    for i, view in enumerate(draw_views(target, np.random.default_rng(3), 3)):
+        paths.append(tmp_path / f"view{i}.jpg")
+        view.save(paths[-1])
+    page = browser.new_page(bypass_csp=True)
+    answered = []
+    page.on("response", lambda r: answered.append(r) if "/api/classify" in r.url else None)
+    page.goto(url)
+    page.fill("#near", f"{spot['decimalLatitude']},{spot['decimalLongitude']}")
+    page.select_option("#method", "few-shot")
+    page.set_input_files("#photo", [str(p) for p in paths])
+    page.wait_for_selector("#predicted")
+    panel = page.inner_text("#prediction")
+    assert "from 3 photos" in panel and page.inner_text("#predicted") == target.name
+    assert page.inner_text("#band") in ("confident", "uncertain: not sure enough of anything "
+                                        "below this rank")  # fmt: skip
+    assert len(answered) == 1 and "method=few-shot" in answered[0].url
+    assert "near=" in answered[0].url and answered[0].json()["views"] == 3
+    page.close()
+
+
 def test_unknown_name_falls_back_to_text_search(site) -> None:
     browser, url, _ = site
     page = browser.new_page(bypass_csp=True)

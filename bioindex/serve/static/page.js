@@ -103,20 +103,41 @@ async function search(push) {
 
 let collection = {names_taxa: true};
 
-async function upload(file) {
-  if (!file) return;
-  status("Looking at " + file.name + "…");
-  const form = () => { const f = new FormData(); f.append("file", file); return f; };
+const BANDS = {
+  confident: "confident",
+  uncertain: "uncertain: not sure enough of anything below this rank",
+  unknown: "unknown: no rank is likely enough",
+};
+
+// Several files are photos of one specimen: one answer for all of them; the look-alikes
+// are those of the first photo.
+async function upload(files) {
+  files = Array.from(files || []).filter((f) => f);
+  if (!files.length) return;
+  const file = files[0];
+  const named = files.map((f) => f.name).join(" + ");
+  status("Looking at " + named + "…");
+  const form = (all) => {
+    const f = new FormData();
+    for (const one of all ? files : [file]) f.append("file", one);
+    return f;
+  };
   await infoLoaded;
   try {
-    const found = getJSON("/api/search/image?" + params({k: 24}), {method: "POST", body: form()});
+    const found = getJSON("/api/search/image?" + params({k: 24}), {method: "POST", body: form(false)});
     let panel;
     if (collection.names_taxa) {
-      const prediction = await getJSON("/api/classify?rank=species&k=3", {method: "POST", body: form()});
+      const asked = {rank: "species", k: 3, method: $("method").value};
+      if ($("near").value.trim()) asked.near = $("near").value.trim();
+      const prediction = await getJSON("/api/classify?" + new URLSearchParams(asked), {method: "POST", body: form(true)});
       const ranks = Object.entries(prediction.ranks).map(([rank, v]) =>
         `<tr><td>${rank}</td><td><i>${esc(v.name)}</i></td><td>${(v.score * 100).toFixed(1)}%</td></tr>`).join("");
-      const top = prediction.ranks.species ? prediction.ranks.species.name : (prediction.predictions[0] || {}).species || "?";
-      panel = `<b>Predicted: <i id="predicted">${esc(top)}</i></b><table>${ranks}</table>`;
+      const answer = prediction.answer || {};
+      const rank = answer.answer_rank ? ` (${esc(answer.answer_rank)})` : "";
+      const views = files.length > 1 ? ` from ${files.length} photos` : "";
+      panel = `<b>Answer${views}: <i id="predicted">${esc(answer.answer || "?")}</i>${rank}</b>
+        <span id="band" class="band-${esc(answer.band || "")}">${esc(BANDS[answer.band] || "")}</span>
+        <table>${ranks}</table>`;
     } else {
       panel = `<span id="no-names">This collection's catalog names no taxa, so the photo cannot be named here.
         The images below look like it. To name photos, index the collection with its metadata (<code>--metadata</code>).</span>`;
@@ -142,13 +163,13 @@ $("q").addEventListener("input", () => {
   }, 150);
 });
 $("search").addEventListener("submit", (event) => { event.preventDefault(); search(true); });
-$("photo").addEventListener("change", () => upload($("photo").files[0]));
+$("photo").addEventListener("change", () => upload($("photo").files));
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (event) => {
   event.preventDefault(); drop.classList.remove("over");
-  upload(event.dataTransfer.files[0]);
+  upload(event.dataTransfer.files);
 });
 window.addEventListener("popstate", () => load());
 const infoLoaded = getJSON("/api/info").then((info) => {
