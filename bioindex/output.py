@@ -66,7 +66,7 @@ def render_sections(
     return "\n".join(f"{title}:\n{render(rows, fmt, columns, width)}" for title, rows in present)
 
 
-ANSWER_KEYS = ("answer", "answer_rank", "answer_score", "band")
+ANSWER_KEYS = ("answer", "answer_rank", "answer_score", "band", "answer_note")
 
 
 def render_predictions(rows: list[dict[str, Any]], fmt: str,
@@ -95,9 +95,11 @@ def _answer(row: dict[str, Any]) -> str:
     if band is None:
         return "(no answer)"
     if band == "unknown":
-        return "unknown (no rank reaches the minimum confidence)"
+        note = f"; {row['answer_note']}" if row.get("answer_note") else ""
+        return f"unknown (no rank reaches the minimum confidence{note})"
     rank = f" ({row['answer_rank']})" if row.get("answer_rank") else ""
-    return f"{row['answer']}{rank}, {band}, {float(row['answer_score']):.4f}"
+    note = f" ({row['answer_note']})" if row.get("answer_note") else ""
+    return f"{row['answer']}{rank}, {band}, {float(row['answer_score']):.4f}{note}"
 
 
 def render_mapping(data: dict[str, Any], fmt: str, width: int | None = None) -> str:

@@ -61,6 +61,17 @@ def test_three_views_beat_the_best_single_view(world: Path) -> None:
     assert found["mean_vector"] >= found["best_single_view"] + 0.05, found
 
 
+@pytest.mark.slow
+def test_species_left_out_of_the_labels_are_often_not_named(world: Path) -> None:
+    """#19's open-set goal (80% 'unknown' at 90% kept) is not reached on the demo world
+    (docs/benchmarks.md); this holds what is: the centroid cosine tells held-out species
+    apart far better than the probability does, and using it keeps known species named."""
+    found = identify.open_set(LOOK, 5, 4, world)
+    assert found["known_keep_species_answer"] >= 0.90, found
+    assert found["auroc_centroid_cosine"] >= 0.85 > found["auroc_probability"], found
+    assert found["unknown_said_for_held_out"] >= 0.10, found  # 2.5% without the novelty test
+
+
 def test_decisions_back_off_to_the_deepest_rank_that_is_sure_enough() -> None:
     a, b, c = SPECIES[0].taxon, SPECIES[1].taxon, SPECIES[6].taxon  # a, b share a genus
     assert a.genus == b.genus and a.genus != c.genus
@@ -73,6 +84,9 @@ def test_decisions_back_off_to_the_deepest_rank_that_is_sure_enough() -> None:
     split = decide({a: 0.5, SPECIES[12].taxon: 0.5}, "species", 0.9)
     assert split.band == "uncertain" and split.rank == "class"  # two orders of one class
     assert decide({a: 0.5, SPECIES[-1].taxon: 0.5}, "species", 0.9).band == "unknown"
+    novel = decide({a: 0.95, c: 0.05}, "species", 0.5, novel=True)  # unlike every species
+    assert (novel.name, novel.rank, novel.band) == (a.genus, "genus", "uncertain")
+    assert novel.to_dict()["answer_note"] == "unlike every labelled species"
 
 
 def test_the_head_is_cached_and_retrained_when_labels_change(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from bioindex.demo.world import (
 )
 from bioindex.search.calibration import expected_calibration_error, softmax
 from bioindex.search.classify import UNKNOWN
+from bioindex.search.fewshot import centred
 
 STORE_SEED, QUERY_SEED, SPECIMEN_SEED = 101, 202, 303
 
@@ -99,6 +100,8 @@ def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str
         vectors, truth = query_vectors(collection, per_species, look)
         names = [str(i) for i in range(len(truth))]
         found = collection.classify_vectors(names, vectors, k=1, method=method, **options)
+        head = collection.head(method)
+        nearest = (centred(vectors, head.mean) @ head.centroids.T).max(axis=1)
     is_held = np.array([s in held for s in truth])
     decisions = [p.decision for p in found]
     species_answer = np.array([d.rank == "species" for d in decisions])
@@ -111,7 +114,8 @@ def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str
         "known_species_correct": float(np.mean([p.taxon.lineage == s.taxon.lineage
                                                 for p, s, h in zip(found, truth, is_held)
                                                 if not h])),  # fmt: skip
-        "auroc_known_vs_held_out": auroc(confidence[~is_held], confidence[is_held]),
+        "auroc_probability": auroc(confidence[~is_held], confidence[is_held]),
+        "auroc_centroid_cosine": auroc(nearest[~is_held], nearest[is_held]),
         "held_out_answered_at_genus": len(genus_answers) / max(int(is_held.sum()), 1),
         "genus_accuracy_when_backed_off": float(np.mean(
             [d.name == s.taxon.genus for d, s in genus_answers])) if genus_answers else 0.0,

@@ -34,6 +34,7 @@ from bioindex.taxonomy import RANKS, Taxon
 METHODS = ("zero-shot", "knn", "combined", *FEW_SHOT_METHODS)
 DEFAULT_NEIGHBOURS = 20
 CONFIDENT, UNCERTAIN, UNKNOWN = "confident", "uncertain", "unknown"
+NOVEL_NOTE = "unlike every labelled species"
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,14 @@ class Decision:
     rank: str  # the rank answered ("" for none, and for a free-text label)
     score: float
     band: str
+    novel: bool = False  # unlike every labelled species: the species was not answered
 
     def to_dict(self) -> dict:
-        return {"answer": self.name, "answer_rank": self.rank,
-                "answer_score": round(self.score, 6), "band": self.band}  # fmt: skip
+        row = {"answer": self.name, "answer_rank": self.rank,
+               "answer_score": round(self.score, 6), "band": self.band}  # fmt: skip
+        if self.novel:
+            row["answer_note"] = NOVEL_NOTE
+        return row
 
 
 @dataclass
@@ -114,10 +119,13 @@ def knn_vote(
     return {t: v / total for t, v in votes.items()} if total > 0 else {}
 
 
-def decide(scores: dict[Taxon, float], rank: str, min_confidence: float) -> Decision:
+def decide(scores: dict[Taxon, float], rank: str, min_confidence: float,
+           novel: bool = False) -> Decision:  # fmt: skip
     """The deepest rank from `rank` upwards whose best taxon (scores summed by lineage)
-    reaches `min_confidence` (ranks the taxa leave blank are skipped)."""
-    for level in reversed(RANKS[: RANKS.index(rank) + 1]):
+    reaches `min_confidence` (ranks the taxa leave blank are skipped). A `novel` image
+    (unlike every labelled species) is answered from the genus up."""
+    deepest = RANKS.index(rank) - (1 if novel and rank == "species" else 0)
+    for level in reversed(RANKS[: deepest + 1]):
         totals = by_rank_scores(scores, level)
         named = {t: p for t, p in totals.items() if t.name_at(level).strip()}
         if not named:
@@ -125,8 +133,8 @@ def decide(scores: dict[Taxon, float], rank: str, min_confidence: float) -> Deci
         taxon, score = max(named.items(), key=lambda item: (item[1], item[0].lineage))
         if score >= min_confidence:
             return Decision(taxon.name_at(level), level, score,
-                            CONFIDENT if level == rank else UNCERTAIN)  # fmt: skip
-    return Decision(UNKNOWN, "", 0.0, UNKNOWN)
+                            CONFIDENT if level == rank else UNCERTAIN, novel)  # fmt: skip
+    return Decision(UNKNOWN, "", 0.0, UNKNOWN, novel)
 
 
 def by_rank_scores(scores: dict[Taxon, float], rank: str) -> dict[Taxon, float]:
@@ -179,8 +187,10 @@ def classify_vectors(
         raise BioindexError("custom labels name no taxa a place could have records of")
 
     probabilities, taxa = None, None
+    novel = np.zeros(len(files), dtype=bool)
     if few_shot:
         probabilities, taxa = head.probabilities(image_vectors), head.taxa
+        novel = head.novel(image_vectors)
     elif method != "knn":
         probabilities = zero_shot_probabilities(image_vectors, label_vectors, logit_scale)
         taxa = labels.taxa
@@ -209,7 +219,7 @@ def classify_vectors(
                 scores = {t: 0.5 * scores.get(t, 0.0) + 0.5 * votes.get(t, 0.0) for t in keys}
         if place is not None:
             scores = place.apply(scores)
-        decision = decide(scores, rank, min_confidence)
+        decision = decide(scores, rank, min_confidence, bool(novel[i]))
         best = sorted(scores.items(), key=lambda item: (-item[1], item[0].lineage))[:k]
         predictions.extend(Prediction(file, score, taxon=taxon, decision=decision)
                            for taxon, score in best)  # fmt: skip

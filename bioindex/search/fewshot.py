@@ -29,6 +29,7 @@ import numpy as np
 
 from bioindex.errors import BioindexError
 from bioindex.search.calibration import fit_temperature, softmax
+from bioindex.search.filters import labelled_filter
 from bioindex.search.labels import taxon_from_row
 from bioindex.store import Store
 from bioindex.store.layout import HEADS_DIR
@@ -44,7 +45,11 @@ DEFAULT_TEMPERATURE = {"few-shot": 16.0, "linear-probe": 1.0}
 FOLDS = 5
 MIN_HELD_OUT = 10  # fewer held-out rows than this fit a temperature to noise
 PROBE_C = 10.0  # inverse L2 strength; unit-length features need a weak penalty
-HEAD_VERSION = 1
+# An image whose cosine to every species' centroid is below what this share of held-out
+# labelled images had to their own species' centroid is unlike every labelled species: the
+# species is not answered (benchmarks/identify.py, open set).
+NOVELTY_QUANTILE = 0.05
+HEAD_VERSION = 2
 
 
 @dataclass
@@ -59,6 +64,13 @@ class Head:
     temperature: float
     calibrated: bool  # T fitted on held-out labelled images (False: DEFAULT_TEMPERATURE)
     examples: int  # labelled images it was trained on
+    centroids: np.ndarray  # [species, dim]: unit means of centred features (novelty)
+    novelty: float  # centroid cosine below which an image is unlike every species
+
+    def novel(self, vectors: np.ndarray) -> np.ndarray:
+        """Whether each image is unlike every labelled species (see NOVELTY_QUANTILE)."""
+        nearest = (centred(np.atleast_2d(vectors), self.mean) @ self.centroids.T).max(axis=1)
+        return nearest < self.novelty
 
     def logits(self, vectors: np.ndarray) -> np.ndarray:
         return centred(vectors, self.mean) @ self.weight.T + self.bias
@@ -71,21 +83,24 @@ class Head:
         rows = [list(astuple(t)) for t in self.taxa]
         meta = {"method": self.method, "temperature": self.temperature,
                 "calibrated": self.calibrated, "examples": self.examples,
-                "taxa": rows, "version": HEAD_VERSION}  # fmt: skip
+                "novelty": self.novelty, "taxa": rows, "version": HEAD_VERSION}  # fmt: skip
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         with open(tmp, "wb") as out:
             np.savez(out, mean=self.mean, weight=self.weight, bias=self.bias,
-                     meta=np.array(json.dumps(meta)))  # fmt: skip
+                     centroids=self.centroids, meta=np.array(json.dumps(meta)))  # fmt: skip
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> Head:
         with np.load(path) as data:
             meta = json.loads(str(data["meta"]))
+            if meta.get("version") != HEAD_VERSION:
+                raise ValueError(f"head version {meta.get('version')}, not {HEAD_VERSION}")
             taxa = [make_taxon(row[:7], row[7]) for row in meta["taxa"]]
             return cls(meta["method"], taxa, data["mean"], data["weight"], data["bias"],
                        float(meta["temperature"]), bool(meta["calibrated"]),
-                       int(meta["examples"]))  # fmt: skip
+                       int(meta["examples"]), data["centroids"],
+                       float(meta["novelty"]))  # fmt: skip
 
 
 def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -160,14 +175,17 @@ def fit_head(method: str, vectors: np.ndarray, taxa: Sequence[Taxon], mean: np.n
     calibrated = len(truth) >= MIN_HELD_OUT
     temperature = (fit_temperature(logits, truth) if calibrated
                    else DEFAULT_TEMPERATURE[method])  # fmt: skip
+    centroids = train_linear("few-shot", features, classes, len(species))[0]
+    novelty = -np.inf  # too few held-out images to say what is typical: nothing is novel
+    if calibrated:
+        cosines, own = held_out_logits("few-shot", features, classes, len(species))
+        novelty = float(np.quantile(cosines[np.arange(len(own)), own], NOVELTY_QUANTILE))
     return Head(method, species, mean.astype(np.float32), weight, bias, temperature,
-                calibrated, len(taxa))  # fmt: skip
+                calibrated, len(taxa), centroids, novelty)  # fmt: skip
 
 
 def labelled_species(store: Store) -> tuple[np.ndarray, list[Taxon]]:
     """(image_ids, taxa) of the live images named to species, by image_id."""
-    from bioindex.search.classify import labelled_filter
-
     chosen = labelled_filter("species")
     ids = np.sort(store.ids_where(chosen.sql, chosen.params))
     rows = store.catalog.taxa_of([int(i) for i in ids])

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from bioindex.collection import Collection, combine_views
 from bioindex.errors import BioindexError, ImageTooLarge
 from bioindex.indexer.remote import is_remote
+from bioindex.output import ANSWER_KEYS
 from bioindex.search.defaults import (
     DEFAULT_MIN_CONFIDENCE,
     DEFAULT_OUTSIDE_WEIGHT,
@@ -296,8 +297,7 @@ def create_app(
                 if name_at.strip():  # a rank the catalog leaves empty is not a prediction
                     lineage[level] = {"name": name_at, "score": round(top[0].score, 6)}
         rows = [p.to_dict() for p in predictions]
-        answer = {key: rows[0][key] for key in ("answer", "answer_rank", "answer_score", "band")
-                  if rows and key in rows[0]}  # fmt: skip
+        answer = {key: rows[0][key] for key in ANSWER_KEYS if rows and key in rows[0]}
         return {"predictions": rows, "ranks": lineage, "answer": answer,
                 "views": len(file)}  # fmt: skip
 

@@ -137,6 +137,7 @@ async function upload(files) {
       const views = files.length > 1 ? ` from ${files.length} photos` : "";
       panel = `<b>Answer${views}: <i id="predicted">${esc(answer.answer || "?")}</i>${rank}</b>
         <span id="band" class="band-${esc(answer.band || "")}">${esc(BANDS[answer.band] || "")}</span>
+        ${answer.answer_note ? `<span id="note">${esc(answer.answer_note)}</span>` : ""}
         <table>${ranks}</table>`;
     } else {
       panel = `<span id="no-names">This collection's catalog names no taxa, so the photo cannot be named here.
