@@ -80,15 +80,15 @@ def within_radius(lat: float, lon: float, radius_km: float) -> Filter:
                   params=[lat, lat, lon, radius_km])  # fmt: skip
 
 
-def catalog_prior(store: Store, where: Filter, outside: float = DEFAULT_OUTSIDE_WEIGHT
-                  ) -> PlacePrior:  # fmt: skip
+def catalog_prior(store: Store, where: Filter, outside: float = DEFAULT_OUTSIDE_WEIGHT,
+                  remedy: str = "loosen the conditions") -> PlacePrior:  # fmt: skip
     """The taxa the catalog records where `where` holds (a radius, a country, a box)."""
     _check_outside(outside)
     rows = store.catalog.taxon_rows_where(where.sql, where.params)
     taxa = [t for t in (taxon_from_row(r) for r in rows) if t is not None]
     if not taxa:
-        raise BioindexError(f"the catalog records no named taxon {' and '.join(where.conditions)};"
-                            " widen --radius-km or leave the place out")  # fmt: skip
+        raise BioindexError(f"the catalog records no named taxon {' and '.join(where.conditions)}"
+                            f"; {remedy}, or leave the place out")  # fmt: skip
     return PlacePrior(recorded_names(taxa), outside, " and ".join(where.conditions))
 
 
