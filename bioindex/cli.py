@@ -440,15 +440,16 @@ def _text_query(c: Any, k: int, where: Any, query: str, add: Sequence[str],
     return c.search_query([query, *add], subtract, k=k, where=where)
 
 
-def _image_query(c: Any, k: int, where: Any, path: str, add: Sequence[str],
+def _image_query(c: Any, k: int, where: Any, paths: Sequence[str], add: Sequence[str],
                  subtract: Sequence[str]) -> Any:  # fmt: skip
     from bioindex.errors import BioindexError
 
     if not add and not subtract:
-        return c.search_image(path, k=k, where=where)
-    if not os.path.isfile(path):
-        raise BioindexError(f"image {path} does not exist")
-    return c.search_query([path, *add], subtract, k=k, where=where)
+        return c.search_image(paths[0] if len(paths) == 1 else list(paths), k=k, where=where)
+    for path in paths:
+        if not os.path.isfile(path):
+            raise BioindexError(f"image {path} does not exist")
+    return c.search_query([*paths, *add], subtract, k=k, where=where)
 
 
 _search_command(
@@ -465,12 +466,14 @@ _search_command(
     extra=arithmetic_options,
 )  # fmt: skip
 _search_command(
-    "image", click.argument("path"), _image_query,
-    """Images most similar to the picture at PATH.
+    "image", click.argument("paths", nargs=-1, required=True, metavar="PATH..."), _image_query,
+    """Images most similar to the picture at PATH (several: views of one specimen, searched
+    as one).
 
     \b
     Examples:
       bioindex search image specimen.jpg --store my-store --k 5 --format csv
+      bioindex search image dorsal.jpg ventral.jpg lateral.jpg --store my-store
       bioindex search image leaf.jpg -s herb --where family=Rosaceae --where bbox=-10,35,30,60
       bioindex search image bird.jpg -s s --add "in flight" --subtract "0.5:other.jpg"
     """,

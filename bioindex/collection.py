@@ -422,10 +422,17 @@ class Collection:
             raise BioindexError("text query is empty")
         return self.search_vector(self.embed_texts([text])[0], k, where)
 
-    def search_image(self, path: str | os.PathLike[str], k: int = 10,
-                     where: Where = None) -> list[Hit]:  # fmt: skip
+    def search_image(self, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                     k: int = 10, where: Where = None) -> list[Hit]:  # fmt: skip
+        """Images like the picture at `path`; several paths are views of one specimen,
+        searched as one (the mean of their unit vectors)."""
         check_k(k)
-        return self.search_vector(self.embed_image(path), k, where)
+        if isinstance(path, (str, os.PathLike)):
+            return self.search_vector(self.embed_image(path), k, where)
+        if not path:
+            raise BioindexError("no image to search with")
+        views = np.stack([self.embed_image(p) for p in path])
+        return self.search_vector(combine_views(views), k, where)
 
     def search_id(self, image_id: int, k: int = 10, where: Where = None) -> list[Hit]:
         """Neighbours of an indexed image (the image itself left out)."""

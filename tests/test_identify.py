@@ -161,6 +161,13 @@ def test_cli_answers_a_specimen_once_with_place_and_band(world: Path, tmp_path: 
     rows = json.loads(result.output)
     assert len(rows) == 3 and len({r["file"] for r in rows}) == 1 and " + " in rows[0]["file"]
     assert rows[0]["band"] in ("confident", "uncertain") and rows[0]["answer_rank"]
+    searched = runner.invoke(main, ["search", "image", *map(str, paths), "-s", str(store),
+                                    "--format", "json", "-k", "5"])  # fmt: skip
+    assert searched.exit_code == 0, searched.output
+    with Collection.open(store, device="cpu", read_only=True) as col:
+        expected = [h.image_id for h in col.search_image(paths, k=5)]
+        single = [h.image_id for h in col.search_image(paths[0], k=5)]
+    assert [r["image_id"] for r in json.loads(searched.output)] == expected != single
     table = runner.invoke(main, ["classify", str(paths[0]), "--store", str(store),
                                  "--method", "linear-probe", "--min-confidence", "1"])  # fmt: skip
     assert table.exit_code == 0 and "unknown (no rank reaches" in table.output
@@ -198,5 +205,10 @@ def test_http_classify_takes_several_views_and_a_place(world: Path) -> None:
             assert bad.status_code == 400 and "latitude" in bad.json()["error"]
             many = client.post("/api/classify", files=parts * 3)
             assert many.status_code == 400 and "at most" in many.json()["error"]
+            alike = client.post("/api/search/image", files=parts, params={"k": 4}).json()
+            with_one = client.post("/api/search/image", files=parts[:1], params={"k": 4}).json()
+            assert len(alike["results"]) == 4 and alike != with_one
+            too_many = client.post("/api/search/image", files=parts * 3)
+            assert too_many.status_code == 400
     finally:
         app.state.collection.close()

@@ -232,13 +232,21 @@ def create_app(
             hits = collection.search_id(image_id, k=k, where=where_of(where))
         return hits_json(hits, None, k)
 
+    async def views_vector(parts: list[UploadFile]) -> np.ndarray:
+        """Several uploads are views of one specimen: the mean of their unit vectors."""
+        if len(parts) > MAX_VIEWS:
+            raise ApiError(400, f"at most {MAX_VIEWS} views of one specimen")
+        return combine_views(np.stack([await upload_vector(await read_upload(part))
+                                       for part in parts]))  # fmt: skip
+
     @app.post("/api/search/image")
-    async def search_image(file: UploadFile = File(...), k: int = 10,
+    async def search_image(file: list[UploadFile] = File(...), k: int = 10,
                            where: list[str] | None = Query(None), group_by: str | None = None,
                            ) -> dict:  # fmt: skip
+        """Images like the upload; several `file` parts are views of one specimen."""
         k = k_of(k)
         conditions = where_of(where)
-        vector = await upload_vector(await read_upload(file))
+        vector = await views_vector(file)
         fetch = k * 5 if group_by else k
         with lock.reading():
             hits = collection.search_vector(vector, k=fetch, where=conditions)
@@ -273,11 +281,8 @@ def create_app(
         are views of one specimen, answered once; `near` (LAT,LON) re-weights taxa by
         where the catalog records them within `radius_km`."""
         k = k_of(k)
-        if len(file) > MAX_VIEWS:
-            raise ApiError(400, f"at most {MAX_VIEWS} views of one specimen")
         label_set = labels_from_strings(labels.split(","), "labels") if labels else None
-        vectors = [await upload_vector(await read_upload(part)) for part in file]
-        vector = combine_views(np.stack(vectors))
+        vector = await views_vector(file)
         name = " + ".join(part.filename or "upload" for part in file)
         options = {"method": method, "min_confidence": min_confidence}
         with lock.reading():

@@ -109,27 +109,25 @@ const BANDS = {
   unknown: "unknown: no rank is likely enough",
 };
 
-// Several files are photos of one specimen: one answer for all of them; the look-alikes
-// are those of the first photo.
+// Several files are photos of one specimen: one answer and one list of look-alikes for all.
 async function upload(files) {
   files = Array.from(files || []).filter((f) => f);
   if (!files.length) return;
-  const file = files[0];
   const named = files.map((f) => f.name).join(" + ");
   status("Looking at " + named + "…");
-  const form = (all) => {
+  const form = () => {
     const f = new FormData();
-    for (const one of all ? files : [file]) f.append("file", one);
+    for (const one of files) f.append("file", one);
     return f;
   };
   await infoLoaded;
   try {
-    const found = getJSON("/api/search/image?" + params({k: 24}), {method: "POST", body: form(false)});
+    const found = getJSON("/api/search/image?" + params({k: 24}), {method: "POST", body: form()});
     let panel;
     if (collection.names_taxa) {
       const asked = {rank: "species", k: 3, method: $("method").value};
       if ($("near").value.trim()) asked.near = $("near").value.trim();
-      const prediction = await getJSON("/api/classify?" + new URLSearchParams(asked), {method: "POST", body: form(true)});
+      const prediction = await getJSON("/api/classify?" + new URLSearchParams(asked), {method: "POST", body: form()});
       const ranks = Object.entries(prediction.ranks).map(([rank, v]) =>
         `<tr><td>${rank}</td><td><i>${esc(v.name)}</i></td><td>${(v.score * 100).toFixed(1)}%</td></tr>`).join("");
       const answer = prediction.answer || {};
@@ -146,8 +144,8 @@ async function upload(files) {
     $("prediction").innerHTML = panel;
     $("prediction").style.display = "block";
     const results = (await found).results;
-    show([{kind: "image", title: `${results.length} images that look like ${file.name}`, note: "nearest by the model", results}],
-         `${results.length} images that look like ${file.name}`);
+    show([{kind: "image", title: `${results.length} images that look like ${named}`, note: "nearest by the model", results}],
+         `${results.length} images that look like ${named}`);
   } catch (error) {
     status(error.message, true);
   }
