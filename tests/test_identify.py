@@ -199,6 +199,12 @@ def test_http_classify_takes_several_views_and_a_place(world: Path) -> None:
             assert found["views"] == 3
             assert found["predictions"][0]["file"] == "v0.png + v1.png + v2.png"
             assert found["answer"]["band"] in ("confident", "uncertain", "unknown")
+            placed = client.post("/api/classify", files=parts[:1], params={
+                "method": "few-shot", "where": "bbox=-180,-90,180,90"}).json()  # everywhere
+            assert placed["predictions"][0]["score"] > 0
+            nowhere = client.post("/api/classify", files=parts[:1],
+                                  params={"where": "country_code=ZZ"})  # fmt: skip
+            assert nowhere.status_code == 400 and "records no named taxon" in nowhere.text
             one = client.post("/api/classify", files=parts[:1], params={"k": 1}).json()
             assert one["views"] == 1 and "band" in one["answer"]
             bad = client.post("/api/classify", files=parts[:1], params={"near": "500,1"})

@@ -274,18 +274,24 @@ def create_app(
                        method: str = "zero-shot", labels: str | None = None,
                        min_confidence: float = DEFAULT_MIN_CONFIDENCE, near: str | None = None,
                        radius_km: float = DEFAULT_RADIUS_KM,
-                       outside_weight: float = DEFAULT_OUTSIDE_WEIGHT) -> dict:  # fmt: skip
+                       outside_weight: float = DEFAULT_OUTSIDE_WEIGHT,
+                       where: list[str] | None = Query(None)) -> dict:  # fmt: skip
         """Top-k predictions with the answer (deepest rank reaching `min_confidence`, and
         its band), and the best name at each rank the labels name (`labels`:
         comma-separated custom labels instead of the catalog's taxa). Several `file` parts
         are views of one specimen, answered once; `near` (LAT,LON) re-weights taxa by
-        where the catalog records them within `radius_km`."""
+        where the catalog records them within `radius_km`, `where` (country_code=KE, …) by
+        the catalog's records matching those conditions."""
         k = k_of(k)
         label_set = labels_from_strings(labels.split(","), "labels") if labels else None
         vector = await views_vector(file)
         name = " + ".join(part.filename or "upload" for part in file)
         options = {"method": method, "min_confidence": min_confidence}
+        if near and where:
+            raise ApiError(400, "give one place: near or where")
         with lock.reading():
+            if where:
+                options["place"] = collection.place_where(where_of(where), outside_weight)
             if near:
                 if not 0 < radius_km <= 20_000:
                     raise ApiError(400, "radius_km must be in (0, 20000]")
