@@ -66,10 +66,10 @@ def test_species_left_out_of_the_labels_are_often_not_named(world: Path) -> None
     """#19's open-set goal (80% 'unknown' at 90% kept) is not reached on the demo world
     (docs/benchmarks.md); this holds what is: the centroid cosine tells held-out species
     apart far better than the probability does, and using it keeps known species named."""
-    found = identify.open_set(LOOK, 5, 4, world)
+    found = identify.open_set(LOOK, 5, 12, world)
     assert found["known_keep_species_answer"] >= 0.90, found
     assert found["auroc_centroid_cosine"] >= 0.85 > found["auroc_probability"], found
-    assert found["unknown_said_for_held_out"] >= 0.10, found  # 2.5% without the novelty test
+    assert found["unknown_said_for_held_out"] >= 0.40, found  # 3% without the novelty test
 
 
 def test_decisions_back_off_to_the_deepest_rank_that_is_sure_enough() -> None:
