@@ -36,7 +36,12 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
         *((f"ECE of {m} (5-shot): before / after fitting T",
            f"{cal[m]['ece_before']:.3f} (T {cal[m]['temperature_before']:.1f}) / "
            f"{cal[m]['ece_fitted']:.3f} (T {cal[m]['temperature_fitted']:.1f})",
-           "after <= 0.05") for m in ("few-shot", "linear-probe")),
+           "after <= 0.05") for m in ("zero-shot", "few-shot", "linear-probe")),
+        ("zero-shot 'confident' answers (share wrong): model's T / fitted T",
+         f"{pct(cal['zero-shot']['confident_before'])} "
+         f"({pct(cal['zero-shot']['confident_but_wrong_before'])}) / "
+         f"{pct(cal['zero-shot']['confident_fitted'])} "
+         f"({pct(cal['zero-shot']['confident_but_wrong_fitted'])})", "reported"),
         ("open set: 'unknown' at species for held-out species",
          pct(open_set["unknown_said_for_held_out"]), ">= 80%"),
         ("open set: known species keeping a species answer",

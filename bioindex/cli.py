@@ -608,6 +608,14 @@ def _taxonomy(path: str | None) -> Any:
     help="IMAGES are views of one specimen: answer once for all of them.",
 )
 @click.option(
+    "--calibrate/--no-calibrate",
+    default=True,
+    show_default=True,
+    help="Zero-shot over the store's taxa: a temperature fitted on the store's labelled "
+    "images, so scores mean what they say; --no-calibrate gives the model's own scores "
+    "(as pybioclip does).",
+)
+@click.option(
     "--tol",
     "tol",
     default=None,
@@ -624,7 +632,7 @@ def _taxonomy(path: str | None) -> Any:
 def classify(images: Sequence[str], store: str | None, rank: str, method: str,
              labels: str | None, min_confidence: float, near: str | None, radius_km: float,
              place_where: Sequence[str], species_list: str | None, outside_weight: float,
-             specimen: bool, tol: str | None, neighbours: int, k: int, fmt: str,
+             specimen: bool, calibrate: bool, tol: str | None, neighbours: int, k: int, fmt: str,
              columns: str | None, model: str | None, device: str) -> None:  # fmt: skip
     """What is in IMAGES? Zero-shot over a label set, a vote of labelled neighbours, both, or
     a few-shot classifier trained on the store's own labelled images.
@@ -686,6 +694,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
             predictions = collection.classify(
                 images, rank=rank, k=k, method=method, labels=label_set, neighbours=neighbours,
                 min_confidence=min_confidence, place=place, specimen=specimen,
+                calibrate=calibrate,
             )  # fmt: skip
     rows = [p.to_dict() for p in predictions]
     if fmt == "table":

@@ -35,6 +35,7 @@ from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Scan, scan_paths
 from bioindex.models import PRECISIONS, EmbeddingModel, ModelIdentity, load_model
+from bioindex.search.calibration import fit_temperature
 from bioindex.search.classify import Prediction, classify_vectors
 from bioindex.search.dedup import DuplicateMember, find_duplicates
 from bioindex.search.defaults import (
@@ -42,7 +43,13 @@ from bioindex.search.defaults import (
     DEFAULT_OUTSIDE_WEIGHT,
     DEFAULT_RADIUS_KM,
 )
-from bioindex.search.fewshot import FEW_SHOT_METHODS, Head, store_head
+from bioindex.search.fewshot import (
+    FEW_SHOT_METHODS,
+    MIN_HELD_OUT,
+    Head,
+    labelled_species,
+    store_head,
+)
 from bioindex.search.filters import Filter, and_filters, parse_where, taxon_filter
 from bioindex.search.labels import (
     LabelSet,
@@ -60,6 +67,7 @@ from bioindex.store import Store
 from bioindex.taxonomy import RANKS, Taxon, Taxonomy, looks_scientific
 
 Where = Sequence[str] | Filter | None
+CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
 EXPORT_FORMATS = ("dwca", "parquet", "npy")
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
 
@@ -588,6 +596,7 @@ class Collection:
         min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         place: PlacePrior | None = None,
         specimen: bool = False,
+        calibrate: bool = True,
     ) -> list[Prediction]:
         """Predict taxa for image files; labels default to the catalog's species.
 
@@ -595,7 +604,10 @@ class Collection:
         reaching `min_confidence`, and a band. `place` (place_near, place_where or
         search.place.species_list_prior) re-weights taxa by where they are recorded.
         `specimen`: the images are views of one specimen, answered once (the mean of their
-        unit vectors; benchmarks/identify.py compares it with summing log-probabilities)."""
+        unit vectors; benchmarks/identify.py compares it with summing log-probabilities).
+        `calibrate`: zero-shot over the catalog's taxa uses a temperature fitted on the
+        store's labelled images (zero_shot_temperature); False gives the model's own
+        scores, as pybioclip does."""
         check_k(k)
         self._require_names(labels)  # before any file is embedded
         names, vectors, failed = embed_files(self.model, images)
@@ -603,31 +615,59 @@ class Collection:
             names, vectors = [" + ".join(names)], combine_views(vectors)[None]
         answered = self.classify_vectors(names, vectors, rank=rank, k=k, method=method,
                                          labels=labels, neighbours=neighbours,
-                                         min_confidence=min_confidence, place=place)  # fmt: skip
+                                         min_confidence=min_confidence, place=place,
+                                         calibrate=calibrate)  # fmt: skip
         return answered + failed
 
     def classify_vectors(self, names: Sequence[str], vectors: np.ndarray, *,
                          rank: str = "species", k: int = 5, method: str = "zero-shot",
                          labels: LabelSet | None = None, neighbours: int = 20,
                          min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-                         place: PlacePrior | None = None,
+                         place: PlacePrior | None = None, calibrate: bool = True,
                          ) -> list[Prediction]:  # fmt: skip
         """Classify already embedded images (e.g. uploads), named `names` in the output."""
         check_k(k)
         self._require_names(labels)
-        label_matrix, head = None, None
+        label_matrix, head, temperature = None, None, None
         if method in FEW_SHOT_METHODS:
             head = self.head(method)
         elif method != "knn" and labels is None:
             labels, label_matrix = self._catalog_label_vectors()
+            if calibrate:
+                temperature = self.zero_shot_temperature()
         elif labels is not None and method != "knn":
             label_matrix = _label_matrix(self.model, labels)
         return classify_vectors(
             list(names), np.asarray(vectors, dtype=np.float32), rank=rank, k=k, method=method,
             labels=labels, label_vectors=label_matrix, logit_scale=self.model.logit_scale,
             store=self.store, neighbours=neighbours, head=head, place=place,
-            min_confidence=min_confidence,
+            min_confidence=min_confidence, temperature=temperature,
         )  # fmt: skip
+
+    def zero_shot_temperature(self) -> float | None:
+        """The temperature that calibrates zero-shot over the catalog's species, fitted on
+        up to CALIBRATION_IMAGES of the store's images named to species (their zero-shot
+        logits against their own names); None (the model's own logit scale) with fewer
+        than MIN_HELD_OUT. Kept until the store changes."""
+        generation = self.store.generation()
+        cached = getattr(self, "_zero_shot_temperature", None)
+        if cached is None or cached[0] != generation:
+            cached = self._zero_shot_temperature = (generation, self._fit_zero_shot())
+        return cached[1]
+
+    def _fit_zero_shot(self) -> float | None:
+        ids, taxa = labelled_species(self.store)
+        if len(ids) < MIN_HELD_OUT:
+            return None
+        chosen = np.linspace(0, len(ids) - 1, min(len(ids), CALIBRATION_IMAGES)).astype(int)
+        labels, matrix = self._catalog_label_vectors()
+        index = {t.lineage: i for i, t in enumerate(labels.taxa)}
+        truth = np.array([index.get(taxa[i].lineage, -1) for i in chosen])
+        known = truth >= 0
+        if known.sum() < MIN_HELD_OUT:
+            return None
+        vectors = self.store.vectors([int(ids[i]) for i in chosen[known]])
+        return fit_temperature(vectors @ matrix.T, truth[known])
 
     def head(self, method: str = "few-shot") -> Head:
         """The few-shot head (`few-shot` or `linear-probe`) trained on this store's labelled

@@ -43,10 +43,17 @@ def test_few_shot_learns_the_collections_look(world: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fitting_the_temperature_calibrates_the_linear_probe(world: Path) -> None:
-    found = identify.calibration(LOOK, 5, 12, world)["linear-probe"]
+def test_fitting_the_temperature_calibrates_the_linear_probe_and_zero_shot(world: Path) -> None:
+    everything = identify.calibration(LOOK, 5, 12, world)
+    found = everything["linear-probe"]
     assert found["ece_fitted"] <= 0.05, found
     assert found["ece_fitted"] < found["ece_before"], found
+    # Under the collection's look zero-shot is confidently wrong at the model's own scale;
+    # fitted on the store's labelled images it stops claiming what it does not know.
+    zero = everything["zero-shot"]
+    assert zero["confident_before"] > 0.5 and zero["confident_but_wrong_before"] > 0.5, zero
+    assert zero["ece_fitted"] < zero["ece_before"] / 2, zero
+    assert zero["confident_fitted"] < 0.1, zero
 
 
 @pytest.mark.slow

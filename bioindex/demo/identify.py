@@ -87,7 +87,32 @@ def calibration(look: str, shots: int, per_species: int, workdir: Path) -> dict[
                 "ece_fitted": expected_calibration_error(softmax(head.temperature * logits),
                                                          classes),
             }  # fmt: skip
+        results["zero-shot"] = _zero_shot_calibration(collection, vectors, truth)
     return results
+
+
+def _zero_shot_calibration(collection: Collection, vectors: np.ndarray,
+                           truth: Sequence[Species]) -> dict[str, float]:  # fmt: skip
+    """Zero-shot over the catalog's species at the model's logit scale and at the
+    temperature fitted on the store's labelled images: ECE, and how often an answer
+    called confident is wrong."""
+    names = [str(i) for i in range(len(truth))]
+    found: dict[str, float] = {"temperature_before": collection.model.logit_scale,
+                               "temperature_fitted": collection.zero_shot_temperature()}
+    for key, calibrate in (("before", False), ("fitted", True)):
+        rows = collection.classify_vectors(names, vectors, k=len(SPECIES), calibrate=calibrate)
+        labels = sorted({p.taxon.lineage for p in rows})
+        probabilities = np.zeros((len(truth), len(labels)))
+        for p in rows:
+            probabilities[int(p.file), labels.index(p.taxon.lineage)] = p.score
+        classes = np.array([labels.index(s.taxon.lineage) for s in truth])
+        found[f"ece_{key}"] = expected_calibration_error(probabilities, classes)
+        confident = [p for p in rows if p.decision.band == "confident" and
+                     p.taxon.scientific_name == p.decision.name]  # fmt: skip
+        wrong = [p for p in confident if p.taxon.lineage != truth[int(p.file)].taxon.lineage]
+        found[f"confident_{key}"] = len(confident) / len(truth)
+        found[f"confident_but_wrong_{key}"] = len(wrong) / max(len(confident), 1)
+    return found
 
 
 def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str = "few-shot",

@@ -161,8 +161,11 @@ def classify_vectors(
     head: Head | None = None,
     place: PlacePrior | None = None,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    temperature: float | None = None,
 ) -> list[Prediction]:
-    """Top-k predictions per image, best first, each carrying its file's decision."""
+    """Top-k predictions per image, best first, each carrying its file's decision.
+    `temperature` replaces `logit_scale` in zero-shot's softmax (a calibrated one, see
+    Collection.zero_shot_temperature); the neighbour vote keeps the model's own."""
     if rank not in RANKS:
         raise BioindexError(f"unknown rank {rank!r}; choose one of {', '.join(RANKS)}")
     if method not in METHODS:
@@ -192,7 +195,8 @@ def classify_vectors(
         probabilities, taxa = head.probabilities(image_vectors), head.taxa
         novel = head.novel(image_vectors)
     elif method != "knn":
-        probabilities = zero_shot_probabilities(image_vectors, label_vectors, logit_scale)
+        probabilities = zero_shot_probabilities(image_vectors, label_vectors,
+                                                temperature or logit_scale)  # fmt: skip
         taxa = labels.taxa
     predictions: list[Prediction] = []
     for i, file in enumerate(files):

@@ -275,7 +275,8 @@ def create_app(
                        min_confidence: float = DEFAULT_MIN_CONFIDENCE, near: str | None = None,
                        radius_km: float = DEFAULT_RADIUS_KM,
                        outside_weight: float = DEFAULT_OUTSIDE_WEIGHT,
-                       where: list[str] | None = Query(None)) -> dict:  # fmt: skip
+                       where: list[str] | None = Query(None),
+                       calibrate: bool = True) -> dict:  # fmt: skip
         """Top-k predictions with the answer (deepest rank reaching `min_confidence`, and
         its band), and the best name at each rank the labels name (`labels`:
         comma-separated custom labels instead of the catalog's taxa). Several `file` parts
@@ -286,7 +287,7 @@ def create_app(
         label_set = labels_from_strings(labels.split(","), "labels") if labels else None
         vector = await views_vector(file)
         name = " + ".join(part.filename or "upload" for part in file)
-        options = {"method": method, "min_confidence": min_confidence}
+        options = {"method": method, "min_confidence": min_confidence, "calibrate": calibrate}
         if near and where:
             raise ApiError(400, "give one place: near or where")
         with lock.reading():
