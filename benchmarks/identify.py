@@ -2,7 +2,7 @@
 neighbour vote, calibration, "I don't know" for species left out of the labels, back-off to
 genus, the place prior and several views of one specimen.
 
-    python benchmarks/identify.py                      # slide-film look, 4 queries/species
+    python benchmarks/identify.py                      # slide-film look, 12 queries/species
     python benchmarks/identify.py --look yellow-light --queries 6
 
 Stores are built with the demo model from the demo world (bioindex.demo.world); queries are
@@ -63,7 +63,7 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--look", choices=LOOKS, default="slide-film")
-    parser.add_argument("--queries", type=int, default=4, help="queries per species")
+    parser.add_argument("--queries", type=int, default=12, help="queries per species")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/identify.json"))
     args = parser.parse_args()
