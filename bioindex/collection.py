@@ -609,7 +609,10 @@ class Collection:
         store's labelled images (zero_shot_temperature); False gives the model's own
         scores, as pybioclip does."""
         check_k(k)
-        self._require_names(labels)  # before any file is embedded
+        if method in FEW_SHOT_METHODS:
+            self.head(method)  # before any file is embedded: a store without names says so
+        else:
+            self._require_names(labels)
         names, vectors, failed = embed_files(self.model, images)
         if specimen:
             names, vectors = [" + ".join(names)], combine_views(vectors)[None]
@@ -627,7 +630,8 @@ class Collection:
                          ) -> list[Prediction]:  # fmt: skip
         """Classify already embedded images (e.g. uploads), named `names` in the output."""
         check_k(k)
-        self._require_names(labels)
+        if method not in FEW_SHOT_METHODS:
+            self._require_names(labels)
         label_matrix, head, temperature = None, None, None
         if method in FEW_SHOT_METHODS:
             head = self.head(method)

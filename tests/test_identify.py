@@ -129,7 +129,7 @@ def test_few_shot_needs_labels_and_says_so(tmp_path: Path, tiny_model: str) -> N
     draw_images(tmp_path / "photos", 3)
     with Collection.open(tmp_path / "s", model=tiny_model, create=True, device="cpu") as col:
         col.index([tmp_path / "photos"], progress=False)
-        with pytest.raises(BioindexError, match="names no taxa"):
+        with pytest.raises(BioindexError, match="has none; index the images with --metadata"):
             col.classify([next((tmp_path / "photos").rglob("*.jpg"))], method="few-shot")
 
 

@@ -220,7 +220,8 @@ def store_head(store: Store, method: str) -> Head:
     ids, taxa = labelled_species(store)
     if not len(ids):
         raise BioindexError(f"--method {method} learns from the store's images named to "
-                            "species, and this store has none")  # fmt: skip
+                            "species, and this store has none; index the images with "
+                            "--metadata FILE (a scientific name per image)")  # fmt: skip
     head = fit_head(method, store.vectors([int(i) for i in ids]), taxa, store_mean(store))
     try:
         path.parent.mkdir(exist_ok=True)

@@ -175,6 +175,8 @@ const infoLoaded = getJSON("/api/info").then((info) => {
   collection = info;
   $("summary").textContent = `${info.images_live} images · model ${info.model}` +
     (info.names_taxa ? "" : " · no taxon names in the catalog");
+  // Naming controls mean nothing where the catalog names no taxa.
+  for (const id of ["near", "method"]) $(id).parentElement.style.display = info.names_taxa ? "" : "none";
 }).catch(() => {});
 function load() {
   const state = new URLSearchParams(location.search);
