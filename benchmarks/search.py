@@ -4,13 +4,17 @@
     python benchmarks/search.py --sizes 1000000 --dims 512
     python benchmarks/search.py --large --dims 512       # adds N = 10M (bioindex only)
     python benchmarks/search.py --store my-store         # a store's own vectors
+    python benchmarks/search.py --sizes 100000 --dims 512 --distributions default hard demo
 
 Vectors come from bioindex.synthetic (anisotropic, clustered unit vectors; see its
-docstring), stored float16 in a real bioindex store. Queries are 1000 held-out vectors from
-the same clusters; the truth is an exact top-10 over the stored (float16) vectors. Each
-system runs in its own process, so peak RSS is its own: build time, index bytes, peak RSS,
-recall@10, p50/p99 latency of one query at a time (300 queries), and QPS for all queries in
-one batch. Systems:
+docstring), stored float16 in a real bioindex store. --distributions picks which: `default`
+(the generator's defaults), `hard` (5,000 centres, spread 0.8, seed 7: issue #18's harder
+setting, median top-10 neighbour cosine 0.77 at 100k) and `demo` (real embeddings: the demo
+model's vectors of freshly drawn demo-world pictures, at its own dimension, 64). Queries are
+1000 held-out vectors from the same distribution; the truth is an exact top-10 over the
+stored (float16) vectors. Each system runs in its own process, so peak RSS is its own: build
+time, index bytes, peak RSS, recall@10, p50/p99 latency of one query at a time (300
+queries), and QPS for all queries in one batch. Systems:
 
 - bioindex auto: `Store.build_index(kind="auto")`, tuned to recall 0.95, no re-ranking;
 - bioindex auto + re-rank: the same, tuned to 0.99, re-ranking against the stored vectors;
@@ -49,14 +53,19 @@ MODEL = {"name": "synthetic", "source": "benchmarks/search.py", "weights_sha256"
 # ---- the case: vectors in a store, held-out queries, exact truth --------------------------
 
 
-def prepare(workdir: Path, n: int, dim: int, seed: int) -> Path:
-    """A store of n synthetic vectors plus queries.npy and truth.npy next to it; reused when
-    its stamp matches (building 10M takes a while)."""
-    from bioindex.store import ImageRecord, Store
-    from bioindex.synthetic import ClusteredVectors
+DISTRIBUTIONS = ("default", "hard", "demo")
 
-    case = workdir / f"case-{n}-{dim}-s{seed}"
-    stamp = {"n": n, "dim": dim, "seed": seed, "queries": QUERIES, "version": 1}
+
+def prepare(workdir: Path, n: int, dim: int, seed: int, distribution: str = "default") -> Path:
+    """A store of n vectors of `distribution` plus queries.npy and truth.npy next to it;
+    reused when its stamp matches (building 10M takes a while)."""
+    from bioindex.store import ImageRecord, Store
+
+    source = vector_source(distribution, dim, seed)
+    dim = source.dim
+    case = workdir / f"case-{distribution}-{n}-{dim}-s{seed}"
+    stamp = {"n": n, "dim": dim, "seed": seed, "queries": QUERIES, "version": 1,
+             "distribution": distribution}  # fmt: skip
     if (case / "stamp.json").is_file() and json.loads((case / "stamp.json").read_text()) == stamp:
         print(f"reusing {case}", flush=True)
         return case
@@ -64,22 +73,63 @@ def prepare(workdir: Path, n: int, dim: int, seed: int) -> Path:
 
     shutil.rmtree(case, ignore_errors=True)
     case.mkdir(parents=True)
-    generator = ClusteredVectors(dim, seed=seed)
     started = time.perf_counter()
     with Store.create(case / "store", {**MODEL, "dim": dim}) as store:
         done = 0
-        for batch in generator.batches(n, part=0, batch=131072):
+        for batch in source.batches(n, part=0, batch=131072):
             records = [ImageRecord(f"v{done + i}", None, None, None, None, None, {})
                        for i in range(len(batch))]  # fmt: skip
             store.commit(records, batch)
             done += len(batch)
             print(f"\r  store {done:,}/{n:,}", end="", flush=True)
     print(f" ({time.perf_counter() - started:.0f} s)", flush=True)
-    queries = generator.sample(QUERIES, part=1).astype(np.float32)
+    queries = source.sample(QUERIES, part=1).astype(np.float32)
     np.save(case / "queries.npy", queries)
     np.save(case / "truth.npy", exact_truth(case / "store", queries))
     (case / "stamp.json").write_text(json.dumps(stamp))
     return case
+
+
+def vector_source(distribution: str, dim: int, seed: int):
+    from bioindex.synthetic import ClusteredVectors
+
+    if distribution == "default":
+        return ClusteredVectors(dim, seed=seed)
+    if distribution == "hard":
+        return ClusteredVectors(dim, centres=5000, spread=0.8, seed=7)
+    if distribution == "demo":
+        return DemoEmbeddings(seed)
+    raise ValueError(f"unknown distribution {distribution!r}")
+
+
+class DemoEmbeddings:
+    """Real embeddings: the demo model's vectors of demo-world pictures drawn for the
+    purpose (each `part` from its own seed, so queries are pictures the store never saw)."""
+
+    def __init__(self, seed: int):
+        from bioindex.models import load_model
+
+        self.model = load_model("bioclip-demo", device="cpu")
+        self.dim = self.model.identity.dim
+        self.seed = seed
+
+    def batches(self, n: int, part: int = 0, batch: int = 131072):
+        from bioindex.demo.draw import draw_organism
+        from bioindex.demo.tree import SPECIES
+
+        rng = np.random.default_rng([self.seed, part])
+        done = 0
+        while done < n:
+            size = min(batch, n - done)
+            kinds = rng.integers(len(SPECIES), size=size)
+            vectors = [self.model.embed_pil([draw_organism(SPECIES[k], rng) for k in
+                                             kinds[i : i + 256]])
+                       for i in range(0, size, 256)]  # fmt: skip
+            done += size
+            yield np.concatenate(vectors)
+
+    def sample(self, n: int, part: int = 0) -> np.ndarray:
+        return np.concatenate(list(self.batches(n, part)))
 
 
 def exact_truth(store_path: Path, queries: np.ndarray, k: int = 10) -> np.ndarray:
@@ -292,6 +342,8 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--memory", default="4G", help="bioindex's memory budget")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distributions", nargs="+", default=["default"], choices=DISTRIBUTIONS,
+                        help="which vectors (see above); demo ignores --dims")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search.json"))
     parser.add_argument(
@@ -315,9 +367,12 @@ def main() -> None:
         cases.append((f"store {args.store}", own_store_case(args.store, workdir)))
     else:
         sizes = sorted(set(args.sizes + ([10_000_000] if args.large else [])))
-        for n in sizes:
-            for dim in args.dims:
-                cases.append((f"{n:,} x {dim}", prepare(workdir, n, dim, args.seed)))
+        for distribution in args.distributions:
+            for n in sizes:
+                for dim in args.dims if distribution != "demo" else [0]:
+                    case = prepare(workdir, n, dim, args.seed, distribution)
+                    shown = json.loads((case / "stamp.json").read_text())["dim"]
+                    cases.append((f"{distribution} {n:,} x {shown}", case))
     results: list[dict] = []
     report_cold: list[dict] = []
     for label, case in cases:
