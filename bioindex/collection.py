@@ -34,7 +34,7 @@ from bioindex.images import IMAGE_EXTENSIONS, describe_error, open_image
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Scan, scan_paths
-from bioindex.models import PRECISIONS, EmbeddingModel, ModelIdentity, load_model
+from bioindex.models import EmbeddingModel, ModelIdentity, check_precision, load_model
 from bioindex.search.calibration import fit_temperature
 from bioindex.search.classify import Prediction, classify_vectors
 from bioindex.search.dedup import DuplicateMember, find_duplicates
@@ -295,10 +295,7 @@ class Collection:
         `compile` runs the image tower through torch.compile (local engine); `precision`
         'bf16' runs it with bf16 weights (CPUs with bf16 instructions, CUDA), 'float32'
         without CUDA's bf16 autocast (see EmbeddingModel.set_precision)."""
-        if precision not in PRECISIONS:
-            raise BioindexError(
-                f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
-            )
+        check_precision(precision)  # before any file is scanned
         policy = FetchPolicy(timeout=download_timeout, max_bytes=max_download_bytes,
                              allow_private=allow_private_urls)  # fmt: skip
         scan = (

@@ -294,10 +294,7 @@ class EmbeddingModel:
         tower's weights: on a CPU with bf16 instructions it ran 1.8x as fast at a cosine of
         0.99996 to float32 (docs/benchmarks.md). The text tower stays as loaded, so text
         queries keep pybioclip's exact float32 scores."""
-        if precision not in PRECISIONS:
-            raise BioindexError(
-                f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
-            )
+        check_precision(precision)
         torch = self._torch
         if precision == "bf16" and self.device == "cpu" and not _cpu_has_bf16(torch):
             raise BioindexError(
@@ -316,6 +313,13 @@ class EmbeddingModel:
         if self.device == "cuda" and self.precision == "auto":
             return self._torch.autocast("cuda", dtype=self._torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise BioindexError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
 
 
 def _cpu_has_bf16(torch: Any) -> bool:

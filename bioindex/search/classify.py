@@ -15,7 +15,7 @@ reaches it). A place prior (search.place) re-weights the candidates first.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,9 +87,13 @@ def zero_shot_probabilities(
 
 def by_rank(probabilities: np.ndarray, taxa: Sequence[Taxon], rank: str) -> dict[Taxon, float]:
     """Sum per-species probabilities by lineage up to `rank`."""
+    return _sum_by_rank(zip(taxa, probabilities), rank)
+
+
+def _sum_by_rank(pairs: Iterable[tuple[Taxon, float]], rank: str) -> dict[Taxon, float]:
     depth = RANKS.index(rank) + 1
     totals: dict[Taxon, float] = defaultdict(float)
-    for p, taxon in zip(probabilities, taxa):
+    for taxon, p in pairs:
         if len(taxon.lineage) >= depth:
             totals[taxon.at_rank(rank)] += float(p)
     return dict(totals)
@@ -126,7 +130,7 @@ def decide(scores: dict[Taxon, float], rank: str, min_confidence: float,
     (unlike every labelled species) is answered from the genus up."""
     deepest = RANKS.index(rank) - (1 if novel and rank == "species" else 0)
     for level in reversed(RANKS[: deepest + 1]):
-        totals = by_rank_scores(scores, level)
+        totals = _sum_by_rank(scores.items(), level)
         named = {t: p for t, p in totals.items() if t.name_at(level).strip()}
         if not named:
             continue
@@ -135,15 +139,6 @@ def decide(scores: dict[Taxon, float], rank: str, min_confidence: float,
             return Decision(taxon.name_at(level), level, score,
                             CONFIDENT if level == rank else UNCERTAIN, novel)  # fmt: skip
     return Decision(UNKNOWN, "", 0.0, UNKNOWN, novel)
-
-
-def by_rank_scores(scores: dict[Taxon, float], rank: str) -> dict[Taxon, float]:
-    totals: dict[Taxon, float] = defaultdict(float)
-    depth = RANKS.index(rank) + 1
-    for taxon, p in scores.items():
-        if len(taxon.lineage) >= depth:
-            totals[taxon.at_rank(rank)] += p
-    return dict(totals)
 
 
 def classify_vectors(
