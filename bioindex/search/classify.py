@@ -189,6 +189,8 @@ def classify_vectors(
     if few_shot:
         probabilities, taxa = head.probabilities(image_vectors), head.taxa
         novel = head.novel(image_vectors)
+        if novel.any():
+            genus_probabilities = head.genus_probabilities(image_vectors)
     elif method != "knn":
         probabilities = zero_shot_probabilities(image_vectors, label_vectors,
                                                 temperature or logit_scale)  # fmt: skip
@@ -218,7 +220,12 @@ def classify_vectors(
                 scores = {t: 0.5 * scores.get(t, 0.0) + 0.5 * votes.get(t, 0.0) for t in keys}
         if place is not None:
             scores = place.apply(scores)
-        decision = decide(scores, rank, min_confidence, bool(novel[i]))
+        if novel[i] and rank == "species":  # its genus from the genera's own centroids
+            genera = dict(zip(head.genera, genus_probabilities[i].tolist()))
+            decision = decide(place.apply(genera) if place is not None else genera, rank,
+                              min_confidence, novel=True)  # fmt: skip
+        else:
+            decision = decide(scores, rank, min_confidence, bool(novel[i]))
         best = sorted(scores.items(), key=lambda item: (-item[1], item[0].lineage))[:k]
         predictions.extend(Prediction(file, score, taxon=taxon, decision=decision)
                            for taxon, score in best)  # fmt: skip
