@@ -1084,7 +1084,8 @@ def demo(workdir: str, images_per_species: int, seed: int, device: str) -> None:
     show_default=True,
     help="Interface to listen on; anything but loopback needs --token or --public.",
 )
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="0: any free port (the ready line says which).")
 @click.option("--token", default=None, metavar="SECRET", envvar="BIOINDEX_TOKEN",
               help="Every API call must send 'Authorization: Bearer SECRET' (the page asks "
               "for it once). Also read from $BIOINDEX_TOKEN.")  # fmt: skip

@@ -93,31 +93,32 @@ def assert_index_matches_catalog(store_path: Path) -> None:
 
 
 class LiveServer:
-    """A real uvicorn server for an app, on a free 127.0.0.1 port, in a thread."""
+    """A real uvicorn server for an app, on a free 127.0.0.1 port, in a thread. The kernel
+    picks the port as the server binds (port 0): a port chosen first and bound later can be
+    taken in between by a test on another worker."""
 
     def __init__(self, app) -> None:
-        import socket
         import threading
 
         import uvicorn
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:
         import time
 
+        from bioindex.serve.run import bound_port
+
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started and time.monotonic() < deadline:
             time.sleep(0.05)
         assert self.server.started, "uvicorn did not start"
+        self.port = bound_port(self.server)
+        self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -69,14 +69,9 @@ def test_predictions_show_only_named_ranks_and_lookalikes_apart(named: Path) -> 
 
 @pytest.mark.slow
 def test_serve_says_where_logs_requests_and_says_goodbye(named: Path) -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "bioindex.cli", "serve", "-s", str(named / "store"),
-         "--port", str(port), "--device", "cpu"],
+         "--port", "0", "--device", "cpu"],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -86,7 +81,9 @@ def test_serve_says_where_logs_requests_and_says_goodbye(named: Path) -> None:
             lines.append(server.stderr.readline())
             if "ready" in lines[-1]:
                 break
-        assert f"http://127.0.0.1:{port}/" in lines[-1], lines
+        # --port 0: the line names the port the kernel gave.
+        port = int(lines[-1].split("http://127.0.0.1:")[1].split("/")[0])
+        assert port > 0 and lines[-1].startswith(f"ready: open http://127.0.0.1:{port}/"), lines
         assert any("12 images" in line and "model" in line for line in lines), lines
         assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
         logged = server.stderr.readline()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -128,12 +127,6 @@ def test_an_old_generation_stays_readable_while_pinned(tmp_path: Path) -> None:
     reader.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
@@ -154,21 +147,21 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
     made = CliRunner().invoke(main, ["index", str(first), "-s", str(store), "-m", tiny_model,
                                      "-q"])  # fmt: skip
     assert made.exit_code == 0, made.output
-    port = _free_port()
+    # Port 0: the server binds whatever is free and says which; a port picked here first
+    # could be taken by a test on another worker before the server binds it.
     # Its request log goes to a file: an unread pipe fills up and stalls the server.
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed with the server
-    server = subprocess.Popen([*CLI, "serve", "-s", str(store), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=log, text=True)
-    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([*CLI, "serve", "-s", str(store), "--port", "0"],
+                              stdout=subprocess.DEVNULL, stderr=log, text=True,
+                              env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash says where
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                _get(f"{base}/api/health")
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no server"
-                time.sleep(0.2)
+        while "ready: open " not in (tmp_path / "serve.log").read_text():
+            assert time.monotonic() < deadline and server.poll() is None, "no server"
+            time.sleep(0.2)
+        ready = (tmp_path / "serve.log").read_text().split("ready: open ")[1].split()[0]
+        base = ready.rstrip("/")
+        assert _get(f"{base}/api/info")["images_live"] == 40  # this test's server
         writer = subprocess.Popen([*CLI, "index", str(more), "-s", str(store), "--commit-every",
                                    "256", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True)  # fmt: skip
@@ -228,7 +221,8 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
             thread.join(timeout=60)
         assert writer.returncode == 0, err
         assert "embedded 5000" in out
-        assert not failures, failures[:5]
+        assert not failures, (failures[:5], server.poll(),
+                              (tmp_path / "serve.log").read_text()[-2000:])  # fmt: skip
         assert cli_runs  # the CLI read during the run
         assert _get(f"{base}/api/info")["images_live"] == 5040
         last = max(committed)

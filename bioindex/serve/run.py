@@ -37,24 +37,32 @@ LOG_CONFIG: dict[str, Any] = {
 
 
 class _Server(uvicorn.Server):
-    """Says "ready" when the socket is listening, not before."""
+    """Says "ready" when the socket is listening, not before, with the port it got."""
 
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]):
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[int], None]):
         super().__init__(config)
         self._on_ready = on_ready
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
         if self.started:
-            self._on_ready()
+            self._on_ready(bound_port(self))
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port a started server listens on (what port 0 turned into)."""
+    for listener in getattr(server, "servers", []):
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    return int(server.config.port)
 
 
 def serve_app(app: Any, host: str, port: int, echo: Callable[[str], None]) -> int:
     """Serve `app` until Ctrl-C (or SIGTERM); returns how many requests were answered."""
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(app, host=host, port=port, log_config=LOG_CONFIG, access_log=True)
-    server = _Server(config, lambda: echo(f"ready: open http://{shown}:{port}/ "
-                                          f"(Ctrl-C stops)"))  # fmt: skip
+    server = _Server(config, lambda bound: echo(f"ready: open http://{shown}:{bound}/ "
+                                                f"(Ctrl-C stops)"))  # fmt: skip
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
