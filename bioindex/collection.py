@@ -684,7 +684,7 @@ class Collection:
                    outside: float = DEFAULT_OUTSIDE_WEIGHT) -> PlacePrior:  # fmt: skip
         """A place prior from the taxa this catalog records within `radius_km` of a point."""
         return catalog_prior(self.store, within_radius(lat, lon, radius_km), outside,
-                             "widen the radius (--radius-km)")  # fmt: skip
+                             "widen the radius")  # fmt: skip
 
     def place_where(self, where: Where, outside: float = DEFAULT_OUTSIDE_WEIGHT) -> PlacePrior:
         """A place prior from the taxa this catalog records where `where` holds

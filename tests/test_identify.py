@@ -131,8 +131,12 @@ def test_few_shot_needs_labels_and_says_so(tmp_path: Path, tiny_model: str) -> N
     draw_images(tmp_path / "photos", 3)
     with Collection.open(tmp_path / "s", model=tiny_model, create=True, device="cpu") as col:
         col.index([tmp_path / "photos"], progress=False)
-        with pytest.raises(BioindexError, match="has none; index the images with --metadata"):
-            col.classify([next((tmp_path / "photos").rglob("*.jpg"))], method="few-shot")
+        photo = next((tmp_path / "photos").rglob("*.jpg"))
+        with pytest.raises(BioindexError, match="has none; index the images with metadata="):
+            col.classify([photo], method="few-shot")
+    said = CliRunner().invoke(main, ["classify", str(photo), "-s", str(tmp_path / "s"),
+                                     "--method", "linear-probe"])  # fmt: skip
+    assert said.exit_code == 1 and "with --metadata FILE" in said.output, said.output
 
 
 def test_a_species_list_is_a_place(tmp_path: Path) -> None:

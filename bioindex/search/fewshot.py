@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bioindex.errors import BioindexError
+from bioindex.errors import BioindexError, Remedy
 from bioindex.search.calibration import fit_temperature, softmax
 from bioindex.search.filters import labelled_filter
 from bioindex.search.labels import taxon_from_row
@@ -50,6 +50,11 @@ PROBE_C = 10.0  # inverse L2 strength; unit-length features need a weak penalty
 # species is not answered (benchmarks/identify.py, open set).
 NOVELTY_QUANTILE = 0.10
 HEAD_VERSION = 3
+NAME_SPECIES = Remedy(
+    python="index the images with metadata= (a scientific name per image)",
+    http="index the images with --metadata FILE, or use method=zero-shot",
+    cli=(("", "index the images with --metadata FILE (a scientific name per image)"),),
+)
 
 
 @dataclass
@@ -177,7 +182,7 @@ def fit_head(method: str, vectors: np.ndarray, taxa: Sequence[Taxon], mean: np.n
         raise BioindexError(f"unknown few-shot method {method!r}")
     species = sorted(set(taxa), key=lambda t: t.lineage)
     if len(species) < 2:
-        raise BioindexError(f"--method {method} needs labelled images of at least two species "
+        raise BioindexError(f"method {method} needs labelled images of at least two species "
                             f"in the store; it has {len(species)}")  # fmt: skip
     index = {t: i for i, t in enumerate(species)}
     classes = np.array([index[t] for t in taxa], dtype=np.int64)
@@ -235,9 +240,8 @@ def store_head(store: Store, method: str) -> Head:
             log.warning("ignoring unreadable cached head %s: %s", path, exc)
     ids, taxa = labelled_species(store)
     if not len(ids):
-        raise BioindexError(f"--method {method} learns from the store's images named to "
-                            "species, and this store has none; index the images with "
-                            "--metadata FILE (a scientific name per image)")  # fmt: skip
+        raise BioindexError(f"method {method} learns from the store's images named to "
+                            "species, and this store has none", remedy=NAME_SPECIES)  # fmt: skip
     head = fit_head(method, store.vectors([int(i) for i in ids]), taxa, store_mean(store))
     try:
         path.parent.mkdir(exist_ok=True)
