@@ -94,10 +94,11 @@ def _power(small: float, large: float, ratio: float, full_ratio: float) -> float
 
 
 def _measure(option: Option, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-             target: float, memory: int) -> tuple[Any, float, Any]:  # fmt: skip
+             target: float, memory: int,
+             rerank: bool | None) -> tuple[Any, float, Any]:  # fmt: skip
     """Build and tune one candidate on `vectors`; (tuning, build seconds, spec)."""
     n, dim = vectors.shape
-    spec = option.spec(n, dim, memory)
+    spec = option.spec(n, dim, memory, rerank)
     sample = vectors[: faiss_index.training_size(spec, n)] if spec.nlist else None
     ids = np.arange(n, dtype=np.int64)
     started = time.perf_counter()
@@ -114,10 +115,12 @@ def _measure(option: Option, vectors: np.ndarray, queries: np.ndarray, truth: np
 
 
 def choose(vectors: np.ndarray, n: int, memory: int, target: float,
+           rerank: bool | None = None,
            options: tuple[Option, ...] = OPTIONS) -> tuple[str, float, list[Measured]]:  # fmt: skip
     """Measure `options` on `vectors` (a random sample of the store's, at most SAMPLE plus
-    QUERIES of them) and pick for a store of `n`. Returns (kind, lists multiple, all
-    candidates measured)."""
+    QUERIES of them) and pick for a store of `n`, each searched the way it will be
+    (`rerank` as faiss_index.plan takes it). Returns (kind, lists multiple, all candidates
+    measured)."""
     dim = vectors.shape[1]
     queries, base = vectors[:QUERIES], vectors[QUERIES:]
     sizes = (max(len(base) // 4, 1), len(base))
@@ -131,7 +134,7 @@ def choose(vectors: np.ndarray, n: int, memory: int, target: float,
         bytes_needed = faiss_index.estimated_bytes(option.kind, n, dim, full.pq_m)
         if option.kind == "flat" and bytes_needed > memory:
             continue
-        runs = [_measure(option, base[:size], queries, truth, target, memory)
+        runs = [_measure(option, base[:size], queries, truth, target, memory, rerank)
                 for size, truth in zip(sizes, truths)]  # fmt: skip
         (small, small_s, _), (large, large_s, spec) = runs
         ratio, full_ratio = sizes[1] / sizes[0], max(1.0, n / sizes[1])

@@ -43,7 +43,14 @@ from bioindex.store.layout import (
     MANIFEST,
     SHARD_DIR,
 )
-from bioindex.store.live_index import IndexBuilder, LiveIndex, local_builder, structure
+from bioindex.store.live_index import (
+    HeldOut,
+    IndexBuilder,
+    LiveIndex,
+    VectorSource,
+    local_builder,
+    structure,
+)
 from bioindex.store.lock import WriterLock
 from bioindex.store.records import (
     Failure,
@@ -704,28 +711,37 @@ class Store:
                 and n >= index_choice.MIN_VECTORS):  # fmt: skip
             sample = self.vectors(self._sample_ids(min(n, index_choice.SAMPLE
                                                        + index_choice.QUERIES)))  # fmt: skip
-            chosen, lists, measured = index_choice.choose(sample, n, memory, target_recall)
+            chosen, lists, measured = index_choice.choose(sample, n, memory, target_recall,
+                                                          rerank)
             spec = index_choice.Option(chosen, lists).spec(n, self.dim, memory, rerank)
             candidates = [m.to_json() for m in measured]
         else:
             spec = faiss_index.plan(kind, n, self.dim, memory, rerank)
         self._live.drop()
+        # An approximate index is tuned on stored vectors held out of it until it is tuned
+        # (see HeldOut), then they are added; exact search has nothing to tune.
+        probe_ids = self._sample_ids(min(queries, n // 10 if spec.kind != "flat" else n))
+        source = HeldOut(self, probe_ids if spec.kind != "flat" else probe_ids[:0])
         started = time.perf_counter()
-        index, spec = self._build_index(spec, progress, builder)
+        index, spec = self._build_index(spec, progress, builder, source)
         build_seconds = time.perf_counter() - started
         self._live.install(index, spec, self.snap.vectors_version)  # searchable while tuning
         spec = self._live.spec
-        probe_ids = self._sample_ids(min(queries, n))
         tuning = None
         if len(probe_ids):
             probes = self.vectors(probe_ids)
-            # A stored vector is its own nearest neighbour; leaving it out of both answers
-            # makes it a held-out query against the other n-1.
-            truth = faiss_index.exact_neighbours(
-                self.iter_live_vectors(), probes, 10, exclude=probe_ids
-            )
+            held_out = len(source.image_ids) > 0
+            # A stored vector is its own nearest neighbour: one still in the index is left
+            # out of both answers.
+            exclude = None if held_out else probe_ids
+            truth = faiss_index.exact_neighbours(source.iter_live_vectors(), probes, 10,
+                                                 exclude=exclude)  # fmt: skip
             tuning = faiss_index.tune(index, spec, probes, truth, target_recall,
-                                      fetch=self._live.fetch, exclude=probe_ids)  # fmt: skip
+                                      fetch=self._live.fetch, exclude=exclude)  # fmt: skip
+            if held_out:
+                index.add_with_ids(probes, probe_ids)
+                if progress:
+                    progress(len(probe_ids))
         spec.built = {
             "requested_kind": kind,
             "memory_budget": int(memory),
@@ -799,7 +815,8 @@ class Store:
         return self._live.range_search(vectors, radius)
 
     def _build_index(self, spec: IndexSpec, progress: Callable[[int], None] | None = None,
-                     builder: IndexBuilder | None = None) -> tuple[Any, IndexSpec]:  # fmt: skip
+                     builder: IndexBuilder | None = None,
+                     source: VectorSource | None = None) -> tuple[Any, IndexSpec]:  # fmt: skip
         """A filled index and the spec it was built as (flat when too few vectors are left
         to train the spec's IVF lists)."""
         n = self.live_count()
@@ -809,7 +826,7 @@ class Store:
             self.snap.index_spec = spec.to_json()
         size = faiss_index.training_size(spec, n)
         sample = self.vectors(self._sample_ids(size)) if size else None
-        index = (builder or self.builder)(spec, sample, self, progress)
+        index = (builder or self.builder)(spec, sample, source or self, progress)
         faiss_index.set_search(index, spec)
         return index, spec
 
