@@ -556,6 +556,14 @@ def _taxonomy(path: str | None) -> Any:
     "calibrated on held-out labelled images and are cached in the store.",
 )
 @click.option(
+    "--train",
+    default=None,
+    metavar="FOLDER|TABLE",
+    help="few-shot/linear-probe learn from these labelled images instead of the store's: a "
+    "folder with a subfolder per species ('Genus epithet'), or a CSV/TSV with a file column "
+    "and scientificName (or kingdom … specificEpithet).",
+)
+@click.option(
     "--labels",
     default=None,
     metavar="FILE|A,B,C",
@@ -630,7 +638,8 @@ def _taxonomy(path: str | None) -> Any:
 @device_option
 @_friendly
 def classify(images: Sequence[str], store: str | None, rank: str, method: str,
-             labels: str | None, min_confidence: float, near: str | None, radius_km: float,
+             train: str | None, labels: str | None, min_confidence: float, near: str | None,
+             radius_km: float,
              place_where: Sequence[str], species_list: str | None, outside_weight: float,
              specimen: bool, calibrate: bool, tol: str | None, neighbours: int, k: int, fmt: str,
              columns: str | None, model: str | None, device: str) -> None:  # fmt: skip
@@ -649,6 +658,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
       bioindex classify *.jpg --tol ~/tol-labels --model bioclip --k 3 --format csv
       bioindex classify cat.jpg --labels "cat,dog,bear" --model bioclip
       bioindex classify photo.jpg --store my-store --method few-shot
+      bioindex classify photo.jpg --store my-store --method few-shot --train labelled/
       bioindex classify photo.jpg --store my-store --near -1.29,36.82 --radius-km 300
       bioindex classify photo.jpg --store my-store --species-list kenya-checklist.csv
       bioindex classify --specimen front.jpg back.jpg label.jpg --store my-store
@@ -667,6 +677,8 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
         raise BioindexError("give one place: --near, --where or --species-list")
     label_set = read_labels_argument(labels) if labels else None
     place = species_list_prior(species_list, outside_weight) if species_list else None
+    if train and method not in ("few-shot", "linear-probe"):
+        raise BioindexError("--train is for --method few-shot or linear-probe")
     if store is None:
         if method != "zero-shot":
             raise BioindexError(f"--method {method} needs --store")
@@ -694,7 +706,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
             predictions = collection.classify(
                 images, rank=rank, k=k, method=method, labels=label_set, neighbours=neighbours,
                 min_confidence=min_confidence, place=place, specimen=specimen,
-                calibrate=calibrate,
+                calibrate=calibrate, train=train,
             )  # fmt: skip
     rows = [p.to_dict() for p in predictions]
     if fmt == "table":

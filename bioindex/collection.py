@@ -10,6 +10,7 @@ with Collection.open("my-store", model="bioclip", create=True) as col:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -45,10 +46,14 @@ from bioindex.search.defaults import (
 )
 from bioindex.search.fewshot import (
     FEW_SHOT_METHODS,
+    HEAD_VERSION,
     MIN_HELD_OUT,
     Head,
+    cached_head,
+    fit_head,
     labelled_species,
     store_head,
+    training_head_path,
 )
 from bioindex.search.filters import Filter, and_filters, parse_where, taxon_filter
 from bioindex.search.labels import (
@@ -63,8 +68,11 @@ from bioindex.search.place import (
     within_radius,
 )
 from bioindex.search.query import Hit, check_k, nearest, search_vector, to_hits
+from bioindex.search.training import Example, read_training_set, training_key
 from bioindex.store import Store
 from bioindex.taxonomy import RANKS, Taxon, Taxonomy, looks_scientific
+
+log = logging.getLogger(__name__)
 
 Where = Sequence[str] | Filter | None
 CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
@@ -594,6 +602,7 @@ class Collection:
         place: PlacePrior | None = None,
         specimen: bool = False,
         calibrate: bool = True,
+        train: str | os.PathLike[str] | None = None,
     ) -> list[Prediction]:
         """Predict taxa for image files; labels default to the catalog's species.
 
@@ -604,10 +613,14 @@ class Collection:
         unit vectors; benchmarks/identify.py compares it with summing log-probabilities).
         `calibrate`: zero-shot over the catalog's taxa uses a temperature fitted on the
         store's labelled images (zero_shot_temperature); False gives the model's own
-        scores, as pybioclip does."""
+        scores, as pybioclip does. `train`: few-shot heads learn from this folder or table
+        of labelled images instead of the store's (search.training)."""
         check_k(k)
         if method in FEW_SHOT_METHODS:
-            self.head(method)  # before any file is embedded: a store without names says so
+            self.head(method, train)  # before any file is embedded: no names says so first
+        elif train is not None:
+            raise BioindexError(f"a training set is for the few-shot methods "
+                                f"({', '.join(FEW_SHOT_METHODS)}), not {method}")  # fmt: skip
         else:
             self._require_names(labels)
         names, vectors, failed = embed_files(self.model, images)
@@ -616,7 +629,7 @@ class Collection:
         answered = self.classify_vectors(names, vectors, rank=rank, k=k, method=method,
                                          labels=labels, neighbours=neighbours,
                                          min_confidence=min_confidence, place=place,
-                                         calibrate=calibrate)  # fmt: skip
+                                         calibrate=calibrate, train=train)  # fmt: skip
         return answered + failed
 
     def classify_vectors(self, names: Sequence[str], vectors: np.ndarray, *,
@@ -624,6 +637,7 @@ class Collection:
                          labels: LabelSet | None = None, neighbours: int = 20,
                          min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                          place: PlacePrior | None = None, calibrate: bool = True,
+                         train: str | os.PathLike[str] | None = None,
                          ) -> list[Prediction]:  # fmt: skip
         """Classify already embedded images (e.g. uploads), named `names` in the output."""
         check_k(k)
@@ -631,7 +645,7 @@ class Collection:
             self._require_names(labels)
         label_matrix, head, temperature = None, None, None
         if method in FEW_SHOT_METHODS:
-            head = self.head(method)
+            head = self.head(method, train)
         elif method != "knn" and labels is None:
             labels, label_matrix = self._catalog_label_vectors()
             if calibrate:
@@ -670,15 +684,46 @@ class Collection:
         vectors = self.store.vectors([int(ids[i]) for i in chosen[known]])
         return fit_temperature(vectors @ matrix.T, truth[known])
 
-    def head(self, method: str = "few-shot") -> Head:
+    def head(self, method: str = "few-shot",
+             train: str | os.PathLike[str] | None = None) -> Head:  # fmt: skip
         """The few-shot head (`few-shot` or `linear-probe`) trained on this store's labelled
-        images, kept until the store changes (see search.fewshot)."""
+        images, kept until the store changes (see search.fewshot); or, given `train`, on
+        that folder or table of labelled images (search.training), kept until one of them,
+        their labels or the model changes."""
+        if train is not None:
+            return self._training_head(method, train)
         generation = self.store.generation()
         cached = getattr(self, "_heads", {})
         if cached.get(method, (None,))[0] != generation:
             cached = {**cached, method: (generation, store_head(self.store, method))}
             self._heads = cached
         return cached[method][1]
+
+    def _training_head(self, method: str, train: str | os.PathLike[str]) -> Head:
+        if method not in FEW_SHOT_METHODS:
+            raise BioindexError(f"unknown few-shot method {method!r}")
+        examples = read_training_set(train)
+        identity = self.identity
+        key = training_key(examples, [HEAD_VERSION, method, identity.weights_sha256,
+                                      identity.preprocess])  # fmt: skip
+        cached = getattr(self, "_training_heads", {})
+        if key not in cached:
+            path = training_head_path(self.store, method, key)
+            cached[key] = cached_head(path, lambda: self._fit_training(method, train, examples))
+            self._training_heads = cached
+        return cached[key]
+
+    def _fit_training(self, method: str, train: str | os.PathLike[str],
+                      examples: list[Example]) -> Head:  # fmt: skip
+        log.info("embedding %d training images from %s", len(examples), train)
+        names, vectors, failed = embed_files(self.model, [e.path for e in examples])
+        for bad in failed:
+            log.warning("training image %s skipped: %s", bad.file, bad.error)
+        taxon_of = {str(e.path): e.taxon for e in examples}
+        taxa = [taxon_of[name] for name in names]
+        # Centred by the training images' own mean (SimpleShot's base-set mean): the head
+        # then does not depend on what the store holds.
+        return fit_head(method, vectors, taxa, vectors.mean(axis=0))
 
     def place_near(self, lat: float, lon: float, radius_km: float = DEFAULT_RADIUS_KM,
                    outside: float = DEFAULT_OUTSIDE_WEIGHT) -> PlacePrior:  # fmt: skip

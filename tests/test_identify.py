@@ -224,6 +224,18 @@ def test_http_classify_takes_several_views_and_a_place(world: Path) -> None:
             assert bad.status_code == 400 and "latitude" in bad.json()["error"]
             many = client.post("/api/classify", files=parts * 3)
             assert many.status_code == 400 and "at most" in many.json()["error"]
+            listed = ("species_list", ("here.csv", f"species\n{SPECIES[0].name}\n".encode(),
+                                       "text/csv"))  # fmt: skip
+            only = client.post("/api/classify", files=[*parts[:1], listed],
+                               params={"method": "few-shot", "outside_weight": 0, "k": 1})
+            assert only.json()["predictions"][0]["species"] == SPECIES[0].name, only.text
+            assert SPECIES[0].name != species.name
+            unlisted = ("species_list", ("x.csv", b"name\nfoo\n", "text/csv"))
+            refused = client.post("/api/classify", files=[*parts[:1], unlisted])
+            assert refused.status_code == 400 and "no 'species'" in refused.json()["error"]
+            two = client.post("/api/classify", files=[*parts[:1], listed],
+                              params={"near": f"{lat},{lon}"})  # fmt: skip
+            assert two.status_code == 400 and "give one place" in two.json()["error"]
             alike = client.post("/api/search/image", files=parts, params={"k": 4}).json()
             with_one = client.post("/api/search/image", files=parts[:1], params={"k": 4}).json()
             assert len(alike["results"]) == 4 and alike != with_one
@@ -231,3 +243,56 @@ def test_http_classify_takes_several_views_and_a_place(world: Path) -> None:
             assert too_many.status_code == 400
     finally:
         app.state.collection.close()
+
+
+@pytest.mark.slow
+def test_few_shot_learns_from_a_training_folder_on_a_plain_store(tmp_path: Path) -> None:
+    """`--train`: labelled pictures kept apart from the store teach a store of unnamed
+    photos (the first store a new user makes) what is in it."""
+    from bioindex.demo.world import draw_pictures
+
+    species = SPECIES[::6][:8]  # one of each genus
+    train = tmp_path / "train"
+    table = ["file,scientificName"]
+    for number, (kind, picture) in enumerate(draw_pictures(species, 3, seed=1, look=LOOK)):
+        folder = train / kind.name.replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        picture.save(folder / f"{number}.png")
+        table.append(f"{folder.name}/{number}.png,{kind.name}")
+    (train / "labels.csv").write_text("\n".join(table) + "\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    truth = {}
+    for number, (kind, picture) in enumerate(draw_pictures(species, 2, seed=2, look=LOOK)):
+        picture.save(photos / f"p{number}.png")
+        truth[str(photos / f"p{number}.png")] = kind.name
+    with Collection.open(tmp_path / "s", model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([photos], progress=False)
+        with pytest.raises(BioindexError, match="or give train= a folder"):
+            col.classify(list(truth), method="few-shot")
+        found = col.classify(list(truth), method="few-shot", train=train, k=1)
+        right = np.mean([p.taxon.scientific_name == truth[p.file] for p in found])
+        assert right >= 0.8, [(p.file, p.taxon) for p in found]
+        from_table = col.head("linear-probe", train / "labels.csv")
+        assert {t.scientific_name for t in from_table.taxa} == {s.name for s in species}
+        with pytest.raises(BioindexError, match="not few-shot methods|for the few-shot"):
+            col.classify(list(truth)[:1], method="zero-shot", train=train)
+    cached = sorted((tmp_path / "s" / "heads").glob("train-few-shot-*.npz"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    photo = next(iter(truth))
+    said = CliRunner().invoke(main, ["classify", photo, "-s", str(tmp_path / "s"), "--method",
+                                     "few-shot", "--train", str(train), "--format", "json",
+                                     "-k", "1"])  # fmt: skip
+    assert said.exit_code == 0, said.output
+    import json
+
+    assert json.loads(said.output)[0]["species"] == truth[photo]
+    assert cached[0].stat().st_mtime_ns == stamp  # the cached head was read, not retrained
+    (train / "birds").mkdir()
+    bad = CliRunner().invoke(main, ["classify", photo, "-s", str(tmp_path / "s"), "--method",
+                                    "few-shot", "--train", str(train)])  # fmt: skip
+    assert bad.exit_code == 1 and "training folder 'birds' is not named" in bad.output, bad.output
+    plain = CliRunner().invoke(main, ["classify", photo, "-s", str(tmp_path / "s"), "--method",
+                                      "few-shot"])  # fmt: skip
+    assert plain.exit_code == 1 and "or give --train FOLDER" in plain.output, plain.output

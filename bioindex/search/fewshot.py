@@ -16,12 +16,13 @@ labelled rows, so it is retrained exactly when a label (or an image) changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
@@ -51,9 +52,12 @@ PROBE_C = 10.0  # inverse L2 strength; unit-length features need a weak penalty
 NOVELTY_QUANTILE = 0.10
 HEAD_VERSION = 3
 NAME_SPECIES = Remedy(
-    python="index the images with metadata= (a scientific name per image)",
+    python="index the images with metadata= (a scientific name per image), or give train= "
+    "a folder of labelled images",
     http="index the images with --metadata FILE, or use method=zero-shot",
-    cli=(("", "index the images with --metadata FILE (a scientific name per image)"),),
+    cli=(("--train", "index the images with --metadata FILE (a scientific name per image), "
+          "or give --train FOLDER (a subfolder of images per species)"),
+         ("", "index the images with --metadata FILE (a scientific name per image)")),
 )
 
 
@@ -233,25 +237,44 @@ def store_head(store: Store, method: str) -> Head:
     """The store's trained head for `method`: from its cache when the labelled images and
     the model are the ones it was trained on, else trained now (and cached)."""
     path = Path(store.path) / HEADS_DIR / f"{method}-{_key(store, method)}.npz"
+
+    def fit() -> Head:
+        ids, taxa = labelled_species(store)
+        if not len(ids):
+            raise BioindexError(f"method {method} learns from the store's images named "
+                                "to species, and this store has none",
+                                remedy=NAME_SPECIES)  # fmt: skip
+        return fit_head(method, store.vectors([int(i) for i in ids]), taxa, store_mean(store))
+
+    head = cached_head(path, fit)
+    if path.is_file():
+        for old in path.parent.glob(f"{method}-*.npz"):  # trained on older labels
+            if old != path:
+                with contextlib.suppress(OSError):  # a read-only store keeps them
+                    old.unlink()
+    return head
+
+
+def cached_head(path: Path, fit: Callable[[], Head]) -> Head:
+    """The head saved at `path`, or `fit()` saved there (when the store is writable)."""
     if path.is_file():
         try:
             return Head.load(path)
         except (OSError, ValueError, KeyError) as exc:  # a torn or foreign file: retrain
             log.warning("ignoring unreadable cached head %s: %s", path, exc)
-    ids, taxa = labelled_species(store)
-    if not len(ids):
-        raise BioindexError(f"method {method} learns from the store's images named to "
-                            "species, and this store has none", remedy=NAME_SPECIES)  # fmt: skip
-    head = fit_head(method, store.vectors([int(i) for i in ids]), taxa, store_mean(store))
+    head = fit()
     try:
         path.parent.mkdir(exist_ok=True)
         head.save(path)
-        for old in path.parent.glob(f"{method}-*.npz"):  # trained on older labels
-            if old != path:
-                old.unlink(missing_ok=True)
     except OSError as exc:  # a read-only store still answers; it trains again next time
-        log.info("could not cache the %s head in %s: %s", method, path.parent, exc)
+        log.info("could not cache the head in %s: %s", path.parent, exc)
     return head
+
+
+def training_head_path(store: Store, method: str, key: str) -> Path:
+    """Where the head trained on a training set outside the store (search.training) is
+    kept: named apart from the store's own heads, which are replaced as labels change."""
+    return Path(store.path) / HEADS_DIR / f"train-{method}-{key}.npz"
 
 
 def _key(store: Store, method: str) -> str:

@@ -11,6 +11,7 @@ species list the user gives (a GBIF species-list download or a checklist, CSV or
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -100,20 +101,36 @@ def species_list_prior(path: str | os.PathLike[str], outside: float = DEFAULT_OU
     file = Path(path)
     if not file.is_file():
         raise BioindexError(f"species list {file} does not exist")
-    with open(file, newline="", encoding="utf-8-sig") as handle:
-        sample = handle.read(4096)
-        handle.seek(0)
-        dialect = "excel-tab" if sample.count("\t") > sample.count(",") else "excel"
-        reader = csv.DictReader(handle, dialect=dialect)
-        lowered = {name.lower(): name for name in reader.fieldnames or ()}
-        column = lowered.get("species") or lowered.get("scientificname")
-        if column is None:
-            raise BioindexError(f"species list {file} has no 'species' or 'scientificName' "
-                                "column")  # fmt: skip
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BioindexError(f"species list {file} is not UTF-8 text") from exc
+    return species_list_from_text(text, str(file), outside)
+
+
+def species_list_from_text(text: str, name: str, outside: float = DEFAULT_OUTSIDE_WEIGHT
+                           ) -> PlacePrior:  # fmt: skip
+    """species_list_prior for a list already read (an upload), called `name` in messages."""
+    _check_outside(outside)
+    text = text.removeprefix("\ufeff")
+    sample = text[:4096]
+    dialect = "excel-tab" if sample.count("\t") > sample.count(",") else "excel"
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    try:
+        lowered = {field.lower(): field for field in reader.fieldnames or ()}
+    except csv.Error as exc:
+        raise BioindexError(f"species list {name} is not a CSV/TSV table: {exc}") from exc
+    column = lowered.get("species") or lowered.get("scientificname")
+    if column is None:
+        raise BioindexError(f"species list {name} has no 'species' or 'scientificName' "
+                            "column")  # fmt: skip
+    try:
         taxa = list(_list_taxa(reader, column, lowered))
+    except csv.Error as exc:
+        raise BioindexError(f"species list {name} is not a CSV/TSV table: {exc}") from exc
     if not taxa:
-        raise BioindexError(f"species list {file} names no species")
-    return PlacePrior(recorded_names(taxa), outside, f"species list {file.name}")
+        raise BioindexError(f"species list {name} names no species")
+    return PlacePrior(recorded_names(taxa), outside, f"species list {Path(name).name}")
 
 
 def _list_taxa(rows: Iterable[dict[str, str]], column: str, lowered: dict[str, str]

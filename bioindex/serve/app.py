@@ -38,7 +38,7 @@ from bioindex.search.defaults import (
 )
 from bioindex.search.filters import parse_where
 from bioindex.search.labels import labels_from_strings
-from bioindex.search.place import parse_near
+from bioindex.search.place import parse_near, species_list_from_text
 from bioindex.search.query import check_k, display_path, group_by_occurrence, source_roots
 from bioindex.serve.concurrency import BatchingModel, Gate
 from bioindex.serve.guard import LOOPBACK_NAMES, Guard
@@ -50,6 +50,7 @@ DECODE_WORKERS = 2  # uploads decoded at once; more wait their turn without bloc
 DEFAULT_WORKERS = 8  # requests answered at once (FAISS, DuckDB and torch release the GIL)
 MAX_K = 1000
 MAX_VIEWS = 8  # photos of one specimen in one classify request
+MAX_SPECIES_LIST = 8 * 1024 * 1024  # a country's GBIF species list is a few MB
 STATIC = Path(__file__).resolve().parent / "static"
 
 
@@ -170,6 +171,16 @@ def create_app(
             raise ApiError(400, "empty upload")
         return data
 
+    async def read_species_list(part: UploadFile, outside: float) -> Any:
+        data = await part.read(MAX_SPECIES_LIST + 1)
+        if len(data) > MAX_SPECIES_LIST:
+            raise ApiError(413, f"species list larger than {MAX_SPECIES_LIST} bytes")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ApiError(400, "species list is not UTF-8 text") from exc
+        return species_list_from_text(text, part.filename or "upload", outside)
+
     async def upload_vector(data: bytes):
         """Decoded and preprocessed in the upload pool, then embedded (batched with other
         requests' images when the server runs workers side by side)."""
@@ -276,6 +287,7 @@ def create_app(
                        radius_km: float = DEFAULT_RADIUS_KM,
                        outside_weight: float = DEFAULT_OUTSIDE_WEIGHT,
                        where: list[str] | None = Query(None),
+                       species_list: UploadFile | None = File(None),
                        calibrate: bool = True) -> dict:  # fmt: skip
         """Top-k predictions with the answer (deepest rank reaching `min_confidence`, and
         its band), and the best name at each rank the labels name (`labels`:
@@ -288,8 +300,10 @@ def create_app(
         vector = await views_vector(file)
         name = " + ".join(part.filename or "upload" for part in file)
         options = {"method": method, "min_confidence": min_confidence, "calibrate": calibrate}
-        if near and where:
-            raise ApiError(400, "give one place: near or where")
+        if sum(bool(p) for p in (near, where, species_list)) > 1:
+            raise ApiError(400, "give one place: near, where or species_list")
+        if species_list is not None:
+            options["place"] = await read_species_list(species_list, outside_weight)
         with lock.reading():
             if where:
                 options["place"] = collection.place_where(where_of(where), outside_weight)

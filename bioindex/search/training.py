@@ -1,0 +1,120 @@
+"""A training set outside the store for the few-shot heads (`classify --train PATH`).
+
+Two layouts, both common where labelled photos are kept:
+
+- a folder with one subfolder per species, named by the species: "Cardinalis cardinalis"
+  (or with underscores), or the seven ranks kingdom … epithet joined by spaces or
+  underscores, as TreeOfLife-style folders are ("Animalia_Chordata_Aves_…_cardinalis");
+- a CSV/TSV table with a column naming each image (file, filepath, path, image) and its
+  name in Darwin Core columns (scientificName, or kingdom … genus + specificEpithet), the
+  same table `bioindex index --metadata` reads. Paths are relative to the table's folder.
+
+The images are read only by the user's own command (never over HTTP: a server must not
+read paths a stranger names).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bioindex.errors import BioindexError
+from bioindex.images import IMAGE_EXTENSIONS
+from bioindex.taxonomy import Taxon, make_taxon, split_binomial
+
+FILE_COLUMNS = ("file", "filepath", "file_path", "path", "image", "filename", "identifier")
+RANK_COLUMNS = ("kingdom", "phylum", "class", "order", "family", "genus", "specificepithet")
+
+
+@dataclass(frozen=True)
+class Example:
+    path: Path
+    taxon: Taxon
+
+
+def read_training_set(path: str | os.PathLike[str]) -> list[Example]:
+    """The labelled images of a training folder or table (see the module docstring)."""
+    root = Path(path).expanduser()
+    if root.is_dir():
+        examples = list(_from_folder(root))
+    elif root.is_file():
+        examples = list(_from_table(root))
+    else:
+        raise BioindexError(f"training set {root} does not exist")
+    species = {e.taxon.lineage for e in examples}
+    if len(species) < 2:
+        raise BioindexError(f"training set {root} names {len(species)} species with images; "
+                            "a classifier needs at least two")  # fmt: skip
+    return examples
+
+
+def training_key(examples: list[Example], identity: list[object]) -> str:
+    """Changes when an image, its label or the model does (a cached head is then stale)."""
+    digest = hashlib.sha256(json.dumps(identity).encode())
+    for example in examples:
+        try:
+            stat = example.path.stat()
+            seen = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            seen = [None, None]
+        digest.update(json.dumps([str(example.path), *seen, *example.taxon.lineage]).encode())
+    return digest.hexdigest()[:16]
+
+
+def folder_taxon(name: str) -> Taxon:
+    """The species a training subfolder is named for."""
+    words = name.replace("_", " ").split()
+    if len(words) == 7:
+        return make_taxon(words)
+    binomial = split_binomial(" ".join(words))
+    if binomial is None:
+        raise BioindexError(f"training folder {name!r} is not named for a species: name it "
+                            "'Genus epithet' or by the seven ranks kingdom … epithet")  # fmt: skip
+    return make_taxon([""] * 5 + list(binomial))
+
+
+def _from_folder(root: Path) -> Iterator[Example]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise BioindexError(f"training folder {root} has no subfolders; put each species' "
+                            "images in a folder named for it ('Genus epithet')")  # fmt: skip
+    for folder in folders:
+        taxon = folder_taxon(folder.name)
+        for directory, subdirs, files in os.walk(folder):
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            for file in sorted(files):
+                if not file.startswith(".") and Path(file).suffix.lower() in IMAGE_EXTENSIONS:
+                    yield Example(Path(directory) / file, taxon)
+
+
+def _from_table(table: Path) -> Iterator[Example]:
+    with open(table, newline="", encoding="utf-8-sig") as handle:
+        sample = handle.read(4096)
+        handle.seek(0)
+        dialect = "excel-tab" if sample.count("\t") > sample.count(",") else "excel"
+        reader = csv.DictReader(handle, dialect=dialect)
+        lowered = {name.lower().split(":")[-1]: name for name in reader.fieldnames or ()}
+        file_column = next((lowered[c] for c in FILE_COLUMNS if c in lowered), None)
+        if file_column is None:
+            raise BioindexError(f"training table {table} needs a column naming the images "
+                                f"({', '.join(FILE_COLUMNS)})")  # fmt: skip
+        for row in reader:
+            value = (row.get(file_column) or "").strip()
+            taxon = _row_taxon(row, lowered)
+            if value and taxon is not None:
+                yield Example((table.parent / value).resolve(), taxon)
+
+
+def _row_taxon(row: dict[str, str], lowered: dict[str, str]) -> Taxon | None:
+    ranks = [(row.get(lowered[c]) or "").strip() if c in lowered else "" for c in RANK_COLUMNS]
+    binomial = split_binomial(row.get(lowered.get("scientificname", ""), "") or "")
+    if binomial and not (ranks[5] and ranks[6]):
+        ranks[5], ranks[6] = binomial
+    if not (ranks[5] and ranks[6]):
+        return None  # not named to species: nothing to learn a species from
+    return make_taxon(ranks, row.get(lowered.get("vernacularname", ""), "") or "")
