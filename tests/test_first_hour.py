@@ -192,6 +192,7 @@ def test_page_first_hour(server, plain, width: int, height: int, label: str) -> 
                                             or sorted(photos.rglob("*.jpg"))[0]))  # fmt: skip
         page.wait_for_selector("#no-names")
         assert not page.is_visible("#near") and not page.is_visible("#method")  # no names
+        assert not page.is_visible("#checklist")
         page.wait_for_function("document.querySelector('#status').textContent.includes("
                                "'look like')")  # fmt: skip
         assert page.get_attribute("#status", "class") != "error"

@@ -179,6 +179,27 @@ def test_several_photos_of_one_specimen_get_one_answer_with_its_band(site, tmp_p
                                         "below this rank")  # fmt: skip
     assert len(answered) == 1 and "method=few-shot" in answered[0].url
     assert "near=" in answered[0].url and answered[0].json()["views"] == 3
+    # A checklist instead of a point: the answer can only be a listed species.
+    listed = SPECIES[31] if SPECIES[31].taxon.genus == target.taxon.genus else SPECIES[29]
+    checklist = tmp_path / "checklist.csv"
+    checklist.write_text(f"species\n{listed.name}\n")
+    page.fill("#near", "")
+    page.set_input_files("#checklist", str(checklist))
+    page.evaluate("document.querySelector('#predicted').remove()")
+    page.set_input_files("#photo", [str(p) for p in paths[:2]])  # a change, so it is sent
+    page.wait_for_selector("#predicted")
+    assert "species_list" not in answered[-1].url and answered[-1].status == 200
+    import httpx
+
+    def score_of_listed(body: dict) -> float:  # its genus: the page asks for the top 3
+        genus = body["ranks"]["genus"]
+        return genus["score"] if genus["name"] == listed.taxon.genus else 0.0
+
+    views = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in paths[:2]]
+    plain = httpx.post(url + "/api/classify", files=views, params={"method": "few-shot",
+                                                                    "k": 3}).json()  # fmt: skip
+    # Every other species keeps a tenth of its probability: the listed one's genus gains.
+    assert score_of_listed(answered[-1].json()) > score_of_listed(plain) > 0
     page.close()
 
 

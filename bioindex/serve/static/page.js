@@ -127,7 +127,10 @@ async function upload(files) {
     if (collection.names_taxa) {
       const asked = {rank: "species", k: 3, method: $("method").value};
       if ($("near").value.trim()) asked.near = $("near").value.trim();
-      const prediction = await getJSON("/api/classify?" + new URLSearchParams(asked), {method: "POST", body: form()});
+      const body = form();
+      const checklist = $("checklist").files[0];
+      if (checklist) body.append("species_list", checklist);
+      const prediction = await getJSON("/api/classify?" + new URLSearchParams(asked), {method: "POST", body});
       const ranks = Object.entries(prediction.ranks).map(([rank, v]) =>
         `<tr><td>${rank}</td><td><i>${esc(v.name)}</i></td><td>${(v.score * 100).toFixed(1)}%</td></tr>`).join("");
       const answer = prediction.answer || {};
@@ -176,7 +179,7 @@ const infoLoaded = getJSON("/api/info").then((info) => {
   $("summary").textContent = `${info.images_live} images · model ${info.model}` +
     (info.names_taxa ? "" : " · no taxon names in the catalog");
   // Naming controls mean nothing where the catalog names no taxa.
-  for (const id of ["near", "method"]) $(id).parentElement.style.display = info.names_taxa ? "" : "none";
+  for (const id of ["near", "checklist", "method"]) $(id).parentElement.style.display = info.names_taxa ? "" : "none";
 }).catch(() => {});
 function load() {
   const state = new URLSearchParams(location.search);
