@@ -49,6 +49,9 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
         ("open set: AUROC known vs held-out: probability / centroid cosine",
          f"{open_set['auroc_probability']:.3f} / {open_set['auroc_centroid_cosine']:.3f}",
          "reported"),
+        ("open set AUROC, tried: nearest labelled image / species - genus cosine",
+         f"{open_set['auroc_nearest_labelled_image']:.3f} / "
+         f"{open_set['auroc_species_minus_genus_cosine']:.3f}", "reported"),
         ("open set: held-out answered at genus / genus right then",
          f"{pct(open_set['held_out_answered_at_genus'])} / "
          f"{pct(open_set['genus_accuracy_when_backed_off'])}", "genus right >= 80%"),

@@ -26,7 +26,7 @@ from bioindex.demo.world import (
 )
 from bioindex.search.calibration import expected_calibration_error, softmax
 from bioindex.search.classify import UNKNOWN
-from bioindex.search.fewshot import centred
+from bioindex.search.fewshot import centred, labelled_species
 
 STORE_SEED, QUERY_SEED, SPECIMEN_SEED = 101, 202, 303
 
@@ -126,7 +126,12 @@ def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str
         names = [str(i) for i in range(len(truth))]
         found = collection.classify_vectors(names, vectors, k=1, method=method, **options)
         head = collection.head(method)
-        nearest = (centred(vectors, head.mean) @ head.centroids.T).max(axis=1)
+        features = centred(vectors, head.mean)
+        nearest = (features @ head.centroids.T).max(axis=1)
+        genus = (features @ head.genus_centroids.T).max(axis=1)
+        ids, _ = labelled_species(collection.store)
+        labelled = centred(collection.store.vectors([int(i) for i in ids]), head.mean)
+        nearest_image = (features @ labelled.T).max(axis=1)
     is_held = np.array([s in held for s in truth])
     decisions = [p.decision for p in found]
     species_answer = np.array([d.rank == "species" for d in decisions])
@@ -141,6 +146,10 @@ def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str
                                                 if not h])),  # fmt: skip
         "auroc_probability": auroc(confidence[~is_held], confidence[is_held]),
         "auroc_centroid_cosine": auroc(nearest[~is_held], nearest[is_held]),
+        # Tried as novelty scores, and worse (docs/benchmarks.md):
+        "auroc_nearest_labelled_image": auroc(nearest_image[~is_held], nearest_image[is_held]),
+        "auroc_species_minus_genus_cosine": auroc((nearest - genus)[~is_held],
+                                                  (nearest - genus)[is_held]),
         "held_out_answered_at_genus": len(genus_answers) / max(int(is_held.sum()), 1),
         "genus_accuracy_when_backed_off": float(np.mean(
             [d.name == s.taxon.genus for d, s in genus_answers])) if genus_answers else 0.0,
