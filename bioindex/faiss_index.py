@@ -369,7 +369,7 @@ def tune(
     vector used as its own query finds itself first."""
     k = truth.shape[1]
     name = "nprobe" if "nprobe" in spec.search else "efSearch" if "efSearch" in spec.search else ""
-    grid: Iterable[int] = [0]
+    grid: list[int] = [0]
     if name == "nprobe":
         grid = [p for p in NPROBE_GRID if p < spec.nlist] + [spec.nlist]
     elif name == "efSearch":
@@ -380,7 +380,12 @@ def tune(
         factors = [max(1, base // 2), base, base * 2, base * 4, base * 8]
     best: tuple[float, dict[str, int], float, float] | None = None  # (p50, search, recall, bound)
     last: tuple[dict[str, int], float, float] = ({}, 0.0, 0.0)
+    depths: set[int] = set()
     for factor in factors:
+        depth = max(k * factor, RERANK_MIN)
+        if depth in depths:  # RERANK_MIN makes small factors the same search
+            continue
+        depths.add(depth)
         for value in grid:
             spec.search = {name: int(value)} if name else {}
             if factor != base:
@@ -393,6 +398,8 @@ def tune(
                 if best is None or p50 < best[0]:
                     best = (p50, *last)
                 break
+        if best is not None and best[1].get(name) == grid[0]:
+            break  # the narrowest search already does: deeper re-ranks only cost more
     met = best is not None
     search, recall, bound = best[1:] if best is not None else last
     spec.search = dict(search)

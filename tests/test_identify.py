@@ -293,6 +293,11 @@ def test_few_shot_learns_from_a_training_folder_on_a_plain_store(tmp_path: Path)
     bad = CliRunner().invoke(main, ["classify", photo, "-s", str(tmp_path / "s"), "--method",
                                     "few-shot", "--train", str(train)])  # fmt: skip
     assert bad.exit_code == 1 and "training folder 'birds' is not named" in bad.output, bad.output
+    binary = tmp_path / "labels.csv"
+    binary.write_bytes(b"file,scientificName\n\xff\xfe,\x00\x81\n")
+    refused = CliRunner().invoke(main, ["classify", photo, "-s", str(tmp_path / "s"),
+                                        "--method", "few-shot", "--train", str(binary)])
+    assert refused.exit_code == 1 and "is not a UTF-8 CSV/TSV" in refused.output, refused.output
     plain = CliRunner().invoke(main, ["classify", photo, "-s", str(tmp_path / "s"), "--method",
                                       "few-shot"])  # fmt: skip
     assert plain.exit_code == 1 and "or give --train FOLDER" in plain.output, plain.output

@@ -43,7 +43,11 @@ def read_training_set(path: str | os.PathLike[str]) -> list[Example]:
     if root.is_dir():
         examples = list(_from_folder(root))
     elif root.is_file():
-        examples = list(_from_table(root))
+        try:
+            examples = list(_from_table(root))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise BioindexError(f"training table {root} is not a UTF-8 CSV/TSV table: "
+                                f"{exc}") from exc  # fmt: skip
     else:
         raise BioindexError(f"training set {root} does not exist")
     species = {e.taxon.lineage for e in examples}

@@ -279,14 +279,27 @@ class LiveIndex:
     def fetch(self, image_ids: np.ndarray) -> np.ndarray:
         """Stored vectors for re-ranking; rows of ids that are not live are NaN."""
         if self._located is None:
-            self._located = self.catalog.live_locations()
-        ids, codes, rows, names = self._located
+            self._located = (*self.catalog.live_locations(), None)
+            ids = self._located[0]
+            if len(ids) and ids[-1] <= 4 * len(ids) + 1024:
+                # Ids are mostly dense: a table from id to position answers in O(k) what a
+                # binary search over a million ids took 0.2 ms of every re-rank to find.
+                position = np.full(int(ids[-1]) + 1, -1, dtype=np.int64)
+                position[ids] = np.arange(len(ids))
+                self._located = (*self._located[:4], position)
+        ids, codes, rows, names, position = self._located
         image_ids = np.asarray(image_ids, dtype=np.int64)
         out = np.full((len(image_ids), self.spec.dim), np.nan, dtype=np.float32)
         if not len(ids):
             return out
-        at = np.minimum(np.searchsorted(ids, image_ids), len(ids) - 1)
-        live = ids[at] == image_ids
+        if position is not None:
+            inside = (image_ids >= 0) & (image_ids < len(position))
+            at = np.where(inside, position[np.where(inside, image_ids, 0)], -1)
+            live = at >= 0
+            at = np.maximum(at, 0)
+        else:
+            at = np.minimum(np.searchsorted(ids, image_ids), len(ids) - 1)
+            live = ids[at] == image_ids
         for code in np.unique(codes[at[live]]):
             mine = live & (codes[at] == code)
             out[mine] = self.shards.get(names[code])[rows[at[mine]]]
