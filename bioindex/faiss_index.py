@@ -226,16 +226,30 @@ def set_search(index: Any, spec: IndexSpec) -> None:
     import faiss
 
     if "nprobe" in spec.search:
-        faiss.extract_index_ivf(index).nprobe = int(spec.search["nprobe"])
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = int(spec.search["nprobe"])
+        if spec.nlist >= HNSW_QUANTIZER_LISTS:
+            faiss.downcast_index(ivf.quantizer).hnsw.efSearch = quantizer_ef(ivf.nprobe)
     if "efSearch" in spec.search:
         faiss.downcast_index(index.index).hnsw.efSearch = int(spec.search["efSearch"])
+
+
+def quantizer_ef(nprobe: int) -> int:
+    """efSearch of an HNSW quantizer asked for `nprobe` lists: the graph's default (16) found
+    too few of the right ones past nprobe 16 — a 1M x 512 IVF8192 on hard data reached
+    recall 0.92 scanning *every* list it was given."""
+    return max(2 * nprobe, 64)
 
 
 def search_parameters(spec: IndexSpec, selector: Any = None) -> Any:
     import faiss
 
     if "nprobe" in spec.search:
-        return faiss.SearchParametersIVF(nprobe=int(spec.search["nprobe"]), sel=selector)
+        nprobe = int(spec.search["nprobe"])
+        params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+        if spec.nlist >= HNSW_QUANTIZER_LISTS:
+            params.quantizer_params = faiss.SearchParametersHNSW(efSearch=quantizer_ef(nprobe))
+        return params
     if "efSearch" in spec.search:
         return faiss.SearchParametersHNSW(efSearch=int(spec.search["efSearch"]), sel=selector)
     return faiss.SearchParameters(sel=selector) if selector is not None else None
