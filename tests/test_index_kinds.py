@@ -279,8 +279,6 @@ def test_a_graph_quantizer_finds_as_many_lists_as_asked() -> None:
     # Past HNSW_QUANTIZER_LISTS the lists are found by a graph whose default efSearch (16)
     # returned too few of the right ones: recall 0.67 at nprobe 1024 here, 0.92 on a 1M x 512
     # store even when every list was asked for.
-    from bioindex import faiss_index
-
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((40_000, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
