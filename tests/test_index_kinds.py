@@ -292,3 +292,25 @@ def test_a_graph_quantizer_finds_as_many_lists_as_asked() -> None:
     faiss_index.set_search(index, spec)  # the index object's own setting, as saved
     _, found = index.search(np.ascontiguousarray(queries), 10)
     assert faiss_index.recall_at(found, truth) >= 0.9
+
+
+def test_timing_noise_does_not_pick_a_deeper_rerank(monkeypatch) -> None:
+    # Two builds of the same vectors (local and on Ray) settled on re-rank depths 64 and 80 at
+    # the same nprobe: the deeper one, strictly more work, had timed a hair faster.
+    vectors = GENERATOR.sample(8_000)
+    queries = GENERATOR.sample(200, part=7)
+    batches = [(np.arange(len(vectors)), vectors)]
+    spec = faiss_index.IndexSpec(kind="ivf", dim=DIM, nlist=128, rerank=True, search={"nprobe": 1})
+    index = faiss_index.build(spec, vectors, batches)
+    truth = faiss_index.exact_neighbours(batches, queries, 10)
+
+    def noisy_clock(index, spec, queries, k, fetch=None) -> np.ndarray:
+        # Each deeper depth times 2% "faster": the noise of one run, not a real gain.
+        factor = spec.search.get("rerank_factor", faiss_index.RERANK_FACTOR["ivf"])
+        return np.full(len(queries), 1.0 - 0.02 * np.log2(factor))
+
+    monkeypatch.setattr(faiss_index, "single_query_latencies", noisy_clock)
+    tuned = faiss_index.tune(index, spec, queries, truth, 0.95, fetch=lambda ids: vectors[ids])
+    assert tuned.met_target
+    depth = 10 * tuned.search.get("rerank_factor", faiss_index.RERANK_FACTOR["ivf"])
+    assert depth <= faiss_index.RERANK_MIN  # the shallowest re-rank tried
