@@ -314,3 +314,26 @@ def test_timing_noise_does_not_pick_a_deeper_rerank(monkeypatch) -> None:
     assert tuned.met_target
     depth = 10 * tuned.search.get("rerank_factor", faiss_index.RERANK_FACTOR["ivf"])
     assert depth <= faiss_index.RERANK_MIN  # the shallowest re-rank tried
+
+
+def test_many_centroid_numbers_get_a_graph_quantizer_and_older_flat_ones_still_search(
+        monkeypatch) -> None:  # fmt: skip
+    import faiss
+
+    def graph(nlist: int, dim: int) -> bool:
+        index = faiss_index.new_index(faiss_index.IndexSpec(kind="ivf", dim=dim, nlist=nlist))
+        return isinstance(faiss.downcast_index(index.quantizer), faiss.IndexHNSW)
+
+    assert graph(4096, 512) and graph(2048, 512)
+    assert not graph(1024, 64)  # few numbers: comparing with every centroid is cheap
+    # An index saved with a flat quantizer at a shape that now gets a graph (a store built
+    # before) searches as it did, through both ways of setting its width.
+    vectors = GENERATOR.sample(8_000)
+    spec = faiss_index.IndexSpec(kind="ivf", dim=DIM, nlist=128, search={"nprobe": 8})
+    index = faiss_index.build(spec, vectors, [(np.arange(len(vectors)), vectors)])
+    before = faiss_index.search(index, spec, vectors[:50], 10)[1]
+    monkeypatch.setattr(faiss_index, "GRAPH_QUANTIZER_NUMBERS", 1)
+    assert faiss_index.graph_quantizer(spec)
+    faiss_index.set_search(index, spec)
+    assert (faiss_index.search(index, spec, vectors[:50], 10)[1] == before).all()
+    assert (index.search(np.ascontiguousarray(vectors[:50]), 10)[1] == before).all()

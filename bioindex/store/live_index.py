@@ -296,13 +296,20 @@ class LiveIndex:
             inside = (image_ids >= 0) & (image_ids < len(position))
             at = np.where(inside, position[np.where(inside, image_ids, 0)], -1)
             live = at >= 0
-            at = np.maximum(at, 0)
         else:
             at = np.minimum(np.searchsorted(ids, image_ids), len(ids) - 1)
             live = ids[at] == image_ids
-        for code in np.unique(codes[at[live]]):
-            mine = live & (codes[at] == code)
-            out[mine] = self.shards.get(names[code])[rows[at[mine]]]
+        # One gather per shard over the wanted rows grouped by shard: masking every wanted
+        # row once per shard, through numpy's memmap subclass, was 0.44 ms of a 1M store's
+        # 160-row re-rank and this is 0.25 (benchmarks/search.py).
+        slots = np.flatnonzero(live)
+        at = at[slots]
+        order = np.argsort(codes[at], kind="stable")
+        slots, at = slots[order], at[order]
+        shard = codes[at]
+        starts = np.flatnonzero(np.r_[True, shard[1:] != shard[:-1]]) if len(shard) else []
+        for start, end in zip(starts, [*starts[1:], len(shard)]):
+            out[slots[start:end]] = self.shards.get(names[shard[start]])[rows[at[start:end]]]
         return out
 
     def _search_subset(self, queries: np.ndarray, k: int, only: np.ndarray

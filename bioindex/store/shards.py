@@ -52,7 +52,9 @@ class Shards:
             mapping = getattr(shard, "_mmap", None)
             if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
                 mapping.madvise(mmap.MADV_RANDOM)
-            self._mapped[name] = shard
+            # A plain array over the same mapping: numpy's memmap subclass costs ~10 µs a
+            # gather in bookkeeping, and a re-rank gathers from every shard.
+            self._mapped[name] = np.asarray(shard)
         return self._mapped[name]
 
     def load(self, name: str) -> np.ndarray:
