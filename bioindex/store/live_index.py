@@ -263,7 +263,10 @@ class LiveIndex:
             removed = np.fromiter(self.removed, dtype=np.int64)
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(removed))
         if selector is None and spec.exact:
-            return self._plain_searcher().search(queries, k)
+            searcher = self._plain_searcher()
+            if searcher is index and 0 < len(queries) < faiss_index.FLAT_FEW_QUERIES:
+                return faiss_index.flat_search_few(index, queries, k)
+            return searcher.search(queries, k)
         return faiss_index.search(index, spec, queries, k, selector, fetch=self.fetch)
 
     def range_search(self, vectors: np.ndarray, radius: float) -> list[np.ndarray]:
