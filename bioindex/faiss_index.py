@@ -62,6 +62,9 @@ class IndexSpec:
     rerank: bool = False
     search: dict[str, int] = field(default_factory=dict)  # {"nprobe": n} or {"efSearch": n}
     built: dict[str, Any] = field(default_factory=dict)  # measured facts from the last build
+    # IVF only: "hnsw" or "flat" to force how lists are found, "" for graph_quantizer's rule
+    # (forced where a sample stands in for the full-size index: index_choice).
+    quantizer: str = ""
 
     @property
     def exact(self) -> bool:
@@ -72,7 +75,8 @@ class IndexSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], dim: int) -> IndexSpec:
-        known = {k: data[k] for k in ("kind", "nlist", "pq_m", "rerank", "search", "built")
+        known = {k: data[k] for k in ("kind", "nlist", "pq_m", "rerank", "search", "built",
+                                      "quantizer")
                  if k in data}  # fmt: skip
         return cls(dim=dim, **known)
 
@@ -182,6 +186,8 @@ def graph_quantizer(spec: IndexSpec) -> bool:
     """Whether an IVF spec finds its lists with an HNSW graph rather than by comparing with
     every centroid: with many lists, brute force over the centroids dominates both the build
     (assigning 10M vectors to 8192 lists) and each search (GRAPH_QUANTIZER_NUMBERS)."""
+    if spec.quantizer:
+        return spec.quantizer == "hnsw"
     return spec.nlist >= HNSW_QUANTIZER_LISTS or spec.nlist * spec.dim >= GRAPH_QUANTIZER_NUMBERS
 
 

@@ -97,11 +97,18 @@ def _power(small: float, large: float, ratio: float, full_ratio: float) -> float
 
 
 def _measure(option: Option, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-             target: float, memory: int,
-             rerank: bool | None) -> tuple[Any, float, Any]:  # fmt: skip
-    """Build and tune one candidate on `vectors`; (tuning, build seconds, spec)."""
+             target: float, memory: int, rerank: bool | None,
+             full: IndexSpec) -> tuple[Any, float, Any]:  # fmt: skip
+    """Build and tune one candidate on `vectors`, shaped as it will be at full size (`full`);
+    (tuning, build seconds, spec)."""
     n, dim = vectors.shape
     spec = option.spec(n, dim, memory, rerank)
+    if spec.nlist:
+        # The sample's fewer lists would be found by comparing with every centroid where
+        # the full index uses a graph: that cost then grew 4x between the two samples, and
+        # the power law carried it to 1M as if it were the search (#18: a 1M store chose
+        # twice the lists over the default count on that prediction).
+        spec.quantizer = "hnsw" if faiss_index.graph_quantizer(full) else "flat"
     sample = vectors[: faiss_index.training_size(spec, n)] if spec.nlist else None
     ids = np.arange(n, dtype=np.int64)
     started = time.perf_counter()
@@ -137,7 +144,7 @@ def choose(vectors: np.ndarray, n: int, memory: int, target: float,
         bytes_needed = faiss_index.estimated_bytes(option.kind, n, dim, full.pq_m)
         if option.kind == "flat" and bytes_needed > memory:
             continue
-        runs = [_measure(option, base[:size], queries, truth, target, memory, rerank)
+        runs = [_measure(option, base[:size], queries, truth, target, memory, rerank, full)
                 for size, truth in zip(sizes, truths)]  # fmt: skip
         (small, small_s, _), (large, large_s, spec) = runs
         ratio, full_ratio = sizes[1] / sizes[0], max(1.0, n / sizes[1])

@@ -78,3 +78,26 @@ def test_the_recall_a_build_reports_is_what_unseen_queries_get(tmp_path: Path) -
     print(spec.search, spec.built["recall_at_10"], recall)
     assert recall >= 0.95
     assert recall >= spec.built["recall_at_10"] - 0.006
+
+
+def test_candidates_are_measured_with_the_quantizer_they_will_have() -> None:
+    # A sample has fewer lists than the store will: found by comparing with every centroid,
+    # that cost grew 4x between the two samples and the power law carried it to full size,
+    # where the index finds its lists with a graph.
+    import faiss
+
+    from bioindex import faiss_index, index_choice
+
+    generator = ClusteredVectors(256, centres=200, seed=5)
+    vectors = generator.sample(3_200)
+    queries, base = vectors[:200], vectors[200:]
+    truth = exact_neighbours([(np.arange(len(base)), base)], queries, 10)
+    for n, graph in ((1_000_000, True), (100_000, False)):  # 4096 / 1024 lists at full size
+        option = index_choice.Option("ivf")
+        full = option.spec(n, 256, faiss_index.DEFAULT_MEMORY)
+        assert faiss_index.graph_quantizer(full) is graph
+        _, _, spec = index_choice._measure(option, base, queries, truth, 0.9,
+                                           faiss_index.DEFAULT_MEMORY, None, full)  # fmt: skip
+        assert faiss_index.graph_quantizer(spec) is graph
+        index = faiss_index.new_index(spec)
+        assert isinstance(faiss.downcast_index(index.quantizer), faiss.IndexHNSW) is graph
