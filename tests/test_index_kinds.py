@@ -354,3 +354,21 @@ def test_a_few_queries_on_a_flat_index_answer_as_faiss_does(tmp_path: Path) -> N
             mine_scores, mine_ids = faiss_index.flat_search_few(searched, queries[:count], 10)
             assert (mine_ids == ids).all()
             assert np.allclose(mine_scores, scores, atol=1e-5)
+
+
+def test_vectors_held_out_for_tuning_are_not_trained_on(store_copy) -> None:
+    from bioindex.store.live_index import local_builder
+
+    path, vectors = store_copy
+    seen = {}
+
+    def builder(spec, sample, source, progress=None):
+        seen["sample"], seen["held"] = sample, source.image_ids
+        return local_builder(spec, sample, source, progress)
+
+    with Store.open(path) as store:
+        store.build_index(kind="ivf", builder=builder)
+    assert len(seen["held"])
+    held = {row.tobytes() for row in vectors[seen["held"] - 1].astype(np.float16)}
+    trained = {row.tobytes() for row in seen["sample"].astype(np.float16)}
+    assert len(trained) > 10_000 and not held & trained

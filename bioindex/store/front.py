@@ -825,16 +825,22 @@ class Store:
             spec = faiss_index.plan("flat", n, self.dim)
             self.snap.index_spec = spec.to_json()
         size = faiss_index.training_size(spec, n)
-        sample = self.vectors(self._sample_ids(size)) if size else None
+        # Held-out tuning vectors stay out of training too: k-means fitted to a probe puts a
+        # centroid near it, and the tuning would see an easier query than users send.
+        held = source.image_ids if isinstance(source, HeldOut) else None
+        sample = self.vectors(self._sample_ids(size, exclude=held)) if size else None
         index = (builder or self.builder)(spec, sample, source or self, progress)
         faiss_index.set_search(index, spec)
         return index, spec
 
-    def _sample_ids(self, n: int) -> np.ndarray:
-        """n distinct live image_ids, a fixed-seed random sample (reproducible builds)."""
+    def _sample_ids(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """n distinct live image_ids (less `exclude`), a fixed-seed random sample
+        (reproducible builds)."""
         if n <= 0:
             return np.empty(0, dtype=np.int64)
         ids = np.sort(self.catalog.live_ids())
+        if exclude is not None and len(exclude):
+            ids = ids[~np.isin(ids, exclude)]
         rng = np.random.default_rng(0)
         return np.sort(rng.choice(ids, min(n, len(ids)), replace=False))
 
