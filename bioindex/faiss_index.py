@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,8 @@ FLAT_FEW_QUERIES = 20  # FAISS's own switch to BLAS (distance_compute_blas_thres
 FLAT_BLOCK = 1 << 18  # rows per product: a few queries' scores stay a few MB
 NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 EF_GRID = (32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
+
+_BLAS_TURN = threading.Lock()
 
 # image_ids → float32 vectors in the same order; NaN rows for ids no longer stored.
 Fetch = Callable[[np.ndarray], np.ndarray]
@@ -380,7 +383,11 @@ def flat_search_few(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray
     ids = faiss.rev_swig_ptr(index.id_map.data(), n)
     blocks = ((ids[start : start + FLAT_BLOCK], vectors[start : start + FLAT_BLOCK])
               for start in range(0, n, FLAT_BLOCK))  # fmt: skip
-    scores, found = streamed_top_k(blocks, queries, k)
+    # One product at a time: OpenBLAS's threads thrash when several callers use them at
+    # once (8 threads searching 100k x 64: 68 queries/s together, 791 taking turns, and
+    # FAISS's own loop in parallel 588).
+    with _BLAS_TURN:
+        scores, found = streamed_top_k(blocks, queries, k)
     scores[found < 0] = -np.finfo(np.float32).max  # what FAISS says for an empty slot
     return scores, found
 

@@ -354,6 +354,13 @@ def test_a_few_queries_on_a_flat_index_answer_as_faiss_does(tmp_path: Path) -> N
             mine_scores, mine_ids = faiss_index.flat_search_few(searched, queries[:count], 10)
             assert (mine_ids == ids).all()
             assert np.allclose(mine_scores, scores, atol=1e-5)
+    # Side by side (the server's worker threads), each answers as alone.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda row: faiss_index.flat_search_few(
+            index, queries[row : row + 1], 10)[1][0], range(19)))  # fmt: skip
+    assert (np.stack(answers) == index.search(queries, 10)[1]).all()
 
 
 def test_vectors_held_out_for_tuning_are_not_trained_on(store_copy) -> None:
