@@ -205,9 +205,13 @@ class LiveIndex:
         self._gpu, self._located, self.content = None, None, None
 
     def remove(self, ids: Iterable[int]) -> None:
-        """Take ids out; kinds that cannot (HNSW) filter them instead."""
+        """Take ids out; kinds that cannot (HNSW, fast-scan PQ) filter them instead."""
         array = np.asarray(list(ids), dtype=np.int64)
         if not len(array):
+            return
+        if not faiss_index.removable(self.spec):
+            self.removed.update(int(i) for i in array)
+            self._gpu, self._located, self.content = None, None, None
             return
         try:
             self.index.remove_ids(array)
