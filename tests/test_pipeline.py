@@ -164,7 +164,10 @@ def test_ctrl_c_commits_what_was_embedded_then_the_rerun_finishes(
     fcntl.ioctl(
         terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0)
     )  # 0 columns: no bar
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal)
+    # A suite started in the background (nohup, `&`) inherits an ignored SIGINT, and Python
+    # then never turns Ctrl-C into KeyboardInterrupt: the child gets the default back.
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(terminal)
     shown, done, interrupted = "", 0, False
     progress = re.compile(r"embedding:.*?\| *(\d+)/240")
@@ -212,8 +215,13 @@ def test_a_second_ctrl_c_waits_for_the_commit_in_progress() -> None:
     writer = Writer(slow_write)
     writer.put(1)
     started.wait(5)
-    # The main thread is in close() when the signal comes, as on a Ctrl-C at 100%.
+    # The main thread is in close() when the signal comes, as on a Ctrl-C at 100%. (Python's
+    # own handler, also where the suite was started with SIGINT ignored.)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        writer.close(2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            writer.close(2)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert written == [1, 2]  # nothing was cut off, and the interrupt still reaches the caller
