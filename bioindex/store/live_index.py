@@ -209,13 +209,9 @@ class LiveIndex:
         array = np.asarray(list(ids), dtype=np.int64)
         if not len(array):
             return
-        if not faiss_index.removable(self.spec):
-            self.removed.update(int(i) for i in array)
-            self._gpu, self._located, self.content = None, None, None
-            return
-        try:
+        if faiss_index.removable(self.spec):
             self.index.remove_ids(array)
-        except RuntimeError:
+        else:
             self.removed.update(int(i) for i in array)
         self._gpu, self._located, self.content = None, None, None
 
