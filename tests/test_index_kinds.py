@@ -229,10 +229,11 @@ def test_a_deleted_image_that_comes_back_is_found_again(store_copy, kind) -> Non
 def test_coarse_codes_look_deeper_instead_of_missing_the_target(store_copy) -> None:
     path, vectors = store_copy
     with Store.open(path) as store:
-        # A budget of ~12 bytes a vector leaves 8 four-bit sub-quantizers for 64 dimensions:
-        # the true neighbours fall below the default candidate depth.
-        spec = store.build_index(kind="ivf-pq", memory=N * 12, target_recall=0.95)
-        assert spec.pq_m == 8
+        # A budget of ~10 bytes a vector leaves 4 four-bit sub-quantizers for 64 dimensions:
+        # the true neighbours fall below the default candidate depth. (With 8, residual
+        # codes rank well enough at the default depth.)
+        spec = store.build_index(kind="ivf-pq", memory=N * 10, target_recall=0.95)
+        assert spec.pq_m == 4
         assert spec.built["met_target"] is True
         assert spec.search["rerank_factor"] > faiss_index.RERANK_FACTOR["ivf-pq"]
         queries = GENERATOR.sample(200, part=5)
@@ -379,3 +380,17 @@ def test_vectors_held_out_for_tuning_are_not_trained_on(store_copy) -> None:
     held = {row.tobytes() for row in vectors[seen["held"] - 1].astype(np.float16)}
     trained = {row.tobytes() for row in seen["sample"].astype(np.float16)}
     assert len(trained) > 10_000 and not held & trained
+
+
+def test_pq_codes_of_residuals_rank_the_true_neighbours_higher() -> None:
+    # Codes of each vector's residual to its list centroid, not of the vector: at 1M x 512
+    # (hard case) 80 re-ranked candidates found 0.960 at nprobe 64 where plain codes found
+    # 0.929. Here, every list scanned and 64 candidates re-ranked: 0.81 plain, 0.90 residual.
+    vectors = GENERATOR.sample(N)
+    queries = GENERATOR.sample(200, part=5)
+    spec = faiss_index.IndexSpec(kind="ivf-pq", dim=DIM, nlist=128, pq_m=16, rerank=True,
+                                 search={"nprobe": 128, "rerank_factor": 4})  # fmt: skip
+    index = faiss_index.build(spec, vectors, [(np.arange(N), vectors)])
+    _, found = faiss_index.search(index, spec, queries, 10, fetch=lambda ids: vectors[ids])
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    assert faiss_index.recall_at(found, truth) >= 0.86
