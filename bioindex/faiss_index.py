@@ -43,6 +43,7 @@ HNSW_EF_CONSTRUCTION = 128
 RERANK_FACTOR = {"hnsw": 4, "ivf": 4, "ivf-pq": 16}
 RERANK_MIN = 64  # small k still looks at enough candidates to find a stored vector
 RERANK_MARGIN = 0.95  # a deeper re-rank replaces a shallower one only when this much faster
+FASTSCAN_SPLIT_LISTS = 14  # IndexIVFFastScan.implem: lists of a query spread over threads
 FLAT_FEW_QUERIES = 20  # FAISS's own switch to BLAS (distance_compute_blas_threshold)
 FLAT_BLOCK = 1 << 18  # rows per product: a few queries' scores stay a few MB
 # Steps of ~15-25% up to 192: at 1M x 512 on loosely clustered vectors 64 lists met 0.95 and
@@ -52,6 +53,7 @@ NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160
 EF_GRID = (32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 
 _BLAS_TURN = threading.Lock()
+_FASTSCAN_SWITCH = threading.Lock()
 
 # image_ids → float32 vectors in the same order; NaN rows for ids no longer stored.
 Fetch = Callable[[np.ndarray], np.ndarray]
@@ -310,12 +312,45 @@ def search(
     if rerank:
         factor = spec.search.get("rerank_factor", RERANK_FACTOR[spec.kind])
         wanted = min(max(k * factor, RERANK_MIN), int(index.ntotal))
-    scores, ids = index.search(queries, max(wanted, 1), params=search_parameters(spec, selector))
+    scores, ids = knn_search(index, queries, max(wanted, 1), search_parameters(spec, selector))
     if rerank:
         return rerank_exact(queries, ids, k, fetch)
     if not removable(spec):  # an id deleted and added again is in the index twice
         return _unique_per_row(scores, ids, k)
     return scores[:, :k], ids[:, :k]
+
+
+def knn_search(index: Any, queries: np.ndarray, k: int, params: Any = None
+               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """index.search, letting an IVF fast-scan index share one query's lists among the
+    OpenMP threads.
+
+    FAISS's own choice for fewer queries than threads scans a query's lists on one thread;
+    its implementation 14 hands the lists out to all of them. At 1M x 512 (hard case,
+    nprobe 64, 2 threads) a query took 1.20 ms end to end instead of 1.51 (interleaved);
+    for batches FAISS's default, which splits the queries, is ~15% faster. The switch is
+    an attribute of the shared index and range search refuses implementation 14, so the
+    split runs under a lock that range_search also takes. A server searching from
+    several threads runs OpenMP with one thread each: no split, no lock."""
+    import faiss
+
+    if not hasattr(index, "implem") or len(queries) >= faiss.omp_get_max_threads():
+        return index.search(queries, k, params=params)
+    with _FASTSCAN_SWITCH:
+        index.implem = FASTSCAN_SPLIT_LISTS
+        try:
+            return index.search(queries, k, params=params)
+        finally:
+            index.implem = 0
+
+
+def range_search(index: Any, vectors: np.ndarray, radius: float) -> Any:
+    """index.range_search (limits, scores, ids), never during a split knn_search."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not hasattr(index, "implem"):
+        return index.range_search(vectors, radius)
+    with _FASTSCAN_SWITCH:
+        return index.range_search(vectors, radius)
 
 
 def rerank_exact(
@@ -325,7 +360,7 @@ def rerank_exact(
     out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     out_ids = np.full((len(queries), k), -1, dtype=np.int64)
     for row, (query, found) in enumerate(zip(queries, candidates)):
-        found = np.unique(found[found >= 0])  # an id re-added after replacement shows twice
+        found = distinct(found[found >= 0])  # an id re-added after replacement shows twice
         vectors = fetch(found)
         stored = ~np.isnan(vectors[:, 0]) if len(found) else np.zeros(0, bool)
         found, vectors = found[stored], vectors[stored]
@@ -336,6 +371,15 @@ def rerank_exact(
         out_scores[row, : len(order)] = exact[order]
         out_ids[row, : len(order)] = found[order]
     return out_scores, out_ids
+
+
+def distinct(ids: np.ndarray) -> np.ndarray:
+    """The sorted distinct ids: np.unique by one sort, where numpy 2's hashing took 70 µs of
+    a 1M-vector re-rank of 80 candidates."""
+    ids = np.sort(ids)
+    keep = np.ones(len(ids), dtype=bool)
+    keep[1:] = ids[1:] != ids[:-1]
+    return ids[keep]
 
 
 def _unique_per_row(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
