@@ -46,10 +46,10 @@ RERANK_MARGIN = 0.95  # a deeper re-rank replaces a shallower one only when this
 FASTSCAN_SPLIT_LISTS = 14  # IndexIVFFastScan.implem: lists of a query spread over threads
 FLAT_FEW_QUERIES = 20  # FAISS's own switch to BLAS (distance_compute_blas_threshold)
 FLAT_BLOCK = 1 << 18  # rows per product: a few queries' scores stay a few MB
-# Steps of ~15-25% up to 192: at 1M x 512 on loosely clustered vectors 64 lists met 0.95 and
-# 96 (the next step, 50% more time) was what the tuner had to take.
-NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256,
-               384, 512, 1024)
+# Steps of ~15-25%: at 1M x 512 on loosely clustered vectors 64 lists met 0.95 and 96 (the
+# next step then, 50% more time) was what the tuner had to take; 0.99 took 384 at 0.995.
+NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
+               256, 320, 384, 448, 512, 640, 768, 1024)
 EF_GRID = (32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 
 _BLAS_TURN = threading.Lock()
@@ -512,14 +512,17 @@ def tune(
     best: tuple[dict[str, int], float, float] | None = None  # (search, recall, bound)
     last: tuple[dict[str, int], float, float] = ({}, 0.0, 0.0)
     depths: set[int] = set()
+    narrowest = math.inf  # the narrowest width any depth tried so far met the target at
     for factor in factors:
         depth = max(k * factor, RERANK_MIN)
         if depth in depths:  # RERANK_MIN makes small factors the same search
             continue
         depths.add(depth)
         # A deeper re-rank at the same width does strictly more work: it is only worth
-        # timing where it lets a narrower search meet the target.
-        narrower = grid if best is None else [v for v in grid if v < best[0].get(name, 0)]
+        # timing where it lets a search narrower than every shallower depth's meet the
+        # target. (Narrower than the best's only, a 1M store raced 1280 candidates at the
+        # width where 320 had already lost, and noise let it win: 8 ms where 1.7 was had.)
+        narrower = [v for v in grid if v < narrowest]
         for value in narrower:
             spec.search = {name: int(value)} if name else {}
             if factor != base:
@@ -527,6 +530,7 @@ def tune(
             recalls = per_query_recall(_answers(index, spec, queries, k, fetch, exclude), truth)
             last = (dict(spec.search), float(np.mean(recalls)), recall_lower_bound(recalls))
             if last[2] >= target or last[1] >= 1.0:
+                narrowest = value
                 if best is None or _faster(index, spec, last[0], best[0], queries[:100], k,
                                            fetch):  # fmt: skip
                     best = last

@@ -411,3 +411,31 @@ def test_pq_codes_of_residuals_rank_the_true_neighbours_higher() -> None:
     _, found = faiss_index.search(index, spec, queries, 10, fetch=lambda ids: vectors[ids])
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     assert faiss_index.recall_at(found, truth) >= 0.86
+
+
+def test_a_deeper_rerank_is_not_raced_where_a_shallower_one_already_lost(monkeypatch) -> None:
+    # A 1M store tuned to 0.99: 320 candidates met the target at nprobe 96 and lost the race
+    # to the best (nprobe 160, 160 candidates); 640 and 1280 then met it at the same 96 and
+    # were raced again, and noise let 1280 win: 8 ms a query where 1.7 ms was had.
+    queries = np.zeros((200, DIM), dtype=np.float32)
+    truth = np.arange(2000).reshape(200, 10)
+    meets_at = {64: 32, 80: 16, 160: 16, 320: 16}  # the narrowest nprobe each depth needs
+
+    def depth_of(spec) -> int:
+        factor = spec.search.get("rerank_factor", faiss_index.RERANK_FACTOR["ivf"])
+        return max(10 * factor, faiss_index.RERANK_MIN)
+
+    def answers(index, spec, queries, k, fetch, exclude) -> np.ndarray:
+        return truth if spec.search["nprobe"] >= meets_at[depth_of(spec)] else -truth - 1
+
+    def clock(index, spec, queries, k, fetch=None) -> np.ndarray:
+        nprobe, depth = spec.search["nprobe"], depth_of(spec)
+        # 80 candidates at 16 lose to 64 at 32; 160 at 16 "wins" by noise.
+        noisy = {(16, 80): 4.0, (16, 160): 3.0}
+        return np.full(len(queries), noisy.get((nprobe, depth), 0.1 * nprobe + 0.01 * depth))
+
+    monkeypatch.setattr(faiss_index, "_answers", answers)
+    monkeypatch.setattr(faiss_index, "single_query_latencies", clock)
+    spec = faiss_index.IndexSpec(kind="ivf", dim=DIM, nlist=128, rerank=True, search={"nprobe": 1})
+    tuned = faiss_index.tune(None, spec, queries, truth, 0.95, fetch=lambda ids: queries[ids])
+    assert tuned.search == {"nprobe": 32, "rerank_factor": 2}
