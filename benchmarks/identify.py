@@ -46,9 +46,9 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
          pct(open_set["unknown_said_for_held_out"]), ">= 80%"),
         ("open set: known species keeping a species answer",
          pct(open_set["known_keep_species_answer"]), ">= 90%"),
-        ("open set: AUROC known vs held-out: probability / centroid cosine",
-         f"{open_set['auroc_probability']:.3f} / {open_set['auroc_centroid_cosine']:.3f}",
-         "reported"),
+        ("open set: AUROC known vs held-out: probability / centroid cosine / likeness",
+         f"{open_set['auroc_probability']:.3f} / {open_set['auroc_centroid_cosine']:.3f} / "
+         f"{open_set['auroc_likeness']:.3f}", "reported"),
         ("open set AUROC, tried: nearest labelled image / species - genus cosine",
          f"{open_set['auroc_nearest_labelled_image']:.3f} / "
          f"{open_set['auroc_species_minus_genus_cosine']:.3f}", "reported"),

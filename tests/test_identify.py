@@ -77,9 +77,12 @@ def test_species_left_out_of_the_labels_are_often_not_named(world: Path) -> None
     found = identify.open_set(LOOK, 5, 12, world)
     assert found["known_keep_species_answer"] >= 0.90, found
     assert found["auroc_centroid_cosine"] >= 0.85 > found["auroc_probability"], found
-    assert found["unknown_said_for_held_out"] >= 0.40, found  # 3% without the novelty test
+    assert found["auroc_likeness"] >= 0.85, found
+    # 3% without the novelty test; 54% from the raw nearest cosine at 95% kept; 71% from
+    # each species' cosine less its typical one, at 92% kept.
+    assert found["unknown_said_for_held_out"] >= 0.65, found
     # Their genus comes from the genera's centroids: 35% right from summed probabilities.
-    assert found["genus_accuracy_when_backed_off"] >= 0.6, found
+    assert found["genus_accuracy_when_backed_off"] >= 0.5, found
 
 
 def test_decisions_back_off_to_the_deepest_rank_that_is_sure_enough() -> None:

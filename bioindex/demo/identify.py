@@ -128,6 +128,7 @@ def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str
         head = collection.head(method)
         features = centred(vectors, head.mean)
         nearest = (features @ head.centroids.T).max(axis=1)
+        likeness = head.likeness(vectors)
         genus = (features @ head.genus_centroids.T).max(axis=1)
         ids, _ = labelled_species(collection.store)
         labelled = centred(collection.store.vectors([int(i) for i in ids]), head.mean)
@@ -146,6 +147,7 @@ def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str
                                                 if not h])),  # fmt: skip
         "auroc_probability": auroc(confidence[~is_held], confidence[is_held]),
         "auroc_centroid_cosine": auroc(nearest[~is_held], nearest[is_held]),
+        "auroc_likeness": auroc(likeness[~is_held], likeness[is_held]),  # what novel() uses
         # Tried as novelty scores, and worse (docs/benchmarks.md):
         "auroc_nearest_labelled_image": auroc(nearest_image[~is_held], nearest_image[is_held]),
         "auroc_species_minus_genus_cosine": auroc((nearest - genus)[~is_held],
