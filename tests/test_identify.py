@@ -303,3 +303,40 @@ def test_few_shot_learns_from_a_training_folder_on_a_plain_store(tmp_path: Path)
     plain = CliRunner().invoke(main, ["classify", photo, "-s", str(tmp_path / "s"), "--method",
                                       "few-shot"])  # fmt: skip
     assert plain.exit_code == 1 and "or give --train FOLDER" in plain.output, plain.output
+
+
+def test_a_head_cached_by_another_release_is_retrained_without_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    import json
+    import logging
+
+    from bioindex.search import fewshot
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, 16)).astype(np.float32)
+    taxa = [s.taxon for s in SPECIES[:4] for _ in range(10)]
+    head = fewshot.fit_head("few-shot", vectors, taxa, vectors.mean(axis=0))
+    path = tmp_path / "few-shot-x.npz"
+    head.save(path)
+    with np.load(path) as data:  # the same head as a release before this format wrote it
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, "version": fewshot.HEAD_VERSION - 1}))
+    with open(path, "wb") as out:
+        np.savez(out, **arrays)
+    # Listen on the module's own logger: the CLI's tests may stop it propagating.
+    logger = logging.getLogger("bioindex.search.fewshot")
+    logger.addHandler(caplog.handler)
+    caplog.handler.setLevel(logging.INFO)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        fits = []
+        fewshot.cached_head(path, lambda: fits.append(1) or head)
+        assert fits == [1] and fewshot.Head.load(path).typical.shape == (4,)
+        assert [r.levelno for r in caplog.records] == [logging.INFO], caplog.text
+        path.write_bytes(b"torn")  # a damaged file is still worth a warning
+        fewshot.cached_head(path, lambda: head)
+        assert caplog.records[-1].levelno == logging.WARNING, caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.level = level

@@ -67,6 +67,10 @@ NAME_SPECIES = Remedy(
 )
 
 
+class HeadFormatChanged(ValueError):
+    """A cached head written in another format (by another release)."""
+
+
 @dataclass
 class Head:
     """A trained linear classifier over the store's labelled species."""
@@ -126,7 +130,7 @@ class Head:
         with np.load(path) as data:
             meta = json.loads(str(data["meta"]))
             if meta.get("version") != HEAD_VERSION:
-                raise ValueError(f"head version {meta.get('version')}, not {HEAD_VERSION}")
+                raise HeadFormatChanged(f"head format {meta.get('version')}, not {HEAD_VERSION}")
             taxa = [make_taxon(row[:7], row[7]) for row in meta["taxa"]]
             genera = [make_taxon(row[:7], row[7]) for row in meta["genera"]]
             return cls(meta["method"], taxa, data["mean"], data["weight"], data["bias"],
@@ -284,6 +288,8 @@ def cached_head(path: Path, fit: Callable[[], Head]) -> Head:
     if path.is_file():
         try:
             return Head.load(path)
+        except HeadFormatChanged as exc:  # another release wrote it: routine, not a fault
+            log.info("retraining the cached head %s (%s)", path.name, exc)
         except (OSError, ValueError, KeyError) as exc:  # a torn or foreign file: retrain
             log.warning("ignoring unreadable cached head %s: %s", path, exc)
     head = fit()
