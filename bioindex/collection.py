@@ -59,6 +59,7 @@ from bioindex.search.filters import Filter, and_filters, parse_where, taxon_filt
 from bioindex.search.labels import (
     LabelSet,
     label_vectors,
+    labels_from_strings,
     labels_from_taxa,
     taxa_from_rows,
 )
@@ -596,7 +597,7 @@ class Collection:
         rank: str = "species",
         k: int = 5,
         method: str = "zero-shot",
-        labels: LabelSet | None = None,
+        labels: LabelSet | Sequence[str] | None = None,
         neighbours: int = 20,
         min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         place: PlacePrior | None = None,
@@ -634,13 +635,18 @@ class Collection:
 
     def classify_vectors(self, names: Sequence[str], vectors: np.ndarray, *,
                          rank: str = "species", k: int = 5, method: str = "zero-shot",
-                         labels: LabelSet | None = None, neighbours: int = 20,
+                         labels: LabelSet | Sequence[str] | None = None,
+                         neighbours: int = 20,
                          min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                          place: PlacePrior | None = None, calibrate: bool = True,
                          train: str | os.PathLike[str] | None = None,
                          ) -> list[Prediction]:  # fmt: skip
-        """Classify already embedded images (e.g. uploads), named `names` in the output."""
+        """Classify already embedded images (e.g. uploads), named `names` in the output.
+        `labels` may be plain strings, as pybioclip's custom labels are."""
         check_k(k)
+        if labels is not None and not isinstance(labels, LabelSet):
+            labels = labels_from_strings([labels] if isinstance(labels, str) else list(labels),
+                                         "labels=")  # fmt: skip
         if method not in FEW_SHOT_METHODS:
             self._require_names(labels)
         label_matrix, head, temperature = None, None, None

@@ -340,3 +340,20 @@ def test_a_head_cached_by_another_release_is_retrained_without_a_warning(
     finally:
         logger.removeHandler(caplog.handler)
         logger.level = level
+
+
+def test_plain_strings_are_labels_in_the_python_api(tmp_path: Path) -> None:
+    # A new user's first call, as pybioclip takes custom labels: it raised AttributeError.
+    from bioindex.search.labels import labels_from_strings
+
+    photo = draw_specimens(SPECIES[:1], 1, 1, seed=3, look=LOOK)[0][1][0]
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    with Collection.open(tmp_path / "s", model="bioclip-demo", create=True, device="cpu") as col:
+        names = [SPECIES[0].name, SPECIES[1].name]
+        plain = col.classify([path], labels=names)
+        typed = col.classify([path], labels=labels_from_strings(names))
+        assert [(p.label, p.score) for p in plain] == [(p.label, p.score) for p in typed]
+        assert plain[0].label in names and plain[0].error is None
+        with pytest.raises(BioindexError, match="at least two labels"):
+            col.classify([path], labels=SPECIES[0].name)  # one string is one label
