@@ -19,6 +19,7 @@ from bioindex.demo import identify
 from bioindex.demo.tree import SPECIES
 from bioindex.demo.world import draw_specimens, region_of, write_world
 from bioindex.errors import BioindexError
+from bioindex.search import fewshot
 from bioindex.search.classify import decide
 from bioindex.search.place import species_list_prior
 from bioindex.search.training import read_training_set
@@ -70,19 +71,53 @@ def test_three_views_beat_the_best_single_view(world: Path) -> None:
 
 
 @pytest.mark.slow
-def test_species_left_out_of_the_labels_are_often_not_named(world: Path) -> None:
-    """#19's open-set goal (80% 'unknown' at 90% kept) is not reached on the demo world
-    (docs/benchmarks.md); this holds what is: the centroid cosine tells held-out species
-    apart far better than the probability does, and using it keeps known species named."""
+def test_species_left_out_of_the_labels_are_not_named_but_their_genus_is(world: Path) -> None:
+    """#19's open set on the demo world's query draw (benchmarks/identify.py; other draws of
+    queries move these by several points, docs/benchmarks.md)."""
     found = identify.open_set(LOOK, 5, 12, world)
     assert found["known_keep_species_answer"] >= 0.90, found
     assert found["auroc_centroid_cosine"] >= 0.85 > found["auroc_probability"], found
     assert found["auroc_likeness"] >= 0.85, found
-    # 3% without the novelty test; 54% from the raw nearest cosine at 95% kept; 71% from
-    # each species' cosine less its typical one, at 92% kept.
-    assert found["unknown_said_for_held_out"] >= 0.65, found
-    # Their genus comes from the genera's centroids: 35% right from summed probabilities.
-    assert found["genus_accuracy_when_backed_off"] >= 0.5, found
+    # 3% without the novelty test; 54% from the raw nearest cosine; 71% from each species'
+    # cosine less its typical one; 82% with that only among the likeliest genus' species.
+    assert found["unknown_said_for_held_out"] >= 0.80, found
+    # 35% right from summed species probabilities, 60% from genus centroids, 90% from the
+    # genus discriminant.
+    assert found["genus_accuracy_when_backed_off"] >= 0.80, found
+
+
+def test_an_unlabelled_species_is_placed_in_its_genus_not_in_one_sharing_its_detail() -> None:
+    """Genera here differ by a faint shared mark, species by a strong detail that recurs
+    across genera (as the demo tree's eye, antennae and tail do). The genus centroid of the
+    genus that holds the detail pulls an unlabelled species away; the discriminant, which
+    learns that details vary within a genus, does not."""
+    rng = np.random.default_rng(3)
+    dim = 24
+    mark = {g: rng.normal(size=dim) for g in (0, 1)}
+    detail = [rng.normal(size=dim) * 3.0 for _ in range(3)]
+
+    def pictures(genus: int, d: int, count: int) -> np.ndarray:
+        return mark[genus] + detail[d] + rng.normal(scale=0.6, size=(count, dim))
+
+    # Genus 0 (SPECIES[0:3]) has its third species (detail 2) unlabelled; genus 1 has all.
+    labelled = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+    vectors = np.concatenate([pictures(g, d, 8) for g, d in labelled]).astype(np.float32)
+    taxa = [SPECIES[3 * g + d].taxon for g, d in labelled for _ in range(8)]
+    head = fewshot.fit_head("few-shot", vectors, taxa, vectors.mean(axis=0))
+    unlabelled = pictures(0, 2, 200).astype(np.float32)
+    right = SPECIES[0].taxon.genus
+    from_discriminant = np.array([head.genera[g].genus for g in
+                                  head.genus_probabilities(unlabelled).argmax(axis=1)])
+    genus_centroids = np.stack([fewshot.centred(vectors[[t.genus == g.genus for t in taxa]],
+                                                head.mean).mean(axis=0) for g in head.genera])
+    from_centroids = np.array([head.genera[g].genus for g in
+                               (fewshot.centred(unlabelled, head.mean) @ genus_centroids.T)
+                               .argmax(axis=1)])  # fmt: skip
+    assert (from_centroids == right).mean() < 0.5
+    assert (from_discriminant == right).mean() > 0.9
+    assert head.genus_temperature > 0 and np.isfinite(head.genus_temperature)
+    assert head.novel(unlabelled).mean() > 0.9  # and no labelled species vouches for it
+    assert head.novel(pictures(1, 2, 200).astype(np.float32)).mean() < 0.3
 
 
 def test_decisions_back_off_to_the_deepest_rank_that_is_sure_enough() -> None:

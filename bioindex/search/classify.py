@@ -220,7 +220,7 @@ def classify_vectors(
                 scores = {t: 0.5 * scores.get(t, 0.0) + 0.5 * votes.get(t, 0.0) for t in keys}
         if place is not None:
             scores = place.apply(scores)
-        if novel[i] and rank == "species":  # its genus from the genera's own centroids
+        if novel[i] and rank == "species":  # its genus from the genus discriminant
             genera = dict(zip(head.genera, genus_probabilities[i].tolist()))
             decision = decide(place.apply(genera) if place is not None else genera, rank,
                               min_confidence, novel=True)  # fmt: skip
