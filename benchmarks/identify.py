@@ -24,6 +24,7 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
     """(what, figure, target from issue #19)."""
     f1, f5 = results["few_shot_1"], results["few_shot_5"]
     cal, open_set = results["calibration_5"], results["open_set_5"]
+    draws = results["calibration_5_store_draws"]
     place, views = results["place_1"], results["several_views_1"]
     pct = "{:.1%}".format
     return [
@@ -37,6 +38,10 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
            f"{cal[m]['ece_before']:.3f} (T {cal[m]['temperature_before']:.1f}) / "
            f"{cal[m]['ece_fitted']:.3f} (T {cal[m]['temperature_fitted']:.1f})",
            "after <= 0.05") for m in ("zero-shot", "few-shot", "linear-probe")),
+        *((f"ECE of {m} (5-shot) over {len(draws['store_seeds'])} store draws: pooled / "
+           "mean / each", f"{draws[m]['ece_pooled']:.3f} / {draws[m]['ece_mean_of_stores']:.3f} / "
+           + " ".join(f"{e:.3f}" for e in draws[m]["ece_per_store"]), "after <= 0.05")
+          for m in ("few-shot", "linear-probe")),
         ("zero-shot 'confident' answers (share wrong): model's T / fitted T",
          f"{pct(cal['zero-shot']['confident_before'])} "
          f"({pct(cal['zero-shot']['confident_but_wrong_before'])}) / "
@@ -77,9 +82,9 @@ def main() -> None:
     table = rows(results)
     width = max(len(r[0]) for r in table)
     print(f"\ndemo world, look {args.look}, {args.queries} queries per species (48 species)\n")
-    print(f"{'':<{width}}  {'measured':<36}  target")
+    print(f"{'':<{width}}  {'measured':<48}  target")
     for what, figure, target in table:
-        print(f"{what:<{width}}  {figure:<36}  {target}")
+        print(f"{what:<{width}}  {figure:<48}  {target}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\n{results['seconds']} s; wrote {args.out}")
