@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 
 import httpx
@@ -67,6 +68,26 @@ def test_the_nearest_centroid_is_calibrated_over_draws_of_the_store(world: Path)
     for method in ("few-shot", "linear-probe"):
         assert found[method]["ece_pooled"] <= 0.05, found
         assert found[method]["ece_mean_of_stores"] <= 0.05, found
+
+
+@pytest.mark.parametrize("species, duplicate", [([0, 3], False), ([0, 1, 3], False),
+                                                 ([0, 0, 3, 3], True), ([0, 0, 1, 1], False)])
+def test_a_head_trains_on_the_fewest_labels(species: list[int], duplicate: bool) -> None:
+    """One image per species, genera of one image, images that do not vary within a genus,
+    one genus: too little for a discriminant's covariance, and the head still trains and
+    puts its own images in their genus."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(species), 16)).astype(np.float32)
+    if duplicate:
+        vectors[1], vectors[3] = vectors[0], vectors[2]
+    taxa = [SPECIES[i].taxon for i in species]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head = fewshot.fit_head("few-shot", vectors, taxa, vectors.mean(axis=0))
+        probabilities = head.genus_probabilities(vectors)
+    genera = [head.genera[g].genus for g in probabilities.argmax(axis=1)]
+    assert genera == [t.genus for t in taxa]
+    assert np.isfinite(head.likeness(vectors)).all()
 
 
 @pytest.mark.slow

@@ -207,12 +207,21 @@ def train_genus(features: np.ndarray, genera: np.ndarray, count: int
     present = np.unique(genera)
     if len(present) < 2:  # one genus: it is the answer
         return np.zeros((count, features.shape[1]), np.float32), np.zeros(count, np.float32)
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    if len(genera) > len(present) + 1:  # some images to estimate a covariance from
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    model = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto",
-                                       priors=np.full(len(present), 1.0 / len(present)))
-    model.fit(features, genera)
-    return class_rows(model.coef_, model.intercept_, present, count)
+        model = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto",
+                                           priors=np.full(len(present), 1.0 / len(present)))
+        with warnings.catch_warnings():  # a genus of one image has no covariance of its own
+            warnings.filterwarnings("ignore", "Only one sample available", UserWarning)
+            model.fit(features, genera)
+        weight, bias = class_rows(model.coef_, model.intercept_, present, count)
+        if np.any(weight[present]):  # all zero when no image differs from its genus' mean
+            return weight, bias
+    # The genera's centroids, scaled so that the fallback T of 1 is the centroid head's own.
+    weight = train_linear("few-shot", features, genera, count)[0]
+    bias = np.where(np.isin(np.arange(count), present), 0.0, -1e4).astype(np.float32)
+    return weight * DEFAULT_TEMPERATURE["few-shot"], bias
 
 
 def held_out_logits(method: str, features: np.ndarray, classes: np.ndarray, count: int
