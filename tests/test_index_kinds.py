@@ -439,3 +439,29 @@ def test_a_deeper_rerank_is_not_raced_where_a_shallower_one_already_lost(monkeyp
     spec = faiss_index.IndexSpec(kind="ivf", dim=DIM, nlist=128, rerank=True, search={"nprobe": 1})
     tuned = faiss_index.tune(None, spec, queries, truth, 0.95, fetch=lambda ids: queries[ids])
     assert tuned.search == {"nprobe": 32, "rerank_factor": 2}
+
+
+def test_rerank_reads_the_stored_halves_exactly(store_copy) -> None:
+    """The re-rank's rows are the shards' float16 values widened exactly, whichever way they
+    are widened (torch's vectorised copy when torch is loaded, numpy's otherwise), and a row
+    that is not live is NaN."""
+    import torch  # noqa: F401  (loaded: widen takes torch's path)
+
+    from bioindex.store import shards
+
+    special = np.array([0.0, -0.0, 6e-8, -3e-6, 6.1e-5, 65504.0, np.inf, -np.inf, np.nan],
+                       dtype=np.float16)  # fmt: skip
+    halves = np.concatenate([special, np.random.default_rng(2).normal(size=4095)
+                             .astype(np.float16)]).reshape(-1, 9)  # fmt: skip
+    widened = shards.widen(halves)
+    assert widened.dtype == np.float32
+    assert np.array_equal(widened.view(np.uint32), halves.astype(np.float32).view(np.uint32))
+    path, vectors = store_copy
+    with Store.open(path) as store:
+        store.build_index(kind="flat")
+        store.mark_deleted([7])
+        ids = np.array([3, 7, N, 1, N + 5, 2 * N, -1])
+        got = store._live.fetch(ids)  # what rerank_exact reads
+    live = np.isin(ids, np.arange(1, N + 1)) & (ids != 7)
+    assert np.isnan(got[~live]).all()
+    assert np.array_equal(got[live], vectors[ids[live] - 1].astype(np.float16).astype(np.float32))

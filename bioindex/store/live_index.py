@@ -22,7 +22,7 @@ from bioindex.faiss_index import IndexSpec
 from bioindex.store import files
 from bioindex.store.catalog import Catalog
 from bioindex.store.layout import INDEX_DIR
-from bioindex.store.shards import Shards
+from bioindex.store.shards import Shards, widen
 
 GPU_MIN_VECTORS = 50_000  # below this a CPU flat search beats the copy to the GPU
 log = logging.getLogger(__name__)
@@ -290,9 +290,10 @@ class LiveIndex:
                 self._located = (*self._located[:4], position)
         ids, codes, rows, names, position = self._located
         image_ids = np.asarray(image_ids, dtype=np.int64)
-        out = np.full((len(image_ids), self.spec.dim), np.nan, dtype=np.float32)
+        # Gathered as the shards hold them and widened once: one conversion per re-rank.
+        half = np.full((len(image_ids), self.spec.dim), np.nan, dtype=np.float16)
         if not len(ids):
-            return out
+            return widen(half)
         if position is not None:
             inside = (image_ids >= 0) & (image_ids < len(position))
             at = np.where(inside, position[np.where(inside, image_ids, 0)], -1)
@@ -312,8 +313,8 @@ class LiveIndex:
         first[1:] = shard[1:] != shard[:-1]
         starts = np.flatnonzero(first)
         for start, end in zip(starts, [*starts[1:], len(shard)]):
-            out[slots[start:end]] = self.shards.get(names[shard[start]])[rows[at[start:end]]]
-        return out
+            half[slots[start:end]] = self.shards.get(names[shard[start]])[rows[at[start:end]]]
+        return widen(half)
 
     def _search_subset(self, queries: np.ndarray, k: int, only: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
