@@ -229,21 +229,37 @@ def held_out_logits(method: str, features: np.ndarray, classes: np.ndarray, coun
     """Logits of labelled images from heads trained without them (FOLDS folds; a species'
     images go round-robin into folds, and one with a single image is never held out, so
     every fold's head knows every species)."""
-    order = np.lexsort((np.arange(len(classes)), classes))
-    rank_in_class = np.empty(len(classes), dtype=np.int64)
-    start = 0
-    for size in np.unique(classes[order], return_counts=True)[1]:
-        rank_in_class[order[start : start + size]] = np.arange(size) if size > 1 else -1
-        start += size
-    fold = np.where(rank_in_class >= 0, rank_in_class % FOLDS, -1)
+    single = np.bincount(classes, minlength=count)[classes] < 2
+    fold = np.where(single, -1, rank_within(classes) % FOLDS)
+    return fold_logits(fold, features, classes, count,
+                       lambda x, y: train_linear(method, x, y, count))
+
+
+def rank_within(groups: np.ndarray) -> np.ndarray:
+    """Each item's position among the items of its group, in index order."""
+    order = np.argsort(groups, kind="stable")
+    ordered = groups[order]
+    first = np.ones(len(ordered), dtype=bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(ordered)), 0))
+    rank = np.empty(len(groups), dtype=np.int64)
+    rank[order] = np.arange(len(ordered)) - start
+    return rank
+
+
+def fold_logits(fold: np.ndarray, features: np.ndarray, targets: np.ndarray, count: int,
+                train: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(logits, targets) of the rows in each fold, from `train` on the rows outside it
+    (fold −1: never held out)."""
     logits, truth = [], []
     for f in range(FOLDS):
         held = fold == f
         if not held.any():
             continue
-        weight, bias = train_linear(method, features[~held], classes[~held], count)
+        weight, bias = train(features[~held], targets[~held])
         logits.append(features[held] @ weight.T + bias)
-        truth.append(classes[held])
+        truth.append(targets[held])
     if not logits:
         return np.zeros((0, count), np.float32), np.zeros(0, np.int64)
     return np.concatenate(logits), np.concatenate(truth)
@@ -296,25 +312,10 @@ def held_out_species_logits(features: np.ndarray, classes: np.ndarray,
     folds, each genus starting at its own fold, so that a fold does not hold out the n-th
     species of every genus (alike where names order alike); the species of a genus with
     only one are never held out (their genus would be unknown to the fold)."""
-    species = np.unique(classes)
-    rank = np.zeros(len(species_genus), dtype=np.int64)
-    alone = np.bincount(species_genus[species], minlength=count)[species_genus] < 2
-    seen: dict[int, int] = {}
-    for s in species:
-        rank[s] = seen.get(int(species_genus[s]), 0)
-        seen[int(species_genus[s])] = rank[s] + 1
-    fold = np.where(alone, -1, (rank + species_genus) % FOLDS)[classes]
-    logits, truth = [], []
-    for f in range(FOLDS):
-        held = fold == f
-        if not held.any():
-            continue
-        weight, bias = train_genus(features[~held], species_genus[classes[~held]], count)
-        logits.append(features[held] @ weight.T + bias)
-        truth.append(species_genus[classes[held]])
-    if not logits:
-        return np.zeros((0, count), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(logits), np.concatenate(truth)
+    alone = np.bincount(species_genus, minlength=count)[species_genus] < 2
+    fold = np.where(alone, -1, (rank_within(species_genus) + species_genus) % FOLDS)
+    return fold_logits(fold[classes], features, species_genus[classes], count,
+                       lambda x, y: train_genus(x, y, count))
 
 
 def typical_cosines(own_cosines: np.ndarray, own: np.ndarray, count: int) -> np.ndarray:
