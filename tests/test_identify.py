@@ -391,11 +391,13 @@ def test_a_head_cached_by_another_release_is_retrained_without_a_warning(
     arrays["meta"] = np.array(json.dumps({**meta, "version": fewshot.HEAD_VERSION - 1}))
     with open(path, "wb") as out:
         np.savez(out, **arrays)
-    # Listen on the module's own logger: the CLI's tests may stop it propagating.
+    # Listen on the module's own logger, not propagating (the CLI's tests may stop it
+    # propagating; where it still did, root's handler — the same one — saw each record twice).
     logger = logging.getLogger("bioindex.search.fewshot")
     logger.addHandler(caplog.handler)
     caplog.handler.setLevel(logging.INFO)
     level, logger.level = logger.level, logging.INFO
+    propagate, logger.propagate = logger.propagate, False
     try:
         fits = []
         fewshot.cached_head(path, lambda: fits.append(1) or head)
@@ -406,7 +408,7 @@ def test_a_head_cached_by_another_release_is_retrained_without_a_warning(
         assert caplog.records[-1].levelno == logging.WARNING, caplog.text
     finally:
         logger.removeHandler(caplog.handler)
-        logger.level = level
+        logger.level, logger.propagate = level, propagate
 
 
 def test_plain_strings_are_labels_in_the_python_api(tmp_path: Path) -> None:
