@@ -147,7 +147,7 @@ def test_an_unlabelled_species_is_placed_in_its_genus_not_in_one_sharing_its_det
                                .argmax(axis=1)])  # fmt: skip
     assert (from_centroids == right).mean() < 0.5
     assert (from_discriminant == right).mean() > 0.9
-    assert head.genus_temperature > 0 and np.isfinite(head.genus_temperature)
+    assert head.genus.temperature > 0 and np.isfinite(head.genus.temperature)
     assert head.novel(unlabelled).mean() > 0.9  # and no labelled species vouches for it
     assert head.novel(pictures(1, 2, 200).astype(np.float32)).mean() < 0.3
 

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,38 @@ class HeadFormatChanged(ValueError):
 
 
 @dataclass
+class GenusHead:
+    """The genera of a head's species, for images unlike every labelled species: which genus,
+    by a discriminant (train_genus) calibrated on species held out of it. Takes centred
+    features."""
+
+    genera: list[Taxon]
+    weight: np.ndarray  # [genera, dim]
+    bias: np.ndarray  # [genera]
+    temperature: float
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        return features @ self.weight.T + self.bias
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """[images, genera], calibrated on species the discriminant never saw."""
+        return softmax(self.temperature * self.logits(features))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"genus_weight": self.weight, "genus_bias": self.bias}
+
+    def meta(self) -> dict[str, Any]:
+        return {"genera": [list(astuple(t)) for t in self.genera],
+                "genus_temperature": self.temperature}
+
+    @classmethod
+    def from_saved(cls, data: Any, meta: dict[str, Any]) -> GenusHead:
+        genera = [make_taxon(row[:7], row[7]) for row in meta["genera"]]
+        return cls(genera, data["genus_weight"], data["genus_bias"],
+                   float(meta["genus_temperature"]))
+
+
+@dataclass
 class Head:
     """A trained linear classifier over the store's labelled species."""
 
@@ -89,15 +122,16 @@ class Head:
     examples: int  # labelled images it was trained on
     centroids: np.ndarray  # [species, dim]: unit means of centred features (novelty)
     novelty: float  # likeness below which an image is unlike every species
-    genera: list[Taxon]  # the species' genera, for images unlike every species
-    genus_weight: np.ndarray  # [genera, dim]: the genus discriminant (train_genus)
-    genus_bias: np.ndarray  # [genera]
-    genus_temperature: float  # fitted on species held out of the genus discriminant
     typical: np.ndarray  # [species]: a held-out labelled image's usual cosine to its centroid
+    genus: GenusHead  # for images unlike every species
 
     def __post_init__(self) -> None:
-        index = {g: i for i, g in enumerate(self.genera)}
+        index = {g: i for i, g in enumerate(self.genus.genera)}
         self.species_genus = np.array([index[t.at_rank("genus")] for t in self.taxa])
+
+    @property
+    def genera(self) -> list[Taxon]:
+        return self.genus.genera
 
     def likeness(self, vectors: np.ndarray) -> np.ndarray:
         """[images]: the most a species' centroid cosine exceeds its typical one, among the
@@ -107,7 +141,7 @@ class Head:
         69% over all species; docs/benchmarks.md)."""
         features = centred(np.atleast_2d(vectors), self.mean)
         excess = features @ self.centroids.T - self.typical
-        genus = self.genus_logits(features).argmax(axis=1)
+        genus = self.genus.logits(features).argmax(axis=1)
         excess[self.species_genus[None, :] != genus[:, None]] = -np.inf
         return excess.max(axis=1)
 
@@ -115,13 +149,9 @@ class Head:
         """Whether each image is unlike every labelled species (see NOVELTY_QUANTILE)."""
         return self.likeness(vectors) < self.novelty
 
-    def genus_logits(self, features: np.ndarray) -> np.ndarray:
-        return features @ self.genus_weight.T + self.genus_bias
-
     def genus_probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """[images, genera], calibrated on species the discriminant never saw."""
-        features = centred(np.atleast_2d(vectors), self.mean)
-        return softmax(self.genus_temperature * self.genus_logits(features))
+        return self.genus.probabilities(centred(np.atleast_2d(vectors), self.mean))
 
     def logits(self, vectors: np.ndarray) -> np.ndarray:
         return centred(vectors, self.mean) @ self.weight.T + self.bias
@@ -132,16 +162,13 @@ class Head:
 
     def save(self, path: Path) -> None:
         meta = {"method": self.method, "temperature": self.temperature,
-                "genus_temperature": self.genus_temperature,
                 "calibrated": self.calibrated, "examples": self.examples,
                 "novelty": self.novelty, "taxa": [list(astuple(t)) for t in self.taxa],
-                "genera": [list(astuple(t)) for t in self.genera],
-                "version": HEAD_VERSION}  # fmt: skip
+                **self.genus.meta(), "version": HEAD_VERSION}  # fmt: skip
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         with open(tmp, "wb") as out:
             np.savez(out, mean=self.mean, weight=self.weight, bias=self.bias,
-                     centroids=self.centroids, genus_weight=self.genus_weight,
-                     genus_bias=self.genus_bias, typical=self.typical,
+                     centroids=self.centroids, typical=self.typical, **self.genus.arrays(),
                      meta=np.array(json.dumps(meta)))  # fmt: skip
         os.replace(tmp, path)
 
@@ -152,12 +179,10 @@ class Head:
             if meta.get("version") != HEAD_VERSION:
                 raise HeadFormatChanged(f"head format {meta.get('version')}, not {HEAD_VERSION}")
             taxa = [make_taxon(row[:7], row[7]) for row in meta["taxa"]]
-            genera = [make_taxon(row[:7], row[7]) for row in meta["genera"]]
             return cls(meta["method"], taxa, data["mean"], data["weight"], data["bias"],
                        float(meta["temperature"]), bool(meta["calibrated"]),
                        int(meta["examples"]), data["centroids"], float(meta["novelty"]),
-                       genera, data["genus_weight"], data["genus_bias"],
-                       float(meta["genus_temperature"]), data["typical"])  # fmt: skip
+                       data["typical"], GenusHead.from_saved(data, meta))  # fmt: skip
 
 
 def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -290,32 +315,33 @@ def fit_head(method: str, vectors: np.ndarray, taxa: Sequence[Taxon], mean: np.n
         own_cosines = cosines[np.arange(len(own)), own]
         typical = typical_cosines(own_cosines, own, len(species))
         novelty = float(np.quantile(own_cosines - typical[own], NOVELTY_QUANTILE))
-    genera = sorted({t.at_rank("genus") for t in species}, key=lambda t: t.lineage)
-    genus_index = {g: i for i, g in enumerate(genera)}
-    species_genus = np.array([genus_index[t.at_rank("genus")] for t in species])
-    genus_weight, genus_bias = train_genus(features, species_genus[classes], len(genera))
-    logits, truth = held_out_species_logits(features, classes, species_genus, len(genera))
-    # Discriminant logits are on a Mahalanobis scale (the demo world's T is ~0.15): a wide
-    # range for T. Without species to hold out, the discriminant's own posterior (T = 1).
-    genus_temperature = (fit_temperature(logits, truth, low=1e-4, high=100.0)
-                         if len(truth) >= MIN_HELD_OUT else 1.0)  # fmt: skip
     return Head(method, species, mean.astype(np.float32), weight, bias, temperature,
-                calibrated, len(taxa), centroids, novelty, genera, genus_weight, genus_bias,
-                genus_temperature, typical)  # fmt: skip
+                calibrated, len(taxa), centroids, novelty, typical,
+                fit_genus(features, classes, species))  # fmt: skip
 
 
-def held_out_species_logits(features: np.ndarray, classes: np.ndarray,
-                            species_genus: np.ndarray, count: int
-                            ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Genus logits of labelled images from discriminants trained without their species —
+def fit_genus(features: np.ndarray, classes: np.ndarray, species: Sequence[Taxon]
+              ) -> GenusHead:  # fmt: skip
+    """The genus part of a head, calibrated on labelled images of species held out of it —
     what an unlabelled species' image meets. A genus' species go round-robin into FOLDS
     folds, each genus starting at its own fold, so that a fold does not hold out the n-th
     species of every genus (alike where names order alike); the species of a genus with
     only one are never held out (their genus would be unknown to the fold)."""
+    genera = sorted({t.at_rank("genus") for t in species}, key=lambda t: t.lineage)
+    count = len(genera)
+    genus_index = {g: i for i, g in enumerate(genera)}
+    species_genus = np.array([genus_index[t.at_rank("genus")] for t in species])
     alone = np.bincount(species_genus, minlength=count)[species_genus] < 2
-    fold = np.where(alone, -1, (rank_within(species_genus) + species_genus) % FOLDS)
-    return fold_logits(fold[classes], features, species_genus[classes], count,
-                       lambda x, y: train_genus(x, y, count))
+    fold = np.where(alone, -1, (rank_within(species_genus) + species_genus) % FOLDS)[classes]
+    of_genus = species_genus[classes]
+    weight, bias = train_genus(features, of_genus, count)
+    logits, truth = fold_logits(fold, features, of_genus, count,
+                                lambda x, y: train_genus(x, y, count))
+    # Discriminant logits are on a Mahalanobis scale (the demo world's T is ~0.15): a wide
+    # range for T. Without species to hold out, the discriminant's own posterior (T = 1).
+    temperature = (fit_temperature(logits, truth, low=1e-4, high=100.0)
+                   if len(truth) >= MIN_HELD_OUT else 1.0)  # fmt: skip
+    return GenusHead(genera, weight, bias, temperature)
 
 
 def typical_cosines(own_cosines: np.ndarray, own: np.ndarray, count: int) -> np.ndarray:
