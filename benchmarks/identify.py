@@ -25,6 +25,7 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
     f1, f5 = results["few_shot_1"], results["few_shot_5"]
     cal, open_set = results["calibration_5"], results["open_set_5"]
     draws = results["calibration_5_store_draws"]
+    genera = results["open_genera_5"]
     place, views = results["place_1"], results["several_views_1"]
     pct = "{:.1%}".format
     return [
@@ -61,6 +62,12 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
          f"{pct(open_set['genus_accuracy_when_backed_off'])}", "genus right >= 80%"),
         ("open set: genus discriminant right on every held-out image",
          pct(open_set["held_out_genus_right_from_discriminant"]), "reported"),
+        ("open genera (3 unlabelled): named a species / a genus / family or above",
+         f"{pct(genera['held_out_genera_named_to_a_species'])} / "
+         f"{pct(genera['held_out_genera_named_to_a_genus'])} / "
+         f"{pct(genera['held_out_genera_family_or_above'])}", "reported (a gap)"),
+        ("open genera: known species keeping a species answer",
+         pct(genera["known_keep_species_answer"]), "reported"),
         ("place (1-shot few-shot): top-1 without / with --near",
          f"{pct(place['without_place'])} / {pct(place['with_near'])}", "+10 pts"),
         ("3 views (1-shot few-shot): best single / mean vector / summed log-p",

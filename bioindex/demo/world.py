@@ -66,6 +66,17 @@ def held_out_species(fraction: float = 0.2, seed: int = 0) -> list[Species]:
     return [SPECIES[g * len(DETAILS) + int(rng.integers(len(DETAILS)))] for g in sorted(chosen)]
 
 
+def held_out_genera(count: int = 3, seed: int = 0) -> list[Species]:
+    """Every species of `count` genera, each from another family (so every family stays
+    known)."""
+    per_family = 2 * len(DETAILS)  # two genera of three species
+    families = len(SPECIES) // per_family
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(families, min(count, families), replace=False))
+    return [SPECIES[f * per_family + int(rng.integers(2)) * len(DETAILS) + d]
+            for f in chosen for d in range(len(DETAILS))]  # fmt: skip
+
+
 def draw_pictures(species: Sequence[Species], per_species: int, seed: int, look: str
                   ) -> list[tuple[Species, Image.Image]]:  # fmt: skip
     rng = np.random.default_rng(seed)
