@@ -65,7 +65,7 @@ def prepare(workdir: Path, n: int, dim: int, seed: int, distribution: str = "def
     source = vector_source(distribution, dim, seed)
     dim = source.dim
     case = workdir / f"case-{distribution}-{n}-{dim}-s{seed}"
-    stamp = {"n": n, "dim": dim, "seed": seed, "queries": QUERIES, "version": 1,
+    stamp = {"n": n, "dim": dim, "seed": seed, "queries": QUERIES, "version": 2,
              "distribution": distribution}  # fmt: skip
     if (case / "stamp.json").is_file() and json.loads((case / "stamp.json").read_text()) == stamp:
         print(f"reusing {case}", flush=True)
@@ -105,32 +105,63 @@ def vector_source(distribution: str, dim: int, seed: int):
 
 class DemoEmbeddings:
     """Real embeddings: the demo model's vectors of demo-world pictures drawn for the
-    purpose (each `part` from its own seed, so queries are pictures the store never saw)."""
+    purpose (each `part` from its own seed, so queries are pictures the store never saw).
+    Drawing and embedding run in one process per core, a chunk of DEMO_CHUNK pictures each
+    from its own seed, so the vectors do not depend on how many processes there are."""
 
     def __init__(self, seed: int):
         from bioindex.models import load_model
 
-        self.model = load_model("bioclip-demo", device="cpu")
-        self.dim = self.model.identity.dim
+        self.dim = load_model("bioclip-demo", device="cpu").identity.dim
         self.seed = seed
 
     def batches(self, n: int, part: int = 0, batch: int = 131072):
-        from bioindex.demo.draw import draw_organism
-        from bioindex.demo.tree import SPECIES
+        import os
+        from concurrent.futures import ProcessPoolExecutor
 
-        rng = np.random.default_rng([self.seed, part])
-        done = 0
-        while done < n:
-            size = min(batch, n - done)
-            kinds = rng.integers(len(SPECIES), size=size)
-            vectors = [self.model.embed_pil([draw_organism(SPECIES[k], rng) for k in
-                                             kinds[i : i + 256]])
-                       for i in range(0, size, 256)]  # fmt: skip
-            done += size
-            yield np.concatenate(vectors)
+        chunks = [(self.seed, part, i, min(DEMO_CHUNK, n - i * DEMO_CHUNK))
+                  for i in range(-(-n // DEMO_CHUNK))]  # fmt: skip
+        per_batch = max(1, batch // DEMO_CHUNK)
+        workers = min(os.cpu_count() or 1, len(chunks))
+        with ProcessPoolExecutor(workers, initializer=_demo_worker_init) as pool:
+            drawn = pool.map(_demo_chunk, chunks)
+            pending: list[np.ndarray] = []
+            for vectors in drawn:
+                pending.append(vectors)
+                if len(pending) == per_batch:
+                    yield np.concatenate(pending)
+                    pending = []
+            if pending:
+                yield np.concatenate(pending)
 
     def sample(self, n: int, part: int = 0) -> np.ndarray:
         return np.concatenate(list(self.batches(n, part)))
+
+
+DEMO_CHUNK = 4096
+_demo_model = None
+
+
+def _demo_worker_init() -> None:
+    import torch
+
+    from bioindex.models import load_model
+
+    global _demo_model
+    torch.set_num_threads(1)  # one process per core
+    _demo_model = load_model("bioclip-demo", device="cpu")
+
+
+def _demo_chunk(chunk: tuple[int, int, int, int]) -> np.ndarray:
+    from bioindex.demo.draw import draw_organism
+    from bioindex.demo.tree import SPECIES
+
+    seed, part, index, size = chunk
+    rng = np.random.default_rng([seed, part, index])
+    kinds = rng.integers(len(SPECIES), size=size)
+    return np.concatenate([_demo_model.embed_pil([draw_organism(SPECIES[k], rng)
+                                                  for k in kinds[i : i + 256]])
+                           for i in range(0, size, 256)])  # fmt: skip
 
 
 def exact_truth(store_path: Path, queries: np.ndarray, k: int = 10) -> np.ndarray:
