@@ -42,7 +42,7 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
         *((f"ECE of {m} (5-shot) over {len(draws['store_seeds'])} store draws: pooled / "
            "mean / each", f"{draws[m]['ece_pooled']:.3f} / {draws[m]['ece_mean_of_stores']:.3f} / "
            + " ".join(f"{e:.3f}" for e in draws[m]["ece_per_store"]), "after <= 0.05")
-          for m in ("few-shot", "linear-probe")),
+          for m in ("zero-shot", "few-shot", "linear-probe")),
         ("zero-shot 'confident' answers (share wrong): model's T / fitted T",
          f"{pct(cal['zero-shot']['confident_before'])} "
          f"({pct(cal['zero-shot']['confident_but_wrong_before'])}) / "

@@ -36,7 +36,7 @@ from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Scan, scan_paths
 from bioindex.models import EmbeddingModel, ModelIdentity, check_precision, load_model
-from bioindex.search.calibration import fit_temperature
+from bioindex.search.calibration import fit_temperature, top_label_log_loss
 from bioindex.search.classify import Prediction, classify_vectors
 from bioindex.search.dedup import DuplicateMember, find_duplicates
 from bioindex.search.defaults import (
@@ -668,8 +668,10 @@ class Collection:
     def zero_shot_temperature(self) -> float | None:
         """The temperature that calibrates zero-shot over the catalog's species, fitted on
         up to CALIBRATION_IMAGES of the store's images named to species (their zero-shot
-        logits against their own names); None (the model's own logit scale) with fewer
-        than MIN_HELD_OUT. Kept until the store changes."""
+        logits against their own names, by the top-label log loss: see search.calibration;
+        the NLL's T left zero-shot's wrong top answers sure under a collection's own look);
+        None (the model's own logit scale) with fewer than MIN_HELD_OUT. Kept until the
+        store changes."""
         generation = self.store.generation()
         cached = getattr(self, "_zero_shot_temperature", None)
         if cached is None or cached[0] != generation:
@@ -688,7 +690,7 @@ class Collection:
         if known.sum() < MIN_HELD_OUT:
             return None
         vectors = self.store.vectors([int(ids[i]) for i in chosen[known]])
-        return fit_temperature(vectors @ matrix.T, truth[known])
+        return fit_temperature(vectors @ matrix.T, truth[known], loss=top_label_log_loss)
 
     def head(self, method: str = "few-shot",
              train: str | os.PathLike[str] | None = None) -> Head:  # fmt: skip

@@ -96,18 +96,24 @@ def calibration(look: str, shots: int, per_species: int, workdir: Path) -> dict[
 
 def calibration_over_stores(look: str, shots: int, per_species: int, workdir: Path,
                             seeds: Sequence[int] = STORE_DRAWS) -> dict[str, Any]:  # fmt: skip
-    """ECE of each few-shot head at its fitted T on the same queries, for several draws of
-    the labelled store: per draw, and pooled over the draws. A store's T is fitted on its
-    held-out labelled images (240 in a 5-shot store of 48 species), so one store's ECE
-    carries that T's sampling error; pooled, the figure is the method's."""
+    """ECE of each few-shot head and of zero-shot at its fitted T on the same queries, for
+    several draws of the labelled store: per draw, and pooled over the draws. A store's T
+    is fitted on its labelled images (held-out folds for a head: 240 in a 5-shot store of
+    48 species), so one store's ECE carries that T's sampling error; pooled, the figure is
+    the method's."""
     found: dict[str, Any] = {"store_seeds": list(seeds)}
     pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
-        m: ([], []) for m in ("few-shot", "linear-probe")}  # fmt: skip
+        m: ([], []) for m in ("few-shot", "linear-probe", "zero-shot")}  # fmt: skip
     for seed in seeds:
         folder = workdir / (f"{look}-{shots}" if seed == STORE_SEED else f"{look}-{shots}-s{seed}")
         with open_world_store(folder, SPECIES, shots, look, seed=seed) as collection:
             vectors, truth = query_vectors(collection, per_species, look)
             for method, (probabilities, classes) in pooled.items():
+                if method == "zero-shot":
+                    zero_shot, zero_shot_classes, _ = _zero_shot(collection, vectors, truth)
+                    probabilities.append(zero_shot)
+                    classes.append(zero_shot_classes)
+                    continue
                 head = collection.head(method)
                 index = {t.lineage: i for i, t in enumerate(head.taxa)}
                 probabilities.append(head.probabilities(vectors))
@@ -128,16 +134,10 @@ def _zero_shot_calibration(collection: Collection, vectors: np.ndarray,
     """Zero-shot over the catalog's species at the model's logit scale and at the
     temperature fitted on the store's labelled images: ECE, and how often an answer
     called confident is wrong."""
-    names = [str(i) for i in range(len(truth))]
     found: dict[str, float] = {"temperature_before": collection.model.logit_scale,
                                "temperature_fitted": collection.zero_shot_temperature()}
     for key, calibrate in (("before", False), ("fitted", True)):
-        rows = collection.classify_vectors(names, vectors, k=len(SPECIES), calibrate=calibrate)
-        labels = sorted({p.taxon.lineage for p in rows})
-        probabilities = np.zeros((len(truth), len(labels)))
-        for p in rows:
-            probabilities[int(p.file), labels.index(p.taxon.lineage)] = p.score
-        classes = np.array([labels.index(s.taxon.lineage) for s in truth])
+        probabilities, classes, rows = _zero_shot(collection, vectors, truth, calibrate)
         found[f"ece_{key}"] = expected_calibration_error(probabilities, classes)
         confident = [p for p in rows if p.decision.band == "confident" and
                      p.taxon.scientific_name == p.decision.name]  # fmt: skip
@@ -145,6 +145,20 @@ def _zero_shot_calibration(collection: Collection, vectors: np.ndarray,
         found[f"confident_{key}"] = len(confident) / len(truth)
         found[f"confident_but_wrong_{key}"] = len(wrong) / max(len(confident), 1)
     return found
+
+
+def _zero_shot(collection: Collection, vectors: np.ndarray, truth: Sequence[Species],
+               calibrate: bool = True) -> tuple[np.ndarray, np.ndarray, list]:  # fmt: skip
+    """Zero-shot's probabilities over the catalog's species (one row per query, species
+    in lineage order), each query's class, and the predictions themselves."""
+    names = [str(i) for i in range(len(truth))]
+    rows = collection.classify_vectors(names, vectors, k=len(SPECIES), calibrate=calibrate)
+    labels = sorted({p.taxon.lineage for p in rows})
+    probabilities = np.zeros((len(truth), len(labels)))
+    for p in rows:
+        probabilities[int(p.file), labels.index(p.taxon.lineage)] = p.score
+    classes = np.array([labels.index(s.taxon.lineage) for s in truth])
+    return probabilities, classes, rows
 
 
 def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str = "few-shot",

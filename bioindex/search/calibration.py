@@ -5,9 +5,18 @@ A classifier's probabilities are softmax(T · logits). Temperature scaling (Guo 
 log-likelihood of held-out labelled examples; it changes no ranking, only how sure the
 probabilities say they are. Expected calibration error (ECE) is the gap between confidence
 and accuracy, averaged over equal-width confidence bins and weighted by each bin's share.
+
+The NLL scores the probability of the true class wherever it ranks; the top-label log loss
+scores only the top answer's probability against whether it is right (what a curator is
+shown, and what ECE measures; "top-label calibration", Gupta & Ramdas, ICLR 2022). The two
+agree when the top answer is usually right. Where it is usually wrong but the truth ranks
+close behind it (zero-shot under a collection's own look), the NLL's T is several times too
+sharp for the top answer, and only the top-label fit calibrates it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,23 +36,37 @@ def negative_log_likelihood(logits: np.ndarray, truth: np.ndarray, temperature: 
     return float((log_norm - scaled[np.arange(len(truth)), truth]).mean())
 
 
+def top_label_log_loss(logits: np.ndarray, truth: np.ndarray, temperature: float) -> float:
+    """Log loss of the top answer's probability under softmax(T · logits), against whether
+    the top answer is `truth` (the answer itself does not depend on T)."""
+    scaled = temperature * logits
+    scaled = scaled - scaled.max(axis=1, keepdims=True)
+    confidence = 1.0 / np.exp(scaled).sum(axis=1)  # the top answer's exp(0) over the sum
+    confidence = np.clip(confidence, 1e-12, 1 - 1e-12)
+    right = logits.argmax(axis=1) == truth
+    return float(-np.where(right, np.log(confidence), np.log1p(-confidence)).mean())
+
+
+Loss = Callable[[np.ndarray, np.ndarray, float], float]
+
+
 def fit_temperature(logits: np.ndarray, truth: np.ndarray, low: float = 0.1,
-                    high: float = 1000.0) -> float:  # fmt: skip
-    """The T in [low, high] that minimises the NLL of `truth` (class indexes) under
-    softmax(T · logits): a coarse log-spaced scan, then golden-section search around the
-    best point (the NLL is convex in T for fixed logits)."""
+                    high: float = 1000.0, loss: Loss = negative_log_likelihood,
+                    ) -> float:  # fmt: skip
+    """The T in [low, high] that minimises `loss` (the NLL, or top_label_log_loss) of
+    `truth` (class indexes) under softmax(T · logits): a coarse log-spaced scan, then
+    golden-section search around the best point (the NLL is convex in T for fixed logits;
+    the top-label loss need not be, and the scan picks its basin)."""
     if not len(truth):
         raise ValueError("no examples to fit a temperature on")
     grid = np.geomspace(low, high, 61)
-    losses = [negative_log_likelihood(logits, truth, t) for t in grid]
+    losses = [loss(logits, truth, t) for t in grid]
     best = int(np.argmin(losses))
     a, b = np.log(grid[max(best - 1, 0)]), np.log(grid[min(best + 1, len(grid) - 1)])
     ratio = (np.sqrt(5) - 1) / 2
     for _ in range(40):
         c, d = b - ratio * (b - a), a + ratio * (b - a)
-        if negative_log_likelihood(logits, truth, np.exp(c)) < negative_log_likelihood(
-            logits, truth, np.exp(d)
-        ):
+        if loss(logits, truth, np.exp(c)) < loss(logits, truth, np.exp(d)):
             b = d
         else:
             a = c
