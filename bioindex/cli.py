@@ -888,7 +888,8 @@ def _result_rows(path: str) -> list[dict[str, Any]]:
     "--rerank/--no-rerank",
     default=None,
     help="Re-rank candidates against the stored float16 vectors (default: on for "
-    "approximate kinds).",
+    "approximate kinds; an HNSW graph holds the vectors themselves, so its scores are "
+    "already exact and it re-ranks only after an image it holds was replaced).",
 )
 @engine_option("ray: add the shards in parallel Ray tasks and merge (after a --engine ray ingest).")
 @click.option("--address", default=None, help="With --engine ray: the cluster to join.")

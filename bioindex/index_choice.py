@@ -120,7 +120,7 @@ def _measure(option: Option, vectors: np.ndarray, queries: np.ndarray, truth: np
         return vectors[np.asarray(wanted, dtype=np.int64)]
 
     tuning = faiss_index.tune(index, spec, queries, truth, target,
-                              fetch=fetch if spec.rerank else None)  # fmt: skip
+                              fetch=fetch if faiss_index.reranks(spec) else None)  # fmt: skip
     return tuning, seconds, spec
 
 

@@ -737,7 +737,7 @@ class Store:
             truth = faiss_index.exact_neighbours(source.iter_live_vectors(), probes, 10,
                                                  exclude=exclude)  # fmt: skip
             tuning = faiss_index.tune(index, spec, probes, truth, target_recall,
-                                      fetch=self._live.fetch, exclude=exclude)  # fmt: skip
+                                      fetch=self._live.rerank_fetch(), exclude=exclude)  # fmt: skip
             if held_out:
                 index.add_with_ids(probes, probe_ids)
                 if progress:

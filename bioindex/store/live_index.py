@@ -94,6 +94,9 @@ class LiveIndex:
         self.spec: IndexSpec | None = None
         self.version = -1  # the vectors_version the in-memory index reflects
         self.removed: set[int] = set()  # deleted ids the index cannot drop (HNSW)
+        # Ids added again while such an index still held their old vector, once per old
+        # vector left in it; None: not known (an index saved before this was kept).
+        self.superseded: list[int] | None = []
         # (sorted image_ids, shard numbers) held; None: the attached catalog's live set
         self.content: tuple[np.ndarray, np.ndarray] | None = None
         self._gpu: Any = None
@@ -112,6 +115,7 @@ class LiveIndex:
     def drop(self) -> None:
         self.index, self.spec, self.version, self.content = None, None, -1, None
         self.removed, self._gpu, self._located, self._mapped = set(), None, None, False
+        self.superseded = []
 
     def changed(self) -> None:
         """The catalog moved to another generation: cached lookups are stale."""
@@ -147,13 +151,16 @@ class LiveIndex:
         except (RuntimeError, OSError, ValueError) as exc:
             log.warning("index file %s is unreadable (%s): rebuilding it", path.name, exc)
             return False
-        if pairs is not None and len(pairs) != index.ntotal - len(record.get("removed", [])):
+        superseded = record.get("superseded", [] if faiss_index.removable(spec) else None)
+        stale = len(record.get("removed", [])) + len(superseded or [])
+        if pairs is not None and superseded is not None and len(pairs) != index.ntotal - stale:
             log.warning("index file %s does not match its id list: rebuilding it", path.name)
             return False
         faiss_index.set_search(index, spec)
         self.index, self.spec, self.version = index, spec, int(record["vectors_version"])
         self._mapped = mapped
         self.removed = set(record.get("removed", []))
+        self.superseded = superseded
         self.content = (pairs[:, 0].copy(), pairs[:, 1].copy()) if pairs is not None else None
         self._gpu, self._located = None, None
         return True
@@ -163,7 +170,7 @@ class LiveIndex:
         faiss_index.set_search(index, spec)
         self.index, self.spec, self.version = index, spec, version
         self.removed, self.content, self._gpu, self._located = set(), None, None, None
-        self._mapped = False
+        self.superseded, self._mapped = [], False
 
     def catch_up(self, version: int) -> None:
         """Add and remove what differs between what the index holds and the live set."""
@@ -200,8 +207,12 @@ class LiveIndex:
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
                                     np.asarray(ids, dtype=np.int64))  # fmt: skip
-            # An id deleted before and back now (same uri) must not stay filtered out.
-            self.removed.difference_update(int(i) for i in ids)
+            # An id deleted before and back now (same uri) must not stay filtered out; its old
+            # vector, where the index could not drop it, is now found under it too.
+            back = [int(i) for i in ids if int(i) in self.removed]
+            if self.superseded is not None:
+                self.superseded.extend(back)
+            self.removed.difference_update(back)
         self._gpu, self._located, self.content = None, None, None
 
     def remove(self, ids: Iterable[int]) -> None:
@@ -243,6 +254,7 @@ class LiveIndex:
             "vectors_version": self.version,
             "ntotal": int(self.index.ntotal),
             "removed": sorted(self.removed),
+            **({"superseded": sorted(self.superseded)} if self.superseded is not None else {}),
             "structure": structure(self.spec),
         }
 
@@ -267,7 +279,12 @@ class LiveIndex:
             if searcher is index and 0 < len(queries) < faiss_index.FLAT_FEW_QUERIES:
                 return faiss_index.flat_search_few(index, queries, k)
             return searcher.search(queries, k)
-        return faiss_index.search(index, spec, queries, k, selector, fetch=self.fetch)
+        return faiss_index.search(index, spec, queries, k, selector, fetch=self.rerank_fetch())
+
+    def rerank_fetch(self) -> Any:
+        """`fetch` where searches re-rank (faiss_index.reranks), else None."""
+        superseded = self.superseded is None or bool(self.superseded)
+        return self.fetch if faiss_index.reranks(self.spec, superseded) else None
 
     def range_search(self, vectors: np.ndarray, radius: float) -> list[np.ndarray]:
         limits, _, found = faiss_index.range_search(self.index, vectors, radius)
