@@ -46,7 +46,7 @@ DEFAULT_SYSTEMS = ("bioindex-auto", "bioindex-rerank", "faiss-flat", "numpy", "u
 BASELINE_MAX = 2_000_000
 QUERIES = 1000
 LATENCY_QUERIES = 300
-USEARCH_EF = (32, 64, 96, 128, 192, 256, 384, 512)
+USEARCH_EF = (16, 24, 32, 64, 96, 128, 192, 256, 384, 512)
 MODEL = {"name": "synthetic", "source": "benchmarks/search.py", "weights_sha256": "0" * 64,
          "image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": "eval"}  # fmt: skip
 
