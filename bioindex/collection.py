@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,27 +140,53 @@ def scan_sources(
 
 class RecentTexts:
     """The latest text vectors in memory (a server is asked the same texts over and over;
-    the query cache on disk costs a file read each). Thread-safe, least recently used out."""
+    the query cache on disk costs a file read each). Thread-safe, least recently used out.
+    A text one caller is encoding is waited for by the others, not encoded again: two
+    encodes of one text in model batches of different sizes differ by float rounding, and
+    sixteen identical queries at once got two different answers (#18)."""
 
     def __init__(self, size: int = 4096):
         self.size = size
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
 
-    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    def claim(self, texts: Sequence[str]
+              ) -> tuple[dict[str, np.ndarray], list[str], dict[str, Future]]:  # fmt: skip
+        """(vectors known, texts the caller must encode and `settle`, other callers'
+        pending encodes to wait for), each distinct text in one of them."""
+        known: dict[str, np.ndarray] = {}
+        mine: list[str] = []
+        theirs: dict[str, Future] = {}
         with self._lock:
-            found = {t: self._vectors[t] for t in texts if t in self._vectors}
-            for text in found:
-                self._vectors.move_to_end(text)
-        return found
+            for text in dict.fromkeys(texts):
+                if text in self._vectors:
+                    known[text] = self._vectors[text]
+                    self._vectors.move_to_end(text)
+                elif text in self._pending:
+                    theirs[text] = self._pending[text]
+                else:
+                    self._pending[text] = Future()
+                    mine.append(text)
+        return known, mine, theirs
 
-    def put_many(self, pairs: Iterable[tuple[str, np.ndarray]]) -> None:
+    def settle(self, texts: Sequence[str], vectors: np.ndarray | None = None,
+               error: BaseException | None = None) -> None:  # fmt: skip
+        """The claimed `texts` are encoded (`vectors`) or failed (`error`, handed to whoever
+        waits for them)."""
         with self._lock:
-            for text, vector in pairs:
-                self._vectors[text] = vector
-                self._vectors.move_to_end(text)
-            while len(self._vectors) > self.size:
-                self._vectors.popitem(last=False)
+            if vectors is not None:
+                for text, vector in zip(texts, vectors):
+                    self._vectors[text] = vector
+                    self._vectors.move_to_end(text)
+                while len(self._vectors) > self.size:
+                    self._vectors.popitem(last=False)
+            waiting = [self._pending.pop(text) for text in texts]
+        for i, promise in enumerate(waiting):
+            if vectors is not None:
+                promise.set_result(vectors[i])
+            else:
+                promise.set_exception(error or RuntimeError("text not encoded"))
 
 
 class Collection:
@@ -385,14 +412,18 @@ class Collection:
         from bioindex.store.query_cache import QueryCache
 
         texts = list(texts)
-        known = self._recent_texts.get_many(texts)
-        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        known, missing, pending = self._recent_texts.claim(texts)
         if missing:
             manifest = self.store.model
             cache = QueryCache(self.store.path, manifest["weights_sha256"], self.store.dim)
-            found = cache.embed(missing, lambda new: self.model.encode_texts(new))
+            try:
+                found = cache.embed(missing, lambda new: self.model.encode_texts(new))
+            except BaseException as exc:
+                self._recent_texts.settle(missing, error=exc)
+                raise
+            self._recent_texts.settle(missing, found)
             known.update(zip(missing, found))
-            self._recent_texts.put_many(zip(missing, found))
+        known.update((text, promise.result()) for text, promise in pending.items())
         if not texts:
             return np.zeros((0, self.store.dim), dtype=np.float32)
         return np.stack([known[t] for t in texts])

@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -100,6 +101,39 @@ def test_concurrent_requests_answer_what_serial_ones_do(stores) -> None:
                            [r["score"] for r in theirs["results"]], atol=2e-6)
         assert mine.get("query_as") == theirs.get("query_as")
     assert len({json.dumps(a["results"]) for a in together[:8]}) == 1  # one text, one answer
+
+
+class _SlowCountingModel:
+    """The real model, its text encodes counted and slowed so that callers overlap."""
+
+    def __init__(self, model):
+        self._model, self.texts = model, []
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def encode_texts(self, texts):
+        self.texts.extend(texts)
+        time.sleep(0.3)
+        return self._model.encode_texts(texts)
+
+
+def test_a_text_asked_by_many_at_once_is_encoded_once(stores) -> None:
+    """Each encoding of one text in a batch of another size differs by float rounding,
+    so concurrent identical queries encoded separately got two answers (seen in CI)."""
+    with Collection.open(stores[0], device="cpu") as collection:
+        counting = _SlowCountingModel(collection.model)
+        collection.use_model(counting)
+        start = threading.Barrier(8)
+
+        def embed(i: int) -> np.ndarray:
+            start.wait(timeout=30)
+            return collection.embed_texts(["a photo of a blue square", f"shape {i % 2}"])
+
+        with ThreadPoolExecutor(8) as pool:
+            vectors = list(pool.map(embed, range(8)))
+    assert sorted(counting.texts) == ["a photo of a blue square", "shape 0", "shape 1"]
+    assert all((v[0] == vectors[0][0]).all() for v in vectors)
 
 
 def test_image_encodes_of_concurrent_callers_share_a_model_call(tiny_model: str) -> None:

@@ -779,6 +779,12 @@ class Store:
                 f"{len(removed)} deleted vectors are still in the {spec.kind} graph "
                 "(filtered out of results): a rebuild would compact them"
             )
+        superseded = self._live.superseded
+        if superseded and spec.kind in faiss_index.EXACT_STORAGE:
+            advice.append(
+                f"{len(superseded)} replaced images' old vectors are still in the {spec.kind} "
+                "graph, so every search re-ranks (about twice the time): a rebuild would drop them"
+            )
         requested = built.get("requested_kind", "auto")
         live = self.live_count()
         if requested == "auto" and built.get("candidates"):
