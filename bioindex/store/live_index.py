@@ -95,8 +95,9 @@ class LiveIndex:
         self.version = -1  # the vectors_version the in-memory index reflects
         self.removed: set[int] = set()  # deleted ids the index cannot drop (HNSW)
         # Ids added again while such an index still held their old vector, once per old
-        # vector left in it; None: not known (an index saved before this was kept).
-        self.superseded: list[int] | None = []
+        # vector left in it (an index saved before this was kept had none: else its id
+        # list check failed and it was rebuilt).
+        self.superseded: list[int] = []
         # (sorted image_ids, shard numbers) held; None: the attached catalog's live set
         self.content: tuple[np.ndarray, np.ndarray] | None = None
         self._gpu: Any = None
@@ -151,9 +152,9 @@ class LiveIndex:
         except (RuntimeError, OSError, ValueError) as exc:
             log.warning("index file %s is unreadable (%s): rebuilding it", path.name, exc)
             return False
-        superseded = record.get("superseded", [] if faiss_index.removable(spec) else None)
-        stale = len(record.get("removed", [])) + len(superseded or [])
-        if pairs is not None and superseded is not None and len(pairs) != index.ntotal - stale:
+        superseded = list(record.get("superseded", []))
+        stale = len(record.get("removed", [])) + len(superseded)
+        if pairs is not None and len(pairs) != index.ntotal - stale:
             log.warning("index file %s does not match its id list: rebuilding it", path.name)
             return False
         faiss_index.set_search(index, spec)
@@ -210,8 +211,7 @@ class LiveIndex:
             # An id deleted before and back now (same uri) must not stay filtered out; its old
             # vector, where the index could not drop it, is now found under it too.
             back = [int(i) for i in ids if int(i) in self.removed]
-            if self.superseded is not None:
-                self.superseded.extend(back)
+            self.superseded.extend(back)
             self.removed.difference_update(back)
         self._gpu, self._located, self.content = None, None, None
 
@@ -254,7 +254,7 @@ class LiveIndex:
             "vectors_version": self.version,
             "ntotal": int(self.index.ntotal),
             "removed": sorted(self.removed),
-            **({"superseded": sorted(self.superseded)} if self.superseded is not None else {}),
+            "superseded": sorted(self.superseded),
             "structure": structure(self.spec),
         }
 
@@ -283,8 +283,7 @@ class LiveIndex:
 
     def rerank_fetch(self) -> Any:
         """`fetch` where searches re-rank (faiss_index.reranks), else None."""
-        superseded = self.superseded is None or bool(self.superseded)
-        return self.fetch if faiss_index.reranks(self.spec, superseded) else None
+        return self.fetch if faiss_index.reranks(self.spec, bool(self.superseded)) else None
 
     def range_search(self, vectors: np.ndarray, radius: float) -> list[np.ndarray]:
         limits, _, found = faiss_index.range_search(self.index, vectors, radius)
