@@ -76,6 +76,12 @@ def test_gbif_download_records_arrive_intact(tmp_path: Path, tiny_model: str) ->
     assert extra  # unmapped terms (datasetID, …) are kept, not dropped
 
 
+# The fetches' deadline, and a reply twice as late. A 1 s deadline timed out a small page
+# as well when CI's two cores were busy (the server's thread shares the test's GIL).
+DEADLINE = 3.0
+SLOW_SECONDS = 2 * DEADLINE
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     photos: Path
     hits: list[str] = []
@@ -91,7 +97,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/huge":
             self._send(200, "image/jpeg", b"\xff" * (3 * 1024 * 1024))
         elif self.path == "/slow":
-            time.sleep(3)
+            time.sleep(SLOW_SECONDS)
             self._send(200, "image/jpeg", b"late")
         else:
             self._send(404, "text/plain", b"missing")
@@ -159,7 +165,7 @@ def test_archive_with_remote_media(tmp_path: Path, tiny_model: str, media_server
     archive = _write_archive(tmp_path / "dwca", media)
     store = tmp_path / "s"
     with Collection.open(store, model=tiny_model, create=True) as col:
-        first = col.index([archive], progress=False, download_timeout=1.0,
+        first = col.index([archive], progress=False, download_timeout=DEADLINE,
                           max_download_bytes=2 * 1024 * 1024, allow_private_urls=True)  # fmt: skip
         assert (first.embedded, first.failed, first.occurrences) == (4, 4, 3)
         reasons = {f["uri"].rsplit("/", 1)[-1]: (f["stage"], f["error"])
@@ -173,11 +179,11 @@ def test_archive_with_remote_media(tmp_path: Path, tiny_model: str, media_server
         )[1]
         assert ("occ0", "C-occ0", "CC-BY-4.0", "A. Photographer", "Felidae") in rows
         fetched = len(hits)
-        second = col.index([archive], progress=False, download_timeout=1.0,
+        second = col.index([archive], progress=False, download_timeout=DEADLINE,
                            max_download_bytes=2 * 1024 * 1024, allow_private_urls=True)  # fmt: skip
         assert (second.embedded, second.downloaded, second.unchanged) == (0, 0, 4)
         assert len(hits) == fetched  # nothing was asked of the server again
-        retried = col.index([archive], progress=False, download_timeout=1.0,
+        retried = col.index([archive], progress=False, download_timeout=DEADLINE,
                             max_download_bytes=2 * 1024 * 1024, retry_failed=True,
                             allow_private_urls=True)  # fmt: skip
         assert (retried.embedded, retried.failed, retried.unchanged) == (0, 4, 4)
