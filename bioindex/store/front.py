@@ -781,10 +781,10 @@ class Store:
             )
         superseded = self._live.superseded
         if superseded and spec.kind in faiss_index.EXACT_STORAGE:
-            advice.append(
-                f"{len(superseded)} replaced images' old vectors are still in the {spec.kind} "
-                "graph, so every search re-ranks (about twice the time): a rebuild would drop them"
-            )
+            what = ("1 replaced image's old vector is" if len(superseded) == 1 else
+                    f"{len(superseded)} replaced images' old vectors are")  # fmt: skip
+            advice.append(f"{what} still in the {spec.kind} graph, so every search re-ranks "
+                          "(about twice the time): a rebuild would drop them")
         requested = built.get("requested_kind", "auto")
         live = self.live_count()
         if requested == "auto" and built.get("candidates"):
