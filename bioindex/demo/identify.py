@@ -109,15 +109,9 @@ def calibration_over_stores(look: str, shots: int, per_species: int, workdir: Pa
         with open_world_store(folder, SPECIES, shots, look, seed=seed) as collection:
             vectors, truth = query_vectors(collection, per_species, look)
             for method, (probabilities, classes) in pooled.items():
-                if method == "zero-shot":
-                    zero_shot, zero_shot_classes, _ = _zero_shot(collection, vectors, truth)
-                    probabilities.append(zero_shot)
-                    classes.append(zero_shot_classes)
-                    continue
-                head = collection.head(method)
-                index = {t.lineage: i for i, t in enumerate(head.taxa)}
-                probabilities.append(head.probabilities(vectors))
-                classes.append(np.array([index[s.taxon.lineage] for s in truth]))
+                found_p, found_c = _fitted_probabilities(collection, method, vectors, truth)
+                probabilities.append(found_p)
+                classes.append(found_c)
     for method, (probabilities, classes) in pooled.items():
         found[method] = {
             "ece_per_store": [expected_calibration_error(p, c)
@@ -127,6 +121,16 @@ def calibration_over_stores(look: str, shots: int, per_species: int, workdir: Pa
         }  # fmt: skip
         found[method]["ece_mean_of_stores"] = float(np.mean(found[method]["ece_per_store"]))
     return found
+
+
+def _fitted_probabilities(collection: Collection, method: str, vectors: np.ndarray,
+                          truth: Sequence[Species]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A method's calibrated probabilities of the queries and each query's class."""
+    if method == "zero-shot":
+        return _zero_shot(collection, vectors, truth)[:2]
+    head = collection.head(method)
+    index = {t.lineage: i for i, t in enumerate(head.taxa)}
+    return head.probabilities(vectors), np.array([index[s.taxon.lineage] for s in truth])
 
 
 def _zero_shot_calibration(collection: Collection, vectors: np.ndarray,
