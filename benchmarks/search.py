@@ -12,7 +12,10 @@ docstring), stored float16 in a real bioindex store. --distributions picks which
 setting, median top-10 neighbour cosine 0.77 at 100k) and `demo` (real embeddings: the demo
 model's vectors of freshly drawn demo-world pictures, at its own dimension, 64). Queries are
 1000 held-out vectors from the same distribution; the truth is an exact top-10 over the
-stored (float16) vectors. Each system runs in its own process, so peak RSS is its own: build
+stored (float16) vectors. The demo case also asks text queries (the demo model's vectors of
+the 48 species' captions at every rank, 208 texts): bioindex tunes its text setting on the
+everyday texts `build-index` uses on a store without labels (bioindex.search.text_probes),
+never on these. Each system runs in its own process, so peak RSS is its own: build
 time, index bytes, peak RSS, recall@10, p50/p99 latency of one query at a time (300
 queries), and QPS for all queries in one batch. Systems:
 
@@ -89,6 +92,30 @@ def prepare(workdir: Path, n: int, dim: int, seed: int, distribution: str = "def
     np.save(case / "truth.npy", exact_truth(case / "store", queries))
     (case / "stamp.json").write_text(json.dumps(stamp))
     return case
+
+
+def prepare_texts(case: Path) -> None:
+    """The demo case's text probes (what build-index tunes on), text queries (captions of
+    the demo world's taxa, never tuned on) and their exact truth; made once per case."""
+    if (case / "text_truth.npy").is_file():
+        return
+    from bioindex.demo.tree import SPECIES
+    from bioindex.models import load_model
+    from bioindex.search.text_probes import probe_texts
+
+    model = load_model("bioclip-demo", device="cpu")
+    everyday = probe_texts([])
+    held = [t for t in probe_texts([s.taxon for s in SPECIES]) if t not in everyday]
+    np.save(case / "text_probes.npy", model.encode_texts(everyday).astype(np.float32))
+    queries = model.encode_texts(held).astype(np.float32)
+    np.save(case / "text_queries.npy", queries)
+    np.save(case / "text_truth.npy", exact_truth(case / "store", queries))
+
+
+def text_case(case: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    if not (case / "text_truth.npy").is_file():
+        return None
+    return np.load(case / "text_queries.npy"), np.load(case / "text_truth.npy")
 
 
 def vector_source(distribution: str, dim: int, seed: int):
@@ -208,6 +235,9 @@ def measure(case: Path, system: str, memory: str) -> dict:
     qps = len(queries) / (time.perf_counter() - started)
     from bioindex.faiss_index import recall_at
 
+    texts = text_case(case)
+    if texts is not None:
+        info.update(measure_texts(single, system, *texts))
     return {
         **info,
         "recall_at_10": round(recall_at(found_single, truth), 4),
@@ -219,24 +249,47 @@ def measure(case: Path, system: str, memory: str) -> dict:
     }
 
 
+def measure_texts(single, system: str, queries: np.ndarray, truth: np.ndarray) -> dict:
+    """Recall@10 and p50 of text queries; bioindex's with its text setting, and with the
+    pictures' setting (what every text query got before it had one)."""
+    from bioindex.faiss_index import recall_at
+
+    ask = (lambda q: single(q, text=True)) if system.startswith("bioindex") else single
+    found = np.stack([ask(q) for q in queries])
+    latencies = []
+    for q in queries:
+        started = time.perf_counter()
+        ask(q)
+        latencies.append((time.perf_counter() - started) * 1000)
+    out = {"text_recall_at_10": round(recall_at(found, truth), 4),
+           "text_p50_ms": round(float(np.percentile(latencies, 50)), 3)}  # fmt: skip
+    if system.startswith("bioindex"):
+        pictures = np.stack([single(q) for q in queries])
+        out["text_recall_pictures_setting"] = round(recall_at(pictures, truth), 4)
+    return out
+
+
 def run_bioindex(case: Path, queries: np.ndarray, memory: str, rerank: bool | None,
                  target: float):  # fmt: skip
     from bioindex import faiss_index
     from bioindex.store import Store
 
     path = case / "store"
+    probes = case / "text_probes.npy"
     with Store.open(path) as store:
         store.build_index("auto", faiss_index.parse_memory(memory), target_recall=target,
-                          rerank=rerank)  # fmt: skip
+                          rerank=rerank,
+                          text_probes=(lambda: np.load(probes)) if probes.is_file() else None)
     # Timed queries go through a long-lived read-only open, the way the server runs.
     store = Store.open(path, read_only=True)
     spec = store.index_spec
     info = {
         "kind": spec.kind, "search": spec.search, "rerank": spec.rerank,
         "build_s": spec.built["build_seconds"], "index_mb": spec.built["index_bytes"] / 2**20,
-        "tuned_recall": spec.built.get("recall_at_10"),
+        "tuned_recall": spec.built.get("recall_at_10"), "search_text": spec.search_text,
     }  # fmt: skip
-    return (lambda q: store.search(q[None], 10)[1][0]), (lambda qs: store.search(qs, 10)[1]), info
+    return ((lambda q, text=False: store.search(q[None], 10, text=text)[1][0]),
+            (lambda qs: store.search(qs, 10)[1]), info)  # fmt: skip
 
 
 def cold_query(case: Path, mapped: bool) -> dict:
@@ -319,6 +372,10 @@ def run_usearch(case: Path, queries: np.ndarray, memory: str):
             latencies.append((time.perf_counter() - started) * 1000)
         curve.append({"ef": expansion, "recall_at_10": round(recall, 4),
                       "p50_ms": round(float(np.percentile(latencies, 50)), 3)})  # fmt: skip
+        texts = text_case(case)
+        if texts is not None:
+            curve[-1]["text_recall_at_10"] = round(
+                recall_at(index.search(texts[0], 10, threads=2).keys, texts[1]), 4)
     # The row itself: the smallest setting reaching 0.95 on all queries.
     chosen = next((c for c in curve if c["recall_at_10"] >= 0.95), curve[-1])
     index.expansion_search = chosen["ef"]
@@ -413,6 +470,8 @@ def main() -> None:
             for n in sizes:
                 for dim in args.dims if distribution != "demo" else [0]:
                     case = prepare(workdir, n, dim, args.seed, distribution)
+                    if distribution == "demo":
+                        prepare_texts(case)
                     shown = json.loads((case / "stamp.json").read_text())["dim"]
                     cases.append((f"{distribution} {n:,} x {shown}", case))
     results: list[dict] = []
@@ -485,7 +544,8 @@ def equal_recall(results: list[dict]) -> None:
 
 def print_table(report: dict) -> None:
     columns = ("case", "system", "kind", "build_s", "index_mb", "peak_rss_mb", "recall_at_10",
-               "p50_ms", "p99_ms", "batch_qps")  # fmt: skip
+               "p50_ms", "p99_ms", "batch_qps", "text_recall_at_10", "text_p50_ms",
+               "text_recall_pictures_setting")  # fmt: skip
     rows = report["results"]
     numpy_p50 = {r["case"]: r["p50_ms"] for r in rows if r["system"] == "numpy" and "p50_ms" in r}
     print()

@@ -396,8 +396,21 @@ class Collection:
         with bar:
             spec = self.store.build_index(kind, budget, target_recall, rerank,
                                           progress=bar.update,
-                                          builder=_builder(engine, address))  # fmt: skip
+                                          builder=_builder(engine, address),
+                                          text_probes=self._text_probes)  # fmt: skip
         return spec.to_json()
+
+    def _text_probes(self) -> np.ndarray | None:
+        """Text vectors like this store's text queries (search.text_probes), or None when
+        the model cannot be loaded here (text queries then search as pictures do)."""
+        from bioindex.search.text_probes import probe_texts
+
+        try:
+            model = self.model
+        except BioindexError as exc:
+            log.warning("text queries will search with the pictures' setting: %s", exc)
+            return None
+        return model.encode_texts(probe_texts(self.catalog_taxa()))
 
     # ---- reading -------------------------------------------------------------------
 
@@ -458,14 +471,18 @@ class Collection:
         """The unit vector of one image_pixels result."""
         return self.model.encode_images(self.model._torch.stack([pixels]))[0]
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None) -> list[Hit]:
-        return search_vector(self.store, _unit(vector, self.store.dim), k, where=_filter(where))
+    def search_vector(self, vector: np.ndarray, k: int = 10, where: Where = None,
+                      text: bool = False) -> list[Hit]:  # fmt: skip
+        """Images nearest a vector; `text`: it is a text vector (the index has a setting
+        tuned for those: build-index)."""
+        return search_vector(self.store, _unit(vector, self.store.dim), k, where=_filter(where),
+                             text=text)  # fmt: skip
 
     def search_text(self, text: str, k: int = 10, where: Where = None) -> list[Hit]:
         check_k(k)
         if not text or not text.strip():
             raise BioindexError("text query is empty")
-        return self.search_vector(self.embed_texts([text])[0], k, where)
+        return self.search_vector(self.embed_texts([text])[0], k, where, text=True)
 
     def search_image(self, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                      k: int = 10, where: Where = None) -> list[Hit]:  # fmt: skip
@@ -499,7 +516,7 @@ class Collection:
 
     def _term_vector(self, value: str) -> np.ndarray:
         path = Path(value).expanduser()
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+        if _is_image_term(value):
             return self.embed_image(path)
         if path.suffix.lower() in IMAGE_EXTENSIONS and ("/" in value or os.sep in value):
             raise BioindexError(f"image {value} does not exist")
@@ -510,7 +527,9 @@ class Collection:
     def search_query(self, add: Sequence[str], subtract: Sequence[str] = (), k: int = 10,
                      where: Where = None) -> list[Hit]:  # fmt: skip
         check_k(k)
-        return self.search_vector(self.query_vector(add, subtract), k, where)
+        # Any text term pulls the vector towards the texts' side: search it as text.
+        text = not all(_is_image_term(_weighted(t)[1]) for t in [*add, *subtract])
+        return self.search_vector(self.query_vector(add, subtract), k, where, text=text)
 
     # ---- taxa ----------------------------------------------------------------------
 
@@ -567,17 +586,20 @@ class Collection:
     def _caption_hits(self, name: str, k: int, user: Filter | None) -> list[Hit]:
         """Look-alikes of a name no catalog row carries, from its BioCLIP caption."""
         query = self.embed_texts([f"a photo of {' '.join(name.split())}."])[0]
-        return to_hits(self.store, nearest(self.store, query, k, where=user), why=LOOK_ALIKE)
+        return to_hits(self.store, nearest(self.store, query, k, where=user, text=True),
+                       why=LOOK_ALIKE)  # fmt: skip
 
     def _taxon_hits(self, taxon: Taxon, k: int, mode: str, user: Filter | None) -> list[Hit]:
         query = self.embed_texts([taxon.caption("taxonomic")])[0]
         hits: list[Hit] = []
         if mode in ("catalog", "hybrid"):
-            pairs = nearest(self.store, query, k, where=and_filters(taxon_filter(taxon), user))
+            pairs = nearest(self.store, query, k, where=and_filters(taxon_filter(taxon), user),
+                            text=True)  # fmt: skip
             hits = to_hits(self.store, pairs, why=f"catalog {taxon.rank}")
         if mode in ("semantic", "hybrid") and len(hits) < k:
             shown = {h.image_id for h in hits}
-            pairs = nearest(self.store, query, k - len(hits), exclude=shown, where=user)
+            pairs = nearest(self.store, query, k - len(hits), exclude=shown, where=user,
+                            text=True)  # fmt: skip
             hits += to_hits(self.store, pairs, why=LOOK_ALIKE, start=len(hits) + 1)
         return hits
 
@@ -1022,3 +1044,9 @@ def _weighted(term: str) -> tuple[float, str]:
         except ValueError:
             pass
     return 1.0, term
+
+
+def _is_image_term(value: str) -> bool:
+    """Whether a query term names an image file (else it is text)."""
+    path = Path(value).expanduser()
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()

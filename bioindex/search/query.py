@@ -54,8 +54,10 @@ def nearest(
     k: int,
     exclude: set[int] | None = None,
     where: Filter | None = None,
+    text: bool = False,
 ) -> list[tuple[float, int]]:
-    """(score, image_id) of the top-k live images, honouring exclusions and filters."""
+    """(score, image_id) of the top-k live images, honouring exclusions and filters;
+    `text`: the query is a text vector (searched with the index's text setting)."""
     check_k(k)
     query = np.asarray(query, dtype=np.float32).reshape(1, -1)
     exclude = exclude or set()
@@ -63,7 +65,7 @@ def nearest(
     if total == 0:
         return []
     if not where:
-        scores, ids = store.search(query, k + len(exclude))
+        scores, ids = store.search(query, k + len(exclude), text=text)
         return _pairs(scores, ids, exclude)[:k]
     allowed = store.ids_where(where.sql, where.params)
     if exclude:
@@ -75,7 +77,7 @@ def nearest(
         return _pairs(scores, ids, exclude)[:k]
     fetch = k * 2 * math.ceil(total / len(allowed)) + len(exclude)
     while True:
-        scores, ids = store.search(query, min(fetch, total))
+        scores, ids = store.search(query, min(fetch, total), text=text)
         keep = np.isin(ids[0], allowed)
         pairs = _pairs(scores[:, keep], ids[:, keep], exclude)
         if len(pairs) >= k or fetch >= total:
@@ -153,9 +155,10 @@ def search_vector(
     k: int,
     exclude: set[int] | None = None,
     where: Filter | None = None,
+    text: bool = False,
 ) -> list[Hit]:
-    """Top-k live images by cosine to one unit query vector."""
-    return to_hits(store, nearest(store, query, k, exclude, where))
+    """Top-k live images by cosine to one unit query vector (`text`: a text vector)."""
+    return to_hits(store, nearest(store, query, k, exclude, where, text))
 
 
 def group_by_occurrence(hits: list[Hit], k: int) -> list[Hit]:

@@ -375,6 +375,7 @@ class Store:
             "index_kind": spec.kind,
             "index_ntotal": int(index.ntotal),
             "index_search": spec.search or None,
+            "index_search_text": spec.search_text or None,
             "index_rerank": spec.rerank,
             "index_build": ({k: v for k, v in spec.built.items() if k != "candidates"}
                             or None),
@@ -694,6 +695,7 @@ class Store:
         progress: Callable[[int], None] | None = None,
         builder: IndexBuilder | None = None,
         exact_up_to: int = faiss_index.FLAT_MAX_NUMBERS,
+        text_probes: Callable[[], np.ndarray | None] | None = None,
     ) -> IndexSpec:
         """Build the index of `kind` from the stored vectors, tune it to `target_recall`
         against exact search on held-out stored vectors, and make it, with its spec and
@@ -701,7 +703,9 @@ class Store:
         together). `auto` keeps exact flat search up to `exact_up_to` stored numbers
         (vectors x dim); past that it measures the candidate kinds on samples of the
         store's own vectors and builds the fastest that meets the target within `memory`
-        (bioindex.index_choice)."""
+        (bioindex.index_choice). `text_probes` gives text vectors like the store's text
+        queries, asked for only when the index is approximate: text queries then get their
+        own setting, tuned to the same target on them (IndexSpec.search_text)."""
         self._require_writable()
         if not 0.0 < target_recall <= 1.0:
             raise BioindexError(f"target recall must be in (0, 1], got {target_recall}")
@@ -742,6 +746,11 @@ class Store:
                 index.add_with_ids(probes, probe_ids)
                 if progress:
                     progress(len(probe_ids))
+        text_tuning = None
+        if tuning is not None and not spec.exact and text_probes is not None:
+            texts = text_probes()
+            if texts is not None and len(texts):
+                text_tuning = self._tune_text(index, spec, texts, target_recall)
         spec.built = {
             "requested_kind": kind,
             "memory_budget": int(memory),
@@ -752,6 +761,8 @@ class Store:
             "built_at": _now_iso(),
             **({k: v for k, v in vars(tuning).items() if k != "search"} if tuning else {}),
             **({"candidates": candidates} if candidates else {}),
+            **({"text_tuning": {k: v for k, v in vars(text_tuning).items() if k != "search"}}
+               if text_tuning else {}),
         }
         faiss_index.set_search(index, spec)
         nxt = self.snap.next()
@@ -762,6 +773,21 @@ class Store:
         nxt.index_spec = spec.to_json()
         self._publish(nxt)
         return spec
+
+    def _tune_text(self, index: Any, spec: IndexSpec, texts: np.ndarray, target: float
+                   ) -> faiss_index.Tuning:  # fmt: skip
+        """Tune `spec.search_text` on text vectors against exact search over every live
+        vector (the index holds them all by now); the pictures' setting stays."""
+        texts = np.ascontiguousarray(texts, dtype=np.float32)
+        truth = faiss_index.exact_neighbours(self.iter_live_vectors(), texts, 10)
+        pictures = dict(spec.search)
+        try:
+            tuning = faiss_index.tune(index, spec, texts, truth, target,
+                                      fetch=self._live.rerank_fetch())  # fmt: skip
+        finally:
+            spec.search = pictures
+        spec.search_text = dict(tuning.search)
+        return tuning
 
     def index_advice(self) -> list[str]:
         """Why a rebuild would pay now, if it would."""
@@ -799,12 +825,13 @@ class Store:
         return advice
 
     def search(
-        self, queries: np.ndarray, k: int, only: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, only: np.ndarray | None = None, text: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Inner-product top-k: (scores [q, k], image_ids [q, k]); missing slots have id -1.
 
         `only` restricts the search to those image_ids, exactly: a flat index filters while
         it scans, an approximate one is bypassed for a brute-force pass over their vectors.
+        `text`: the queries are text vectors, searched with the index's text setting.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
@@ -812,7 +839,7 @@ class Store:
                 f"query vectors have shape {queries.shape}; this store holds dim {self.dim}"
             )
         self.index()
-        return self._live.search(queries, k, only)
+        return self._live.search(queries, k, only, text)
 
     def range_search(self, vectors: np.ndarray, radius: float) -> list[np.ndarray]:
         """For each vector, the ids whose stored vector scores at least `radius` with it

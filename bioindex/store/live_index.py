@@ -260,8 +260,8 @@ class LiveIndex:
 
     # ---- searching -----------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, only: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def search(self, queries: np.ndarray, k: int, only: np.ndarray | None = None,
+               text: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         import faiss
 
         index, spec = self.index, self.spec
@@ -279,7 +279,8 @@ class LiveIndex:
             if searcher is index and 0 < len(queries) < faiss_index.FLAT_FEW_QUERIES:
                 return faiss_index.flat_search_few(index, queries, k)
             return searcher.search(queries, k)
-        return faiss_index.search(index, spec, queries, k, selector, fetch=self.rerank_fetch())
+        return faiss_index.search(index, spec, queries, k, selector, fetch=self.rerank_fetch(),
+                                  text=text)  # fmt: skip
 
     def rerank_fetch(self) -> Any:
         """`fetch` where searches re-rank (faiss_index.reranks), else None."""
