@@ -98,6 +98,9 @@ def test_records_thumbnails_neighbours_taxa(server) -> None:
     assert len(neighbours) == 3 and all(r["image_id"] != 1 for r in neighbours)
     vector = client.post("/api/search/vector", json={"vector": [1.0] + [0.0] * 63, "k": 2})
     assert vector.status_code == 200 and len(vector.json()["results"]) == 2
+    as_text = client.post("/api/search/vector",
+                          json={"vector": [1.0] + [0.0] * 63, "k": 2, "text": True})  # fmt: skip
+    assert as_text.status_code == 200 and len(as_text.json()["results"]) == 2
     taxa = client.get("/api/taxa", params={"prefix": "rubr", "limit": 50}).json()["taxa"]
     names = {t["name"] for t in taxa}
     assert "Rubridae" in names and "Rubrostria oculatus" in names
@@ -131,6 +134,7 @@ def test_records_thumbnails_neighbours_taxa(server) -> None:
     ("post", "/api/search/vector", {"json": {"vector": "abc"}}, 400),
     ("post", "/api/search/vector", {"json": {"vector": [1.0, 2.0]}}, 400),
     ("post", "/api/search/vector", {"json": {"vector": [0.0] * 64}}, 400),
+    ("post", "/api/search/vector", {"json": {"vector": [1.0] * 64, "text": "yes"}}, 400),
     ("post", "/api/search/image", {"files": {"file": ("x.jpg", b"not an image", "image/jpeg")}},
      415),
     ("post", "/api/search/image", {"files": {"file": ("x.jpg", b"\xff" * 300_000, "image/jpeg")}},

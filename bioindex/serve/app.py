@@ -276,8 +276,11 @@ def create_app(
         where = body.get("where") or []
         if not isinstance(where, list) or not all(isinstance(w, str) for w in where):
             raise ApiError(400, "'where' must be a list of strings")
+        text = body.get("text", False)  # a text vector: the index's text setting
+        if not isinstance(text, bool):
+            raise ApiError(400, "'text' must be true or false")
         with lock.reading():
-            hits = collection.search_vector(vector, k=k, where=where_of(where))
+            hits = collection.search_vector(vector, k=k, where=where_of(where), text=text)
         return hits_json(hits, None, k)
 
     @app.post("/api/classify")
