@@ -72,3 +72,22 @@ def test_text_queries_meet_the_recall_target_pictures_were_tuned_to(demo_store: 
         assert _recall(as_text, truth) >= TARGET - SLACK
         # What text queries got before: the pictures' setting, well short of the target.
         assert _recall(as_picture, truth) < _recall(as_text, truth) - 0.05
+
+
+@pytest.mark.slow
+def test_name_and_arithmetic_searches_ask_as_text(demo_store: Path) -> None:
+    """A Latin name on a store without labels is searched by its caption, and a query sum
+    with a text term is text-like: both use the text setting."""
+    names = sorted({s.taxon.scientific_name for s in SPECIES})[:24]
+    with Collection.open(demo_store, read_only=True, device="cpu") as collection:
+        store = collection.store
+        differ = 0
+        for name in names:
+            caption = f"a photo of {name}."
+            vector = collection.embed_texts([caption])[0][None]
+            as_text = list(store.search(vector, 10, text=True)[1][0])
+            differ += as_text != list(store.search(vector, 10)[1][0])
+            found = [h.image_id for h in collection.search_taxon(name, k=10, mode="semantic")]
+            summed = [h.image_id for h in collection.search_query([caption], k=10)]
+            assert found == as_text and summed == as_text, name
+        assert differ > 0  # the two settings answer differently: the check can tell them apart
