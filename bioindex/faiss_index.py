@@ -581,6 +581,20 @@ def tune(
     )
 
 
+def tune_text(index: Any, spec: IndexSpec, texts: np.ndarray, truth: np.ndarray, target: float,
+              fetch: Fetch | None = None) -> Tuning:  # fmt: skip
+    """`tune` on text vectors (`truth`: their exact neighbours among every vector the index
+    holds) into `spec.search_text`; the pictures' `spec.search` stays as it was."""
+    pictures = dict(spec.search)
+    try:
+        tuning = tune(index, spec, texts, truth, target, fetch=fetch)
+    finally:
+        spec.search = pictures
+        set_search(index, spec)
+    spec.search_text = dict(tuning.search)
+    return tuning
+
+
 def _faster(index: Any, spec: IndexSpec, challenger: dict[str, int], holder: dict[str, int],
             queries: np.ndarray, k: int, fetch: Fetch | None) -> bool:  # fmt: skip
     """Whether the `challenger` setting answers single queries clearly faster than the

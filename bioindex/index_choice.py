@@ -14,10 +14,16 @@ never gets cheaper with more vectors, and no kind here scans more than all of th
 The list count grows with the sample as it will with the store (≈ 4·√n), so the fit
 sees how the tuned nprobe and the list lengths move together. Memory is the kind's
 bytes per vector times N (faiss_index.estimated_bytes); build time follows the same
-power law. The fastest predicted candidate that meets the target at both sample sizes and
-fits the memory budget is built at full size (and tuned again there, so the target holds
-whatever the prediction said). Every candidate's figures are kept in the index record
-(`bioindex info`), and benchmarks/search.py checks predictions against full builds.
+power law. Where the store's model gives text probes (faiss_index.tune_text), each
+candidate is tuned on them too, and one whose text queries miss the target is passed over
+when another meets both: text queries land away from every picture, and a structure that
+finds pictures' neighbours cheaply need not find theirs (1M demo pictures: HNSW 0.91 at its
+widest, IVF-SQ8 0.99 at 0.4 ms). Candidates are then ranked by the mean of the two
+predicted p50s, text and picture queries counted alike. The fastest predicted candidate
+that meets the target at both sample sizes and fits the memory budget is built at full
+size (and tuned again there, so the target holds whatever the prediction said). Every
+candidate's figures are kept in the index record (`bioindex info`), and
+benchmarks/search.py checks predictions against full builds.
 """
 
 from __future__ import annotations
@@ -83,9 +89,21 @@ class Measured:
     predicted_build_s: float
     fits_memory: bool
     chosen: bool = False
+    # With text probes: the same, for text queries (None without).
+    search_text: dict[str, int] | None = None
+    text_recall_at_10: float | None = None
+    text_met_target: bool | None = None
+    predicted_text_p50_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def cost_ms(self) -> float:
+        """What the choice minimises: the predicted p50, averaged with text queries'."""
+        if self.predicted_text_p50_ms is None:
+            return self.predicted_p50_ms
+        return (self.predicted_p50_ms + self.predicted_text_p50_ms) / 2
 
 
 def _power(small: float, large: float, ratio: float, full_ratio: float) -> float:
@@ -97,10 +115,12 @@ def _power(small: float, large: float, ratio: float, full_ratio: float) -> float
 
 
 def _measure(option: Option, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-             target: float, memory: int, rerank: bool | None,
-             full: IndexSpec) -> tuple[Any, float, Any]:  # fmt: skip
-    """Build and tune one candidate on `vectors`, shaped as it will be at full size (`full`);
-    (tuning, build seconds, spec)."""
+             target: float, memory: int, rerank: bool | None, full: IndexSpec,
+             texts: tuple[np.ndarray, np.ndarray] | None = None,
+             ) -> tuple[Any, float, Any, Any]:  # fmt: skip
+    """Build and tune one candidate on `vectors`, shaped as it will be at full size (`full`),
+    and on `texts` (vectors, their truth) when given; (tuning, build seconds, spec, text
+    tuning or None)."""
     n, dim = vectors.shape
     spec = option.spec(n, dim, memory, rerank)
     if spec.nlist:
@@ -119,23 +139,32 @@ def _measure(option: Option, vectors: np.ndarray, queries: np.ndarray, truth: np
     def fetch(wanted: np.ndarray) -> np.ndarray:
         return vectors[np.asarray(wanted, dtype=np.int64)]
 
-    tuning = faiss_index.tune(index, spec, queries, truth, target,
-                              fetch=fetch if faiss_index.reranks(spec) else None)  # fmt: skip
-    return tuning, seconds, spec
+    reranked = fetch if faiss_index.reranks(spec) else None
+    tuning = faiss_index.tune(index, spec, queries, truth, target, fetch=reranked)
+    text = None
+    if texts is not None and not spec.exact:
+        text = faiss_index.tune_text(index, spec, *texts, target, fetch=reranked)
+    return tuning, seconds, spec, text
 
 
 def choose(vectors: np.ndarray, n: int, memory: int, target: float,
-           rerank: bool | None = None,
-           options: tuple[Option, ...] = OPTIONS) -> tuple[str, float, list[Measured]]:  # fmt: skip
+           rerank: bool | None = None, options: tuple[Option, ...] = OPTIONS,
+           texts: np.ndarray | None = None) -> tuple[str, float, list[Measured]]:  # fmt: skip
     """Measure `options` on `vectors` (a random sample of the store's, at most SAMPLE plus
     QUERIES of them) and pick for a store of `n`, each searched the way it will be
-    (`rerank` as faiss_index.plan takes it). Returns (kind, lists multiple, all candidates
-    measured)."""
+    (`rerank` as faiss_index.plan takes it); `texts`: text probes to tune on as well.
+    Returns (kind, lists multiple, all candidates measured)."""
     dim = vectors.shape[1]
     queries, base = vectors[:QUERIES], vectors[QUERIES:]
     sizes = (max(len(base) // 4, 1), len(base))
     truths = [faiss_index.exact_neighbours([(np.arange(size), base[:size])], queries, 10)
               for size in sizes]  # fmt: skip
+    text_sets: list[tuple[np.ndarray, np.ndarray] | None] = [None, None]
+    if texts is not None and len(texts):
+        texts = np.ascontiguousarray(texts, dtype=np.float32)
+        text_sets = [(texts, faiss_index.exact_neighbours([(np.arange(size), base[:size])],
+                                                          texts, 10))
+                     for size in sizes]  # fmt: skip
     measured = []
     for option in options:
         if option.kind.startswith("ivf") and sizes[0] < faiss_index.MIN_POINTS_PER_LIST * 16:
@@ -144,9 +173,10 @@ def choose(vectors: np.ndarray, n: int, memory: int, target: float,
         bytes_needed = faiss_index.estimated_bytes(option.kind, n, dim, full.pq_m)
         if option.kind == "flat" and bytes_needed > memory:
             continue
-        runs = [_measure(option, base[:size], queries, truth, target, memory, rerank, full)
-                for size, truth in zip(sizes, truths)]  # fmt: skip
-        (small, small_s, _), (large, large_s, spec) = runs
+        runs = [_measure(option, base[:size], queries, truth, target, memory, rerank, full,
+                         text)
+                for size, truth, text in zip(sizes, truths, text_sets)]  # fmt: skip
+        (small, small_s, _, small_text), (large, large_s, spec, large_text) = runs
         ratio, full_ratio = sizes[1] / sizes[0], max(1.0, n / sizes[1])
         measured.append(Measured(
             name=option.name, kind=option.kind, nlist=full.nlist, pq_m=full.pq_m,
@@ -161,10 +191,22 @@ def choose(vectors: np.ndarray, n: int, memory: int, target: float,
             predicted_bytes=int(bytes_needed),
             predicted_build_s=round(_power(small_s, large_s, ratio, full_ratio), 1),
             fits_memory=bytes_needed <= memory))  # fmt: skip
+        if large_text is not None:
+            measured[-1].search_text = dict(large_text.search)
+            measured[-1].text_recall_at_10 = large_text.recall_at_10
+            measured[-1].text_met_target = small_text.met_target and large_text.met_target
+            measured[-1].predicted_text_p50_ms = round(
+                _power(small_text.latency_ms_p50, large_text.latency_ms_p50, ratio,
+                       full_ratio), 3)  # fmt: skip
+        elif text_sets[1] is not None:  # exact search: text queries are exact too
+            measured[-1].text_met_target = True
+            measured[-1].predicted_text_p50_ms = measured[-1].predicted_p50_ms
     eligible = [m for m in measured if m.met_target and m.fits_memory]
+    if any(m.text_met_target for m in eligible):
+        eligible = [m for m in eligible if m.text_met_target]
     if not eligible:
         return faiss_index.choose_kind(n, dim, memory), 1.0, measured
-    best = min(eligible, key=lambda m: m.predicted_p50_ms)
+    best = min(eligible, key=lambda m: m.cost_ms)
     best.chosen = True
     option = next(o for o in options if o.name == best.name)
     return option.kind, option.lists, measured
@@ -176,6 +218,9 @@ def describe(candidates: list[dict[str, Any]]) -> str:
     parts = []
     for c in ordered:
         why = "" if c["met_target"] else " (misses target)"
+        why += " (texts miss target)" if c.get("text_met_target") is False else ""
         why += "" if c["fits_memory"] else " (over memory)"
-        parts.append(f"{c['name']} {c['predicted_p50_ms']:g} ms{why}")
+        text = c.get("predicted_text_p50_ms")
+        text = f", texts {text:g} ms" if text is not None else ""
+        parts.append(f"{c['name']} {c['predicted_p50_ms']:g} ms{text}{why}")
     return "chose " + parts[0] + (" over " + ", ".join(parts[1:]) if len(parts) > 1 else "")

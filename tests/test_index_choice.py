@@ -96,8 +96,8 @@ def test_candidates_are_measured_with_the_quantizer_they_will_have() -> None:
         option = index_choice.Option("ivf")
         full = option.spec(n, 256, faiss_index.DEFAULT_MEMORY)
         assert faiss_index.graph_quantizer(full) is graph
-        _, _, spec = index_choice._measure(option, base, queries, truth, 0.9,
-                                           faiss_index.DEFAULT_MEMORY, None, full)  # fmt: skip
+        _, _, spec, _ = index_choice._measure(option, base, queries, truth, 0.9,
+                                              faiss_index.DEFAULT_MEMORY, None, full)  # fmt: skip
         assert faiss_index.graph_quantizer(spec) is graph
         index = faiss_index.new_index(spec)
         assert isinstance(faiss.downcast_index(index.quantizer), faiss.IndexHNSW) is graph

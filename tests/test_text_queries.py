@@ -91,3 +91,35 @@ def test_name_and_arithmetic_searches_ask_as_text(demo_store: Path) -> None:
             summed = [h.image_id for h in collection.search_query([caption], k=10)]
             assert found == as_text and summed == as_text, name
         assert differ > 0  # the two settings answer differently: the check can tell them apart
+
+
+@pytest.mark.slow
+def test_auto_weighs_text_queries_as_well_as_pictures(demo_store: Path, tmp_path: Path) -> None:
+    """The measured choice tunes every candidate on the text probes too, keeps only those
+    meeting the target for both (when any does), and ranks them by both costs."""
+    import shutil
+
+    path = tmp_path / "store"
+    shutil.copytree(demo_store, path)
+    with Collection.open(path, device="cpu") as collection:
+        collection.store.build_index("auto", exact_up_to=0, text_probes=collection._text_probes)
+        spec = collection.store.index_spec
+        candidates = spec.built["candidates"]
+        held = [t for t in probe_texts([s.taxon for s in SPECIES]) if t not in probe_texts([])]
+        vectors = collection.model.encode_texts(held).astype(np.float32)
+        found = [list(collection.store.search(v[None], 10, text=True)[1][0]) for v in vectors]
+        ids, stored = zip(*((i, v) for part_ids, part in collection.store.iter_live_vectors()
+                            for i, v in zip(part_ids, part)))  # fmt: skip
+        truth = np.asarray(ids)[np.argsort(-(vectors @ np.stack(stored).T), axis=1)[:, :10]]
+    assert all(c["predicted_text_p50_ms"] is not None for c in candidates)
+    eligible = [c for c in candidates if c["met_target"] and c["fits_memory"]]
+    if any(c["text_met_target"] for c in eligible):
+        eligible = [c for c in eligible if c["text_met_target"]]
+    cost = {c["name"]: (c["predicted_p50_ms"] + c["predicted_text_p50_ms"]) / 2 for c in eligible}
+    chosen = next(c for c in candidates if c["chosen"])
+    assert cost[chosen["name"]] == min(cost.values())
+    assert chosen["kind"] == spec.kind
+    if spec.kind != "flat":
+        assert spec.built["text_tuning"]["met_target"]
+
+    assert _recall(found, truth) >= TARGET - SLACK

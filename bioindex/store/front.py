@@ -711,12 +711,14 @@ class Store:
             raise BioindexError(f"target recall must be in (0, 1], got {target_recall}")
         n = self.live_count()
         candidates = None
+        texts: np.ndarray | None = None
         if (kind == "auto" and n * self.dim > exact_up_to
                 and n >= index_choice.MIN_VECTORS):  # fmt: skip
             sample = self.vectors(self._sample_ids(min(n, index_choice.SAMPLE
                                                        + index_choice.QUERIES)))  # fmt: skip
+            texts = text_probes() if text_probes is not None else None
             chosen, lists, measured = index_choice.choose(sample, n, memory, target_recall,
-                                                          rerank)
+                                                          rerank, texts=texts)  # fmt: skip
             spec = index_choice.Option(chosen, lists).spec(n, self.dim, memory, rerank)
             candidates = [m.to_json() for m in measured]
         else:
@@ -748,7 +750,8 @@ class Store:
                     progress(len(probe_ids))
         text_tuning = None
         if tuning is not None and not spec.exact and text_probes is not None:
-            texts = text_probes()
+            if texts is None:
+                texts = text_probes()
             if texts is not None and len(texts):
                 text_tuning = self._tune_text(index, spec, texts, target_recall)
         spec.built = {
@@ -780,14 +783,8 @@ class Store:
         vector (the index holds them all by now); the pictures' setting stays."""
         texts = np.ascontiguousarray(texts, dtype=np.float32)
         truth = faiss_index.exact_neighbours(self.iter_live_vectors(), texts, 10)
-        pictures = dict(spec.search)
-        try:
-            tuning = faiss_index.tune(index, spec, texts, truth, target,
-                                      fetch=self._live.rerank_fetch())  # fmt: skip
-        finally:
-            spec.search = pictures
-        spec.search_text = dict(tuning.search)
-        return tuning
+        return faiss_index.tune_text(index, spec, texts, truth, target,
+                                     fetch=self._live.rerank_fetch())  # fmt: skip
 
     def index_advice(self) -> list[str]:
         """Why a rebuild would pay now, if it would."""
