@@ -397,10 +397,10 @@ class Collection:
             spec = self.store.build_index(kind, budget, target_recall, rerank,
                                           progress=bar.update,
                                           builder=_builder(engine, address),
-                                          text_probes=self._text_probes)  # fmt: skip
+                                          text_probes=self.text_probes)  # fmt: skip
         return spec.to_json()
 
-    def _text_probes(self) -> np.ndarray | None:
+    def text_probes(self) -> np.ndarray | None:
         """Text vectors like this store's text queries (search.text_probes), or None when
         the model cannot be loaded here (text queries then search as pictures do)."""
         from bioindex.search.text_probes import probe_texts

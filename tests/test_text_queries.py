@@ -102,7 +102,7 @@ def test_auto_weighs_text_queries_as_well_as_pictures(demo_store: Path, tmp_path
     path = tmp_path / "store"
     shutil.copytree(demo_store, path)
     with Collection.open(path, device="cpu") as collection:
-        collection.store.build_index("auto", exact_up_to=0, text_probes=collection._text_probes)
+        collection.store.build_index("auto", exact_up_to=0, text_probes=collection.text_probes)
         spec = collection.store.index_spec
         candidates = spec.built["candidates"]
         held = [t for t in probe_texts([s.taxon for s in SPECIES]) if t not in probe_texts([])]
