@@ -3,6 +3,7 @@ one request at a time against requests side by side, in the same run.
 
     python benchmarks/serve_load.py                      # demo model, 2,000 requests, 32 clients
     python benchmarks/serve_load.py --model ViT-B-16 --checkpoint random   # BioCLIP-sized
+    python benchmarks/serve_load.py --model ViT-B-16 --checkpoint random --device cuda
 
 Builds a demo store (or uses --store) with the model, then for each --workers setting
 (default 1 and 8) starts the server as its own process on a free loopback port, on a fresh
@@ -47,14 +48,15 @@ def build_store(workdir: Path, model: str = "bioclip-demo",
     return root / "store"
 
 
-def start_server(store: Path, workers: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(store: Path, workers: int | None = None, device: str = "cpu",
+                 ) -> tuple[subprocess.Popen, str]:  # fmt: skip
     """`bioindex serve` on a free loopback port, as its own process, once it answers."""
     import httpx
 
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bioindex.cli", "serve", "--store", str(store), "--port",
-         str(port), "--device", "cpu",
+         str(port), "--device", device,
          *(["--workers", str(workers)] if workers else [])],  # fmt: skip
         # Not a pipe: the server logs a line per request, and an unread pipe stalls it.
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -62,6 +64,9 @@ def start_server(store: Path, workers: int | None = None) -> tuple[subprocess.Po
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"bioindex serve --device {device} exited ({server.returncode}) "
+                             "before answering")  # fmt: skip
         try:
             if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
                 break
@@ -71,13 +76,13 @@ def start_server(store: Path, workers: int | None = None) -> tuple[subprocess.Po
 
 
 def run_load(store: Path, workers: int, plan: list[str], photos: list[bytes],
-             concurrency: int) -> dict:
+             concurrency: int, device: str = "cpu") -> dict:
     """One server setting under the plan: wall time, and (kind, seconds, status) rows."""
     import httpx
 
     from bioindex.demo.tree import SPECIES
 
-    server, base = start_server(store, workers)
+    server, base = start_server(store, workers, device)
     chooser = random.Random(1)  # the same queries in the same order for every setting
     queries = [(kind, SPECIES[chooser.randrange(len(SPECIES))], chooser.randrange(8),
                 chooser.randrange(1, 200)) for kind in plan]  # fmt: skip
@@ -118,12 +123,18 @@ def main() -> None:
     parser.add_argument("--model", default="bioclip-demo")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--store", type=Path, default=None)
+    parser.add_argument("--build-only", type=Path, default=None, metavar="DIR",
+                        help="only build the load test's store in DIR (for --store later)")
+    parser.add_argument("--device", default="cpu", help="where the server runs its model")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_load.json"))
     args = parser.parse_args()
 
     from bioindex.demo.draw import draw_organism
     from bioindex.demo.tree import SPECIES
 
+    if args.build_only:
+        print(build_store(args.build_only, args.model, args.checkpoint))
+        return
     workdir = Path(tempfile.mkdtemp(prefix="bioindex-load-"))
     store = args.store or build_store(workdir / "built", args.model, args.checkpoint)
     rng = np.random.default_rng(0)
@@ -137,11 +148,11 @@ def main() -> None:
     plan = [chooser.choice(kinds) for _ in range(args.requests)]
 
     report = {"requests": len(plan), "concurrency": args.concurrency, "model": args.model,
-              "settings": []}  # fmt: skip
+              "device": args.device, "settings": []}  # fmt: skip
     for workers in args.workers:
         copy = workdir / f"store-{workers}"
         shutil.copytree(store, copy, ignore=shutil.ignore_patterns("query-cache"))
-        run = run_load(copy, workers, plan, photos, args.concurrency)
+        run = run_load(copy, workers, plan, photos, args.concurrency, args.device)
         results, wall = run["results"], run["wall"]
         setting = {"workers": workers, "seconds": round(wall, 2),
                    "requests_per_s": round(len(results) / wall, 1),
