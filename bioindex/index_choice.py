@@ -18,7 +18,7 @@ power law. Where the store's model gives text probes (faiss_index.tune_text), ea
 candidate is tuned on them too, and one whose text queries miss the target is passed over
 when another meets both: text queries land away from every picture, and a structure that
 finds pictures' neighbours cheaply need not find theirs (1M demo pictures: HNSW 0.91 at its
-widest, IVF-SQ8 0.99 at 0.4 ms). Candidates are then ranked by the mean of the two
+widest, IVF-SQ8 0.99 at 0.3 ms). Candidates are then ranked by the mean of the two
 predicted p50s, text and picture queries counted alike. The fastest predicted candidate
 that meets the target at both sample sizes and fits the memory budget is built at full
 size (and tuned again there, so the target holds whatever the prediction said). Every
