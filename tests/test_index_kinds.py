@@ -515,3 +515,14 @@ def _assert_answers_the_replacement(store: Store, old: np.ndarray, new: np.ndarr
     assert old_found[0, 0] != 6 or old_scores[0, 0] < 0.99  # image 6 is no longer `old`
     new_scores, new_found = store.search(new, k=1)
     assert new_found[0, 0] == 6 and new_scores[0, 0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_info_says_text_queries_lack_a_setting_until_built_with_text_probes(store_copy) -> None:
+    path, _ = store_copy
+    texts = ClusteredVectors(DIM, centres=5, seed=9).sample(50)  # a cluster of their own
+    with Store.open(path) as store:
+        store.build_index(kind="ivf")
+        assert any("text queries" in a for a in store.info()["index_advice"])
+        store.build_index(kind="ivf", text_probes=lambda: texts)
+        assert store.index_spec.search_text
+        assert not any("text queries" in a for a in store.info()["index_advice"] or [])

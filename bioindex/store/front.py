@@ -808,6 +808,10 @@ class Store:
                     f"{len(superseded)} replaced images' old vectors are")  # fmt: skip
             advice.append(f"{what} still in the {spec.kind} graph, so every search re-ranks "
                           "(about twice the time): a rebuild would drop them")
+        if not spec.exact and built and not spec.search_text:
+            advice.append("text queries search with the pictures' setting (this index was "
+                          "built without text probes): bioindex build-index, with the "
+                          "store's model at hand, would tune one for them")  # fmt: skip
         requested = built.get("requested_kind", "auto")
         live = self.live_count()
         if requested == "auto" and built.get("candidates"):
