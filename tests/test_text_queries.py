@@ -56,7 +56,7 @@ def test_text_queries_meet_the_recall_target_pictures_were_tuned_to(demo_store: 
         assert info["index_kind"] == "hnsw"
         text_ef = info["index_search_text"]["efSearch"]
         assert text_ef > info["index_search"]["efSearch"], info
-        tuning = store.index_spec.built["text_tuning"]
+        tuning = info["index_text_tuning"]
         assert tuning["queries"] == len(probe_texts([]))  # no labels: the everyday texts
 
         # Texts the tuning never saw: the captions of species the store does not name.

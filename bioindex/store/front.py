@@ -377,8 +377,9 @@ class Store:
             "index_search": spec.search or None,
             "index_search_text": spec.search_text or None,
             "index_rerank": spec.rerank,
-            "index_build": ({k: v for k, v in spec.built.items() if k != "candidates"}
-                            or None),
+            "index_build": ({k: v for k, v in spec.built.items()
+                             if k not in ("candidates", "text_tuning")} or None),
+            "index_text_tuning": spec.built.get("text_tuning"),
             "index_choice": (index_choice.describe(spec.built["candidates"])
                              if spec.built.get("candidates") else None),
             "index_advice": self.index_advice() or None,
