@@ -298,3 +298,48 @@ def test_sql_command_and_views_for_the_duckdb_cli(tmp_path: Path) -> None:
         con.execute(statement).fetchall()
     assert con.execute("SELECT count(*) FROM images").fetchall() == [(3,)]
     assert con.execute("SELECT count(*) FROM failures").fetchall() == [(0,)]
+
+
+def test_rows_read_again_are_the_generation_s_own_and_the_caller_s_to_change(tmp_path: Path
+                                                                            ) -> None:  # fmt: skip
+    """Rows are kept per generation (row_cache.py): a reader sees each write's rows, in
+    the writer itself and in another process's read-only open, and changing a row it was
+    given changes nothing for the next caller."""
+    store = Store.create(tmp_path / "s", MODEL)
+    store.commit(_records(["a", "b"], scientificName="Felis catus"), _unit(2))
+    reader = Store.open(tmp_path / "s", read_only=True)
+    first = store.rows([1, 2])
+    assert first[1]["scientific_name"] == "Felis catus"
+    first[1]["scientific_name"] = "changed by the caller"
+    first[1].pop("uri")
+    again = store.rows([1])[1]
+    assert again["scientific_name"] == "Felis catus" and again["uri"] == "/x/a"
+    assert reader.rows([2])[2]["status"] == "live" and reader.live_count() == 2
+
+    store.update_metadata([("/x/a", {"scientificName": "Panthera leo"})])
+    store.mark_deleted([2])
+    assert store.rows([1])[1]["scientific_name"] == "Panthera leo"
+    assert store.rows([2])[2]["status"] == "deleted" and store.live_count() == 1
+    reader.refresh()
+    assert reader.rows([1])[1]["scientific_name"] == "Panthera leo"
+    assert reader.rows([2])[2]["status"] == "deleted" and reader.live_count() == 1
+    reader.close()
+    store.close()
+
+
+def test_the_row_cache_keeps_at_most_its_capacity() -> None:
+    from bioindex.store.row_cache import RowCache
+
+    reads: list[list[int]] = []
+
+    def read(ids):
+        reads.append(list(ids))
+        return {i: {"image_id": i} for i in ids}
+
+    cache = RowCache(capacity=3)
+    assert set(cache.rows(1, [1, 2, 3, 4], read)) == {1, 2, 3, 4}
+    assert set(cache.rows(1, [3, 4], read)) == {3, 4} and reads == [[1, 2, 3, 4]]
+    cache.rows(1, [1], read)  # 1 was the oldest: evicted, read again
+    assert reads[-1] == [1]
+    cache.rows(2, [3], read)  # another generation: nothing kept from the first
+    assert reads[-1] == [3]
