@@ -327,8 +327,8 @@ def test_rows_read_again_are_the_generation_s_own_and_the_caller_s_to_change(tmp
     store.close()
 
 
-def test_the_row_cache_keeps_at_most_its_capacity() -> None:
-    from bioindex.store.row_cache import RowCache
+def test_the_read_cache_keeps_at_most_its_capacity() -> None:
+    from bioindex.store.read_cache import GenerationCache, cached_rows
 
     reads: list[list[int]] = []
 
@@ -336,10 +336,28 @@ def test_the_row_cache_keeps_at_most_its_capacity() -> None:
         reads.append(list(ids))
         return {i: {"image_id": i} for i in ids}
 
-    cache = RowCache(capacity=3)
-    assert set(cache.rows(1, [1, 2, 3, 4], read)) == {1, 2, 3, 4}
-    assert set(cache.rows(1, [3, 4], read)) == {3, 4} and reads == [[1, 2, 3, 4]]
-    cache.rows(1, [1], read)  # 1 was the oldest: evicted, read again
+    cache = GenerationCache(3)
+    assert set(cached_rows(cache, 1, [1, 2, 3, 4], read)) == {1, 2, 3, 4}
+    assert set(cached_rows(cache, 1, [3, 4], read)) == {3, 4} and reads == [[1, 2, 3, 4]]
+    cached_rows(cache, 1, [1], read)  # 1 was the oldest: evicted, read again
     assert reads[-1] == [1]
-    cache.rows(2, [3], read)  # another generation: nothing kept from the first
+    cached_rows(cache, 2, [3], read)  # another generation: nothing kept from the first
     assert reads[-1] == [3]
+    weighed = GenerationCache(200, weigh=lambda ids: ids.nbytes)
+    weighed.get(1, [])
+    weighed.put(1, {"a": np.zeros(10, np.int64), "b": np.zeros(20, np.int64)})  # 80 + 160
+    assert set(weighed.get(1, ["a", "b"])) == {"b"}
+    weighed.put(1, {"c": np.zeros(30, np.int64)})  # 240 bytes: more than all it may keep
+    assert set(weighed.get(1, ["a", "b", "c"])) == {"b"}
+
+
+def test_filtered_ids_are_the_generation_s_own(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "s", MODEL)
+    store.commit(_records(["a", "b"], scientificName="Felis catus"), _unit(2))
+    sql, params = "scientific_name = ?", ["Felis catus"]
+    assert store.ids_where(sql, params).tolist() == [1, 2]
+    with pytest.raises(ValueError):  # shared by every caller: nobody may change it
+        store.ids_where(sql, params)[0] = 5
+    store.mark_deleted([1])
+    assert store.ids_where(sql, params).tolist() == [2]
+    store.close()

@@ -52,6 +52,7 @@ from bioindex.store.live_index import (
     structure,
 )
 from bioindex.store.lock import WriterLock
+from bioindex.store.read_cache import ID_BYTES, ROWS, GenerationCache, cached_rows
 from bioindex.store.records import (
     Failure,
     ImageRecord,
@@ -60,7 +61,6 @@ from bioindex.store.records import (
     image_columns,
     texts,
 )
-from bioindex.store.row_cache import RowCache
 from bioindex.store.snapshot import Snapshot
 
 FORMAT_VERSION = snapshot.FORMAT_VERSION
@@ -111,7 +111,8 @@ class Store:
                                mapped=map_index and read_only)  # fmt: skip
         self.builder: IndexBuilder = local_builder
         self._verified: set[str] = set()  # catalog files already checked against records
-        self._rows = RowCache()
+        self._rows = GenerationCache(ROWS)
+        self._ids = GenerationCache(ID_BYTES, weigh=lambda ids: ids.nbytes)
         self._live_count: tuple[int, int] | None = None  # (generation, count)
         self.snap: Snapshot = self._pin.latest() if self._pin else snapshot.read(
             root, snapshot.read_current(root))
@@ -316,13 +317,20 @@ class Store:
         return self.catalog.known_failures()
 
     def rows(self, image_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        return self._rows.rows(self.snap.generation, image_ids, self.catalog.rows)
+        return cached_rows(self._rows, self.snap.generation, image_ids, self.catalog.rows)
 
     def failures(self) -> list[dict[str, Any]]:
         return self.catalog.failures()
 
     def ids_where(self, sql: str, params: Sequence[Any]) -> np.ndarray:
-        return self.catalog.ids_where(sql, params)
+        """image_ids of live rows matching a predicate (search.filters); read-only."""
+        generation, key = self.snap.generation, (sql, repr(list(params)))
+        found = self._ids.get(generation, [key]).get(key)
+        if found is None:
+            found = self.catalog.ids_where(sql, params)
+            found.setflags(write=False)  # shared by every caller until the next generation
+            self._ids.put(generation, {key: found})
+        return found
 
     def runs(self) -> list[dict[str, Any]]:
         return list(self.snap.runs)
