@@ -361,3 +361,34 @@ def test_filtered_ids_are_the_generation_s_own(tmp_path: Path) -> None:
     store.mark_deleted([1])
     assert store.ids_where(sql, params).tolist() == [2]
     store.close()
+
+
+def test_rows_held_in_memory_are_the_files_rows(tmp_path: Path) -> None:
+    """A server holds the image rows in memory (memory_rows.py): every row, value and type
+    as read from the Parquet files, deleted rows and `extra` included, and after a write
+    the new generation's rows (from the files until the copy is loaded)."""
+    store = Store.create(tmp_path / "s", MODEL)
+    store.commit(_records(["a", "b"], scientificName="Felis catus", decimalLatitude="-1.5",
+                          eventDate="2020-01-02", unmappedTerm="kept"), _unit(2))  # fmt: skip
+    store.commit(_records(["c"]), _unit(1, seed=2))
+    store.mark_deleted([3])
+    reader = Store.open(tmp_path / "s", read_only=True)
+    on_disk = Store.open(tmp_path / "s", read_only=True)
+    assert reader.hold_rows_in_memory()
+    ids = [1, 2, 3, 4, 10**12]
+    held = reader.rows(ids)
+    assert held == on_disk.rows(ids) and set(held) == {1, 2, 3}
+    assert held[1]["extra"] == on_disk.rows([1])[1]["extra"] and held[3]["status"] == "deleted"
+    assert reader._memory is not None  # answered from memory, not the files
+
+    store.update_metadata([("/x/a", {"scientificName": "Panthera leo"})])
+    reader.refresh()
+    on_disk.refresh()
+    assert reader.rows([1])[1]["scientific_name"] == "Panthera leo"  # at once, from the files
+    deadline = time.monotonic() + 10
+    while reader._memory.generation != reader.generation() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reader._memory.generation == reader.generation()
+    assert reader.rows(ids) == on_disk.rows(ids)
+    for opened in (reader, on_disk, store):
+        opened.close()

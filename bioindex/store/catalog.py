@@ -40,7 +40,7 @@ TAXON_COLUMNS = (
 )
 _TABLES = {"images": IMAGE_COLUMNS, "failures": FAILURE_COLUMNS,
            "occurrences": OCCURRENCE_COLUMNS}  # fmt: skip
-_INT64 = (-(2**63), 2**63 - 1)
+INT64_RANGE = (-(2**63), 2**63 - 1)
 _INLINE_IDS = 2000  # id lists up to this long are inlined so Parquet statistics prune
 
 
@@ -156,9 +156,7 @@ class Catalog:
         out: dict[int, dict[str, Any]] = {}
         found = self._dicts(f"SELECT * FROM images WHERE image_id IN {self._ids(image_ids)}")
         for row in found:
-            row = {k: v for k, v in row.items() if v is not None}
-            if isinstance(row.get("extra"), str):
-                row["extra"] = json.loads(row["extra"])
+            row = shown_row(row)
             out[int(row["image_id"])] = row
         return out
 
@@ -553,7 +551,7 @@ class Catalog:
         Numbers no BIGINT holds name no image and are left out (DuckDB would refuse the
         statement: a fuzzed /api/thumbnails/2^128 was a 500)."""
         if not isinstance(image_ids, np.ndarray):
-            image_ids = [i for i in image_ids if _INT64[0] <= int(i) <= _INT64[1]]
+            image_ids = [i for i in image_ids if INT64_RANGE[0] <= int(i) <= INT64_RANGE[1]]
         if len(image_ids) <= _INLINE_IDS:
             return _inline(image_ids)
         name = f"_ids_{len(self._registered)}"
@@ -588,6 +586,14 @@ def _type(column: str) -> str:
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def shown_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A catalog row as readers get it: NULL columns left out, `extra` parsed."""
+    row = {k: v for k, v in row.items() if v is not None}
+    if isinstance(row.get("extra"), str):
+        row["extra"] = json.loads(row["extra"])
+    return row
 
 
 def _paths(root: Path, names: Sequence[str]) -> str:
