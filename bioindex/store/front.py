@@ -360,8 +360,10 @@ class Store:
         except Exception as exc:  # the files stay the source: a failed copy costs speed only
             log.warning("image rows of generation %d stay on disk: %s", snap.generation, exc)
             return
-        if memory is not None:
-            self._memory = memory
+        with self._memory_lock:  # a slow load of an older generation must not win
+            if memory is not None and (self._memory is None
+                                       or memory.generation > self._memory.generation):
+                self._memory = memory
 
     def failures(self) -> list[dict[str, Any]]:
         return self.catalog.failures()
