@@ -380,6 +380,7 @@ def test_rows_held_in_memory_are_the_files_rows(tmp_path: Path) -> None:
     assert held == on_disk.rows(ids) and set(held) == {1, 2, 3}
     assert held[1]["extra"] == on_disk.rows([1])[1]["extra"] and held[3]["status"] == "deleted"
     assert reader._memory is not None  # answered from memory, not the files
+    assert reader._memory.rows([1, 2, 3]) == {i: held[i] for i in (1, 2, 3)}
 
     store.update_metadata([("/x/a", {"scientificName": "Panthera leo"})])
     reader.refresh()

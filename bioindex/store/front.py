@@ -323,9 +323,8 @@ class Store:
 
     def rows(self, image_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         memory = self._memory_rows()
-        if memory is not None:
-            return memory.rows(image_ids)
-        return cached_rows(self._rows, self.snap.generation, image_ids, self.catalog.rows)
+        read = memory.rows if memory is not None else self.catalog.rows
+        return cached_rows(self._rows, self.snap.generation, image_ids, read)
 
     def hold_rows_in_memory(self) -> bool:
         """Hold the image rows in memory from now on (for a long-lived reader: the server;
