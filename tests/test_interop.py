@@ -216,7 +216,9 @@ def test_parquet_export_of_100k_vectors_streams_and_reads_back(tmp_path: Path) -
         peak = _rss_mb("VmHWM") - before
         print(f"export of {count} x {dim}: peak RSS +{peak:.0f} MB")
         # 100k x 512 float32 is 205 MB: a streaming export holds a batch, not the store.
-        assert peak < 70, peak
+        # (Seen: 37-63 MB alone, 74 once in a full parallel run; DuckDB's and pyarrow's
+        # buffers vary with thread timing. Half the store is still far above any of them.)
+        assert peak < 100, peak
         table = pq.read_table(tmp_path / "v.parquet")
         assert table.num_rows == count
         ids = table["image_id"].to_numpy()
