@@ -158,3 +158,21 @@ def test_bad_input_is_4xx_json(server, tmp_path, method, path, kwargs, status) -
         return
     assert ("error" in body) or ("detail" in body)
     assert "Traceback" not in response.text
+
+
+def test_a_thumbnail_follows_its_file(server) -> None:
+    """Thumbnails are kept (by the file's size and mtime): asked again they are the same,
+    and a file changed since is shrunk again, never shown from before."""
+    client, root = server
+    record = client.get("/api/records/7").json()
+    path = next(p for p in (root / "images").rglob("*") if p.name == Path(record["path"]).name)
+    original = path.read_bytes()
+    first = client.get("/api/thumbnails/7", params={"size": 48}).content
+    assert client.get("/api/thumbnails/7", params={"size": 48}).content == first
+    try:
+        path.write_bytes(_photo(root, index=30))  # another species, another file
+        changed = client.get("/api/thumbnails/7", params={"size": 48})
+        assert changed.status_code == 200 and changed.content != first
+    finally:
+        path.write_bytes(original)
+    assert client.get("/api/thumbnails/7", params={"size": 48}).content == first
