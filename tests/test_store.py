@@ -379,17 +379,17 @@ def test_rows_held_in_memory_are_the_files_rows(tmp_path: Path) -> None:
     held = reader.rows(ids)
     assert held == on_disk.rows(ids) and set(held) == {1, 2, 3}
     assert held[1]["extra"] == on_disk.rows([1])[1]["extra"] and held[3]["status"] == "deleted"
-    assert reader._memory is not None  # answered from memory, not the files
-    assert reader._memory.rows([1, 2, 3]) == {i: held[i] for i in (1, 2, 3)}
+    memory = reader._held.current(reader.snap)  # answered from memory, not the files
+    assert memory is not None and memory.rows([1, 2, 3]) == {i: held[i] for i in (1, 2, 3)}
 
     store.update_metadata([("/x/a", {"scientificName": "Panthera leo"})])
     reader.refresh()
     on_disk.refresh()
     assert reader.rows([1])[1]["scientific_name"] == "Panthera leo"  # at once, from the files
     deadline = time.monotonic() + 10
-    while reader._memory.generation != reader.generation() and time.monotonic() < deadline:
+    while reader._held.current(reader.snap) is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert reader._memory.generation == reader.generation()
+    assert reader._held.current(reader.snap) is not None
     assert reader.rows(ids) == on_disk.rows(ids)
     for opened in (reader, on_disk, store):
         opened.close()

@@ -52,7 +52,7 @@ from bioindex.store.live_index import (
     structure,
 )
 from bioindex.store.lock import WriterLock
-from bioindex.store.memory_rows import MemoryRows
+from bioindex.store.memory_rows import HeldRows
 from bioindex.store.read_cache import ID_BYTES, ROWS, GenerationCache, cached_rows
 from bioindex.store.records import (
     Failure,
@@ -115,10 +115,7 @@ class Store:
         self._rows = GenerationCache(ROWS)
         self._ids = GenerationCache(ID_BYTES, weigh=lambda ids: ids.nbytes)
         self._live_count: tuple[int, int] | None = None  # (generation, count)
-        self._memory: MemoryRows | None = None  # see hold_rows_in_memory
-        self._memory_wanted = False
-        self._memory_loading: int | None = None  # the generation a load was started for
-        self._memory_lock = threading.Lock()
+        self._held = HeldRows(root)  # see hold_rows_in_memory
         self.snap: Snapshot = self._pin.latest() if self._pin else snapshot.read(
             root, snapshot.read_current(root))
         self._attach(self.snap)
@@ -322,47 +319,15 @@ class Store:
         return self.catalog.known_failures()
 
     def rows(self, image_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        memory = self._memory_rows()
+        memory = self._held.current(self.snap)
         read = memory.rows if memory is not None else self.catalog.rows
         return cached_rows(self._rows, self.snap.generation, image_ids, read)
 
     def hold_rows_in_memory(self) -> bool:
         """Hold the image rows in memory from now on (for a long-lived reader: the server;
-        see memory_rows.py): loaded now, and again in the background after each move to a
-        newer generation, rows coming from the files meanwhile. Returns whether they are
-        held (not past memory_rows.MAX_ROWS)."""
-        self._memory_wanted = True
-        snap = self.snap
-        with self._memory_lock:
-            self._memory_loading = snap.generation
-        self._load_memory(snap)
-        return self._memory is not None and self._memory.generation == snap.generation
-
-    def _memory_rows(self) -> MemoryRows | None:
-        if not self._memory_wanted:
-            return None
-        snap, memory = self.snap, self._memory
-        if memory is not None and memory.generation == snap.generation:
-            return memory
-        with self._memory_lock:
-            if self._memory_loading == snap.generation:
-                return None  # loading, or not to be held
-            self._memory_loading = snap.generation
-        threading.Thread(target=self._load_memory, args=(snap,), name="bioindex-rows",
-                         daemon=True).start()  # fmt: skip
-        return None
-
-    def _load_memory(self, snap: Snapshot) -> None:
-        try:
-            memory = MemoryRows.load(snap.generation, [self.path / r["file"]
-                                                       for r in snap.images])  # fmt: skip
-        except Exception as exc:  # the files stay the source: a failed copy costs speed only
-            log.warning("image rows of generation %d stay on disk: %s", snap.generation, exc)
-            return
-        with self._memory_lock:  # a slow load of an older generation must not win
-            if memory is not None and (self._memory is None
-                                       or memory.generation > self._memory.generation):
-                self._memory = memory
+        see memory_rows.py), reloaded in the background after each move to a newer
+        generation. Returns whether they are held (not past memory_rows.MAX_ROWS)."""
+        return self._held.hold(self.snap)
 
     def failures(self) -> list[dict[str, Any]]:
         return self.catalog.failures()

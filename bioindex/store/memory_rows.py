@@ -10,6 +10,8 @@ held only up to MAX_ROWS and only where asked (Store.hold_rows_in_memory).
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ import numpy as np
 from bioindex.store.catalog import INT64_RANGE, shown_row
 
 MAX_ROWS = 2_000_000
+
+log = logging.getLogger(__name__)
 
 
 class MemoryRows:
@@ -64,3 +68,51 @@ class MemoryRows:
         held = self._sorted[at] == wanted
         taken = self.table.take(self._order[at[held]]).to_pylist()
         return {int(row["image_id"]): shown_row(row) for row in taken}
+
+
+class HeldRows:
+    """A store's image rows in memory for whichever generation it is at: loaded when asked
+    to hold them, then again in the background after each move to a newer generation
+    (readers use the files meanwhile)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._wanted = False
+        self._memory: MemoryRows | None = None
+        self._loading: int | None = None  # the generation a load was started for
+        self._lock = threading.Lock()
+
+    def hold(self, snap: Any) -> bool:
+        """Hold them from now on, loading `snap`'s now; whether they are held."""
+        self._wanted = True
+        with self._lock:
+            self._loading = snap.generation
+        self._load(snap)
+        return self.current(snap) is not None
+
+    def current(self, snap: Any) -> MemoryRows | None:
+        """`snap`'s rows if held and loaded; else None (a load starts if none has)."""
+        if not self._wanted:
+            return None
+        memory = self._memory
+        if memory is not None and memory.generation == snap.generation:
+            return memory
+        with self._lock:
+            if self._loading == snap.generation:
+                return None  # loading, or not to be held
+            self._loading = snap.generation
+        threading.Thread(target=self._load, args=(snap,), name="bioindex-rows",
+                         daemon=True).start()  # fmt: skip
+        return None
+
+    def _load(self, snap: Any) -> None:
+        try:
+            memory = MemoryRows.load(snap.generation, [self.root / r["file"]
+                                                       for r in snap.images])  # fmt: skip
+        except Exception as exc:  # the files stay the source: a failed copy costs speed only
+            log.warning("image rows of generation %d stay on disk: %s", snap.generation, exc)
+            return
+        with self._lock:  # a slow load of an older generation must not win
+            if memory is not None and (self._memory is None
+                                       or memory.generation > self._memory.generation):
+                self._memory = memory
