@@ -109,7 +109,7 @@ def create_app(
     collection = Collection.open(store, model=model, device=device, read_only=True)
     loaded = collection.model  # load once, now, not on the first request
     collection.store.index()
-    collection.store.hold_rows_in_memory()  # every answer reads rows: 0.4 ms, not 16-29 at 1M
+    collection.store.hold_rows_in_memory()  # every answer reads rows: 0.2 ms, not 16-25 at 1M
     if workers > 1:
         collection.use_model(BatchingModel(loaded))
     # Each request reads one generation; a newer one is moved to between requests (a stat

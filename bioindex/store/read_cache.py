@@ -21,7 +21,8 @@ ID_BYTES = 64 * 2**20  # bytes of image_id arrays kept (a kingdom's ids at 1M: 8
 
 class GenerationCache:
     """The most recently used answers of one generation, at most `capacity` in weight
-    (`weigh` of each value; 1 each by default)."""
+    (`weigh` of each value; 1 each by default). Callers that always pass one generation
+    get a plain weighed LRU (the server's thumbnails, whose keys hold their file's mtime)."""
 
     def __init__(self, capacity: int, weigh: Callable[[Any], int] = lambda value: 1):
         self.capacity = capacity
