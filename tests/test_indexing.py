@@ -49,7 +49,8 @@ def test_every_file_is_embedded_or_listed_as_failed(indexed, collection_dir: Pat
     truncated = failed[str((collection_dir / "african_elephants_truncated_file.jpg").resolve())]
     assert truncated["stage"] == "decode" and "truncated" in truncated["error"]
     assert len(live) == 200 + 13
-    assert f"embedded {len(live)}, unchanged 0, failed 1" in output
+    assert (f"embedded {len(live)}, unchanged 0, failed 1 (which: bioindex info --failures)"
+            in output)
     assert_index_matches_catalog(store)
 
 

@@ -57,10 +57,16 @@ class IndexSummary:
         fetched += f", metadata updated {self.updated}" if self.updated else ""
         return (
             f"{records}embedded {self.embedded}, unchanged {self.unchanged}, "
-            f"failed {self.failed}{fetched}, "
+            f"failed {self.failed}{self._failed_hint()}{fetched}, "
             f"deleted {self.deleted}{self._known_bad()} "
             f"in {self.seconds:.1f}s{rate}"
         )
+
+    def _failed_hint(self) -> str:
+        # Said once per line: the known-bad part names the same command.
+        if not self.failed or self.known_bad:
+            return ""
+        return " (which: bioindex info --failures)"
 
     def _known_bad(self) -> str:
         if not self.known_bad:
