@@ -755,7 +755,11 @@ class Store:
         # An approximate index is tuned on stored vectors held out of it until it is tuned
         # (see HeldOut), then they are added; exact search has nothing to tune.
         probe_ids = self._sample_ids(min(queries, n // 10 if spec.kind != "flat" else n))
-        source = HeldOut(self, probe_ids if spec.kind != "flat" else probe_ids[:0])
+        held = probe_ids[:0]
+        if spec.kind != "flat" and len(probe_ids):  # with their copies (copies_of)
+            held = np.union1d(probe_ids, faiss_index.copies_of(
+                self.iter_live_vectors(), self.vectors(probe_ids), probe_ids))
+        source = HeldOut(self, held)
         started = time.perf_counter()
         index, spec = self._build_index(spec, progress, builder, source)
         build_seconds = time.perf_counter() - started
@@ -773,9 +777,9 @@ class Store:
             tuning = faiss_index.tune(index, spec, probes, truth, target_recall,
                                       fetch=self._live.rerank_fetch(), exclude=exclude)  # fmt: skip
             if held_out:
-                index.add_with_ids(probes, probe_ids)
+                index.add_with_ids(self.vectors(held), held)
                 if progress:
-                    progress(len(probe_ids))
+                    progress(len(held))
         text_tuning = None
         if tuning is not None and not spec.exact and text_probes is not None:
             if texts is None:
