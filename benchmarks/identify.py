@@ -39,8 +39,9 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
            f"{cal[m]['ece_before']:.3f} (T {cal[m]['temperature_before']:.1f}) / "
            f"{cal[m]['ece_fitted']:.3f} (T {cal[m]['temperature_fitted']:.1f})",
            "after <= 0.05") for m in ("zero-shot", "few-shot", "linear-probe")),
-        *((f"ECE of {m} (5-shot) over {len(draws['store_seeds'])} store draws: pooled / "
-           "mean / each", f"{draws[m]['ece_pooled']:.3f} / {draws[m]['ece_mean_of_stores']:.3f} / "
+        *((f"ECE of {m} (5-shot) over {len(draws['store_seeds'])} store draws × "
+           f"{len(draws['query_seeds'])} query draws: pooled / mean of stores / each",
+           f"{draws[m]['ece_pooled']:.3f} / {draws[m]['ece_mean_of_stores']:.3f} / "
            + " ".join(f"{e:.3f}" for e in draws[m]["ece_per_store"]), "after <= 0.05")
           for m in ("zero-shot", "few-shot", "linear-probe")),
         ("zero-shot 'confident' answers (share wrong): model's T / fitted T",

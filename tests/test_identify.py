@@ -95,6 +95,10 @@ def test_each_method_is_calibrated_over_draws_of_the_store(world: Path) -> None:
     for method in ("few-shot", "linear-probe", "zero-shot"):
         assert found[method]["ece_pooled"] <= 0.05, found
         assert found[method]["ece_mean_of_stores"] <= 0.05, found
+    # T fitted to the centroid's top answer, not to the truth's probability wherever it
+    # ranks: pooled 0.030 under the NLL on these draws (0.021 now); its answers were
+    # surer than it said.
+    assert found["few-shot"]["ece_pooled"] <= 0.025, found
 
 
 @pytest.mark.parametrize("species, duplicate", [([0, 3], False), ([0, 1, 3], False),

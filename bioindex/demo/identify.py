@@ -32,6 +32,7 @@ from bioindex.search.fewshot import centred, labelled_species
 STORE_SEED, QUERY_SEED, SPECIMEN_SEED = 101, 202, 303
 # Other draws of the labelled store, for figures that depend on one store's few images.
 STORE_DRAWS = (STORE_SEED, 505, 606, 707, 808)
+QUERY_DRAWS = (QUERY_SEED, 1202, 2202)
 
 
 def open_world_store(folder: Path, species: Sequence[Species], shots: int, look: str,
@@ -95,19 +96,23 @@ def calibration(look: str, shots: int, per_species: int, workdir: Path) -> dict[
 
 
 def calibration_over_stores(look: str, shots: int, per_species: int, workdir: Path,
-                            seeds: Sequence[int] = STORE_DRAWS) -> dict[str, Any]:  # fmt: skip
-    """ECE of each few-shot head and of zero-shot at its fitted T on the same queries, for
-    several draws of the labelled store: per draw, and pooled over the draws. A store's T
-    is fitted on its labelled images (held-out folds for a head: 240 in a 5-shot store of
-    48 species), so one store's ECE carries that T's sampling error; pooled, the figure is
-    the method's."""
-    found: dict[str, Any] = {"store_seeds": list(seeds)}
+                            seeds: Sequence[int] = STORE_DRAWS,
+                            query_seeds: Sequence[int] = QUERY_DRAWS,
+                            ) -> dict[str, Any]:  # fmt: skip
+    """ECE of each few-shot head and of zero-shot at its fitted T on the same queries (a draw
+    of `per_species` per species for each of `query_seeds`, together), for several draws of
+    the labelled store: per draw, and pooled over the draws. A store's T is fitted on its
+    labelled images (held-out folds for a head: 240 in a 5-shot store of 48 species), so one
+    store's ECE carries that T's sampling error; pooled, the figure is the method's."""
+    found: dict[str, Any] = {"store_seeds": list(seeds), "query_seeds": list(query_seeds)}
     pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
         m: ([], []) for m in ("few-shot", "linear-probe", "zero-shot")}  # fmt: skip
     for seed in seeds:
         folder = workdir / (f"{look}-{shots}" if seed == STORE_SEED else f"{look}-{shots}-s{seed}")
         with open_world_store(folder, SPECIES, shots, look, seed=seed) as collection:
-            vectors, truth = query_vectors(collection, per_species, look)
+            drawn = [query_vectors(collection, per_species, look, seed=q) for q in query_seeds]
+            vectors = np.concatenate([v for v, _ in drawn])
+            truth = [s for _, species in drawn for s in species]
             for method, (probabilities, classes) in pooled.items():
                 found_p, found_c = _fitted_probabilities(collection, method, vectors, truth)
                 probabilities.append(found_p)
