@@ -891,6 +891,15 @@ def _result_rows(path: str) -> list[dict[str, Any]]:
     "approximate kinds; an HNSW graph holds the vectors themselves, so its scores are "
     "already exact and it re-ranks only after an image it holds was replaced).",
 )
+@click.option(
+    "--tune-on",
+    "tune_on",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Images (files or folders) like the ones you will search with, to tune on instead "
+    "of held-out stored images; repeatable. Worth it when stored images come in groups "
+    "(camera-trap bursts, several views of a specimen) and queries do not.",
+)
 @engine_option("ray: add the shards in parallel Ray tasks and merge (after a --engine ray ingest).")
 @click.option("--address", default=None, help="With --engine ray: the cluster to join.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -899,18 +908,19 @@ def _result_rows(path: str) -> list[dict[str, Any]]:
 @format_option
 @_friendly
 def build_index(store: str, kind: str, memory: str, target_recall: float,
-                rerank: bool | None, engine: str, address: str | None, quiet: bool,
-                wait: bool, fmt: str) -> None:  # fmt: skip
+                rerank: bool | None, tune_on: tuple[str, ...], engine: str,
+                address: str | None, quiet: bool, wait: bool, fmt: str) -> None:  # fmt: skip
     """Build the FAISS index from the stored vectors, tune it, and record its recall.
 
     auto: exact flat search while the store is small; past that, each candidate kind is
     built and tuned on samples of the store's own vectors and the fastest that meets
     --target-recall within --memory is built (`bioindex info` shows the comparison).
     Streams the embedding shards (training IVF kinds on a sample), then measures recall@10
-    against exact search on held-out stored vectors and keeps the smallest nprobe /
-    efSearch that reaches --target-recall. Text queries get their own setting, tuned the
-    same way on texts like the store's own (captions of its taxa, everyday group names):
-    they land away from every picture, where a search tuned on pictures finds less.
+    against exact search on held-out stored vectors (or on the --tune-on pictures) and
+    keeps the smallest nprobe / efSearch that reaches --target-recall. Text queries get
+    their own setting, tuned the same way on texts like the store's own (captions of its
+    taxa, everyday group names): they land away from every picture, where a search tuned
+    on pictures finds less.
     `bioindex info` shows the result.
 
     \b
@@ -918,12 +928,14 @@ def build_index(store: str, kind: str, memory: str, target_recall: float,
       bioindex build-index --store my-store
       bioindex build-index --store my-store --kind ivf-pq --memory 2G
       bioindex build-index --store my-store --kind hnsw --target-recall 0.99
+      bioindex build-index --store my-store --tune-on new-photos/
     """
     from bioindex.collection import Collection
 
     with Collection.open(store, wait=wait) as collection:
         spec = collection.build_index(kind, memory, target_recall, rerank, progress=not quiet,
-                                      engine=engine, address=address)  # fmt: skip
+                                      engine=engine, address=address,
+                                      tune_on=list(tune_on) or None)  # fmt: skip
     built = spec.get("built", {})
     row = {
         "kind": spec["kind"], "vectors": built.get("ntotal"),
@@ -933,6 +945,9 @@ def build_index(store: str, kind: str, memory: str, target_recall: float,
         "build_s": built.get("build_seconds"), "index_mb": round(built["index_bytes"] / 2**20, 1),
     }  # fmt: skip
     click.echo(render([row], fmt), nl=False)
+    if built.get("tuned_on") == "queries given" and fmt == "table":
+        click.echo(f"tuned on {built.get('queries')} pictures given (--tune-on), not on "
+                   "held-out stored ones")  # fmt: skip
     if built.get("candidates") and fmt == "table":
         from bioindex.index_choice import describe
 

@@ -385,20 +385,38 @@ class Collection:
         progress: bool = False,
         engine: str = "local",
         address: str | None = None,
+        tune_on: Sequence[str | os.PathLike[str]] | None = None,
     ) -> dict[str, Any]:
         """Build (or re-build) the FAISS index of `kind` from the stored vectors and tune it
-        to `target_recall`; returns the recorded spec with its measured recall and latency."""
+        to `target_recall`; returns the recorded spec with its measured recall and latency.
+        `tune_on`: image files or folders of pictures like those the store will be asked
+        about, to tune on instead of held-out stored pictures (Store.build_index)."""
         from bioindex import faiss_index
 
         budget = faiss_index.parse_memory(memory)
+        probes = self.tuning_pictures(tune_on) if tune_on else None
         bar = tqdm(total=self.store.live_count(), unit="vec", desc="index",
                    disable=not progress)  # fmt: skip
         with bar:
             spec = self.store.build_index(kind, budget, target_recall, rerank,
                                           progress=bar.update,
                                           builder=_builder(engine, address),
-                                          text_probes=self.text_probes)  # fmt: skip
+                                          text_probes=self.text_probes,
+                                          tune_on=probes)  # fmt: skip
         return spec.to_json()
+
+    def tuning_pictures(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+        """The vectors of the images under `paths` (files or folders); unreadable ones are
+        passed over with a warning, none readable is a BioindexError."""
+        from bioindex.indexer.sources import image_files
+
+        files = [f for path in paths for f in image_files(path)]
+        if not files:
+            raise BioindexError(f"no images to tune on under {', '.join(map(str, paths))}")
+        _, vectors, failed = embed_files(self.model, files)
+        for bad in failed:
+            log.warning("not tuning on %s: %s", bad.file, bad.error)
+        return vectors
 
     def text_probes(self) -> np.ndarray | None:
         """Text vectors like this store's text queries (search.text_probes), or None when

@@ -149,13 +149,18 @@ def _measure(option: Option, vectors: np.ndarray, queries: np.ndarray, truth: np
 
 def choose(vectors: np.ndarray, n: int, memory: int, target: float,
            rerank: bool | None = None, options: tuple[Option, ...] = OPTIONS,
-           texts: np.ndarray | None = None) -> tuple[str, float, list[Measured]]:  # fmt: skip
+           texts: np.ndarray | None = None, queries: np.ndarray | None = None,
+           ) -> tuple[str, float, list[Measured]]:  # fmt: skip
     """Measure `options` on `vectors` (a random sample of the store's, at most SAMPLE plus
     QUERIES of them) and pick for a store of `n`, each searched the way it will be
-    (`rerank` as faiss_index.plan takes it); `texts`: text probes to tune on as well.
-    Returns (kind, lists multiple, all candidates measured)."""
+    (`rerank` as faiss_index.plan takes it); `texts`: text probes to tune on as well;
+    `queries`: pictures to tune on instead of QUERIES of the sample's own (Store.build_index's
+    tune_on). Returns (kind, lists multiple, all candidates measured)."""
     dim = vectors.shape[1]
-    queries, base = vectors[:QUERIES], vectors[QUERIES:]
+    if queries is None:
+        queries, base = vectors[:QUERIES], vectors[QUERIES:]
+    else:
+        base = vectors
     # A query's copy in the sample would make it as easy as a stored vector (copies_of).
     copies = faiss_index.copies_of([(np.arange(len(base)), base)], queries)
     base = np.delete(base, copies, axis=0)

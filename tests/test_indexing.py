@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from bioindex import Collection
 from bioindex.cli import main
-from tests.conftest import assert_index_matches_catalog, draw_images, shared
+from tests.conftest import assert_index_matches_catalog, draw_images, live_rows, shared
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +204,22 @@ def _same_arch_other_weights(tmp_path_factory) -> str:
     from bioindex.tiny import make_tiny_model
 
     return "local-dir:" + str(make_tiny_model(tmp_path_factory.mktemp("m") / "w", seed=42))
+
+
+def test_build_index_tunes_on_the_pictures_given(indexed, tmp_path: Path) -> None:
+    store, _ = indexed
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    draw_images(tmp_path / "new" / "photos", 30, seed=9)
+    (tmp_path / "new" / "notes.txt").write_text("not an image")
+    result = CliRunner().invoke(main, ["build-index", "--store", str(copy), "--kind", "hnsw",
+                                       "--tune-on", str(tmp_path / "new"), "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "tuned on 30 pictures given" in result.output
+    with Collection.open(copy, read_only=True) as col:
+        built = col.store.index_spec.built
+    assert built["tuned_on"] == "queries given" and built["queries"] == 30
+    assert built["ntotal"] == live_rows(copy)  # nothing held out, nothing lost
+    missing = CliRunner().invoke(main, ["build-index", "--store", str(copy),
+                                        "--tune-on", str(tmp_path / "nowhere")])  # fmt: skip
+    assert missing.exit_code == 2 and "does not exist" in missing.output

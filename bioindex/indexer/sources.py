@@ -441,6 +441,16 @@ def tree_of_life_metadata(sample: dict[str, str]) -> dict[str, Any]:
 # ---- folders ---------------------------------------------------------------------------
 
 
+def image_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The image files a path names: itself, or those under a folder, in path order."""
+    root = Path(path)
+    if root.is_dir():
+        return list(_walk(root))
+    if not root.is_file():
+        raise BioindexError(f"{path} is not a file or folder")
+    return [root]
+
+
 def _walk(root: Path) -> Iterator[Path]:
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))

@@ -724,6 +724,7 @@ class Store:
         builder: IndexBuilder | None = None,
         exact_up_to: int = faiss_index.FLAT_MAX_NUMBERS,
         text_probes: Callable[[], np.ndarray | None] | None = None,
+        tune_on: np.ndarray | None = None,
     ) -> IndexSpec:
         """Build the index of `kind` from the stored vectors, tune it to `target_recall`
         against exact search on held-out stored vectors, and make it, with its spec and
@@ -733,10 +734,21 @@ class Store:
         store's own vectors and builds the fastest that meets the target within `memory`
         (bioindex.index_choice). `text_probes` gives text vectors like the store's text
         queries, asked for only when the index is approximate: text queries then get their
-        own setting, tuned to the same target on them (IndexSpec.search_text)."""
+        own setting, tuned to the same target on them (IndexSpec.search_text).
+
+        `tune_on`: vectors of pictures like the ones this store will be asked about, to
+        measure and tune on instead of held-out stored vectors. A stored picture held out
+        still has its burst or its other views in the index, and finds its neighbourhood
+        through them: a camera trap's bursts of five tuned to recall 0.987 where photos of
+        new events got 0.925 (docs/benchmarks.md)."""
         self._require_writable()
         if not 0.0 < target_recall <= 1.0:
             raise BioindexError(f"target recall must be in (0, 1], got {target_recall}")
+        if tune_on is not None:
+            tune_on = np.ascontiguousarray(tune_on, dtype=np.float32)
+            if tune_on.ndim != 2 or tune_on.shape[1] != self.dim or not len(tune_on):
+                raise BioindexError(f"vectors to tune on have shape {tune_on.shape}; this "
+                                    f"store holds dim {self.dim}")  # fmt: skip
         n = self.live_count()
         candidates = None
         texts: np.ndarray | None = None
@@ -746,7 +758,8 @@ class Store:
                                                        + index_choice.QUERIES)))  # fmt: skip
             texts = text_probes() if text_probes is not None else None
             chosen, lists, measured = index_choice.choose(sample, n, memory, target_recall,
-                                                          rerank, texts=texts)  # fmt: skip
+                                                          rerank, texts=texts,
+                                                          queries=tune_on)  # fmt: skip
             spec = index_choice.Option(chosen, lists).spec(n, self.dim, memory, rerank)
             candidates = [m.to_json() for m in measured]
         else:
@@ -754,7 +767,8 @@ class Store:
         self._live.drop()
         # An approximate index is tuned on stored vectors held out of it until it is tuned
         # (see HeldOut), then they are added; exact search has nothing to tune.
-        probe_ids = self._sample_ids(min(queries, n // 10 if spec.kind != "flat" else n))
+        probe_ids = (self._sample_ids(min(queries, n // 10 if spec.kind != "flat" else n))
+                     if tune_on is None else np.empty(0, dtype=np.int64))  # fmt: skip
         held = probe_ids[:0]
         if spec.kind != "flat" and len(probe_ids):  # with their copies (copies_of)
             held = np.union1d(probe_ids, faiss_index.copies_of(
@@ -766,7 +780,11 @@ class Store:
         self._live.install(index, spec, self.snap.vectors_version)  # searchable while tuning
         spec = self._live.spec
         tuning = None
-        if len(probe_ids):
+        if tune_on is not None:
+            truth = faiss_index.exact_neighbours(self.iter_live_vectors(), tune_on, 10)
+            tuning = faiss_index.tune(index, spec, tune_on, truth, target_recall,
+                                      fetch=self._live.rerank_fetch())  # fmt: skip
+        elif len(probe_ids):
             probes = self.vectors(probe_ids)
             held_out = len(source.image_ids) > 0
             # A stored vector is its own nearest neighbour: one still in the index is left
@@ -794,6 +812,7 @@ class Store:
             "trained_on": faiss_index.training_size(spec, n),
             "build_seconds": round(build_seconds, 2),
             "built_at": _now_iso(),
+            "tuned_on": "held-out stored vectors" if tune_on is None else "queries given",
             **({k: v for k, v in vars(tuning).items() if k != "search"} if tuning else {}),
             **({"candidates": candidates} if candidates else {}),
             **({"text_tuning": {k: v for k, v in vars(text_tuning).items() if k != "search"}}
