@@ -12,8 +12,11 @@ docstring), stored float16 in a real bioindex store. --distributions picks which
 setting, median top-10 neighbour cosine 0.77 at 100k), `demo` (real embeddings: the demo
 model's vectors of freshly drawn demo-world pictures, at its own dimension, 64) and `copies`
 (default's vectors, each stored three times: a collection indexed with two backups of
-itself). Queries are 1000 held-out vectors from the same distribution; the truth is an
-exact top-10 over the stored (float16) vectors, where any copy tied with the 10th counts.
+itself) and `bursts` (a camera trap's: each default vector as five noisy frames side by
+side, cosine ~0.97 between frames; queries are frames of new events, and the
+bioindex-tuned-on system tunes on 500 frames of other new events, `build-index --tune-on`).
+Queries are 1000 held-out vectors from the same distribution; the truth is an exact top-10
+over the stored (float16) vectors, where any copy tied with the 10th counts.
 The demo case also asks text queries (the demo model's vectors of the 48 species' captions
 at every rank, 208 texts): bioindex tunes its text setting on the everyday texts
 `build-index` uses on a store without labels (bioindex.search.text_probes), never on these.
@@ -23,6 +26,7 @@ queries in one batch. Systems:
 
 - bioindex auto: `Store.build_index(kind="auto")`, tuned to recall 0.95, no re-ranking;
 - bioindex auto + re-rank: the same, tuned to 0.99, re-ranking against the stored vectors;
+- bioindex tuned-on (bursts only): the default, tuned on pictures like the queries;
 - bioindex default (on request): what `bioindex build-index` does with no options — auto,
   tuned to 0.95, re-ranking on for approximate kinds;
 - faiss Flat: exact IndexFlatIP over float32 vectors;
@@ -45,8 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-SYSTEMS = ("bioindex-auto", "bioindex-rerank", "bioindex-default", "faiss-flat", "numpy",
-           "usearch-hnsw")  # fmt: skip
+SYSTEMS = ("bioindex-auto", "bioindex-rerank", "bioindex-default", "bioindex-tuned-on",
+           "faiss-flat", "numpy", "usearch-hnsw")  # fmt: skip
 DEFAULT_SYSTEMS = ("bioindex-auto", "bioindex-rerank", "faiss-flat", "numpy", "usearch-hnsw")
 BASELINE_MAX = 2_000_000
 QUERIES = 1000
@@ -59,7 +63,8 @@ MODEL = {"name": "synthetic", "source": "benchmarks/search.py", "weights_sha256"
 # ---- the case: vectors in a store, held-out queries, exact truth --------------------------
 
 
-DISTRIBUTIONS = ("default", "hard", "demo", "copies")
+DISTRIBUTIONS = ("default", "hard", "demo", "copies", "bursts")
+TUNE_ON = 500  # bursts: new-event frames made for bioindex-tuned-on, apart from the queries
 
 
 def prepare(workdir: Path, n: int, dim: int, seed: int, distribution: str = "default") -> Path:
@@ -91,6 +96,8 @@ def prepare(workdir: Path, n: int, dim: int, seed: int, distribution: str = "def
     print(f" ({time.perf_counter() - started:.0f} s)", flush=True)
     queries = source.sample(QUERIES, part=1).astype(np.float32)
     np.save(case / "queries.npy", queries)
+    if distribution == "bursts":
+        np.save(case / "tune_on.npy", source.sample(TUNE_ON, part=2).astype(np.float32))
     np.save(case / "truth.npy", exact_truth(case / "store", queries))
     (case / "stamp.json").write_text(json.dumps(stamp))
     return case
@@ -131,6 +138,8 @@ def vector_source(distribution: str, dim: int, seed: int):
         return DemoEmbeddings(seed)
     if distribution == "copies":
         return StoredThrice(ClusteredVectors(dim, seed=seed))
+    if distribution == "bursts":
+        return Bursts(ClusteredVectors(dim, seed=seed))
     raise ValueError(f"unknown distribution {distribution!r}")
 
 
@@ -151,6 +160,32 @@ class StoredThrice:
         vectors = vectors[np.random.default_rng(self.source.seed).permutation(n)]
         for start in range(0, n, batch):
             yield vectors[start : start + batch]
+
+    def sample(self, n: int, part: int = 0) -> np.ndarray:
+        return np.concatenate(list(self.batches(n, part)))
+
+
+class Bursts:
+    """A camera trap's bursts: each event five frames (the default distribution's vector
+    plus noise of 0.15 its spread's shape, frame to frame cosine ~0.97), stored side by
+    side. Every `part` is its own events: queries are frames of events never stored."""
+
+    FRAMES, NOISE = 5, 0.15
+
+    def __init__(self, source):
+        self.source = source
+        self.dim = source.dim
+
+    def batches(self, n: int, part: int = 0, batch: int = 131072):
+        events = self.source.batches(-(-n // self.FRAMES), part, batch // self.FRAMES)
+        rng = np.random.default_rng([self.source.seed, part, 99])
+        done = 0
+        for centres in events:
+            frames = np.repeat(centres, self.FRAMES, axis=0)[: n - done]
+            noise = rng.standard_normal(frames.shape, dtype=np.float32) * self.source.scale
+            frames = frames + self.NOISE * (noise @ self.source.rotation)
+            done += len(frames)
+            yield frames / np.linalg.norm(frames, axis=1, keepdims=True)
 
     def sample(self, n: int, part: int = 0) -> np.ndarray:
         return np.concatenate(list(self.batches(n, part)))
@@ -300,16 +335,21 @@ def measure_texts(single, system: str, queries: np.ndarray, truth: np.ndarray) -
 
 
 def run_bioindex(case: Path, queries: np.ndarray, memory: str, rerank: bool | None,
-                 target: float):  # fmt: skip
+                 target: float, tune_on: bool = False):  # fmt: skip
+    """`tune_on`: tune on the case's tune_on.npy (pictures like the queries, not the
+    queries) instead of held-out stored vectors, as `build-index --tune-on` does."""
     from bioindex import faiss_index
     from bioindex.store import Store
 
     path = case / "store"
     probes = case / "text_probes.npy"
+    if tune_on and not (case / "tune_on.npy").is_file():
+        raise SystemExit(f"{case} has no tune_on.npy (only the bursts distribution makes one)")
     with Store.open(path) as store:
         store.build_index("auto", faiss_index.parse_memory(memory), target_recall=target,
                           rerank=rerank,
-                          text_probes=(lambda: np.load(probes)) if probes.is_file() else None)
+                          text_probes=(lambda: np.load(probes)) if probes.is_file() else None,
+                          tune_on=np.load(case / "tune_on.npy") if tune_on else None)
     # Timed queries go through a long-lived read-only open, the way the server runs.
     store = Store.open(path, read_only=True)
     spec = store.index_spec
@@ -422,6 +462,8 @@ RUNNERS = {
     "bioindex-auto": lambda c, q, m: run_bioindex(c, q, m, rerank=False, target=0.95),
     "bioindex-rerank": lambda c, q, m: run_bioindex(c, q, m, rerank=True, target=0.99),
     "bioindex-default": lambda c, q, m: run_bioindex(c, q, m, rerank=None, target=0.95),
+    "bioindex-tuned-on": lambda c, q, m: run_bioindex(c, q, m, rerank=None, target=0.95,
+                                                      tune_on=True),
     "faiss-flat": run_faiss_flat,
     "numpy": run_numpy,
     "usearch-hnsw": run_usearch,
