@@ -739,8 +739,8 @@ class Store:
         `tune_on`: vectors of pictures like the ones this store will be asked about, to
         measure and tune on instead of held-out stored vectors. A stored picture held out
         still has its burst or its other views in the index, and finds its neighbourhood
-        through them: a camera trap's bursts of five tuned to recall 0.987 where photos of
-        new events got 0.925 (docs/benchmarks.md)."""
+        through them: 300k frames in bursts of five tuned to recall 0.968 where frames of
+        new events got 0.894 (docs/benchmarks.md)."""
         self._require_writable()
         if not 0.0 < target_recall <= 1.0:
             raise BioindexError(f"target recall must be in (0, 1], got {target_recall}")
