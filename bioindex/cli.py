@@ -945,7 +945,7 @@ def build_index(store: str, kind: str, memory: str, target_recall: float,
         "build_s": built.get("build_seconds"), "index_mb": round(built["index_bytes"] / 2**20, 1),
     }  # fmt: skip
     click.echo(render([row], fmt), nl=False)
-    if built.get("tuned_on") == "queries given" and fmt == "table":
+    if built.get("tuned_on") == "pictures given" and fmt == "table":
         click.echo(f"tuned on {built.get('queries')} pictures given (--tune-on), not on "
                    "held-out stored ones")  # fmt: skip
     if built.get("candidates") and fmt == "table":

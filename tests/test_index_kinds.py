@@ -595,6 +595,6 @@ def test_pictures_given_to_tune_on_say_what_new_photos_get(tmp_path: Path) -> No
         assert store.index().ntotal == len(stored)
     recall = faiss_index.recall_at(found, truth)
     print(spec.search, spec.built["recall_at_10"], recall)
-    assert spec.built["tuned_on"] == "queries given" and spec.built["queries"] == 500
+    assert spec.built["tuned_on"] == "pictures given" and spec.built["queries"] == 500
     assert spec.built["met_target"]
     assert recall >= 0.94 and abs(recall - spec.built["recall_at_10"]) <= 0.02

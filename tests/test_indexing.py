@@ -218,7 +218,7 @@ def test_build_index_tunes_on_the_pictures_given(indexed, tmp_path: Path) -> Non
     assert "tuned on 30 pictures given" in result.output
     with Collection.open(copy, read_only=True) as col:
         built = col.store.index_spec.built
-    assert built["tuned_on"] == "queries given" and built["queries"] == 30
+    assert built["tuned_on"] == "pictures given" and built["queries"] == 30
     assert built["ntotal"] == live_rows(copy)  # nothing held out, nothing lost
     missing = CliRunner().invoke(main, ["build-index", "--store", str(copy),
                                         "--tune-on", str(tmp_path / "nowhere")])  # fmt: skip

@@ -812,7 +812,7 @@ class Store:
             "trained_on": faiss_index.training_size(spec, n),
             "build_seconds": round(build_seconds, 2),
             "built_at": _now_iso(),
-            "tuned_on": "held-out stored vectors" if tune_on is None else "queries given",
+            "tuned_on": "held-out stored vectors" if tune_on is None else "pictures given",
             **({k: v for k, v in vars(tuning).items() if k != "search"} if tuning else {}),
             **({"candidates": candidates} if candidates else {}),
             **({"text_tuning": {k: v for k, v in vars(text_tuning).items() if k != "search"}}
