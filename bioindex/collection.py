@@ -32,7 +32,7 @@ from bioindex.errors import (
 )
 from bioindex.export.archive import Identification, write_archive
 from bioindex.export.vectors import write_npy, write_parquet
-from bioindex.images import IMAGE_EXTENSIONS, describe_error, open_image
+from bioindex.images import IMAGE_EXTENSIONS, describe_error, image_files, open_image
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Scan, scan_paths
@@ -408,8 +408,6 @@ class Collection:
     def tuning_pictures(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
         """The vectors of the images under `paths` (files or folders); unreadable ones are
         passed over with a warning, none readable is a BioindexError."""
-        from bioindex.indexer.sources import image_files
-
         files = [f for path in paths for f in image_files(path)]
         if not files:
             raise BioindexError(f"no images to tune on under {', '.join(map(str, paths))}")

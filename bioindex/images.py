@@ -3,15 +3,47 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from bioindex.errors import ImageTooLarge
+from bioindex.errors import BioindexError, ImageTooLarge
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+
+def walk_images(root: Path) -> Iterator[Path]:
+    """The image files under a folder (by extension; hidden ones and anything not a regular
+    file left out), in path order."""
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                path = Path(directory) / name
+                if _regular(path):  # a FIFO or device named *.jpg would hang the reader
+                    yield path
+
+
+def image_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The image files a path names: itself, or those under a folder, in path order."""
+    root = Path(path)
+    if root.is_dir():
+        return list(walk_images(root))
+    if not root.is_file():
+        raise BioindexError(f"{path} is not a file or folder")
+    return [root]
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 _OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bioindex.errors import BioindexError
-from bioindex.images import IMAGE_EXTENSIONS
+from bioindex.images import IMAGE_EXTENSIONS, walk_images
 from bioindex.indexer import iiif
 from bioindex.indexer.lines import Lines
 from bioindex.indexer.remote import FetchPolicy, is_remote
@@ -122,7 +122,7 @@ def scan_paths(
         scan.sources.append(str(path))
         if kind == "folder":
             scan.roots.append(str(path) + os.sep)
-            for file in _walk(path):
+            for file in walk_images(path):
                 items.setdefault(str(file), _file_item(file, path, sidecar))
         elif kind == "file":
             scan.roots.append(str(path))
@@ -439,33 +439,6 @@ def tree_of_life_metadata(sample: dict[str, str]) -> dict[str, Any]:
 
 
 # ---- folders ---------------------------------------------------------------------------
-
-
-def image_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The image files a path names: itself, or those under a folder, in path order."""
-    root = Path(path)
-    if root.is_dir():
-        return list(_walk(root))
-    if not root.is_file():
-        raise BioindexError(f"{path} is not a file or folder")
-    return [root]
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                path = Path(directory) / name
-                if _regular(path):  # a FIFO or device named *.jpg would hang the run
-                    yield path
-
-
-def _regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(path.stat().st_mode)
-    except OSError:
-        return False
 
 
 def _file_item(file: Path, root: Path, sidecar: dict[str, dict[str, Any]]) -> Item:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bioindex.errors import BioindexError
-from bioindex.images import IMAGE_EXTENSIONS
+from bioindex.images import walk_images
 from bioindex.taxonomy import Taxon, make_taxon, split_binomial
 
 FILE_COLUMNS = ("file", "filepath", "file_path", "path", "image", "filename", "identifier")
@@ -89,11 +89,8 @@ def _from_folder(root: Path) -> Iterator[Example]:
                             "images in a folder named for it ('Genus epithet')")  # fmt: skip
     for folder in folders:
         taxon = folder_taxon(folder.name)
-        for directory, subdirs, files in os.walk(folder):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            for file in sorted(files):
-                if not file.startswith(".") and Path(file).suffix.lower() in IMAGE_EXTENSIONS:
-                    yield Example(Path(directory) / file, taxon)
+        for file in walk_images(folder):
+            yield Example(file, taxon)
 
 
 def _from_table(table: Path) -> Iterator[Example]:
