@@ -46,7 +46,9 @@ def _regular(path: Path) -> bool:
 
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
-_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+# PIL names the file it failed on by the handle's repr: "<_io.BytesIO object at 0x…>", or
+# "<_io.BufferedReader name='a.jpg'>" for an opened path.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ (?:object at 0x[0-9a-fA-F]+|name=[^>]*)>")
 
 
 def describe_error(exc: BaseException) -> str:

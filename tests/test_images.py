@@ -62,3 +62,19 @@ def test_real_camera_trap_variants() -> None:
     assert rotated.size in (plain.size, plain.size[::-1])
     with pytest.raises(OSError, match="truncated"):
         open_image(folder / "african_elephants_truncated_file.jpg")
+
+
+def test_a_decode_failure_reads_without_the_file_handle_s_repr(tmp_path) -> None:
+    # `classify` / `--tune-on` on a text file said "cannot identify image file
+    # <_io.BufferedReader name='notes.txt'>".
+    from bioindex.images import describe_error, open_image
+
+    path = tmp_path / "notes.txt"
+    path.write_text("not an image")
+    for source in (path, b"not an image"):
+        try:
+            open_image(source)
+        except Exception as exc:  # noqa: BLE001 - the message is what is tested
+            assert describe_error(exc) == "UnidentifiedImageError: cannot identify image file"
+        else:
+            raise AssertionError("decoded a text file")
