@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,21 @@ def fingerprint(path: Path) -> str:
             handle.seek(max(_EDGE, size - _EDGE))
             digest.update(handle.read(_EDGE))
     return digest.hexdigest()[:32]
+
+
+def tree_size(root: Path) -> int:
+    """Bytes in the files under `root`, counting what is there while a writer adds, renames
+    and deletes files beside the count (a file listed and gone by its stat is not there)."""
+    total = 0
+    for directory, _, names in os.walk(root):
+        for name in names:
+            try:
+                found = os.stat(os.path.join(directory, name), follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(found.st_mode):
+                total += found.st_size
+    return total
 
 
 def problem(path: Path, record: dict[str, Any], full: bool = False) -> str | None:

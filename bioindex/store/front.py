@@ -410,7 +410,7 @@ class Store:
             "index_choice": (index_choice.describe(spec.built["candidates"])
                              if spec.built.get("candidates") else None),
             "index_advice": self.index_advice() or None,
-            "store_bytes": _tree_size(self.path),
+            "store_bytes": files.tree_size(self.path),
             "last_run": runs[-1] if runs else None,
         }
 
@@ -1007,10 +1007,6 @@ def _chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[
 def _suffix(kind: str) -> str:
     head, _, tail = kind.partition("-")
     return f"-{tail}" if tail else ""
-
-
-def _tree_size(root: Path) -> int:
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
 def _iso(seconds: float) -> str:
