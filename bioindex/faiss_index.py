@@ -12,7 +12,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +35,9 @@ RECALL_K = 10  # the recall every tuning measures: recall@10
 # close to their 10th (its 64-d space is dense), at 1e-6 2%.
 TIE_COLUMNS = 32
 TIE_EPS = 1e-6
+# A row whose ties fill its columns is searched again, eight times deeper, up to this many
+# (a thousand copies of a "no image" placeholder tie); past it the rest read as misses.
+MAX_TIES = 4096
 # Flat search touches every vector; past ~32M stored numbers a single query on one laptop
 # core takes more than a few milliseconds, so `auto` moves on to an approximate kind.
 FLAT_MAX_NUMBERS = 32 * 1024 * 1024
@@ -431,22 +434,44 @@ def _unique_per_row(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.nda
     return out_scores, out_ids
 
 
+Batches = Iterable[tuple[np.ndarray, np.ndarray]]
+
+
 def exact_neighbours(
-    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    batches: Callable[[], Batches] | Sequence[tuple[np.ndarray, np.ndarray]],
     queries: np.ndarray,
     k: int,
     exclude: np.ndarray | None = None,
     ties: int = TIE_COLUMNS,
 ) -> np.ndarray:
-    """Exact top-k ids by streaming over (ids, vectors) batches; `exclude[i]` is an id left
-    out of row i's answer (a query that is itself stored).
+    """Exact top-k ids over (ids, vectors) batches — a list of them, or a function that
+    streams them (Store.iter_live_vectors); `exclude[i]` is an id left out of row i's
+    answer (a query that is itself stored).
 
-    Then up to `ties` more columns: the ids whose score equals the k-th's (within TIE_EPS),
-    −1 where none. Copies of one image have one score, and which of them fills the last
-    places of an exact top k is arbitrary: any is a right answer (per_query_recall takes
-    them all). Without them a collection stored three times over measured recall 0.937 at
-    an exhaustive search, and tuning chose the widest setting, 8 ms a query."""
-    return with_ties(*streamed_top_k(batches, queries, k + ties, exclude), k)
+    Then the ids whose score equals the k-th's (within TIE_EPS), −1 where none: `ties`
+    columns, more for rows whose ties fill them (read again deeper, up to MAX_TIES). Copies
+    of one image have one score, and which of them fills the last places of an exact top k
+    is arbitrary: any is a right answer (per_query_recall takes them all). Without them a
+    collection stored three times over measured recall 0.937 at an exhaustive search, and
+    tuning chose the widest setting, 8 ms a query."""
+    if not callable(batches) and iter(batches) is batches:
+        raise TypeError("exact_neighbours reads the vectors again for deep ties: pass a list "
+                        "of batches or a function that returns them")  # fmt: skip
+
+    def read() -> Batches:
+        return batches() if callable(batches) else batches
+
+    truth = with_ties(*streamed_top_k(read(), queries, k + ties, exclude), k)
+    full = np.flatnonzero(truth[:, -1] >= 0)  # more ties may lie past the last column
+    while len(full) and 0 < ties < MAX_TIES:
+        ties = min(ties * 8, MAX_TIES)
+        deeper = with_ties(*streamed_top_k(read(), queries[full], k + ties,
+                                           exclude[full] if exclude is not None else None), k)
+        wider = np.full((len(truth), k + ties), -1, dtype=np.int64)
+        wider[:, : truth.shape[1]] = truth
+        wider[full] = deeper
+        truth, full = wider, full[deeper[:, -1] >= 0]
+    return truth
 
 
 def with_ties(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:

@@ -52,7 +52,7 @@ def test_auto_keeps_the_fastest_candidate_that_meets_the_target(tmp_path: Path,
         assert {c["kind"] for c in candidates} >= {"ivf", "ivf-pq", "hnsw", "flat"}
         assert spec.built["met_target"]  # tuned at full size on held-out stored vectors
         queries = generator.sample(300, part=5)  # never stored, never tuned on
-        truth = exact_neighbours(store.iter_live_vectors(), queries, 10)
+        truth = exact_neighbours(store.iter_live_vectors, queries, 10)
         _, found = store.search(queries, 10)
         recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
         assert recall >= 0.93, recall  # the target, less what 300 queries can vouch for
@@ -72,7 +72,7 @@ def test_the_recall_a_build_reports_is_what_unseen_queries_get(tmp_path: Path) -
         spec = store.build_index("hnsw", target_recall=0.95, rerank=False)
         assert store.index().ntotal == n  # the held-out tuning vectors were added back
         queries = generator.sample(1000, part=5)
-        truth = exact_neighbours(store.iter_live_vectors(), queries, 10)
+        truth = exact_neighbours(store.iter_live_vectors, queries, 10)
         _, found = store.search(queries, 10)
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
     print(spec.search, spec.built["recall_at_10"], recall)

@@ -781,7 +781,7 @@ class Store:
         spec = self._live.spec
         tuning = None
         if tune_on is not None:
-            truth = faiss_index.exact_neighbours(self.iter_live_vectors(), tune_on, 10)
+            truth = faiss_index.exact_neighbours(self.iter_live_vectors, tune_on, 10)
             tuning = faiss_index.tune(index, spec, tune_on, truth, target_recall,
                                       fetch=self._live.rerank_fetch())  # fmt: skip
         elif len(probe_ids):
@@ -790,7 +790,7 @@ class Store:
             # A stored vector is its own nearest neighbour: one still in the index is left
             # out of both answers.
             exclude = None if held_out else probe_ids
-            truth = faiss_index.exact_neighbours(source.iter_live_vectors(), probes, 10,
+            truth = faiss_index.exact_neighbours(source.iter_live_vectors, probes, 10,
                                                  exclude=exclude)  # fmt: skip
             tuning = faiss_index.tune(index, spec, probes, truth, target_recall,
                                       fetch=self._live.rerank_fetch(), exclude=exclude)  # fmt: skip
@@ -833,7 +833,7 @@ class Store:
         """Tune `spec.search_text` on text vectors against exact search over every live
         vector (the index holds them all by now); the pictures' setting stays."""
         texts = np.ascontiguousarray(texts, dtype=np.float32)
-        truth = faiss_index.exact_neighbours(self.iter_live_vectors(), texts, 10)
+        truth = faiss_index.exact_neighbours(self.iter_live_vectors, texts, 10)
         return faiss_index.tune_text(index, spec, texts, truth, target,
                                      fetch=self._live.rerank_fetch())  # fmt: skip
 
