@@ -316,3 +316,49 @@ def test_info_counts_the_store_s_bytes_while_a_writer_adds_and_deletes_files(tmp
     finally:
         churn.kill()
         churn.wait()
+
+
+def test_check_reads_one_generation_while_a_writer_moves_on(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:  # fmt: skip
+    # `bioindex check --full` reads every file of the current generation (minutes on a large
+    # store); a writer that committed and compacted meanwhile deleted that generation's
+    # files under it, and check called a sound store damaged ("missing").
+    from bioindex.store import check as store_check
+    from bioindex.store import files
+
+    writer = Store.create(tmp_path / "s", MODEL)
+    for i in range(20):  # small segments, compacted away below
+        writer.commit(_records([f"n{i}"]), _unit(1, seed=i))
+    writer.close()
+    checked = files.problem
+    moved_on: list[bool] = []
+
+    def writer_meanwhile(path: Path, record: dict, full: bool = False) -> str | None:
+        if not moved_on:  # the writer runs between check's first and second file
+            moved_on.append(True)
+            with Store.open(tmp_path / "s") as again:
+                again.commit(_records(["late"]), _unit(1, seed=99))
+                again.compact()
+        return checked(path, record, full)
+
+    monkeypatch.setattr(files, "problem", writer_meanwhile)
+    report = store_check.check(tmp_path / "s", full=True)
+    assert moved_on and report.ok, report.problems
+    monkeypatch.undo()
+    assert store_check.check(tmp_path / "s").ok  # and the newer generation checks out too
+
+
+def test_a_damaged_snapshot_leaves_no_file_open_behind(tmp_path: Path) -> None:
+    # A server retrying a damaged store kept one more descriptor (and shared lock) each time.
+    from bioindex.store import snapshot
+
+    with Store.create(tmp_path / "s", MODEL) as store:
+        store.commit(_records(["a"]), _unit(1))
+        current = snapshot.snapshot_path(tmp_path / "s", store.generation())
+    current.write_text("{not json")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(BioindexError, match="damaged"):
+            snapshot.Pin(tmp_path / "s").latest()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -36,7 +36,8 @@ class Report:
 
 def check(root: Path, full: bool = False) -> Report:
     """Verify the manifest, the current generation and every file it lists (sizes and
-    fingerprints; checksums with `full`)."""
+    fingerprints; checksums with `full`). The generation is pinned as a reader pins it: a
+    writer that moves on meanwhile keeps its files until the check is done."""
     report = Report()
     if not root.is_dir():
         raise BioindexError(f"no bioindex store at {root}")
@@ -44,17 +45,20 @@ def check(root: Path, full: bool = False) -> Report:
         if not holds_store_data(root):
             raise BioindexError(f"{root} is not a bioindex store (no {MANIFEST})")
         report.problems.append(f"{MANIFEST}: missing")
+    pin = snapshot.Pin(root)
     try:
-        generation = snapshot.read_current(root)
-        snap = snapshot.read(root, generation)
-    except BioindexError as exc:
-        report.problems.append(str(exc).split(";")[0])
-        return report
-    report.generation = generation
-    for record in snap.data_files():
-        wrong = files.problem(root / record["file"], record, full)
-        if wrong:
-            report.problems.append(f"{record['file']}: {wrong}")
+        try:
+            snap = pin.latest()
+        except BioindexError as exc:
+            report.problems.append(str(exc).split(";")[0])
+            return report
+        report.generation = snap.generation
+        for record in snap.data_files():
+            wrong = files.problem(root / record["file"], record, full)
+            if wrong:
+                report.problems.append(f"{record['file']}: {wrong}")
+    finally:
+        pin.release()
     return report
 
 

@@ -145,7 +145,11 @@ class Pin:
             if os.fstat(fd).st_nlink == 0:  # collected before we locked it
                 os.close(fd)
                 continue
-            snap = read(self.root, generation)
+            try:
+                snap = read(self.root, generation)
+            except BaseException:
+                os.close(fd)
+                raise
             self.release()
             self._fd, self.snapshot, self._marker = fd, snap, marker
             return snap
