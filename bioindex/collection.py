@@ -195,6 +195,9 @@ class Collection:
         self._model = model
         self._device = device
         self._recent_texts = RecentTexts()
+        # Heads are trained once per generation (or training set), by whichever request
+        # asks first; the server's concurrent asks wait for that one.
+        self._heads_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -767,14 +770,15 @@ class Collection:
         images, kept until the store changes (see search.fewshot); or, given `train`, on
         that folder or table of labelled images (search.training), kept until one of them,
         their labels or the model changes."""
-        if train is not None:
-            return self._training_head(method, train)
-        generation = self.store.generation()
-        cached = getattr(self, "_heads", {})
-        if cached.get(method, (None,))[0] != generation:
-            cached = {**cached, method: (generation, store_head(self.store, method))}
-            self._heads = cached
-        return cached[method][1]
+        with self._heads_lock:
+            if train is not None:
+                return self._training_head(method, train)
+            generation = self.store.generation()
+            cached = getattr(self, "_heads", {})
+            if cached.get(method, (None,))[0] != generation:
+                cached = {**cached, method: (generation, store_head(self.store, method))}
+                self._heads = cached
+            return cached[method][1]
 
     def _training_head(self, method: str, train: str | os.PathLike[str]) -> Head:
         if method not in FEW_SHOT_METHODS:

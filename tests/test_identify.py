@@ -227,6 +227,35 @@ def test_the_head_is_cached_and_retrained_when_labels_change(tmp_path: Path) -> 
     assert not cached.exists() and len(list(heads.glob("few-shot-*.npz"))) == 1
 
 
+def test_concurrent_first_asks_train_the_head_once(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server's first few-shot requests arrive together: each trained the same head (a
+    # linear probe on a large catalog: that many fits at once, and their files raced).
+    import threading
+    import time
+
+    root = write_world(tmp_path / "w", SPECIES[:6], 2, seed=5, look=LOOK)
+    fitted = fewshot.fit_head
+    fits: list[str] = []
+
+    def counted(*args, **kwargs):  # the real fit, slowed so that the asks overlap
+        fits.append(args[0])
+        time.sleep(0.3)
+        return fitted(*args, **kwargs)
+
+    monkeypatch.setattr(fewshot, "fit_head", counted)
+    with Collection.open(tmp_path / "s", model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+        heads: list[fewshot.Head] = []
+        asks = [threading.Thread(target=lambda: heads.append(col.head("few-shot")))
+                for _ in range(6)]  # fmt: skip
+        for ask in asks:
+            ask.start()
+        for ask in asks:
+            ask.join()
+    assert fits == ["few-shot"] and len(heads) == 6 and all(h is heads[0] for h in heads)
+
+
 def test_few_shot_needs_labels_and_says_so(tmp_path: Path, tiny_model: str) -> None:
     from tests.conftest import draw_images
 
