@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -20,6 +21,10 @@ FORMATS = ("table", "json", "csv")
 # Columns whose start matters less than their end (a path's file name, not its folders).
 _KEEP_END = ("path", "uri", "file")
 _MIN_WIDTH = 14  # "catalog family", a date, a catalog number stay whole
+# Control characters in a value (a newline in a file name, a terminal escape sequence) are
+# shown escaped: a name could otherwise split its row and print a forged one, or restyle
+# and rewrite the terminal. JSON and CSV quote them their own way.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def render(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None,
@@ -86,7 +91,8 @@ def render_predictions(rows: list[dict[str, Any]], fmt: str,
         first = group[0]
         candidates = [{k: v for k, v in r.items() if k not in ANSWER_KEYS and k != "file"}
                       for r in group]  # fmt: skip
-        parts.append(f"{file}: {_answer(first)}\n{render(candidates, fmt, None, width)}")
+        parts.append(f"{printable(file)}: {printable(_answer(first))}\n"
+                     f"{render(candidates, fmt, None, width)}")
     return "\n".join(parts)
 
 
@@ -166,12 +172,17 @@ def _clip(text: str, width: int, column: str) -> str:
     return text[: width - 1] + "…"
 
 
+def printable(text: str) -> str:
+    """`text` with its control characters escaped as Python writes them (a newline as \\n)."""
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    return printable(str(value))
 
 
 def _value(value: Any) -> str:
@@ -181,4 +192,4 @@ def _value(value: Any) -> str:
         return ", ".join(_value(v) for v in value)
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return printable(str(value))

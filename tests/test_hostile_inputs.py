@@ -403,3 +403,29 @@ def test_archive_media_paths_stay_inside_the_archive(tmp_path, tiny_model) -> No
     for entry in entries[1:]:
         _one_line(reasons[entry])
         assert "outside" in reasons[entry]
+
+
+def test_a_file_name_cannot_forge_table_rows_or_drive_the_terminal(tmp_path: Path,
+                                                                   tiny_model: str) -> None:
+    # A newline in a file's name split its table row in two, so a name could print a fake
+    # result row; an escape sequence in it reached the terminal as is.
+    from click.testing import CliRunner
+
+    from bioindex.cli import main
+
+    folder = tmp_path / "photos"
+    [real] = draw_images(folder, 1, seed=3)
+    forged = "x\n9     1.0000  99        forged\x1b[2J.png"
+    os.link(real, real.parent / forged)
+    store = str(tmp_path / "s")
+    made = CliRunner().invoke(main, ["index", str(folder), "-s", store, "-m", tiny_model, "-q"])
+    assert made.exit_code == 0, made.output
+    for command in (["search", "text", "a photo", "-s", store, "-k", "2"],
+                    ["dedup", "-s", store]):  # fmt: skip
+        shown = CliRunner().invoke(main, command)
+        assert shown.exit_code == 0, shown.output
+        assert "\x1b" not in shown.output, shown.output
+        assert not any(line.startswith("9     1.0000") for line in shown.output.splitlines())
+    table = CliRunner().invoke(main, ["search", "text", "a photo", "-s", store, "-k", "2"])
+    assert len(table.output.strip().splitlines()) == 3, table.output  # header + two rows
+    assert "x\\n9     1.0000  99        forged\\x1b[2J.png" in table.output
