@@ -362,3 +362,26 @@ def test_a_damaged_snapshot_leaves_no_file_open_behind(tmp_path: Path) -> None:
         with pytest.raises(BioindexError, match="damaged"):
             snapshot.Pin(tmp_path / "s").latest()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_reader_stays_on_its_generation_when_the_next_one_is_damaged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    # A server moving to a generation whose new shard was cut got an error on every
+    # request, and had let go of the generation it was still answering from: a writer's
+    # compaction then deleted that generation's files under it.
+    writer = Store.create(tmp_path / "s", MODEL)
+    for i in range(20):  # small segments, compacted away below
+        writer.commit(_records([f"n{i}"]), _unit(1, seed=i))
+    reader = Store.open(tmp_path / "s", read_only=True)
+    writer.commit(_records(["late"]), _unit(1, seed=99))
+    shard = max((tmp_path / "s" / "embeddings").glob("*.npy"))
+    with open(shard, "r+b") as cut:
+        cut.truncate(shard.stat().st_size - 8)
+    assert not reader.refresh()  # stays where it was, and says why
+    assert "staying at generation 20" in caplog.text and "run bioindex check" in caplog.text
+    assert not reader.refresh()  # the same damaged generation is not tried on every ask
+    writer.compact()
+    writer.close()  # collects every generation no reader holds
+    assert reader.generation() == 20 and reader.live_count() == 20
+    assert reader.rows([1])[1]["uri"] == "/x/n0"
+    reader.close()

@@ -267,7 +267,12 @@ class Store:
         if self._pin is None or not self._pin.changed():
             return False
         self._live.remember_content()
-        self._attach(self._pin.latest())
+        try:
+            self._pin.move(self._attach)
+        except BioindexError as exc:  # answering from the last sound generation beats failing
+            log.warning("store %s: staying at generation %d: %s", self.path,
+                        self.snap.generation, exc)  # fmt: skip
+            return False
         if self._live.loaded:
             # Caught up now, not by the next search: a server's readers search side by
             # side, and two catching up one index at once broke it (a 500 under load).

@@ -16,6 +16,7 @@ import copy
 import fcntl
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,26 @@ class Pin:
             self._fd, self.snapshot, self._marker = fd, snap, marker
             return snap
         raise BioindexError(f"store {self.root} changes too fast to read")
+
+    def move(self, attach: Callable[[Snapshot], None]) -> None:
+        """Pin the current generation and hand it to `attach`. When it cannot be read or
+        attach refuses it (BioindexError: a damaged file), the generation held before stays
+        held — a reader answers from it still, and its files must outlive a writer's
+        collection — and this one counts as seen, so that it is not tried again before
+        the next switch."""
+        seen = current_marker(self.root)
+        held = (self._fd, self.snapshot, self._marker)
+        self._fd = None  # open until the new generation is attached
+        try:
+            attach(self.latest())
+        except BaseException as exc:
+            self.release()
+            self._fd, self.snapshot, self._marker = held
+            if isinstance(exc, BioindexError):
+                self._marker = seen
+            raise
+        if held[0] is not None:
+            os.close(held[0])
 
     def changed(self) -> bool:
         """Whether a newer generation may be current (one stat call)."""
