@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,9 +195,12 @@ class Collection:
         self._model = model
         self._device = device
         self._recent_texts = RecentTexts()
-        # Heads are trained once per generation (or training set), by whichever request
-        # asks first; the server's concurrent asks wait for that one.
-        self._heads_lock = threading.Lock()
+        # What is derived from one generation of the store (taxonomy, label vectors, the
+        # zero-shot temperature, few-shot heads), and from a training set: computed once,
+        # by whichever request asks first; a server's concurrent asks wait for that one
+        # (six first asks trained a head six times). Re-entrant: one derives from another.
+        self._derived: dict[str, tuple[Any, Any]] = {}
+        self._derived_lock = threading.RLock()
 
     @classmethod
     def open(
@@ -561,13 +564,21 @@ class Collection:
     def taxonomy(self) -> Taxonomy:
         """The taxa named in this store's catalog (for name resolution), cached until the
         catalog changes."""
-        generation = self.store.generation()
-        cached = getattr(self, "_taxonomy", None)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        taxonomy = self._read_taxonomy()
-        self._taxonomy = (generation, taxonomy)
+        taxonomy = self._kept("taxonomy", self._read_taxonomy)
+        if taxonomy is None:
+            raise NoTaxaError(f"the catalog of {self.store.path} names no taxa",
+                              remedy=NAME_TAXA)  # fmt: skip
         return taxonomy
+
+    def _kept(self, name: str, derive: Callable[[], Any], key: Any = None) -> Any:
+        """`derive()`, kept until the store moves to another generation (or, given `key`,
+        until the key changes); derived once when several threads ask at once."""
+        key = self.store.generation() if key is None else key
+        with self._derived_lock:
+            kept = self._derived.get(name)
+            if kept is None or kept[0] != key:
+                kept = self._derived[name] = (key, derive())
+            return kept[1]
 
     def catalog_names_taxa(self) -> bool:
         """Whether any live image of the catalog carries a taxon (a plain folder has none)."""
@@ -577,14 +588,13 @@ class Collection:
             return False
         return True
 
-    def _read_taxonomy(self) -> Taxonomy:
+    def _read_taxonomy(self) -> Taxonomy | None:
+        """The catalog's taxa; None when it names none (a plain folder, asked on every page
+        load)."""
         from bioindex.search.labels import taxon_from_row
 
         taxa = [t for t in (taxon_from_row(r) for r in self._taxon_rows()) if t is not None]
-        if not taxa:
-            raise NoTaxaError(f"the catalog of {self.store.path} names no taxa",
-                              remedy=NAME_TAXA)  # fmt: skip
-        return Taxonomy(taxa)
+        return Taxonomy(taxa) if taxa else None
 
     def search_taxon(self, name: str, k: int = 10, mode: str = "hybrid", where: Where = None,
                      taxonomy: Taxonomy | None = None) -> list[Hit]:  # fmt: skip
@@ -744,11 +754,7 @@ class Collection:
         the NLL's T left zero-shot's wrong top answers sure under a collection's own look);
         None (the model's own logit scale) with fewer than MIN_HELD_OUT. Kept until the
         store changes."""
-        generation = self.store.generation()
-        cached = getattr(self, "_zero_shot_temperature", None)
-        if cached is None or cached[0] != generation:
-            cached = self._zero_shot_temperature = (generation, self._fit_zero_shot())
-        return cached[1]
+        return self._kept("zero_shot_temperature", self._fit_zero_shot)
 
     def _fit_zero_shot(self) -> float | None:
         ids, taxa = labelled_species(self.store)
@@ -770,15 +776,9 @@ class Collection:
         images, kept until the store changes (see search.fewshot); or, given `train`, on
         that folder or table of labelled images (search.training), kept until one of them,
         their labels or the model changes."""
-        with self._heads_lock:
-            if train is not None:
-                return self._training_head(method, train)
-            generation = self.store.generation()
-            cached = getattr(self, "_heads", {})
-            if cached.get(method, (None,))[0] != generation:
-                cached = {**cached, method: (generation, store_head(self.store, method))}
-                self._heads = cached
-            return cached[method][1]
+        if train is not None:
+            return self._training_head(method, train)
+        return self._kept(f"head {method}", lambda: store_head(self.store, method))
 
     def _training_head(self, method: str, train: str | os.PathLike[str]) -> Head:
         if method not in FEW_SHOT_METHODS:
@@ -787,12 +787,9 @@ class Collection:
         identity = self.identity
         key = training_key(examples, [HEAD_VERSION, method, identity.weights_sha256,
                                       identity.preprocess])  # fmt: skip
-        cached = getattr(self, "_training_heads", {})
-        if key not in cached:
-            path = training_head_path(self.store, method, key)
-            cached[key] = cached_head(path, lambda: self._fit_training(method, train, examples))
-            self._training_heads = cached
-        return cached[key]
+        path = training_head_path(self.store, method, key)
+        return self._kept(f"training head {key}", lambda: cached_head(
+            path, lambda: self._fit_training(method, train, examples)), key=key)
 
     def _fit_training(self, method: str, train: str | os.PathLike[str],
                       examples: list[Example]) -> Head:  # fmt: skip
@@ -828,13 +825,11 @@ class Collection:
     def _catalog_label_vectors(self) -> tuple[LabelSet, np.ndarray]:
         """The catalog's label set and its vectors, kept until the catalog changes (a server
         classifies many uploads against the same labels)."""
-        generation = self.store.generation()
-        cached = getattr(self, "_catalog_labels", None)
-        if cached is None or cached[0] != generation:
+        def derive() -> tuple[LabelSet, np.ndarray]:
             labels = self.catalog_labels()
-            matrix = _label_matrix(self.model, labels)
-            cached = self._catalog_labels = (generation, labels, matrix)
-        return cached[1], cached[2]
+            return labels, _label_matrix(self.model, labels)
+
+        return self._kept("catalog labels", derive)
 
     def chosen_ids(self, where: Where = None,
                    image_ids: Sequence[int] | None = None) -> np.ndarray | None:  # fmt: skip

@@ -227,33 +227,38 @@ def test_the_head_is_cached_and_retrained_when_labels_change(tmp_path: Path) -> 
     assert not cached.exists() and len(list(heads.glob("few-shot-*.npz"))) == 1
 
 
-def test_concurrent_first_asks_train_the_head_once(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    # A server's first few-shot requests arrive together: each trained the same head (a
-    # linear probe on a large catalog: that many fits at once, and their files raced).
+def test_concurrent_first_asks_derive_each_thing_once(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server's first identification requests arrive together: each trained the same head
+    # and encoded every catalog label (a linear probe on a large catalog, thousands of
+    # names through a BioCLIP text tower: that many times over, side by side).
     import threading
     import time
 
     root = write_world(tmp_path / "w", SPECIES[:6], 2, seed=5, look=LOOK)
-    fitted = fewshot.fit_head
-    fits: list[str] = []
+    calls: list[str] = []
 
-    def counted(*args, **kwargs):  # the real fit, slowed so that the asks overlap
-        fits.append(args[0])
-        time.sleep(0.3)
-        return fitted(*args, **kwargs)
+    def counted(name: str, real):  # the real work, slowed so that the asks overlap
+        def run(*args, **kwargs):
+            calls.append(name)
+            time.sleep(0.3)
+            return real(*args, **kwargs)
+        return run
 
-    monkeypatch.setattr(fewshot, "fit_head", counted)
+    monkeypatch.setattr(fewshot, "fit_head", counted("head", fewshot.fit_head))
+    monkeypatch.setattr(Collection, "catalog_labels",
+                        counted("labels", Collection.catalog_labels))  # fmt: skip
     with Collection.open(tmp_path / "s", model="bioclip-demo", create=True, device="cpu") as col:
         col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
-        heads: list[fewshot.Head] = []
-        asks = [threading.Thread(target=lambda: heads.append(col.head("few-shot")))
-                for _ in range(6)]  # fmt: skip
+        got: list[tuple] = []
+        asks = [threading.Thread(target=lambda: got.append(
+            (col.head("few-shot"), col.zero_shot_temperature()))) for _ in range(6)]
         for ask in asks:
             ask.start()
         for ask in asks:
             ask.join()
-    assert fits == ["few-shot"] and len(heads) == 6 and all(h is heads[0] for h in heads)
+    assert sorted(calls) == ["head", "labels"], calls
+    assert len(got) == 6 and all(g[0] is got[0][0] and g[1] == got[0][1] for g in got)
 
 
 def test_few_shot_needs_labels_and_says_so(tmp_path: Path, tiny_model: str) -> None:
