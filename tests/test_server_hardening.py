@@ -141,6 +141,19 @@ def test_headers_host_and_client_errors(live) -> None:
         assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
 
 
+def test_made_up_methods_do_not_grow_the_metrics(live) -> None:
+    # Each request's method became a metrics series: 300 made-up methods, 300 more
+    # lines on every scrape and entries kept for good.
+    url, _ = live
+    with httpx.Client(base_url=url, timeout=30) as client:
+        before = client.get("/metrics").text.count("\n")
+        for i in range(300):
+            assert client.request(f"X{i}", "/api/info").status_code in (400, 405)
+        after = client.get("/metrics").text
+    assert after.count("\n") <= before + 4, after[-500:]
+    assert 'method="other"' in after and 'method="X7"' not in after
+
+
 def test_ids_no_integer_column_holds_are_not_found(live) -> None:
     """The fuzzer's /api/thumbnails/314702996921268396868043191529236332544 was a 500."""
     url, _ = live

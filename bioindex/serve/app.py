@@ -66,6 +66,11 @@ class ApiError(Exception):
         self.message = message
 
 
+# Methods counted under their own name; any other is "other". A client picks the method
+# freely: 300 made-up ones made 300 series, kept for good and sent on every scrape.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Metrics:
     """Request counts and latency sums per route and status, in Prometheus text format."""
 
@@ -75,6 +80,7 @@ class Metrics:
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
 
     def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "other"
         with self.lock:
             self.counts[(method, route, status)] += 1
             self.seconds[(method, route)] += seconds
