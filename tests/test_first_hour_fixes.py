@@ -258,3 +258,24 @@ def test_search_box_reads_taxa_names_and_text_without_failing(named: Path) -> No
         assert col.search("a bear on the ice", k=3).kind == "text"
         with pytest.raises(BioindexError, match="did you mean"):
             col.search_taxon("Ursus arctoss", mode="catalog")
+
+
+def test_the_query_cache_keeps_to_its_bound(named: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every new text a server was asked left a file in the store for good: a fuzzer or a
+    # crawler could fill the disk one query at a time.
+    import shutil
+
+    from bioindex.store import query_cache
+
+    copy = tmp_path / "copy"
+    shutil.copytree(named / "store", copy)
+    shutil.rmtree(copy / "query-cache", ignore_errors=True)
+    monkeypatch.setattr(query_cache, "FILES_PER_FOLDER", 1)
+    texts = [f"a photo of thing {i}" for i in range(600)]
+    with Collection.open(copy, read_only=True) as col:
+        first = col.embed_texts(texts)
+    kept = list((copy / "query-cache").rglob("*.npy"))
+    assert 200 <= len(kept) <= 256  # one per folder, each folder's newest
+    with Collection.open(copy, read_only=True) as col:  # a new process: memory is empty
+        np.testing.assert_allclose(col.embed_texts(texts[-1:]), first[-1:], atol=1e-6)

@@ -1,9 +1,13 @@
 """Text query embeddings kept beside the store, so a repeated query needs no model.
 
-One small .npy file per (model weights, text), named by their hash, written atomically. A
-reader may write here (the vectors are a pure function of the key, so two writers agree);
-nothing in a generation refers to it, and losing it costs only a model load. A store on a
-read-only disk just goes without.
+One small .npy file per (model weights, text), named by their hash, written atomically, in
+one of 256 folders by the hash's first two hex digits. A reader may write here (the vectors
+are a pure function of the key, so two writers agree); nothing in a generation refers to
+it, and losing it costs only a model load. A store on a read-only disk just goes without.
+
+Bounded: a folder keeps its FILES_PER_FOLDER newest files. A server asked a new text each
+time (a fuzzer, a crawler, months of a public search page) wrote one file per text, 4 kB
+of disk each, without end.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import numpy as np
 from bioindex.store.layout import QUERY_CACHE_DIR
 
 log = logging.getLogger(__name__)
+
+FILES_PER_FOLDER = 400  # x 256 folders: ~100k texts, ~400 MB on 4 kB blocks at the most
 
 
 class QueryCache:
@@ -43,7 +49,7 @@ class QueryCache:
 
     def _path(self, text: str) -> Path:
         digest = hashlib.sha256(f"{self.model_key}\0{text}".encode()).hexdigest()
-        return self.folder / f"{digest[:40]}.npy"
+        return self.folder / digest[:2] / f"{digest[:40]}.npy"
 
     def _read(self, text: str) -> np.ndarray | None:
         try:
@@ -58,11 +64,23 @@ class QueryCache:
         path = self._path(text)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
-            self.folder.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as handle:
                 np.save(handle, vector.astype(np.float32))
             os.replace(tmp, path)
+            _keep_newest(path.parent, FILES_PER_FOLDER)
         except OSError as exc:
             log.debug("query cache not written (%s)", exc)
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+
+
+def _keep_newest(folder: Path, count: int) -> None:
+    """Delete all but the `count` most recently written .npy files of `folder`."""
+    with os.scandir(folder) as entries:
+        kept = [(e.stat().st_mtime_ns, e.path) for e in entries if e.name.endswith(".npy")]
+    if len(kept) <= count:
+        return
+    for _, path in sorted(kept)[: len(kept) - count]:
+        with contextlib.suppress(OSError):  # another process took it first
+            os.unlink(path)
