@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -377,7 +378,12 @@ def test_a_reader_stays_on_its_generation_when_the_next_one_is_damaged(
     shard = max((tmp_path / "s" / "embeddings").glob("*.npy"))
     with open(shard, "r+b") as cut:
         cut.truncate(shard.stat().st_size - 8)
-    assert not reader.refresh()  # stays where it was, and says why
+    logger = logging.getLogger("bioindex.store.front")
+    logger.addHandler(caplog.handler)  # the CLI's tests leave "bioindex" not propagating
+    try:
+        assert not reader.refresh()  # stays where it was, and says why
+    finally:
+        logger.removeHandler(caplog.handler)
     assert "staying at generation 20" in caplog.text and "run bioindex check" in caplog.text
     assert not reader.refresh()  # the same damaged generation is not tried on every ask
     writer.compact()
