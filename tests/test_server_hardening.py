@@ -154,6 +154,28 @@ def test_made_up_methods_do_not_grow_the_metrics(live) -> None:
     assert 'method="other"' in after and 'method="X7"' not in after
 
 
+def test_texts_past_what_the_model_reads_are_refused(live) -> None:
+    # A 100 kB query was taken (the model reads its first 77 tokens) and kept in memory
+    # with 4,095 others; 1,000 made-up labels were each one more text encode.
+    url, root = live
+    upload = {"file": ("a.png", next((root / "photos").rglob("*.png")).read_bytes())}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for path, field in (("/api/search/text", "q"), ("/api/search", "q"),
+                            ("/api/search/taxon", "name")):  # fmt: skip
+            long = client.get(path, params={field: "a" * 1001})
+            assert long.status_code == 422 and "1000" in long.json()["error"], long.text
+            taken = client.get(path, params={field: "a" * 1000}).status_code
+            assert taken == (200 if field == "q" else 400)  # no taxon is named so: a 400
+        many = client.post("/api/classify", params={"labels": ",".join(
+            f"label {i}" for i in range(1001))}, files=upload)  # fmt: skip
+        assert many.status_code == 400 and "at most 1000 labels" in many.json()["error"]
+        wordy = client.post("/api/classify", params={"labels": "a,b" + "c" * 1000},
+                            files=upload)  # fmt: skip
+        assert wordy.status_code == 400, wordy.text
+        fine = client.post("/api/classify", params={"labels": "a cat,a bear"}, files=upload)
+        assert fine.status_code == 200, fine.text
+
+
 def test_ids_no_integer_column_holds_are_not_found(live) -> None:
     """The fuzzer's /api/thumbnails/314702996921268396868043191529236332544 was a 500."""
     url, _ = live

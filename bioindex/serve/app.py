@@ -51,6 +51,11 @@ DEFAULT_MAX_PIXELS = 50_000_000  # a 50 MP upload decodes to ~150 MB of RGB
 DECODE_WORKERS = 2  # uploads decoded at once; more wait their turn without blocking searches
 DEFAULT_WORKERS = 8  # requests answered at once (FAISS, DuckDB and torch release the GIL)
 MAX_K = 1000
+# A text query, taxon name or label longer than this is refused: the model reads its first
+# 77 tokens (a few hundred characters), and a server took 100 kB queries and kept 4,096 of
+# them in memory (RecentTexts). Labels: each is one text encode.
+MAX_TEXT = 1000
+MAX_LABELS = 1000
 MAX_VIEWS = 8  # photos of one specimen in one classify request
 MAX_SPECIES_LIST = 8 * 1024 * 1024  # a country's GBIF species list is a few MB
 STATIC = Path(__file__).resolve().parent / "static"
@@ -218,8 +223,9 @@ def create_app(
         return data
 
     @app.get("/api/search")
-    def search_box(q: str, k: int = 10, where: list[str] | None = Query(None),
-                   group_by: str | None = None) -> dict:  # fmt: skip
+    def search_box(q: str = Query(max_length=MAX_TEXT), k: int = 10,
+                   where: list[str] | None = Query(None), group_by: str | None = None,
+                   ) -> dict:  # fmt: skip
         """What the page's search box does: a taxon the catalog names (its records, then
         look-alikes), a Latin name it does not (look-alikes), or free text."""
         k = k_of(k)
@@ -229,8 +235,9 @@ def create_app(
         return {**answer.to_dict(), **hits_json(answer.hits, group_by, k)}
 
     @app.get("/api/search/text")
-    def search_text(q: str, k: int = 10, where: list[str] | None = Query(None),
-                    group_by: str | None = None) -> dict:  # fmt: skip
+    def search_text(q: str = Query(max_length=MAX_TEXT), k: int = 10,
+                    where: list[str] | None = Query(None), group_by: str | None = None,
+                    ) -> dict:  # fmt: skip
         k = k_of(k)
         fetch = k * 5 if group_by else k
         with lock.reading():
@@ -238,7 +245,7 @@ def create_app(
         return hits_json(hits, group_by, k)
 
     @app.get("/api/search/taxon")
-    def search_taxon(name: str, k: int = 10, mode: str = "hybrid",
+    def search_taxon(name: str = Query(max_length=MAX_TEXT), k: int = 10, mode: str = "hybrid",
                      where: list[str] | None = Query(None), group_by: str | None = None,
                      ) -> dict:  # fmt: skip
         k = k_of(k)
@@ -313,6 +320,9 @@ def create_app(
         where the catalog records them within `radius_km`, `where` (country_code=KE, …) by
         the catalog's records matching those conditions."""
         k = k_of(k)
+        if labels and (labels.count(",") >= MAX_LABELS
+                       or any(len(label) > MAX_TEXT for label in labels.split(","))):
+            raise ApiError(400, f"at most {MAX_LABELS} labels of {MAX_TEXT} characters each")
         label_set = labels_from_strings(labels.split(","), "labels") if labels else None
         vector = await views_vector(file)
         name = " + ".join(part.filename or "upload" for part in file)
