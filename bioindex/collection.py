@@ -197,10 +197,11 @@ class Collection:
         self._recent_texts = RecentTexts()
         # What is derived from one generation of the store (taxonomy, label vectors, the
         # zero-shot temperature, few-shot heads), and from a training set: computed once,
-        # by whichever request asks first; a server's concurrent asks wait for that one
-        # (six first asks trained a head six times). Re-entrant: one derives from another.
+        # by whichever request asks first; a server's concurrent asks for the same thing
+        # wait for that one (six first asks trained a head six times), others do not.
         self._derived: dict[str, tuple[Any, Any]] = {}
-        self._derived_lock = threading.RLock()
+        self._deriving: dict[str, threading.Lock] = {}
+        self._deriving_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -574,7 +575,9 @@ class Collection:
         """`derive()`, kept until the store moves to another generation (or, given `key`,
         until the key changes); derived once when several threads ask at once."""
         key = self.store.generation() if key is None else key
-        with self._derived_lock:
+        with self._deriving_lock:
+            deriving = self._deriving.setdefault(name, threading.Lock())
+        with deriving:  # one derives from another (labels for the temperature): never back
             kept = self._derived.get(name)
             if kept is None or kept[0] != key:
                 kept = self._derived[name] = (key, derive())
