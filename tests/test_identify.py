@@ -261,6 +261,35 @@ def test_concurrent_first_asks_derive_each_thing_once(tmp_path: Path,
     assert len(got) == 6 and all(g[0] is got[0][0] and g[1] == got[0][1] for g in got)
 
 
+def test_a_head_in_training_holds_up_nothing_else(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # With one lock for everything derived, a page load (the taxonomy) waited behind the
+    # training of a linear probe.
+    import threading
+
+    root = write_world(tmp_path / "w", SPECIES[:6], 2, seed=5, look=LOOK)
+    fitted, training, released = fewshot.fit_head, threading.Event(), threading.Event()
+
+    def held(*args, **kwargs):
+        training.set()
+        released.wait(30)
+        return fitted(*args, **kwargs)
+
+    monkeypatch.setattr(fewshot, "fit_head", held)
+    with Collection.open(tmp_path / "s", model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+        trainer = threading.Thread(target=col.head, args=("linear-probe",))
+        trainer.start()
+        assert training.wait(30)
+        names: list = []
+        reader = threading.Thread(target=lambda: names.append(col.taxonomy()))
+        reader.start()
+        reader.join(10)
+        released.set()
+        trainer.join()
+    assert names, "the taxonomy waited for the head"
+
+
 def test_few_shot_needs_labels_and_says_so(tmp_path: Path, tiny_model: str) -> None:
     from tests.conftest import draw_images
 
