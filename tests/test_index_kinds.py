@@ -517,6 +517,18 @@ def _assert_answers_the_replacement(store: Store, old: np.ndarray, new: np.ndarr
     assert new_found[0, 0] == 6 and new_scores[0, 0] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_text_probes_are_asked_for_once_a_build(tmp_path: Path) -> None:
+    # Where the store's model cannot be loaded, `build-index` warned "text queries will
+    # search with the pictures' setting" twice: once for the measured choice, once to tune.
+    vectors = ClusteredVectors(DIM, centres=100, seed=1).sample(3_000)
+    asked: list[int] = []
+    with Store.create(tmp_path / "s", MODEL) as store:
+        store.commit(_records(0, len(vectors)), vectors)
+        spec = store.build_index("auto", memory=600_000, exact_up_to=0,
+                                 text_probes=lambda: asked.append(1))  # fmt: skip
+    assert spec.kind.startswith("ivf") and asked == [1]
+
+
 def test_info_says_text_queries_lack_a_setting_until_built_with_text_probes(store_copy) -> None:
     path, _ = store_copy
     texts = ClusteredVectors(DIM, centres=5, seed=9).sample(50)  # a cluster of their own

@@ -18,6 +18,7 @@ This package never imports torch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -754,6 +755,8 @@ class Store:
             if tune_on.ndim != 2 or tune_on.shape[1] != self.dim or not len(tune_on):
                 raise BioindexError(f"vectors to tune on have shape {tune_on.shape}; this "
                                     f"store holds dim {self.dim}")  # fmt: skip
+        if text_probes is not None:  # asked once: a model that cannot load warned twice
+            text_probes = functools.cache(text_probes)
         n = self.live_count()
         candidates = None
         texts: np.ndarray | None = None
