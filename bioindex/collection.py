@@ -402,11 +402,19 @@ class Collection:
 
         budget = faiss_index.parse_memory(memory)
         probes = self.tuning_pictures(tune_on) if tune_on else None
-        bar = tqdm(total=self.store.live_count(), unit="vec", desc="index",
-                   disable=not progress)  # fmt: skip
+        # `auto` on a large store first measures the kinds on samples (a minute at 1M),
+        # with nothing added yet: the bar says so rather than sit at 0% unexplained.
+        measuring = self.store.measures_kinds(kind)
+        bar = tqdm(total=self.store.live_count(), unit="vec", disable=not progress,
+                   desc="index (measuring kinds on samples first)" if measuring else "index")
+
+        def added(count: int) -> None:
+            bar.set_description("index", refresh=False)
+            bar.update(count)
+
         with bar:
             spec = self.store.build_index(kind, budget, target_recall, rerank,
-                                          progress=bar.update,
+                                          progress=added,
                                           builder=_builder(engine, address),
                                           text_probes=self.text_probes,
                                           tune_on=probes)  # fmt: skip

@@ -760,8 +760,7 @@ class Store:
         n = self.live_count()
         candidates = None
         texts: np.ndarray | None = None
-        if (kind == "auto" and n * self.dim > exact_up_to
-                and n >= index_choice.MIN_VECTORS):  # fmt: skip
+        if self.measures_kinds(kind, exact_up_to):
             sample = self.vectors(self._sample_ids(min(n, index_choice.SAMPLE
                                                        + index_choice.QUERIES)))  # fmt: skip
             texts = text_probes() if text_probes is not None else None
@@ -835,6 +834,13 @@ class Store:
         nxt.index_spec = spec.to_json()
         self._publish(nxt)
         return spec
+
+    def measures_kinds(self, kind: str, exact_up_to: int = faiss_index.FLAT_MAX_NUMBERS
+                       ) -> bool:  # fmt: skip
+        """Whether build_index(kind) measures the candidate kinds on samples first (`auto`
+        past exact search's size)."""
+        n = self.live_count()
+        return kind == "auto" and n * self.dim > exact_up_to and n >= index_choice.MIN_VECTORS
 
     def _tune_text(self, index: Any, spec: IndexSpec, texts: np.ndarray, target: float
                    ) -> faiss_index.Tuning:  # fmt: skip
