@@ -16,6 +16,7 @@ from bioindex.errors import BioindexError, ImageTooLarge
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 
+
 def walk_images(root: Path) -> Iterator[Path]:
     """The image files under a folder (by extension; hidden ones and anything not a regular
     file left out), in path order."""

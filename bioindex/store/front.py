@@ -759,7 +759,6 @@ class Store:
             text_probes = functools.cache(text_probes)
         n = self.live_count()
         candidates = None
-        texts: np.ndarray | None = None
         if self.measures_kinds(kind, exact_up_to):
             sample = self.vectors(self._sample_ids(min(n, index_choice.SAMPLE
                                                        + index_choice.QUERIES)))  # fmt: skip
@@ -807,8 +806,7 @@ class Store:
                     progress(len(held))
         text_tuning = None
         if tuning is not None and not spec.exact and text_probes is not None:
-            if texts is None:
-                texts = text_probes()
+            texts = text_probes()  # cached: the measured choice may have asked already
             if texts is not None and len(texts):
                 text_tuning = self._tune_text(index, spec, texts, target_recall)
         spec.built = {
