@@ -145,6 +145,14 @@ def test_records_thumbnails_neighbours_taxa(server) -> None:
     ("post", "/api/classify", {"files": {"file": ("../../x.png", b"GIF89a", "image/png")}}, 415),
     ("post", "/api/classify", {"params": {"rank": "tribe"},
                                "files": {"file": ("q.jpg", "PHOTO", "image/jpeg")}}, 400),
+    ("post", "/api/classify", {"params": {"min_confidence": 5},
+                               "files": {"file": ("q.jpg", "PHOTO", "image/jpeg")}}, 400),
+    ("post", "/api/classify", {"params": {"near": "91,1"},
+                               "files": {"file": ("q.jpg", "PHOTO", "image/jpeg")}}, 400),
+    ("post", "/api/classify", {"params": {"near": "here"},
+                               "files": {"file": ("q.jpg", "PHOTO", "image/jpeg")}}, 400),
+    ("post", "/api/classify", {"params": {"method": "few-shot", "labels": "a,b"},
+                               "files": {"file": ("q.jpg", "PHOTO", "image/jpeg")}}, 400),
 ])  # fmt: skip
 def test_bad_input_is_4xx_json(server, tmp_path, method, path, kwargs, status) -> None:
     client, _ = server
@@ -158,6 +166,7 @@ def test_bad_input_is_4xx_json(server, tmp_path, method, path, kwargs, status) -
         return
     assert ("error" in body) or ("detail" in body)
     assert "Traceback" not in response.text
+    assert "--" not in body.get("error", ""), "a command-line option named to an HTTP client"
 
 
 def test_a_thumbnail_follows_its_file(server) -> None:

@@ -166,19 +166,19 @@ def classify_vectors(
     if method not in METHODS:
         raise BioindexError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 <= min_confidence <= 1.0:
-        raise BioindexError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+        raise BioindexError(f"the minimum confidence must be in [0, 1], got {min_confidence}")
     few_shot = method in FEW_SHOT_METHODS
     if few_shot and head is None:
-        raise BioindexError(f"--method {method} needs a store with images named to species")
+        raise BioindexError(f"method {method} needs a store with images named to species")
     if few_shot and labels is not None:
-        raise BioindexError(f"--method {method} learns the store's own labels; --labels and "
-                            "--tol are for zero-shot")  # fmt: skip
+        raise BioindexError(f"method {method} learns the store's own labels; a label set of "
+                            "your own is for zero-shot")  # fmt: skip
     if method in ("zero-shot", "combined") and (labels is None or label_vectors is None):
         raise BioindexError(f"{method} classification needs a label set")
     if method in ("knn", "combined") and store is None:
-        raise BioindexError(f"--method {method} needs a store with labelled images (--store)")
+        raise BioindexError(f"method {method} needs a store with labelled images")
     if labels is not None and not labels.has_lineage and method != "zero-shot":
-        raise BioindexError("custom labels have no lineage; use --method zero-shot with them")
+        raise BioindexError("custom labels have no lineage; use method zero-shot with them")
     if labels is not None and not labels.has_lineage and rank != "species":
         raise BioindexError(f"custom labels have no lineage to sum up to rank {rank}")
     if labels is not None and not labels.has_lineage and place is not None:

@@ -61,10 +61,10 @@ def parse_near(value: str) -> tuple[float, float]:
     try:
         lat, lon = (float(p) for p in parts)
     except ValueError:
-        raise BioindexError(f"--near {value!r}: give LAT,LON in decimal degrees, e.g. "
-                            "--near -1.29,36.82") from None  # fmt: skip
+        raise BioindexError(f"near {value!r}: give LAT,LON in decimal degrees, e.g. "
+                            "-1.29,36.82") from None  # fmt: skip
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise BioindexError(f"--near {value!r}: latitude must be in [-90, 90] and longitude "
+        raise BioindexError(f"near {value!r}: latitude must be in [-90, 90] and longitude "
                             "in [-180, 180]")  # fmt: skip
     return lat, lon
 
@@ -72,7 +72,7 @@ def parse_near(value: str) -> tuple[float, float]:
 def within_radius(lat: float, lon: float, radius_km: float) -> Filter:
     """Rows whose decimal_latitude/decimal_longitude lie within `radius_km` (haversine)."""
     if not radius_km > 0:
-        raise BioindexError(f"--radius-km must be positive, got {radius_km}")
+        raise BioindexError(f"the radius must be positive, got {radius_km} km")
     sql = (f"decimal_latitude IS NOT NULL AND decimal_longitude IS NOT NULL AND "
            f"2 * {EARTH_RADIUS_KM} * asin(sqrt(pow(sin(radians(decimal_latitude - ?) / 2), 2)"
            f" + cos(radians(?)) * cos(radians(decimal_latitude))"
