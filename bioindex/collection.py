@@ -76,7 +76,7 @@ from bioindex.taxonomy import RANKS, Taxon, Taxonomy, looks_scientific
 
 log = logging.getLogger(__name__)
 
-Where = Sequence[str] | Filter | None
+Where = str | Sequence[str] | Filter | None
 CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
 EXPORT_FORMATS = ("dwca", "parquet", "npy")
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
@@ -1049,7 +1049,7 @@ def _builder(engine: str, address: str | None) -> Any:
 def _filter(where: Where) -> Filter | None:
     if where is None or isinstance(where, Filter):
         return where
-    return parse_where(list(where)) or None
+    return parse_where(where) or None
 
 
 def _unit(vector: np.ndarray, dim: int) -> np.ndarray:

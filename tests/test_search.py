@@ -219,3 +219,24 @@ def test_query_arithmetic_moves_towards_added_image(tmp_path: Path, tiny_model: 
         assert mixed.uri == str(paths[8].resolve())
         with pytest.raises(BioindexError, match="zero"):
             col.search_query([str(paths[3])], [str(paths[3])], k=1)
+
+
+def test_a_cosine_is_never_shown_above_one(big_store) -> None:
+    """Vectors are stored as float16, whose rounding can leave a norm a hair over 1: a
+    picture searched for itself scored 1.00003, which no cosine is."""
+    path, vectors, _ = big_store
+    with Collection.open(path) as collection:
+        scores = [collection.search_vector(v, k=1)[0].score for v in vectors[:300]]
+        where = [collection.search_vector(v, k=1, where="country_code=BR")[0].score
+                 for v in vectors[:300]]  # fmt: skip
+    assert max(scores + where) <= 1.0
+    assert min(scores) > 0.999  # each found itself
+
+
+def test_one_condition_may_be_given_as_a_plain_string(big_store) -> None:
+    """where="country_code=AQ" in Python was read character by character ('malformed
+    filter 'c'')."""
+    path, vectors, countries = big_store
+    with Collection.open(path) as collection:
+        hits = collection.search_vector(vectors[0], k=50, where="country_code=AQ")
+    assert len(hits) == 20 and {h.metadata["country_code"] for h in hits} == {"AQ"}

@@ -50,8 +50,11 @@ def _column(name: str) -> str:
     raise BioindexError(f"unknown filter column {name!r}; use one of: {known}")
 
 
-def parse_where(conditions: Sequence[str] | None) -> Filter:
-    """Parse `--where` strings; raise BioindexError for anything malformed."""
+def parse_where(conditions: str | Sequence[str] | None) -> Filter:
+    """Parse `--where` strings (one condition may come as a plain string); raise
+    BioindexError for anything malformed."""
+    if isinstance(conditions, str):  # else its characters would be read as conditions
+        conditions = [conditions]
     result = Filter()
     clauses: list[str] = []
     for text in conditions or ():

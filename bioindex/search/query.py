@@ -86,9 +86,10 @@ def nearest(
 
 
 def _pairs(scores: np.ndarray, ids: np.ndarray, exclude: set[int]) -> list[tuple[float, int]]:
-    return [
-        (float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude
-    ]
+    # Stored float16 vectors can have a norm a hair over 1 (a picture scored 1.00003
+    # against itself); a cosine is never shown above 1.
+    return [(min(float(s), 1.0), int(i)) for s, i in zip(scores[0], ids[0])
+            if i >= 0 and int(i) not in exclude]  # fmt: skip
 
 
 def to_hits(store: Store, pairs: list[tuple[float, int]], why: str | None = None,
