@@ -12,9 +12,12 @@ docstring), stored float16 in a real bioindex store. --distributions picks which
 setting, median top-10 neighbour cosine 0.77 at 100k), `demo` (real embeddings: the demo
 model's vectors of freshly drawn demo-world pictures, at its own dimension, 64) and `copies`
 (default's vectors, each stored three times: a collection indexed with two backups of
-itself) and `bursts` (a camera trap's: each default vector as five noisy frames side by
+itself), `bursts` (a camera trap's: each default vector as five noisy frames side by
 side, cosine ~0.97 between frames; queries are frames of new events, and the
-bioindex-tuned-on system tunes on 500 frames of other new events, `build-index --tune-on`).
+bioindex-tuned-on system tunes on 500 frames of other new events, `build-index --tune-on`)
+and `cone` (default's vectors sharing one direction, as CLIP image embeddings do: unrelated
+pictures at cosine ~0.5). `clustered:CENTRES:SPREAD[:DECAY]` is any other setting of the
+generator (`hard` is clustered:5000:0.8 at seed 7).
 Queries are 4000 held-out vectors from the same distribution (--queries; 1000 left a recall
 near 0.95 uncertain by ±0.008 at 95%, and the table prints each figure's interval); the
 truth is an exact top-10 over the stored (float16) vectors, where any copy tied with the
@@ -65,7 +68,7 @@ MODEL = {"name": "synthetic", "source": "benchmarks/search.py", "weights_sha256"
 # ---- the case: vectors in a store, held-out queries, exact truth --------------------------
 
 
-DISTRIBUTIONS = ("default", "hard", "demo", "copies", "bursts")
+DISTRIBUTIONS = ("default", "hard", "demo", "copies", "bursts", "cone")
 TUNE_ON = 500  # bursts: new-event frames made for bioindex-tuned-on, apart from the queries
 
 
@@ -152,7 +155,58 @@ def vector_source(distribution: str, dim: int, seed: int):
         return StoredThrice(ClusteredVectors(dim, seed=seed))
     if distribution == "bursts":
         return Bursts(ClusteredVectors(dim, seed=seed))
+    if distribution == "cone":
+        return InCone(ClusteredVectors(dim, seed=seed))
+    if distribution.startswith("clustered:"):
+        centres, spread, decay = clustered_setting(distribution)
+        return ClusteredVectors(dim, centres=centres, spread=spread, decay=decay, seed=seed)
     raise ValueError(f"unknown distribution {distribution!r}")
+
+
+def clustered_setting(distribution: str) -> tuple[int, float, float]:
+    """(centres, spread, decay) of `clustered:CENTRES:SPREAD[:DECAY]`."""
+    from bioindex.synthetic import DEFAULT_DECAY
+
+    parts = distribution.split(":")[1:]
+    if len(parts) not in (2, 3):
+        raise ValueError(f"{distribution!r}: write clustered:CENTRES:SPREAD[:DECAY]")
+    return int(parts[0]), float(parts[1]), float(parts[2]) if len(parts) == 3 else DEFAULT_DECAY
+
+
+def distribution_name(value: str) -> str:
+    """argparse's check of --distributions: a name, or a clustered: setting."""
+    if value.startswith("clustered:"):
+        try:
+            clustered_setting(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    elif value not in DISTRIBUTIONS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: choose from {', '.join(DISTRIBUTIONS)} or clustered:C:S[:D]")
+    return value
+
+
+class InCone:
+    """The default distribution inside a narrow cone, as CLIP-style image embeddings are:
+    every vector shares one direction (the mean of the image tower's outputs), so two
+    unrelated pictures still have a cosine near 0.5 and neighbours differ in what is left.
+    Each vector is the default's plus CONE times a fixed random unit vector, renormalised."""
+
+    CONE = 1.0
+
+    def __init__(self, source):
+        self.source = source
+        self.dim = source.dim
+        shared = np.random.default_rng([source.seed, 7]).standard_normal(source.dim)
+        self.shared = (shared / np.linalg.norm(shared)).astype(np.float32)
+
+    def batches(self, n: int, part: int = 0, batch: int = 131072):
+        for vectors in self.source.batches(n, part, batch):
+            vectors = vectors + self.CONE * self.shared
+            yield vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def sample(self, n: int, part: int = 0) -> np.ndarray:
+        return np.concatenate(list(self.batches(n, part)))
 
 
 class StoredThrice:
@@ -508,7 +562,9 @@ def in_child(case: Path, system: str, memory: str) -> dict:
 # ---- the neighbour profile: synthetic next to real embeddings ---------------------------
 
 
-def profiles(dim: int) -> dict:
+def profiles(dim: int, distributions: list[str], seed: int) -> dict:
+    """Median neighbour cosines: the demo model's real vectors, the generator's defaults at
+    the demo's size and at 100k, and each other synthetic distribution run at 100k."""
     from bioindex.demo.draw import draw_dataset
     from bioindex.models import load_model
     from bioindex.synthetic import ClusteredVectors, neighbour_profile
@@ -523,6 +579,12 @@ def profiles(dim: int) -> dict:
     for n in (504, 100_000):
         base = generator.sample(n)
         out[f"synthetic d={dim}, n={n:,}"] = neighbour_profile(base, generator.sample(300, 1))
+    for distribution in distributions:
+        if distribution in ("default", "demo"):
+            continue
+        source = vector_source(distribution, dim, seed)
+        out[f"{distribution} d={dim}, n=100,000"] = neighbour_profile(
+            source.sample(100_000), source.sample(300, 1))
     return out
 
 
@@ -538,8 +600,10 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--memory", default="4G", help="bioindex's memory budget")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--distributions", nargs="+", default=["default"], choices=DISTRIBUTIONS,
-                        help="which vectors (see above); demo ignores --dims")
+    parser.add_argument("--distributions", nargs="+", default=["default"],
+                        type=distribution_name,
+                        help="which vectors (see above), or clustered:CENTRES:SPREAD[:DECAY] "
+                        "for another setting of the generator; demo ignores --dims")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--queries", type=int, default=QUERIES,
                         help="query vectors per case (recall; latency times the first 300)")
@@ -592,7 +656,7 @@ def main() -> None:
     equal_recall(results)
     report = {"results": results, "cold_query": report_cold, "machine": machine()}
     if not args.store and 512 in args.dims:
-        report["neighbour_profile"] = profiles(512)
+        report["neighbour_profile"] = profiles(512, args.distributions, args.seed)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
