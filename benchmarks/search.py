@@ -437,6 +437,11 @@ def run_bioindex(case: Path, queries: np.ndarray, memory: str, rerank: bool | No
         "build_s": spec.built["build_seconds"], "index_mb": spec.built["index_bytes"] / 2**20,
         "tuned_recall": spec.built.get("recall_at_10"), "search_text": spec.search_text,
     }  # fmt: skip
+    chosen = next((c for c in spec.built.get("candidates", []) if c.get("chosen")), None)
+    if chosen:  # what the measured choice predicted for this build, from its samples
+        info["predicted"] = {key: chosen[key] for key in (
+            "name", "predicted_p50_ms", "predicted_p99_ms", "predicted_bytes",
+            "predicted_build_s")}  # fmt: skip
     return ((lambda q, text=False: store.search(q[None], 10, text=text)[1][0]),
             (lambda qs: store.search(qs, 10)[1]), info)  # fmt: skip
 
@@ -728,6 +733,25 @@ def print_table(report: dict) -> None:
         print(f"{cold['case']}: first query from a fresh process: {cold}")
     for name, profile in report.get("neighbour_profile", {}).items():
         print(f"neighbour cosine {name}: {profile}")
+    print_predictions(rows)
+
+
+def print_predictions(rows: list[dict]) -> None:
+    """The measured choice's full-size predictions (made from two samples) against the
+    full build: predicted / measured for p50, p99, index size and build time."""
+    checked = [r for r in rows if r.get("predicted") and "p50_ms" in r]
+    if not checked:
+        return
+    print("\nprediction check (predicted / measured at full size):")
+    print("case | system | chosen | p50 ms | p99 ms | index MB | build s")
+    for row in checked:
+        guess = row["predicted"]
+        pairs = [(guess["predicted_p50_ms"], row["p50_ms"]),
+                 (guess["predicted_p99_ms"], row["p99_ms"]),
+                 (guess["predicted_bytes"] / 2**20, row["index_mb"]),
+                 (guess["predicted_build_s"], row["build_s"])]  # fmt: skip
+        cells = [f"{a:.3g} / {b:.3g} ({a / b:.2f}x)" if b else f"{a:.3g} / -" for a, b in pairs]
+        print(" | ".join([row["case"], row["system"], guess["name"], *cells]))
 
 
 def _cell(value: object) -> str:
