@@ -951,8 +951,9 @@ def build_index(store: str, kind: str, memory: str, target_recall: float,
     if built.get("candidates") and fmt == "table":
         from bioindex.index_choice import describe
 
-        click.echo(f"auto measured on samples of this store: {describe(built['candidates'])}"
-                   f" (predicted p50 at {built.get('ntotal')} vectors)")
+        click.echo(f"auto measured candidates on samples of this store; "
+                   f"{describe(built['candidates'])} (at {built.get('ntotal')} vectors; the "
+                   f"p50 above is the built index's own)")
     text = built.get("text_tuning")
     if text and fmt == "table":
         setting = ", ".join(f"{k}={v}" for k, v in spec.get("search_text", {}).items())

@@ -221,7 +221,9 @@ def choose(vectors: np.ndarray, n: int, memory: int, target: float,
 
 
 def describe(candidates: list[dict[str, Any]]) -> str:
-    """One line for `bioindex info`: the choice and what it beat, by predicted p50."""
+    """One line for `bioindex info`: the choice and what it beat, by predicted p50. Said to
+    be predicted: extrapolated 25x from a 40k sample, a figure can be off several-fold
+    (benchmarks/search.py's prediction check; the built index's own p50 is measured)."""
     ordered = sorted(candidates, key=lambda c: (not c.get("chosen"), c["predicted_p50_ms"]))
     parts = []
     for c in ordered:
@@ -231,4 +233,5 @@ def describe(candidates: list[dict[str, Any]]) -> str:
         text = c.get("predicted_text_p50_ms")
         text = f", texts {text:g} ms" if text is not None else ""
         parts.append(f"{c['name']} {c['predicted_p50_ms']:g} ms{text}{why}")
-    return "chose " + parts[0] + (" over " + ", ".join(parts[1:]) if len(parts) > 1 else "")
+    return ("by p50 predicted from samples, chose " + parts[0]
+            + (" over " + ", ".join(parts[1:]) if len(parts) > 1 else ""))

@@ -56,7 +56,10 @@ def test_auto_keeps_the_fastest_candidate_that_meets_the_target(tmp_path: Path,
         _, found = store.search(queries, 10)
         recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
         assert recall >= 0.93, recall  # the target, less what 300 queries can vouch for
-        assert "chose " + chosen[0]["name"] in store.info()["index_choice"]
+        said = store.info()["index_choice"]
+        # Predictions, and said to be: extrapolated from a 40k sample, a 1M store's were off
+        # up to 11x (benchmarks/search.py's prediction check), and info printed them bare.
+        assert "chose " + chosen[0]["name"] in said and "predicted" in said
 
 
 @pytest.mark.slow
