@@ -168,9 +168,14 @@ def clustered_setting(distribution: str) -> tuple[int, float, float]:
     from bioindex.synthetic import DEFAULT_DECAY
 
     parts = distribution.split(":")[1:]
+    usage = f"{distribution!r}: write clustered:CENTRES:SPREAD[:DECAY], e.g. clustered:5000:0.8"
     if len(parts) not in (2, 3):
-        raise ValueError(f"{distribution!r}: write clustered:CENTRES:SPREAD[:DECAY]")
-    return int(parts[0]), float(parts[1]), float(parts[2]) if len(parts) == 3 else DEFAULT_DECAY
+        raise ValueError(usage)
+    try:
+        return (int(parts[0]), float(parts[1]),
+                float(parts[2]) if len(parts) == 3 else DEFAULT_DECAY)  # fmt: skip
+    except ValueError:
+        raise ValueError(usage) from None
 
 
 def distribution_name(value: str) -> str:
