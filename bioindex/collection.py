@@ -933,7 +933,8 @@ class Collection:
         found = (self.identify(chosen, rank=rank, method=method, labels=labels) if identify
                  else identifications or ())  # fmt: skip
         if identifications and identify:
-            raise BioindexError("give --identify or a classify result, not both")
+            raise BioindexError("identify the images, or hand in identifications from a classify "
+                                "result: not both")
         provenance = {"filters": " AND ".join(_filter(where).conditions) if _filter(where) else "",
                       "identification": f"{method} at rank {rank}" if identify else ""}
         return write_archive(self.store, target, image_ids=chosen, identifications=found,
