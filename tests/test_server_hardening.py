@@ -6,6 +6,7 @@ beyond loopback needs a token or --public."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import socket
@@ -192,6 +193,18 @@ def _png(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.new("L", (width, height), 255).save(out, "PNG", optimize=True)
     return out.getvalue()
+
+
+def test_info_names_no_path_of_the_server(live) -> None:
+    """/api/info dropped the store's path but still gave the model's folder
+    (local-dir:/home/…/weights) and every indexed folder's absolute path (last_run's
+    sources): where this server keeps things, to anyone who asks."""
+    url, root = live
+    info = httpx.get(f"{url}/api/info", timeout=30).json()
+    text = json.dumps(info)
+    assert str(root) not in text and "/tmp" not in text, text
+    assert info["model"].startswith("local-dir:") and info["model"].endswith("tiny")
+    assert info["last_run"]["sources"] == ["photos"]
 
 
 def test_uploads_over_the_pixel_cap_are_refused_before_decoding(live) -> None:

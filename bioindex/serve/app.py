@@ -218,9 +218,7 @@ def create_app(
         with lock.reading():
             data = collection.info()
             data["names_taxa"] = collection.catalog_names_taxa()
-        data.pop("store", None)  # the server's own paths are not the client's business
-        data.pop("model_source", None)
-        return data
+        return _public_info(data)
 
     @app.get("/api/search")
     def search_box(q: str = Query(max_length=MAX_TEXT), k: int = 10,
@@ -424,6 +422,21 @@ def _describe(errors: Any) -> str:
         where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body",)) or "body"
         parts.append(f"{where}: {str(error.get('msg', 'invalid')).lower()}")
     return "; ".join(parts) or "invalid request"
+
+
+def _public_info(data: dict[str, Any]) -> dict[str, Any]:
+    """`info` as a client sees it: where this server keeps its store, model and indexed
+    folders is not the client's business (a folder by its name, a URL as it is)."""
+    data = {k: v for k, v in data.items() if k not in ("store", "model_source")}
+    model = str(data.get("model") or "")
+    if model.startswith("local-dir:"):  # hf-hub:ORG/REPO and architectures name no path
+        folder = model.removeprefix("local-dir:").rstrip(os.sep)
+        data["model"] = "local-dir:" + os.path.basename(folder)
+    if isinstance(data.get("last_run"), dict):
+        sources = [s if is_remote(str(s)) else os.path.basename(str(s).rstrip(os.sep))
+                   for s in data["last_run"].get("sources") or ()]  # fmt: skip
+        data["last_run"] = {**data["last_run"], "sources": sources}
+    return data
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
