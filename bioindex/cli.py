@@ -442,13 +442,13 @@ def _text_query(c: Any, k: int, where: Any, query: str, add: Sequence[str],
 
 def _image_query(c: Any, k: int, where: Any, paths: Sequence[str], add: Sequence[str],
                  subtract: Sequence[str]) -> Any:  # fmt: skip
-    from bioindex.errors import BioindexError
+    from bioindex.images import not_an_image_file
 
     if not add and not subtract:
         return c.search_image(paths[0] if len(paths) == 1 else list(paths), k=k, where=where)
     for path in paths:
         if not os.path.isfile(path):
-            raise BioindexError(f"image {path} does not exist")
+            raise not_an_image_file(path)
     return c.search_query([*paths, *add], subtract, k=k, where=where)
 
 
@@ -643,8 +643,9 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
              place_where: Sequence[str], species_list: str | None, outside_weight: float,
              specimen: bool, calibrate: bool, tol: str | None, neighbours: int, k: int, fmt: str,
              columns: str | None, model: str | None, device: str) -> None:  # fmt: skip
-    """What is in IMAGES? Zero-shot over a label set, a vote of labelled neighbours, both, or
-    a few-shot classifier trained on the store's own labelled images.
+    """What is in IMAGES (files, or folders of them)? Zero-shot over a label set, a vote of
+    labelled neighbours, both, or a few-shot classifier trained on the store's own labelled
+    images.
 
     Labels: --labels, --tol, or (default) the species named in the store's catalog. Species
     probabilities are summed by lineage up to --rank, as pybioclip does. Each file gets an
@@ -656,6 +657,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
     Examples:
       bioindex classify photo.jpg --store my-store --rank family
       bioindex classify *.jpg --tol ~/tol-labels --model bioclip --k 3 --format csv
+      bioindex classify new-photos/ --store my-store --format csv > names.csv
       bioindex classify cat.jpg --labels "cat,dog,bear" --model bioclip
       bioindex classify photo.jpg --store my-store --method few-shot
       bioindex classify photo.jpg --store my-store --method few-shot --train labelled/

@@ -32,7 +32,14 @@ from bioindex.errors import (
 )
 from bioindex.export.archive import Identification, write_archive
 from bioindex.export.vectors import write_npy, write_parquet
-from bioindex.images import IMAGE_EXTENSIONS, describe_error, image_files, open_image
+from bioindex.images import (
+    IMAGE_EXTENSIONS,
+    describe_error,
+    expand_folders,
+    image_files,
+    not_an_image_file,
+    open_image,
+)
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Scan, scan_paths
@@ -475,7 +482,7 @@ class Collection:
     def embed_image(self, path: str | os.PathLike[str]) -> np.ndarray:
         file = Path(path)
         if not file.is_file():
-            raise BioindexError(f"image {path} does not exist")
+            raise not_an_image_file(path)
         try:
             image = open_image(file)
         except Exception as exc:
@@ -550,7 +557,7 @@ class Collection:
         if _is_image_term(value):
             return self.embed_image(path)
         if path.suffix.lower() in IMAGE_EXTENSIONS and ("/" in value or os.sep in value):
-            raise BioindexError(f"image {value} does not exist")
+            raise not_an_image_file(value)
         if not value.strip():
             raise BioindexError("a query term is empty")
         return self.embed_texts([value])[0]
@@ -698,7 +705,8 @@ class Collection:
         calibrate: bool = True,
         train: str | os.PathLike[str] | None = None,
     ) -> list[Prediction]:
-        """Predict taxa for image files; labels default to the catalog's species.
+        """Predict taxa for image files (a folder: the images under it); labels default to
+        the catalog's species.
 
         Each file's rows carry its decision (search.classify.decide): the deepest rank
         reaching `min_confidence`, and a band. `place` (place_near, place_where or
@@ -1002,10 +1010,12 @@ def combine_views(vectors: np.ndarray) -> np.ndarray:
 def embed_files(model: EmbeddingModel, images: Sequence[str | os.PathLike[str]],
                 ) -> tuple[list[str], np.ndarray, list[Prediction]]:  # fmt: skip
     """(readable files, their unit vectors, a failed Prediction for each file that is missing
-    or does not decode). Like `index`, one bad file does not stop the batch; none readable
-    is a BioindexError."""
+    or does not decode); a folder stands for the images under it. Like `index`, one bad
+    file does not stop the batch; none readable is a BioindexError."""
+    given, images = images, expand_folders(images)
     if not images:
-        raise BioindexError("no images to classify")
+        raise BioindexError(f"no images to classify under {', '.join(map(str, given))}"
+                            if given else "no images to classify")  # fmt: skip
     names, vectors, failed = [], [], []
     for path in images:
         file = Path(path)

@@ -6,7 +6,7 @@ import io
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,20 @@ def image_files(path: str | os.PathLike[str]) -> list[Path]:
     if not root.is_file():
         raise BioindexError(f"{path} is not a file or folder")
     return [root]
+
+
+def expand_folders(paths: Iterable[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
+    """Each path as given, but a folder as the image files under it (in path order): what
+    `classify photos/` means. Missing paths stay, for the caller to report."""
+    return [file for path in paths
+            for file in (walk_images(Path(path)) if Path(path).is_dir() else [path])]
+
+
+def not_an_image_file(path: str | os.PathLike[str]) -> BioindexError:
+    """The error for a query image that is not a readable file."""
+    if Path(path).expanduser().is_dir():
+        return BioindexError(f"image {path} is a folder; give an image file")
+    return BioindexError(f"image {path} does not exist")
 
 
 def _regular(path: Path) -> bool:

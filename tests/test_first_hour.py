@@ -90,6 +90,14 @@ def test_cli_first_hour(plain) -> None:
     assert answered[1].split() == ["label", "score"]
     assert sorted(line.split()[0] for line in answered[2:]) == ["car", "cat", "elephant", "empty"]
 
+    # A folder is the images under it; one given as a search image is named as a folder.
+    folder = _cli("classify", str(photos), "-s", store, "--labels", "cat,car", "--format", "json")
+    assert folder.exit_code == 0, folder.output
+    answered = {row["file"] for row in json.loads(folder.output)}
+    assert answered == {str(p) for p in photos.rglob("*.*") if p.is_file()}, answered
+    searched = _cli("search", "image", str(photos), "-s", store)
+    assert searched.exit_code == 1 and "is a folder" in searched.output, searched.output
+
     dedup = _cli("dedup", "-s", store, "--format", "json")
     members = json.loads(dedup.output)
     anchors = [m for m in members if m["kind"] == "anchor"]
