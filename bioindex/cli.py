@@ -412,6 +412,9 @@ def _search_command(
         # The short default set is for eyes; JSON and CSV keep every field for programs.
         shown = parse_columns(columns, HIT_COLUMNS if fmt == "table" else None)
         click.echo(render_hits(hits, fmt, shown), nl=False)
+        if not hits and conditions:  # a filtered search comes back empty only when so
+            click.echo(f"note: no image of {store} matches --where {' and '.join(where)}",
+                       err=True)  # fmt: skip
 
     for decorate in (_friendly, *extra, group_option, where_option, device_option, model_option,
                      columns_option, format_option, k_option, store_option,

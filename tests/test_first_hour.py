@@ -67,6 +67,10 @@ def test_cli_first_hour(plain) -> None:
     assert len(lines) == 6 and all(len(line) <= 80 for line in lines), text.output
     assert "photos/" in text.output and str(photos) not in text.output  # relative paths
 
+    filtered = _cli("search", "text", "an animal", "-s", store, "--where", "country_code=KE")
+    assert filtered.exit_code == 0 and "(no results)" in filtered.stdout
+    assert "no image of" in filtered.stderr and "country_code=KE" in filtered.stderr
+
     for mode in ("hybrid", "semantic"):
         taxon = _cli("search", "taxon", NAME, "-s", store, "-k", "3", "--mode", mode,
                      "--format", "json")  # fmt: skip
