@@ -348,12 +348,13 @@ class Collection:
         check_precision(precision)  # before any file is scanned
         policy = FetchPolicy(timeout=download_timeout, max_bytes=max_download_bytes,
                              allow_private=allow_private_urls)  # fmt: skip
-        scan = (
-            sources
-            if isinstance(sources, Scan)
-            else scan_sources(sources, metadata, source_type, media_root, allow_outside_paths,
-                              policy)  # fmt: skip
-        )
+        if isinstance(sources, Scan):  # scanned by the caller, who has seen its warnings
+            scan = sources
+        else:
+            scan = scan_sources(sources, metadata, source_type, media_root, allow_outside_paths,
+                                policy)  # fmt: skip
+            for warning in scan.warnings:
+                log.warning("%s", warning)
         if batch_size is not None and batch_size < 1:
             raise BioindexError(f"batch size must be at least 1, got {batch_size}")
 

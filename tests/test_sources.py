@@ -305,6 +305,21 @@ def test_sidecar_with_mixed_darwin_core_spellings(tmp_path: Path, tiny_model: st
     assert (None, None, None, None) in rows  # the third picture has no metadata row
 
 
+def test_sidecar_rows_naming_no_image_are_warned_of(tmp_path: Path) -> None:
+    from bioindex.indexer.sources import scan_paths
+
+    photos = draw_images(tmp_path / "p", 2, seed=3)
+    sidecar = tmp_path / "meta.csv"
+    sidecar.write_text(f"file,scientificName\n{photos[0].name},Felis catus\n"
+                       f"{photos[1].name},Canis lupus\n")  # fmt: skip
+    assert scan_paths([tmp_path / "p"], metadata_file=str(sidecar)).warnings == []
+    with sidecar.open("a") as out:  # a typo, and a file never copied
+        out.write("img0000.jgp,Felis catus\nlost/a.jpg,Canis lupus\n")
+    warnings = scan_paths([tmp_path / "p"], metadata_file=str(sidecar)).warnings
+    assert warnings == [f"2 of the 4 rows of {sidecar} name no image under the sources "
+                        "(first: img0000.jgp)"]  # fmt: skip
+
+
 def test_unknown_source_and_missing_shards(tmp_path: Path, tiny_model: str) -> None:
     from bioindex.errors import BioindexError
 

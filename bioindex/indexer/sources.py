@@ -102,6 +102,7 @@ def scan_paths(
     if source_type not in SOURCE_TYPES:
         raise BioindexError(f"unknown source type {source_type!r}; one of {SOURCE_TYPES}")
     sidecar = read_table(metadata_file) if metadata_file else {}
+    matched: set[str] = set()  # sidecar keys that named a file found
     scan = Scan(items=[], roots=[])
     items: dict[str, Item] = {}
     for raw in paths:
@@ -123,15 +124,20 @@ def scan_paths(
         if kind == "folder":
             scan.roots.append(str(path) + os.sep)
             for file in walk_images(path):
-                items.setdefault(str(file), _file_item(file, path, sidecar))
+                items.setdefault(str(file), _file_item(file, path, sidecar, matched))
         elif kind == "file":
             scan.roots.append(str(path))
-            items.setdefault(str(path), _file_item(path, path.parent, sidecar))
+            items.setdefault(str(path), _file_item(path, path.parent, sidecar, matched))
         elif kind == "manifest":
             _scan_manifest(path, media_root, items, scan, allow_outside_paths)
         elif kind == "dwca":
             _scan_archive(path, media_root, items, scan, allow_outside_paths)
     scan.items = sorted(items.values(), key=lambda i: i.uri)
+    unmatched = [key for key in sidecar if key not in matched]
+    if unmatched:  # a typo or a file not copied: its metadata would vanish unsaid
+        verb = "names" if len(unmatched) == 1 else "name"
+        scan.warnings.append(f"{len(unmatched)} of the {len(sidecar)} rows of {metadata_file} "
+                             f"{verb} no image under the sources (first: {unmatched[0]})")
     if not scan.items and not scan.archives and not scan.failures:
         raise BioindexError(
             f"no images found in {', '.join(map(str, paths))} "
@@ -441,9 +447,11 @@ def tree_of_life_metadata(sample: dict[str, str]) -> dict[str, Any]:
 # ---- folders ---------------------------------------------------------------------------
 
 
-def _file_item(file: Path, root: Path, sidecar: dict[str, dict[str, Any]]) -> Item:
+def _file_item(file: Path, root: Path, sidecar: dict[str, dict[str, Any]],
+               matched: set[str]) -> Item:  # fmt: skip
     stat = file.stat()
     relative = file.relative_to(root).as_posix()
+    matched.update(key for key in (relative, file.name) if key in sidecar)
     metadata = sidecar.get(relative) or sidecar.get(file.name) or {}
     return Item(uri=str(file), path=str(file), size=stat.st_size, mtime=stat.st_mtime,
                 metadata=dict(metadata))  # fmt: skip
