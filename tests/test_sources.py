@@ -295,6 +295,7 @@ def test_sidecar_with_mixed_darwin_core_spellings(tmp_path: Path, tiny_model: st
         "File\tdwc:catalogNumber\tScientificName\tinstitution_code\tdecimalLatitude\n"
         f"{names[0]}\tX-1\tFelis catus\tFMNH\t12.5\n"
         f"{photos[1].name}\tX-2\tCanis lupus\tMCZ\t-3\n"
+        f"{photos[2].name}\t\t\t\t45°N\n"  # not a decimal: kept as written
     )  # fmt: skip
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
         col.index([tmp_path / "p"], metadata=sidecar, progress=False)
@@ -302,7 +303,9 @@ def test_sidecar_with_mixed_darwin_core_spellings(tmp_path: Path, tiny_model: st
                                     "decimal_latitude FROM images ORDER BY uri")  # fmt: skip
     assert ("X-1", "Felis catus", "FMNH", 12.5) in rows
     assert ("X-2", "Canis lupus", "MCZ", -3.0) in rows
-    assert (None, None, None, None) in rows  # the third picture has no metadata row
+    assert (None, None, None, None) in rows  # the third picture's latitude is no number
+    extras = _catalog(tmp_path / "s", "SELECT extra FROM images WHERE extra IS NOT NULL")
+    assert extras == [('{"verbatimLatitude": "45\\u00b0N"}',)], extras
 
 
 def test_sidecar_rows_naming_no_image_are_warned_of(tmp_path: Path) -> None:

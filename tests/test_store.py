@@ -118,6 +118,15 @@ def test_darwin_core_columns() -> None:
     assert known == {"scientific_name": "Felidae"}
 
 
+def test_a_coordinate_that_is_no_place_is_kept_as_written_not_read() -> None:
+    known, extra = split_metadata({"decimalLatitude": "91", "decimalLongitude": "36.8"})
+    assert known == {"decimal_longitude": "36.8"} and extra == {"verbatimLatitude": "91"}
+    known, extra = split_metadata({"decimalLatitude": "45°30'N", "decimalLongitude": "inf"})
+    assert known == {} and extra == {"verbatimLatitude": "45°30'N", "verbatimLongitude": "inf"}
+    known, _ = split_metadata({"decimalLatitude": "-90", "decimalLongitude": -180})
+    assert known == {"decimal_latitude": "-90", "decimal_longitude": -180}
+
+
 def test_metadata_lands_in_columns(tmp_path: Path) -> None:
     with Store.create(tmp_path / "s", MODEL) as store:
         ids = store.commit(

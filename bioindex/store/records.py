@@ -93,7 +93,17 @@ def split_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
             known[column] = value
         else:
             extra[key] = value
+    for column, verbatim, bound in _COORDINATES:
+        number = _float(known.get(column))
+        if column in known and (number is None or not abs(number) <= bound):
+            # "45°N", "91": kept as written under the Darwin Core term for that, not read
+            # as a place (GBIF flags such coordinates invalid or out of range likewise).
+            extra.setdefault(verbatim, known.pop(column))
     return fill_ranks(known), extra
+
+
+_COORDINATES = (("decimal_latitude", "verbatimLatitude", 90.0),
+                ("decimal_longitude", "verbatimLongitude", 180.0))
 
 
 def fill_ranks(known: dict[str, Any]) -> dict[str, Any]:
