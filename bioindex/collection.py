@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +83,9 @@ from bioindex.taxonomy import RANKS, Taxon, Taxonomy, looks_scientific
 
 log = logging.getLogger(__name__)
 
-Where = str | Sequence[str] | Filter | None
+Where = str | Sequence[str] | Mapping[str, Any] | Filter | None
+# Image files to classify: one path, or several; a folder is the images under it.
+Images = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
 EXPORT_FORMATS = ("dwca", "parquet", "npy")
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
@@ -693,7 +695,7 @@ class Collection:
 
     def classify(
         self,
-        images: Sequence[str | os.PathLike[str]],
+        images: Images,
         *,
         rank: str = "species",
         k: int = 5,
@@ -746,6 +748,10 @@ class Collection:
         """Classify already embedded images (e.g. uploads), named `names` in the output.
         `labels` may be plain strings, as pybioclip's custom labels are."""
         check_k(k)
+        if isinstance(labels, str) and "," in labels:  # one string is one label
+            raise BioindexError(f"labels= takes a list of names, such as "
+                                f"{[n.strip() for n in labels.split(',')]!r}; got one string, "
+                                f"{labels!r}")  # fmt: skip
         if labels is not None and not isinstance(labels, LabelSet):
             labels = labels_from_strings([labels] if isinstance(labels, str) else list(labels),
                                          "labels=")  # fmt: skip
@@ -974,7 +980,7 @@ class Collection:
 
 def classify_images(
     model: EmbeddingModel,
-    images: Sequence[str | os.PathLike[str]],
+    images: Images,
     *,
     rank: str = "species",
     k: int = 5,
@@ -1008,11 +1014,13 @@ def combine_views(vectors: np.ndarray) -> np.ndarray:
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
-def embed_files(model: EmbeddingModel, images: Sequence[str | os.PathLike[str]],
+def embed_files(model: EmbeddingModel, images: Images,
                 ) -> tuple[list[str], np.ndarray, list[Prediction]]:  # fmt: skip
     """(readable files, their unit vectors, a failed Prediction for each file that is missing
     or does not decode); a folder stands for the images under it. Like `index`, one bad
     file does not stop the batch; none readable is a BioindexError."""
+    if isinstance(images, (str, os.PathLike)):  # else a path's characters would be paths
+        images = [images]
     given, images = images, expand_folders(images)
     if not images:
         raise BioindexError(f"no images to classify under {', '.join(map(str, given))}"

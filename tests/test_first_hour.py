@@ -128,6 +128,12 @@ def test_python_api_first_hour(plain) -> None:
             col.classify([next(photos.glob("*.jpg"))])
         message = str(caught.value)
         assert "labels=" in message and "--" not in message  # Python's remedy, not a flag
+        # One path is one image (its characters were read as paths: "/" walked the disk).
+        one = str(next(p for p in sorted(photos.glob("*.jpg")) if p.name != "notes.jpg"))
+        answered = col.classify(one, labels=["cat", "car"])
+        assert {p.file for p in answered} == {one}, {p.file for p in answered}
+        with pytest.raises(BioindexError, match=r"a list of names, such as \['cat', 'car'\]"):
+            col.classify([one], labels="cat, car")
         assert col.duplicates(0.95)[0].kind == "anchor"
         assert col.info()["images_live"] >= 10
 

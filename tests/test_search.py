@@ -239,4 +239,6 @@ def test_one_condition_may_be_given_as_a_plain_string(big_store) -> None:
     path, vectors, countries = big_store
     with Collection.open(path) as collection:
         hits = collection.search_vector(vectors[0], k=50, where="country_code=AQ")
+        mapped = collection.search_vector(vectors[0], k=50, where={"country_code": "AQ"})
     assert len(hits) == 20 and {h.metadata["country_code"] for h in hits} == {"AQ"}
+    assert [h.image_id for h in mapped] == [h.image_id for h in hits]  # was: keys only

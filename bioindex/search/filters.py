@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,11 +50,13 @@ def _column(name: str) -> str:
     raise BioindexError(f"unknown filter column {name!r}; use one of: {known}")
 
 
-def parse_where(conditions: str | Sequence[str] | None) -> Filter:
-    """Parse `--where` strings (one condition may come as a plain string); raise
-    BioindexError for anything malformed."""
+def parse_where(conditions: str | Sequence[str] | Mapping[str, Any] | None) -> Filter:
+    """Parse `--where` strings (one condition may come as a plain string, and equalities as
+    a mapping, {"country_code": "KE"}); raise BioindexError for anything malformed."""
     if isinstance(conditions, str):  # else its characters would be read as conditions
         conditions = [conditions]
+    elif isinstance(conditions, Mapping):  # else only its keys would be read
+        conditions = [f"{column}={value}" for column, value in conditions.items()]
     result = Filter()
     clauses: list[str] = []
     for text in conditions or ():
