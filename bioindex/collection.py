@@ -84,8 +84,15 @@ from bioindex.taxonomy import RANKS, Taxon, Taxonomy, looks_scientific
 log = logging.getLogger(__name__)
 
 Where = str | Sequence[str] | Mapping[str, Any] | Filter | None
-# Image files to classify: one path, or several; a folder is the images under it.
-Images = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+# One path or several (a folder, where images are asked for, is the images under it).
+Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+Texts = str | Sequence[str]
+
+
+def listed(value: Any) -> list[Any]:
+    """A lone string or path as a list of one: iterated, its characters would be the items
+    (a path's "/" a folder to walk, "cat" three texts)."""
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
 CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
 EXPORT_FORMATS = ("dwca", "parquet", "npy")
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
@@ -130,7 +137,7 @@ class Answer:
 
 
 def scan_sources(
-    sources: Sequence[str | os.PathLike[str]],
+    sources: Paths,
     metadata: str | os.PathLike[str] | None = None,
     source_type: str = "auto",
     media_root: str | os.PathLike[str] | None = None,
@@ -141,7 +148,7 @@ def scan_sources(
     (raises on missing paths or when nothing is found). Media paths in manifests and
     archives outside their folder (or `media_root`) are failures unless
     `allow_outside_paths`."""
-    return scan_paths(sources, metadata_file=str(metadata) if metadata else None,
+    return scan_paths(listed(sources), metadata_file=str(metadata) if metadata else None,
                       source_type=source_type, media_root=media_root,
                       allow_outside_paths=allow_outside_paths,
                       fetch_policy=fetch_policy)  # fmt: skip
@@ -313,7 +320,7 @@ class Collection:
 
     def index(
         self,
-        sources: Sequence[str | os.PathLike[str]] | Scan,
+        sources: Paths | Scan,
         *,
         metadata: str | os.PathLike[str] | None = None,
         batch_size: int | None = None,
@@ -402,7 +409,7 @@ class Collection:
         progress: bool = False,
         engine: str = "local",
         address: str | None = None,
-        tune_on: Sequence[str | os.PathLike[str]] | None = None,
+        tune_on: Paths | None = None,
     ) -> dict[str, Any]:
         """Build (or re-build) the FAISS index of `kind` from the stored vectors and tune it
         to `target_recall`; returns the recorded spec with its measured recall and latency.
@@ -430,9 +437,10 @@ class Collection:
                                           tune_on=probes)  # fmt: skip
         return spec.to_json()
 
-    def tuning_pictures(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    def tuning_pictures(self, paths: Paths) -> np.ndarray:
         """The vectors of the images under `paths` (files or folders); unreadable ones are
         passed over with a warning, none readable is a BioindexError."""
+        paths = listed(paths)
         files = [f for path in paths for f in image_files(path)]
         if not files:
             raise BioindexError(f"no images to tune on under {', '.join(map(str, paths))}")
@@ -460,12 +468,12 @@ class Collection:
         with its encode calls (the server's batching one)."""
         self._model = model
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_texts(self, texts: Texts) -> np.ndarray:
         """Unit vectors of texts; ones asked before come from memory or the store's query
         cache, so a repeated query does not load the model."""
         from bioindex.store.query_cache import QueryCache
 
-        texts = list(texts)
+        texts = listed(texts)
         known, missing, pending = self._recent_texts.claim(texts)
         if missing:
             manifest = self.store.model
@@ -525,7 +533,7 @@ class Collection:
             raise BioindexError("text query is empty")
         return self.search_vector(self.embed_texts([text])[0], k, where, text=True)
 
-    def search_image(self, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    def search_image(self, path: Paths,
                      k: int = 10, where: Where = None) -> list[Hit]:  # fmt: skip
         """Images like the picture at `path`; several paths are views of one specimen,
         searched as one (the mean of their unit vectors)."""
@@ -543,11 +551,11 @@ class Collection:
         vector = self.store.vectors([int(image_id)])[0]
         return search_vector(self.store, vector, k, exclude={int(image_id)}, where=_filter(where))
 
-    def query_vector(self, add: Sequence[str] = (), subtract: Sequence[str] = ()) -> np.ndarray:
+    def query_vector(self, add: Texts = (), subtract: Texts = ()) -> np.ndarray:
         """rclip-style query arithmetic. Each term is TEXT or an image PATH, optionally
         weighted as "W:TERM" (e.g. "2:query.jpg"); `subtract` terms count negatively."""
         total = np.zeros(self.store.dim, dtype=np.float32)
-        terms = [(t, 1.0) for t in add] + [(t, -1.0) for t in subtract]
+        terms = [(t, 1.0) for t in listed(add)] + [(t, -1.0) for t in listed(subtract)]
         if not terms:
             raise BioindexError("the query has no terms")
         for term, sign in terms:
@@ -565,9 +573,10 @@ class Collection:
             raise BioindexError("a query term is empty")
         return self.embed_texts([value])[0]
 
-    def search_query(self, add: Sequence[str], subtract: Sequence[str] = (), k: int = 10,
+    def search_query(self, add: Texts, subtract: Texts = (), k: int = 10,
                      where: Where = None) -> list[Hit]:  # fmt: skip
         check_k(k)
+        add, subtract = listed(add), listed(subtract)
         # Any text term pulls the vector towards the texts' side: search it as text.
         text = not all(_is_image_term(_weighted(t)[1]) for t in [*add, *subtract])
         return self.search_vector(self.query_vector(add, subtract), k, where, text=text)
@@ -695,7 +704,7 @@ class Collection:
 
     def classify(
         self,
-        images: Images,
+        images: Paths,
         *,
         rank: str = "species",
         k: int = 5,
@@ -980,7 +989,7 @@ class Collection:
 
 def classify_images(
     model: EmbeddingModel,
-    images: Images,
+    images: Paths,
     *,
     rank: str = "species",
     k: int = 5,
@@ -1014,14 +1023,13 @@ def combine_views(vectors: np.ndarray) -> np.ndarray:
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
-def embed_files(model: EmbeddingModel, images: Images,
+def embed_files(model: EmbeddingModel, images: Paths,
                 ) -> tuple[list[str], np.ndarray, list[Prediction]]:  # fmt: skip
     """(readable files, their unit vectors, a failed Prediction for each file that is missing
     or does not decode); a folder stands for the images under it. Like `index`, one bad
     file does not stop the batch; none readable is a BioindexError."""
-    if isinstance(images, (str, os.PathLike)):  # else a path's characters would be paths
-        images = [images]
-    given, images = images, expand_folders(images)
+    given = listed(images)
+    images = expand_folders(given)
     if not images:
         raise BioindexError(f"no images to classify under {', '.join(map(str, given))}"
                             if given else "no images to classify")  # fmt: skip

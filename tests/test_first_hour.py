@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -232,3 +233,18 @@ def test_errors_name_the_remedy_for_each_interface() -> None:
     assert "--taxonomy" not in error.explain("cli", {"--labels"})
     assert "--" not in error.explain("python") and "--" not in error.explain("http")
     assert os.linesep not in error.explain("cli", set())
+
+
+def test_a_lone_string_is_one_item_not_its_characters(tmp_path: Path, tiny_model: str) -> None:
+    """index("photos") read 'p', 'h', … as sources; query_vector("cat") embedded 'c', 'a'
+    and 't' as three texts and searched for their sum, answering without a word wrong."""
+    folder = tmp_path / "photos"
+    draw_images(folder, 6, seed=2)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        assert col.index(str(folder), progress=False).embedded == 6
+        assert col.embed_texts("a beetle").shape == (1, col.store.dim)
+        assert np.array_equal(col.query_vector("a beetle"), col.query_vector(["a beetle"]))
+        assert np.array_equal(col.query_vector("a", "b"), col.query_vector(["a"], ["b"]))
+        assert ([h.image_id for h in col.search_query("a beetle", k=3)]
+                == [h.image_id for h in col.search_query(["a beetle"], k=3)])  # fmt: skip
+        assert col.tuning_pictures(folder).shape == (6, col.store.dim)
