@@ -88,11 +88,6 @@ Where = str | Sequence[str] | Mapping[str, Any] | Filter | None
 Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 Texts = str | Sequence[str]
 
-
-def listed(value: Any) -> list[Any]:
-    """A lone string or path as a list of one: iterated, its characters would be the items
-    (a path's "/" a folder to walk, "cat" three texts)."""
-    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
 CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
 EXPORT_FORMATS = ("dwca", "parquet", "npy")
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
@@ -134,6 +129,12 @@ class Answer:
     def to_dict(self) -> dict[str, Any]:
         return {"query_as": self.kind, "taxon": self.taxon, "rank": self.rank,
                 "results": [h.to_dict() for h in self.hits]}  # fmt: skip
+
+
+def listed(value: Any) -> list[Any]:
+    """A lone string or path as a list of one: iterated, its characters would be the items
+    (a path's "/" a folder to walk, "cat" three texts)."""
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
 
 
 def scan_sources(
