@@ -88,6 +88,7 @@ Where = str | Sequence[str] | Mapping[str, Any] | Filter | None
 Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 Texts = str | Sequence[str]
 
+CLASSIFY_BATCH = 16  # image files decoded and embedded per model call
 CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
 EXPORT_FORMATS = ("dwca", "parquet", "npy")
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
@@ -1034,17 +1035,27 @@ def embed_files(model: EmbeddingModel, images: Paths,
     if not images:
         raise BioindexError(f"no images to classify under {', '.join(map(str, given))}"
                             if given else "no images to classify")  # fmt: skip
-    names, vectors, failed = [], [], []
-    for path in images:
-        file = Path(path)
-        try:
-            if not file.is_file():
-                raise FileNotFoundError("no such file")
-            vectors.append(model.embed_pil([open_image(file)])[0])
-            names.append(str(path))
-        except Exception as exc:
-            reason = "no such file" if isinstance(exc, FileNotFoundError) else describe_error(exc)
-            failed.append(Prediction(str(path), 0.0, error=reason))
+    names: list[str] = []
+    vectors: list[np.ndarray] = []
+    failed: list[Prediction] = []
+    # A folder can hold thousands: a bar on a terminal, and model calls of a batch each.
+    with tqdm(total=len(images), unit="img", desc="classify", disable=None,
+              leave=False) as bar:  # fmt: skip
+        for start in range(0, len(images), CLASSIFY_BATCH):
+            opened = []
+            for path in images[start : start + CLASSIFY_BATCH]:
+                try:
+                    if not Path(path).is_file():
+                        raise FileNotFoundError("no such file")
+                    opened.append((str(path), open_image(Path(path))))
+                except Exception as exc:
+                    reason = ("no such file" if isinstance(exc, FileNotFoundError)
+                              else describe_error(exc))  # fmt: skip
+                    failed.append(Prediction(str(path), 0.0, error=reason))
+            if opened:
+                vectors.extend(model.embed_pil([image for _, image in opened]))
+                names.extend(name for name, _ in opened)
+            bar.update(min(CLASSIFY_BATCH, len(images) - start))
     if not names:
         raise BioindexError(f"none of the {len(images)} images could be read "
                             f"({failed[0].file}: {failed[0].error})")  # fmt: skip

@@ -156,7 +156,8 @@ def test_column_values_survive_a_commit_exactly(tmp_path: Path) -> None:
         ids = store.commit(records, _unit(2048), run_id=None)
         rows = store.rows(ids)
         store.upsert_occurrences([
-            {"core_id": 1, "source": None, "decimalLatitude": 4_000_000_000, "family": None},
+            {"core_id": 1, "source": None, "decimalLatitude": -12.345678901234567,
+             "family": None},
             {"core_id": "2", "decimalLongitude": "x", "note": 7},
         ])  # fmt: skip
         _, occurrences = store.catalog.query(
@@ -173,9 +174,9 @@ def test_column_values_survive_a_commit_exactly(tmp_path: Path) -> None:
     assert (last["size"], last["mtime"], last["width"]) == (5_000_002_047, 1.7e9 + 0.25, 2057)
     assert [last.get(k) for k in ("sha256", "height", "family")] == [None, None, None]
     assert rows[ids[1500]]["family"] == "Felidae" and last["shard_row"] == 2047
-    assert occurrences[0][:5] == ("1", None, 4e9, None, None)
+    assert occurrences[0][:5] == ("1", None, -12.345678901234567, None, None)
     assert occurrences[1][:5] == ("2", None, None, None, None)
-    assert json.loads(occurrences[1][5]) == {"note": 7}
+    assert json.loads(occurrences[1][5]) == {"note": 7, "verbatimLongitude": "x"}  # no place
 
 
 def test_committing_does_not_import_pandas(tmp_path: Path) -> None:
