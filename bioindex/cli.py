@@ -951,8 +951,9 @@ def build_index(store: str, kind: str, memory: str, target_recall: float,
     }  # fmt: skip
     click.echo(render([row], fmt), nl=False)
     if built.get("tuned_on") == "pictures given" and fmt == "table":
-        click.echo(f"tuned on {built.get('queries')} pictures given (--tune-on), not on "
-                   "held-out stored ones")  # fmt: skip
+        count = built.get("queries")
+        click.echo(f"tuned on {count} picture{'' if count == 1 else 's'} given (--tune-on), "
+                   "not on held-out stored ones")  # fmt: skip
     if built.get("candidates") and fmt == "table":
         from bioindex.index_choice import describe
 

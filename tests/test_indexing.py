@@ -223,3 +223,7 @@ def test_build_index_tunes_on_the_pictures_given(indexed, tmp_path: Path) -> Non
     missing = CliRunner().invoke(main, ["build-index", "--store", str(copy),
                                         "--tune-on", str(tmp_path / "nowhere")])  # fmt: skip
     assert missing.exit_code == 2 and "does not exist" in missing.output
+    one = CliRunner().invoke(main, ["build-index", "--store", str(copy), "--kind", "hnsw",
+                                    "--tune-on", str(next((tmp_path / "new").rglob("*.jpg"))),
+                                    "-q"])  # fmt: skip
+    assert "tuned on 1 picture given" in one.output, one.output
