@@ -951,6 +951,8 @@ class Collection:
         target = Path(path)
         if not target.parent.is_dir():
             raise BioindexError(f"folder {target.parent} does not exist")
+        if target.is_dir():  # checked before any work: else a traceback once it is all done
+            raise BioindexError(f"{path} is a folder; name the file to write")
         if fmt == "parquet":
             return {"path": str(target), "rows": write_parquet(self.store, target, chosen)}
         if fmt == "npy":

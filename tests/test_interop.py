@@ -163,6 +163,10 @@ def test_export_chooses_by_filter_and_by_saved_results(tmp_path: Path, tiny_mode
     bad = CliRunner().invoke(main, ["export", "-s", str(store), "-o", str(tmp_path / "x.zip"),
                                     "--from", str(store / "manifest.json")])  # fmt: skip
     assert bad.exit_code == 1 and "not a search or classify result" in bad.output
+    for fmt in ("dwca", "npy"):  # a folder named as the output: one line, not a traceback
+        folder = CliRunner().invoke(main, ["export", "-s", str(store), "--format", fmt,
+                                           "-o", str(source)])  # fmt: skip
+        assert folder.exit_code == 1 and "is a folder" in folder.output, folder.output
     # A classify result: its files' top predictions become the archive's identifications.
     photos = sorted(str(p) for p in (source / "media").rglob("*.jpg"))
     classified = CliRunner().invoke(main, ["classify", *photos, "-s", str(store), "--rank",
