@@ -117,6 +117,19 @@ def test_demo_command_runs_offline_and_fast(tmp_path: Path) -> None:
     assert out.count(" correct") == 4 and "same genus)" in out
 
 
+def test_demo_bad_arguments_are_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bioindex.cli import main
+
+    (tmp_path / "file").write_text("x")
+    for args, message in ((["--dir", str(tmp_path / "file")], "is a file"),
+                          (["--dir", str(tmp_path / "d"), "--species", "0"], "at least 1")):
+        result = CliRunner().invoke(main, ["demo", *args])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert result.output.count("\n") == 1
+
+
 @pytest.fixture(scope="module")
 def queries(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Path]]:
     """New pictures (a seed used nowhere else), 4 per species, with their true names."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from bioindex.demo.draw import draw_dataset, draw_organism
 from bioindex.demo.tree import SPECIES, Species
+from bioindex.errors import BioindexError
 from bioindex.models import DEMO_MODEL_NAME
 
 INSTITUTIONS = (
@@ -68,10 +69,15 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> dict[str, float]:
     """Build (or refresh) the demo store and print example queries; returns their precisions."""
-    from bioindex.cli import render
     from bioindex.collection import Collection
+    from bioindex.output import render
 
     root = Path(workdir)
+    if root.exists() and not root.is_dir():
+        raise BioindexError(f"{root} is a file; the demo writes into a folder")
+    if images_per_species < 1:
+        raise BioindexError(f"the demo draws at least 1 picture per species, not "
+                            f"{images_per_species}")  # fmt: skip
     echo(f"Drawing {images_per_species} pictures of each of {len(SPECIES)} synthetic species "
          f"into {root / 'images'} ...")  # fmt: skip
     write_collection(root, images_per_species, seed)
