@@ -179,6 +179,64 @@ def test_dedup_groups_do_not_chain_and_exact_copies_score_one(tmp_path: Path) ->
     assert second == [(4, "anchor", None), (5, "exact", 1.0)]
 
 
+def test_dedup_of_a_store_of_big_groups_matches_the_pairwise_reference(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Every image used to keep its whole list of close images at once: 16 GB on a 1M store
+    whose species were near-copies of each other. Groups are now formed as the images come
+    and grouped images are not searched again; with a tiny budget per range search (so
+    searches shrink to one image) the groups are still exactly the pairwise greedy ones."""
+    from bioindex.search import dedup
+
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(6, 8))
+    vectors = np.concatenate([centres[rng.integers(0, 6, 300)] + rng.normal(0, 0.08, (300, 8)),
+                              rng.normal(size=(40, 8))]).astype(np.float32)  # fmt: skip
+    shas = [f"sha{i}" for i in range(len(vectors))]
+    shas[5] = shas[200] = shas[301] = "same"  # exact copies, whatever their vectors say
+    monkeypatch.setattr(dedup, "RESULTS_PER_SEARCH", 50)
+    with _store(tmp_path, vectors, shas=shas) as store:
+        found = dedup.find_duplicates(store, threshold=0.95, batch=64)
+        ids = np.sort(store.catalog.live_ids())
+        unit = store.vectors([int(i) for i in ids])
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    copies = {int(ids[i]) for i in (5, 200, 301)}
+    expected, grouped = [], set()
+    for a, anchor in enumerate(ids.tolist()):  # the reference: greedy anchors in id order
+        if anchor in grouped:
+            continue
+        near = [(int(ids[b]), "exact" if {anchor, int(ids[b])} <= copies else "near")
+                for b in range(len(ids)) if b != a and int(ids[b]) not in grouped
+                and (cosine[a, b] >= 0.95 or {anchor, int(ids[b])} <= copies)]
+        if near:
+            grouped.update([anchor, *(i for i, _ in near)])
+            expected.append({(anchor, "anchor"), *near})
+    groups: dict[int, set] = {}
+    for m in found:
+        groups.setdefault(m.group, set()).add((m.image_id, m.kind))
+    assert len(expected) >= 6 and max(map(len, expected)) > 40  # big groups, as meant
+    assert list(groups.values()) == expected
+
+
+def test_dedup_memory_follows_the_groups_not_the_close_pairs(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from bioindex.search.dedup import find_duplicates
+
+    rng = np.random.default_rng(5)  # 3,000 near-copies of one picture: 9M close pairs
+    vectors = (np.ones(8) + rng.normal(0, 0.01, (3000, 8))).astype(np.float32)
+    with _store(tmp_path, vectors) as store:
+        store.index()
+        tracemalloc.start()
+        try:
+            found = find_duplicates(store, threshold=0.95)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert len(found) == 3000 and {m.group for m in found} == {1}
+    assert peak < 40 * 2**20, f"{peak / 2**20:.0f} MB"  # was 702 MB
+
+
 def test_tables_fit_the_width_and_keep_the_end_of_paths() -> None:
     rows = [{"rank": i, "score": 0.5, "path": "photos/" + "deep/" * 30 + f"img{i}.jpg",
              "scientific_name": None} for i in range(3)]  # fmt: skip

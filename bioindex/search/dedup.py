@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from bioindex.errors import BioindexError
 from bioindex.search.query import display_path, source_roots
@@ -26,53 +27,83 @@ class DuplicateMember:
                 "score": score, "path": self.path or self.uri, "uri": self.uri}  # fmt: skip
 
 
+# Neighbour ids one range search may return: a camera trap's empty frames can all be
+# within the threshold of each other, hundreds of thousands per query, and holding every
+# image's list at once took 16 GB on a 1M store of such groups.
+RESULTS_PER_SEARCH = 4_000_000
+FIRST_SEARCH = 64  # images in a batch's first range search, before its lists are known
+SCORE_CHUNK = 65536  # candidate vectors read at once to score against an anchor
+
+
 def find_duplicates(
     store: Store, threshold: float = 0.95, batch: int = 4096
 ) -> list[DuplicateMember]:
-    """Groups of duplicates, each a set around an anchor: the anchor (the lowest image_id not
-    yet in a group), the images with its exact bytes (score 1.0), and the images whose
-    cosine to the anchor is at least `threshold`. Groups never chain: a member is always
-    within the threshold of its own anchor, not merely of another member."""
+    """Groups of duplicates, each a set around an anchor: the anchor (the first image, in
+    the store's order, not yet in a group), the images with its exact bytes (score 1.0),
+    and the images whose cosine to the anchor is at least `threshold`. Groups never chain:
+    a member is always within the threshold of its own anchor, not merely of another
+    member. Images already grouped are not searched again, so memory follows the groups'
+    size, not the number of close pairs."""
     if not 0.0 < threshold <= 1.0:
         raise BioindexError(f"threshold must be in (0, 1], got {threshold}")
-    twins: dict[int, list[int]] = {}
+    twins: dict[int, tuple[int, ...]] = {}
     for _, ids in store.catalog.same_bytes():
-        for image_id in ids:
-            twins[image_id] = [i for i in ids if i != image_id]
+        same = tuple(int(i) for i in ids)
+        twins.update(dict.fromkeys(same, same))
     # float16 storage can put a vector a hair below 1.0 from itself; the candidates are
     # then scored exactly against their anchor.
     radius = threshold - 1e-3
-    close: dict[int, set[int]] = {}
-    for ids, vectors in store.iter_live_vectors(batch):
-        for image_id, found in zip(ids, store.range_search(vectors, radius)):
-            others = {int(o) for o in found if o != image_id}
-            if others:
-                close[int(image_id)] = others
-    candidates = sorted(set(twins) | set(close))
-    if not candidates:
-        return []
-    vectors = dict(zip(candidates, _unit_rows(store.vectors(candidates))))
     grouped: set[int] = set()
     groups: list[list[tuple[int, str, float | None]]] = []
-    for anchor in candidates:
-        if anchor in grouped:
-            continue
-        members = [(i, "exact", 1.0) for i in twins.get(anchor, []) if i not in grouped]
-        exact = {i for i, _, _ in members}
-        for other in sorted(close.get(anchor, set()) - exact - grouped):
-            score = min(float(vectors[anchor] @ vectors[other]), 1.0)
-            if score >= threshold:
-                members.append((other, "near", score))
-        if members:
-            grouped.update([anchor, *(i for i, _, _ in members)])
-            members.sort(key=lambda m: (m[1] != "exact", -(m[2] or 0.0), m[0]))
-            groups.append([(anchor, "anchor", None), *members])
-    rows = store.rows([i for group in groups for i, _, _ in group])
+    with tqdm(total=store.live_count(), unit="img", desc="dedup", disable=None,
+              leave=False) as bar:  # fmt: skip
+        for ids, vectors in store.iter_live_vectors(batch):
+            order = np.argsort(ids, kind="stable")
+            ids, vectors = ids[order], vectors[order]
+            size, start = min(len(ids), FIRST_SEARCH), 0  # grows while lists stay short
+            while start < len(ids):
+                end = min(start + size, len(ids))
+                rows = [r for r in range(start, end) if int(ids[r]) not in grouped]
+                found = store.range_search(vectors[rows], radius) if rows else []
+                for row, neighbours in zip(rows, found):
+                    anchor = int(ids[row])
+                    if anchor in grouped:  # taken by an anchor earlier in this batch
+                        continue
+                    members = _members(store, anchor, vectors[row], neighbours,
+                                       twins.get(anchor, ()), grouped, threshold)  # fmt: skip
+                    if members:
+                        grouped.update([anchor, *(i for i, _, _ in members)])
+                        groups.append([(anchor, "anchor", None), *members])
+                returned = sum(len(f) for f in found)
+                size = max(1, min(batch, RESULTS_PER_SEARCH * max(len(rows), 1)
+                                  // max(returned, 1)))  # fmt: skip
+                bar.update(end - start)
+                start = end
+    rows_of = store.rows([i for group in groups for i, _, _ in group])
     roots = source_roots(store.runs())
-    return [DuplicateMember(number, image_id, rows[image_id]["uri"], kind, score,
-                            display_path(rows[image_id]["uri"], roots))
+    return [DuplicateMember(number, image_id, rows_of[image_id]["uri"], kind, score,
+                            display_path(rows_of[image_id]["uri"], roots))
             for number, group in enumerate(groups, start=1)
             for image_id, kind, score in group]  # fmt: skip
+
+
+def _members(store: Store, anchor: int, vector: np.ndarray, neighbours: np.ndarray,
+             twins: tuple[int, ...], grouped: set[int], threshold: float,
+             ) -> list[tuple[int, str, float | None]]:  # fmt: skip
+    """The ungrouped images of an anchor's group: its exact copies, then the neighbours
+    whose exact cosine to it reaches `threshold`, nearest first."""
+    members: list[tuple[int, str, float | None]] = [
+        (i, "exact", 1.0) for i in twins if i != anchor and i not in grouped]
+    exact = {anchor, *(i for i, _, _ in members)}
+    others = sorted({int(o) for o in neighbours if o not in grouped and o not in exact})
+    unit = _unit_rows(np.asarray(vector, dtype=np.float32)[None])[0]
+    for start in range(0, len(others), SCORE_CHUNK):
+        chunk = others[start : start + SCORE_CHUNK]
+        scores = _unit_rows(store.vectors(chunk)) @ unit
+        members += [(i, "near", min(float(score), 1.0))
+                    for i, score in zip(chunk, scores) if score >= threshold]  # fmt: skip
+    members.sort(key=lambda m: (m[1] != "exact", -(m[2] or 0.0), m[0]))
+    return members
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
