@@ -1,0 +1,178 @@
+"""Near-duplicate groups (`bioindex dedup`): time and peak memory on stores of synthetic
+vectors, against a baseline checkout in the same run.
+
+    python benchmarks/dedup.py                          # 100k × 512, three cases
+    python benchmarks/dedup.py --baseline /tmp/old-checkout --sizes 100000 200000
+
+Cases: `spread` (the synthetic generator's default: few images within the threshold of
+another), `bursts` (a camera trap's: events of five frames, ~0.97 apart) and `blanks` (a
+camera trap's empty frames: 30% of the images near-copies of a few backgrounds, the rest
+spread). Each store is made once under --workdir and its index built once (auto); each
+measurement is a fresh process (time, and peak RSS above what the process held before
+dedup ran, from /proc/self/status), optionally under a memory limit so that a baseline
+that would exhaust the machine stops with "out of memory" instead. Prints a table, writes
+JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CASES = ("spread", "bursts", "blanks")
+MODEL = {"name": "random", "source": "benchmark", "weights_sha256": "0", "image_size": 224,
+         "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": "eval"}  # fmt: skip
+BLANK_SHARE, BACKGROUNDS, BLANK_NOISE = 0.3, 8, 0.02
+FRAMES, FRAME_NOISE = 5, 0.15
+
+MEASURE = r"""
+import json, sys, time
+def field(name):
+    for line in open("/proc/self/status"):
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) / 1024
+from bioindex.search.dedup import find_duplicates
+from bioindex.store import Store
+with Store.open(sys.argv[1], read_only=True) as store:
+    store.index()  # loaded before the baseline of memory is taken
+    open("/proc/self/clear_refs", "w").write("5")
+    base = field("VmRSS")
+    started = time.perf_counter()
+    members = find_duplicates(store, float(sys.argv[2]))
+    seconds = time.perf_counter() - started
+groups = len({m.group for m in members})
+print(json.dumps({"seconds": seconds, "peak_mb": field("VmHWM") - base, "groups": groups,
+                  "members": len(members)}))
+"""
+
+
+def vectors(case: str, n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """n unit vectors of `case` (see the module's docstring)."""
+    from bioindex.synthetic import ClusteredVectors
+
+    source = ClusteredVectors(dim, seed=seed)
+    rng = np.random.default_rng([seed, 7])
+    if case == "spread":
+        return source.sample(n).astype(np.float32)
+    if case == "bursts":
+        centres = np.repeat(source.sample(-(-n // FRAMES)), FRAMES, axis=0)[:n]
+        noise = rng.standard_normal(centres.shape, dtype=np.float32) * source.scale
+        points = centres + FRAME_NOISE * (noise @ source.rotation)
+    elif case == "blanks":
+        blanks = int(n * BLANK_SHARE)
+        backgrounds = source.sample(BACKGROUNDS, part=3)
+        points = np.concatenate([
+            backgrounds[rng.integers(0, BACKGROUNDS, blanks)]
+            + BLANK_NOISE * rng.standard_normal((blanks, dim), dtype=np.float32) / np.sqrt(dim),
+            source.sample(n - blanks)])  # fmt: skip
+        points = points[rng.permutation(n)]
+    else:
+        raise SystemExit(f"unknown case {case!r}; one of {', '.join(CASES)}")
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_store(workdir: Path, case: str, n: int, dim: int) -> Path:
+    """The case's store with its index built, made once (a stamp says what it holds)."""
+    from bioindex import faiss_index
+    from bioindex.store import ImageRecord, Store
+
+    path = workdir / f"{case}-{n}-{dim}"
+    stamp = {"case": case, "n": n, "dim": dim, "version": 1}
+    if (path / "stamp.json").is_file() and json.loads((path / "stamp.json").read_text()) == stamp:
+        return path / "store"
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    data = vectors(case, n, dim)
+    started = time.perf_counter()
+    with Store.create(path / "store", {**MODEL, "dim": dim}) as store:
+        for start in range(0, n, 100_000):
+            part = data[start : start + 100_000]
+            store.commit([ImageRecord(f"/trap/{start + i}.jpg", 1, 1.0, None, 1, 1, {})
+                          for i in range(len(part))], part)  # fmt: skip
+        store.build_index("auto", faiss_index.parse_memory("4G"), 0.95, None)
+        kind = store.index_spec.kind
+    print(f"  made {case} {n:,} × {dim} ({kind}) in {time.perf_counter() - started:.0f} s",
+          flush=True)  # fmt: skip
+    (path / "stamp.json").write_text(json.dumps(stamp))
+    return path / "store"
+
+
+def measure(store: Path, threshold: float, code: Path | None, limit_gb: float,
+            timeout: float) -> dict:  # fmt: skip
+    """One find_duplicates in a fresh process, with `code`'s bioindex (this checkout's
+    when None) first on the path: `python -c` puts its working folder first, so it runs
+    there."""
+    code = code or Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    limit = int(limit_gb * 2**30)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    try:
+        done = subprocess.run([sys.executable, "-c", MEASURE, str(store), str(threshold)],
+                              capture_output=True, text=True, env=env, timeout=timeout,
+                              preexec_fn=cap, cwd=code)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"over {timeout:.0f} s"}
+    if done.returncode != 0:
+        out_of_memory = "MemoryError" in done.stderr or "bad_alloc" in done.stderr
+        return {"error": "out of memory" if out_of_memory else done.stderr.strip()[-200:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--threshold", type=float, default=0.95)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout whose bioindex is measured beside this one")
+    parser.add_argument("--memory-limit", type=float, default=12.0, metavar="GB",
+                        help="address space each measured process may take")
+    parser.add_argument("--timeout", type=float, default=1800.0, metavar="S")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bioindex-dedup"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dedup.json"))
+    args = parser.parse_args()
+    runs = [("this", None)] + ([("baseline", args.baseline)] if args.baseline else [])
+    results = []
+    for n in args.sizes:
+        for case in args.cases:
+            store = make_store(args.workdir, case, n, args.dim)
+            for name, code in runs:
+                got = measure(store, args.threshold, code, args.memory_limit, args.timeout)
+                results.append({"case": case, "n": n, "dim": args.dim, "code": name, **got})
+                print(f"  {case} {n:,} {name}: {got}", flush=True)
+    print(f"\nthreshold {args.threshold}, dim {args.dim}, memory limit {args.memory_limit} GB\n")
+    print("| case | images | code | groups | in groups | seconds | peak MB | vs baseline |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
+    for row in results:
+        base = next((r for r in results if r["code"] == "baseline" and r["case"] == row["case"]
+                     and r["n"] == row["n"]), None)  # fmt: skip
+        ratio = ""
+        if row["code"] == "this" and base and "error" not in base and "error" not in row:
+            ratio = (f"time {base['seconds'] / row['seconds']:.2f}×, memory "
+                     f"{base['peak_mb'] / max(row['peak_mb'], 1):.1f}× less")
+        if "error" in row:
+            print(f"| {row['case']} | {row['n']:,} | {row['code']} | | | | {row['error']} | |")
+            continue
+        print(f"| {row['case']} | {row['n']:,} | {row['code']} | {row['groups']:,} | "
+              f"{row['members']:,} | {row['seconds']:.1f} | {row['peak_mb']:.0f} | {ratio} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"threshold": args.threshold, "results": results}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
