@@ -32,7 +32,7 @@ class DuplicateMember:
 # within the threshold of each other, hundreds of thousands per query, and holding every
 # image's list at once took 16 GB on a 1M store of such groups.
 RESULTS_PER_SEARCH = 4_000_000
-FIRST_SEARCH = 64  # images in a batch's first range search, before its lists are known
+FIRST_SEARCH = 64  # images in the first range search, before their lists' length is known
 SCORE_CHUNK = 65536  # candidate vectors read at once to score against an anchor
 
 
@@ -67,11 +67,11 @@ def find_duplicates(
                 end = min(start + size, len(ids))
                 rows = [r for r in range(start, end) if int(ids[r]) not in grouped]
                 found = store.range_search(vectors[rows], radius) if rows else []
-                read = _reader(store, found)
+                read = _reader(store, found, ids[rows])
                 for row, neighbours in zip(rows, found):
                     anchor = int(ids[row])
-                    if anchor in grouped or (len(neighbours) < 2 and anchor not in twins):
-                        continue  # taken by an earlier anchor, or alone
+                    if anchor in grouped or (_alone(neighbours, anchor) and anchor not in twins):
+                        continue  # taken by an earlier anchor, or near nothing
                     members = _members(read, anchor, vectors[row], neighbours,
                                        twins.get(anchor, ()), grouped, threshold)  # fmt: skip
                     if members:
@@ -90,15 +90,26 @@ def find_duplicates(
             for image_id, kind, score in group]  # fmt: skip
 
 
-def _reader(store: Store, found: list[np.ndarray]) -> Callable[[list[int]], np.ndarray]:
+def _alone(neighbours: np.ndarray, image_id: int) -> bool:
+    # An approximate index can miss an image's own vector: one neighbour may be another.
+    return not len(neighbours) or (len(neighbours) == 1 and int(neighbours[0]) == image_id)
+
+
+def _reader(store: Store, found: list[np.ndarray], queries: np.ndarray,
+            ) -> Callable[[list[int]], np.ndarray]:  # fmt: skip
     """store.vectors for one range search's candidates: read together when few enough (a
     read per anchor costs a catalog query each: 4x the time on a store of bursts)."""
-    lists = [f for f in found if len(f) > 1]  # most images find only themselves
+    lists = [f for f, q in zip(found, queries) if not _alone(f, int(q))]
     wanted = np.unique(np.concatenate(lists)) if lists else np.empty(0, dtype=np.int64)
     if not len(wanted) or len(wanted) > SCORE_CHUNK:
         return store.vectors
     held = store.vectors(wanted.tolist())
-    return lambda image_ids: held[np.searchsorted(wanted, image_ids)]
+
+    def read(image_ids: list[int]) -> np.ndarray:
+        at = np.minimum(np.searchsorted(wanted, image_ids), len(wanted) - 1)
+        return held[at] if np.array_equal(wanted[at], image_ids) else store.vectors(image_ids)
+
+    return read
 
 
 def _members(read: Callable[[list[int]], np.ndarray], anchor: int, vector: np.ndarray,
