@@ -384,12 +384,40 @@ def knn_search(index: Any, queries: np.ndarray, k: int, params: Any = None
 
 
 def range_search(index: Any, vectors: np.ndarray, radius: float) -> Any:
-    """index.range_search (limits, scores, ids), never during a split knn_search."""
+    """index.range_search (limits, scores, ids), never during a split knn_search; a graph
+    index is asked a block of queries at a time (graph_range_block)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    block = graph_range_block(index)
+    if block and len(vectors) > block:
+        parts = [range_search(index, vectors[start : start + block], radius)
+                 for start in range(0, len(vectors), block)]  # fmt: skip
+        limits, total = [parts[0][0][:1]], parts[0][0][:1].copy()
+        for part_limits, _, _ in parts:  # each part's limits start at 0, in faiss's dtype
+            limits.append(part_limits[1:] + total)
+            total = total + part_limits[-1]
+        return (np.concatenate(limits), np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]))
     if not hasattr(index, "implem"):
         return index.range_search(vectors, radius)
     with _FASTSCAN_SWITCH:
         return index.range_search(vectors, radius)
+
+
+def graph_range_block(index: Any) -> int:
+    """How many queries an HNSW index may take in one range search (0: any number).
+    faiss (1.15) runs an HNSW search in blocks of InterruptCallback.get_period_hint(
+    max_level·d·efSearch) queries (10^8 / that, with Python's interrupt handler set) and
+    sets up its range result once per block: a second block aborts the process ("labels ==
+    nullptr && distances == nullptr failed") — 4,096 queries did on a 200k × 512 store at
+    efSearch 16. Half the period keeps every call to one block."""
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    inner = faiss.downcast_index(inner.index) if hasattr(inner, "id_map") else inner
+    if not isinstance(inner, faiss.IndexHNSW):
+        return 0
+    work = int(inner.hnsw.max_level) * int(inner.d) * int(inner.hnsw.efSearch)
+    return max(1, 10**8 // (work + 1) // 2)
 
 
 def rerank_exact(

@@ -646,3 +646,32 @@ def test_pictures_given_to_tune_on_say_what_new_photos_get(tmp_path: Path) -> No
     assert spec.built["tuned_on"] == "pictures given" and spec.built["queries"] == 500
     assert spec.built["met_target"]
     assert recall >= 0.94 and abs(recall - spec.built["recall_at_10"]) <= 0.02
+
+
+def test_a_graph_range_search_of_many_queries_does_not_abort(tmp_path: Path) -> None:
+    """faiss runs HNSW searches in blocks of queries and set up a range result once per
+    block: a second block aborted the process (dedup of a 200k store at efSearch 16 did).
+    In a child process, so that the abort fails this test rather than the run."""
+    import subprocess
+    import sys
+
+    code = """
+import faiss, numpy as np
+from bioindex import faiss_index
+rng = np.random.default_rng(0)
+x = rng.standard_normal((3000, 512)).astype(np.float32)
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+graph = faiss.IndexHNSWFlat(512, 16, faiss.METRIC_INNER_PRODUCT)
+graph.hnsw.efSearch = 256
+index = faiss.IndexIDMap2(graph)
+index.add_with_ids(x, np.arange(3000) + 100)
+period = 10**8 // (graph.hnsw.max_level * 512 * 256 + 1)
+assert period < 1000, period  # faiss's block: the 1,000 queries below take several
+limits, scores, ids = faiss_index.range_search(index, x[:1000], 0.5)
+assert len(limits) == 1001 and limits[-1] == len(ids) == len(scores)
+assert all(100 + i in ids[limits[i]:limits[i + 1]] for i in range(1000))
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]
