@@ -247,6 +247,27 @@ def test_dedup_finds_a_pair_the_index_finds_only_partly(
         ("anchor", True), ("near", True)]
 
 
+def test_a_crowd_of_near_copies_is_one_group_on_a_graph_index(tmp_path: Path) -> None:
+    """A graph's range search stops where its search does, and some of a crowd of
+    near-copies are unreachable in it: 600 near-copies of one picture came out as a group of
+    520, fragments, and 55 in no group at all."""
+    from bioindex import faiss_index
+    from bioindex.search.dedup import find_duplicates
+    from tests.test_store import MODEL
+
+    rng = np.random.default_rng(6)
+    vectors = rng.normal(size=(4000, 512)).astype(np.float32)
+    vectors[:600] = vectors[0] + rng.normal(0, 0.02, (600, 512))
+    vectors = vectors[rng.permutation(4000)]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with Store.create(tmp_path / "s", {**MODEL, "dim": 512}) as store:
+        store.commit([ImageRecord(f"/x/{i}.jpg", 1, 1.0, f"sha{i}", 8, 8, {})
+                      for i in range(4000)], vectors)  # fmt: skip
+        store.build_index("hnsw", faiss_index.parse_memory("1G"), 0.95, False)
+        members = find_duplicates(store, threshold=0.95)
+    assert len(members) == 600 and {m.group for m in members} == {1}
+
+
 def test_dedup_memory_follows_the_groups_not_the_close_pairs(tmp_path: Path) -> None:
     import tracemalloc
 
