@@ -126,8 +126,10 @@ def measure(store: Path, threshold: float, code: Path | None, limit_gb: float,
     except subprocess.TimeoutExpired:
         return {"error": f"over {timeout:.0f} s"}
     if done.returncode != 0:
-        out_of_memory = "MemoryError" in done.stderr or "bad_alloc" in done.stderr
-        return {"error": "out of memory" if out_of_memory else done.stderr.strip()[-200:]}
+        if "MemoryError" in done.stderr or "bad_alloc" in done.stderr:
+            return {"error": "out of memory"}
+        last = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        return {"error": f"exit {done.returncode}: {last[-1][:160] if last else ''}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -33,7 +33,8 @@ class DuplicateMember:
 # image's list at once took 16 GB on a 1M store of such groups.
 RESULTS_PER_SEARCH = 4_000_000
 FIRST_SEARCH = 64  # images in the first range search, before their lists' length is known
-SCORE_CHUNK = 65536  # candidate vectors read at once to score against an anchor
+SCORE_CHUNK = 16384  # vectors read at once to score against an anchor (32 MB at 512-d)
+PREFETCH = 65536  # a range search's candidates read together, at most
 # An approximate index's range search stops where its search does (an HNSW graph at
 # efSearch 48 returned at most ~1,700 of a camera trap's 7,500 empty frames of one
 # background): an anchor with this many members is a crowd, whose members are found by
@@ -112,7 +113,7 @@ def _reader(store: Store, found: list[np.ndarray], queries: np.ndarray,
     read per anchor costs a catalog query each: 4x the time on a store of bursts)."""
     lists = [f for f, q in zip(found, queries) if not _alone(f, int(q))]
     wanted = np.unique(np.concatenate(lists)) if lists else np.empty(0, dtype=np.int64)
-    if not len(wanted) or len(wanted) > SCORE_CHUNK:
+    if not len(wanted) or len(wanted) > PREFETCH:
         return store.vectors
     held = store.vectors(wanted.tolist())
 
