@@ -54,6 +54,16 @@ DEFAULT_TEMPERATURE = {"few-shot": 18.0, "linear-probe": 1.0}
 FOLDS = 5
 MIN_HELD_OUT = 10  # fewer held-out rows than this fit a temperature to noise
 PROBE_C = 10.0  # inverse L2 strength; unit-length features need a weak penalty
+# What a store of a million labelled images (TreeOfLife shards) may cost. A temperature is
+# fitted on at most this many held-out images' [images × species] logits (all of them took
+# 6.4 GB and 6.5 minutes at 100k images of 3,000 species); every held-out image still
+# counts in the typical cosines (held_out_own_cosines).
+CALIBRATION_ROWS = 4096
+GENUS_ROWS = 64  # images per genus the genus discriminant learns from, at most
+# images × species a linear probe may train on: scikit-learn fits it six times (five folds
+# to calibrate), each pass over the data costing images × species × dim; 20,000 images of
+# 600 species took 46 s here.
+PROBE_BUDGET = 50_000_000
 # An image is unlike every labelled species when, for every species, its cosine to the
 # species' centroid less that species' typical cosine (the mean of its held-out labelled
 # images' cosines to it) is below what this share of held-out labelled images had: the
@@ -64,7 +74,7 @@ PROBE_C = 10.0  # inverse L2 strength; unit-length features need a weak penalty
 # known species named with room: 0.10 → 55.8% unknown / 94.1% kept, 0.125 → 70.8% / 92.1%,
 # 0.15 → 75.8% / 89.9% (benchmarks/identify.py).
 NOVELTY_QUANTILE = 0.125
-HEAD_VERSION = 6
+HEAD_VERSION = 7
 NAME_SPECIES = Remedy(
     python="index the images with metadata= (a scientific name per image), or give train= "
     "a folder of labelled images",
@@ -257,10 +267,53 @@ def held_out_logits(method: str, features: np.ndarray, classes: np.ndarray, coun
     """Logits of labelled images from heads trained without them (FOLDS folds; a species'
     images go round-robin into folds, and one with a single image is never held out, so
     every fold's head knows every species)."""
-    single = np.bincount(classes, minlength=count)[classes] < 2
-    fold = np.where(single, -1, rank_within(classes) % FOLDS)
+    fold = species_folds(classes, count)
     return fold_logits(fold, features, classes, count,
                        lambda x, y: train_linear(method, x, y, count))
+
+
+def species_folds(classes: np.ndarray, count: int) -> np.ndarray:
+    """Each labelled image's fold (a species' images round-robin; −1 for a species with a
+    single image, never held out, so every fold's head knows every species)."""
+    single = np.bincount(classes, minlength=count)[classes] < 2
+    return np.where(single, -1, rank_within(classes) % FOLDS)
+
+
+def held_out_own_cosines(features: np.ndarray, classes: np.ndarray, count: int
+                         ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(cosine, class) of every held-out labelled image to its own species' centroid trained
+    without its fold: the diagonal of held_out_logits("few-shot"), without its [images ×
+    species] matrix."""
+    fold = species_folds(classes, count)
+    totals = np.zeros((count, features.shape[1]), dtype=np.float64)
+    np.add.at(totals, classes, features)
+    cosines, owners = [], []
+    for f in range(FOLDS):
+        held = np.flatnonzero(fold == f)
+        if not len(held):
+            continue
+        inside = totals.copy()
+        np.subtract.at(inside, classes[held], features[held])
+        unit = (inside / np.maximum(np.linalg.norm(inside, axis=1, keepdims=True), 1e-12)
+                ).astype(np.float32)  # fmt: skip
+        for start in range(0, len(held), 65536):
+            rows = held[start : start + 65536]
+            cosines.append(np.einsum("ij,ij->i", features[rows], unit[classes[rows]]))
+            owners.append(classes[rows])
+    if not cosines:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return np.concatenate(cosines), np.concatenate(owners)
+
+
+def calibration_rows(fold: np.ndarray) -> np.ndarray:
+    """Which held-out rows a temperature is fitted on: all of them, or CALIBRATION_ROWS
+    spread evenly over them."""
+    held = np.flatnonzero(fold >= 0)
+    if len(held) > CALIBRATION_ROWS:
+        held = held[np.linspace(0, len(held) - 1, CALIBRATION_ROWS).astype(np.int64)]
+    chosen = np.zeros(len(fold), dtype=bool)
+    chosen[held] = True
+    return chosen
 
 
 def rank_within(groups: np.ndarray) -> np.ndarray:
@@ -278,16 +331,18 @@ def rank_within(groups: np.ndarray) -> np.ndarray:
 def fold_logits(fold: np.ndarray, features: np.ndarray, targets: np.ndarray, count: int,
                 train: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(logits, targets) of the rows in each fold, from `train` on the rows outside it
-    (fold −1: never held out)."""
+    """(logits, targets) of the rows in each fold that calibration_rows chooses, from
+    `train` on the rows outside the fold (fold −1: never held out)."""
+    chosen = calibration_rows(fold)
     logits, truth = [], []
     for f in range(FOLDS):
         held = fold == f
-        if not held.any():
+        wanted = held & chosen
+        if not wanted.any():
             continue
         weight, bias = train(features[~held], targets[~held])
-        logits.append(features[held] @ weight.T + bias)
-        truth.append(targets[held])
+        logits.append(features[wanted] @ weight.T + bias)
+        truth.append(targets[wanted])
     if not logits:
         return np.zeros((0, count), np.float32), np.zeros(0, np.int64)
     return np.concatenate(logits), np.concatenate(truth)
@@ -302,6 +357,10 @@ def fit_head(method: str, vectors: np.ndarray, taxa: Sequence[Taxon], mean: np.n
     if len(species) < 2:
         raise BioindexError(f"method {method} needs labelled images of at least two species "
                             f"in the store; it has {len(species)}")  # fmt: skip
+    if method == "linear-probe" and len(taxa) * len(species) > PROBE_BUDGET:
+        raise BioindexError(f"a linear probe of {len(taxa):,} images of {len(species):,} "
+                            f"species would train for hours on a CPU; the few-shot method "
+                            f"(nearest centroid) learns from them in seconds")  # fmt: skip
     index = {t: i for i, t in enumerate(species)}
     classes = np.array([index[t] for t in taxa], dtype=np.int64)
     features = centred(vectors, mean)
@@ -314,8 +373,7 @@ def fit_head(method: str, vectors: np.ndarray, taxa: Sequence[Taxon], mean: np.n
     novelty = -np.inf  # too few held-out images to say what is typical: nothing is novel
     typical = np.zeros(len(species), dtype=np.float32)
     if calibrated:
-        cosines, own = held_out_logits("few-shot", features, classes, len(species))
-        own_cosines = cosines[np.arange(len(own)), own]
+        own_cosines, own = held_out_own_cosines(features, classes, len(species))
         typical = typical_cosines(own_cosines, own, len(species))
         novelty = float(np.quantile(own_cosines - typical[own], NOVELTY_QUANTILE))
     return Head(method, species, mean.astype(np.float32), weight, bias, temperature,
@@ -334,6 +392,8 @@ def fit_genus(features: np.ndarray, classes: np.ndarray, species: Sequence[Taxon
     count = len(genera)
     genus_index = {g: i for i, g in enumerate(genera)}
     species_genus = np.array([genus_index[t.at_rank("genus")] for t in species])
+    kept = capped_rows(species_genus[classes], GENUS_ROWS, classes)
+    features, classes = features[kept], classes[kept]
     alone = np.bincount(species_genus, minlength=count)[species_genus] < 2
     fold = np.where(alone, -1, (rank_within(species_genus) + species_genus) % FOLDS)[classes]
     of_genus = species_genus[classes]
@@ -345,6 +405,15 @@ def fit_genus(features: np.ndarray, classes: np.ndarray, species: Sequence[Taxon
     temperature = (fit_temperature(logits, truth, low=1e-4, high=100.0)
                    if len(truth) >= MIN_HELD_OUT else 1.0)  # fmt: skip
     return GenusHead(genera, weight, bias, temperature)
+
+
+def capped_rows(groups: np.ndarray, limit: int, members: np.ndarray) -> np.ndarray:
+    """Which rows to keep for at most `limit` of each group, taken in turn from its
+    `members` (a genus' species: each one's first image, then each one's second, ...)."""
+    order = np.lexsort((np.arange(len(groups)), rank_within(members), groups))
+    kept = np.zeros(len(groups), dtype=bool)
+    kept[order] = rank_within(groups[order]) < limit
+    return kept
 
 
 def typical_cosines(own_cosines: np.ndarray, own: np.ndarray, count: int) -> np.ndarray:
