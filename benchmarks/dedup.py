@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from checkout import PEAK, measure
 
 CASES = ("spread", "bursts", "blanks")
 MODEL = {"name": "random", "source": "benchmark", "weights_sha256": "0", "image_size": 224,
@@ -33,18 +30,12 @@ MODEL = {"name": "random", "source": "benchmark", "weights_sha256": "0", "image_
 BLANK_SHARE, BACKGROUNDS, BLANK_NOISE = 0.3, 8, 0.02
 FRAMES, FRAME_NOISE = 5, 0.15
 
-MEASURE = r"""
-import json, sys, time
-def field(name):
-    for line in open("/proc/self/status"):
-        if line.startswith(name + ":"):
-            return int(line.split()[1]) / 1024
+MEASURE = PEAK + r"""
 from bioindex.search.dedup import find_duplicates
 from bioindex.store import Store
 with Store.open(sys.argv[1], read_only=True) as store:
     store.index()  # loaded before the baseline of memory is taken
-    open("/proc/self/clear_refs", "w").write("5")
-    base = field("VmRSS")
+    base = reset_peak()
     started = time.perf_counter()
     members = find_duplicates(store, float(sys.argv[2]))
     seconds = time.perf_counter() - started
@@ -107,32 +98,6 @@ def make_store(workdir: Path, case: str, n: int, dim: int) -> Path:
     return path / "store"
 
 
-def measure(store: Path, threshold: float, code: Path | None, limit_gb: float,
-            timeout: float) -> dict:  # fmt: skip
-    """One find_duplicates in a fresh process, with `code`'s bioindex (this checkout's
-    when None) first on the path: `python -c` puts its working folder first, so it runs
-    there."""
-    code = code or Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    limit = int(limit_gb * 2**30)
-
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    try:
-        done = subprocess.run([sys.executable, "-c", MEASURE, str(store), str(threshold)],
-                              capture_output=True, text=True, env=env, timeout=timeout,
-                              preexec_fn=cap, cwd=code)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return {"error": f"over {timeout:.0f} s"}
-    if done.returncode != 0:
-        if "MemoryError" in done.stderr or "bad_alloc" in done.stderr:
-            return {"error": "out of memory"}
-        last = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-        return {"error": f"exit {done.returncode}: {last[-1][:160] if last else ''}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
@@ -153,7 +118,8 @@ def main() -> None:
         for case in args.cases:
             store = make_store(args.workdir, case, n, args.dim)
             for name, code in runs:
-                got = measure(store, args.threshold, code, args.memory_limit, args.timeout)
+                got = measure(MEASURE, [str(store), str(args.threshold)], code,
+                              args.timeout, args.memory_limit)
                 results.append({"case": case, "n": n, "dim": args.dim, "code": name, **got})
                 print(f"  {case} {n:,} {name}: {got}", flush=True)
     print(f"\nthreshold {args.threshold}, dim {args.dim}, memory limit {args.memory_limit} GB\n")

@@ -15,34 +15,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from checkout import PEAK, measure
 
 MODEL = {"name": "random", "source": "benchmark", "weights_sha256": "0", "image_size": 224,
          "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": "eval"}  # fmt: skip
-MEASURE = r"""
-import json, sys, time
-def field(name):
-    for line in open("/proc/self/status"):
-        if line.startswith(name + ":"):
-            return int(line.split()[1]) / 1024
+MEASURE = PEAK + r"""
 from bioindex.errors import BioindexError
 from bioindex.search.fewshot import fit_head, labelled_species, store_mean
 from bioindex.store import Store
 with Store.open(sys.argv[1], read_only=True) as store:
     ids, taxa = labelled_species(store)
     vectors, mean = store.vectors([int(i) for i in ids]), store_mean(store)
-open("/proc/self/clear_refs", "w").write("5")
-base = field("VmRSS")
+base = reset_peak()
 started = time.perf_counter()
 try:
-    head = fit_head(sys.argv[2], vectors, taxa, mean)
-    out = {"temperature": head.temperature}
+    out = {"temperature": fit_head(sys.argv[2], vectors, taxa, mean).temperature}
 except BioindexError as exc:
     out = {"refused": str(exc)}
 out.update(seconds=time.perf_counter() - started, peak_mb=field("VmHWM") - base)
@@ -78,20 +69,6 @@ def make_store(workdir: Path, images: int, species: int, dim: int = 512) -> Path
     return path / "store"
 
 
-def measure(store: Path, method: str, code: Path | None, timeout: float) -> dict:
-    code = code or Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    try:
-        done = subprocess.run([sys.executable, "-c", MEASURE, str(store), method], cwd=code,
-                              capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"over {timeout:.0f} s"}
-    if done.returncode != 0:
-        last = [line for line in done.stderr.splitlines() if line.strip()]
-        return {"error": f"exit {done.returncode}: {last[-1][:160] if last else ''}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stores", nargs="+", default=["20000:600", "100000:3000"],
@@ -110,7 +87,7 @@ def main() -> None:
         for method in args.methods:
             for name, code in runs:
                 started = time.perf_counter()
-                got = measure(store, method, code, args.timeout)
+                got = measure(MEASURE, [str(store), method], code, args.timeout)
                 results.append({"images": images, "species": species, "method": method,
                                 "code": name, **got})  # fmt: skip
                 print(f"  {images:,}/{species:,} {method} {name}: {got} "
