@@ -68,6 +68,7 @@ def find_duplicates(
     # Candidates are gathered a little below the threshold and scored exactly against
     # their anchor: float16 storage puts a vector a hair below 1.0 from itself, and PQ
     # codes score pairs a few hundredths off (CODE_MARGIN).
+    store.index()  # loaded (or built) first: its spec is then the one searched
     radius = threshold - (CODE_MARGIN if store.index_spec.pq_m else 1e-3)
     exhaustive = store.index_spec.kind == "flat"  # its range search misses no one
     grouped: set[int] = set()
