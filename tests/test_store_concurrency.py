@@ -65,6 +65,28 @@ def test_second_cli_writer_gets_one_line(tmp_path: Path, tiny_model: str) -> Non
         holder.close()
 
 
+def test_a_manifest_written_while_a_new_store_is_checked_is_no_stranger(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The race test_two_runs_creating_one_store lost once in CI: the other run's manifest
+    appeared between "is there a manifest?" and the look at what the folder holds, and the
+    folder was called "a non-empty folder that is not a bioindex store"."""
+    made = Store.create(tmp_path / "s", MODEL)
+    made.close()
+    manifest = tmp_path / "s" / "manifest.json"
+    real, asked = Path.is_file, []
+
+    def not_yet(path: Path) -> bool:  # the manifest is not there when first asked
+        if path == manifest and not asked:
+            asked.append(path)
+            return False
+        return real(path)
+
+    monkeypatch.setattr(Path, "is_file", not_yet)
+    with Store.create(tmp_path / "s", MODEL) as store:  # the same model: it opens
+        assert store.model["dim"] == MODEL["dim"]
+    assert asked
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("same_model", [True, False])
 def test_two_runs_creating_one_store(tmp_path: Path, tiny_model: str, other_tiny_model: str,

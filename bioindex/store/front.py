@@ -982,9 +982,12 @@ def _check_new_store_dir(root: Path) -> None:
     if holds_store_data(root):
         raise BioindexError(f"{root} holds bioindex data but no {MANIFEST}; it is never "
                             f"written over: run bioindex check --store {root} --repair")
-    # What an interrupted create leaves behind (nothing of value) may be reused.
+    # What an interrupted create leaves behind (nothing of value) may be reused; the
+    # manifest is named too, as another run creating the store may write it while this
+    # looks (two racing runs with different models: the loser was told "not a bioindex
+    # store" instead of which model made it).
     ours = {*DATA_DIRS, LOCK_FILE, snapshot.CURRENT, snapshot.CURRENT + files.TMP_SUFFIX,
-            MANIFEST + files.TMP_SUFFIX}  # fmt: skip
+            MANIFEST, MANIFEST + files.TMP_SUFFIX}  # fmt: skip
     if any(p.name not in ours for p in root.iterdir()):
         raise BioindexError(f"store path {root} is a non-empty folder that is not a bioindex "
                             f"store")  # fmt: skip
