@@ -148,17 +148,16 @@ def _members(read: Callable[[list[int]], np.ndarray], anchor: int, vector: np.nd
         scores = _unit_rows(read(chunk)) @ unit
         members += [(i, "near", min(float(score), 1.0))
                     for i, score in zip(chunk, scores) if score >= threshold]  # fmt: skip
-    members.sort(key=lambda m: (m[1] != "exact", -(m[2] or 0.0), m[0]))
-    return members
+    return sorted(members, key=_member_order)
 
 
 def _crowd(store: Store, anchor: int, vector: np.ndarray,
            members: list[tuple[int, str, float | None]], grouped: set[int], threshold: float,
            ) -> list[tuple[int, str, float | None]]:  # fmt: skip
-    """The anchor of a crowd (CROWD) with every ungrouped image within `threshold` of it,
-    by an exact scan of the store: an approximate index's search finds only part of a
-    crowd, and an HNSW graph of thousands of near-copies leaves some unreachable (17% of a
-    camera trap's empty frames were in no group at all, not even with each other)."""
+    """The group of a crowd's anchor (CROWD): its exact copies and every ungrouped image
+    within `threshold` of it, by an exact scan of the store. An approximate index's search
+    finds only part of a crowd, and an HNSW graph of thousands of near-copies leaves some
+    unreachable (17% of a camera trap's empty frames were in no group at all)."""
     unit = _unit_rows(np.asarray(vector, dtype=np.float32)[None])[0]
     exact = [m for m in members if m[1] == "exact"]
     taken = {anchor, *(i for i, _, _ in exact)}
@@ -168,7 +167,13 @@ def _crowd(store: Store, anchor: int, vector: np.ndarray,
         near += [(int(ids[i]), "near", min(float(scores[i]), 1.0))
                  for i in np.flatnonzero(scores >= threshold)
                  if int(ids[i]) not in taken and int(ids[i]) not in grouped]  # fmt: skip
-    return sorted(exact + near, key=lambda m: (m[1] != "exact", -(m[2] or 0.0), m[0]))
+    return sorted(exact + near, key=_member_order)
+
+
+def _member_order(member: tuple[int, str, float | None]) -> tuple[bool, float, int]:
+    """Exact copies first, then the nearest; ties by image_id."""
+    image_id, kind, score = member
+    return kind != "exact", -(score or 0.0), image_id
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
