@@ -374,6 +374,16 @@ class Store:
             out[positions] = self._shards.load(shard)[rows]
         return out
 
+    def indexed_vectors(self, image_ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors (float32) of images the index holds, found by the index's own
+        table of where each lives (`vectors` asks the catalog: 2.7 ms for 8 ids on a 200k
+        store, most of a near-duplicate search); NaN rows for ids that are not live."""
+        self.index()
+        out = np.full((len(image_ids), self.dim), np.nan, dtype=np.float32)
+        for shard, slots, rows in self._live.locate(np.asarray(image_ids, dtype=np.int64)):
+            out[slots] = self._shards.load(shard)[rows]  # mapped for this call only (vectors)
+        return out
+
     def iter_live_vectors(self, batch: int = 65536) -> Iterable[tuple[np.ndarray, np.ndarray]]:
         """(ids int64, vectors float32) for every live image, one shard at a time."""
         for shard, ids, rows in self.catalog.live_shards():

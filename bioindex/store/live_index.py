@@ -296,6 +296,15 @@ class LiveIndex:
 
     def fetch(self, image_ids: np.ndarray) -> np.ndarray:
         """Stored vectors for re-ranking; rows of ids that are not live are NaN."""
+        # Gathered as the shards hold them and widened once: one conversion per re-rank.
+        half = np.full((len(image_ids), self.spec.dim), np.nan, dtype=np.float16)
+        for name, slots, rows in self.locate(image_ids):
+            half[slots] = self.shards.get(name)[rows]
+        return widen(half)
+
+    def locate(self, image_ids: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Where the live ones of `image_ids` are stored: (shard name, their positions in
+        image_ids, their rows in the shard) for each shard holding any."""
         if self._located is None:
             self._located = (*self.catalog.live_locations(), None)
             ids = self._located[0]
@@ -307,10 +316,8 @@ class LiveIndex:
                 self._located = (*self._located[:4], position)
         ids, codes, rows, names, position = self._located
         image_ids = np.asarray(image_ids, dtype=np.int64)
-        # Gathered as the shards hold them and widened once: one conversion per re-rank.
-        half = np.full((len(image_ids), self.spec.dim), np.nan, dtype=np.float16)
         if not len(ids):
-            return widen(half)
+            return []
         if position is not None:
             inside = (image_ids >= 0) & (image_ids < len(position))
             at = np.where(inside, position[np.where(inside, image_ids, 0)], -1)
@@ -329,9 +336,8 @@ class LiveIndex:
         first = np.ones(len(shard), dtype=bool)  # the first row of each shard's run
         first[1:] = shard[1:] != shard[:-1]
         starts = np.flatnonzero(first)
-        for start, end in zip(starts, [*starts[1:], len(shard)]):
-            half[slots[start:end]] = self.shards.get(names[shard[start]])[rows[at[start:end]]]
-        return widen(half)
+        return [(names[shard[start]], slots[start:end], rows[at[start:end]])
+                for start, end in zip(starts, [*starts[1:], len(shard)])]  # fmt: skip
 
     def _search_subset(self, queries: np.ndarray, k: int, only: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
