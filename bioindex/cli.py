@@ -18,6 +18,7 @@ import click
 from bioindex.errors import BioindexError
 from bioindex.output import (
     FORMATS,
+    csv_value,
     parse_columns,
     render,
     render_mapping,
@@ -854,8 +855,9 @@ def _result_rows(path: str) -> list[dict[str, Any]]:
     except OSError as exc:
         raise BioindexError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        rows = json.loads(text) if text.lstrip().startswith(("[", "{")) else list(
-            csv.DictReader(text.splitlines()))
+        rows = json.loads(text) if text.lstrip().startswith(("[", "{")) else [
+            {k: csv_value(v) if isinstance(v, str) else v for k, v in row.items()}
+            for row in csv.DictReader(text.splitlines())]
         if isinstance(rows, dict):
             rows = rows.get("hits") or rows.get("results") or []
         rows = [row for row in rows if isinstance(row, dict)]

@@ -25,6 +25,11 @@ _MIN_WIDTH = 14  # "catalog family", a date, a catalog number stay whole
 # shown escaped: a name could otherwise split its row and print a forged one, or restyle
 # and rewrite the terminal. JSON and CSV quote them their own way.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A CSV cell that starts like a formula is run as one by a spreadsheet (OWASP's "CSV
+# injection"): a record's name "=HYPERLINK(…)" from someone else's archive would become a
+# live link in a curator's Excel. Such cells get a leading apostrophe, which spreadsheets
+# show as plain text; numbers (-12.5) are left as they are, and `csv_value` undoes it.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def render(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None,
@@ -43,7 +48,7 @@ def render(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str] | None =
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: _spreadsheet_text(v) for k, v in row.items()} for row in rows)
         return buffer.getvalue()
     if not rows:
         return "(no results)\n"
@@ -56,6 +61,24 @@ def render(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str] | None =
     lines += ["  ".join(_clip(v, w, c) for v, c, w in zip(r, names, widths)).rstrip()
               for r in cells]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _spreadsheet_text(value: Any) -> Any:
+    # Apostrophes already there count too, so that csv_value gives back exactly what was.
+    if not isinstance(value, str) or not value.lstrip("'").startswith(_FORMULA_START):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
+def csv_value(text: str) -> str:
+    """A cell of a CSV that `render` wrote, as the value it was (see _FORMULA_START)."""
+    if text.startswith("'") and text.lstrip("'").startswith(_FORMULA_START):
+        return text[1:]
+    return text
 
 
 def render_sections(

@@ -429,3 +429,44 @@ def test_a_file_name_cannot_forge_table_rows_or_drive_the_terminal(tmp_path: Pat
     table = CliRunner().invoke(main, ["search", "text", "a photo", "-s", store, "-k", "2"])
     assert len(table.output.strip().splitlines()) == 3, table.output  # header + two rows
     assert "x\\n9     1.0000  99        forged\\x1b[2J.png" in table.output
+
+
+def test_csv_output_cannot_carry_a_spreadsheet_formula(tmp_path: Path, tiny_model: str) -> None:
+    # A record's name "=HYPERLINK(…)" from someone else's metadata went into `--format csv`
+    # as is, and a spreadsheet opening the file ran it as a formula (CSV injection).
+    import csv
+
+    from click.testing import CliRunner
+
+    from bioindex.cli import _result_rows, main
+
+    folder = tmp_path / "photos"
+    names = [p.name for p in draw_images(folder, 3, seed=5)]
+    hostile = ['=HYPERLINK("http://127.0.0.1/x?"&A1,"Cardinalis")', "@SUM(1+1)*cmd|' /C calc'!A0",
+               "'-2+3"]  # fmt: skip
+    meta = tmp_path / "meta.csv"
+    with open(meta, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "scientificName", "decimalLatitude", "decimalLongitude"])
+        writer.writerows([name, text, "-12.5", "+30.25"] for name, text in zip(names, hostile))
+    store = str(tmp_path / "s")
+    made = CliRunner().invoke(main, ["index", str(folder), "-s", store, "-m", tiny_model, "-q",
+                                     "--metadata", str(meta)])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    shown = CliRunner().invoke(main, ["search", "text", "a photo", "-s", store, "-k", "3",
+                                      "--format", "csv"])  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    rows = list(csv.DictReader(shown.output.splitlines()))
+    assert len(rows) == 3
+    cells = [value for row in rows for value in row.values()]
+    assert not any(value.startswith(("=", "+", "@")) for value in cells), cells
+    assert sorted(row["scientific_name"] for row in rows) == sorted("'" + t for t in hostile)
+    table = CliRunner().invoke(main, ["sql", "-s", store, "--format", "csv",
+                                      "SELECT CAST(decimal_latitude AS VARCHAR) AS lat, "
+                                      "'+30.25' AS lon FROM images"])  # fmt: skip
+    assert table.exit_code == 0, table.output
+    assert {(r["lat"], r["lon"]) for r in csv.DictReader(table.output.splitlines())} == {
+        ("-12.5", "+30.25")}  # numbers stay numbers
+    saved = tmp_path / "result.csv"
+    saved.write_text(shown.output, encoding="utf-8")
+    assert sorted(row["scientific_name"] for row in _result_rows(str(saved))) == sorted(hostile)
