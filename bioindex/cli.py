@@ -647,9 +647,9 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
              place_where: Sequence[str], species_list: str | None, outside_weight: float,
              specimen: bool, calibrate: bool, tol: str | None, neighbours: int, k: int, fmt: str,
              columns: str | None, model: str | None, device: str) -> None:  # fmt: skip
-    """What is in IMAGES (files, or folders of them)? Zero-shot over a label set, a vote of
-    labelled neighbours, both, or a few-shot classifier trained on the store's own labelled
-    images.
+    """What is in IMAGES (files, folders of them, webdataset .tar shards)? Zero-shot over a
+    label set, a vote of labelled neighbours, both, or a few-shot classifier trained on the
+    store's own labelled images.
 
     Labels: --labels, --tol, or (default) the species named in the store's catalog. Species
     probabilities are summed by lineage up to --rank, as pybioclip does. Each file gets an

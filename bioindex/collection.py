@@ -42,7 +42,7 @@ from bioindex.images import (
 )
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
-from bioindex.indexer.sources import Scan, scan_paths
+from bioindex.indexer.sources import Item, Scan, scan_paths, shard_images
 from bioindex.models import EmbeddingModel, ModelIdentity, check_precision, load_model
 from bioindex.search.calibration import fit_temperature, top_label_log_loss
 from bioindex.search.classify import Prediction, classify_vectors
@@ -1030,10 +1030,11 @@ def combine_views(vectors: np.ndarray) -> np.ndarray:
 def embed_files(model: EmbeddingModel, images: Paths,
                 ) -> tuple[list[str], np.ndarray, list[Prediction]]:  # fmt: skip
     """(readable files, their unit vectors, a failed Prediction for each file that is missing
-    or does not decode); a folder stands for the images under it. Like `index`, one bad
-    file does not stop the batch; none readable is a BioindexError."""
+    or does not decode); a folder stands for the images under it, a webdataset .tar shard
+    for its images (named shard.tar#key). Like `index`, one bad file does not stop the
+    batch; none readable is a BioindexError."""
     given = listed(images)
-    images = expand_folders(given)
+    images = [image for path in expand_folders(given) for image in _shard_or_file(path)]
     if not images:
         raise BioindexError(f"no images to classify under {', '.join(map(str, given))}"
                             if given else "no images to classify")  # fmt: skip
@@ -1046,14 +1047,21 @@ def embed_files(model: EmbeddingModel, images: Paths,
         for start in range(0, len(images), CLASSIFY_BATCH):
             opened = []
             for path in images[start : start + CLASSIFY_BATCH]:
+                name = path.uri if isinstance(path, Item) else str(path)
                 try:
+                    if isinstance(path, Item):
+                        opened.append((name, open_image(path.read_bytes())))
+                        continue
                     if not Path(path).is_file():
                         raise FileNotFoundError("no such file")
-                    opened.append((str(path), open_image(Path(path))))
+                    opened.append((name, open_image(Path(path))))
                 except Exception as exc:
                     reason = ("no such file" if isinstance(exc, FileNotFoundError)
+                              else "a tar archive with no image in it that could be read"
+                              if name.lower().endswith(".tar")
+                              else _ARCHIVE_NOTE if name.lower().endswith(_ARCHIVES)
                               else describe_error(exc))  # fmt: skip
-                    failed.append(Prediction(str(path), 0.0, error=reason))
+                    failed.append(Prediction(name, 0.0, error=reason))
             if opened:
                 vectors.extend(model.embed_pil([image for _, image in opened]))
                 names.extend(name for name, _ in opened)
@@ -1062,6 +1070,19 @@ def embed_files(model: EmbeddingModel, images: Paths,
         raise BioindexError(f"none of the {len(images)} images could be read "
                             f"({failed[0].file}: {failed[0].error})")  # fmt: skip
     return names, np.stack(vectors), failed
+
+
+_ARCHIVES = (".zip", ".gz", ".tgz", ".bz2", ".xz", ".7z")
+_ARCHIVE_NOTE = ("an archive, not an image: classify reads image files, folders and "
+                 "webdataset .tar shards (bioindex index reads archives)")
+
+
+def _shard_or_file(path: str | os.PathLike[str]) -> list[str | os.PathLike[str] | Item]:
+    """A webdataset shard's images, or the path itself (also a shard with none: it is then
+    reported as a file that could not be read)."""
+    if str(path).lower().endswith(".tar") and Path(path).is_file():
+        return list(shard_images(Path(path).resolve())) or [path]
+    return [path]
 
 
 def _label_matrix(model: EmbeddingModel, labels: LabelSet,

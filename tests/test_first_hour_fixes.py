@@ -107,6 +107,33 @@ def test_classify_answers_for_the_readable_files(named: Path) -> None:
     assert set(errors) == {"broken.jpg", "missing.jpg"} and "object at" not in errors["broken.jpg"]
 
 
+def test_classify_reads_the_images_of_a_webdataset_shard(named: Path, tmp_path: Path) -> None:
+    # `bioindex classify shard.tar` (a TreeOfLife-style shard, which `index` reads) said
+    # "none of the 1 images could be read (… cannot identify image file)".
+    import tarfile
+
+    photos = sorted((named / "photos").rglob("*.jpg"))[:3]
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for number, photo in enumerate(photos):
+            tar.add(photo, arcname=f"{number:06d}.jpg")
+            caption = tmp_path / "caption.txt"
+            caption.write_text("Ursus arctos")
+            tar.add(caption, arcname=f"{number:06d}.scientific_name.txt")
+    (tmp_path / "photos.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    (tmp_path / "empty.tar").write_bytes(bytes(1024))
+    with Collection.open(named / "store", read_only=True) as col:
+        from_shard = col.classify([shard, tmp_path / "photos.zip", tmp_path / "empty.tar"], k=1)
+        from_files = col.classify(photos, k=1)
+    answered = [p for p in from_shard if p.error is None]
+    assert [p.file for p in answered] == [f"{shard}#{n:06d}" for n in range(3)]
+    assert [(p.taxon, round(p.score, 5)) for p in answered] == [
+        (p.taxon, round(p.score, 5)) for p in from_files]
+    errors = {Path(p.file).name: p.error for p in from_shard if p.error}
+    assert errors["photos.zip"].startswith("an archive, not an image")
+    assert errors["empty.tar"] == "a tar archive with no image in it that could be read"
+
+
 @pytest.mark.parametrize("args, expected, absent", [
     (["search", "text", "x", "-m", "bioclip-dmeo"], "did you mean bioclip-demo", "--checkpoint"),
     (["search", "text", "x", "-m", "ViT-B-16"], "architecture without weights", "add --checkpoint"),

@@ -383,6 +383,11 @@ def _scan_shards(pattern: str, items: dict[str, Item], scan: Scan) -> None:
                 items.setdefault(item.uri, item)
 
 
+def shard_images(path: Path) -> list[Item]:
+    """The images of one webdataset tar shard (a truncated shard: those before the break)."""
+    return [item for item, _ in _shard_items(path) if item is not None]
+
+
 def _shard_items(path: Path) -> Iterator[tuple[Item | None, tuple[str, str, str] | None]]:
     """Group tar members into samples by webdataset's key rule (name up to the first dot)."""
     mtime = path.stat().st_mtime
