@@ -152,7 +152,7 @@ def server(plain):
 
 def test_http_api_first_hour(server, plain) -> None:
     url, _ = server
-    _, photos = plain
+    root, photos = plain
     photo = next(p for p in sorted(photos.glob("*.jpg")) if p.name != "notes.jpg").read_bytes()
     with httpx.Client(base_url=url, timeout=60) as client:
         assert client.get("/api/info").json()["names_taxa"] is False
@@ -171,6 +171,22 @@ def test_http_api_first_hour(server, plain) -> None:
         named = client.post("/api/classify", params={"labels": "elephant,cat,car"},
                             files={"file": ("q.jpg", photo, "image/jpeg")})  # fmt: skip
         assert named.status_code == 200 and len(named.json()["predictions"]) == 3
+        # Near-duplicates: the groups `bioindex dedup` gives, largest first, a page at a time.
+        with Collection.open(root / "store", read_only=True) as col:
+            expected = {}
+            for member in col.duplicates(0.95):
+                expected.setdefault(member.group, []).append((member.image_id, member.kind))
+        groups = client.get("/api/duplicates", params={"limit": 200}).json()
+        assert groups["groups"] == len(expected) >= 1
+        assert [[(m["image_id"], m["kind"]) for m in g["members"]] for g in groups["results"]] \
+            == sorted(expected.values(), key=lambda g: (-len(g), g[0][0]))
+        assert any(m["kind"] == "exact" for g in groups["results"] for m in g["members"])
+        assert all(not m["path"].startswith("/") and "uri" not in m
+                   for g in groups["results"] for m in g["members"])  # fmt: skip
+        second = client.get("/api/duplicates", params={"offset": 1, "limit": 1}).json()
+        assert second["results"] == groups["results"][1:2]
+        wrong = client.get("/api/duplicates", params={"threshold": 1.5})
+        assert wrong.status_code == 400 and "--" not in wrong.json()["error"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
@@ -217,6 +233,15 @@ def test_page_first_hour(server, plain, width: int, height: int, label: str) -> 
         assert page.get_attribute("#status", "class") != "error"
         assert len(page.query_selector_all(".card")) >= 5
         page.screenshot(path=str(shots / f"plain-{label}-upload.png"), full_page=True)
+
+        page.click("#duplicates")
+        page.wait_for_selector("section[data-kind=duplicates]")
+        assert "groups of near-duplicates" in page.inner_text("#status")
+        first = page.inner_text("section[data-kind=duplicates]")
+        assert "the group's first image" in first and "the same bytes" in page.inner_text(
+            "#results")  # the exact copy
+        assert "duplicates=0.95" in page.url
+        page.screenshot(path=str(shots / f"plain-{label}-duplicates.png"), full_page=True)
         if label == "phone":
             assert page.evaluate("document.documentElement.scrollWidth") <= width
         assert not errors

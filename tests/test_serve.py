@@ -185,3 +185,29 @@ def test_a_thumbnail_follows_its_file(server) -> None:
     finally:
         path.write_bytes(original)
     assert client.get("/api/thumbnails/7", params={"size": 48}).content == first
+
+
+def test_duplicate_groups_follow_the_store(tmp_path: Path, tiny_model: str) -> None:
+    """Groups are found once per threshold and kept, but not past a change to the store: a
+    copy indexed while the server runs is in the next answer."""
+    import shutil
+
+    from bioindex.serve.app import create_app
+    from tests.conftest import draw_images
+
+    photos = draw_images(tmp_path / "photos", 6, seed=11)
+    store = tmp_path / "store"
+    with Collection.open(store, model=tiny_model, create=True) as col:
+        col.index([tmp_path / "photos"], progress=False)
+    app = create_app(store, device="cpu")
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        before = client.get("/api/duplicates", params={"threshold": 0.999}).json()
+        assert before["groups"] == 0 and before["results"] == []
+        shutil.copy(photos[2], tmp_path / "photos" / "copy.jpg")
+        with Collection.open(store, model=tiny_model) as col:
+            col.index([tmp_path / "photos"], progress=False)
+        after = client.get("/api/duplicates", params={"threshold": 0.999}).json()
+        assert after["groups"] == 1
+        kinds = [(Path(m["path"]).name, m["kind"]) for m in after["results"][0]["members"]]
+        assert sorted(kinds) == sorted([(photos[2].name, "anchor"), ("copy.jpg", "exact")])
+    app.state.collection.close()

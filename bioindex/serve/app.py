@@ -32,6 +32,7 @@ from bioindex.collection import Collection, combine_views
 from bioindex.errors import BioindexError, ImageTooLarge
 from bioindex.indexer.remote import is_remote
 from bioindex.output import ANSWER_KEYS
+from bioindex.search.dedup import DuplicateMember
 from bioindex.search.defaults import (
     DEFAULT_MIN_CONFIDENCE,
     DEFAULT_OUTSIDE_WEIGHT,
@@ -62,6 +63,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 # Thumbnails made kept, by the file's identity: a 3 MP camera-trap JPEG takes 6.8 ms to
 # shrink, a page of results shows 10-50 of them, and browsers keep them per user only.
 THUMBNAIL_BYTES = 64 * 2**20
+MAX_GROUPS_PAGE = 200  # duplicate groups in one answer
+# Duplicate groups are found once per threshold and generation (a minute per million images
+# on 2 cores) and kept for paging: a few thresholds at once.
+DUPLICATE_THRESHOLDS_KEPT = 4
 
 
 class ApiError(Exception):
@@ -130,6 +135,8 @@ def create_app(
     metrics = Metrics()
     # One "generation" for good: a kept thumbnail's key holds its file's size and mtime.
     thumbnails = GenerationCache(THUMBNAIL_BYTES, weigh=len)
+    duplicate_groups = GenerationCache(DUPLICATE_THRESHOLDS_KEPT)
+    finding_duplicates = threading.Lock()  # one search of the store at a time
     app = FastAPIOffline(title="bioindex", version="0.1.0",
                          description="Search a biological image collection.")  # fmt: skip
     # Multipart framing and the other form fields ride on top of the upload itself.
@@ -396,6 +403,38 @@ def create_app(
         found = (starts + inside)[:limit]
         return {"taxa": [{"name": name, "rank": rank} for name, rank in found]}
 
+    @app.get("/api/duplicates")
+    def duplicates(threshold: float = 0.95, offset: int = 0, limit: int = 20) -> dict:
+        """Groups of near-duplicate images, as `bioindex dedup` finds them: each an anchor,
+        its exact copies and the images whose cosine to it reaches `threshold`; the groups
+        with most images first. Found on the first call for a threshold (about a minute per
+        million images on two cores), then paged from memory until the store changes."""
+        if not 0.5 <= threshold <= 1.0:
+            raise ApiError(400, "threshold must be between 0.5 and 1")
+        if offset < 0 or not 1 <= limit <= MAX_GROUPS_PAGE:
+            raise ApiError(400, f"offset must be 0 or more and limit between 1 and "
+                                f"{MAX_GROUPS_PAGE}")  # fmt: skip
+        key = round(threshold, 4)
+        with lock.reading():
+            generation = collection.store.generation()
+            groups = duplicate_groups.get(generation, [key]).get(key)
+            if groups is None:
+                with finding_duplicates:  # a second caller waits for the first one's answer
+                    groups = duplicate_groups.get(generation, [key]).get(key)
+                    if groups is None:
+                        groups = _largest_first(collection.duplicates(key))
+                        duplicate_groups.put(generation, {key: groups})
+            page = groups[offset : offset + limit]
+            rows = collection.store.rows([m.image_id for group in page for m in group])
+        return {
+            "threshold": key, "groups": len(groups),
+            "images": sum(len(group) for group in groups), "offset": offset,
+            "results": [{"group": group[0].group, "images": len(group),
+                         "members": [_duplicate_json(m, rows.get(m.image_id, {}))
+                                     for m in group]}
+                        for group in page],
+        }  # fmt: skip
+
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
         return metrics.text()
@@ -445,6 +484,20 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("uri") and not is_remote(str(row["uri"])):
         row = {k: v for k, v in row.items() if k != "uri"}
     return row
+
+
+def _largest_first(members: list[DuplicateMember]) -> list[list[DuplicateMember]]:
+    groups: dict[int, list[DuplicateMember]] = {}
+    for member in members:
+        groups.setdefault(member.group, []).append(member)
+    return sorted(groups.values(), key=lambda group: (-len(group), group[0].group))
+
+
+def _duplicate_json(member: DuplicateMember, row: dict[str, Any]) -> dict[str, Any]:
+    """A group's member as a client sees it, with the names a card shows."""
+    shown = {key: row[key] for key in ("scientific_name", "catalog_number", "institution_code")
+             if row.get(key)}  # fmt: skip
+    return _public({**member.to_dict(), **shown})
 
 
 def _prepare_upload(collection: Collection, data: bytes, max_pixels: int) -> Any:

@@ -34,12 +34,47 @@ function card(r) {
       <img loading="lazy" alt="${esc(r.scientific_name || file || "image " + r.image_id)}" src="/api/thumbnails/${r.image_id}?size=256">
       <div>${r.scientific_name ? `<span class="name">${esc(r.scientific_name)}</span>` : `<span class="path">${esc(r.path || "")}</span>`}
         ${r.images > 1 ? `<span class="badge">${r.images} images</span>` : ""}</div>
-      <div class="meta">score ${Number(r.score).toFixed(3)}${r.catalog_number ? " · " + esc(r.catalog_number) : ""}</div>
+      <div class="meta">${r.kind ? KINDS[r.kind](r) : "score " + Number(r.score).toFixed(3)}${r.catalog_number ? " · " + esc(r.catalog_number) : ""}</div>
       ${r.scientific_name ? `<div class="path">${esc(r.path || "")}</div>` : ""}
       <div class="meta">${esc(r.institution_code || "")} ${esc(r.country_code || "")} ${esc(r.event_date || "")}</div>
       <div class="meta rights">${r.license ? "licence " + esc(r.license) : ""}${r.rights_holder ? " · © " + esc(r.rights_holder) : ""}</div>
       ${/^https?:\/\//.test(r.occurrence_url || "") ? `<a class="record" href="${esc(r.occurrence_url)}" target="_blank" rel="noopener noreferrer">occurrence record</a>` : ""}
     </div>`;
+}
+
+// A near-duplicate group's members: its anchor, then its copies by how close they are.
+const KINDS = {
+  anchor: () => "the group's first image",
+  exact: () => "the same bytes",
+  near: (r) => "cosine " + Number(r.score).toFixed(3) + " to the first",
+};
+
+// Groups of near-duplicates, most images first, a page at a time ("more" adds the next).
+async function duplicates(push, offset = 0) {
+  const threshold = new URLSearchParams(location.search).get("duplicates") || "0.95";
+  if (push) history.pushState(null, "", "?" + new URLSearchParams({duplicates: threshold}));
+  status(offset ? "Loading more groups…" : "Finding near-duplicates (a large collection takes a minute the first time)…");
+  $("prediction").style.display = "none";
+  try {
+    const body = await getJSON("/api/duplicates?" + new URLSearchParams({threshold, offset, limit: 20}));
+    const html = body.results.map((g) => `
+      <section class="list" data-kind="duplicates" data-group="${g.group}"><h2>${g.images} images
+        <small>cosine ≥ ${body.threshold} to the first</small></h2>
+        <div class="results">${g.members.map(card).join("")}</div></section>`).join("");
+    if (!offset) $("results").innerHTML = "";
+    $("more")?.remove();
+    $("results").insertAdjacentHTML("beforeend", html);
+    const shown = offset + body.results.length;
+    if (shown < body.groups) {
+      $("results").insertAdjacentHTML("beforeend", `<button type="button" id="more" class="more">${body.groups - shown} more groups</button>`);
+      $("more").addEventListener("click", () => duplicates(false, shown));
+    }
+    status(body.groups
+      ? `${body.groups} groups of near-duplicates (${body.images} images) at cosine ≥ ${body.threshold}`
+      : `No near-duplicates at cosine ≥ ${body.threshold}.`);
+  } catch (error) {
+    status(error.message, true);
+  }
 }
 
 // Each list is ranked by its own score under its own heading: catalog records of a taxon
@@ -165,6 +200,7 @@ $("q").addEventListener("input", () => {
   }, 150);
 });
 $("search").addEventListener("submit", (event) => { event.preventDefault(); search(true); });
+$("duplicates").addEventListener("click", () => duplicates(true));
 $("photo").addEventListener("change", () => upload($("photo").files));
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
@@ -186,5 +222,6 @@ function load() {
   for (const f of FIELDS) $(f).value = state.get(f) || "";
   $("group").checked = state.get("group") === "1";
   if (state.get("q")) search(false);
+  else if (state.get("duplicates")) duplicates(false);
 }
 load();
