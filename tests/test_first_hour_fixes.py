@@ -472,3 +472,33 @@ def test_the_query_cache_keeps_to_its_bound(named: Path, tmp_path: Path,
     assert 200 <= len(kept) <= 256  # one per folder, each folder's newest
     with Collection.open(copy, read_only=True) as col:  # a new process: memory is empty
         np.testing.assert_allclose(col.embed_texts(texts[-1:]), first[-1:], atol=1e-6)
+
+
+def test_search_by_id_reads_the_current_vector_of_the_image(tmp_path: Path,
+                                                             tiny_model: str) -> None:
+    # search_id reads the image's vector by the index's id table (a tenth of the catalog's
+    # time at 1M images): it must be the vector the store holds now, after the file
+    # changed, and a deleted image is still named as such.
+    import shutil
+
+    photos = draw_images(tmp_path / "photos", 8, seed=21)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([tmp_path / "photos"], progress=False)
+        col.store.build_index("hnsw", 1 << 30, 0.95, False)
+        ids = {row["uri"]: image_id for image_id, row in col.store.rows(
+            list(range(1, 9))).items()}  # fmt: skip
+        target = ids[str(photos[0].resolve())]
+        before = col.search_id(target, k=3)
+        shutil.copy(photos[5], photos[0])  # the file now shows another picture
+        col.index([tmp_path / "photos"], progress=False)
+        now = col.store.vectors([target])[0]
+        expected = col.search_vector(now, k=4)
+        after = col.search_id(target, k=3)
+        assert [h.image_id for h in after] == [h.image_id for h in expected
+                                               if h.image_id != target][:3]  # fmt: skip
+        assert [h.image_id for h in after] != [h.image_id for h in before]
+        photos[3].unlink()
+        col.index([tmp_path / "photos"], progress=False)
+        gone = ids[str(photos[3].resolve())]
+        with pytest.raises(BioindexError, match=f"no live image with image_id {gone}"):
+            col.search_id(gone, k=3)
