@@ -502,3 +502,20 @@ def test_search_by_id_reads_the_current_vector_of_the_image(tmp_path: Path,
         gone = ids[str(photos[3].resolve())]
         with pytest.raises(BioindexError, match=f"no live image with image_id {gone}"):
             col.search_id(gone, k=3)
+
+
+def test_a_zip_of_photos_is_named_as_such(tmp_path: Path, tiny_model: str) -> None:
+    # `bioindex index photos.zip` said only "photos.zip has no meta.xml (nor iDigBio's
+    # occurrence.csv)", which tells a photographer nothing about what to do.
+    import zipfile
+
+    photos = draw_images(tmp_path / "photos", 3, seed=2)
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as archive:
+        for photo in photos:
+            archive.write(photo, f"trip/{photo.name}")
+    result = CliRunner().invoke(main, ["index", str(tmp_path / "photos.zip"), "-s",
+                                       str(tmp_path / "s"), "-m", tiny_model])  # fmt: skip
+    assert result.exit_code != 0
+    assert "not a Darwin Core Archive" in result.output
+    assert "holds 3 image files" in result.output and "unzip it" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

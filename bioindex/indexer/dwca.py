@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bioindex.errors import BioindexError
+from bioindex.images import IMAGE_EXTENSIONS
 from bioindex.indexer.lines import Lines
 
 MULTIMEDIA_TYPES = {
@@ -100,7 +101,11 @@ class Archive:
         elif f"{prefix}occurrence.csv" in names:
             self.core, self.extensions = _idigbio_specs(self, names, prefix)
         else:
-            raise BioindexError(f"{path} has no meta.xml (nor iDigBio's occurrence.csv)")
+            photos = sum(Path(n).suffix.lower() in IMAGE_EXTENSIONS for n in names)
+            hint = (f"; it holds {photos} image files: to index a zip of photos, unzip it and "
+                    f"index the folder" if photos else "")  # fmt: skip
+            raise BioindexError(f"{path} is not a Darwin Core Archive: it has no meta.xml "
+                                f"(nor iDigBio's occurrence.csv){hint}")  # fmt: skip
         if self.core.key_index is None:
             self.core.key_index = 0
         for spec in (self.core, *self.extensions):
