@@ -201,12 +201,12 @@ def _lower_level(record: logging.LogRecord) -> bool:
 )
 @click.option(
     "--source-type",
-    type=click.Choice(["auto", "folder", "file", "manifest", "dwca", "webdataset", "iiif"]),
+    type=click.Choice(["auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif"]),
     default="auto",
     show_default=True,
     help="What SOURCES are; auto: folders, images, .csv/.tsv/.parquet manifests, .zip or "
-    "meta.xml folders (Darwin Core Archives), .tar or {..} shard patterns, .json files or "
-    "URLs (IIIF manifests and collections).",
+    "meta.xml folders (Darwin Core Archives; a .zip without meta.xml: its photos), .tar or "
+    "{..} shard patterns, .json files or URLs (IIIF manifests and collections).",
 )
 @click.option(
     "--media-root",

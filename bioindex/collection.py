@@ -42,7 +42,8 @@ from bioindex.images import (
 )
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
-from bioindex.indexer.sources import Item, Scan, scan_paths, shard_images
+from bioindex.indexer.sources import Item, Scan, scan_paths, shard_images, zip_photos
+from bioindex.indexer.zipped import holds_darwin_core
 from bioindex.models import EmbeddingModel, ModelIdentity, check_precision, load_model
 from bioindex.search.calibration import fit_temperature, top_label_log_loss
 from bioindex.search.classify import Prediction, classify_vectors
@@ -1077,16 +1078,26 @@ def embed_files(model: EmbeddingModel, images: Paths,
 
 
 _ARCHIVES = (".zip", ".gz", ".tgz", ".bz2", ".xz", ".7z")
-_ARCHIVE_NOTE = ("an archive, not an image: classify reads image files, folders and "
-                 "webdataset .tar shards (bioindex index reads archives)")
+_ARCHIVE_NOTE = ("an archive, not an image: classify reads image files, folders, zips of "
+                 "photos and webdataset .tar shards (bioindex index reads archives)")
 
 
 def _shard_or_file(path: str | os.PathLike[str]) -> list[str | os.PathLike[str] | Item]:
-    """A webdataset shard's images, or the path itself (also a shard with none: it is then
-    reported as a file that could not be read)."""
-    if str(path).lower().endswith(".tar") and Path(path).is_file():
-        return list(shard_images(Path(path).resolve())) or [path]
-    return [path]
+    """The images of a webdataset shard or a zip of photos, or the path itself (also an
+    archive with none, or a Darwin Core Archive: it is then reported as a file that could
+    not be read)."""
+    suffix = str(path).lower().rsplit(".", 1)[-1]
+    if suffix not in ("tar", "zip") or not Path(path).is_file():
+        return [path]
+    resolved = Path(path).resolve()
+    if suffix == "tar":
+        return list(shard_images(resolved)) or [path]
+    try:
+        if holds_darwin_core(resolved):
+            return [path]
+        return list(zip_photos(resolved)[0]) or [path]
+    except BioindexError:  # not a readable zip
+        return [path]
 
 
 def _label_matrix(model: EmbeddingModel, labels: LabelSet,

@@ -107,10 +107,12 @@ def test_classify_answers_for_the_readable_files(named: Path) -> None:
     assert set(errors) == {"broken.jpg", "missing.jpg"} and "object at" not in errors["broken.jpg"]
 
 
-def test_classify_reads_the_images_of_a_webdataset_shard(named: Path, tmp_path: Path) -> None:
-    # `bioindex classify shard.tar` (a TreeOfLife-style shard, which `index` reads) said
-    # "none of the 1 images could be read (… cannot identify image file)".
+def test_classify_reads_the_images_of_a_shard_or_a_zip(named: Path, tmp_path: Path) -> None:
+    # `bioindex classify shard.tar` (a TreeOfLife-style shard, which `index` reads) or
+    # `classify photos.zip` said "none of the 1 images could be read (… cannot identify
+    # image file)".
     import tarfile
+    import zipfile
 
     photos = sorted((named / "photos").rglob("*.jpg"))[:3]
     shard = tmp_path / "shard-000000.tar"
@@ -120,15 +122,22 @@ def test_classify_reads_the_images_of_a_webdataset_shard(named: Path, tmp_path: 
             caption = tmp_path / "caption.txt"
             caption.write_text("Ursus arctos")
             tar.add(caption, arcname=f"{number:06d}.scientific_name.txt")
-    (tmp_path / "photos.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    with zipfile.ZipFile(tmp_path / "trip.zip", "w", zipfile.ZIP_DEFLATED) as zipped:
+        for photo in photos:
+            zipped.write(photo, f"trip/{photo.name}")
+    (tmp_path / "photos.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # a zip of nothing
     (tmp_path / "empty.tar").write_bytes(bytes(1024))
     with Collection.open(named / "store", read_only=True) as col:
         from_shard = col.classify([shard, tmp_path / "photos.zip", tmp_path / "empty.tar"], k=1)
+        from_zip = col.classify(tmp_path / "trip.zip", k=1)
         from_files = col.classify(photos, k=1)
     answered = [p for p in from_shard if p.error is None]
     assert [p.file for p in answered] == [f"{shard}#{n:06d}" for n in range(3)]
-    assert [(p.taxon, round(p.score, 5)) for p in answered] == [
-        (p.taxon, round(p.score, 5)) for p in from_files]
+    assert [p.file for p in from_zip] == [f"{tmp_path / 'trip.zip'}#trip/{p.name}"
+                                          for p in photos]  # fmt: skip
+    for found in (answered, from_zip):
+        assert [(p.taxon, round(p.score, 5)) for p in found] == [
+            (p.taxon, round(p.score, 5)) for p in from_files]
     errors = {Path(p.file).name: p.error for p in from_shard if p.error}
     assert errors["photos.zip"].startswith("an archive, not an image")
     assert errors["empty.tar"] == "a tar archive with no image in it that could be read"
@@ -502,20 +511,3 @@ def test_search_by_id_reads_the_current_vector_of_the_image(tmp_path: Path,
         gone = ids[str(photos[3].resolve())]
         with pytest.raises(BioindexError, match=f"no live image with image_id {gone}"):
             col.search_id(gone, k=3)
-
-
-def test_a_zip_of_photos_is_named_as_such(tmp_path: Path, tiny_model: str) -> None:
-    # `bioindex index photos.zip` said only "photos.zip has no meta.xml (nor iDigBio's
-    # occurrence.csv)", which tells a photographer nothing about what to do.
-    import zipfile
-
-    photos = draw_images(tmp_path / "photos", 3, seed=2)
-    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as archive:
-        for photo in photos:
-            archive.write(photo, f"trip/{photo.name}")
-    result = CliRunner().invoke(main, ["index", str(tmp_path / "photos.zip"), "-s",
-                                       str(tmp_path / "s"), "-m", tiny_model])  # fmt: skip
-    assert result.exit_code != 0
-    assert "not a Darwin Core Archive" in result.output
-    assert "holds 3 image files" in result.output and "unzip it" in result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -267,6 +267,80 @@ def test_webdataset_shards_with_tree_of_life_keys(tmp_path: Path, tiny_model: st
     assert_index_matches_catalog(tmp_path / "s")
 
 
+def test_a_zip_of_photos_is_indexed_in_place(tmp_path: Path, tiny_model: str) -> None:
+    """A zip without meta.xml (a camera trap's download, a folder zipped to be sent) was
+    refused as "has no meta.xml": its photos are now indexed from the zip, deflated or
+    stored, with the vectors the unzipped files give; members it cannot read in place are
+    failures on record, and other files in it are left alone."""
+    import zipfile
+
+    photos = draw_images(tmp_path / "p", 5, seed=41)
+    archive = tmp_path / "trip.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for i, photo in enumerate(photos[:4]):
+            method = zipfile.ZIP_DEFLATED if i % 2 else zipfile.ZIP_STORED
+            zipped.write(photo, f"trip/day{i}/{photo.name}", compress_type=method)
+        zipped.write(photos[4], "trip/odd.jpg", compress_type=zipfile.ZIP_BZIP2)
+        zipped.writestr("trip/notes.txt", "field notes")
+        zipped.writestr("__MACOSX/trip/._x.jpg", b"resource fork")
+        zipped.writestr("trip/locked.jpg", photos[0].read_bytes())
+    _mark_encrypted(archive, "trip/locked.jpg")  # zipfile writes no encrypted members
+    (tmp_path / "meta.csv").write_text(f"file,scientificName\n{photos[1].name},Ursus arctos\n")
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([archive], metadata=tmp_path / "meta.csv", progress=False)
+        assert (summary.embedded, summary.failed) == (4, 2)
+        reasons = {f["uri"].rsplit("#", 1)[1]: f["error"] for f in col.failures()}
+        assert reasons["trip/locked.jpg"] == "encrypted in the zip"
+        assert "zip method 12" in reasons["trip/odd.jpg"]
+        named = col.store.catalog.query("SELECT uri FROM images WHERE scientific_name = "
+                                        "'Ursus arctos'")[1]  # fmt: skip
+        assert named == [(f"{archive}#trip/day1/{photos[1].name}",)]
+        for i, photo in enumerate(photos[:4]):
+            hit = col.search_image(photo, k=1)[0]
+            assert hit.uri == f"{archive}#trip/day{i}/{photo.name}" and hit.score >= 0.999
+        again = col.index([archive], progress=False)
+        assert (again.embedded, again.unchanged) == (0, 4)
+    assert_index_matches_catalog(tmp_path / "s")
+
+
+def _mark_encrypted(archive: Path, name: str) -> None:
+    """Set a member's "encrypted" flag in its local header and central directory entry."""
+    import struct
+    import zipfile
+
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zipped:
+        data[zipped.getinfo(name).header_offset + 6] |= 0x1
+    at = data.find(b"PK\x01\x02")
+    while at != -1:
+        length = struct.unpack("<H", data[at + 28 : at + 30])[0]
+        if data[at + 46 : at + 46 + length] == name.encode():
+            data[at + 8] |= 0x1
+        at = data.find(b"PK\x01\x02", at + 4)
+    archive.write_bytes(bytes(data))
+
+
+def test_a_zip_member_is_read_no_further_than_its_zip_says(tmp_path: Path) -> None:
+    """A member whose deflated bytes inflate past the size its zip declares is damaged or
+    lying: a failure, never more bytes than declared."""
+    import zlib
+
+    from bioindex.indexer.sources import Item
+
+    big = bytes(range(256)) * 4000
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    packed = packer.compress(big) + packer.flush()
+    (tmp_path / "x.zip").write_bytes(b"head" + packed)
+    honest = Item("x.zip#a.jpg", str(tmp_path / "x.zip"), len(big), 0.0, {}, 4, len(packed))
+    assert honest.read_bytes() == big
+    lying = Item("x.zip#a.jpg", str(tmp_path / "x.zip"), 1000, 0.0, {}, 4, len(packed))
+    with pytest.raises(OSError, match="inflates past the 1000 bytes"):
+        lying.read_bytes()
+    cut = Item("x.zip#a.jpg", str(tmp_path / "x.zip"), len(big), 0.0, {}, 4, len(packed) + 9)
+    with pytest.raises(OSError, match="truncated"):
+        cut.read_bytes()
+
+
 def test_manifest_with_paths_and_urls(tmp_path: Path, tiny_model: str, media_server) -> None:
     base, _ = media_server
     photos = draw_images(tmp_path / "p", 3, seed=2)

@@ -18,7 +18,6 @@ import csv
 import io
 import os
 import re
-import struct
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import defaultdict
@@ -30,6 +29,7 @@ from typing import BinaryIO
 from bioindex.errors import BioindexError
 from bioindex.images import IMAGE_EXTENSIONS
 from bioindex.indexer.lines import Lines
+from bioindex.indexer.zipped import data_offset, refuse_bombs
 
 MULTIMEDIA_TYPES = {
     "http://rs.gbif.org/terms/1.0/multimedia": "identifier",
@@ -40,11 +40,8 @@ MULTIMEDIA_TYPES = {
 OCCURRENCE_TYPE = "http://rs.tdwg.org/dwc/terms/occurrence"
 
 _TERM = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-# Archives come from strangers: a member that inflates more than this many times (beyond a
-# size any real table reaches in a small zip) is a bomb, and no line may outgrow LINE_LIMIT.
-# Real Darwin Core text compresses 5-20x.
-MAX_RATIO = 200
-RATIO_FREE_BYTES = 64 << 20
+# Archives come from strangers: a zip bomb is refused (zipped.refuse_bombs), and no line
+# may outgrow LINE_LIMIT.
 
 
 @dataclass
@@ -92,7 +89,7 @@ class Archive:
         except (zipfile.BadZipFile, OSError) as exc:
             raise BioindexError(f"{path} is not a readable zip file ({exc})") from None
         if self._zip is not None:
-            _refuse_bombs(self._zip, self.path)
+            refuse_bombs(self._zip, self.path)
         names = self._names()
         prefix = _common_prefix(names)
         self._prefix = prefix
@@ -102,8 +99,9 @@ class Archive:
             self.core, self.extensions = _idigbio_specs(self, names, prefix)
         else:
             photos = sum(Path(n).suffix.lower() in IMAGE_EXTENSIONS for n in names)
-            hint = (f"; it holds {photos} image files: to index a zip of photos, unzip it and "
-                    f"index the folder" if photos else "")  # fmt: skip
+            hint = (f"; it holds {photos} image files: index it as a zip of photos (source "
+                    f"type zip, what auto picks for a zip without meta.xml)" if photos
+                    else "")  # fmt: skip
             raise BioindexError(f"{path} is not a Darwin Core Archive: it has no meta.xml "
                                 f"(nor iDigBio's occurrence.csv){hint}")  # fmt: skip
         if self.core.key_index is None:
@@ -134,13 +132,8 @@ class Archive:
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
             return None
         with open(self.path, "rb") as handle:
-            handle.seek(info.header_offset)
-            header = handle.read(30)
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
-            return None
-        name_length, extra_length = struct.unpack("<HH", header[26:30])
-        offset = info.header_offset + 30 + name_length + extra_length
-        return offset, info.file_size, self.path.stat().st_mtime
+            offset = data_offset(handle, info)
+        return None if offset is None else (offset, info.file_size, self.path.stat().st_mtime)
 
     def _names(self) -> set[str]:
         if self._zip is not None:
@@ -255,15 +248,6 @@ def _reader(lines: Iterator[str], spec: TableSpec) -> Iterator[list[str]]:
         return csv.reader(lines, delimiter=spec.delimiter, quotechar=spec.encloser or '"')
     # Unquoted (GBIF's tab-separated downloads): a plain split has no field limit.
     return (line.rstrip("\r\n").split(spec.delimiter) for line in lines)
-
-
-def _refuse_bombs(archive: zipfile.ZipFile, path: Path) -> None:
-    for info in archive.infolist():
-        ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > RATIO_FREE_BYTES and ratio > MAX_RATIO:
-            raise BioindexError(f"{path}: {info.filename} would expand {ratio:.0f}-fold to "
-                                f"{info.file_size >> 20} MiB; refused as a zip bomb (real "
-                                f"archives compress at most ~{MAX_RATIO // 10}-fold)")  # fmt: skip
 
 
 def _read_meta(data: bytes) -> tuple[TableSpec, list[TableSpec]]:

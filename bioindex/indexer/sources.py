@@ -5,6 +5,7 @@ Source types (chosen from the path unless --source-type says):
   file         single image files
   manifest     a CSV/TSV/Parquet table with a path or URL column and metadata columns
   dwca         a Darwin Core Archive (zip or folder with meta.xml; iDigBio's layout too)
+  zip          a zip of photos (no meta.xml), each read in place (+ optional sidecar)
   webdataset   tar shards, brace patterns allowed (shard-{000000..000165}.tar), with the
                TreeOfLife-10M keys (jpg, taxonomic_name.txt, scientific_name.txt, …)
   iiif         a IIIF Presentation manifest or collection (v2 or v3), a .json file or URL
@@ -18,6 +19,7 @@ import os
 import re
 import stat
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from bioindex.indexer.lines import Lines
 from bioindex.indexer.remote import FetchPolicy, is_remote
 
 MAX_FILE_BYTES = 1 << 30  # one image file; a 150 MP uncompressed TIFF master is ~450 MB
-SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "webdataset", "iiif")
+SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 _URI_COLUMNS = ("path", "file", "filename", "uri", "url", "identifier", "accessuri", "image")
 _SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -45,7 +47,8 @@ class Item:
     size: int | None
     mtime: float | None
     metadata: dict[str, Any] = field(default_factory=dict)
-    offset: int | None = None  # bytes of a tar member start here in `path`
+    offset: int | None = None  # bytes of a tar or zip member start here in `path`
+    packed: int | None = None  # a deflated zip member's length at `offset` (size: inflated)
     fetch_via: str = ""  # how a remote item is fetched, when not from its uri (IIIF)
 
     def read_bytes(self, max_bytes: int = MAX_FILE_BYTES) -> bytes:
@@ -61,15 +64,34 @@ class Item:
                 if info.st_size > max_bytes:
                     raise OSError(f"larger than the {max_bytes >> 20} MiB cap on one file")
                 return handle.read(max_bytes + 1)
+            if (self.size or 0) > max_bytes:
+                raise OSError(f"larger than the {max_bytes >> 20} MiB cap on one file")
             handle.seek(self.offset)
-            data = handle.read(self.size or 0)
+            data = handle.read(self.size or 0 if self.packed is None else self.packed)
+        if self.packed is not None:
+            data = _inflate(data, self.packed, self.size or 0)
         if len(data) != self.size:
-            raise OSError(f"tar member is truncated ({len(data)} of {self.size} bytes)")
+            raise OSError(f"archive member is truncated ({len(data)} of {self.size} bytes)")
         return data
 
     @property
     def remote(self) -> bool:
         return not self.path and (bool(self.fetch_via) or is_remote(self.uri))
+
+
+def _inflate(data: bytes, packed: int, size: int) -> bytes:
+    """A deflated zip member's bytes, never more than the `size` its zip declares (a
+    member that inflates past it is damaged or lying)."""
+    if len(data) != packed:
+        raise OSError(f"zip member is truncated ({len(data)} of {packed} bytes)")
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, size + 1)
+    except zlib.error as exc:
+        raise OSError(f"zip member does not inflate ({exc})") from None
+    if len(out) > size or inflater.unconsumed_tail:
+        raise OSError(f"zip member inflates past the {size} bytes its zip declares")
+    return out
 
 
 @dataclass
@@ -132,6 +154,8 @@ def scan_paths(
             _scan_manifest(path, media_root, items, scan, allow_outside_paths)
         elif kind == "dwca":
             _scan_archive(path, media_root, items, scan, allow_outside_paths)
+        elif kind == "zip":
+            _scan_zip(path, items, scan, sidecar, matched)
     scan.items = sorted(items.values(), key=lambda i: i.uri)
     unmatched = [key for key in sidecar if key not in matched]
     if unmatched:  # a typo or a file not copied: its metadata would vanish unsaid
@@ -158,7 +182,9 @@ def detect(raw: str) -> str:
         return "dwca" if is_archive(path) else "folder"
     suffix = path.suffix.lower()
     if suffix == ".zip":
-        return "dwca"
+        from bioindex.indexer.zipped import holds_darwin_core
+
+        return "dwca" if not path.is_file() or holds_darwin_core(path) else "zip"
     if suffix in TABLE_SUFFIXES:
         return "manifest"
     if suffix in (".json", ".jsonld"):
@@ -455,8 +481,40 @@ def tree_of_life_metadata(sample: dict[str, str]) -> dict[str, Any]:
 def _file_item(file: Path, root: Path, sidecar: dict[str, dict[str, Any]],
                matched: set[str]) -> Item:  # fmt: skip
     stat = file.stat()
-    relative = file.relative_to(root).as_posix()
-    matched.update(key for key in (relative, file.name) if key in sidecar)
-    metadata = sidecar.get(relative) or sidecar.get(file.name) or {}
+    metadata = _sidecar_row(file.relative_to(root).as_posix(), sidecar, matched)
     return Item(uri=str(file), path=str(file), size=stat.st_size, mtime=stat.st_mtime,
-                metadata=dict(metadata))  # fmt: skip
+                metadata=metadata)  # fmt: skip
+
+
+def _sidecar_row(relative: str, sidecar: dict[str, dict[str, Any]],
+                 matched: set[str]) -> dict[str, Any]:  # fmt: skip
+    """The --metadata row of a file, by its path under the source or its name alone."""
+    name = relative.rsplit("/", 1)[-1]
+    matched.update(key for key in (relative, name) if key in sidecar)
+    return dict(sidecar.get(relative) or sidecar.get(name) or {})
+
+
+def _scan_zip(path: Path, items: dict[str, Item], scan: Scan,
+              sidecar: dict[str, dict[str, Any]], matched: set[str]) -> None:  # fmt: skip
+    found, refused = zip_photos(path, sidecar, matched)
+    scan.roots.append(f"{path}#")
+    for item in found:
+        items.setdefault(item.uri, item)
+    scan.failures.extend(refused)
+
+
+def zip_photos(path: Path, sidecar: dict[str, dict[str, Any]] | None = None,
+               matched: set[str] | None = None,
+               ) -> tuple[list[Item], list[tuple[str, str, str]]]:  # fmt: skip
+    """The photos of a zip that is not a Darwin Core Archive, each read in place (with its
+    --metadata row, by its path in the zip or its name), and (uri, stage, error) for those
+    that cannot be."""
+    from bioindex.indexer.zipped import image_members
+
+    members, refused = image_members(path)
+    mtime = path.stat().st_mtime
+    matched = matched if matched is not None else set()
+    found = [Item(f"{path}#{m.name}", str(path), m.size, mtime,
+                  _sidecar_row(m.name, sidecar or {}, matched), m.offset, m.packed)
+             for m in members]  # fmt: skip
+    return found, [(f"{path}#{name}", "read", reason) for name, reason in refused]

@@ -1,0 +1,94 @@
+"""Zip files from strangers: bomb checks, where a member's bytes lie, and the photos of a zip
+that is not a Darwin Core Archive (a camera trap's download, a folder zipped to be sent).
+
+A member is read in place, as a tar member is (sources.Item: offset, and its deflated length
+when compressed), so a decode worker needs no zipfile of its own.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from bioindex.errors import BioindexError
+from bioindex.images import IMAGE_EXTENSIONS
+
+# A member that inflates more than this many times, beyond a size any real file in a small
+# zip reaches, is a bomb. Darwin Core text compresses 5-20x; JPEGs hardly at all.
+MAX_RATIO = 200
+RATIO_FREE_BYTES = 64 << 20
+_ENCRYPTED = 0x1
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    offset: int  # where its bytes start in the zip file
+    packed: int | None  # its deflated length; None: stored as is
+    size: int  # its length once inflated
+
+
+def refuse_bombs(archive: zipfile.ZipFile, path: Path) -> None:
+    for info in archive.infolist():
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FREE_BYTES and ratio > MAX_RATIO:
+            raise BioindexError(f"{path}: {info.filename} would expand {ratio:.0f}-fold to "
+                                f"{info.file_size >> 20} MiB; refused as a zip bomb (real "
+                                f"archives compress at most ~{MAX_RATIO // 10}-fold)")  # fmt: skip
+
+
+def data_offset(handle: BinaryIO, info: zipfile.ZipInfo) -> int | None:
+    """Where a member's (possibly deflated) bytes start: after its local header, whose name
+    and extra fields may differ in length from the central directory's."""
+    handle.seek(info.header_offset)
+    header = handle.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        return None
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_length + extra_length
+
+
+def holds_darwin_core(path: Path) -> bool:
+    """Whether a zip is a Darwin Core Archive (meta.xml, or iDigBio's occurrence.csv, at its
+    top or in its one folder) rather than a zip of files."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BioindexError(f"{path} is not a readable zip file ({exc})") from None
+    return any(PurePosixPath(n).name in ("meta.xml", "occurrence.csv") and n.count("/") <= 1
+               for n in names if not n.startswith("__MACOSX/"))  # fmt: skip
+
+
+def image_members(path: Path) -> tuple[list[Member], list[tuple[str, str]]]:
+    """The image members of a zip (by name), and (name, reason) for those that cannot be
+    read in place: encrypted, or compressed other than by deflate."""
+    members: list[Member] = []
+    refused: list[tuple[str, str]] = []
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+            refuse_bombs(archive, path)
+            for info in archive.infolist():
+                name = info.filename
+                if (info.is_dir() or name.startswith("__MACOSX/")
+                        or PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS):
+                    continue
+                if info.flag_bits & _ENCRYPTED:
+                    refused.append((name, "encrypted in the zip"))
+                    continue
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    refused.append((name, f"compressed by zip method {info.compress_type}; "
+                                          f"unzip it and index the folder"))  # fmt: skip
+                    continue
+                offset = data_offset(handle, info)
+                if offset is None:
+                    refused.append((name, "its zip header is damaged"))
+                    continue
+                packed = info.compress_size if info.compress_type == zipfile.ZIP_DEFLATED else None
+                members.append(Member(name, offset, packed, info.file_size))
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BioindexError(f"{path} is not a readable zip file ({exc})") from None
+    return members, refused
