@@ -211,3 +211,56 @@ def test_duplicate_groups_follow_the_store(tmp_path: Path, tiny_model: str) -> N
         kinds = [(Path(m["path"]).name, m["kind"]) for m in after["results"][0]["members"]]
         assert sorted(kinds) == sorted([(photos[2].name, "anchor"), ("copy.jpg", "exact")])
     app.state.collection.close()
+
+
+def test_a_search_for_duplicates_holds_up_no_one(tmp_path: Path, tiny_model: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding duplicates takes about a minute per million images. As a reader of the served
+    store it held every request behind the next move to a newer generation that long: a
+    copy indexed meanwhile made /api/health wait for the whole search. (The search is
+    slowed here to stand for a large store.)"""
+    import shutil
+    import threading
+    import time
+
+    from bioindex import collection as collection_module
+    from bioindex.search import dedup
+    from bioindex.serve import app as served
+    from bioindex.serve.app import create_app
+    from tests.conftest import draw_images
+
+    real = dedup.find_duplicates
+    started = threading.Event()
+
+    def slow(store, threshold=0.95):
+        started.set()
+        time.sleep(6)
+        return real(store, threshold)
+
+    monkeypatch.setattr(served, "find_duplicates", slow, raising=False)
+    monkeypatch.setattr(collection_module, "find_duplicates", slow)
+    photos = draw_images(tmp_path / "photos", 4, seed=12)
+    store = tmp_path / "store"
+    with Collection.open(store, model=tiny_model, create=True) as col:
+        col.index([tmp_path / "photos"], progress=False)
+    app = create_app(store, device="cpu")
+    answers: list = []
+    with LiveServer(app) as live:
+        def ask() -> None:
+            with httpx.Client(base_url=live.url, timeout=60) as client:
+                answers.append(client.get("/api/duplicates", params={"threshold": 0.999}))
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        assert started.wait(30)
+        shutil.copy(photos[1], tmp_path / "photos" / "copy.jpg")
+        with Collection.open(store, model=tiny_model) as col:
+            col.index([tmp_path / "photos"], progress=False)
+        begun = time.monotonic()
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            health = client.get("/api/health").json()
+        waited = time.monotonic() - begun
+        asking.join()
+    app.state.collection.close()
+    assert health["images"] == 5 and waited < 3.0, (health, waited)
+    assert answers[0].status_code == 200 and answers[0].json()["groups"] == 0

@@ -32,7 +32,7 @@ from bioindex.collection import Collection, combine_views
 from bioindex.errors import BioindexError, ImageTooLarge
 from bioindex.indexer.remote import is_remote
 from bioindex.output import ANSWER_KEYS
-from bioindex.search.dedup import DuplicateMember
+from bioindex.search.dedup import DuplicateMember, find_duplicates
 from bioindex.search.defaults import (
     DEFAULT_MIN_CONFIDENCE,
     DEFAULT_OUTSIDE_WEIGHT,
@@ -44,6 +44,7 @@ from bioindex.search.place import parse_near, species_list_from_text
 from bioindex.search.query import check_k, display_path, group_by_occurrence, source_roots
 from bioindex.serve.concurrency import BatchingModel, Gate
 from bioindex.serve.guard import LOOPBACK_NAMES, Guard
+from bioindex.store import Store
 from bioindex.store.read_cache import GenerationCache
 from bioindex.taxonomy import RANKS
 
@@ -403,6 +404,22 @@ def create_app(
         found = (starts + inside)[:limit]
         return {"taxa": [{"name": name, "rank": rank} for name, rank in found]}
 
+    def duplicate_groups_at(threshold: float) -> list[list[DuplicateMember]]:
+        """The groups at `threshold`, kept per generation. They are found on a store of
+        their own, at the generation it opens at: the search takes about a minute per
+        million images, and as a reader of the served store it would hold up every request
+        behind the next move to a newer generation for as long."""
+        with lock.reading():
+            generation = collection.store.generation()
+        with finding_duplicates:  # a second caller waits for the first one's answer
+            found = duplicate_groups.get(generation, [threshold]).get(threshold)
+            if found is None:
+                with Store.open(collection.store.path, read_only=True) as pinned:
+                    at = pinned.generation()
+                    found = _largest_first(find_duplicates(pinned, threshold))
+                duplicate_groups.put(at, {threshold: found})  # kept if still current
+        return found
+
     @app.get("/api/duplicates")
     def duplicates(threshold: float = 0.95, offset: int = 0, limit: int = 20) -> dict:
         """Groups of near-duplicate images, as `bioindex dedup` finds them: each an anchor,
@@ -415,16 +432,9 @@ def create_app(
             raise ApiError(400, f"offset must be 0 or more and limit between 1 and "
                                 f"{MAX_GROUPS_PAGE}")  # fmt: skip
         key = round(threshold, 4)
+        groups = duplicate_groups_at(key)
+        page = groups[offset : offset + limit]
         with lock.reading():
-            generation = collection.store.generation()
-            groups = duplicate_groups.get(generation, [key]).get(key)
-            if groups is None:
-                with finding_duplicates:  # a second caller waits for the first one's answer
-                    groups = duplicate_groups.get(generation, [key]).get(key)
-                    if groups is None:
-                        groups = _largest_first(collection.duplicates(key))
-                        duplicate_groups.put(generation, {key: groups})
-            page = groups[offset : offset + limit]
             rows = collection.store.rows([m.image_id for group in page for m in group])
         return {
             "threshold": key, "groups": len(groups),
