@@ -98,6 +98,50 @@ def test_darwin_core_archive_round_trip(tmp_path: Path, tiny_model: str) -> None
         assert opened.model["weights_sha256"] in eml and "zero-shot at rank genus" in eml
 
 
+def test_images_from_inside_zips_and_tars_are_exported_as_media(tmp_path: Path,
+                                                                  tiny_model: str) -> None:
+    """Images indexed from a zip of photos or a webdataset shard were named in the exported
+    archive by a bare "x.zip#member" path of format application/zip, and --with-media
+    copied none of them without a word. They are now copied (their own bytes, their own
+    format), or named by the container's file URI."""
+    import tarfile
+
+    photos = draw_images(tmp_path / "p", 4, seed=17)
+    with zipfile.ZipFile(tmp_path / "trip.zip", "w", zipfile.ZIP_DEFLATED) as zipped:
+        for photo in photos[:2]:
+            zipped.write(photo, f"trip/{photo.name}")
+    with tarfile.open(tmp_path / "shard-000000.tar", "w") as tar:
+        for number, photo in enumerate(photos[2:]):
+            tar.add(photo, arcname=f"{number:06d}.jpg")
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([tmp_path / "trip.zip", tmp_path / "shard-000000.tar"], progress=False)
+        copied = col.export(tmp_path / "with.zip", with_media=True)
+        named = col.export(tmp_path / "without.zip")
+    assert (copied["media_copied"], copied["media_referenced"]) == (4, 0)
+    assert (named["media_copied"], named["media_referenced"]) == (0, 4)
+    with zipfile.ZipFile(tmp_path / "with.zip") as archive:
+        rows = [line.split("\t") for line in
+                archive.read("multimedia.txt").decode().splitlines()[1:]]  # fmt: skip
+        media = {archive.read(row[1]) for row in rows}
+    assert media == {photo.read_bytes() for photo in photos}
+    assert all(row[3].startswith("image/") for row in rows), rows  # not application/zip
+    with zipfile.ZipFile(tmp_path / "without.zip") as archive:
+        identifiers = sorted(line.split("\t")[1] for line in
+                             archive.read("multimedia.txt").decode().splitlines()[1:])
+    expected = sorted([(tmp_path / "trip.zip").as_uri() + f"#trip/{p.name}" for p in photos[:2]]
+                      + [(tmp_path / "shard-000000.tar").as_uri() + f"#{n:06d}"
+                         for n in range(2)])  # fmt: skip
+    assert identifiers == expected
+    result = CliRunner().invoke(main, ["index", str(tmp_path / "with.zip"), "-s",
+                                       str(tmp_path / "again"), "-m", tiny_model, "-q"])
+    assert result.exit_code == 0, result.output
+    with Collection.open(tmp_path / "again", read_only=True) as col:
+        assert col.search_image(photos[3], k=1)[0].score >= 0.999
+    from tests.test_iiif import _thumbnails_served
+
+    assert _thumbnails_served(tmp_path / "s") == 4  # read from inside the zip and the tar
+
+
 def _structure(meta: bytes) -> tuple[set, set, set]:
     root = ET.fromstring(meta)
     core = root.find(f"{TEXT}core")

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from bioindex.errors import BioindexError
+from bioindex.indexer.stored import archived
 from bioindex.store import Store
 from bioindex.store.records import DWC_COLUMNS
 
@@ -183,34 +185,52 @@ def _write_media(archive: zipfile.ZipFile, store: Store, image_ids: np.ndarray |
                  ) -> tuple[_Table, dict[int, str]]:  # fmt: skip
     """The multimedia table, and each image's occurrence key (for identifications)."""
     media = _Table(archive, "multimedia.txt", _MEDIA_TERMS)
-    copies: list[tuple[str, str]] = []
+    copies: list[tuple[dict[str, Any], str]] = []
     occurrence_of: dict[int, str] = {}
     for batch in store.catalog.export_media(image_ids):
         for row in batch:
             occurrence_of[int(row["image_id"])] = str(row["occurrence_id"])
             uri = str(row["uri"])
+            container, _, member = uri.partition("#")
+            name = member or uri.split("?")[0]  # what the image is called: its kind
             identifier = uri
-            if not uri.startswith(("http://", "https://")) and os.path.isfile(uri):
-                if with_media:
-                    identifier = f"media/{row['image_id']}{Path(uri).suffix.lower()}"
-                    copies.append((uri, identifier))
-                    summary.media_copied += 1
+            if not uri.startswith(("http://", "https://")) and os.path.isfile(container):
+                if with_media and (not member or archived(row) is not None):
+                    identifier = f"media/{row['image_id']}{Path(name).suffix.lower()}"
+                    copies.append((row, identifier))
                 else:
-                    identifier = Path(uri).as_uri()
+                    # A member of a zip or tar the image was indexed from: the container's
+                    # file URI, the member after '#'.
+                    identifier = Path(container).as_uri() + (f"#{member}" if member else "")
                     summary.media_referenced += 1
-            kind = mimetypes.guess_type(uri.split("#")[0].split("?")[0])[0] or "image/jpeg"
+            kind = mimetypes.guess_type(name)[0] or "image/jpeg"
             extra = _parse(row.get("extra"))
             media.write([row["occurrence_id"], identifier, "StillImage", kind, row.get("license"),
                          row.get("rights_holder"), row.get("creator"),
                          extra.get("references")])  # fmt: skip
             summary.images += 1
     media.close()
-    for source, name in copies:  # after the table: one member is written at a time
+    for row, name in copies:  # after the table: one member is written at a time
         # Stored, not deflated: images do not shrink, and a stored member is read in place.
-        info = zipfile.ZipInfo.from_file(source, name)
-        info.compress_type = zipfile.ZIP_STORED
-        with open(source, "rb") as handle, archive.open(info, "w", force_zip64=True) as out:
-            shutil.copyfileobj(handle, out, 1 << 20)
+        uri = str(row["uri"])
+        if "#" not in uri:
+            info = zipfile.ZipInfo.from_file(uri, name)
+            info.compress_type = zipfile.ZIP_STORED
+            with open(uri, "rb") as handle, archive.open(info, "w", force_zip64=True) as out:
+                shutil.copyfileobj(handle, out, 1 << 20)
+            summary.media_copied += 1
+            continue
+        member = archived(row)  # inside a zip or tar: found there when the table was written
+        try:
+            data = member.read_bytes() if member is not None else None
+        except OSError:
+            data = None
+        if data is None:
+            raise BioindexError(f"{uri} changed or became unreadable while the archive was "
+                                f"written; export again")  # fmt: skip
+        archive.writestr(zipfile.ZipInfo(name, dt.datetime.now().timetuple()[:6]), data,
+                         compress_type=zipfile.ZIP_STORED)  # fmt: skip
+        summary.media_copied += 1
     return media, occurrence_of
 
 

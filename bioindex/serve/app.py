@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from bioindex.collection import Collection, combine_views
 from bioindex.errors import BioindexError, ImageTooLarge
 from bioindex.indexer.remote import is_remote
+from bioindex.indexer.stored import image_bytes
 from bioindex.output import ANSWER_KEYS
 from bioindex.search.dedup import DuplicateMember, find_duplicates
 from bioindex.search.defaults import (
@@ -523,7 +524,7 @@ def _thumbnail(collection: Collection, row: dict, image_id: int, size: int) -> b
     """A JPEG of the stored image, at most `size` pixels a side."""
     from bioindex.images import open_image
 
-    data = _image_bytes(collection, row)
+    data = image_bytes(collection.store.path, row)
     if data is None:
         raise ApiError(404, f"the file of image {image_id} is no longer readable")
     try:
@@ -548,50 +549,3 @@ def _file_identity(uri: str, size: int) -> tuple | None:
     return uri, info.st_size, info.st_mtime_ns, size
 
 
-def _image_bytes(collection: Collection, row: dict) -> bytes | None:
-    """The stored image's bytes, located through the catalog only."""
-    from bioindex.indexer.remote import MediaCache
-    from bioindex.indexer.sources import Item
-
-    uri = row["uri"]
-    try:
-        if is_remote(uri):
-            cached = MediaCache(collection.store.path / "media-cache").cached(uri)
-            return cached.read_bytes() if cached else None
-        container = uri.split("#", 1)[0] if "#" in uri else ""
-        if container.endswith(".tar"):
-            return _tar_member(uri)
-        if container.endswith(".zip"):
-            return _zip_member(uri, row.get("size"))
-        return Item(uri, uri, row.get("size"), row.get("mtime")).read_bytes()
-    except OSError:
-        return None
-
-
-def _zip_member(uri: str, size: int | None) -> bytes | None:
-    """An image stored in a zipped Darwin Core Archive, at most the size it was indexed at."""
-    import zipfile
-
-    archive, name = uri.split("#", 1)
-    try:
-        with zipfile.ZipFile(archive) as opened:
-            info = opened.getinfo(name)
-            if size is not None and info.file_size != size:
-                return None  # the archive changed since: not the indexed image
-            with opened.open(info) as member:
-                return member.read(info.file_size + 1)
-    except (KeyError, zipfile.BadZipFile):
-        return None
-
-
-def _tar_member(uri: str) -> bytes | None:
-    import tarfile
-
-    shard, key = uri.split("#", 1)
-    with tarfile.open(shard, "r:") as tar:
-        for member in tar:
-            stem, _, extension = member.name.partition(".")
-            if stem == key and extension.lower() in ("jpg", "jpeg", "png", "webp"):
-                handle = tar.extractfile(member)
-                return handle.read() if handle else None
-    return None

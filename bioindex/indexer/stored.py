@@ -1,0 +1,80 @@
+"""An indexed image's bytes again, found by its catalog row (thumbnails, exported media).
+
+A row's uri is a local file, a member of the zip or tar it was indexed from
+(`container#member`), or a URL whose download the store keeps in media-cache/. A member is
+read in place, by a table of where each member of its container lies, made once per
+version of the container (a tar has no table of its own: reading one member by name used to
+read every header before it).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bioindex.indexer.remote import MediaCache, is_remote
+from bioindex.indexer.sources import Item, shard_images, zip_photos
+
+CONTAINERS_KEPT = 16  # member tables of the latest containers read
+
+
+class _Tables:
+    """Member tables ({member: Item}) of containers, by (path, size, mtime): a container
+    that changed is read again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[tuple, dict[str, Item]] = OrderedDict()
+
+    def members(self, container: Path) -> dict[str, Item]:
+        info = container.stat()
+        key = (str(container), info.st_size, info.st_mtime_ns)
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return self._kept[key]
+        items = (shard_images(container) if container.suffix.lower() == ".tar"
+                 else zip_photos(container)[0])  # fmt: skip
+        table = {item.uri.split("#", 1)[1]: item for item in items}
+        with self._lock:
+            self._kept[key] = table
+            while len(self._kept) > CONTAINERS_KEPT:
+                self._kept.popitem(last=False)
+        return table
+
+
+_TABLES = _Tables()
+
+
+def archived(row: Mapping[str, Any]) -> Item | None:
+    """Where an image indexed from inside a zip or tar lies in it now, or None: not such an
+    image, or its member is gone or no longer the size it was indexed at."""
+    container, _, member = str(row["uri"]).partition("#")
+    if not member or not container.lower().endswith((".tar", ".zip")):
+        return None
+    try:
+        item = _TABLES.members(Path(container)).get(member)
+    except Exception:  # a stranger's file: whatever it does, the image is just not there
+        return None
+    size = row.get("size")
+    return None if item is None or (size is not None and item.size != size) else item
+
+
+def image_bytes(store_root: str | os.PathLike[str], row: Mapping[str, Any]) -> bytes | None:
+    """The bytes of the image a catalog row names, or None where they are no longer there
+    (gone, unreadable, or not the size it was indexed at)."""
+    uri = str(row["uri"])
+    try:
+        if is_remote(uri):
+            cached = MediaCache(Path(store_root) / "media-cache").cached(uri)
+            return cached.read_bytes() if cached else None
+        if "#" in uri:
+            item = archived(row)
+            return item.read_bytes() if item is not None else None
+        return Item(uri, uri, row.get("size"), row.get("mtime")).read_bytes()
+    except OSError:
+        return None
