@@ -313,8 +313,8 @@ def index(
 
     SOURCES are folders, image files, manifests (CSV/TSV/Parquet with a path or URL column),
     Darwin Core Archives (occurrence core + multimedia extension; records without images
-    are imported too) or webdataset tar shards (TreeOfLife-10M keys). Remote media are
-    downloaded once into the store's media cache.
+    are imported too), zips of photos (no meta.xml: read in place) or webdataset tar shards
+    (TreeOfLife-10M keys). Remote media are downloaded once into the store's media cache.
 
     Re-running embeds only new or changed files (path, size, mtime) and drops files that
     vanished from the folders given. Unreadable files are recorded, not fatal
@@ -329,6 +329,7 @@ def index(
       bioindex index big-jpegs/ --store s --fast-decode --device cuda --batch-size 512
       bioindex index photos/ --store s --precision bf16     # CPUs with bf16: ~1.8x
       bioindex index gbif-download.zip --store s          # Darwin Core Archive, fetches media
+      bioindex index trap-export.zip --store s            # a zip of photos, read in place
       bioindex index manifest.parquet --store s --media-root /data/images
       bioindex index 'tol/shard-{000000..000165}.tar' --store s   # webdataset shards
       bioindex index https://example.org/iiif/manifest.json --store s   # IIIF, by canvas
