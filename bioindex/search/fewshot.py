@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -75,6 +76,9 @@ PROBE_BUDGET = 50_000_000
 # 0.15 → 75.8% / 89.9% (benchmarks/identify.py).
 NOVELTY_QUANTILE = 0.125
 HEAD_VERSION = 7
+# A cached head is trained again once the store has grown or shrunk by about this factor:
+# the store's mean, which SimpleShot centres by, has moved (new labels always retrain).
+MEAN_DRIFT = 1.25
 NAME_SPECIES = Remedy(
     python="index the images with metadata= (a scientific name per image), or give train= "
     "a folder of labelled images",
@@ -496,8 +500,13 @@ def training_head_path(store: Store, method: str, key: str) -> Path:
 
 
 def _key(store: Store, method: str) -> str:
-    # The generation changes with every commit: new labels, new images (the mean moves).
+    """What a head depends on: the model, the labelled images (their bytes and names), and
+    the store's size to within MEAN_DRIFT (the mean it is centred by moves as images come).
+    Keyed by the generation before, a 1M-image store retrained its head (3 minutes) after
+    every run that added a photo."""
     model = store.model
+    labelled = labelled_filter("species")
+    size = round(math.log(max(store.live_count(), 1)) / math.log(MEAN_DRIFT))
     identity = [HEAD_VERSION, method, model.get("weights_sha256"), model.get("preprocess"),
-                store.generation()]  # fmt: skip
+                store.catalog.rows_digest(labelled.sql, labelled.params), size]  # fmt: skip
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]

@@ -213,6 +213,15 @@ class Catalog:
         ).fetchnumpy()
         return np.asarray(result["image_id"], dtype=np.int64)
 
+    def rows_digest(self, sql: str, params: Sequence[Any]) -> str:
+        """A digest of the live rows matching a predicate, by their image_id, bytes (sha256)
+        and taxon columns: equal while the same images, unchanged, carry the same names."""
+        count, digest = self.con.execute(
+            f"SELECT count(*), coalesce(bit_xor(hash(image_id, sha256, {TAXON_COLUMNS})), 0) "
+            f"FROM images WHERE status='live' AND ({sql})", list(params)
+        ).fetchone()  # fmt: skip
+        return f"{count}:{digest}"
+
     def live_ids_of_uris(self, uris: Sequence[str]) -> list[int]:
         return list(self.live_ids_by_uri(uris).values())
 
