@@ -9,7 +9,7 @@ import string
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bioindex.errors import BioindexError
@@ -17,6 +17,7 @@ from bioindex.indexer.dwca import Archive
 from bioindex.indexer.sources import iter_table_rows
 from bioindex.search.filters import parse_where
 from bioindex.taxonomy import Taxonomy, make_taxon
+from tests.conftest import shared
 
 BOUNDED = settings(max_examples=150, deadline=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
@@ -108,3 +109,73 @@ def test_entity_expansion_and_external_entities_are_refused(tmp_path, bomb: str)
     with pytest.raises(BioindexError) as caught, Archive(tmp_path):
         pass
     assert "\n" not in str(caught.value)
+
+
+def _small_zip() -> bytes:
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    picture = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(picture, "PNG")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zipped:  # dated, so that its bytes are the same each run
+        zipped.writestr(zipfile.ZipInfo("a/one.png", (2020, 1, 1, 0, 0, 0)),
+                        picture.getvalue(), compress_type=zipfile.ZIP_DEFLATED)  # fmt: skip
+        zipped.writestr(zipfile.ZipInfo("two.png", (2020, 1, 1, 0, 0, 0)),
+                        picture.getvalue(), compress_type=zipfile.ZIP_STORED)  # fmt: skip
+    return out.getvalue()
+
+
+SMALL_ZIP = _small_zip()
+
+
+@BOUNDED
+@given(st.lists(st.tuples(st.integers(0, len(SMALL_ZIP) - 1), st.integers(0, 255)),
+                min_size=1, max_size=6))  # fmt: skip
+@example([(239, 71), (286, 153), (181, 242), (212, 111), (244, 250)])  # "zip file version"
+@example([(121, 41), (234, 58), (272, 249)])  # a member's name that is not UTF-8
+def test_a_damaged_zip_of_photos_lists_or_fails_in_one_line(tmp_path_factory, flips) -> None:
+    """Bytes of a zip of photos changed anywhere: it is listed or refused in one line, and
+    each member read gives at most the bytes its zip declares or an OSError. (zipfile
+    raised NotImplementedError and UnicodeDecodeError through it: the examples.)"""
+    from bioindex.indexer.sources import zip_photos
+
+    data = bytearray(SMALL_ZIP)
+    for at, value in flips:
+        data[at] = value
+    path = tmp_path_factory.mktemp("zip") / "photos.zip"
+    path.write_bytes(bytes(data))
+    listed = _one_line_error(lambda: zip_photos(path))
+    for item in (listed or ([], []))[0]:
+        try:
+            assert len(item.read_bytes()) == item.size
+        except OSError as exc:
+            assert "\n" not in str(exc)
+
+
+DWCA_DAMAGE = [
+    [(1165, 32), (522, 60)],  # Bad CRC-32 (BadZipFile) while reading occurrence.txt
+    [(62, 11), (52, 4), (780, 110)],  # deflate data that does not inflate (zlib.error)
+    [(1259, 201), (1325, 87), (345, 116)],  # "strong encryption" (NotImplementedError)
+    [(34, 231)],  # meta.xml's local name not UTF-8 (UnicodeDecodeError)
+    [(266, 40), (947, 155), (29, 18)],  # EOFError
+    [(939, 193), (1366, 147)],  # a member marked encrypted (RuntimeError)
+    [(148, 89), (1436, 193)],  # a seek before the file's start (OSError)
+]
+
+
+@pytest.mark.parametrize("flips", DWCA_DAMAGE)
+def test_a_damaged_darwin_core_archive_fails_in_one_line(tmp_path, flips) -> None:
+    """Each of these changed bytes of a real archive ended in a traceback of zipfile's."""
+    data = bytearray(shared("dwca", "dwca-simple-test-archive.zip").read_bytes())
+    for at, value in flips:
+        data[at] = value
+    (tmp_path / "x.zip").write_bytes(bytes(data))
+
+    def read_all() -> int:
+        with Archive(tmp_path / "x.zip") as archive:
+            return sum(1 for _ in archive.occurrences())
+
+    _one_line_error(read_all)

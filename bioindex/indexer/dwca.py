@@ -29,7 +29,7 @@ from typing import BinaryIO
 from bioindex.errors import BioindexError
 from bioindex.images import IMAGE_EXTENSIONS
 from bioindex.indexer.lines import Lines
-from bioindex.indexer.zipped import data_offset, refuse_bombs
+from bioindex.indexer.zipped import DAMAGED, UNREADABLE_MEMBER, data_offset, refuse_bombs
 
 MULTIMEDIA_TYPES = {
     "http://rs.gbif.org/terms/1.0/multimedia": "identifier",
@@ -86,7 +86,7 @@ class Archive:
             raise BioindexError(f"Darwin Core Archive {path} does not exist")
         try:
             self._zip = zipfile.ZipFile(self.path) if self.path.is_file() else None
-        except (zipfile.BadZipFile, OSError) as exc:
+        except DAMAGED as exc:
             raise BioindexError(f"{path} is not a readable zip file ({exc})") from None
         if self._zip is not None:
             refuse_bombs(self._zip, self.path)
@@ -141,8 +141,15 @@ class Archive:
         return {p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()}
 
     def _read(self, name: str) -> bytes:
-        with self._open(name) as handle:
-            return handle.read()
+        try:
+            with self._open(name) as handle:
+                return handle.read()
+        except (*UNREADABLE_MEMBER, UnicodeDecodeError) as exc:  # a mangled header's name
+            raise self._unreadable(name, exc) from None
+
+    def _unreadable(self, name: str, exc: BaseException) -> BioindexError:
+        return BioindexError(f"{self.path}: {name} could not be read from it "
+                             f"({type(exc).__name__}: {exc})")
 
     def _open(self, name: str) -> BinaryIO:
         if self._zip is not None:
@@ -176,6 +183,8 @@ class Archive:
             except LookupError:
                 raise BioindexError(f"{location}: meta.xml declares an unknown encoding "
                                     f"{spec.encoding!r}") from None  # fmt: skip
+            except UNREADABLE_MEMBER as exc:
+                raise self._unreadable(location, exc) from None
 
     def _table_rows(self, raw: BinaryIO, spec: TableSpec, lines: Lines,
                     ) -> Iterator[tuple[str | None, dict[str, str]]]:  # fmt: skip
@@ -291,8 +300,11 @@ def _read_meta(data: bytes) -> tuple[TableSpec, list[TableSpec]]:
 
 def _idigbio_specs(archive: Archive, names: set[str], prefix: str):
     def spec_for(name: str, row_type: str) -> TableSpec:
-        with archive._open(prefix + name) as raw:
-            header = next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline="")))
+        try:
+            with archive._open(prefix + name) as raw:
+                header = next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline="")))
+        except UNREADABLE_MEMBER as exc:
+            raise archive._unreadable(name, exc) from None
         fields = {i: short_term(h) for i, h in enumerate(header)}
         key = next((i for i, h in fields.items() if h.lower() in ("coreid", "id")), 0)
         return TableSpec([name], row_type, ",", '"', 1, "utf-8", key, fields)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -21,6 +22,14 @@ from bioindex.images import IMAGE_EXTENSIONS
 MAX_RATIO = 200
 RATIO_FREE_BYTES = 64 << 20
 _ENCRYPTED = 0x1
+# What zipfile raises on a damaged zip besides BadZipFile: a mangled header's "version
+# 15.3" (NotImplementedError), a name that is not UTF-8 (ValueError), a short field.
+DAMAGED = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, IndexError,
+           ValueError, struct.error)
+# And reading a member of one: a bad CRC, deflate data that does not inflate, a member
+# marked encrypted (RuntimeError), a seek to where no byte is.
+UNREADABLE_MEMBER = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
+                     RuntimeError, OSError)
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ def holds_darwin_core(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except DAMAGED as exc:
         raise BioindexError(f"{path} is not a readable zip file ({exc})") from None
     return any(PurePosixPath(n).name in ("meta.xml", "occurrence.csv") and n.count("/") <= 1
                for n in names if not n.startswith("__MACOSX/"))  # fmt: skip
@@ -89,6 +98,6 @@ def image_members(path: Path) -> tuple[list[Member], list[tuple[str, str]]]:
                     continue
                 packed = info.compress_size if info.compress_type == zipfile.ZIP_DEFLATED else None
                 members.append(Member(name, offset, packed, info.file_size))
-    except (zipfile.BadZipFile, OSError) as exc:
+    except DAMAGED as exc:
         raise BioindexError(f"{path} is not a readable zip file ({exc})") from None
     return members, refused
