@@ -213,6 +213,7 @@ def test_duplicate_groups_follow_the_store(tmp_path: Path, tiny_model: str) -> N
     app.state.collection.close()
 
 
+@pytest.mark.slow
 def test_a_search_for_duplicates_holds_up_no_one(tmp_path: Path, tiny_model: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Finding duplicates takes about a minute per million images. As a reader of the served
@@ -264,3 +265,59 @@ def test_a_search_for_duplicates_holds_up_no_one(tmp_path: Path, tiny_model: str
     app.state.collection.close()
     assert health["images"] == 5 and waited < 3.0, (health, waited)
     assert answers[0].status_code == 200 and answers[0].json()["groups"] == 0
+
+
+@pytest.mark.slow
+def test_a_head_in_training_holds_up_no_one(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few-shot request on a store whose head is not trained yet trains it (minutes on a
+    large labelled store); it did so inside the request, as a reader of the served store,
+    and a store change meanwhile held every other request for as long. (Training is slowed
+    here to stand for a large store.)"""
+    import shutil
+    import threading
+    import time
+
+    from bioindex.demo.world import write_world
+    from bioindex.search import fewshot
+    from bioindex.serve.app import create_app
+    from tests.conftest import draw_images
+
+    real = fewshot.fit_head
+    started = threading.Event()
+
+    def slow(*args, **kwargs):
+        started.set()
+        time.sleep(6)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fewshot, "fit_head", slow)
+    root = write_world(tmp_path / "w", SPECIES[:6], 2, seed=5, look="slide-film")
+    store = tmp_path / "store"
+    with Collection.open(store, model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+    photo = next((root / "images").glob("*.png")).read_bytes()
+    app = create_app(store, device="cpu")
+    answers: list = []
+    with LiveServer(app) as live:
+        def ask() -> None:
+            with httpx.Client(base_url=live.url, timeout=60) as client:
+                answers.append(client.post("/api/classify", params={"method": "few-shot"},
+                                           files={"file": ("q.png", photo, "image/png")}))
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        assert started.wait(30)
+        draw_images(tmp_path / "more", 1, seed=3)
+        shutil.copytree(tmp_path / "more", root / "images" / "more")
+        with Collection.open(store, device="cpu") as col:
+            col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+        begun = time.monotonic()
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            health = client.get("/api/health").json()
+        waited = time.monotonic() - begun
+        asking.join()
+    app.state.collection.close()
+    assert health["images"] == 13 and waited < 3.0, (health, waited)
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[0].json()["answer"]["band"] in ("confident", "uncertain", "unknown")

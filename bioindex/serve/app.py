@@ -39,6 +39,7 @@ from bioindex.search.defaults import (
     DEFAULT_OUTSIDE_WEIGHT,
     DEFAULT_RADIUS_KM,
 )
+from bioindex.search.fewshot import FEW_SHOT_METHODS, store_head
 from bioindex.search.filters import parse_where
 from bioindex.search.labels import labels_from_strings
 from bioindex.search.place import parse_near, species_list_from_text
@@ -139,6 +140,8 @@ def create_app(
     thumbnails = GenerationCache(THUMBNAIL_BYTES, weigh=len)
     duplicate_groups = GenerationCache(DUPLICATE_THRESHOLDS_KEPT)
     finding_duplicates = threading.Lock()  # one search of the store at a time
+    preparing_heads = threading.Lock()
+    heads_ready: set[tuple[int, str]] = set()  # (generation, method) with a head cached
     app = FastAPIOffline(title="bioindex", version="0.1.0",
                          description="Search a biological image collection.")  # fmt: skip
     # Multipart framing and the other form fields ride on top of the upload itself.
@@ -338,6 +341,8 @@ def create_app(
             raise ApiError(400, "give one place: near, where or species_list")
         if species_list is not None:
             options["place"] = await read_species_list(species_list, outside_weight)
+        if method in FEW_SHOT_METHODS:
+            await asyncio.to_thread(prepare_head, method)
         with lock.reading():
             if where:
                 options["place"] = collection.place_where(where_of(where), outside_weight)
@@ -420,6 +425,21 @@ def create_app(
                     found = _largest_first(find_duplicates(pinned, threshold))
                 duplicate_groups.put(at, {threshold: found})  # kept if still current
         return found
+
+    def prepare_head(method: str) -> None:
+        """The store's few-shot head trained (or found cached) on a store of its own, as
+        the duplicates are: training takes minutes on a large labelled store, and as a
+        reader of the served store it held every request behind the next move to a newer
+        generation. The served store then reads it from the store's cache of heads (where
+        that cannot be written, it trains again itself)."""
+        generation = collection.store.generation()
+        if (generation, method) in heads_ready:
+            return
+        with preparing_heads:
+            if (generation, method) not in heads_ready:
+                with Store.open(collection.store.path, read_only=True) as pinned:
+                    store_head(pinned, method)
+                heads_ready.add((generation, method))
 
     @app.get("/api/duplicates")
     def duplicates(threshold: float = 0.95, offset: int = 0, limit: int = 20) -> dict:
