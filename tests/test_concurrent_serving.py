@@ -186,3 +186,41 @@ def test_a_refresh_catches_the_index_up_before_readers_search(tmp_path: Path) ->
     finally:
         reader.close()
         writer.close()
+
+
+def test_uploads_of_concurrent_requests_share_a_model_call(stores, monkeypatch) -> None:
+    """An upload's encode was waited for on the server's event loop: while one image was in
+    the model, no other request was read, and uploads never met in a model call (every
+    image batch held one image). The model is slowed to a BioCLIP-on-CPU pace here."""
+    from bioindex.models import EmbeddingModel
+
+    real = EmbeddingModel.encode_images
+
+    def slow(self, batch):
+        time.sleep(0.3)
+        return real(self, batch)
+
+    monkeypatch.setattr(EmbeddingModel, "encode_images", slow)
+    pictures = []
+    for path in draw_images(stores[0].parent / "uploads", 6, seed=78):
+        out = io.BytesIO()
+        Image.open(path).convert("RGB").save(out, "PNG")
+        pictures.append(out.getvalue())
+    from bioindex.serve.app import create_app
+
+    app = create_app(stores[1], device="cpu", workers=8)
+    try:
+        with LiveServer(app) as live:
+            start = threading.Barrier(len(pictures))
+
+            def upload(data: bytes) -> dict:
+                start.wait(timeout=30)
+                return _post_image(f"{live.url}/api/search/image?k=3", data)
+
+            with ThreadPoolExecutor(len(pictures)) as pool:
+                answers = list(pool.map(upload, pictures))
+        batches = list(app.state.collection.model.batches["images"])
+    finally:
+        app.state.collection.close()
+    assert all(len(a["results"]) == 3 for a in answers)
+    assert sum(batches) == 6 and max(batches) > 1, batches

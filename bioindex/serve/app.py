@@ -217,6 +217,11 @@ def create_app(
         requests' images when the server runs workers side by side)."""
         future = decoding.submit(_prepare_upload, collection, data, max_pixels)
         pixels = await asyncio.wrap_future(future)
+        return await asyncio.to_thread(embed_upload, pixels)
+
+    def embed_upload(pixels: Any) -> np.ndarray:
+        # Waited for off the event loop: on it, the server read no other request while
+        # an image was in the model, and concurrent uploads never met in a model call.
         with lock.reading():
             return collection.embed_pixels(pixels)
 
@@ -290,9 +295,12 @@ def create_app(
         conditions = where_of(where)
         vector = await views_vector(file)
         fetch = k * 5 if group_by else k
-        with lock.reading():
-            hits = collection.search_vector(vector, k=fetch, where=conditions)
-        return hits_json(hits, group_by, k)
+
+        def search() -> list:
+            with lock.reading():
+                return collection.search_vector(vector, k=fetch, where=conditions)
+
+        return hits_json(await asyncio.to_thread(search), group_by, k)
 
     @app.post("/api/search/vector")
     def search_vector(body: dict) -> dict:
@@ -343,24 +351,29 @@ def create_app(
             options["place"] = await read_species_list(species_list, outside_weight)
         if method in FEW_SHOT_METHODS:
             await asyncio.to_thread(prepare_head, method)
-        with lock.reading():
-            if where:
-                options["place"] = collection.place_where(where_of(where), outside_weight)
-            if near:
-                if not 0 < radius_km <= 20_000:
-                    raise ApiError(400, "radius_km must be in (0, 20000]")
-                options["place"] = collection.place_near(*parse_near(near), radius_km,
-                                                         outside_weight)  # fmt: skip
-            predictions = collection.classify_vectors(
-                [name], vector[None], rank=rank, k=k, labels=label_set, **options
-            )  # fmt: skip
-            lineage = {}
-            for level in RANKS if label_set is None else ():
-                top = collection.classify_vectors(["upload"], vector[None], rank=level, k=1,
-                                                  **options)  # fmt: skip
-                name_at = top[0].taxon.name_at(level) if top and top[0].taxon else ""
-                if name_at.strip():  # a rank the catalog leaves empty is not a prediction
-                    lineage[level] = {"name": name_at, "score": round(top[0].score, 6)}
+
+        def predict() -> tuple[list, dict]:
+            with lock.reading():
+                if where:
+                    options["place"] = collection.place_where(where_of(where), outside_weight)
+                if near:
+                    if not 0 < radius_km <= 20_000:
+                        raise ApiError(400, "radius_km must be in (0, 20000]")
+                    options["place"] = collection.place_near(*parse_near(near), radius_km,
+                                                             outside_weight)  # fmt: skip
+                predictions = collection.classify_vectors(
+                    [name], vector[None], rank=rank, k=k, labels=label_set, **options
+                )  # fmt: skip
+                lineage = {}
+                for level in RANKS if label_set is None else ():
+                    top = collection.classify_vectors(["upload"], vector[None], rank=level,
+                                                      k=1, **options)  # fmt: skip
+                    name_at = top[0].taxon.name_at(level) if top and top[0].taxon else ""
+                    if name_at.strip():  # a rank the catalog leaves empty: no prediction
+                        lineage[level] = {"name": name_at, "score": round(top[0].score, 6)}
+            return predictions, lineage
+
+        predictions, lineage = await asyncio.to_thread(predict)
         rows = [p.to_dict() for p in predictions]
         answer = {key: rows[0][key] for key in ANSWER_KEYS if rows and key in rows[0]}
         return {"predictions": rows, "ranks": lineage, "answer": answer,
