@@ -26,6 +26,7 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from bioindex.collection import Collection, combine_views
@@ -217,7 +218,7 @@ def create_app(
         requests' images when the server runs workers side by side)."""
         future = decoding.submit(_prepare_upload, collection, data, max_pixels)
         pixels = await asyncio.wrap_future(future)
-        return await asyncio.to_thread(embed_upload, pixels)
+        return await run_in_threadpool(embed_upload, pixels)
 
     def embed_upload(pixels: Any) -> np.ndarray:
         # Waited for off the event loop: on it, the server read no other request while
@@ -300,7 +301,7 @@ def create_app(
             with lock.reading():
                 return collection.search_vector(vector, k=fetch, where=conditions)
 
-        return hits_json(await asyncio.to_thread(search), group_by, k)
+        return hits_json(await run_in_threadpool(search), group_by, k)
 
     @app.post("/api/search/vector")
     def search_vector(body: dict) -> dict:
@@ -350,7 +351,7 @@ def create_app(
         if species_list is not None:
             options["place"] = await read_species_list(species_list, outside_weight)
         if method in FEW_SHOT_METHODS:
-            await asyncio.to_thread(prepare_head, method)
+            await run_in_threadpool(prepare_head, method)
 
         def predict() -> tuple[list, dict]:
             with lock.reading():
@@ -373,7 +374,7 @@ def create_app(
                         lineage[level] = {"name": name_at, "score": round(top[0].score, 6)}
             return predictions, lineage
 
-        predictions, lineage = await asyncio.to_thread(predict)
+        predictions, lineage = await run_in_threadpool(predict)
         rows = [p.to_dict() for p in predictions]
         answer = {key: rows[0][key] for key in ANSWER_KEYS if rows and key in rows[0]}
         return {"predictions": rows, "ranks": lineage, "answer": answer,
