@@ -213,6 +213,31 @@ def test_duplicate_groups_follow_the_store(tmp_path: Path, tiny_model: str) -> N
     app.state.collection.close()
 
 
+def _health_during_a_change(app, ask, started, change) -> tuple[httpx.Response, dict, float]:
+    """`ask(client)` sent in a thread; once it has `started` its slow part, `change()` (a
+    write to the store) and then /api/health: (ask's response, health, seconds it took)."""
+    import threading
+    import time
+
+    answers: list = []
+    with LiveServer(app) as live:
+        def send() -> None:
+            with httpx.Client(base_url=live.url, timeout=60) as client:
+                answers.append(ask(client))
+
+        asking = threading.Thread(target=send)
+        asking.start()
+        assert started.wait(30)
+        change()
+        begun = time.monotonic()
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            health = client.get("/api/health").json()
+        waited = time.monotonic() - begun
+        asking.join()
+    app.state.collection.close()
+    return answers[0], health, waited
+
+
 @pytest.mark.slow
 def test_a_search_for_duplicates_holds_up_no_one(tmp_path: Path, tiny_model: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,27 +269,18 @@ def test_a_search_for_duplicates_holds_up_no_one(tmp_path: Path, tiny_model: str
     store = tmp_path / "store"
     with Collection.open(store, model=tiny_model, create=True) as col:
         col.index([tmp_path / "photos"], progress=False)
-    app = create_app(store, device="cpu")
-    answers: list = []
-    with LiveServer(app) as live:
-        def ask() -> None:
-            with httpx.Client(base_url=live.url, timeout=60) as client:
-                answers.append(client.get("/api/duplicates", params={"threshold": 0.999}))
 
-        asking = threading.Thread(target=ask)
-        asking.start()
-        assert started.wait(30)
+    def change() -> None:
         shutil.copy(photos[1], tmp_path / "photos" / "copy.jpg")
         with Collection.open(store, model=tiny_model) as col:
             col.index([tmp_path / "photos"], progress=False)
-        begun = time.monotonic()
-        with httpx.Client(base_url=live.url, timeout=60) as client:
-            health = client.get("/api/health").json()
-        waited = time.monotonic() - begun
-        asking.join()
-    app.state.collection.close()
+
+    app = create_app(store, device="cpu")
+    answer, health, waited = _health_during_a_change(
+        app, lambda client: client.get("/api/duplicates", params={"threshold": 0.999}),
+        started, change)  # fmt: skip
     assert health["images"] == 5 and waited < 3.0, (health, waited)
-    assert answers[0].status_code == 200 and answers[0].json()["groups"] == 0
+    assert answer.status_code == 200 and answer.json()["groups"] == 0
 
 
 @pytest.mark.slow
@@ -297,27 +313,17 @@ def test_a_head_in_training_holds_up_no_one(tmp_path: Path,
     with Collection.open(store, model="bioclip-demo", create=True, device="cpu") as col:
         col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
     photo = next((root / "images").glob("*.png")).read_bytes()
-    app = create_app(store, device="cpu")
-    answers: list = []
-    with LiveServer(app) as live:
-        def ask() -> None:
-            with httpx.Client(base_url=live.url, timeout=60) as client:
-                answers.append(client.post("/api/classify", params={"method": "few-shot"},
-                                           files={"file": ("q.png", photo, "image/png")}))
-
-        asking = threading.Thread(target=ask)
-        asking.start()
-        assert started.wait(30)
+    def change() -> None:
         draw_images(tmp_path / "more", 1, seed=3)
         shutil.copytree(tmp_path / "more", root / "images" / "more")
         with Collection.open(store, device="cpu") as col:
             col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
-        begun = time.monotonic()
-        with httpx.Client(base_url=live.url, timeout=60) as client:
-            health = client.get("/api/health").json()
-        waited = time.monotonic() - begun
-        asking.join()
-    app.state.collection.close()
+
+    app = create_app(store, device="cpu")
+    answer, health, waited = _health_during_a_change(
+        app, lambda client: client.post("/api/classify", params={"method": "few-shot"},
+                                        files={"file": ("q.png", photo, "image/png")}),
+        started, change)  # fmt: skip
     assert health["images"] == 13 and waited < 3.0, (health, waited)
-    assert answers[0].status_code == 200, answers[0].text
-    assert answers[0].json()["answer"]["band"] in ("confident", "uncertain", "unknown")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["answer"]["band"] in ("confident", "uncertain", "unknown")

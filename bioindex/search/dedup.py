@@ -222,22 +222,18 @@ def _widened(store: Store, read: Callable[[list[int]], np.ndarray], anchor: int,
              threshold: float, radius: float,
              ) -> list[tuple[int, str, float | None]]:  # fmt: skip
     """An anchor's group on a graph index, with the images found by searching from its
-    farthest members (GRAPH_WIDEN) that are within `threshold` of the anchor itself: the
-    group the anchor's own search would give if the graph missed no one."""
-    unit = _unit_rows(np.asarray(vector, dtype=np.float32)[None])[0]
+    WIDEN_FROM farthest members (and so on) that are within `threshold` of the anchor
+    itself: the group the anchor's own search would give if the graph missed no one."""
     members = list(members)
     frontier = members
     seen = {anchor, *(i for i, _, _ in members)}
     while frontier:
         farthest = sorted(frontier, key=lambda m: (m[2] or 0.0, m[0]))[:WIDEN_FROM]
         found = store.range_search(read([i for i, _, _ in farthest]), radius)
-        fresh = sorted({int(o) for f in found for o in f} - seen - grouped)
-        seen.update(fresh)
-        scores = _unit_rows(read(fresh)) @ unit if fresh else []
-        more = [(i, "near", min(float(score), 1.0))
-                for i, score in zip(fresh, scores) if score >= threshold]  # fmt: skip
-        members += more
-        frontier = more
+        fresh = np.fromiter({int(o) for f in found for o in f} - seen - grouped, np.int64)
+        seen.update(fresh.tolist())
+        frontier = _members(read, anchor, vector, fresh, (), grouped, threshold)
+        members += frontier
     return sorted(members, key=_member_order)
 
 
