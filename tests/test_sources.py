@@ -341,6 +341,45 @@ def test_a_zip_member_is_read_no_further_than_its_zip_says(tmp_path: Path) -> No
         cut.read_bytes()
 
 
+def test_a_zipped_archive_with_its_photos_inside_is_indexed_from_the_zip(
+        tmp_path: Path, tiny_model: str) -> None:  # fmt: skip
+    """`zip -r export.zip export/` makes what a curator sends: a Darwin Core Archive in a
+    folder of the zip, its photos beside the tables, deflated. Its photos were looked for
+    on disk beside the zip (every one failed "No such file"), and a stored photo of such
+    a zip was indexed under a name without the folder, so no thumbnail or export found its
+    bytes. Both are read from the zip now, under their member names."""
+    import zipfile
+
+    from bioindex.indexer.stored import image_bytes
+
+    photos = draw_images(tmp_path / "p", 3, seed=43)
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr("export/occurrence.csv", "coreid,dwc:scientificName\n"
+                        + "".join(f"u{i},Ursus arctos\n" for i in range(3)))  # fmt: skip
+        zipped.writestr("export/multimedia.csv", "coreid,ac:accessURI,dcterms:format\n"
+                        + "".join(f"u{i},./media/{p.name},image/jpeg\n"
+                                  for i, p in enumerate(photos)))  # fmt: skip
+        for i, photo in enumerate(photos):
+            method = zipfile.ZIP_STORED if i == 0 else zipfile.ZIP_DEFLATED
+            zipped.write(photo, f"export/media/{photo.name}", compress_type=method)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([archive], progress=False)
+        assert (summary.embedded, summary.failed) == (3, 0), col.failures()
+        rows = col.store.catalog.query("SELECT uri, size, scientific_name FROM images "
+                                       "ORDER BY uri")[1]  # fmt: skip
+        assert [r[0] for r in rows] == sorted(f"{archive}#export/media/{p.name}"
+                                              for p in photos)  # fmt: skip
+        assert {r[2] for r in rows} == {"Ursus arctos"}
+        by_name = {photo.name: photo.read_bytes() for photo in photos}
+        for uri, size, _ in rows:
+            assert image_bytes(tmp_path / "s", {"uri": uri, "size": size}) == \
+                by_name[uri.rsplit("/", 1)[1]]
+        for photo in photos:
+            assert col.search_image(photo, k=1)[0].score >= 0.999
+        assert col.index([archive], progress=False).unchanged == 3
+
+
 def test_manifest_with_paths_and_urls(tmp_path: Path, tiny_model: str, media_server) -> None:
     base, _ = media_server
     photos = draw_images(tmp_path / "p", 3, seed=2)

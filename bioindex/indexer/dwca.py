@@ -29,7 +29,7 @@ from typing import BinaryIO
 from bioindex.errors import BioindexError
 from bioindex.images import IMAGE_EXTENSIONS
 from bioindex.indexer.lines import Lines
-from bioindex.indexer.zipped import DAMAGED, UNREADABLE_MEMBER, data_offset, refuse_bombs
+from bioindex.indexer.zipped import DAMAGED, UNREADABLE_MEMBER, refuse_bombs
 
 MULTIMEDIA_TYPES = {
     "http://rs.gbif.org/terms/1.0/multimedia": "identifier",
@@ -120,20 +120,12 @@ class Archive:
             raise BioindexError(f"{self.path}: meta.xml names {location!r}, which is not a "
                                 f"file in the archive")  # fmt: skip
 
-    def stored_member(self, name: str) -> tuple[int, int, float] | None:
-        """(data offset, size, mtime) of an uncompressed member of a zipped archive, so it
-        is read in place like a tar member; None for a folder, a compressed or no member."""
+    def member_name(self, name: str) -> str | None:
+        """The zip member a path relative to the archive names (its folder prefixed, when
+        the archive was zipped inside one), or None for a folder archive."""
         if self._zip is None:
             return None
-        try:
-            info = self._zip.getinfo(self._prefix + name)
-        except KeyError:
-            return None
-        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-            return None
-        with open(self.path, "rb") as handle:
-            offset = data_offset(handle, info)
-        return None if offset is None else (offset, info.file_size, self.path.stat().st_mtime)
+        return self._prefix + name.removeprefix("./")
 
     def _names(self) -> set[str]:
         if self._zip is not None:

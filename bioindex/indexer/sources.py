@@ -21,7 +21,7 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +310,7 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
         scan.roots.append(f"{path}#")  # its members, when it holds images
     with Archive(path) as archive:
         if archive.media_extension() is not None:
+            inside = zip_members(path) if path.is_file() else ({}, {})
             for occurrence in archive.occurrences():
                 terms = dict(occurrence.terms)
                 terms.setdefault("occurrenceID", occurrence.core_id)
@@ -323,14 +324,26 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
                         item = Item(uri, "", None, None, metadata, fetch_via=iiif.MANIFEST)
                         items.setdefault(uri, item)
                         continue
-                    member = None if is_remote(uri) else archive.stored_member(uri)
-                    if member is not None:  # an image inside the zip (an exported archive)
-                        offset, size, mtime = member
-                        item = Item(f"{path}#{uri}", str(path), size, mtime, metadata, offset)
-                        items.setdefault(item.uri, item)
-                        continue
-                    _add_media(uri, base, metadata, items, scan, anywhere)
+                    name = None if is_remote(uri) else archive.member_name(uri)
+                    if name in inside[0]:  # an image inside the zip, read in place
+                        item = inside[0][name]
+                        items.setdefault(item.uri, replace(item, metadata=metadata))
+                    elif name in inside[1]:
+                        scan.failures.append((f"{path}#{name}", "read", inside[1][name]))
+                    else:
+                        _add_media(uri, base, metadata, items, scan, anywhere)
         scan.warnings.extend(archive.warnings)
+
+
+def zip_members(path: Path) -> tuple[dict[str, Item], dict[str, str]]:
+    """The members of a zipped archive that its multimedia rows may name, by member name,
+    each read in place; and why others cannot be, by name."""
+    from bioindex.indexer.zipped import image_members
+
+    members, refused = image_members(path, any_name=True)
+    mtime = path.stat().st_mtime
+    return ({m.name: Item(f"{path}#{m.name}", str(path), m.size, mtime, {}, m.offset, m.packed)
+             for m in members}, dict(refused))  # fmt: skip
 
 
 def _names_a_manifest(media: dict[str, str]) -> bool:

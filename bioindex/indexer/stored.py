@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bioindex.indexer.remote import MediaCache, is_remote
-from bioindex.indexer.sources import Item, shard_images, zip_photos
+from bioindex.indexer.sources import Item, shard_images, zip_members
 
 CONTAINERS_KEPT = 16  # member tables of the latest containers read
 
@@ -37,9 +37,10 @@ class _Tables:
             if key in self._kept:
                 self._kept.move_to_end(key)
                 return self._kept[key]
-        items = (shard_images(container) if container.suffix.lower() == ".tar"
-                 else zip_photos(container)[0])  # fmt: skip
-        table = {item.uri.split("#", 1)[1]: item for item in items}
+        if container.suffix.lower() == ".tar":
+            table = {item.uri.split("#", 1)[1]: item for item in shard_images(container)}
+        else:  # any member: a Darwin Core Archive's images need no extension
+            table = zip_members(container)[0]
         with self._lock:
             self._kept[key] = table
             while len(self._kept) > CONTAINERS_KEPT:

@@ -72,9 +72,12 @@ def holds_darwin_core(path: Path) -> bool:
                for n in names if not n.startswith("__MACOSX/"))  # fmt: skip
 
 
-def image_members(path: Path) -> tuple[list[Member], list[tuple[str, str]]]:
+def image_members(path: Path, any_name: bool = False,
+                  ) -> tuple[list[Member], list[tuple[str, str]]]:  # fmt: skip
     """The image members of a zip (by name), and (name, reason) for those that cannot be
-    read in place: encrypted, or compressed other than by deflate."""
+    read in place: encrypted, or compressed other than by deflate. `any_name`: every file
+    member, whatever its name ends with (a Darwin Core Archive's multimedia table says which
+    are images, and an exported one may name them without an extension)."""
     members: list[Member] = []
     refused: list[tuple[str, str]] = []
     try:
@@ -82,8 +85,8 @@ def image_members(path: Path) -> tuple[list[Member], list[tuple[str, str]]]:
             refuse_bombs(archive, path)
             for info in archive.infolist():
                 name = info.filename
-                if (info.is_dir() or name.startswith("__MACOSX/")
-                        or PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS):
+                if (info.is_dir() or name.startswith("__MACOSX/") or not any_name
+                        and PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS):
                     continue
                 if info.flag_bits & _ENCRYPTED:
                     refused.append((name, "encrypted in the zip"))
