@@ -291,3 +291,28 @@ def test_models_lists_every_alias() -> None:
     assert (listed["bioclip"]["dim"], listed["bioclip-2"]["dim"]) == (512, 768)  # DESIGN.md
     assert listed["bioclip-2.5"]["architecture"] == "ViT-H-14"
     assert listed["bioclip-demo"]["dim"] == 64 and listed["bioclip-demo"]["cached"]
+
+
+def test_a_photo_named_with_a_hash_sign_has_its_thumbnail_and_is_exported(
+        tmp_path: Path, tiny_model: str) -> None:  # fmt: skip
+    """A file named "specimen #12.jpg" was taken for member "12.jpg" of a container
+    "specimen ": the page showed no thumbnail and export --with-media left it out. Only a
+    zip or tar before the '#' makes a member, and a zip's own folder may hold one."""
+    from tests.test_iiif import _thumbnails_served
+
+    photos = draw_images(tmp_path / "draw", 3, seed=19)
+    folder = tmp_path / "trip #3"
+    folder.mkdir()
+    names = ["specimen #12.jpg", "plain.jpg"]
+    for photo, name in zip(photos, names):
+        (folder / name).write_bytes(photo.read_bytes())
+    with zipfile.ZipFile(folder / "more #2.zip", "w") as zipped:
+        zipped.write(photos[2], "day #1/x#y.jpg")
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        assert col.index([folder, folder / "more #2.zip"], progress=False).embedded == 3
+        summary = col.export(tmp_path / "out.zip", with_media=True)
+    assert (summary["media_copied"], summary["media_referenced"]) == (3, 0)
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        copied = {archive.read(n) for n in archive.namelist() if n.startswith("media/")}
+    assert copied == {photo.read_bytes() for photo in photos}
+    assert _thumbnails_served(tmp_path / "s") == 3

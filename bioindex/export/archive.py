@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bioindex.errors import BioindexError
-from bioindex.indexer.stored import archived
+from bioindex.indexer.stored import archived, member_of
 from bioindex.store import Store
 from bioindex.store.records import DWC_COLUMNS
 
@@ -191,7 +191,7 @@ def _write_media(archive: zipfile.ZipFile, store: Store, image_ids: np.ndarray |
         for row in batch:
             occurrence_of[int(row["image_id"])] = str(row["occurrence_id"])
             uri = str(row["uri"])
-            container, _, member = uri.partition("#")
+            container, member = member_of(uri) or (uri, "")
             name = member or uri.split("?")[0]  # what the image is called: its kind
             identifier = uri
             if not uri.startswith(("http://", "https://")) and os.path.isfile(container):
@@ -213,7 +213,7 @@ def _write_media(archive: zipfile.ZipFile, store: Store, image_ids: np.ndarray |
     for row, name in copies:  # after the table: one member is written at a time
         # Stored, not deflated: images do not shrink, and a stored member is read in place.
         uri = str(row["uri"])
-        if "#" not in uri:
+        if member_of(uri) is None:
             info = zipfile.ZipInfo.from_file(uri, name)
             info.compress_type = zipfile.ZIP_STORED
             with open(uri, "rb") as handle, archive.open(info, "w", force_zip64=True) as out:

@@ -51,12 +51,26 @@ class _Tables:
 _TABLES = _Tables()
 
 
+def member_of(uri: str) -> tuple[str, str] | None:
+    """(container, member) of a uri naming a member of a zip or tar, or None. A '#' alone
+    does not make one: "specimen #12.jpg" is a file, and a zip's folder or member may
+    hold a '#' too, so the container is the first prefix before a '#' that ends in .zip
+    or .tar."""
+    at = uri.find("#")
+    while at != -1:
+        if uri[:at].lower().endswith((".zip", ".tar")):
+            return uri[:at], uri[at + 1 :]
+        at = uri.find("#", at + 1)
+    return None
+
+
 def archived(row: Mapping[str, Any]) -> Item | None:
     """Where an image indexed from inside a zip or tar lies in it now, or None: not such an
     image, or its member is gone or no longer the size it was indexed at."""
-    container, _, member = str(row["uri"]).partition("#")
-    if not member or not container.lower().endswith((".tar", ".zip")):
+    inside = member_of(str(row["uri"]))
+    if inside is None:
         return None
+    container, member = inside
     try:
         item = _TABLES.members(Path(container)).get(member)
     except Exception:  # a stranger's file: whatever it does, the image is just not there
@@ -73,7 +87,7 @@ def image_bytes(store_root: str | os.PathLike[str], row: Mapping[str, Any]) -> b
         if is_remote(uri):
             cached = MediaCache(Path(store_root) / "media-cache").cached(uri)
             return cached.read_bytes() if cached else None
-        if "#" in uri:
+        if member_of(uri) is not None:
             item = archived(row)
             return item.read_bytes() if item is not None else None
         return Item(uri, uri, row.get("size"), row.get("mtime")).read_bytes()

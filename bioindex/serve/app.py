@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from bioindex.collection import Collection, combine_views
 from bioindex.errors import BioindexError, ImageTooLarge
 from bioindex.indexer.remote import is_remote
-from bioindex.indexer.stored import image_bytes
+from bioindex.indexer.stored import image_bytes, member_of
 from bioindex.output import ANSWER_KEYS
 from bioindex.search.dedup import DuplicateMember, find_duplicates
 from bioindex.search.defaults import (
@@ -574,7 +574,7 @@ def _thumbnail(collection: Collection, row: dict, image_id: int, size: int) -> b
 def _file_identity(uri: str, size: int) -> tuple | None:
     """A plain local file's thumbnail key (its path, size and mtime as they are now: a file
     changed since is shrunk again); None for remote and archived images."""
-    if is_remote(uri) or "#" in uri:
+    if is_remote(uri) or member_of(uri) is not None:
         return None
     try:
         info = os.stat(uri)
