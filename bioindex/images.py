@@ -10,11 +10,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+import pillow_heif
+from PIL import Image, ImageOps, features
 
 from bioindex.errors import BioindexError, ImageTooLarge
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+# iPhones save HEIC by default, so a folder of field photos is often all .heic; Pillow reads
+# it through pillow-heif's opener, and AVIF itself where it was built with libavif (11.3+).
+pillow_heif.register_heif_opener()
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif",
+                              ".heic", ".heif"} | ({".avif"} if features.check("avif") else set()))
 
 
 def walk_images(root: Path) -> Iterator[Path]:

@@ -78,3 +78,30 @@ def test_a_decode_failure_reads_without_the_file_handle_s_repr(tmp_path) -> None
             assert describe_error(exc) == "UnidentifiedImageError: cannot identify image file"
         else:
             raise AssertionError("decoded a text file")
+
+
+def test_iphone_heic_photos_are_indexed_and_shown(tmp_path, tiny_model: str) -> None:
+    """A folder of iPhone photos (HEIC, the camera's default) was "no images found": the
+    files were not looked at. They are indexed, found by their JPEG twins, shown as
+    thumbnails, named in classify, and exported as image/heic."""
+    import zipfile
+
+    from bioindex import Collection
+    from tests.test_iiif import _thumbnails_served
+
+    source = Image.open(shared("camera-trap", "ocelot.jpg"))
+    folder = tmp_path / "DCIM"
+    folder.mkdir()
+    source.save(folder / "IMG_0001.HEIC", "HEIF", quality=90)
+    source.rotate(90, expand=True).save(folder / "IMG_0002.heic", "HEIF", quality=90)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([folder], progress=False)
+        assert (summary.embedded, summary.failed) == (2, 0)
+        hit = col.search_image(shared("camera-trap", "ocelot.jpg"), k=1)[0]
+        assert hit.uri.endswith("IMG_0001.HEIC") and hit.score > 0.99
+        predictions = col.classify([folder / "IMG_0002.heic"], labels=["cat", "dog"], k=1)
+        assert predictions[0].error is None
+        col.export(tmp_path / "out.zip", with_media=True)
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert "\timage/heic\t" in archive.read("multimedia.txt").decode()
+    assert _thumbnails_served(tmp_path / "s") == 2
