@@ -6,6 +6,7 @@ import io
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -22,16 +23,39 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff",
                               ".heic", ".heif"} | ({".avif"} if features.check("avif") else set()))
 
 
-def walk_images(root: Path) -> Iterator[Path]:
+# Pictures and films a camera makes that are not read: a folder of them is worth a word
+# rather than silence (a camera trap's videos, a photographer's raw files).
+UNREAD_MEDIA = frozenset({
+    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf", ".rw2",
+    ".raf", ".pef", ".srw", ".x3f", ".3fr", ".erf", ".kdc", ".mrw", ".rwl", ".iiq", ".jp2",
+    ".jxl", ".psd", ".svg", ".avif", ".mp4", ".mov", ".avi", ".mkv", ".m4v", ".mts", ".wmv",
+    ".3gp"} - IMAGE_EXTENSIONS)  # fmt: skip
+
+
+def walk_images(root: Path, unread: Counter[str] | None = None) -> Iterator[Path]:
     """The image files under a folder (by extension; hidden ones and anything not a regular
-    file left out), in path order."""
+    file left out), in path order. `unread` counts the left-out files of UNREAD_MEDIA kinds
+    by extension."""
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            if name.startswith("."):
+                continue
+            suffix = Path(name).suffix.lower()
+            if suffix in IMAGE_EXTENSIONS:
                 path = Path(directory) / name
                 if _regular(path):  # a FIFO or device named *.jpg would hang the reader
                     yield path
+            elif unread is not None and suffix in UNREAD_MEDIA:
+                unread[suffix] += 1
+
+
+def unread_note(unread: Counter[str]) -> str:
+    """One line on the media files folders hold that were not read."""
+    kinds = ", ".join(f"{suffix} ({count})" for suffix, count in unread.most_common(5))
+    return (f"left out {sum(unread.values())} files that bioindex does not read: "
+            f"{kinds} (camera raw, video or another format; convert photos to JPEG, PNG or "
+            f"TIFF to index them)")
 
 
 def image_files(path: str | os.PathLike[str]) -> list[Path]:

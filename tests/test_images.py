@@ -105,3 +105,25 @@ def test_iphone_heic_photos_are_indexed_and_shown(tmp_path, tiny_model: str) -> 
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         assert "\timage/heic\t" in archive.read("multimedia.txt").decode()
     assert _thumbnails_served(tmp_path / "s") == 2
+
+
+def test_camera_raw_and_video_left_out_are_said(tmp_path, tiny_model: str) -> None:
+    """A camera trap's folder of videos, a photographer's raw files: they were left out
+    without a word (or "no images found", naming only what was looked for)."""
+    from click.testing import CliRunner
+
+    from bioindex.cli import main
+
+    folder = tmp_path / "card"
+    folder.mkdir()
+    for name in ("IMG_1.CR2", "IMG_2.cr2", "CLIP_1.MOV", "notes.txt", ".hidden.mov"):
+        (folder / name).write_bytes(b"not read")
+    run = CliRunner().invoke(main, ["index", str(folder), "-s", str(tmp_path / "s"),
+                                    "-m", tiny_model])  # fmt: skip
+    assert run.exit_code == 1
+    assert "no images found" in run.output and ".cr2 (2), .mov (1)" in run.output
+    Image.new("RGB", (64, 64), "green").save(folder / "frame.jpg")
+    run = CliRunner().invoke(main, ["index", str(folder), "-s", str(tmp_path / "s"),
+                                    "-m", tiny_model])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert "left out 3 files that bioindex does not read: .cr2 (2), .mov (1)" in run.output

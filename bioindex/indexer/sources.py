@@ -20,13 +20,14 @@ import re
 import stat
 import tarfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bioindex.errors import BioindexError
-from bioindex.images import IMAGE_EXTENSIONS, walk_images
+from bioindex.images import IMAGE_EXTENSIONS, unread_note, walk_images
 from bioindex.indexer import iiif
 from bioindex.indexer.lines import Lines
 from bioindex.indexer.remote import FetchPolicy, is_remote
@@ -106,6 +107,7 @@ class Scan:
     archives: list[str] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (uri, stage, error)
     warnings: list[str] = field(default_factory=list)
+    unread: Counter[str] = field(default_factory=Counter)  # left-out media files, by kind
 
 
 def scan_paths(
@@ -145,7 +147,7 @@ def scan_paths(
         scan.sources.append(str(path))
         if kind == "folder":
             scan.roots.append(str(path) + os.sep)
-            for file in walk_images(path):
+            for file in walk_images(path, scan.unread):
                 items.setdefault(str(file), _file_item(file, path, sidecar, matched))
         elif kind == "file":
             scan.roots.append(str(path))
@@ -162,10 +164,13 @@ def scan_paths(
         verb = "names" if len(unmatched) == 1 else "name"
         scan.warnings.append(f"{len(unmatched)} of the {len(sidecar)} rows of {metadata_file} "
                              f"{verb} no image under the sources (first: {unmatched[0]})")
+    if scan.unread:
+        scan.warnings.append(unread_note(scan.unread))
     if not scan.items and not scan.archives and not scan.failures:
         raise BioindexError(
             f"no images found in {', '.join(map(str, paths))} "
             f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            + (f"; {unread_note(scan.unread)}" if scan.unread else "")
         )
     return scan
 
