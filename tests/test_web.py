@@ -127,7 +127,7 @@ def test_taxon_search_upload_filter_and_reload(site, tmp_path: Path, width, heig
     page.select_option("#rank", "genus")
     page.fill("#rankvalue", genus)
     page.press("#q", "Enter")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('text')")
+    page.wait_for_selector("section.list h2:has-text('text')")
     page.wait_for_function(f"[...document.querySelectorAll('.card .name')].every("
                            f"n => n.textContent.startsWith('{genus} '))")  # fmt: skip
     assert len(_cards(page)) == 9  # three species of the genus, three pictures each
@@ -142,7 +142,7 @@ def test_taxon_search_upload_filter_and_reload(site, tmp_path: Path, width, heig
     page.wait_for_selector("#predicted")
     assert page.inner_text("#predicted") == target.name
     assert target.taxon.family in page.inner_text("#prediction")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('look like')")
+    page.wait_for_selector("section.list h2:has-text('look like')")
     neighbours = _cards(page)
     assert sum(c["name"] == target.name for c in neighbours[:3]) >= 2
     page.screenshot(path=str(shots / f"{label}-upload.png"), full_page=True)
@@ -208,7 +208,7 @@ def test_unknown_name_falls_back_to_text_search(site) -> None:
     page = browser.new_page(bypass_csp=True)
     page.goto(url + "?q=" + "a photo of a striped red drop")
     page.wait_for_selector(".card")
-    assert "matching the text" in page.inner_text("#status")
+    assert "matching the text" in page.inner_text("section.list h2")
     page.close()
 
 
@@ -226,7 +226,7 @@ def test_page_runs_under_its_own_csp(site) -> None:
     page.fill("#q", SPECIES[30].taxon.family)
     page.press("#q", "Enter")
     page.wait_for_selector(".card img")
-    page.wait_for_selector("#status:has-text('records of')")
+    page.wait_for_selector("section.list h2:has-text('records of')")
     assert not problems
     page.close()
 

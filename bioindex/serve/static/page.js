@@ -84,7 +84,8 @@ function show(sections, summary) {
   $("results").innerHTML = shown.map((s) => `
     <section class="list" data-kind="${s.kind}"><h2>${esc(s.title)} <small>${esc(s.note || "")}</small></h2>
       <div class="results">${s.results.map(card).join("")}</div></section>`).join("");
-  status(shown.length ? summary : "No images found.");
+  // One list says what it is in its heading; the line above it is for several at once.
+  status(shown.length > 1 ? summary : shown.length ? "" : "No images found.");
 }
 
 function sectionsOf(body, q) {
