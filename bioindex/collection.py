@@ -822,6 +822,12 @@ class Collection:
             return self._training_head(method, train)
         return self._kept(f"head {method}", lambda: store_head(self.store, method))
 
+    def use_head(self, method: str, head: Head, generation: int) -> None:
+        """Keep `head`, trained elsewhere on this store as of `generation`, as this store's
+        `method` head while the store stays at that generation."""
+        with self._deriving_lock:
+            self._derived[f"head {method}"] = (generation, head)
+
     def _training_head(self, method: str, train: str | os.PathLike[str]) -> Head:
         if method not in FEW_SHOT_METHODS:
             raise BioindexError(f"unknown few-shot method {method!r}")

@@ -327,3 +327,41 @@ def test_a_head_in_training_holds_up_no_one(tmp_path: Path,
     assert health["images"] == 13 and waited < 3.0, (health, waited)
     assert answer.status_code == 200, answer.text
     assert answer.json()["answer"]["band"] in ("confident", "uncertain", "unknown")
+
+
+def test_a_head_is_trained_once_where_the_store_cannot_keep_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """On a store whose cache of heads cannot be written (a read-only share), the server
+    trained the few-shot head for the first request on a store of its own, and then again
+    as the served store, which could not read it back: minutes, twice."""
+    from fastapi.testclient import TestClient
+
+    from bioindex.demo.world import write_world
+    from bioindex.search import fewshot
+    from bioindex.serve.app import create_app
+    from bioindex.store.layout import HEADS_DIR
+
+    real = fewshot.fit_head
+    trained: list[str] = []
+
+    def counted(method, *args, **kwargs):
+        trained.append(method)
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(fewshot, "fit_head", counted)
+    root = write_world(tmp_path / "w", SPECIES[:4], 2, seed=5, look="slide-film")
+    store = tmp_path / "store"
+    with Collection.open(store, model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+    (store / HEADS_DIR).write_text("not a folder: no head can be saved here")
+    photo = next((root / "images").glob("*.png")).read_bytes()
+    app = create_app(store, device="cpu", hosts=("testserver",))
+    try:
+        with TestClient(app) as client:
+            for _ in range(2):
+                answer = client.post("/api/classify", params={"method": "few-shot"},
+                                     files={"file": ("q.png", photo, "image/png")})  # fmt: skip
+                assert answer.status_code == 200, answer.text
+    finally:
+        app.state.collection.close()
+    assert trained == ["few-shot"]

@@ -444,15 +444,15 @@ def create_app(
         """The store's few-shot head trained (or found cached) on a store of its own, as
         the duplicates are: training takes minutes on a large labelled store, and as a
         reader of the served store it held every request behind the next move to a newer
-        generation. The served store then reads it from the store's cache of heads (where
-        that cannot be written, it trains again itself)."""
+        generation. The served store is then handed the head (where the store's cache of
+        heads cannot be written, it trained it a second time)."""
         generation = collection.store.generation()
         if (generation, method) in heads_ready:
             return
         with preparing_heads:
             if (generation, method) not in heads_ready:
                 with Store.open(collection.store.path, read_only=True) as pinned:
-                    store_head(pinned, method)
+                    collection.use_head(method, store_head(pinned, method), pinned.generation())
                 heads_ready.add((generation, method))
 
     @app.get("/api/duplicates")
