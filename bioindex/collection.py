@@ -62,7 +62,7 @@ from bioindex.search.fewshot import (
     fit_head,
     labelled_species,
     store_head,
-    training_head_path,
+    training_head_places,
 )
 from bioindex.search.filters import Filter, and_filters, parse_where, taxon_filter
 from bioindex.search.labels import (
@@ -835,9 +835,9 @@ class Collection:
         identity = self.identity
         key = training_key(examples, [HEAD_VERSION, method, identity.weights_sha256,
                                       identity.preprocess])  # fmt: skip
-        path = training_head_path(self.store, method, key)
+        places = training_head_places(self.store, method, key)
         return self._kept(f"training head {key}", lambda: cached_head(
-            path, lambda: self._fit_training(method, train, examples)), key=key)
+            places, lambda: self._fit_training(method, train, examples)), key=key)
 
     def _fit_training(self, method: str, train: str | os.PathLike[str],
                       examples: list[Example]) -> Head:  # fmt: skip

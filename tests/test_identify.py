@@ -284,6 +284,34 @@ def test_the_head_is_kept_while_its_labelled_images_are(tmp_path: Path) -> None:
     assert not cached.exists() and len(list(heads.glob("few-shot-*.npz"))) == 1
 
 
+def test_a_store_that_cannot_keep_heads_keeps_them_in_the_user_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A store on a read-only share could not keep its few-shot head, so every few-shot
+    command trained it again (3 minutes a command on 1M labelled images). The head is
+    kept in the user's cache under the store's path, with the same key."""
+    from click.testing import CliRunner
+
+    from bioindex.cli import main
+    from bioindex.search import fewshot
+
+    real, trained = fewshot.fit_head, []
+    monkeypatch.setattr(fewshot, "fit_head",
+                        lambda *a, **k: trained.append(a[0]) or real(*a, **k))  # fmt: skip
+    monkeypatch.setenv("BIOINDEX_CACHE_DIR", str(tmp_path / "cache"))
+    root = write_world(tmp_path / "w", SPECIES[:6], 2, seed=5, look=LOOK)
+    store = tmp_path / "s"
+    with Collection.open(store, model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+    (store / "heads").write_text("a read-only share: nothing can be saved here")
+    photo = next((root / "images").glob("*.png"))
+    for _ in range(2):  # two commands, as a curator runs them
+        run = CliRunner().invoke(main, ["classify", str(photo), "-s", str(store),
+                                        "--method", "few-shot", "--format", "json"])  # fmt: skip
+        assert run.exit_code == 0, run.output
+    assert trained == ["few-shot"]
+    assert len(list((tmp_path / "cache" / "heads").glob("*/few-shot-*.npz"))) == 1
+
+
 def test_concurrent_first_asks_derive_each_thing_once(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # A server's first identification requests arrive together: each trained the same head
@@ -551,11 +579,11 @@ def test_a_head_cached_by_another_release_is_retrained_without_a_warning(
     propagate, logger.propagate = logger.propagate, False
     try:
         fits = []
-        fewshot.cached_head(path, lambda: fits.append(1) or head)
+        fewshot.cached_head([path], lambda: fits.append(1) or head)
         assert fits == [1] and fewshot.Head.load(path).typical.shape == (4,)
         assert [r.levelno for r in caplog.records] == [logging.INFO], caplog.text
         path.write_bytes(b"torn")  # a damaged file is still worth a warning
-        fewshot.cached_head(path, lambda: head)
+        fewshot.cached_head([path], lambda: head)
         assert caplog.records[-1].levelno == logging.WARNING, caplog.text
     finally:
         logger.removeHandler(caplog.handler)

@@ -331,7 +331,7 @@ def test_a_head_in_training_holds_up_no_one(tmp_path: Path,
 
 def test_a_head_is_trained_once_where_the_store_cannot_keep_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """On a store whose cache of heads cannot be written (a read-only share), the server
+    """On a store whose heads cannot be kept (a read-only share, no user cache), the server
     trained the few-shot head for the first request on a store of its own, and then again
     as the served store, which could not read it back: minutes, twice."""
     from fastapi.testclient import TestClient
@@ -354,6 +354,8 @@ def test_a_head_is_trained_once_where_the_store_cannot_keep_it(
     with Collection.open(store, model="bioclip-demo", create=True, device="cpu") as col:
         col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
     (store / HEADS_DIR).write_text("not a folder: no head can be saved here")
+    (tmp_path / "cache").write_text("nor in the user's cache")
+    monkeypatch.setenv("BIOINDEX_CACHE_DIR", str(tmp_path / "cache"))
     photo = next((root / "images").glob("*.png")).read_bytes()
     app = create_app(store, device="cpu", hosts=("testserver",))
     try:

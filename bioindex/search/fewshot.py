@@ -40,7 +40,7 @@ import numpy as np
 from bioindex.errors import BioindexError, Remedy
 from bioindex.search.calibration import fit_temperature, softmax, top_label_log_loss
 from bioindex.search.filters import labelled_filter
-from bioindex.search.labels import taxon_from_row
+from bioindex.search.labels import default_cache_root, taxon_from_row
 from bioindex.store import Store
 from bioindex.store.layout import HEADS_DIR
 from bioindex.taxonomy import Taxon, make_taxon
@@ -456,7 +456,7 @@ def store_mean(store: Store, chunk: int = 65536) -> np.ndarray:
 def store_head(store: Store, method: str) -> Head:
     """The store's trained head for `method`: from its cache when the labelled images and
     the model are the ones it was trained on, else trained now (and cached)."""
-    path = Path(store.path) / HEADS_DIR / f"{method}-{_key(store, method)}.npz"
+    places = head_places(store, f"{method}-{_key(store, method)}.npz")
 
     def fit() -> Head:
         ids, taxa = labelled_species(store)
@@ -466,37 +466,51 @@ def store_head(store: Store, method: str) -> Head:
                                 remedy=NAME_SPECIES)  # fmt: skip
         return fit_head(method, store.vectors([int(i) for i in ids]), taxa, store_mean(store))
 
-    head = cached_head(path, fit)
-    if path.is_file():
-        for old in path.parent.glob(f"{method}-*.npz"):  # trained on older labels
-            if old != path:
-                with contextlib.suppress(OSError):  # a read-only store keeps them
-                    old.unlink()
+    head = cached_head(places, fit)
+    for path in places:
+        if path.is_file():
+            for old in path.parent.glob(f"{method}-*.npz"):  # trained on older labels
+                if old != path:
+                    with contextlib.suppress(OSError):  # a read-only store keeps them
+                        old.unlink()
     return head
 
 
-def cached_head(path: Path, fit: Callable[[], Head]) -> Head:
-    """The head saved at `path`, or `fit()` saved there (when the store is writable)."""
-    if path.is_file():
-        try:
-            return Head.load(path)
-        except HeadFormatChanged as exc:  # another release wrote it: routine, not a fault
-            log.info("retraining the cached head %s (%s)", path.name, exc)
-        except (OSError, ValueError, KeyError) as exc:  # a torn or foreign file: retrain
-            log.warning("ignoring unreadable cached head %s: %s", path, exc)
+def head_places(store: Store, name: str) -> tuple[Path, Path]:
+    """Where a head of the store is kept: in the store, or, where the store cannot be
+    written (a read-only share), in the user's cache under the store's path — else every
+    few-shot command on such a store trained it again (minutes on a large one)."""
+    where = hashlib.sha256(str(Path(store.path).resolve()).encode()).hexdigest()[:16]
+    return (Path(store.path) / HEADS_DIR / name,
+            default_cache_root() / "heads" / where / name)  # fmt: skip
+
+
+def cached_head(places: Sequence[Path], fit: Callable[[], Head]) -> Head:
+    """The head saved at the first of `places` that holds one, or `fit()` saved at the
+    first that can be written."""
+    for path in places:
+        if path.is_file():
+            try:
+                return Head.load(path)
+            except HeadFormatChanged as exc:  # another release wrote it: routine, not a fault
+                log.info("retraining the cached head %s (%s)", path.name, exc)
+            except (OSError, ValueError, KeyError) as exc:  # a torn or foreign file: retrain
+                log.warning("ignoring unreadable cached head %s: %s", path, exc)
     head = fit()
-    try:
-        path.parent.mkdir(exist_ok=True)
-        head.save(path)
-    except OSError as exc:  # a read-only store still answers; it trains again next time
-        log.info("could not cache the head in %s: %s", path.parent, exc)
-    return head
+    for path in places:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            head.save(path)
+            return head
+        except OSError as exc:
+            log.info("could not cache the head in %s: %s", path.parent, exc)
+    return head  # nowhere to keep it: trained again next time
 
 
-def training_head_path(store: Store, method: str, key: str) -> Path:
+def training_head_places(store: Store, method: str, key: str) -> tuple[Path, Path]:
     """Where the head trained on a training set outside the store (search.training) is
     kept: named apart from the store's own heads, which are replaced as labels change."""
-    return Path(store.path) / HEADS_DIR / f"train-{method}-{key}.npz"
+    return head_places(store, f"train-{method}-{key}.npz")
 
 
 def _key(store: Store, method: str) -> str:
