@@ -21,7 +21,7 @@ import stat
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -315,7 +315,7 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
         scan.roots.append(f"{path}#")  # its members, when it holds images
     with Archive(path) as archive:
         if archive.media_extension() is not None:
-            inside = zip_members(path) if path.is_file() else ({}, {})
+            local: list[tuple[str, str | None, dict[str, Any]]] = []  # uri, member, row
             for occurrence in archive.occurrences():
                 terms = dict(occurrence.terms)
                 terms.setdefault("occurrenceID", occurrence.core_id)
@@ -329,23 +329,29 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
                         item = Item(uri, "", None, None, metadata, fetch_via=iiif.MANIFEST)
                         items.setdefault(uri, item)
                         continue
-                    name = None if is_remote(uri) else archive.member_name(uri)
-                    if name in inside[0]:  # an image inside the zip, read in place
-                        item = inside[0][name]
-                        items.setdefault(item.uri, replace(item, metadata=metadata))
-                    elif name in inside[1]:
-                        scan.failures.append((f"{path}#{name}", "read", inside[1][name]))
-                    else:
-                        _add_media(uri, base, metadata, items, scan, anywhere)
+                    local.append((uri, None if is_remote(uri) else archive.member_name(uri),
+                                  metadata))  # fmt: skip
+            named = {name for _, name, _ in local if name}
+            inside, refused = zip_members(path, named) if path.is_file() else ({}, {})
+            for uri, name, metadata in local:
+                if name in inside:  # an image inside the zip, read in place
+                    item = inside[name]
+                    items.setdefault(item.uri, replace(item, metadata=metadata))
+                elif name in refused:
+                    scan.failures.append((f"{path}#{name}", "read", refused[name]))
+                else:
+                    _add_media(uri, base, metadata, items, scan, anywhere)
         scan.warnings.extend(archive.warnings)
 
 
-def zip_members(path: Path) -> tuple[dict[str, Item], dict[str, str]]:
-    """The members of a zipped archive that its multimedia rows may name, by member name,
-    each read in place; and why others cannot be, by name."""
+def zip_members(path: Path, only: Container[str] | None = None,
+                ) -> tuple[dict[str, Item], dict[str, str]]:  # fmt: skip
+    """The members of a zip (or those of `only`) by name, each read in place, whatever its
+    name ends with (a Darwin Core Archive's multimedia rows say which are images); and why
+    others cannot be, by name."""
     from bioindex.indexer.zipped import image_members
 
-    members, refused = image_members(path, any_name=True)
+    members, refused = image_members(path, any_name=True, only=only)
     mtime = path.stat().st_mtime
     return ({m.name: Item(f"{path}#{m.name}", str(path), m.size, mtime, {}, m.offset, m.packed)
              for m in members}, dict(refused))  # fmt: skip

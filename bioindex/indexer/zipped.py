@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 import zipfile
 import zlib
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -72,12 +73,13 @@ def holds_darwin_core(path: Path) -> bool:
                for n in names if not n.startswith("__MACOSX/"))  # fmt: skip
 
 
-def image_members(path: Path, any_name: bool = False,
+def image_members(path: Path, any_name: bool = False, only: Container[str] | None = None,
                   ) -> tuple[list[Member], list[tuple[str, str]]]:  # fmt: skip
     """The image members of a zip (by name), and (name, reason) for those that cannot be
     read in place: encrypted, or compressed other than by deflate. `any_name`: every file
     member, whatever its name ends with (a Darwin Core Archive's multimedia table says which
-    are images, and an exported one may name them without an extension)."""
+    are images, and an exported one may name them without an extension); `only`: of
+    those, only these names."""
     members: list[Member] = []
     refused: list[tuple[str, str]] = []
     try:
@@ -85,6 +87,8 @@ def image_members(path: Path, any_name: bool = False,
             refuse_bombs(archive, path)
             for info in archive.infolist():
                 name = info.filename
+                if only is not None and name not in only:
+                    continue
                 if (info.is_dir() or name.startswith("__MACOSX/") or not any_name
                         and PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS):
                     continue
