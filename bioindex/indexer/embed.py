@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pillow_heif
 
 from bioindex.images import describe_error, open_image, to_rgb
 from bioindex.indexer.device_decode import (
@@ -192,8 +193,10 @@ def _square_size(pil_part: Any) -> int | None:
 def worker_init(_: int, nice: int = 0) -> None:
     import torch
 
-    # Each decode worker is one core's worth of work; torch's own threads would oversubscribe.
+    # Each decode worker is one core's worth of work; torch's own threads would oversubscribe,
+    # as would libheif's (4 threads a HEIC decode by default).
     torch.set_num_threads(1)
+    pillow_heif.options.DECODE_THREADS = 1
     if nice:
         os.nice(nice)
 
