@@ -71,6 +71,25 @@ def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray,
 
 
 @pytest.mark.slow
+def test_ray_engine_reads_deflated_zip_members(images, tiny_model, local_ray, tmp_path) -> None:
+    """The Ray engine's work rows carried no deflated length, so it read every deflated
+    member of a zip of photos as is: all failed "cannot identify image file"."""
+    import zipfile
+
+    photos = sorted(images.rglob("*.png"))[:6]
+    with zipfile.ZipFile(tmp_path / "trip.zip", "w") as zipped:
+        for i, photo in enumerate(photos):
+            method = zipfile.ZIP_DEFLATED if i % 2 else zipfile.ZIP_STORED
+            zipped.write(photo, photo.name, compress_type=method)
+    for name, engine in (("local", "local"), ("ray", "ray")):
+        with Collection.open(tmp_path / name, model=tiny_model, device="cpu", create=True) as c:
+            summary = c.index([tmp_path / "trip.zip"], progress=False, engine=engine)
+            assert (summary.embedded, summary.failed) == (6, 0), c.failures()
+    a, b = _vectors_by_uri(tmp_path / "local"), _vectors_by_uri(tmp_path / "ray")
+    assert a.keys() == b.keys() and all(float(a[u] @ b[u]) > 0.999 for u in a)
+
+
+@pytest.mark.slow
 def test_killed_ray_job_resumes_with_each_image_once(images, tiny_model, tmp_path) -> None:
     store = tmp_path / "s"
     command = [sys.executable, "-m", "bioindex.cli", "index", str(images), "--store", str(store),
