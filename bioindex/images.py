@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pillow_heif
@@ -148,3 +150,56 @@ def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
         top = float(values.max()) if values.size else 0.0
         scaled = values if top <= 255.0 else values * (255.0 / top)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+# EXIF tags (Exif 2.32): the Exif and GPS sub-IFDs, when a picture was taken, and where.
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+_TAKEN, _DIGITIZED, _TAKEN_OFFSET = 0x9003, 0x9004, 0x9011
+_EXIF_DATE = re.compile(r"^(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+_UTC_OFFSET = re.compile(r"^[+-]\d{2}:\d{2}$")
+
+
+def photo_facts(image: Image.Image) -> dict[str, Any]:
+    """What a camera wrote in a photo's EXIF, as Darwin Core: eventDate (when it was taken,
+    with its UTC offset when the camera gave one) and decimalLatitude/decimalLongitude
+    (from its GPS). Camera traps stamp the time, phones also the place; a plain folder of
+    their photos is then searchable by date and place with no metadata file. Anything
+    missing, malformed or impossible (a date of zeros, a fix at 0,0) is left out."""
+    try:
+        exif = image.getexif()
+        facts: dict[str, Any] = {}
+        taken = exif.get_ifd(_EXIF_IFD)
+        stamp = _EXIF_DATE.match(str(taken.get(_TAKEN) or taken.get(_DIGITIZED) or ""))
+        if stamp and stamp[1] != "0000" and "01" <= stamp[2] <= "12" and stamp[3] != "00":
+            offset = str(taken.get(_TAKEN_OFFSET) or "").strip()
+            facts["eventDate"] = ("{}-{}-{}T{}:{}:{}".format(*stamp.groups())
+                                  + (offset if _UTC_OFFSET.match(offset) else ""))  # fmt: skip
+        gps = exif.get_ifd(_GPS_IFD)
+        lat = _degrees(gps.get(2), gps.get(1), "S", 90.0)
+        lon = _degrees(gps.get(4), gps.get(3), "W", 180.0)
+        if lat is not None and lon is not None and (lat, lon) != (0.0, 0.0):
+            facts["decimalLatitude"], facts["decimalLongitude"] = lat, lon
+        return facts
+    except Exception:  # a stranger's EXIF: whatever is wrong with it, the photo still counts
+        return {}
+
+
+def photo_facts_of(data: bytes) -> dict[str, Any]:
+    """photo_facts of an image's bytes, from its header alone (nothing is decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return photo_facts(image)
+    except Exception:  # not an image Pillow opens: no facts, the decode stage will say why
+        return {}
+
+
+def _degrees(value: Any, ref: Any, negative: str, bound: float) -> float | None:
+    """Degrees, minutes, seconds (EXIF rationals) and a hemisphere letter, as a signed
+    decimal degree within ±bound; None when not all there."""
+    if not value or len(value) != 3 or not ref:
+        return None
+    degrees, minutes, seconds = (float(part) for part in value)
+    decimal = degrees + minutes / 60 + seconds / 3600
+    if str(ref).strip().upper().startswith(negative):
+        decimal = -decimal
+    return round(decimal, 7) if math.isfinite(decimal) and abs(decimal) <= bound else None

@@ -73,18 +73,26 @@ def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray,
 @pytest.mark.slow
 def test_ray_engine_reads_deflated_zip_members(images, tiny_model, local_ray, tmp_path) -> None:
     """The Ray engine's work rows carried no deflated length, so it read every deflated
-    member of a zip of photos as is: all failed "cannot identify image file"."""
+    member of a zip of photos as is: all failed "cannot identify image file". A photo's
+    EXIF date reaches the catalog from either engine."""
     import zipfile
 
-    photos = sorted(images.rglob("*.png"))[:6]
+    from tests.conftest import shared
+
+    photos = [*sorted(images.rglob("*.png"))[:5], shared("camera-trap", "blank.jpg")]
     with zipfile.ZipFile(tmp_path / "trip.zip", "w") as zipped:
         for i, photo in enumerate(photos):
             method = zipfile.ZIP_DEFLATED if i % 2 else zipfile.ZIP_STORED
             zipped.write(photo, photo.name, compress_type=method)
+    dates = {}
     for name, engine in (("local", "local"), ("ray", "ray")):
         with Collection.open(tmp_path / name, model=tiny_model, device="cpu", create=True) as c:
             summary = c.index([tmp_path / "trip.zip"], progress=False, engine=engine)
             assert (summary.embedded, summary.failed) == (6, 0), c.failures()
+            dates[name] = c.store.catalog.query("SELECT uri, event_date FROM images "
+                                                "WHERE event_date IS NOT NULL")[1]  # fmt: skip
+    assert dates["local"] == dates["ray"] == [(f"{tmp_path / 'trip.zip'}#blank.jpg",
+                                               "2016-09-25T18:35:10")]  # fmt: skip
     a, b = _vectors_by_uri(tmp_path / "local"), _vectors_by_uri(tmp_path / "ray")
     assert a.keys() == b.keys() and all(float(a[u] @ b[u]) > 0.999 for u in a)
 

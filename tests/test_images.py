@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -127,3 +128,65 @@ def test_camera_raw_and_video_left_out_are_said(tmp_path, tiny_model: str) -> No
                                     "-m", tiny_model])  # fmt: skip
     assert run.exit_code == 0, run.output
     assert "left out 3 files that bioindex does not read: .cr2 (2), .mov (1)" in run.output
+
+
+def test_a_camera_s_exif_says_when_and_where() -> None:
+    """What camera traps and phones write: DateTimeOriginal (real camera-trap fixtures),
+    its UTC offset, and a GPS fix; broken or impossible values are left out."""
+    from bioindex.images import photo_facts, photo_facts_of
+
+    assert photo_facts(Image.open(shared("camera-trap", "blank.jpg"))) == {
+        "eventDate": "2016-09-25T18:35:10"}  # a RECONYX HC550's own stamp
+    assert photo_facts(Image.open(shared("camera-trap", "american_black_bear.jpg"))) == {}
+
+    def saved(gps: dict, taken: dict) -> bytes:
+        picture = Image.new("RGB", (32, 32), "green")
+        exif = picture.getexif()
+        exif.get_ifd(0x8825).update(gps)
+        exif.get_ifd(0x8769).update(taken)
+        out = io.BytesIO()
+        picture.save(out, "JPEG", exif=exif)
+        return out.getvalue()
+
+    nairobi = {1: "S", 2: (1.0, 17.0, 30.0), 3: "E", 4: (36.0, 49.0, 12.0)}
+    assert photo_facts_of(saved(nairobi, {0x9003: "2024:01:21 15:19:15", 0x9011: "+03:00"})) == {
+        "eventDate": "2024-01-21T15:19:15+03:00", "decimalLatitude": -1.2916667,
+        "decimalLongitude": 36.82}  # fmt: skip
+    assert photo_facts_of(saved({1: "N", 2: (0.0, 0.0, 0.0), 3: "E", 4: (0.0, 0.0, 0.0)},
+                                {0x9003: "0000:00:00 00:00:00"})) == {}  # no fix, no clock
+    assert photo_facts_of(saved({1: "N", 2: (91.0, 0.0, 0.0), 3: "E", 4: (1.0, 0.0, 0.0)},
+                                {0x9003: "2024:13:01 00:00:00"})) == {}  # impossible
+    assert photo_facts_of(saved({2: (1.0, 0.0, 0.0), 4: (1.0, 0.0, 0.0)}, {})) == {}  # no N/S
+    assert photo_facts_of(b"not an image") == {}
+
+
+def test_a_plain_folder_of_camera_trap_photos_has_its_dates(tmp_path, tiny_model: str) -> None:
+    """A camera trap's folder, no metadata file: the catalog had no dates, so the page's
+    date filters and `--where event_date` found nothing. The photos' own EXIF dates are
+    used; a --metadata file's values win, and one that gives only names keeps the dates."""
+    import shutil
+
+    from bioindex import Collection
+
+    folder = tmp_path / "trap"
+    folder.mkdir()
+    for name in ("blank.jpg", "domestic_dog.jpg", "american_black_bear.jpg"):
+        shutil.copy(shared("camera-trap", name), folder / name)
+
+    def dates(col) -> dict[str, str | None]:
+        rows = col.store.catalog.query("SELECT uri, event_date FROM images")[1]
+        return {Path(uri).name: date for uri, date in rows}
+
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([folder], progress=False)
+        assert dates(col) == {"blank.jpg": "2016-09-25T18:35:10", "american_black_bear.jpg": None,
+                              "domestic_dog.jpg": "2017-07-13T12:09:23"}  # fmt: skip
+        found = col.search_text("an animal", k=10, where="event_date>=2017")
+        assert [Path(h.uri).name for h in found] == ["domestic_dog.jpg"]
+        (tmp_path / "names.csv").write_text("file,scientificName,eventDate\n"
+                                            "blank.jpg,Nothing,\n"
+                                            "domestic_dog.jpg,Canis familiaris,2017-07\n")
+        summary = col.index([folder], metadata=tmp_path / "names.csv", progress=False)
+        assert (summary.embedded, summary.updated) == (0, 2)
+        assert dates(col) == {"blank.jpg": "2016-09-25T18:35:10", "american_black_bear.jpg": None,
+                              "domestic_dog.jpg": "2017-07"}  # fmt: skip

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pillow_heif
 
-from bioindex.images import describe_error, open_image, to_rgb
+from bioindex.images import describe_error, open_image, photo_facts, photo_facts_of, to_rgb
 from bioindex.indexer.device_decode import (
     crop_geometry,
     decode_on_device,
@@ -29,7 +29,7 @@ from bioindex.indexer.device_decode import (
 )
 from bioindex.indexer.sources import Item
 from bioindex.models import EmbeddingModel
-from bioindex.store import Failure, ImageRecord
+from bioindex.store import Failure, ImageRecord, with_photo_facts
 
 
 @dataclass
@@ -126,11 +126,12 @@ def decode_batch(
 
     began = time.process_time()
     square = _square_size(pil_part) if pil_part is not None else None
-    good: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": []}
+    good: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": [],
+                                  "facts": []}  # fmt: skip
     pixels = []
     failures = []
     raw: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": [],
-                                 "bytes": []}  # fmt: skip
+                                 "facts": [], "bytes": []}  # fmt: skip
     for item, position in zip(items, positions):
         stage = "read"
         try:
@@ -142,6 +143,7 @@ def decode_batch(
                     ("width", size[0]),
                     ("height", size[1]),
                     ("sha256", hashlib.sha256(data).hexdigest()),
+                    ("facts", photo_facts_of(data)),
                     ("bytes", data),
                 ):
                     raw[key].append(value)  # fmt: skip
@@ -161,6 +163,7 @@ def decode_batch(
         good["sha256"].append(hashlib.sha256(data).hexdigest())
         good["width"].append(image.width)
         good["height"].append(image.height)
+        good["facts"].append(photo_facts(image))
     if not pixels:
         good["pixels"] = None
     elif pil_part is None:
@@ -171,7 +174,7 @@ def decode_batch(
         good["pixels"] = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
     good["failures"] = failures
     good["decoded"] = len(good["position"])  # the first this many have pixels
-    for key in ("position", "sha256", "width", "height"):
+    for key in ("position", "sha256", "width", "height", "facts"):
         good[key].extend(raw[key])
     good["raw_sizes"] = [len(data) for data in raw["bytes"]]
     good["raw"] = (
@@ -336,10 +339,10 @@ def to_embedded_batch(items: Sequence[Item], batch: dict[str, Any],
     records = [
         ImageRecord(
             uri=items[p].uri, size=items[p].size, mtime=items[p].mtime, sha256=sha,
-            width=w, height=h, metadata=items[p].metadata,
+            width=w, height=h, metadata=with_photo_facts(items[p].metadata, facts),
         )
-        for p, sha, w, h in zip(batch["position"], batch["sha256"], batch["width"],
-                                batch["height"])
+        for p, sha, w, h, facts in zip(batch["position"], batch["sha256"], batch["width"],
+                                       batch["height"], batch["facts"])
     ]  # fmt: skip
     failures = [
         Failure(items[p].uri, stage, error, items[p].size, items[p].mtime)

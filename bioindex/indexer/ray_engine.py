@@ -11,6 +11,7 @@ the driver.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -105,9 +106,10 @@ def _decode_rows(rows: dict[str, np.ndarray], transform: Any, image_size: int,
     all_pixels = np.zeros(shape, dtype=pixels.dtype if pixels is not None else np.uint8)
     if pixels is not None:
         all_pixels[ok] = pixels
-    decoded = dict(zip(done["position"], zip(done["sha256"], done["width"], done["height"])))
+    decoded = dict(zip(done["position"], zip(done["sha256"], done["width"], done["height"],
+                                             done["facts"])))  # fmt: skip
     failed = {p: (stage, error) for p, stage, error in done["failures"]}
-    blank, no_failure = ("", 0, 0), ("", "")
+    blank, no_failure = ("", 0, 0, {}), ("", "")
     return {
         "position": rows["position"],
         "ok": ok,
@@ -115,6 +117,8 @@ def _decode_rows(rows: dict[str, np.ndarray], transform: Any, image_size: int,
         "sha256": np.array([decoded.get(p, blank)[0] for p in positions], dtype=object),
         "width": np.array([decoded.get(p, blank)[1] for p in positions], dtype=np.int64),
         "height": np.array([decoded.get(p, blank)[2] for p in positions], dtype=np.int64),
+        "facts": np.array([json.dumps(decoded.get(p, blank)[3]) for p in positions],
+                          dtype=object),
         "stage": np.array([failed.get(p, no_failure)[0] for p in positions], dtype=object),
         "error": np.array([failed.get(p, no_failure)[1] for p in positions], dtype=object),
     }
@@ -217,6 +221,7 @@ def _to_batch(items: Sequence[Item], rows: dict[str, np.ndarray]) -> EmbeddedBat
         "sha256": [str(s) for s, good in zip(rows["sha256"], ok) if good],
         "width": [int(w) for w, good in zip(rows["width"], ok) if good],
         "height": [int(h) for h, good in zip(rows["height"], ok) if good],
+        "facts": [json.loads(str(f)) for f, good in zip(rows["facts"], ok) if good],
         "failures": [(p, str(st), str(er)) for p, st, er, good
                      in zip(positions, rows["stage"], rows["error"], ok) if not good],
     }  # fmt: skip

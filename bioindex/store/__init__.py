@@ -17,9 +17,10 @@ from bioindex.store.records import (
     ImageRecord,
     dwc_column,
     split_metadata,
+    with_photo_facts,
 )
 
 __all__ = [
     "DWC_COLUMNS", "DWC_FLOAT_COLUMNS", "DWC_TEXT_COLUMNS", "MANIFEST", "RANKS", "Failure",
-    "ImageRecord", "Store", "dwc_column", "fault", "split_metadata",
+    "ImageRecord", "Store", "dwc_column", "fault", "split_metadata", "with_photo_facts",
 ]  # fmt: skip

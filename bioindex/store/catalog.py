@@ -289,6 +289,25 @@ class Catalog:
             self.con.unregister("_asked")
         return {uri: (int(i), _relative(self.root, f)) for uri, i, f in found}
 
+    def stored_values(self, uris: np.ndarray, names: Sequence[str]) -> dict[str, list[Any]]:
+        """Each column of `names` as stored for each of `uris`, in their order (None where
+        the uri is not in the catalog or the value is empty)."""
+        out: dict[str, list[Any]] = {name: [None] * len(uris) for name in names}
+        if not len(uris) or not self.files.get("images"):
+            return out
+        self.con.register("_asked", {"uri": uris, "_at": np.arange(len(uris), dtype=np.int64)})
+        try:
+            picked = ", ".join(f'i."{name}"' for name in names)
+            found = self.con.execute(
+                f"SELECT a._at, {picked} FROM _asked a JOIN images i ON i.uri = a.uri"
+            ).fetchall()
+        finally:
+            self.con.unregister("_asked")
+        for at, *values in found:
+            for name, value in zip(names, values):
+                out[name][at] = value
+        return out
+
     def segments_of_ids(self, image_ids: Sequence[int]) -> dict[str, list[int]]:
         """segment file → which of `image_ids` it holds."""
         if not len(image_ids) or not self.files.get("images"):

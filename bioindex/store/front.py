@@ -56,6 +56,7 @@ from bioindex.store.lock import WriterLock
 from bioindex.store.memory_rows import HeldRows
 from bioindex.store.read_cache import ID_BYTES, ROWS, GenerationCache, cached_rows
 from bioindex.store.records import (
+    PHOTO_FACT_COLUMNS,
     Failure,
     ImageRecord,
     darwin_core_columns,
@@ -527,6 +528,7 @@ class Store:
             return 0
         columns = {"uri": texts([uri for uri, _ in items]),
                    **darwin_core_columns([m for _, m in items])}  # fmt: skip
+        self._keep_photo_facts(columns)
         changed = self.catalog.changed_metadata(columns)
         if not changed:
             return 0
@@ -541,6 +543,23 @@ class Store:
         fault("metadata-segment")
         self._publish(nxt)
         return len(changed)
+
+    def _keep_photo_facts(self, columns: dict[str, np.ndarray]) -> None:
+        """A date or a place that new metadata leaves empty keeps the one the image has
+        (from its photo's EXIF, or from metadata given before): a --metadata file of names
+        alone erased every date a camera trap had stamped."""
+        date = columns["event_date"]
+        no_date = np.array([value is None for value in date], dtype=bool)
+        no_place = (np.isnan(columns["decimal_latitude"])
+                    & np.isnan(columns["decimal_longitude"]))  # fmt: skip
+        if not no_date.any() and not no_place.any():
+            return
+        stored = self.catalog.stored_values(columns["uri"], PHOTO_FACT_COLUMNS)
+        columns["event_date"] = texts([old if empty else new for new, old, empty
+                                       in zip(date, stored["event_date"], no_date)])
+        for name in ("decimal_latitude", "decimal_longitude"):
+            kept = np.array([np.nan if old is None else old for old in stored[name]])
+            columns[name] = np.where(no_place, kept, columns[name])
 
     def upsert_occurrences(self, records: Iterable[dict[str, Any]],
                            source: str | None = None) -> int:  # fmt: skip

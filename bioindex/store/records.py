@@ -81,6 +81,23 @@ def dwc_column(term: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", term).strip("_").lower()
 
 
+# The columns a photo's own EXIF may fill (images.photo_facts).
+PHOTO_FACT_COLUMNS = ("event_date", "decimal_latitude", "decimal_longitude")
+
+
+def with_photo_facts(metadata: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+    """An image's metadata with what its photo says (EXIF date and place) where the
+    metadata (a --metadata row, an archive's record), in whatever spelling, says nothing."""
+    if not facts:
+        return metadata
+    given = {dwc_column(key) for key, value in metadata.items() if value not in (None, "")}
+    extra = {key: value for key, value in facts.items() if dwc_column(key) not in given}
+    if "decimal_latitude" in given or "decimal_longitude" in given:  # a place is one pair
+        extra.pop("decimalLatitude", None)
+        extra.pop("decimalLongitude", None)
+    return {**metadata, **extra} if extra else metadata
+
+
 def split_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Darwin Core columns the catalog knows, and everything else (for `extra`)."""
     known: dict[str, Any] = {}
