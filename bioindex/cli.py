@@ -278,6 +278,12 @@ def _lower_level(record: logging.LogRecord) -> bool:
     show_default=True,
     help="With --engine ray: GPU model actors (one GPU each); 0 runs CPU actors.",
 )
+@click.option(
+    "--exif/--no-exif", default=True, show_default=True,
+    help="Take each photo's date and GPS position from its EXIF (a camera trap's clock, a "
+    "phone's GPS) where its metadata gives none. --no-exif: a phone's GPS can place a rare "
+    "species more exactly than a collection publishes.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_option
 @wait_option
@@ -306,6 +312,7 @@ def index(
     engine: str,
     address: str | None,
     num_gpus: int,
+    exif: bool,
     quiet: bool,
     wait: bool,
 ) -> None:
@@ -363,6 +370,7 @@ def index(
             gpu_decode=gpu_decode,
             compile=compile_model,
             precision=precision,
+            exif=exif,
         )
     click.echo(summary.line())
 

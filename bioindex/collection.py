@@ -344,8 +344,13 @@ class Collection:
         gpu_decode: bool | None = None,
         compile: bool = False,
         precision: str = "auto",
+        exif: bool = True,
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts.
+
+        `exif`: a photo's date and GPS position (images.photo_facts) fill eventDate and
+        the coordinates where its metadata gives none; off, they are not read (a phone's
+        GPS can place a rare species more exactly than a collection publishes).
 
         Media URLs are fetched while the local files embed, each within `download_timeout`
         seconds and `max_download_bytes`, from public addresses only unless
@@ -392,6 +397,7 @@ class Collection:
             retry_failed=retry_failed,
             engine=engine,
             gpu_decode=gpu_decode,
+            photo_facts=exif,
             ray_options={"address": address, "num_gpus": num_gpus,
                          "checkpoint": self.store.model.get("checkpoint")},
         )  # fmt: skip

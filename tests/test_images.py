@@ -190,3 +190,39 @@ def test_a_plain_folder_of_camera_trap_photos_has_its_dates(tmp_path, tiny_model
         assert (summary.embedded, summary.updated) == (0, 2)
         assert dates(col) == {"blank.jpg": "2016-09-25T18:35:10", "american_black_bear.jpg": None,
                               "domestic_dog.jpg": "2017-07"}  # fmt: skip
+
+
+def test_no_exif_reads_no_date_or_place(tmp_path, tiny_model: str) -> None:
+    """`--no-exif`: nothing is taken from the photos (a phone's GPS may place a rare
+    species more exactly than a collection publishes), and a --metadata file then sets
+    dates and places as it gives them."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from bioindex import Collection
+    from bioindex.cli import main
+
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    picture = Image.open(shared("camera-trap", "blank.jpg"))
+    exif = picture.getexif()
+    exif.get_ifd(0x8825).update({1: "S", 2: (1.0, 17.0, 30.0), 3: "E", 4: (36.0, 49.0, 12.0)})
+    picture.save(folder / "orchid.jpg", exif=exif)
+    shutil.copy(shared("camera-trap", "domestic_dog.jpg"), folder / "dog.jpg")
+    (tmp_path / "names.csv").write_text("file,scientificName\norchid.jpg,Orchis mascula\n")
+
+    def rows(store: str) -> dict[str, tuple]:
+        with Collection.open(tmp_path / store, read_only=True) as col:
+            found = col.store.catalog.query("SELECT uri, event_date, decimal_latitude "
+                                            "FROM images")[1]  # fmt: skip
+        return {Path(uri).name: (date, lat) for uri, date, lat in found}
+
+    for store, flags in (("with", []), ("without", ["--no-exif"])):
+        for extra in ([], ["--metadata", str(tmp_path / "names.csv")]):
+            run = CliRunner().invoke(main, ["index", str(folder), "-s", str(tmp_path / store),
+                                            "-m", tiny_model, "-q", *flags, *extra])  # fmt: skip
+            assert run.exit_code == 0, run.output
+    assert rows("with") == {"orchid.jpg": ("2016-09-25T18:35:10", -1.2916667),
+                            "dog.jpg": ("2017-07-13T12:09:23", None)}  # fmt: skip
+    assert rows("without") == {"orchid.jpg": (None, None), "dog.jpg": (None, None)}

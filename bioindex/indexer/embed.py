@@ -29,7 +29,7 @@ from bioindex.indexer.device_decode import (
 )
 from bioindex.indexer.sources import Item
 from bioindex.models import EmbeddingModel
-from bioindex.store import Failure, ImageRecord, with_photo_facts
+from bioindex.store import Failure, ImageRecord
 
 
 @dataclass
@@ -339,7 +339,7 @@ def to_embedded_batch(items: Sequence[Item], batch: dict[str, Any],
     records = [
         ImageRecord(
             uri=items[p].uri, size=items[p].size, mtime=items[p].mtime, sha256=sha,
-            width=w, height=h, metadata=with_photo_facts(items[p].metadata, facts),
+            width=w, height=h, metadata=items[p].metadata, facts=facts,
         )
         for p, sha, w, h, facts in zip(batch["position"], batch["sha256"], batch["width"],
                                        batch["height"], batch["facts"])

@@ -145,9 +145,11 @@ def run_index(
     engine: str = "local",
     ray_options: dict | None = None,
     gpu_decode: bool | None = None,
+    photo_facts: bool = True,
 ) -> IndexSummary:
     """Embed what changed, committing every `commit_every` images; `engine` 'ray' runs
     decode and embed on a Ray cluster (see indexer.ray_engine) with `ray_options`.
+    `photo_facts`: take a photo's date and place from its EXIF where its metadata has none.
 
     `model` may be a call that loads it: it is made only when there is something to embed,
     so a rerun over unchanged files never loads (or imports) the model. Batch size and
@@ -162,7 +164,8 @@ def run_index(
     # A rerun with new or corrected metadata updates those rows without re-embedding; an
     # image with no metadata now keeps what it had (a rerun without --metadata clears nothing).
     summary.updated = store.update_metadata(
-        [(item.uri, item.metadata) for item in work.same_files if item.metadata])
+        [(item.uri, item.metadata) for item in work.same_files if item.metadata],
+        keep_photo_facts=photo_facts)  # fmt: skip
     store.index()  # load (or rebuild) before writing so it follows every commit
     summary.deleted = store.mark_deleted(work.vanished)
     store.forget_failures(work.gone_failures)
@@ -213,6 +216,8 @@ def run_index(
     size = 0
     try:
         for batch in batches:
+            if not photo_facts:
+                batch = replace(batch, records=[replace(r, facts={}) for r in batch.records])
             chunk.append(batch)
             size += len(batch.records) + len(batch.failures)
             summary.embedded += len(batch.records)

@@ -520,15 +520,18 @@ class Store:
             self._live.version = nxt.vectors_version
         return len(ids)
 
-    def update_metadata(self, items: Sequence[tuple[str, dict[str, Any]]]) -> int:
+    def update_metadata(self, items: Sequence[tuple[str, dict[str, Any]]],
+                        keep_photo_facts: bool = True) -> int:  # fmt: skip
         """New Darwin Core values for images already embedded, by uri (no re-embedding).
-        Only rows whose values differ are rewritten; returns how many were."""
+        Only rows whose values differ are rewritten; returns how many were.
+        `keep_photo_facts`: a date or place the new values leave empty is kept."""
         self._require_writable()
         if not items:
             return 0
         columns = {"uri": texts([uri for uri, _ in items]),
                    **darwin_core_columns([m for _, m in items])}  # fmt: skip
-        self._keep_photo_facts(columns)
+        if keep_photo_facts:
+            self._keep_photo_facts(columns)
         changed = self.catalog.changed_metadata(columns)
         if not changed:
             return 0

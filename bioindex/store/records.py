@@ -11,7 +11,7 @@ import functools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,8 @@ class ImageRecord:
     width: int | None
     height: int | None
     metadata: dict[str, Any]
+    # What the photo's EXIF says (images.photo_facts), under the metadata when written.
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def image_columns(records: Sequence[ImageRecord], ids: Sequence[int], shard: str
         "shard_row": np.arange(n, dtype=np.int64),
         "run_id": numbers([run_id] * n),
     }
-    table.update(darwin_core_columns([r.metadata for r in records]))
+    table.update(darwin_core_columns([with_photo_facts(r.metadata, r.facts) for r in records]))
     return table
 
 
