@@ -281,7 +281,8 @@ def _lower_level(record: logging.LogRecord) -> bool:
 @click.option(
     "--exif/--no-exif", default=True, show_default=True,
     help="Take each photo's date and GPS position from its EXIF (a camera trap's clock, a "
-    "phone's GPS) where its metadata gives none. --no-exif: a phone's GPS can place a rare "
+    "phone's GPS) where its metadata gives none (never for a specimen's photo). --no-exif: "
+    "for scans of specimens not yet described, or where a phone's GPS would place a rare "
     "species more exactly than a collection publishes.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

@@ -163,7 +163,8 @@ def test_a_camera_s_exif_says_when_and_where() -> None:
 def test_a_plain_folder_of_camera_trap_photos_has_its_dates(tmp_path, tiny_model: str) -> None:
     """A camera trap's folder, no metadata file: the catalog had no dates, so the page's
     date filters and `--where event_date` found nothing. The photos' own EXIF dates are
-    used; a --metadata file's values win, and one that gives only names keeps the dates."""
+    used; a --metadata file's values win, one that gives only names keeps the dates, and
+    a photo of a specimen takes none."""
     import shutil
 
     from bioindex import Collection
@@ -190,6 +191,14 @@ def test_a_plain_folder_of_camera_trap_photos_has_its_dates(tmp_path, tiny_model
         assert (summary.embedded, summary.updated) == (0, 2)
         assert dates(col) == {"blank.jpg": "2016-09-25T18:35:10", "american_black_bear.jpg": None,
                               "domestic_dog.jpg": "2017-07"}  # fmt: skip
+        # A specimen's photo was taken when it was imaged, not when it was collected.
+        (tmp_path / "names.csv").write_text("file,basisOfRecord\nblank.jpg,PreservedSpecimen\n")
+        col.index([folder], metadata=tmp_path / "names.csv", progress=False)
+        assert dates(col)["blank.jpg"] is None
+    with Collection.open(tmp_path / "s2", model=tiny_model, create=True) as col:
+        col.index([folder], metadata=tmp_path / "names.csv", progress=False)
+        assert dates(col) == {"blank.jpg": None, "american_black_bear.jpg": None,
+                              "domestic_dog.jpg": "2017-07-13T12:09:23"}  # fmt: skip
 
 
 def test_no_exif_reads_no_date_or_place(tmp_path, tiny_model: str) -> None:

@@ -62,6 +62,7 @@ from bioindex.store.records import (
     darwin_core_columns,
     failure_columns,
     image_columns,
+    is_specimen,
     texts,
 )
 from bioindex.store.snapshot import Snapshot
@@ -552,9 +553,11 @@ class Store:
         (from its photo's EXIF, or from metadata given before): a --metadata file of names
         alone erased every date a camera trap had stamped."""
         date = columns["event_date"]
-        no_date = np.array([value is None for value in date], dtype=bool)
+        # A specimen's photo never gave them (records.with_photo_facts).
+        observed = ~np.array([is_specimen(b) for b in columns["basis_of_record"]], dtype=bool)
+        no_date = np.array([value is None for value in date], dtype=bool) & observed
         no_place = (np.isnan(columns["decimal_latitude"])
-                    & np.isnan(columns["decimal_longitude"]))  # fmt: skip
+                    & np.isnan(columns["decimal_longitude"]) & observed)  # fmt: skip
         if not no_date.any() and not no_place.any():
             return
         stored = self.catalog.stored_values(columns["uri"], PHOTO_FACT_COLUMNS)

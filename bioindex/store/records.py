@@ -89,8 +89,10 @@ PHOTO_FACT_COLUMNS = ("event_date", "decimal_latitude", "decimal_longitude")
 
 def with_photo_facts(metadata: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
     """An image's metadata with what its photo says (EXIF date and place) where the
-    metadata (a --metadata row, an archive's record), in whatever spelling, says nothing."""
-    if not facts:
+    metadata (a --metadata row, an archive's record), in whatever spelling, says nothing.
+    Not for a photo of a specimen: its EXIF says when and where it was imaged, which is
+    not when and where the specimen was collected (Darwin Core's eventDate)."""
+    if not facts or is_specimen(metadata.get(_term(metadata, "basis_of_record"))):
         return metadata
     given = {dwc_column(key) for key, value in metadata.items() if value not in (None, "")}
     extra = {key: value for key, value in facts.items() if dwc_column(key) not in given}
@@ -98,6 +100,18 @@ def with_photo_facts(metadata: dict[str, Any], facts: dict[str, Any]) -> dict[st
         extra.pop("decimalLatitude", None)
         extra.pop("decimalLongitude", None)
     return {**metadata, **extra} if extra else metadata
+
+
+def is_specimen(basis_of_record: Any) -> bool:
+    """Whether a basisOfRecord names a specimen or sample (PreservedSpecimen,
+    PRESERVED_SPECIMEN, MaterialSample, …) rather than an observation."""
+    kind = re.sub(r"[^a-z]", "", str(basis_of_record or "").lower())
+    return kind.endswith("specimen") or kind in ("materialsample", "materialcitation")
+
+
+def _term(metadata: dict[str, Any], column: str) -> str | None:
+    """The key of `metadata` that spells Darwin Core's `column`, if any."""
+    return next((key for key in metadata if dwc_column(key) == column), None)
 
 
 def split_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
