@@ -226,6 +226,14 @@ def test_page_first_hour(server, plain, width: int, height: int, label: str) -> 
                                                                   "blank3.jpg"]  # fmt: skip
             page.fill("#from", "")
             page.fill("#to", "")
+        page.fill("#folder", "nowhere")  # a folder filter: the plain folder's one structure
+        page.press("#q", "Enter")
+        page.wait_for_selector("#status:has-text('No images found')")
+        page.fill("#folder", photos.name)
+        page.press("#q", "Enter")
+        page.wait_for_selector(".card")
+        assert "folder=" + photos.name in page.url
+        page.fill("#folder", "")
 
         page.fill("#q", NAME)
         page.press("#q", "Enter")

@@ -6,6 +6,7 @@ internals in the output, the model loaded when nothing needs it, setup surprises
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -159,7 +160,8 @@ def test_model_typos_are_unknown_and_suggest_what_the_command_has(named, args, e
 
 @pytest.mark.parametrize("condition", [
     "family==Felidae", "event_date>=yesterday", "event_date<2000-13-45", "event_date=2010-02-30",
-    "country_code=>KE", "bbox=1,2,3", "institution_code<MUS", "family=",
+    "country_code=>KE", "bbox=1,2,3", "institution_code<MUS", "family=", "folder=../etc",
+    "folder>=site3", "folder=/",
 ])  # fmt: skip
 def test_bad_filters_are_one_line_errors(condition: str) -> None:
     with pytest.raises(BioindexError) as caught:
@@ -179,6 +181,32 @@ def test_date_prefixes_cover_their_whole_period(tmp_path: Path) -> None:
         assert ids("event_date=2010") == [2, 3, 4]
         assert ids("event_date!=2010-06") == [1, 2, 4, 5]
         assert ids("event_date>=2010-06-15") == [3, 4, 5]
+
+
+def test_a_folder_filter_finds_a_camera_trap_site_at_any_depth(tmp_path: Path) -> None:
+    """A plain folder's only structure is its folders (a camera trap's sites and cameras);
+    nothing could filter by them. `folder=` matches a folder name or run of names at any
+    depth, inside zips and tars too, as typed (no wildcards: '_' and '%' are letters)."""
+    uris = ["/data/trap/Site_3/cam1/a.jpg", "/data/trap/site_3/cam2/b.jpg",
+            "/data/trap/siteX3/c.jpg", "/data/trap/export.zip#Site_3/d.jpg",
+            "C:\\trap\\site_3\\e.jpg", "/data/trap/site_3.jpg"]  # fmt: skip
+    from tests.test_store import MODEL
+
+    store = Store.create(tmp_path / "s", MODEL)
+    store.index()
+    records = [ImageRecord(uri, 1, 1.0, f"sha{i}", 8, 8, {}) for i, uri in enumerate(uris)]
+    store.commit(records, np.eye(len(uris), 8, dtype=np.float32))
+    with store:
+        def names(condition: str) -> list[str]:
+            where = parse_where([condition])
+            found = store.ids_where(where.sql, where.params)
+            return sorted(re.split(r"[/\\#]", store.rows(found)[i]["uri"])[-1] for i in found)
+
+        assert names("folder=site_3") == ["a.jpg", "b.jpg", "d.jpg", "e.jpg"]
+        assert names("folder=Site_3/cam1/") == ["a.jpg"]
+        assert names("folder!=site_3") == ["c.jpg", "site_3.jpg"]
+        assert names("folder=export.zip/site_3") == ["d.jpg"]
+        assert names("folder=site%3") == []
 
 
 def _store(path: Path, vectors: np.ndarray, dates: list[str] | None = None,

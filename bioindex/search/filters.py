@@ -5,6 +5,8 @@
     institution_code=FMNH       any Darwin Core text column; != for "not"
     event_date>=2010-01-01      ISO dates (or prefixes: 2010, 2010-06) with =, !=, >=, <=, >, <
     bbox=W,S,E,N                decimal_longitude/decimal_latitude inside the box
+    folder=site3                images under a folder of that name (or path: site3/cam2),
+                                at any depth; a camera trap's site, a plain folder's parts
 
 Conditions are ANDed. Column names come from a fixed list and values are always bound as
 parameters, so no part of a value ever becomes SQL.
@@ -26,6 +28,7 @@ _CONDITION = re.compile(r"^\s*([A-Za-z_:]+)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 _ORDERED_COLUMNS = ("event_date",)
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 _RANK_NAMES = tuple(r for r in RANKS if r != "specific_epithet")
+_OTHER_COLUMNS = ("species", "bbox", "folder")
 
 
 @dataclass
@@ -44,9 +47,9 @@ def _column(name: str) -> str:
     from bioindex.store import dwc_column
 
     column = dwc_column(name)
-    if column in _RANK_NAMES or column in DWC_TEXT_COLUMNS or column in ("species", "bbox"):
+    if column in _RANK_NAMES or column in DWC_TEXT_COLUMNS or column in _OTHER_COLUMNS:
         return column
-    known = ", ".join(sorted({*_RANK_NAMES, *DWC_TEXT_COLUMNS, "species", "bbox"}))
+    known = ", ".join(sorted({*_RANK_NAMES, *DWC_TEXT_COLUMNS, *_OTHER_COLUMNS}))
     raise BioindexError(f"unknown filter column {name!r}; use one of: {known}")
 
 
@@ -73,6 +76,8 @@ def parse_where(conditions: str | Sequence[str] | Mapping[str, Any] | None) -> F
         column = _column(name)
         if column == "bbox":
             clauses.append(_bbox(text, op, value, result.params))
+        elif column == "folder":
+            clauses.append(_folder(text, op, value, result.params))
         elif column in _ORDERED_COLUMNS:
             clauses.append(_date(text, column, op, value, result.params))
         elif op in (">=", "<=", ">", "<"):
@@ -107,6 +112,18 @@ def _date(text: str, column: str, op: str, value: str, params: list[Any]) -> str
         return inside if op == "=" else f'NOT ({inside})'
     params.append(end if op in ("<=", ">") else value)
     return f'"{column}" {"<" if op == "<=" else ">=" if op == ">" else op} ?'
+
+
+def _folder(text: str, op: str, value: str, params: list[Any]) -> str:
+    """Images with a folder of that name (or that run of folders) anywhere in their path,
+    a zip's or tar's own folders included; case-insensitive, as a person types it."""
+    parts = [part for part in re.split(r"[/\\]", value) if part]
+    if op not in ("=", "!=") or not parts or any(part in (".", "..") for part in parts):
+        raise BioindexError(f"filter {text!r}: folder=NAME or folder=NAME/NAME (= or !=)")
+    escaped = "/".join(parts).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    params.append(f"%/{escaped.lower()}/%")
+    inside = (r"lower('/' || replace(replace(uri, '\', '/'), '#', '/')) LIKE ? ESCAPE '\'")
+    return inside if op == "=" else f"NOT ({inside})"
 
 
 def _real_date(value: str) -> bool:

@@ -1,9 +1,10 @@
 const $ = (id) => document.getElementById(id);
-const FIELDS = ["q", "rank", "rankvalue", "institution", "country", "from", "to"];
+const FIELDS = ["q", "rank", "rankvalue", "folder", "institution", "country", "from", "to"];
 
 function filters() {
   const where = [];
   if ($("rank").value && $("rankvalue").value.trim()) where.push($("rank").value + "=" + $("rankvalue").value.trim());
+  if ($("folder").value.trim()) where.push("folder=" + $("folder").value.trim());
   if ($("institution").value.trim()) where.push("institution_code=" + $("institution").value.trim());
   if ($("country").value.trim()) where.push("country_code=" + $("country").value.trim());
   if ($("from").value.trim()) where.push("event_date>=" + $("from").value.trim());
