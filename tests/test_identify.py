@@ -434,6 +434,11 @@ def test_cli_answers_a_specimen_once_with_place_and_band(world: Path, tmp_path: 
     table = runner.invoke(main, ["classify", str(paths[0]), "--store", str(store),
                                  "--method", "linear-probe", "--min-confidence", "1"])  # fmt: skip
     assert table.exit_code == 0 and "unknown (no rank reaches" in table.output
+    # A place by folder (a site's photos): it asked the occurrence records for a path they
+    # do not have, and DuckDB's binder error came out.
+    by_folder = runner.invoke(main, ["classify", str(paths[0]), "--store", str(store),
+                                     "--where", "folder=images", "--format", "json"])  # fmt: skip
+    assert by_folder.exit_code == 0, by_folder.output
     for args, message in ((["--near", "91,0"], "latitude must be in"),
                           (["--near", "x"], "give LAT,LON"),
                           (["--near", "1,2", "--where", "country_code=KE"], "give one place")):

@@ -38,6 +38,8 @@ class Filter:
     conditions: list[str] = field(default_factory=list)
     sql: str = "TRUE"
     params: list[Any] = field(default_factory=list)
+    # Whether `sql` names what only an image has (its path): not for occurrence records.
+    images_only: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.conditions)
@@ -78,6 +80,7 @@ def parse_where(conditions: str | Sequence[str] | Mapping[str, Any] | None) -> F
             clauses.append(_bbox(text, op, value, result.params))
         elif column == "folder":
             clauses.append(_folder(text, op, value, result.params))
+            result.images_only = True
         elif column in _ORDERED_COLUMNS:
             clauses.append(_date(text, column, op, value, result.params))
         elif op in (">=", "<=", ">", "<"):
@@ -161,6 +164,7 @@ def and_filters(*filters: Filter | None) -> Filter:
         conditions=[c for f in present for c in f.conditions],
         sql=" AND ".join(f"({f.sql})" for f in present),
         params=[p for f in present for p in f.params],
+        images_only=any(f.images_only for f in present),
     )
 
 

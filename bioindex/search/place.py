@@ -85,7 +85,7 @@ def catalog_prior(store: Store, where: Filter, outside: float = DEFAULT_OUTSIDE_
                   remedy: str = "loosen the conditions") -> PlacePrior:  # fmt: skip
     """The taxa the catalog records where `where` holds (a radius, a country, a box)."""
     _check_outside(outside)
-    rows = store.catalog.taxon_rows_where(where.sql, where.params)
+    rows = store.catalog.taxon_rows_where(where.sql, where.params, where.images_only)
     taxa = [t for t in (taxon_from_row(r) for r in rows) if t is not None]
     if not taxa:
         raise BioindexError(f"the catalog records no named taxon {' and '.join(where.conditions)}"

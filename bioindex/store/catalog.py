@@ -246,12 +246,17 @@ class Catalog:
             f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live'"
         ).fetchall()
 
-    def taxon_rows_where(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+    def taxon_rows_where(self, sql: str, params: Sequence[Any],
+                         images_only: bool = False) -> list[tuple]:  # fmt: skip
         """Distinct taxon rows (TAXON_COLUMNS) of live images and occurrence records that
-        match a predicate over Darwin Core columns (where a taxon is recorded)."""
+        match a predicate over Darwin Core columns (where a taxon is recorded);
+        `images_only`: the predicate names an image's own columns (its path), so occurrence
+        records without images are not asked."""
+        images = f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live' AND ({sql})"
+        if images_only:
+            return self.con.execute(images, list(params)).fetchall()
         return self.con.execute(
-            f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live' AND ({sql}) "
-            f"UNION SELECT DISTINCT {TAXON_COLUMNS} FROM occurrences WHERE ({sql})",
+            f"{images} UNION SELECT DISTINCT {TAXON_COLUMNS} FROM occurrences WHERE ({sql})",
             [*params, *params],
         ).fetchall()
 
