@@ -316,3 +316,37 @@ def test_a_photo_named_with_a_hash_sign_has_its_thumbnail_and_is_exported(
         copied = {archive.read(n) for n in archive.namelist() if n.startswith("media/")}
     assert copied == {photo.read_bytes() for photo in photos}
     assert _thumbnails_served(tmp_path / "s") == 3
+
+
+def test_webdataset_members_are_exported_with_their_own_format(tmp_path: Path,
+                                                                tiny_model: str) -> None:
+    """A shard member is indexed as "shard.tar#000000" (webdataset's key): the export
+    named every one image/jpeg, and copied them as media/N with no extension, PNGs too."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    pictures = {"000000.png": "PNG", "000001.jpg": "JPEG", "000002.webp": "WEBP"}
+    with tarfile.open(tmp_path / "shard-000000.tar", "w") as tar:
+        for name, kind in pictures.items():
+            data = io.BytesIO()
+            Image.new("RGB", (64, 48), "teal").save(data, kind)
+            info = tarfile.TarInfo(name)
+            info.size = len(data.getvalue())
+            tar.addfile(info, io.BytesIO(data.getvalue()))
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        assert col.index([tmp_path / "shard-000000.tar"], progress=False).embedded == 3
+        col.export(tmp_path / "named.zip")
+        col.export(tmp_path / "copied.zip", with_media=True)
+
+    def media(path: Path) -> list[tuple[str, str]]:
+        with zipfile.ZipFile(path) as archive:
+            rows = archive.read("multimedia.txt").decode().splitlines()[1:]
+        return sorted((row.split("\t")[1].rsplit(".", 1)[-1], row.split("\t")[3])
+                      for row in rows)  # fmt: skip
+
+    assert media(tmp_path / "copied.zip") == [("jpg", "image/jpeg"), ("png", "image/png"),
+                                              ("webp", "image/webp")]  # fmt: skip
+    assert sorted(kind for _, kind in media(tmp_path / "named.zip")) == [
+        "image/jpeg", "image/png", "image/webp"]

@@ -333,6 +333,7 @@ def test_a_zip_member_is_read_no_further_than_its_zip_says(tmp_path: Path) -> No
     (tmp_path / "x.zip").write_bytes(b"head" + packed)
     honest = Item("x.zip#a.jpg", str(tmp_path / "x.zip"), len(big), 0.0, {}, 4, len(packed))
     assert honest.read_bytes() == big
+    assert honest.read_head(1000) == big[:1000]  # enough to tell a format, inflated alone
     lying = Item("x.zip#a.jpg", str(tmp_path / "x.zip"), 1000, 0.0, {}, 4, len(packed))
     with pytest.raises(OSError, match="inflates past the 1000 bytes"):
         lying.read_bytes()

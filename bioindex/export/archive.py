@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bioindex.errors import BioindexError
-from bioindex.indexer.stored import archived, member_of
+from bioindex.indexer.stored import archived, image_format, member_of
 from bioindex.store import Store
 from bioindex.store.records import DWC_COLUMNS
 
@@ -193,17 +193,21 @@ def _write_media(archive: zipfile.ZipFile, store: Store, image_ids: np.ndarray |
             uri = str(row["uri"])
             container, member = member_of(uri) or (uri, "")
             name = member or uri.split("?")[0]  # what the image is called: its kind
+            kind = mimetypes.guess_type(name)[0]
+            suffix = Path(name).suffix.lower()
             identifier = uri
             if not uri.startswith(("http://", "https://")) and os.path.isfile(container):
+                if not (kind or "").startswith("image/"):  # "shard.tar#000123": look inside
+                    kind, suffix = image_format(row) or (kind, suffix)
                 if with_media and (not member or archived(row) is not None):
-                    identifier = f"media/{row['image_id']}{Path(name).suffix.lower()}"
+                    identifier = f"media/{row['image_id']}{suffix}"
                     copies.append((row, identifier))
                 else:
                     # A member of a zip or tar the image was indexed from: the container's
                     # file URI, the member after '#'.
                     identifier = Path(container).as_uri() + (f"#{member}" if member else "")
                     summary.media_referenced += 1
-            kind = mimetypes.guess_type(name)[0] or "image/jpeg"
+            kind = kind or "image/jpeg"
             extra = _parse(row.get("extra"))
             media.write([row["occurrence_id"], identifier, "StillImage", kind, row.get("license"),
                          row.get("rights_holder"), row.get("creator"),

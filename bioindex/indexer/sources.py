@@ -75,6 +75,24 @@ class Item:
             raise OSError(f"archive member is truncated ({len(data)} of {self.size} bytes)")
         return data
 
+    def read_head(self, count: int) -> bytes:
+        """Its first `count` bytes (fewer when it is shorter), inflating no more than they
+        need: enough to tell its format."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise OSError("not a regular file (a device, pipe or socket)")
+            if self.offset is None:
+                return handle.read(count)
+            handle.seek(self.offset)
+            if self.packed is None:
+                return handle.read(min(count, self.size or 0))
+            packed = handle.read(min(self.packed, 4 * count + 1024))
+        try:
+            return zlib.decompressobj(-zlib.MAX_WBITS).decompress(packed, count)
+        except zlib.error as exc:
+            raise OSError(f"zip member does not inflate ({exc})") from None
+
     @property
     def remote(self) -> bool:
         return not self.path and (bool(self.fetch_via) or is_remote(self.uri))

@@ -9,6 +9,8 @@ read every header before it).
 
 from __future__ import annotations
 
+import io
+import mimetypes
 import os
 import threading
 from collections import OrderedDict
@@ -77,6 +79,25 @@ def archived(row: Mapping[str, Any]) -> Item | None:
         return None
     size = row.get("size")
     return None if item is None or (size is not None and item.size != size) else item
+
+
+HEAD_BYTES = 1 << 16  # enough of a file for Pillow to name its format
+
+
+def image_format(row: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(MIME type, file suffix) of a local or archived image, from its first bytes: a
+    webdataset member's name ("000123") carries none. None when unreadable or unknown."""
+    from PIL import Image
+
+    uri = str(row["uri"])
+    item = archived(row) if member_of(uri) is not None else Item(uri, uri, None, None)
+    try:
+        head = item.read_head(HEAD_BYTES) if item is not None else b""
+        with Image.open(io.BytesIO(head)) as image:
+            mime = image.get_format_mimetype()
+    except Exception:  # a stranger's file: it just keeps no format
+        return None
+    return (mime, mimetypes.guess_extension(mime) or "") if mime else None
 
 
 def image_bytes(store_root: str | os.PathLike[str], row: Mapping[str, Any]) -> bytes | None:
