@@ -470,3 +470,29 @@ def test_csv_output_cannot_carry_a_spreadsheet_formula(tmp_path: Path, tiny_mode
     saved = tmp_path / "result.csv"
     saved.write_text(shown.output, encoding="utf-8")
     assert sorted(row["scientific_name"] for row in _result_rows(str(saved))) == sorted(hostile)
+
+
+def test_file_names_that_are_not_utf8_fail_alone(tmp_path: Path, tiny_model: str) -> None:
+    """A card copied from an old camera, a tar made on a Latin-1 system: one file whose
+    name is not UTF-8 reached the catalog as a string DuckDB refuses, and the run stopped
+    at its first commit with nothing stored. Such a file is now a failure on record, by
+    its name with the odd bytes escaped, and everything else is indexed."""
+    import tarfile
+
+    photos = draw_images(tmp_path / "drawn", 3, seed=29)
+    folder = tmp_path / "card"
+    folder.mkdir()
+    for name, photo in ((b"caf\xe9.png", photos[0]), (b"plain.png", photos[1])):
+        (folder / os.fsdecode(name)).write_bytes(photo.read_bytes())  # the bytes as named
+    with tarfile.open(tmp_path / "shard-000000.tar", "w", encoding="latin-1",
+                      format=tarfile.GNU_FORMAT) as tar:  # fmt: skip
+        for name, photo in (("r\xe9serve.png", photos[2]), ("000001.png", photos[0])):
+            info = tarfile.TarInfo(name)
+            info.size = photo.stat().st_size
+            tar.addfile(info, io.BytesIO(photo.read_bytes()))
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([folder, tmp_path / "shard-000000.tar"], progress=False)
+        assert (summary.embedded, summary.failed) == (2, 2)
+        failed = sorted(f["uri"].rsplit("/", 1)[-1] for f in col.failures())
+        assert failed == ["caf\\xe9.png", "shard-000000.tar#r\\xe9serve"]
+        assert all("not UTF-8" in f["error"] for f in col.failures())

@@ -148,6 +148,8 @@ def scan_paths(
     scan = Scan(items=[], roots=[])
     items: dict[str, Item] = {}
     for raw in paths:
+        if _shown_name(str(raw)) is not None:
+            raise BioindexError(f"source {_shown_name(str(raw))}: {NOT_UTF8}")
         kind = source_type if source_type != "auto" else detect(str(raw))
         if kind == "iiif":
             scan.sources.append(str(raw) if is_remote(str(raw)) else
@@ -166,6 +168,9 @@ def scan_paths(
         if kind == "folder":
             scan.roots.append(str(path) + os.sep)
             for file in walk_images(path, scan.unread):
+                if (shown := _shown_name(str(file))) is not None:
+                    scan.failures.append((shown, "read", NOT_UTF8))
+                    continue
                 items.setdefault(str(file), _file_item(file, path, sidecar, matched))
         elif kind == "file":
             scan.roots.append(str(path))
@@ -191,6 +196,21 @@ def scan_paths(
             + (f"; {unread_note(scan.unread)}" if scan.unread else "")
         )
     return scan
+
+
+NOT_UTF8 = ("its name is not UTF-8 (bytes from another system's encoding), so it cannot be "
+            "stored; rename it (convmv -f latin1 -t utf8 -r --notest FOLDER)")
+
+
+def _shown_name(name: str) -> str | None:
+    """None for a name the catalog can store; else the name with the bytes that are not
+    UTF-8 escaped (Python reads them as lone surrogates, which DuckDB refuses: one such
+    file stopped a whole run at its first commit)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return None
 
 
 def detect(raw: str) -> str:
@@ -489,6 +509,9 @@ def _shard_items(path: Path) -> Iterator[tuple[Item | None, tuple[str, str, str]
         if "_image" not in sample:
             continue
         offset, size = sample["_image"]
+        if (shown := _shown_name(key)) is not None:
+            yield None, (f"{path}#{shown}", "read", NOT_UTF8)
+            continue
         metadata = tree_of_life_metadata(sample)
         item = Item(f"{path}#{key}", str(path), size, mtime, metadata, offset=offset)
         yield item, None
