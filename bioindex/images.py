@@ -109,7 +109,12 @@ def open_image(source: bytes | str | Path, *, max_pixels: int | None = None,
     """Decode fully (so truncation is an error here, not later) and return upright RGB.
 
     `max_pixels`: refuse (ImageTooLarge) from the header alone, before any decoding.
-    `draft`: let a JPEG decode at a reduced scale still at least this size (thumbnails)."""
+    `draft`: let a JPEG decode at a reduced scale still at least this size, and a HEIC
+    give its own thumbnail where it holds one that large (thumbnails)."""
+    if draft is not None and isinstance(source, bytes) and pillow_heif.is_supported(source):
+        small = _heif_thumbnail(source, max(draft))
+        if small is not None:
+            return to_rgb(small)
     stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     with stream:
         image = Image.open(stream)
@@ -121,6 +126,21 @@ def open_image(source: bytes | str | Path, *, max_pixels: int | None = None,
         image.load()
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)
+
+
+def _heif_thumbnail(data: bytes, box: int) -> Image.Image | None:
+    """The smallest thumbnail a HEIF file holds that still fills `box` (a phone's HEIC
+    carries one: decoded in ~6 ms where the 12 MP picture takes ~400), or None."""
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(data))
+        boxes = list(heif.info.get("thumbnails") or [])
+        fitting = [i for i, side in enumerate(boxes) if side >= box]
+        if not fitting:
+            return None
+        index = min(fitting, key=lambda i: boxes[i])
+        return heif[heif.primary_index].get_thumbnail(index).to_pillow()
+    except Exception:  # a damaged thumbnail: the picture itself is decoded instead
+        return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
