@@ -183,6 +183,7 @@ def test_a_plain_folder_of_camera_trap_photos_has_its_dates(tmp_path, tiny_model
         col.index([folder], progress=False)
         assert dates(col) == {"blank.jpg": "2016-09-25T18:35:10", "american_black_bear.jpg": None,
                               "domestic_dog.jpg": "2017-07-13T12:09:23"}  # fmt: skip
+        assert (col.info()["images_dated"], col.info()["images_placed"]) == (2, 0)
         found = col.search_text("an animal", k=10, where="event_date>=2017")
         assert [Path(h.uri).name for h in found] == ["domestic_dog.jpg"]
         (tmp_path / "names.csv").write_text("file,scientificName,eventDate\n"

@@ -129,6 +129,13 @@ class Catalog:
         return dict(self.con.execute("SELECT status, count(*) FROM images GROUP BY status")
                     .fetchall())  # fmt: skip
 
+    def dated_and_placed(self) -> tuple[int, int]:
+        """How many live images have an eventDate, and how many coordinates."""
+        dated, placed = self.con.execute(
+            "SELECT count(event_date), count(decimal_latitude) FROM images WHERE status='live'"
+        ).fetchone()
+        return int(dated), int(placed)
+
     def failure_count(self) -> int:
         return self._one("SELECT count(*) FROM failures")
 

@@ -404,6 +404,7 @@ class Store:
 
     def info(self) -> dict[str, Any]:
         counts = self.catalog.status_counts()
+        dated, placed = self.catalog.dated_and_placed()
         runs = self.runs()
         index = self.index()
         spec = self.index_spec
@@ -418,6 +419,8 @@ class Store:
             "images_live": counts.get("live", 0),
             "images_deleted": counts.get("deleted", 0),
             "images_lost": counts.get("lost", 0),
+            "images_dated": dated,  # with an eventDate (given, or from the photo's EXIF)
+            "images_placed": placed,  # with coordinates
             "failures": self.catalog.failure_count(),
             "occurrences": self.catalog.occurrence_count(),
             "index_kind": spec.kind,
