@@ -285,6 +285,11 @@ def _lower_level(record: logging.LogRecord) -> bool:
     "for scans of specimens not yet described, or where a phone's GPS would place a rare "
     "species more exactly than a collection publishes.",
 )
+@click.option(
+    "--reread-exif", is_flag=True,
+    help="Read the EXIF date and place of photos already indexed too, once, for a store "
+    "made before bioindex read them (each file is read again; nothing is re-embedded).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_option
 @wait_option
@@ -314,6 +319,7 @@ def index(
     address: str | None,
     num_gpus: int,
     exif: bool,
+    reread_exif: bool,
     quiet: bool,
     wait: bool,
 ) -> None:
@@ -372,6 +378,7 @@ def index(
             compile=compile_model,
             precision=precision,
             exif=exif,
+            reread_exif=reread_exif,
         )
     click.echo(summary.line())
 

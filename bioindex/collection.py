@@ -345,12 +345,15 @@ class Collection:
         compile: bool = False,
         precision: str = "auto",
         exif: bool = True,
+        reread_exif: bool = False,
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts.
 
         `exif`: a photo's date and GPS position (images.photo_facts) fill eventDate and
         the coordinates where its metadata gives none; off, they are not read (a phone's
         GPS can place a rare species more exactly than a collection publishes).
+        `reread_exif`: read them for the unchanged photos too, once, for a store indexed
+        before bioindex read EXIF (each file is read again; nothing is re-embedded).
 
         Media URLs are fetched while the local files embed, each within `download_timeout`
         seconds and `max_download_bytes`, from public addresses only unless
@@ -398,6 +401,7 @@ class Collection:
             engine=engine,
             gpu_decode=gpu_decode,
             photo_facts=exif,
+            reread_exif=reread_exif,
             ray_options={"address": address, "num_gpus": num_gpus,
                          "checkpoint": self.store.model.get("checkpoint")},
         )  # fmt: skip

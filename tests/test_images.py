@@ -256,3 +256,40 @@ def test_a_heic_thumbnail_comes_from_the_one_it_holds() -> None:
     difference = np.abs(np.asarray(small, np.int16) - np.asarray(full, np.int16)).mean()
     assert difference < 8, difference  # the same picture
     assert open_image(data, draft=(512, 512)).size == photo.size  # none that large: decoded
+
+
+def test_reread_exif_fills_a_store_made_before(tmp_path, tiny_model: str) -> None:
+    """A store indexed before bioindex read EXIF (here: with --no-exif) gets no dates on
+    a rerun, its files being unchanged; `reread_exif` reads them once, fills only empty
+    dates and places, never a specimen's, and keeps every other value."""
+    import shutil
+
+    from bioindex import Collection
+
+    folder = tmp_path / "trap"
+    folder.mkdir()
+    for name in ("blank.jpg", "domestic_dog.jpg", "vehicle.jpg", "american_black_bear.jpg"):
+        shutil.copy(shared("camera-trap", name), folder / name)
+    (tmp_path / "meta.csv").write_text(
+        "file,basisOfRecord,eventDate,habitat\n"
+        "vehicle.jpg,PreservedSpecimen,,road\n"
+        "domestic_dog.jpg,HumanObservation,2017-07,forest\n")
+
+    def rows(col) -> dict[str, tuple]:
+        found = col.store.catalog.query("SELECT uri, event_date, extra FROM images")[1]
+        return {Path(uri).name: (date, extra) for uri, date, extra in found}
+
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([folder], metadata=tmp_path / "meta.csv", progress=False, exif=False)
+        before = rows(col)
+        assert {name: date for name, (date, _) in before.items()} == {
+            "blank.jpg": None, "domestic_dog.jpg": "2017-07", "vehicle.jpg": None,
+            "american_black_bear.jpg": None}  # fmt: skip
+        assert col.index([folder], progress=False).updated == 0  # unchanged: not read again
+        filled = col.index([folder], progress=False, reread_exif=True)
+        assert (filled.embedded, filled.updated) == (0, 1)
+        after = rows(col)
+        assert after["blank.jpg"][0] == "2016-09-25T18:35:10"
+        assert after["vehicle.jpg"] == before["vehicle.jpg"]  # a specimen: none taken
+        assert after["domestic_dog.jpg"] == before["domestic_dog.jpg"]  # given: kept
+        assert col.index([folder], progress=False, reread_exif=True).updated == 0

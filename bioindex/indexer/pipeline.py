@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bioindex.errors import BioindexError
+from bioindex.images import photo_facts_of
 from bioindex.indexer import iiif
 from bioindex.indexer.embed import (
     EmbeddedBatch,
@@ -130,6 +131,17 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
     return Plan(todo, unchanged, known_bad, vanished, same, gone)
 
 
+def _facts_of(items: Sequence[Item]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(uri, the photo's EXIF date and place) of each local item whose bytes still read."""
+    for item in items:
+        if item.remote:
+            continue
+        try:
+            yield item.uri, photo_facts_of(item.read_bytes())
+        except OSError as exc:  # gone since the scan: the next run sees it
+            log.info("EXIF of %s not read: %s", item.uri, exc)
+
+
 def run_index(
     store: Store,
     model: EmbeddingModel | Callable[[], EmbeddingModel],
@@ -146,10 +158,12 @@ def run_index(
     ray_options: dict | None = None,
     gpu_decode: bool | None = None,
     photo_facts: bool = True,
+    reread_exif: bool = False,
 ) -> IndexSummary:
     """Embed what changed, committing every `commit_every` images; `engine` 'ray' runs
     decode and embed on a Ray cluster (see indexer.ray_engine) with `ray_options`.
-    `photo_facts`: take a photo's date and place from its EXIF where its metadata has none.
+    `photo_facts`: take a photo's date and place from its EXIF where its metadata has none;
+    `reread_exif`: also for the unchanged photos (embedded before bioindex read EXIF).
 
     `model` may be a call that loads it: it is made only when there is something to embed,
     so a rerun over unchanged files never loads (or imports) the model. Batch size and
@@ -166,6 +180,8 @@ def run_index(
     summary.updated = store.update_metadata(
         [(item.uri, item.metadata) for item in work.same_files if item.metadata],
         keep_photo_facts=photo_facts)  # fmt: skip
+    if reread_exif and photo_facts:
+        summary.updated += store.fill_photo_facts(_facts_of(work.same_files))
     store.index()  # load (or rebuild) before writing so it follows every commit
     summary.deleted = store.mark_deleted(work.vanished)
     store.forget_failures(work.gone_failures)

@@ -56,6 +56,7 @@ from bioindex.store.lock import WriterLock
 from bioindex.store.memory_rows import HeldRows
 from bioindex.store.read_cache import ID_BYTES, ROWS, GenerationCache, cached_rows
 from bioindex.store.records import (
+    METADATA_COLUMNS,
     PHOTO_FACT_COLUMNS,
     Failure,
     ImageRecord,
@@ -64,6 +65,7 @@ from bioindex.store.records import (
     image_columns,
     is_specimen,
     texts,
+    with_photo_facts,
 )
 from bioindex.store.snapshot import Snapshot
 
@@ -550,6 +552,24 @@ class Store:
         fault("metadata-segment")
         self._publish(nxt)
         return len(changed)
+
+    def fill_photo_facts(self, found: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        """Dates and places read from photos already embedded (uri, images.photo_facts),
+        written where a row has none and is not a specimen's; returns how many rows
+        changed. For stores indexed before bioindex read EXIF."""
+        self._require_writable()
+        found = [(uri, facts) for uri, facts in found if facts]
+        if not found:
+            return 0
+        uris = texts([uri for uri, _ in found])
+        stored = self.catalog.stored_values(uris, METADATA_COLUMNS)
+        rows = []
+        for at, (_, facts) in enumerate(found):
+            row = {name: stored[name][at] for name in METADATA_COLUMNS if name != "extra"}
+            row.update(json.loads(stored["extra"][at] or "{}"))
+            rows.append(with_photo_facts({k: v for k, v in row.items() if v is not None},
+                                         facts))  # fmt: skip
+        return self.update_metadata(list(zip(uris, rows)), keep_photo_facts=False)
 
     def _keep_photo_facts(self, columns: dict[str, np.ndarray]) -> None:
         """A date or a place that new metadata leaves empty keeps the one the image has
