@@ -7,6 +7,7 @@ import math
 import os
 import re
 import stat
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -202,6 +203,14 @@ def photo_facts(image: Image.Image) -> dict[str, Any]:
         return facts
     except Exception:  # a stranger's EXIF: whatever is wrong with it, the photo still counts
         return {}
+
+
+def quiet_image_warnings() -> None:
+    """Pillow's own warnings about a file's damaged metadata ("Tag data larger than
+    file", "Corrupt EXIF data") off in this process: indexing a stranger's collection
+    printed a traceback-like pair of lines per damaged photo, which was decoded anyway.
+    (A decompression bomb warns as a RuntimeWarning, which stays.)"""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 def photo_facts_of(data: bytes) -> dict[str, Any]:

@@ -496,3 +496,46 @@ def test_file_names_that_are_not_utf8_fail_alone(tmp_path: Path, tiny_model: str
         failed = sorted(f["uri"].rsplit("/", 1)[-1] for f in col.failures())
         assert failed == ["caf\\xe9.png", "shard-000000.tar#r\\xe9serve"]
         assert all("not UTF-8" in f["error"] for f in col.failures())
+
+
+def _damaged_exif_photos(folder: Path, count: int) -> None:
+    """Real camera-trap JPEGs with bytes of their EXIF scrambled until Pillow complains."""
+    import random
+    import warnings
+
+    from PIL import Image
+
+    from bioindex.images import photo_facts_of
+    from tests.conftest import shared
+
+    source = Image.open(shared("camera-trap", "blank.jpg"))
+    exif = source.getexif()
+    exif.get_ifd(0x8825).update({1: "S", 2: (1.0, 17.0, 30.0), 3: "E", 4: (36.0, 49.0, 12.0)})
+    out = io.BytesIO()
+    source.save(out, "JPEG", exif=exif)
+    clean, rng, made = out.getvalue(), random.Random(3), 0
+    start = clean.find(b"Exif")
+    while made < count:
+        data = bytearray(clean)
+        for _ in range(10):
+            data[start + rng.randrange(600)] = rng.randrange(256)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            photo_facts_of(bytes(data))
+        if caught:
+            (folder / f"damaged{made}.jpg").write_bytes(bytes(data))
+            made += 1
+
+
+def test_damaged_exif_is_not_a_flood_of_warnings(tmp_path: Path, tiny_model: str) -> None:
+    """Pillow warned twice per photo whose EXIF is damaged ("Tag data larger than file"),
+    from every decode worker, though each photo decodes: a stranger's collection filled
+    the terminal. The photos are indexed and the run prints its one line."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    _damaged_exif_photos(folder, 4)
+    run = subprocess.run([sys.executable, "-m", "bioindex.cli", "index", str(folder), "-s",
+                          str(tmp_path / "s"), "-m", tiny_model, "-q"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "embedded 4" in run.stdout and "Warning" not in run.stderr, run.stderr

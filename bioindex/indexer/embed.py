@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 import pillow_heif
 
-from bioindex.images import describe_error, open_image, photo_facts, photo_facts_of, to_rgb
+from bioindex.images import (
+    describe_error,
+    open_image,
+    photo_facts,
+    photo_facts_of,
+    quiet_image_warnings,
+    to_rgb,
+)
 from bioindex.indexer.device_decode import (
     crop_geometry,
     decode_on_device,
@@ -124,6 +131,7 @@ def decode_batch(
     the decoded ones (see device_decode)."""
     import torch
 
+    quiet_image_warnings()  # the process decoding (a worker, Ray's, or this one)
     began = time.process_time()
     square = _square_size(pil_part) if pil_part is not None else None
     good: dict[str, list[Any]] = {"position": [], "sha256": [], "width": [], "height": [],
