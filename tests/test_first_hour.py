@@ -206,6 +206,11 @@ def test_page_first_hour(server, plain, width: int, height: int, label: str) -> 
         page.goto(url)
         page.wait_for_function("document.querySelector('#summary').textContent.includes('no "
                                "taxon names')")  # fmt: skip
+        # Filters over what a plain folder does not hold are left out; its own stay.
+        for absent in ("#rankvalue", "#institution", "#country", "#group"):
+            assert not page.is_visible(absent), absent
+        for present in ("#folder", "#from", "#to"):
+            assert page.is_visible(present), present
 
         page.fill("#q", "an animal at night")
         page.press("#q", "Enter")

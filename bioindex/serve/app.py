@@ -236,6 +236,8 @@ def create_app(
         with lock.reading():
             data = collection.info()
             data["names_taxa"] = collection.catalog_names_taxa()
+            # Which filter boxes the page shows: a plain folder has no institutions.
+            data["filled"] = collection.store.catalog.filled(PAGE_FILTER_COLUMNS)
         return _public_info(data)
 
     @app.get("/api/search")
@@ -506,6 +508,9 @@ def _describe(errors: Any) -> str:
         where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body",)) or "body"
         parts.append(f"{where}: {str(error.get('msg', 'invalid')).lower()}")
     return "; ".join(parts) or "invalid request"
+
+
+PAGE_FILTER_COLUMNS = ("institution_code", "country_code")
 
 
 def _public_info(data: dict[str, Any]) -> dict[str, Any]:

@@ -129,12 +129,15 @@ class Catalog:
         return dict(self.con.execute("SELECT status, count(*) FROM images GROUP BY status")
                     .fetchall())  # fmt: skip
 
-    def dated_and_placed(self) -> tuple[int, int]:
-        """How many live images have an eventDate, and how many coordinates."""
-        dated, placed = self.con.execute(
-            "SELECT count(event_date), count(decimal_latitude) FROM images WHERE status='live'"
-        ).fetchone()
-        return int(dated), int(placed)
+    def filled(self, columns: Sequence[str]) -> dict[str, int]:
+        """How many live images have a value in each of `columns` (Darwin Core names)."""
+        known = [c for c in columns if c in METADATA_COLUMNS]
+        if not known:
+            return {}
+        counted = ", ".join(f'count("{c}")' for c in known)  # names from a fixed list
+        counts = self.con.execute(
+            f"SELECT {counted} FROM images WHERE status='live'").fetchone()
+        return dict(zip(known, (int(n) for n in counts)))
 
     def failure_count(self) -> int:
         return self._one("SELECT count(*) FROM failures")

@@ -406,7 +406,7 @@ class Store:
 
     def info(self) -> dict[str, Any]:
         counts = self.catalog.status_counts()
-        dated, placed = self.catalog.dated_and_placed()
+        filled = self.catalog.filled(["event_date", "decimal_latitude"])
         runs = self.runs()
         index = self.index()
         spec = self.index_spec
@@ -421,8 +421,8 @@ class Store:
             "images_live": counts.get("live", 0),
             "images_deleted": counts.get("deleted", 0),
             "images_lost": counts.get("lost", 0),
-            "images_dated": dated,  # with an eventDate (given, or from the photo's EXIF)
-            "images_placed": placed,  # with coordinates
+            "images_dated": filled["event_date"],  # given, or from the photo's EXIF
+            "images_placed": filled["decimal_latitude"],  # with coordinates
             "failures": self.catalog.failure_count(),
             "occurrences": self.catalog.occurrence_count(),
             "index_kind": spec.kind,

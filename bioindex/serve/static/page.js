@@ -218,6 +218,15 @@ const infoLoaded = getJSON("/api/info").then((info) => {
     (info.names_taxa ? "" : " · no taxon names in the catalog");
   // Naming controls mean nothing where the catalog names no taxa.
   for (const id of ["near", "checklist", "method"]) $(id).parentElement.style.display = info.names_taxa ? "" : "none";
+  // Filters over what the catalog does not hold are left out (one given in the URL stays).
+  const show = (id, holds) => {
+    const given = $(id).type === "checkbox" ? $(id).checked : $(id).value;
+    if (!holds && !given) $(id).closest("label").style.display = "none";
+  };
+  show("rankvalue", info.names_taxa);
+  show("group", info.names_taxa);
+  show("institution", (info.filled || {}).institution_code);
+  show("country", (info.filled || {}).country_code);
 }).catch(() => {});
 function load() {
   const state = new URLSearchParams(location.search);
