@@ -308,14 +308,20 @@ def test_a_photo_named_with_a_hash_sign_has_its_thumbnail_and_is_exported(
         (folder / name).write_bytes(photo.read_bytes())
     with zipfile.ZipFile(folder / "more #2.zip", "w") as zipped:
         zipped.write(photos[2], "day #1/x#y.jpg")
+    import tarfile
+
+    extra = draw_images(tmp_path / "draw2", 1, seed=23)[0]
+    with tarfile.open(folder / "shard-000000.tar", "w") as tar:  # a shard in "trip #3/"
+        tar.add(extra, arcname="000000" + extra.suffix)
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
-        assert col.index([folder, folder / "more #2.zip"], progress=False).embedded == 3
+        sources = [folder, folder / "more #2.zip", folder / "shard-000000.tar"]
+        assert col.index(sources, progress=False).embedded == 4
         summary = col.export(tmp_path / "out.zip", with_media=True)
-    assert (summary["media_copied"], summary["media_referenced"]) == (3, 0)
+    assert (summary["media_copied"], summary["media_referenced"]) == (4, 0)
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         copied = {archive.read(n) for n in archive.namelist() if n.startswith("media/")}
-    assert copied == {photo.read_bytes() for photo in photos}
-    assert _thumbnails_served(tmp_path / "s") == 3
+    assert copied == {photo.read_bytes() for photo in [*photos, extra]}
+    assert _thumbnails_served(tmp_path / "s") == 4
 
 
 def test_webdataset_members_are_exported_with_their_own_format(tmp_path: Path,

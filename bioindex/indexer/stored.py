@@ -40,7 +40,8 @@ class _Tables:
                 self._kept.move_to_end(key)
                 return self._kept[key]
         if container.suffix.lower() == ".tar":
-            table = {item.uri.split("#", 1)[1]: item for item in shard_images(container)}
+            # By member_of, as rows are looked up: the shard's own folder may hold a '#'.
+            table = {member_of(item.uri)[1]: item for item in shard_images(container)}
         else:  # any member: a Darwin Core Archive's images need no extension
             table = zip_members(container)[0]
         with self._lock:
