@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from bioindex.errors import BioindexError
 from bioindex.images import IMAGE_EXTENSIONS, unread_note, walk_images
@@ -55,14 +55,9 @@ class Item:
     def read_bytes(self, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         """The file's bytes; only a regular file is read (a device, pipe or socket named in
         a manifest would block or never end), and at most `max_bytes` of it."""
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise OSError("not a regular file (a device, pipe or socket)")
+        with _open_regular(self.path) as handle:
             if self.offset is None:
-                if info.st_size > max_bytes:
+                if os.fstat(handle.fileno()).st_size > max_bytes:
                     raise OSError(f"larger than the {max_bytes >> 20} MiB cap on one file")
                 return handle.read(max_bytes + 1)
             if (self.size or 0) > max_bytes:
@@ -78,10 +73,7 @@ class Item:
     def read_head(self, count: int) -> bytes:
         """Its first `count` bytes (fewer when it is shorter), inflating no more than they
         need: enough to tell its format."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise OSError("not a regular file (a device, pipe or socket)")
+        with _open_regular(self.path) as handle:
             if self.offset is None:
                 return handle.read(count)
             handle.seek(self.offset)
@@ -96,6 +88,17 @@ class Item:
     @property
     def remote(self) -> bool:
         return not self.path and (bool(self.fetch_via) or is_remote(self.uri))
+
+
+def _open_regular(path: str) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (a device, pipe or socket named in
+    a manifest would block or never end)."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
+    handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        handle.close()
+        raise OSError("not a regular file (a device, pipe or socket)")
+    return handle
 
 
 def _inflate(data: bytes, packed: int, size: int) -> bytes:
@@ -148,8 +151,8 @@ def scan_paths(
     scan = Scan(items=[], roots=[])
     items: dict[str, Item] = {}
     for raw in paths:
-        if _shown_name(str(raw)) is not None:
-            raise BioindexError(f"source {_shown_name(str(raw))}: {NOT_UTF8}")
+        if (shown := _shown_name(str(raw))) is not None:
+            raise BioindexError(f"source {shown}: {NOT_UTF8}")
         kind = source_type if source_type != "auto" else detect(str(raw))
         if kind == "iiif":
             scan.sources.append(str(raw) if is_remote(str(raw)) else
@@ -382,14 +385,14 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
         scan.warnings.extend(archive.warnings)
 
 
-def zip_members(path: Path, only: Container[str] | None = None,
+def zip_members(path: Path, only: Container[str] | None = None, any_name: bool = True,
                 ) -> tuple[dict[str, Item], dict[str, str]]:  # fmt: skip
     """The members of a zip (or those of `only`) by name, each read in place, whatever its
-    name ends with (a Darwin Core Archive's multimedia rows say which are images); and why
-    others cannot be, by name."""
+    name ends with unless not `any_name` (a Darwin Core Archive's multimedia rows say which
+    are images); and why others cannot be, by name."""
     from bioindex.indexer.zipped import image_members
 
-    members, refused = image_members(path, any_name=True, only=only)
+    members, refused = image_members(path, any_name=any_name, only=only)
     mtime = path.stat().st_mtime
     return ({m.name: Item(f"{path}#{m.name}", str(path), m.size, mtime, {}, m.offset, m.packed)
              for m in members}, dict(refused))  # fmt: skip
@@ -574,12 +577,8 @@ def zip_photos(path: Path, sidecar: dict[str, dict[str, Any]] | None = None,
     """The photos of a zip that is not a Darwin Core Archive, each read in place (with its
     --metadata row, by its path in the zip or its name), and (uri, stage, error) for those
     that cannot be."""
-    from bioindex.indexer.zipped import image_members
-
-    members, refused = image_members(path)
-    mtime = path.stat().st_mtime
+    members, refused = zip_members(path, any_name=False)
     matched = matched if matched is not None else set()
-    found = [Item(f"{path}#{m.name}", str(path), m.size, mtime,
-                  _sidecar_row(m.name, sidecar or {}, matched), m.offset, m.packed)
-             for m in members]  # fmt: skip
-    return found, [(f"{path}#{name}", "read", reason) for name, reason in refused]
+    found = [replace(item, metadata=_sidecar_row(name, sidecar or {}, matched))
+             for name, item in members.items()]  # fmt: skip
+    return found, [(f"{path}#{name}", "read", reason) for name, reason in refused.items()]
