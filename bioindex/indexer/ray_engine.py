@@ -233,10 +233,12 @@ def _add_shards(empty: bytes, parts: list[tuple[str, np.ndarray, np.ndarray]]) -
     """Ray task: a copy of the trained, empty index filled from some shard files."""
     import faiss
 
+    from bioindex import faiss_index
+
     index = faiss.deserialize_index(np.frombuffer(empty, dtype=np.uint8))
     for path, ids, rows in parts:
         vectors = np.asarray(np.load(path, mmap_mode="r")[rows], dtype=np.float32)
-        index.add_with_ids(vectors, ids)
+        faiss_index.add(index, ids, vectors)
     return faiss.serialize_index(index).tobytes()
 
 

@@ -862,7 +862,7 @@ class Store:
             tuning = faiss_index.tune(index, spec, probes, truth, target_recall,
                                       fetch=self._live.rerank_fetch(), exclude=exclude)  # fmt: skip
             if held_out:
-                index.add_with_ids(self.vectors(held), held)
+                faiss_index.add(index, held, self.vectors(held))
                 if progress:
                     progress(len(held))
         text_tuning = None

@@ -206,8 +206,7 @@ class LiveIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
-                                    np.asarray(ids, dtype=np.int64))  # fmt: skip
+            faiss_index.add(self.index, ids, vectors)
             # An id deleted before and back now (same uri) must not stay filtered out; its old
             # vector, where the index could not drop it, is now found under it too.
             back = [int(i) for i in ids if int(i) in self.removed]
