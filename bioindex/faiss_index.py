@@ -62,6 +62,12 @@ FLAT_FEW_QUERIES = 20  # FAISS's own switch to BLAS (distance_compute_blas_thres
 FLAT_BLOCK = 1 << 18  # rows per product: a few queries' scores stay a few MB
 # Steps of ~15-25%: at 1M x 512 on loosely clustered vectors 64 lists met 0.95 and 96 (the
 # next step then, 50% more time) was what the tuner had to take; 0.99 took 384 at 0.995.
+# How wide an HNSW quantizer searches, in multiples of the lists asked for; tuned with them.
+# A query whose nearest centroid the graph misses loses most of its neighbours: on the 1M x
+# 512 *flat* case efSearch 64 found it for 95.3% of queries, 256 for 99.2%, and at nprobe
+# 12 recall@10 went 0.909 -> 0.946; there a wide search of few lists beats a narrow one of
+# many, while on tightly clustered vectors the narrow one costs less.
+QUANTIZER_EF_STEPS = (2, 4, 8)
 NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
                256, 320, 384, 448, 512, 640, 768, 1024)
 # On 1M demo-model vectors (64-d, tightly clustered) efSearch 16 found 0.979 at 0.041 ms a
@@ -332,16 +338,21 @@ def set_search(index: Any, spec: IndexSpec) -> None:
         ivf.nprobe = int(spec.search["nprobe"])
         quantizer = faiss.downcast_index(ivf.quantizer)
         if isinstance(quantizer, faiss.IndexHNSW):  # (stores built before have flat ones)
-            quantizer.hnsw.efSearch = quantizer_ef(ivf.nprobe)
+            quantizer.hnsw.efSearch = lists_ef(spec.search)
     if "efSearch" in spec.search:
         faiss.downcast_index(index.index).hnsw.efSearch = int(spec.search["efSearch"])
 
 
-def quantizer_ef(nprobe: int) -> int:
-    """efSearch of an HNSW quantizer asked for `nprobe` lists: the graph's default (16) found
-    too few of the right ones past nprobe 16 — a 1M x 512 IVF8192 on hard data reached
-    recall 0.92 scanning *every* list it was given."""
-    return max(2 * nprobe, 64)
+def quantizer_ef(nprobe: int, step: int = QUANTIZER_EF_STEPS[0]) -> int:
+    """efSearch of an HNSW quantizer asked for `nprobe` lists, `step` times as wide: the
+    graph's default (16) found too few of the right ones past nprobe 16 — a 1M x 512 IVF8192
+    on hard data reached recall 0.92 scanning *every* list it was given."""
+    return max(step * nprobe, 32 * step)
+
+
+def lists_ef(setting: dict[str, int]) -> int:
+    """The quantizer's efSearch of an IVF setting: tuned (`quantizer_ef`), or by the rule."""
+    return int(setting.get("quantizer_ef", quantizer_ef(int(setting["nprobe"]))))
 
 
 def search_parameters(spec: IndexSpec, selector: Any = None, text: bool = False) -> Any:
@@ -352,7 +363,7 @@ def search_parameters(spec: IndexSpec, selector: Any = None, text: bool = False)
         nprobe = int(setting["nprobe"])
         params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
         if graph_quantizer(spec):  # a flat quantizer of an older build ignores these
-            params.quantizer_params = faiss.SearchParametersHNSW(efSearch=quantizer_ef(nprobe))
+            params.quantizer_params = faiss.SearchParametersHNSW(efSearch=lists_ef(setting))
         return params
     if "efSearch" in setting:
         return faiss.SearchParametersHNSW(efSearch=int(setting["efSearch"]), sel=selector)
@@ -644,7 +655,8 @@ def tune(
 ) -> Tuning:
     """The fastest setting whose recall@10 meets `target` (its 95% lower confidence
     bound does), with its latency: the smallest nprobe / efSearch that does, and when
-    re-ranking, at each depth of candidates (a deeper re-rank lets a narrower search do).
+    re-ranking, at each depth of candidates (a deeper re-rank lets a narrower search do),
+    and for an HNSW quantizer at each width of its search (QUANTIZER_EF_STEPS: the same).
 
     `exclude[i]` (optional) is an id row i's answers must drop before comparing: a stored
     vector used as its own query finds itself first. `truth`: exact_neighbours' answers
@@ -661,22 +673,26 @@ def tune(
         factors = [max(1, base // 2), base, base * 2, base * 4, base * 8]
     best: tuple[dict[str, int], float, float] | None = None  # (search, recall, bound)
     last: tuple[dict[str, int], float, float] = ({}, 0.0, 0.0)
+    steps = QUANTIZER_EF_STEPS if name == "nprobe" and graph_quantizer(spec) else (0,)
     depths: set[int] = set()
     narrowest = math.inf  # the narrowest width any depth tried so far met the target at
-    for factor in factors:
+    for factor, step in [(f, q) for f in factors for q in steps]:
         depth = max(k * factor, RERANK_MIN)
-        if depth in depths:  # RERANK_MIN makes small factors the same search
+        if (depth, step) in depths:  # RERANK_MIN makes small factors the same search
             continue
-        depths.add(depth)
-        # A deeper re-rank at the same width does strictly more work: it is only worth
-        # timing where it lets a search narrower than every shallower depth's meet the
-        # target. (Narrower than the best's only, a 1M store raced 1280 candidates at the
-        # width where 320 had already lost, and noise let it win: 8 ms where 1.7 was had.)
+        depths.add((depth, step))
+        # A deeper re-rank (or a wider search of the lists' centroids) at the same width
+        # does strictly more work: it is only worth timing where it lets a search narrower
+        # than every shallower one's meet the target. (Narrower than the best's only, a 1M
+        # store raced 1280 candidates at the width where 320 had already lost, and noise
+        # let it win: 8 ms where 1.7 was had.)
         narrower = [v for v in grid if v < narrowest]
         for value in narrower:
             spec.search = {name: int(value)} if name else {}
             if factor != base:
                 spec.search["rerank_factor"] = factor
+            if step != steps[0]:
+                spec.search["quantizer_ef"] = quantizer_ef(int(value), step)
             recalls = per_query_recall(_answers(index, spec, queries, k, fetch, exclude), truth,
                                        k)
             last = (dict(spec.search), float(np.mean(recalls)), recall_lower_bound(recalls))
