@@ -697,3 +697,39 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]
+
+
+def test_halves_widen_exactly_as_numpy_converts_them() -> None:
+    # Re-ranks widen float16 rows with faiss's decoder in a process without torch; a row of
+    # NaN is how a fetch says "no longer stored", so it must survive the conversion too.
+    from bioindex.store.shards import widen
+
+    halves = np.random.default_rng(4).standard_normal((80, 64)).astype(np.float16)
+    halves[3] = np.nan
+    halves[4, :3] = [np.inf, -np.inf, 6e-8]  # infinities and a subnormal
+    for rows in (halves, halves[::3], halves[:0]):
+        widened = widen(rows)
+        assert widened.dtype == np.float32
+        assert np.array_equal(widened, rows.astype(np.float32), equal_nan=True)
+
+
+def test_a_tuned_quantizer_width_is_what_searches_use() -> None:
+    # tune may widen an HNSW quantizer's search instead of probing more lists; searches and
+    # the saved index object both take it, and settings saved before it keep the rule.
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((8_000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    spec = faiss_index.IndexSpec(kind="ivf", dim=32, nlist=128, quantizer="hnsw")
+    index = faiss_index.build(spec, vectors, [(np.arange(8_000), vectors)])
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    for search, ef in (({"nprobe": 8, "quantizer_ef": 300}, 300),
+                       ({"nprobe": 8}, faiss_index.quantizer_ef(8))):  # fmt: skip
+        spec.search = search
+        assert faiss_index.lists_ef(spec.search) == ef  # what search_parameters passes
+        faiss_index.set_search(index, spec)
+        assert quantizer.hnsw.efSearch == ef
+    truth = faiss_index.exact_neighbours([(np.arange(8_000), vectors)], vectors[:300], 10)
+    tuning = faiss_index.tune(index, spec, vectors[:300], truth, 0.95)
+    assert tuning.met_target and "nprobe" in tuning.search
+    assert faiss_index.recall_at(faiss_index.search(index, spec, vectors[:300], 10)[1],
+                                 truth) >= 0.95  # fmt: skip

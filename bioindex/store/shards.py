@@ -7,6 +7,7 @@ swapped shard is an error naming it, never a wrong answer.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import sys
 from pathlib import Path
@@ -32,16 +33,32 @@ def write(root: Path, generation: int, vectors: np.ndarray) -> dict[str, Any]:
 
 
 def widen(half: np.ndarray) -> np.ndarray:
-    """A float32 copy of float16 rows. numpy converts halves one value at a time: 57 µs for
-    a re-rank's 80 × 512 on this project's machine, where torch's vectorised copy takes 17
-    (docs/benchmarks.md). Only where torch is already loaded (a server, a Python session
-    with its model): importing it would cost a model-free command more than it saves."""
-    torch = sys.modules.get("torch")
-    if torch is None or half.dtype != np.float16 or not half.size:
+    """A float32 copy of float16 rows. numpy converts halves one value at a time: 57-75 µs
+    for a re-rank's 80 × 512 on this project's machine, where torch's vectorised copy takes
+    17 and faiss's float16 decoder 36 (docs/benchmarks.md). Each only where it is already
+    loaded (torch: a server, a Python session with its model; faiss: any search): importing
+    one would cost a command more than it saves."""
+    if half.dtype != np.float16 or half.ndim != 2 or not half.size:
         return np.asarray(half, dtype=np.float32)
+    half = np.require(half, requirements="CW")
     out = np.empty(half.shape, dtype=np.float32)
-    torch.from_numpy(out).copy_(torch.from_numpy(np.require(half, requirements="CW")))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.from_numpy(out).copy_(torch.from_numpy(half))
+    elif "faiss" in sys.modules:
+        faiss = sys.modules["faiss"]
+        _half_decoder(half.shape[1]).decode_c(faiss.swig_ptr(half.view(np.uint8)),
+                                              faiss.swig_ptr(out), len(half))  # fmt: skip
+    else:
+        out[...] = half
     return out
+
+
+@functools.cache
+def _half_decoder(dim: int) -> Any:
+    import faiss
+
+    return faiss.ScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
 
 
 class Shards:
