@@ -60,14 +60,14 @@ RERANK_MARGIN = 0.95  # a deeper re-rank replaces a shallower one only when this
 FASTSCAN_SPLIT_LISTS = 14  # IndexIVFFastScan.implem: lists of a query spread over threads
 FLAT_FEW_QUERIES = 20  # FAISS's own switch to BLAS (distance_compute_blas_threshold)
 FLAT_BLOCK = 1 << 18  # rows per product: a few queries' scores stay a few MB
-# Steps of ~15-25%: at 1M x 512 on loosely clustered vectors 64 lists met 0.95 and 96 (the
-# next step then, 50% more time) was what the tuner had to take; 0.99 took 384 at 0.995.
 # How wide an HNSW quantizer searches, in multiples of the lists asked for; tuned with them.
 # A query whose nearest centroid the graph misses loses most of its neighbours: on the 1M x
 # 512 *flat* case efSearch 64 found it for 95.3% of queries, 256 for 99.2%, and at nprobe
 # 12 recall@10 went 0.909 -> 0.946; there a wide search of few lists beats a narrow one of
 # many, while on tightly clustered vectors the narrow one costs less.
 QUANTIZER_EF_STEPS = (2, 4, 8)
+# Steps of ~15-25%: at 1M x 512 on loosely clustered vectors 64 lists met 0.95 and 96 (the
+# next step then, 50% more time) was what the tuner had to take; 0.99 took 384 at 0.995.
 NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
                256, 320, 384, 448, 512, 640, 768, 1024)
 # On 1M demo-model vectors (64-d, tightly clustered) efSearch 16 found 0.979 at 0.041 ms a
