@@ -360,6 +360,26 @@ def test_timing_noise_does_not_pick_a_deeper_rerank(monkeypatch) -> None:
     assert depth <= faiss_index.RERANK_MIN  # the shallowest re-rank tried
 
 
+def test_a_race_never_times_a_setting_on_the_query_the_other_just_asked(monkeypatch) -> None:
+    # Timed on the same query right after the challenger, the holder found that query's
+    # lists in the cache and timed faster than it runs: every race leaned to the holder.
+    previous: list[bytes] = [b""]
+
+    def cached_clock(index, spec, queries, k, fetch=None) -> np.ndarray:
+        cost = {"fast": 1.0, "slow": 1.5}[spec.search["name"]]
+        if queries[0].tobytes() == previous[0]:
+            cost *= 0.5  # the same query again: its data is warm
+        previous[0] = queries[0].tobytes()
+        return np.array([cost])
+
+    monkeypatch.setattr(faiss_index, "single_query_latencies", cached_clock)
+    spec = faiss_index.IndexSpec(kind="ivf", dim=DIM)
+    queries = GENERATOR.sample(100, part=8)
+    assert faiss_index._faster(None, spec, {"name": "fast"}, {"name": "slow"}, queries, 10, None)
+    assert not faiss_index._faster(None, spec, {"name": "slow"}, {"name": "fast"}, queries, 10,
+                                   None)  # fmt: skip
+
+
 def test_many_centroid_numbers_get_a_graph_quantizer_and_older_flat_ones_still_search(
         monkeypatch) -> None:  # fmt: skip
     import faiss
@@ -733,3 +753,11 @@ def test_a_tuned_quantizer_width_is_what_searches_use() -> None:
     assert tuning.met_target and "nprobe" in tuning.search
     assert faiss_index.recall_at(faiss_index.search(index, spec, vectors[:300], 10)[1],
                                  truth) >= 0.95  # fmt: skip
+
+
+def test_large_stores_tune_on_more_held_out_vectors() -> None:
+    # The target is met by the recall's 95% lower bound over the probes: with 500 a 1M store
+    # had to reach 0.963 to be sure of 0.95, and searched more lists than it needed.
+    assert faiss_index.tuning_probes(20_000) == 500
+    assert faiss_index.tuning_probes(500_000) == 1_000
+    assert faiss_index.tuning_probes(1_000_000) == faiss_index.tuning_probes(10**8) == 2_000
