@@ -643,16 +643,6 @@ class Tuning:
     met_target: bool
 
 
-def tuning_probes(n: int) -> int:
-    """How many held-out stored vectors a build of n vectors tunes on. The target is met by
-    the 95% lower bound of their recall, which with 500 probes (per-query std ~0.13) sits
-    0.011 under the mean: a 1M store had to reach 0.963 to be sure of 0.95, and took 56
-    lists where 24 gave 0.9627 on 2,000 new queries. More probes tighten the bound where
-    the store is large enough that the search setting matters (2,000 from 1M: ~20 s more of
-    exact search in a build of a minute or two)."""
-    return int(min(2_000, max(500, n // 500)))
-
-
 def tune(
     index: Any,
     spec: IndexSpec,

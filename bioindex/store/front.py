@@ -786,7 +786,7 @@ class Store:
         memory: int = faiss_index.DEFAULT_MEMORY,
         target_recall: float = faiss_index.DEFAULT_TARGET_RECALL,
         rerank: bool | None = None,
-        queries: int | None = None,
+        queries: int = 500,
         progress: Callable[[int], None] | None = None,
         builder: IndexBuilder | None = None,
         exact_up_to: int = faiss_index.FLAT_MAX_NUMBERS,
@@ -834,8 +834,6 @@ class Store:
         self._live.drop()
         # An approximate index is tuned on stored vectors held out of it until it is tuned
         # (see HeldOut), then they are added; exact search has nothing to tune.
-        if queries is None:
-            queries = faiss_index.tuning_probes(n)
         probe_ids = (self._sample_ids(min(queries, n // 10 if spec.kind != "flat" else n))
                      if tune_on is None else np.empty(0, dtype=np.int64))  # fmt: skip
         held = probe_ids[:0]
