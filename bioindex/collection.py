@@ -351,7 +351,9 @@ class Collection:
 
         `exif`: a photo's date and GPS position (images.photo_facts) fill eventDate and
         the coordinates where its metadata gives none; off, they are not read (a phone's
-        GPS can place a rare species more exactly than a collection publishes).
+        GPS can place a rare species more exactly than a collection publishes), and those
+        earlier runs took from the unchanged photos are removed (each photo holding a date
+        or place is read again to tell which).
         `reread_exif`: read them for the unchanged photos too, once, for a store indexed
         before bioindex read EXIF (each file is read again; nothing is re-embedded).
 

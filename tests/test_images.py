@@ -239,6 +239,48 @@ def test_no_exif_reads_no_date_or_place(tmp_path, tiny_model: str) -> None:
     assert rows("without") == {"orchid.jpg": (None, None), "dog.jpg": (None, None)}
 
 
+def test_no_exif_removes_what_earlier_runs_took_from_the_photos(tmp_path,
+                                                                tiny_model: str) -> None:
+    """A store indexed with EXIF read, then again with `--no-exif` (the curator saw a
+    phone's GPS place a rare orchid on the page): the dates and places the photos gave
+    go, while one a metadata file gave (unlike the photo's) stays. Before, --no-exif read
+    nothing and removed nothing: the orchid's place stayed searchable and on the page."""
+    import shutil
+
+    from bioindex import Collection
+
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    picture = Image.open(shared("camera-trap", "blank.jpg"))
+    exif = picture.getexif()
+    exif.get_ifd(0x8825).update({1: "S", 2: (1.0, 17.0, 30.0), 3: "E", 4: (36.0, 49.0, 12.0)})
+    picture.save(folder / "orchid.jpg", exif=exif)
+    for name in ("domestic_dog.jpg", "american_black_bear.jpg"):
+        shutil.copy(shared("camera-trap", name), folder / name)
+    (tmp_path / "dates.csv").write_text("file,eventDate\ndomestic_dog.jpg,2017-07\n")
+
+    def rows(col) -> dict[str, tuple]:
+        found = col.store.catalog.query("SELECT uri, event_date, decimal_latitude, "
+                                        "decimal_longitude FROM images")[1]  # fmt: skip
+        return {Path(uri).name: tuple(values) for uri, *values in found}
+
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([folder], metadata=tmp_path / "dates.csv", progress=False)
+        assert rows(col) == {"orchid.jpg": ("2016-09-25T18:35:10", -1.2916667, 36.82),
+                             "domestic_dog.jpg": ("2017-07", None, None),
+                             "american_black_bear.jpg": (None, None, None)}  # fmt: skip
+        summary = col.index([folder], progress=False, exif=False)
+        assert (summary.embedded, summary.updated) == (0, 1)
+        assert rows(col) == {"orchid.jpg": (None, None, None),
+                             "domestic_dog.jpg": ("2017-07", None, None),
+                             "american_black_bear.jpg": (None, None, None)}  # fmt: skip
+        assert col.info()["images_placed"] == 0
+        assert col.index([folder], progress=False, exif=False).updated == 0
+        # Read again, the photos give them back.
+        assert col.index([folder], progress=False, reread_exif=True).updated == 1
+        assert rows(col)["orchid.jpg"] == ("2016-09-25T18:35:10", -1.2916667, 36.82)
+
+
 def test_a_heic_thumbnail_comes_from_the_one_it_holds() -> None:
     """A phone's HEIC carries a small picture of itself; a 12 MP HEIC took ~0.4 s to
     decode for every thumbnail the page asked for, and the one it holds ~6 ms."""

@@ -162,7 +162,8 @@ def run_index(
 ) -> IndexSummary:
     """Embed what changed, committing every `commit_every` images; `engine` 'ray' runs
     decode and embed on a Ray cluster (see indexer.ray_engine) with `ray_options`.
-    `photo_facts`: take a photo's date and place from its EXIF where its metadata has none;
+    `photo_facts`: take a photo's date and place from its EXIF where its metadata has none
+    (False: and remove those that earlier runs took from the unchanged photos);
     `reread_exif`: also for the unchanged photos (embedded before bioindex read EXIF).
 
     `model` may be a call that loads it: it is made only when there is something to embed,
@@ -182,6 +183,11 @@ def run_index(
         keep_photo_facts=photo_facts)  # fmt: skip
     if reread_exif and photo_facts:
         summary.updated += store.fill_photo_facts(_facts_of(work.same_files))
+    if not photo_facts:  # what earlier runs took from these photos goes too
+        bare = [item.uri for item in work.same_files if not item.metadata]
+        held = set(store.with_photo_fact_values(bare))
+        summary.updated += store.clear_photo_facts(
+            _facts_of([item for item in work.same_files if item.uri in held]))
     store.index()  # load (or rebuild) before writing so it follows every commit
     summary.deleted = store.mark_deleted(work.vanished)
     store.forget_failures(work.gone_failures)

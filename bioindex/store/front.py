@@ -66,6 +66,7 @@ from bioindex.store.records import (
     is_specimen,
     texts,
     with_photo_facts,
+    without_photo_facts,
 )
 from bioindex.store.snapshot import Snapshot
 
@@ -562,14 +563,42 @@ class Store:
         if not found:
             return 0
         uris = texts([uri for uri, _ in found])
+        rows = [with_photo_facts(row, facts)
+                for row, (_, facts) in zip(self._stored_metadata(uris), found)]  # fmt: skip
+        return self.update_metadata(list(zip(uris, rows)), keep_photo_facts=False)
+
+    def with_photo_fact_values(self, uris: Sequence[str]) -> list[str]:
+        """Those of `uris` whose rows hold a date or a place (from their photos' EXIF or
+        from metadata given before)."""
+        stored = self.catalog.stored_values(texts(list(uris)), PHOTO_FACT_COLUMNS)
+        return [uri for at, uri in enumerate(uris)
+                if any(stored[name][at] is not None for name in PHOTO_FACT_COLUMNS)]
+
+    def clear_photo_facts(self, found: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        """Remove the dates and places that photos already embedded gave (uri, what its
+        EXIF says now: images.photo_facts): a stored value equal to the photo's own is
+        taken to be the photo's. For `--no-exif` on a store indexed with EXIF read, where a
+        phone's GPS would place a rare species more exactly than the collection publishes;
+        returns how many rows changed."""
+        self._require_writable()
+        found = [(uri, facts) for uri, facts in found if facts]
+        if not found:
+            return 0
+        uris = texts([uri for uri, _ in found])
+        rows = [without_photo_facts(row, facts)
+                for row, (_, facts) in zip(self._stored_metadata(uris), found)]  # fmt: skip
+        return self.update_metadata(list(zip(uris, rows)), keep_photo_facts=False)
+
+    def _stored_metadata(self, uris: np.ndarray) -> list[dict[str, Any]]:
+        """Each uri's metadata as stored (Darwin Core columns and extra terms), empty
+        values left out."""
         stored = self.catalog.stored_values(uris, METADATA_COLUMNS)
         rows = []
-        for at, (_, facts) in enumerate(found):
+        for at in range(len(uris)):
             row = {name: stored[name][at] for name in METADATA_COLUMNS if name != "extra"}
             row.update(json.loads(stored["extra"][at] or "{}"))
-            rows.append(with_photo_facts({k: v for k, v in row.items() if v is not None},
-                                         facts))  # fmt: skip
-        return self.update_metadata(list(zip(uris, rows)), keep_photo_facts=False)
+            rows.append({k: v for k, v in row.items() if v is not None})
+        return rows
 
     def _keep_photo_facts(self, columns: dict[str, np.ndarray]) -> None:
         """A date or a place that new metadata leaves empty keeps the one the image has

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,25 @@ def with_photo_facts(metadata: dict[str, Any], facts: dict[str, Any]) -> dict[st
         extra.pop("decimalLatitude", None)
         extra.pop("decimalLongitude", None)
     return {**metadata, **extra} if extra else metadata
+
+
+def without_photo_facts(row: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+    """A stored row (Darwin Core columns) less the date and the place that equal what its
+    photo says (`facts`, as photo_facts gives them); a place goes as one pair."""
+    kept = dict(row)
+    if "eventDate" in facts and kept.get("event_date") == facts["eventDate"]:
+        del kept["event_date"]
+    place = ("decimal_latitude", "decimal_longitude")
+    said = (facts.get("decimalLatitude"), facts.get("decimalLongitude"))
+    if None not in said and all(_same_degree(kept.get(name), value)
+                                for name, value in zip(place, said)):  # fmt: skip
+        for name in place:
+            del kept[name]
+    return kept
+
+
+def _same_degree(stored: Any, said: float) -> bool:
+    return isinstance(stored, float) and math.isclose(stored, said, rel_tol=0.0, abs_tol=1e-9)
 
 
 def is_specimen(basis_of_record: Any) -> bool:
