@@ -15,8 +15,10 @@ The list count grows with the sample as it will with the store (≈ 4·√n), so
 sees how the tuned nprobe and the list lengths move together. The p99 is that p50 times
 the larger sample's own tail (p99 / p50 of each query's faster of two timings, `_tail`).
 Memory is the kind's bytes per vector times N (faiss_index.estimated_bytes); build time
-is training plus adding, each scaled by what it costs (`predict_build_s`). Where the store's model gives text probes (faiss_index.tune_text), each
-candidate is tuned on them too, and one whose text queries miss the target is passed over
+is training plus adding, each scaled by what it costs (`predict_build_s`).
+
+Where the store's model gives text probes (faiss_index.tune_text), each candidate is
+tuned on them too, and one whose text queries miss the target is passed over
 when another meets both: text queries land away from every picture, and a structure that
 finds pictures' neighbours cheaply need not find theirs (1M demo pictures: HNSW 0.91 at its
 widest, IVF-SQ8 0.99 at 0.3 ms). Candidates are then ranked by the mean of the two

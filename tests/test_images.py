@@ -203,6 +203,14 @@ def test_a_plain_folder_of_camera_trap_photos_has_its_dates(tmp_path, tiny_model
                               "domestic_dog.jpg": "2017-07-13T12:09:23"}  # fmt: skip
 
 
+def _photo_with_a_place(path: Path) -> None:
+    """A camera-trap photo (dated by its EXIF) with a phone's GPS position added."""
+    picture = Image.open(shared("camera-trap", "blank.jpg"))
+    exif = picture.getexif()
+    exif.get_ifd(0x8825).update({1: "S", 2: (1.0, 17.0, 30.0), 3: "E", 4: (36.0, 49.0, 12.0)})
+    picture.save(path, exif=exif)
+
+
 def test_no_exif_reads_no_date_or_place(tmp_path, tiny_model: str) -> None:
     """`--no-exif`: nothing is taken from the photos (a phone's GPS may place a rare
     species more exactly than a collection publishes), and a --metadata file then sets
@@ -216,10 +224,7 @@ def test_no_exif_reads_no_date_or_place(tmp_path, tiny_model: str) -> None:
 
     folder = tmp_path / "phone"
     folder.mkdir()
-    picture = Image.open(shared("camera-trap", "blank.jpg"))
-    exif = picture.getexif()
-    exif.get_ifd(0x8825).update({1: "S", 2: (1.0, 17.0, 30.0), 3: "E", 4: (36.0, 49.0, 12.0)})
-    picture.save(folder / "orchid.jpg", exif=exif)
+    _photo_with_a_place(folder / "orchid.jpg")
     shutil.copy(shared("camera-trap", "domestic_dog.jpg"), folder / "dog.jpg")
     (tmp_path / "names.csv").write_text("file,scientificName\norchid.jpg,Orchis mascula\n")
 
@@ -251,10 +256,7 @@ def test_no_exif_removes_what_earlier_runs_took_from_the_photos(tmp_path,
 
     folder = tmp_path / "phone"
     folder.mkdir()
-    picture = Image.open(shared("camera-trap", "blank.jpg"))
-    exif = picture.getexif()
-    exif.get_ifd(0x8825).update({1: "S", 2: (1.0, 17.0, 30.0), 3: "E", 4: (36.0, 49.0, 12.0)})
-    picture.save(folder / "orchid.jpg", exif=exif)
+    _photo_with_a_place(folder / "orchid.jpg")
     for name in ("domestic_dog.jpg", "american_black_bear.jpg"):
         shutil.copy(shared("camera-trap", name), folder / name)
     (tmp_path / "dates.csv").write_text("file,eventDate\ndomestic_dog.jpg,2017-07\n")

@@ -558,14 +558,7 @@ class Store:
         """Dates and places read from photos already embedded (uri, images.photo_facts),
         written where a row has none and is not a specimen's; returns how many rows
         changed. For stores indexed before bioindex read EXIF."""
-        self._require_writable()
-        found = [(uri, facts) for uri, facts in found if facts]
-        if not found:
-            return 0
-        uris = texts([uri for uri, _ in found])
-        rows = [with_photo_facts(row, facts)
-                for row, (_, facts) in zip(self._stored_metadata(uris), found)]  # fmt: skip
-        return self.update_metadata(list(zip(uris, rows)), keep_photo_facts=False)
+        return self._rewrite_photo_facts(found, with_photo_facts)
 
     def with_photo_fact_values(self, uris: Sequence[str]) -> list[str]:
         """Those of `uris` whose rows hold a date or a place (from their photos' EXIF or
@@ -580,25 +573,26 @@ class Store:
         taken to be the photo's. For `--no-exif` on a store indexed with EXIF read, where a
         phone's GPS would place a rare species more exactly than the collection publishes;
         returns how many rows changed."""
+        return self._rewrite_photo_facts(found, without_photo_facts)
+
+    def _rewrite_photo_facts(
+        self, found: Iterable[tuple[str, dict[str, Any]]],
+        change: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+    ) -> int:  # fmt: skip
+        """Each (uri, its photo's facts) row as stored, less its empty values, through
+        `change`, written back where that changed it."""
         self._require_writable()
         found = [(uri, facts) for uri, facts in found if facts]
         if not found:
             return 0
         uris = texts([uri for uri, _ in found])
-        rows = [without_photo_facts(row, facts)
-                for row, (_, facts) in zip(self._stored_metadata(uris), found)]  # fmt: skip
-        return self.update_metadata(list(zip(uris, rows)), keep_photo_facts=False)
-
-    def _stored_metadata(self, uris: np.ndarray) -> list[dict[str, Any]]:
-        """Each uri's metadata as stored (Darwin Core columns and extra terms), empty
-        values left out."""
         stored = self.catalog.stored_values(uris, METADATA_COLUMNS)
         rows = []
-        for at in range(len(uris)):
+        for at, (_, facts) in enumerate(found):
             row = {name: stored[name][at] for name in METADATA_COLUMNS if name != "extra"}
             row.update(json.loads(stored["extra"][at] or "{}"))
-            rows.append({k: v for k, v in row.items() if v is not None})
-        return rows
+            rows.append(change({k: v for k, v in row.items() if v is not None}, facts))
+        return self.update_metadata(list(zip(uris, rows)), keep_photo_facts=False)
 
     def _keep_photo_facts(self, columns: dict[str, np.ndarray]) -> None:
         """A date or a place that new metadata leaves empty keeps the one the image has
