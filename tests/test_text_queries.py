@@ -15,6 +15,7 @@ import pytest
 from bioindex.collection import Collection
 from bioindex.demo.draw import draw_organism
 from bioindex.demo.tree import SPECIES
+from bioindex.index_choice import CHOICE_TIE
 from bioindex.search.text_probes import probe_texts
 from bioindex.store import ImageRecord
 
@@ -117,7 +118,12 @@ def test_auto_weighs_text_queries_as_well_as_pictures(demo_store: Path, tmp_path
         eligible = [c for c in eligible if c["text_met_target"]]
     cost = {c["name"]: (c["predicted_p50_ms"] + c["predicted_text_p50_ms"]) / 2 for c in eligible}
     chosen = next(c for c in candidates if c["chosen"])
-    assert cost[chosen["name"]] == min(cost.values())
+    # Costs within CHOICE_TIE of the lowest are a tie, won by the smallest index
+    # (index_choice.pick); asserting the lowest alone failed where IVF-SQ8 (0.037 ms) won
+    # its tie with flat storage (0.033 ms).
+    close = [c for c in eligible if cost[c["name"]] <= CHOICE_TIE * min(cost.values())]
+    assert chosen in close
+    assert chosen["predicted_bytes"] == min(c["predicted_bytes"] for c in close)
     assert chosen["kind"] == spec.kind
     if spec.kind != "flat":
         assert spec.built["text_tuning"]["met_target"]
