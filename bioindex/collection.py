@@ -433,6 +433,7 @@ class Collection:
         from bioindex import faiss_index
 
         budget = faiss_index.parse_memory(memory)
+        self.store.check_build(kind, budget, target_recall, rerank)  # before the bar is drawn
         probes = self.tuning_pictures(tune_on) if tune_on else None
         # `auto` on a large store first measures the kinds on samples (a minute at 1M),
         # with nothing added yet: the bar says so rather than sit at 0% unexplained.

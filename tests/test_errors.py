@@ -152,3 +152,17 @@ def test_help_is_fast() -> None:
             text=True,
         )
         assert out.returncode == 0 and "Example" in out.stdout, command
+
+
+def test_build_index_refusals_are_one_line(tmp_path: Path, tiny_model: str) -> None:
+    """An index kind the store cannot take (too few vectors to train IVF lists) is refused
+    before the progress bar is drawn: the bar's empty "index: 0%" line stood above the
+    error (click itself refuses an unknown kind or a recall outside (0, 1])."""
+    draw_images(tmp_path / "p", 3)
+    store = str(tmp_path / "s")
+    assert cli("index", str(tmp_path / "p"), "--store", store, "--model", tiny_model,
+               "-q").returncode == 0  # fmt: skip
+    assert_one_line_error(cli("build-index", "--store", store, "--kind", "ivf"),
+                          "too few to train an ivf index")  # fmt: skip
+    assert_one_line_error(cli("build-index", "--store", store, "--kind", "ivf-pq"),
+                          "too few to train an ivf-pq index")  # fmt: skip

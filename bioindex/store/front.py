@@ -832,8 +832,7 @@ class Store:
         through them: 300k frames in bursts of five tuned to recall 0.968 where frames of
         new events got 0.894 (docs/benchmarks.md)."""
         self._require_writable()
-        if not 0.0 < target_recall <= 1.0:
-            raise BioindexError(f"target recall must be in (0, 1], got {target_recall}")
+        self.check_build(kind, memory, target_recall, rerank)
         if tune_on is not None:
             tune_on = np.ascontiguousarray(tune_on, dtype=np.float32)
             if tune_on.ndim != 2 or tune_on.shape[1] != self.dim or not len(tune_on):
@@ -916,6 +915,14 @@ class Store:
         nxt.index_spec = spec.to_json()
         self._publish(nxt)
         return spec
+
+    def check_build(self, kind: str, memory: int = faiss_index.DEFAULT_MEMORY,
+                    target_recall: float = 0.95, rerank: bool | None = None) -> None:  # fmt: skip
+        """Raise BioindexError for an index this store cannot be given (a recall outside
+        (0, 1], an unknown kind, too few vectors to train its lists), before any work."""
+        if not 0.0 < target_recall <= 1.0:
+            raise BioindexError(f"target recall must be in (0, 1], got {target_recall}")
+        faiss_index.plan(kind, self.live_count(), self.dim, memory, rerank)
 
     def measures_kinds(self, kind: str, exact_up_to: int = faiss_index.FLAT_MAX_NUMBERS
                        ) -> bool:  # fmt: skip
