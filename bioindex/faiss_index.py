@@ -706,7 +706,6 @@ def tune(
         last = measured or last
         if at is not None:
             narrowest = narrower[at]
-            spec.search = dict(found[0])
             if best is None or _faster(index, spec, found[0], best[0], queries[:100], k,
                                        fetch):  # fmt: skip
                 best = found

@@ -198,8 +198,9 @@ def _measure(option: Option, vectors: np.ndarray, queries: np.ndarray, truth: np
     text = None
     if texts is not None and not spec.exact:
         text = faiss_index.tune_text(index, spec, *texts, target, fetch=reranked)
-    return Run(tuning, spec, n, trained - started if spec.nlist else 0.0,
-               added - trained + (0.0 if spec.nlist else trained - started),
+    # Only IVF kinds train (k-means); the others' empty index is part of adding.
+    train_s = trained - started if spec.nlist else 0.0
+    return Run(tuning, spec, n, train_s, added - started - train_s,
                _tail(index, spec, queries, reranked), text)
 
 
