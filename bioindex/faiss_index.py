@@ -29,6 +29,13 @@ EXACT_STORAGE = ("flat", "hnsw")
 DEFAULT_MEMORY = 4 * 1024**3
 DEFAULT_TARGET_RECALL = 0.95
 RECALL_K = 10  # the recall every tuning measures: recall@10
+# Stored vectors held out to tune an index on. Per-query recall@10 is nearly all or nothing
+# (a query whose own list is missed loses most of its neighbours), so 500 of them carried
+# about ±0.01: a 1M store tuned on a hard draw of 500 took nprobe 160 where 112 met the
+# target on new queries (0.9 ms for 0.6), and a lucky draw can pass a width that new
+# queries find short. 2,000 halve that; with the halving tuner they cost a 1M store's
+# build-index ~1 minute more (docs/benchmarks.md).
+TUNING_PROBES = 2000
 # Exact answers carry up to this many ids tied with their k-th, scores within TIE_EPS of it.
 # A copy's product with a query can come out of another GEMM tile a few 1e-7 apart (up to
 # 4.2e-7 seen); at 1e-5, 19% of the 1M demo store's queries had a distinct vector that

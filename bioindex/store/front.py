@@ -809,7 +809,7 @@ class Store:
         memory: int = faiss_index.DEFAULT_MEMORY,
         target_recall: float = faiss_index.DEFAULT_TARGET_RECALL,
         rerank: bool | None = None,
-        queries: int = 500,
+        queries: int = faiss_index.TUNING_PROBES,
         progress: Callable[[int], None] | None = None,
         builder: IndexBuilder | None = None,
         exact_up_to: int = faiss_index.FLAT_MAX_NUMBERS,
