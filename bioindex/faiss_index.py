@@ -30,12 +30,12 @@ DEFAULT_MEMORY = 4 * 1024**3
 DEFAULT_TARGET_RECALL = 0.95
 RECALL_K = 10  # the recall every tuning measures: recall@10
 # Stored vectors held out to tune an index on. Per-query recall@10 is nearly all or nothing
-# (a query whose own list is missed loses most of its neighbours), so 500 of them carried
-# about ±0.01: a 1M store tuned on a hard draw of 500 took nprobe 160 where 112 met the
-# target on new queries (0.9 ms for 0.6), and a lucky draw can pass a width that new
-# queries find short. 2,000 halve that; with the halving tuner they cost a 1M store's
-# build-index ~1 minute more (docs/benchmarks.md).
-TUNING_PROBES = 2000
+# (a query whose own list is missed loses most of its neighbours), so 500 carry about ±0.01
+# and the 95% bound a tuning meets asks ~0.009 more than the target. 2,000 were tried
+# (docs/benchmarks.md): a 1M store's tuned nprobe fell 160 -> 112 on one distribution (p50
+# 0.91 -> 0.71 ms) but on another the setting they passed gave new queries 0.945, and
+# build-index took 2 minutes more (251 and 282 s of #18's 300).
+TUNING_PROBES = 500
 # Exact answers carry up to this many ids tied with their k-th, scores within TIE_EPS of it.
 # A copy's product with a query can come out of another GEMM tile a few 1e-7 apart (up to
 # 4.2e-7 seen); at 1e-5, 19% of the 1M demo store's queries had a distinct vector that
@@ -577,22 +577,39 @@ def streamed_top_k(
     exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) of the exact inner-product top-k over (ids, vectors) batches, best
-    first; -1 ids where fewer than k."""
+    first; -1 ids where fewer than k. Each batch's own top k is taken before merging: merging
+    whole batches copied a [queries × batch] id matrix each time (1 GB a shard for 2,000
+    tuning probes) and partitioned it, most of the time of the exact answers at 1M."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_ids = np.full((len(queries), k), -1, dtype=np.int64)
     for ids, vectors in batches:
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            continue
         scores = queries @ np.asarray(vectors, dtype=np.float32).T
         if exclude is not None:
-            scores[exclude[:, None] == ids[None, :]] = -np.inf
+            _drop_own(scores, ids, exclude)
+        found: np.ndarray = np.broadcast_to(ids, scores.shape)
+        if scores.shape[1] > k:
+            top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+            scores, found = np.take_along_axis(scores, top, axis=1), ids[top]
         merged_scores = np.concatenate([best_scores, scores], axis=1)
-        merged_ids = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
+        merged_ids = np.concatenate([best_ids, found], axis=1)
         top = np.argpartition(-merged_scores, k - 1, axis=1)[:, :k]
         best_scores = np.take_along_axis(merged_scores, top, axis=1)
         best_ids = np.take_along_axis(merged_ids, top, axis=1)
     order = np.argsort(-best_scores, axis=1, kind="stable")
     best_scores = np.take_along_axis(best_scores, order, axis=1)
     return best_scores, np.take_along_axis(best_ids, order, axis=1)
+
+
+def _drop_own(scores: np.ndarray, ids: np.ndarray, exclude: np.ndarray) -> None:
+    """Score −inf where row i's column holds the id exclude[i] (a query that is stored)."""
+    order = np.argsort(ids, kind="stable")
+    at = np.minimum(np.searchsorted(ids[order], exclude), len(ids) - 1)
+    rows = np.flatnonzero(ids[order][at] == exclude)
+    scores[rows, order[at[rows]]] = -np.inf
 
 
 def flat_search_few(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
