@@ -604,7 +604,16 @@ class Collection:
     # ---- taxa ----------------------------------------------------------------------
 
     def _taxon_rows(self) -> list[tuple]:
-        return self.store.catalog.taxon_rows()
+        """The taxa of the live images; where no image names one, those of the occurrence
+        records: a collection's species list (a GBIF download, a museum's catalog without
+        photos) indexed beside a plain folder of photos is what they are identified against,
+        where before classify said the catalog named no taxa."""
+        from bioindex.search.labels import taxon_from_row
+
+        rows = self.store.catalog.taxon_rows()
+        if any(taxon_from_row(r) is not None for r in rows):
+            return rows
+        return self.store.catalog.taxon_rows(occurrences=True)
 
     def catalog_taxa(self) -> list:
         return taxa_from_rows(self._taxon_rows())

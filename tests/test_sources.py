@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bioindex import Collection
+from bioindex.errors import BioindexError
 from bioindex.indexer import remote
 from bioindex.indexer.dwca import Archive
 from tests.conftest import assert_index_matches_catalog, draw_images, send_response, shared
@@ -74,6 +75,30 @@ def test_gbif_download_records_arrive_intact(tmp_path: Path, tiny_model: str) ->
         assert got[5] == (row[index_of["kingdom"]] or None)
     extra = _catalog(tmp_path / "s", "SELECT extra FROM occurrences WHERE extra IS NOT NULL")
     assert extra  # unmapped terms (datasetID, …) are kept, not dropped
+
+
+def test_photos_are_identified_against_a_species_list_indexed_beside_them(
+    tmp_path: Path, tiny_model: str
+) -> None:
+    # A plain folder of photos and a GBIF occurrence download without media: the download
+    # is the collection's species list. Its specificEpithet column holds the whole binomial
+    # ("Tetraodon fluviatilis"), which read as the species "Tetraodon Tetraodon fluviatilis",
+    # and classify said the catalog named no taxa.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("ocelot.jpg", "domestic_dog.jpg"):
+        shutil.copy(shared("camera-trap", name), photos / name)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([photos, shared("dwca", "gbif-results.zip")], progress=False)
+        assert set(_catalog(tmp_path / "s", "SELECT DISTINCT genus, specific_epithet "
+                                            "FROM occurrences")) == {("Tetraodon", "fluviatilis")}
+        found = col.classify([photos / "ocelot.jpg"], k=1)
+        assert [p.taxon.scientific_name for p in found] == ["Tetraodon fluviatilis"]
+        assert found[0].taxon.family == "Tetraodontidae"
+    with Collection.open(tmp_path / "plain", model=tiny_model, create=True) as col:
+        col.index([photos], progress=False)  # photos alone still name no taxa
+        with pytest.raises(BioindexError, match="names no taxa"):
+            col.classify([photos / "ocelot.jpg"])
 
 
 # The fetches' deadline, and a reply twice as late. A 1 s deadline timed out a small page

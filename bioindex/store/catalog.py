@@ -251,10 +251,11 @@ class Catalog:
             "SELECT image_id FROM images WHERE status='live' AND shard IN (SELECT unnest(?))",
             [list(names)]).fetchall()]  # fmt: skip
 
-    def taxon_rows(self) -> list[tuple]:
-        return self.con.execute(
-            f"SELECT DISTINCT {TAXON_COLUMNS} FROM images WHERE status='live'"
-        ).fetchall()
+    def taxon_rows(self, occurrences: bool = False) -> list[tuple]:
+        """Distinct taxon rows (TAXON_COLUMNS) of the live images, or of the occurrence
+        records."""
+        where = "occurrences" if occurrences else "images WHERE status='live'"
+        return self.con.execute(f"SELECT DISTINCT {TAXON_COLUMNS} FROM {where}").fetchall()
 
     def taxon_rows_where(self, sql: str, params: Sequence[Any],
                          images_only: bool = False) -> list[tuple]:  # fmt: skip

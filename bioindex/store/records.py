@@ -161,7 +161,15 @@ _COORDINATES = (("decimal_latitude", "verbatimLatitude", 90.0),
 
 def fill_ranks(known: dict[str, Any]) -> dict[str, Any]:
     """Genus and specific epithet from a binomial scientificName when those columns are
-    empty. Nothing above genus is ever filled: a name alone does not say its family."""
+    empty. Nothing above genus is ever filled: a name alone does not say its family.
+
+    A specificEpithet that holds the whole binomial keeps only its epithet: GBIF's
+    occurrence downloads of 2013 (shared/fixtures/dwca/gbif-results.zip) wrote the backbone's
+    species ("Tetraodon fluviatilis") under that term, and the species read as "Tetraodon
+    Tetraodon fluviatilis"."""
+    epithet = split_binomial(str(known.get("specific_epithet", "")))
+    if epithet and known.get("genus", epithet[0]) == epithet[0]:
+        known["genus"], known["specific_epithet"] = epithet
     binomial = split_binomial(str(known.get("scientific_name", "")))
     if binomial and not known.get("genus") and not known.get("specific_epithet"):
         known["genus"], known["specific_epithet"] = binomial
