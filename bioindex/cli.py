@@ -425,6 +425,7 @@ def _search_command(
         with Collection.open(store, model=model, device=device, read_only=True,
                              map_index=True) as collection:  # fmt: skip
             hits = run(collection, k=fetch, where=conditions or None, **kwargs)
+            empty = not hits and collection.store.live_count() == 0
         if group_by:
             from bioindex.search.query import group_by_occurrence
 
@@ -432,7 +433,10 @@ def _search_command(
         # The short default set is for eyes; JSON and CSV keep every field for programs.
         shown = parse_columns(columns, HIT_COLUMNS if fmt == "table" else None)
         click.echo(render_hits(hits, fmt, shown), nl=False)
-        if not hits and conditions:  # a filtered search comes back empty only when so
+        if empty:  # an archive of records without media embeds nothing: say where to go
+            click.echo(f"note: {store} holds no images yet: bioindex index PHOTOS --store "
+                       f"{store}", err=True)  # fmt: skip
+        elif not hits and conditions:  # a filtered search comes back empty only when so
             click.echo(f"note: no image of {store} matches --where {' and '.join(where)}",
                        err=True)  # fmt: skip
 

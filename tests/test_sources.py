@@ -13,8 +13,10 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from bioindex import Collection
+from bioindex.cli import main
 from bioindex.errors import BioindexError
 from bioindex.indexer import remote
 from bioindex.indexer.dwca import Archive
@@ -99,6 +101,12 @@ def test_photos_are_identified_against_a_species_list_indexed_beside_them(
         col.index([photos], progress=False)  # photos alone still name no taxa
         with pytest.raises(BioindexError, match="names no taxa"):
             col.classify([photos / "ocelot.jpg"])
+    with Collection.open(tmp_path / "list", model=tiny_model, create=True) as col:
+        col.index([shared("dwca", "gbif-results.zip")], progress=False)
+    # The archive alone embeds nothing; a search says so rather than "(no results)" alone.
+    result = CliRunner().invoke(main, ["search", "text", "Puma concolor", "-s",
+                                       str(tmp_path / "list")])  # fmt: skip
+    assert result.exit_code == 0 and "holds no images yet" in result.output, result.output
 
 
 # The fetches' deadline, and a reply twice as late. A 1 s deadline timed out a small page
