@@ -244,15 +244,27 @@ def test_no_exif_reads_no_date_or_place(tmp_path, tiny_model: str) -> None:
     assert rows("without") == {"orchid.jpg": (None, None), "dog.jpg": (None, None)}
 
 
-def test_no_exif_removes_what_earlier_runs_took_from_the_photos(tmp_path,
-                                                                tiny_model: str) -> None:
+def test_no_exif_removes_what_earlier_runs_took_from_the_photos(tmp_path, tiny_model: str,
+                                                                monkeypatch) -> None:  # fmt: skip
     """A store indexed with EXIF read, then again with `--no-exif` (the curator saw a
     phone's GPS place a rare orchid on the page): the dates and places the photos gave
     go, while one a metadata file gave (unlike the photo's) stays. Before, --no-exif read
-    nothing and removed nothing: the orchid's place stayed searchable and on the page."""
+    nothing and removed nothing: the orchid's place stayed searchable and on the page.
+    Once cleared, a photo is read again only after a run that read EXIF: every rerun with
+    --no-exif read each photo whose date a metadata file had given."""
     import shutil
 
     from bioindex import Collection
+    from bioindex.images import photo_facts_of
+    from bioindex.indexer import pipeline
+
+    read: list[int] = []
+
+    def counted(data: bytes):
+        read.append(len(data))
+        return photo_facts_of(data)
+
+    monkeypatch.setattr(pipeline, "photo_facts_of", counted)
 
     folder = tmp_path / "phone"
     folder.mkdir()
@@ -277,10 +289,21 @@ def test_no_exif_removes_what_earlier_runs_took_from_the_photos(tmp_path,
                              "domestic_dog.jpg": ("2017-07", None, None),
                              "american_black_bear.jpg": (None, None, None)}  # fmt: skip
         assert col.info()["images_placed"] == 0
+        read.clear()
         assert col.index([folder], progress=False, exif=False).updated == 0
-        # Read again, the photos give them back.
+        assert read == []  # the dog's date is the metadata's: nothing to read again
+        # Read again, the photos give them back, and the next --no-exif run takes them.
         assert col.index([folder], progress=False, reread_exif=True).updated == 1
         assert rows(col)["orchid.jpg"] == ("2016-09-25T18:35:10", -1.2916667, 36.82)
+        assert col.index([folder], progress=False, exif=False).updated == 1
+        assert rows(col)["orchid.jpg"] == (None, None, None)
+        # A photo added by a run that reads EXIF is cleared by the next that does not.
+        _photo_with_a_place(folder / "second.jpg")
+        col.index([folder], progress=False)
+        assert rows(col)["second.jpg"][1:] == (-1.2916667, 36.82)
+        read.clear()
+        assert col.index([folder], progress=False, exif=False).updated == 1
+        assert rows(col)["second.jpg"] == (None, None, None) and len(read) == 1
 
 
 def test_a_heic_thumbnail_comes_from_the_one_it_holds() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -185,7 +186,7 @@ def run_index(
         summary.updated += store.fill_photo_facts(_facts_of(work.same_files))
     if not photo_facts:  # what earlier runs took from these photos goes too
         bare = [item.uri for item in work.same_files if not item.metadata]
-        held = set(store.with_photo_fact_values(bare))
+        held = set(store.with_photo_fact_values(_since_cleared(store, bare)))
         summary.updated += store.clear_photo_facts(
             _facts_of([item for item in work.same_files if item.uri in held]))
     store.index()  # load (or rebuild) before writing so it follows every commit
@@ -267,8 +268,44 @@ def run_index(
         updated=summary.updated,
         failed=summary.failed,
         deleted=summary.deleted,
+        exif=(photo_facts, reread_exif and photo_facts, scan.roots),
     )
     return summary
+
+
+def _since_cleared(store: Store, uris: Sequence[str]) -> list[str]:
+    """Of `uris`, those whose photo may have given its row a date or a place since a run
+    without EXIF last cleared them: embedded by a run that read EXIF, or re-read by one,
+    after the last run without it that covered them (runs recorded before runs said so are
+    taken to have read it). Else every rerun with --no-exif read each photo whose row holds
+    a date a metadata file gave: a museum's whole collection, every night."""
+    runs = store.runs()
+    clearing = [(int(r["run_id"]), _Covers(r["roots"])) for r in runs if r.get("exif") is False]
+    if not clearing:
+        return list(uris)
+    reading = {int(r["run_id"]) for r in runs if r.get("exif", True)}
+    rereads = [(int(r["run_id"]), _Covers(r["roots"])) for r in runs if r.get("reread_exif")]
+    unsure = []
+    for uri, run in zip(uris, store.embedding_runs(uris)):
+        if run is None:
+            unsure.append(uri)
+            continue
+        took = max([run if run in reading else 0, *(i for i, c in rereads if c(uri))])
+        if took > max((i for i, c in clearing if c(uri)), default=0):
+            unsure.append(uri)
+    return unsure
+
+
+class _Covers:
+    """sources.covered for one run's roots, in constant time per uri where they are files
+    (`bioindex index photos/*.jpg` gives thousands)."""
+
+    def __init__(self, roots: Sequence[str]):
+        self.files = {r for r in roots if not r.endswith(os.sep)}
+        self.folders = tuple(r for r in roots if r.endswith(os.sep))
+
+    def __call__(self, uri: str) -> bool:
+        return uri in self.files or uri.startswith(self.folders)
 
 
 class Writer:

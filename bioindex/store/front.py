@@ -657,17 +657,28 @@ class Store:
         return total
 
     def record_run(self, run_id: int, started_at: float, sources: Sequence[str],
+                   exif: tuple[bool, bool, Sequence[str]] | None = None,
                    **counts: Any) -> None:  # fmt: skip
+        """Keep a run's record. `exif`: (whether it read its photos' EXIF, whether it read
+        that of photos already embedded too, the folder prefixes and files it covered)."""
         self._require_writable()
         nxt = self.snap.next()
-        nxt.runs.append({
+        run = {
             "run_id": run_id, "started_at": _iso(started_at), "finished_at": _now_iso(),
             "sources": list(sources), "embedded": counts.get("embedded", 0),
             "unchanged": counts.get("unchanged", 0), "updated": counts.get("updated", 0),
             "failed": counts.get("failed", 0), "deleted": counts.get("deleted", 0),
             "seconds": round(time.time() - started_at, 2),
-        })  # fmt: skip
+        }  # fmt: skip
+        if exif is not None:
+            run["exif"], run["reread_exif"], run["roots"] = exif[0], exif[1], list(exif[2])
+        nxt.runs.append(run)
         self._publish(nxt)
+
+    def embedding_runs(self, uris: Sequence[str]) -> list[int | None]:
+        """The run that embedded each of `uris` (None where it is not stored)."""
+        found = self.catalog.stored_values(texts(list(uris)), ["run_id"])["run_id"]
+        return [None if run is None else int(run) for run in found]
 
     def compact(self, at_least: int = COMPACT_AT) -> bool:
         """Merge the small catalog segments into one when there are `at_least` of them
