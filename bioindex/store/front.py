@@ -438,7 +438,8 @@ class Store:
                              if spec.built.get("candidates") else None),
             "index_advice": self.index_advice() or None,
             "store_bytes": files.tree_size(self.path),
-            "last_run": runs[-1] if runs else None,
+            # What a run covered is for later runs (pipeline._since_cleared); sources say it.
+            "last_run": {k: v for k, v in runs[-1].items() if k != "roots"} if runs else None,
         }
 
     # ---- writes --------------------------------------------------------------------
