@@ -154,6 +154,29 @@ def media_server():
     server.server_close()
 
 
+def test_no_exif_removes_the_place_a_downloaded_photo_gave(tmp_path: Path, tiny_model: str,
+                                                            media_server) -> None:  # fmt: skip
+    # A manifest's photo with a phone's GPS in its EXIF: `--no-exif` on a later run removes
+    # the place it gave, read from the store's media cache, with no second download. Before,
+    # remote photos were passed over and their places stayed.
+    from tests.test_images import _photo_with_a_place
+
+    base, hits = media_server
+    _Handler.photos = tmp_path / "served"
+    _Handler.photos.mkdir()
+    _photo_with_a_place(_Handler.photos / "orchid.jpg")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"url\n{base}/photo/orchid.jpg\n")
+    place = "SELECT decimal_latitude, decimal_longitude FROM images"
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        assert col.index([manifest], progress=False, allow_private_urls=True).embedded == 1
+        assert _catalog(tmp_path / "s", place) == [(-1.2916667, 36.82)]
+        fetched = len(hits)
+        summary = col.index([manifest], progress=False, allow_private_urls=True, exif=False)
+    assert summary.updated == 1 and len(hits) == fetched
+    assert _catalog(tmp_path / "s", place) == [(None, None)]
+
+
 def _write_archive(folder: Path, media: list[tuple[str, str]]) -> Path:
     """occurrence core + Audubon Core multimedia extension (accessURI), tab-separated."""
     folder.mkdir(parents=True)

@@ -132,13 +132,17 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
     return Plan(todo, unchanged, known_bad, vanished, same, gone)
 
 
-def _facts_of(items: Sequence[Item]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(uri, the photo's EXIF date and place) of each local item whose bytes still read."""
+def _facts_of(items: Sequence[Item], cache: MediaCache | None = None,
+              ) -> Iterator[tuple[str, dict[str, Any]]]:  # fmt: skip
+    """(uri, the photo's EXIF date and place) of each item whose bytes still read: a local
+    file, or a download the store's media cache (`cache`) still holds — nothing is fetched
+    again for it."""
     for item in items:
-        if item.remote:
-            continue
         try:
-            yield item.uri, photo_facts_of(item.read_bytes())
+            if not item.remote:
+                yield item.uri, photo_facts_of(item.read_bytes())
+            elif cache is not None and (kept := cache.cached(item.uri)) is not None:
+                yield item.uri, photo_facts_of(kept.read_bytes())
         except OSError as exc:  # gone since the scan: the next run sees it
             log.info("EXIF of %s not read: %s", item.uri, exc)
 
@@ -188,7 +192,8 @@ def run_index(
         bare = [item.uri for item in work.same_files if not item.metadata]
         held = set(store.with_photo_fact_values(_since_cleared(store, bare)))
         summary.updated += store.clear_photo_facts(
-            _facts_of([item for item in work.same_files if item.uri in held]))
+            _facts_of([item for item in work.same_files if item.uri in held],
+                      MediaCache(store.path / "media-cache")))
     store.index()  # load (or rebuild) before writing so it follows every commit
     summary.deleted = store.mark_deleted(work.vanished)
     store.forget_failures(work.gone_failures)
