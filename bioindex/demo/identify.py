@@ -46,12 +46,24 @@ def open_world_store(folder: Path, species: Sequence[Species], shots: int, look:
     return collection
 
 
+# Queries drawn and embedded, by (model, per species, look, seed, species): every
+# store here has the same model, and embedding the same 1,728 pictures again for each of
+# several stores was most of the time of the figures over store draws.
+_EMBEDDED: dict[tuple, tuple[np.ndarray, list[Species]]] = {}
+
+
 def query_vectors(collection: Collection, per_species: int, look: str, seed: int = QUERY_SEED,
                   species: Sequence[Species] = SPECIES,
                   ) -> tuple[np.ndarray, list[Species]]:  # fmt: skip
-    pictures = draw_pictures(species, per_species, seed, look)
-    vectors = collection.model.embed_pil([p for _, p in pictures])
-    return vectors, [s for s, _ in pictures]
+    model = collection.store.model
+    key = (model.get("name"), model.get("weights_sha256"), per_species, look, seed,
+           tuple(s.taxon.lineage for s in species))  # fmt: skip
+    if key not in _EMBEDDED:
+        pictures = draw_pictures(species, per_species, seed, look)
+        vectors = collection.model.embed_pil([p for _, p in pictures])
+        _EMBEDDED[key] = (vectors, [s for s, _ in pictures])
+    vectors, truth = _EMBEDDED[key]
+    return vectors.copy(), list(truth)
 
 
 def top1(collection: Collection, vectors: np.ndarray, truth: Sequence[Species], method: str,
