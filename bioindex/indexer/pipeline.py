@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -31,7 +30,7 @@ from bioindex.indexer.remote import (
     MediaCache,
     fetch,
 )
-from bioindex.indexer.sources import Item, Scan, covered, occurrence_records
+from bioindex.indexer.sources import Covered, Item, Scan, occurrence_records
 from bioindex.models import EmbeddingModel
 from bioindex.store import Failure, Store
 
@@ -123,12 +122,13 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
         else:
             todo.append(item)
     present = {item.uri for item in scan.items}
+    covered = Covered(scan.roots)
     vanished = [
         image_id
         for uri, (image_id, _, _, status) in known.items()
-        if status == "live" and uri not in present and covered(uri, scan.roots)
+        if status == "live" and uri not in present and covered(uri)
     ]
-    gone = [uri for uri in failures if uri not in present and covered(uri, scan.roots)]
+    gone = [uri for uri in failures if uri not in present and covered(uri)]
     return Plan(todo, unchanged, known_bad, vanished, same, gone)
 
 
@@ -285,11 +285,11 @@ def _since_cleared(store: Store, uris: Sequence[str]) -> list[str]:
     taken to have read it). Else every rerun with --no-exif read each photo whose row holds
     a date a metadata file gave: a museum's whole collection, every night."""
     runs = store.runs()
-    clearing = [(int(r["run_id"]), _Covers(r["roots"])) for r in runs if r.get("exif") is False]
+    clearing = [(int(r["run_id"]), Covered(r["roots"])) for r in runs if r.get("exif") is False]
     if not clearing:
         return list(uris)
     reading = {int(r["run_id"]) for r in runs if r.get("exif", True)}
-    rereads = [(int(r["run_id"]), _Covers(r["roots"])) for r in runs if r.get("reread_exif")]
+    rereads = [(int(r["run_id"]), Covered(r["roots"])) for r in runs if r.get("reread_exif")]
     unsure = []
     for uri, run in zip(uris, store.embedding_runs(uris)):
         if run is None:
@@ -299,18 +299,6 @@ def _since_cleared(store: Store, uris: Sequence[str]) -> list[str]:
         if took > max((i for i, c in clearing if c(uri)), default=0):
             unsure.append(uri)
     return unsure
-
-
-class _Covers:
-    """sources.covered for one run's roots, in constant time per uri where they are files
-    (`bioindex index photos/*.jpg` gives thousands)."""
-
-    def __init__(self, roots: Sequence[str]):
-        self.files = {r for r in roots if not r.endswith(os.sep)}
-        self.folders = tuple(r for r in roots if r.endswith(os.sep))
-
-    def __call__(self, uri: str) -> bool:
-        return uri in self.files or uri.startswith(self.folders)
 
 
 class Writer:

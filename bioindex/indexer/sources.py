@@ -240,8 +240,17 @@ def detect(raw: str) -> str:
     raise BioindexError(f"source {raw} is not a folder, image, table, archive or tar shard")
 
 
-def covered(uri: str, roots: Sequence[str]) -> bool:
-    return any(uri == root or (root.endswith(os.sep) and uri.startswith(root)) for root in roots)
+class Covered:
+    """Whether a uri lies under a scan's roots (folder prefixes ending in a separator, and
+    single files), in constant time per uri where the roots are files: `bioindex index
+    photos/*.jpg` gives thousands of them, and every stored row is asked."""
+
+    def __init__(self, roots: Sequence[str]):
+        self.files = {root for root in roots if not root.endswith(os.sep)}
+        self.folders = tuple(root for root in roots if root.endswith(os.sep))
+
+    def __call__(self, uri: str) -> bool:
+        return uri in self.files or uri.startswith(self.folders)
 
 
 # ---- tables (sidecars and manifests) ------------------------------------------------
