@@ -174,9 +174,11 @@ def _lower_level(record: logging.LogRecord) -> bool:
 @click.option(
     "--metadata",
     default=None,
-    metavar="CSV",
-    help="CSV/TSV of Darwin Core columns keyed by a 'file' column (file name or "
-    "path relative to the source folder).",
+    metavar="TABLE",
+    help="CSV/TSV/Parquet of Darwin Core columns keyed by a 'file' column (file name or "
+    "path relative to the source folder), or a SpeciesNet instances or predictions .json "
+    "(its country, admin1_region, latitude and longitude; a path from elsewhere finds the "
+    "one photo of its name).",
 )
 @device_option
 @click.option(
@@ -201,12 +203,14 @@ def _lower_level(record: logging.LogRecord) -> bool:
 )
 @click.option(
     "--source-type",
-    type=click.Choice(["auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif"]),
+    type=click.Choice(["auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif",
+                       "speciesnet"]),
     default="auto",
     show_default=True,
     help="What SOURCES are; auto: folders, images, .csv/.tsv/.parquet manifests, .zip or "
     "meta.xml folders (Darwin Core Archives; a .zip without meta.xml: its photos), .tar or "
-    "{..} shard patterns, .json files or URLs (IIIF manifests and collections).",
+    "{..} shard patterns, .json files or URLs (IIIF manifests and collections; a SpeciesNet "
+    "instances or predictions .json: its photos, by filepath).",
 )
 @click.option(
     "--media-root",

@@ -9,6 +9,7 @@ Source types (chosen from the path unless --source-type says):
   webdataset   tar shards, brace patterns allowed (shard-{000000..000165}.tar), with the
                TreeOfLife-10M keys (jpg, taxonomic_name.txt, scientific_name.txt, …)
   iiif         a IIIF Presentation manifest or collection (v2 or v3), a .json file or URL
+  speciesnet   a SpeciesNet instances or predictions .json (camera traps; indexer/speciesnet)
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from bioindex.indexer.lines import Lines
 from bioindex.indexer.remote import FetchPolicy, is_remote
 
 MAX_FILE_BYTES = 1 << 30  # one image file; a 150 MP uncompressed TIFF master is ~450 MB
-SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif")
+SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif",
+                "speciesnet")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 _URI_COLUMNS = ("path", "file", "filename", "uri", "url", "identifier", "accessuri", "image")
 _SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -146,8 +148,7 @@ def scan_paths(
         raise BioindexError("no source given; name folders, image files, tables or archives")
     if source_type not in SOURCE_TYPES:
         raise BioindexError(f"unknown source type {source_type!r}; one of {SOURCE_TYPES}")
-    sidecar = read_table(metadata_file) if metadata_file else {}
-    matched: set[str] = set()  # sidecar keys that named a file found
+    sidecar = Sidecar(read_table(metadata_file) if metadata_file else {})
     scan = Scan(items=[], roots=[])
     items: dict[str, Item] = {}
     for raw in paths:
@@ -174,22 +175,24 @@ def scan_paths(
                 if (shown := _shown_name(str(file))) is not None:
                     scan.failures.append((shown, "read", NOT_UTF8))
                     continue
-                items.setdefault(str(file), _file_item(file, path, sidecar, matched))
+                items.setdefault(str(file), _file_item(file, path, sidecar))
         elif kind == "file":
             scan.roots.append(str(path))
-            items.setdefault(str(path), _file_item(path, path.parent, sidecar, matched))
-        elif kind == "manifest":
-            _scan_manifest(path, media_root, items, scan, allow_outside_paths)
+            items.setdefault(str(path), _file_item(path, path.parent, sidecar))
+        elif kind in ("manifest", "speciesnet"):
+            _scan_manifest(path, kind, media_root, items, scan, allow_outside_paths)
         elif kind == "dwca":
             _scan_archive(path, media_root, items, scan, allow_outside_paths)
         elif kind == "zip":
-            _scan_zip(path, items, scan, sidecar, matched)
+            _scan_zip(path, items, scan, sidecar)
+    sidecar.pair_by_name(items)
     scan.items = sorted(items.values(), key=lambda i: i.uri)
-    unmatched = [key for key in sidecar if key not in matched]
+    unmatched = sidecar.unclaimed()
     if unmatched:  # a typo or a file not copied: its metadata would vanish unsaid
         verb = "names" if len(unmatched) == 1 else "name"
-        scan.warnings.append(f"{len(unmatched)} of the {len(sidecar)} rows of {metadata_file} "
-                             f"{verb} no image under the sources (first: {unmatched[0]})")
+        scan.warnings.append(f"{len(unmatched)} of the {len(sidecar.rows)} rows of "
+                             f"{metadata_file} {verb} no image under the sources (first: "
+                             f"{unmatched[0]})")
     if scan.unread:
         scan.warnings.append(unread_note(scan.unread))
     if not scan.items and not scan.archives and not scan.failures:
@@ -234,7 +237,9 @@ def detect(raw: str) -> str:
     if suffix in TABLE_SUFFIXES:
         return "manifest"
     if suffix in (".json", ".jsonld"):
-        return "iiif"
+        from bioindex.indexer.speciesnet import is_speciesnet
+
+        return "speciesnet" if is_speciesnet(path) else "iiif"
     if suffix in IMAGE_EXTENSIONS or not path.exists():
         return "file"
     raise BioindexError(f"source {raw} is not a folder, image, table, archive or tar shard")
@@ -288,37 +293,62 @@ def _uri_column(columns: Sequence[str], path: Path) -> str:
 
 
 def read_table(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """A sidecar: metadata rows keyed by their file column (relative path or file name)."""
+    """A sidecar: metadata rows keyed by their file column (relative path or file name),
+    from a table or a SpeciesNet instances or predictions file (.json)."""
+    file = Path(path)
+    if file.suffix.lower() == ".json":
+        if not file.is_file():
+            raise BioindexError(f"metadata file {path} does not exist")
+        return dict(listed_media(file, "speciesnet"))
     rows = iter_table_rows(path)
     out: dict[str, dict[str, Any]] = {}
     key = None
     for row in rows:
-        key = key or _uri_column(list(row), Path(path))
+        key = key or _uri_column(list(row), file)
         out[str(row[key])] = {k: v for k, v in row.items() if k != key}
     return out
 
 
-def _scan_manifest(path: Path, media_root: Any, items: dict[str, Item], scan: Scan,
+def _scan_manifest(path: Path, kind: str, media_root: Any, items: dict[str, Item], scan: Scan,
                    anywhere: bool) -> None:  # fmt: skip
-    key = None
     base = Path(media_root).resolve() if media_root else path.parent
+    local, missing = 0, 0
+    for value, metadata in listed_media(path, kind):
+        item = _add_media(value, base, metadata, items, scan, anywhere)
+        if item is not None and item.path:  # a local file (a URL's path is "")
+            local += 1
+            missing += item.size is None
+    if local and missing == local:  # paths relative to some other folder: one hint, not N
+        hint = ("; or index the photos' folder with --metadata " + str(path)
+                if kind == "speciesnet" else "")  # fmt: skip
+        scan.warnings.append(f"none of the {local} files {path.name} lists is under {base}: "
+                             f"give --media-root (the folder its paths start from){hint}")
+
+
+def listed_media(path: Path, kind: str = "manifest") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(media path or URL, its metadata) for each row of a manifest table or entry of a
+    SpeciesNet file."""
+    if kind == "speciesnet":
+        from bioindex.indexer import speciesnet
+
+        yield from speciesnet.rows(path)
+        return
+    key = None
     for row in iter_table_rows(path):
         key = key or _uri_column(list(row), path)
         value = str(row.get(key) or "").strip()
-        if not value:
-            continue
-        metadata = {k: v for k, v in row.items() if k != key and v not in (None, "")}
-        _add_media(value, base, metadata, items, scan, anywhere)
+        if value:
+            yield value, {k: v for k, v in row.items() if k != key and v not in (None, "")}
 
 
 def _add_media(value: str, base: Path, metadata: dict[str, Any], items: dict[str, Item],
-               scan: Scan, anywhere: bool) -> None:  # fmt: skip
+               scan: Scan, anywhere: bool) -> Item | None:  # fmt: skip
     try:
         item = _media_item(value, base, metadata, anywhere)
     except RefusedMedia as exc:
         scan.failures.append((value, "read", exc.message))
-        return
-    items.setdefault(item.uri, item)
+        return None
+    return items.setdefault(item.uri, item)
 
 
 class RefusedMedia(BioindexError):
@@ -555,39 +585,67 @@ def tree_of_life_metadata(sample: dict[str, str]) -> dict[str, Any]:
 # ---- folders ---------------------------------------------------------------------------
 
 
-def _file_item(file: Path, root: Path, sidecar: dict[str, dict[str, Any]],
-               matched: set[str]) -> Item:  # fmt: skip
+class Sidecar:
+    """The --metadata rows, claimed by the files they name: by path under the source, or
+    by file name alone. A row whose path is from elsewhere — SpeciesNet writes the path
+    its run was given, `test_data/african_elephants.jpg` or `/mnt/trap/…` — is paired
+    after the scan with the one file still without a row that bears its name, when no
+    other row still unclaimed bears that name too."""
+
+    def __init__(self, rows: dict[str, dict[str, Any]]):
+        self.rows = rows
+        self.claimed: set[str] = set()
+        self.missed: dict[str, list[str]] = {}  # file name → uris of files with no row
+
+    def row(self, relative: str, uri: str) -> dict[str, Any]:
+        name = relative.rsplit("/", 1)[-1]
+        key = relative if relative in self.rows else name if name in self.rows else None
+        if key is None:
+            if self.rows:
+                self.missed.setdefault(name, []).append(uri)
+            return {}
+        self.claimed.add(key)
+        return dict(self.rows[key])
+
+    def pair_by_name(self, items: dict[str, Item]) -> None:
+        """Give each file still without a row the unclaimed row bearing its name."""
+        unclaimed = Counter(_name(key) for key in self.unclaimed())
+        for key in self.unclaimed():
+            uris = self.missed.get(_name(key), [])
+            if unclaimed[_name(key)] == 1 and len(uris) == 1:
+                items[uris[0]] = replace(items[uris[0]], metadata=dict(self.rows[key]))
+                self.claimed.add(key)
+
+    def unclaimed(self) -> list[str]:
+        return [key for key in self.rows if key not in self.claimed]
+
+
+def _name(path: str) -> str:
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _file_item(file: Path, root: Path, sidecar: Sidecar) -> Item:
     stat = file.stat()
-    metadata = _sidecar_row(file.relative_to(root).as_posix(), sidecar, matched)
+    metadata = sidecar.row(file.relative_to(root).as_posix(), str(file))
     return Item(uri=str(file), path=str(file), size=stat.st_size, mtime=stat.st_mtime,
                 metadata=metadata)  # fmt: skip
 
 
-def _sidecar_row(relative: str, sidecar: dict[str, dict[str, Any]],
-                 matched: set[str]) -> dict[str, Any]:  # fmt: skip
-    """The --metadata row of a file, by its path under the source or its name alone."""
-    name = relative.rsplit("/", 1)[-1]
-    matched.update(key for key in (relative, name) if key in sidecar)
-    return dict(sidecar.get(relative) or sidecar.get(name) or {})
-
-
-def _scan_zip(path: Path, items: dict[str, Item], scan: Scan,
-              sidecar: dict[str, dict[str, Any]], matched: set[str]) -> None:  # fmt: skip
-    found, refused = zip_photos(path, sidecar, matched)
+def _scan_zip(path: Path, items: dict[str, Item], scan: Scan, sidecar: Sidecar) -> None:
+    found, refused = zip_photos(path, sidecar)
     scan.roots.append(f"{path}#")
     for item in found:
         items.setdefault(item.uri, item)
     scan.failures.extend(refused)
 
 
-def zip_photos(path: Path, sidecar: dict[str, dict[str, Any]] | None = None,
-               matched: set[str] | None = None,
+def zip_photos(path: Path, sidecar: Sidecar | None = None,
                ) -> tuple[list[Item], list[tuple[str, str, str]]]:  # fmt: skip
     """The photos of a zip that is not a Darwin Core Archive, each read in place (with its
     --metadata row, by its path in the zip or its name), and (uri, stage, error) for those
     that cannot be."""
     members, refused = zip_members(path, any_name=False)
-    matched = matched if matched is not None else set()
-    found = [replace(item, metadata=_sidecar_row(name, sidecar or {}, matched))
+    sidecar = sidecar or Sidecar({})
+    found = [replace(item, metadata=sidecar.row(name, item.uri))
              for name, item in members.items()]  # fmt: skip
     return found, [(f"{path}#{name}", "read", reason) for name, reason in refused.items()]

@@ -1,0 +1,160 @@
+"""A camera trap's SpeciesNet files: the instances a run is given and the predictions it
+writes, as --metadata beside the photos' folder or as the source itself."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bioindex import Collection
+from bioindex.cli import main
+from bioindex.indexer.sources import scan_paths
+from tests.conftest import shared
+
+ELEPHANTS = {"african_elephants.jpg": "KE", "african_elephants_bw.jpg": "TZ",
+             "african_elephants_cmyk.jpg": "UG",
+             "african_elephants_with_exif_orientation.jpg": "BW"}  # fmt: skip
+
+
+@pytest.fixture()
+def trap(tmp_path: Path) -> Path:
+    """The camera-trap fixtures as a user has them: photos and SpeciesNet's instances.json
+    (its paths say test_data/…, the folder SpeciesNet's own tests ran from)."""
+    folder = tmp_path / "trap"
+    shutil.copytree(shared("camera-trap"), folder, ignore=shutil.ignore_patterns("*.md"))
+    return folder
+
+
+def _places(collection: Collection) -> dict[str, tuple]:
+    rows = collection.store.catalog.query(
+        "SELECT uri, country_code, decimal_latitude, decimal_longitude, extra FROM images "
+        "WHERE status = 'live'")[1]  # fmt: skip
+    return {Path(uri).name: (code, lat, lon, json.loads(extra) if extra else {})
+            for uri, code, lat, lon, extra in rows}  # fmt: skip
+
+
+def test_instances_json_gives_a_folder_of_photos_its_places(trap: Path, tmp_path: Path,
+                                                            tiny_model: str) -> None:  # fmt: skip
+    """Before: "instances.json needs a column naming the images" — the fixture the camera
+    trap's photos came with could not be read."""
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
+        summary = collection.index([trap], metadata=trap / "instances.json", progress=False)
+        assert (summary.embedded, summary.failed) == (13, 1)  # the truncated JPEG
+        places = _places(collection)
+        for name, code in ELEPHANTS.items():
+            assert places[name][0] == code, (name, places[name])  # ISO alpha-3 → alpha-2
+        assert places["american_black_bear.jpg"][:3] == ("US", 41.46, -73.84)
+        assert places["domestic_dog.jpg"][:3] == (None, 41.46, -73.84)
+        assert places["ocelot.jpg"][:3] == (None, None, None)  # listed without a place
+        hits = collection.search_text("elephants", k=10, where={"country_code": "KE"})
+        assert [Path(h.uri).name for h in hits] == ["african_elephants.jpg"]
+    # The two rows naming URLs are said, not dropped silently.
+    scan = scan_paths([trap], metadata_file=str(trap / "instances.json"))
+    assert any("2 of the 16 rows" in w and "picsum" in w for w in scan.warnings), scan.warnings
+
+
+def _predictions(entries: list[dict]) -> dict:
+    return {"predictions": [{"model_version": "4.0.1a", **e} for e in entries]}
+
+
+def test_predictions_json_as_the_source(trap: Path, tmp_path: Path, tiny_model: str) -> None:
+    """A predictions file names its photos by the paths the run was given; relative ones
+    are found from its folder (or --media-root). Its guesses stay beside the record, never
+    the photo's identification."""
+    elephant = ("55631055-3e0e-4b7a-9612-dedebe9f78b0;mammalia;proboscidea;elephantidae;"
+                "loxodonta;africana;african elephant")  # fmt: skip
+    document = _predictions([
+        {"filepath": "test_data/african_elephants.jpg", "country": "KEN",
+         "prediction": elephant, "prediction_score": 0.99},
+        {"filepath": "test_data/blank.jpg", "country": "USA", "admin1_region": "NY",
+         "latitude": 41.46, "longitude": -73.84,
+         "prediction": "f1856211-cfb7-4a5b-9158-c0f72fd09ee6;;;;;;blank",
+         "prediction_score": 0.95},
+        {"filepath": "test_data/ocelot.jpg", "country": "XYZ",
+         "prediction": "uuid;mammalia;carnivora;felidae;;;cat family"},
+        {"filepath": "test_data/missing.jpg", "failures": ["CLASSIFIER", "DETECTOR"]},
+    ])  # fmt: skip
+    run = tmp_path / "run"
+    (run / "test_data").mkdir(parents=True)
+    for name in ("african_elephants.jpg", "blank.jpg", "ocelot.jpg"):
+        shutil.copy(trap / name, run / "test_data" / name)
+    (run / "predictions.json").write_text(json.dumps(document, indent=2))
+    store = tmp_path / "s"
+    result = CliRunner().invoke(main, ["index", str(run / "predictions.json"), "--store",
+                                       str(store), "--model", tiny_model, "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "embedded 3" in result.output and "failed 1" in result.output
+    with Collection.open(store, read_only=True) as collection:
+        places = _places(collection)
+    assert places["african_elephants.jpg"][0] == "KE"
+    assert places["african_elephants.jpg"][3]["speciesnetPrediction"] == (
+        "Loxodonta africana (african elephant)")
+    assert places["blank.jpg"][:3] == ("US", 41.46, -73.84)
+    assert places["blank.jpg"][3]["speciesnetPrediction"] == "blank"
+    assert places["blank.jpg"][3]["admin1Region"] == "NY"
+    # A code ISO does not know is kept as written, not read as a country.
+    assert places["ocelot.jpg"][0] is None and places["ocelot.jpg"][3]["country"] == "XYZ"
+    assert places["ocelot.jpg"][3]["speciesnetPrediction"] == "Felidae (cat family)"
+    with Collection.open(store, read_only=True) as collection:
+        named = collection.store.catalog.query(
+            "SELECT count(*) FROM images WHERE scientific_name IS NOT NULL")[1][0][0]  # fmt: skip
+    assert named == 0
+
+
+def test_paths_from_another_folder_are_said_once(trap: Path, tmp_path: Path,
+                                                 tiny_model: str) -> None:  # fmt: skip
+    """Indexed as the source, the fixture's test_data/… paths are under no folder here:
+    one warning says what to do instead of 14 failures saying only "not found"."""
+    result = CliRunner().invoke(main, ["index", str(trap / "instances.json"), "--store",
+                                       str(tmp_path / "s"), "--model", tiny_model])  # fmt: skip
+    assert "none of the 14 files instances.json lists is under" in result.output, result.output
+    assert "--media-root" in result.output and "--metadata" in result.output
+    result = CliRunner().invoke(main, ["index", str(trap / "instances.json"), "--store",
+                                       str(tmp_path / "s2"), "--model", tiny_model,
+                                       "--media-root", str(tmp_path)])  # fmt: skip
+    assert "none of the" in result.output  # still under no folder: trap/, not test_data/
+    (tmp_path / "test_data").symlink_to(trap)
+    result = CliRunner().invoke(main, ["index", str(trap / "instances.json"), "--store",
+                                       str(tmp_path / "s3"), "--model", tiny_model,
+                                       "--media-root", str(tmp_path)])  # fmt: skip
+    assert "none of the" not in result.output and "embedded 13" in result.output, result.output
+
+
+def test_a_row_from_elsewhere_finds_its_photo_only_by_a_name_no_other_bears(
+        tmp_path: Path) -> None:  # fmt: skip
+    """Rows whose paths are from another folder are paired with photos by name — unless the
+    name is ambiguous among the rows or among the photos without a row."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    for rel in ("a/one.jpg", "b/two.jpg", "c/two.jpg", "d/three.jpg", "four.jpg"):
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(photos / rel)
+    table = tmp_path / "instances.json"
+    table.write_text(json.dumps({"instances": [
+        {"filepath": "/mnt/cards/x/one.jpg", "country": "KEN"},   # one photo of that name
+        {"filepath": "/mnt/cards/x/two.jpg", "country": "TZA"},   # two photos: left
+        {"filepath": "/mnt/cards/x/three.jpg", "country": "UGA"},  # two rows: left
+        {"filepath": "/mnt/cards/y/three.jpg", "country": "BWA"},
+        {"filepath": "four.jpg", "country": "USA"},               # its own name: as before
+    ]}))  # fmt: skip
+    scan = scan_paths([photos], metadata_file=str(table))
+    codes = {Path(item.uri).relative_to(photos).as_posix(): item.metadata.get("countryCode")
+             for item in scan.items}  # fmt: skip
+    assert codes == {"a/one.jpg": "KE", "b/two.jpg": None, "c/two.jpg": None,
+                     "d/three.jpg": None, "four.jpg": "US"}  # fmt: skip
+    assert any("3 of the 5 rows" in w for w in scan.warnings), scan.warnings
+
+
+def test_a_json_that_is_not_speciesnet_is_one_line(tmp_path: Path, trap: Path) -> None:
+    for text in ('{"images": []}', "[1, 2", '{"instances": [{"country": "KEN"}]}'):
+        (tmp_path / "m.json").write_text(text)
+        result = CliRunner().invoke(main, ["index", str(trap), "--store", str(tmp_path / "s"),
+                                           "--metadata", str(tmp_path / "m.json")])  # fmt: skip
+        assert result.exit_code != 0
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
