@@ -345,6 +345,7 @@ def index(
       bioindex index herbarium/ --store herb --model bioclip-2 --preprocess squash
       bioindex index sheets/ --store s --model local-dir:~/models/bioclip --device cpu
       bioindex index imgs/ --store s --metadata occurrences.csv
+      bioindex index trap/ --store s --metadata trap/instances.json   # SpeciesNet's places
       bioindex index big-jpegs/ --store s --fast-decode --device cuda --batch-size 512
       bioindex index photos/ --store s --precision bf16     # CPUs with bf16: ~1.8x
       bioindex index gbif-download.zip --store s          # Darwin Core Archive, fetches media

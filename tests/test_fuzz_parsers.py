@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bioindex.errors import BioindexError
 from bioindex.indexer.dwca import Archive
-from bioindex.indexer.sources import iter_table_rows
+from bioindex.indexer.sources import iter_table_rows, read_table
 from bioindex.search.filters import parse_where
 from bioindex.taxonomy import Taxonomy, make_taxon
 from tests.conftest import shared
@@ -65,6 +65,28 @@ def test_tables_read_or_fail_in_one_line(tmp_path_factory, data: bytes, name: st
     path = Path(tmp_path_factory.mktemp("table")) / name
     path.write_bytes(b"url,scientificName\n" + data)
     _one_line_error(lambda: list(iter_table_rows(path)))
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=12) | st.sampled_from(["KEN", "usa", "XX", "a;b;c;d;e;f;g", ";;;;;;blank"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["filepath", "country", "latitude", "longitude", "prediction",
+                         "admin1_region", "prediction_score", "x"]), inner, max_size=5),
+    max_leaves=12)  # fmt: skip
+
+
+@BOUNDED
+@given(st.sampled_from(["instances", "predictions", "images"]), JSON_VALUES,
+       st.binary(max_size=20))  # fmt: skip
+def test_speciesnet_files_read_or_fail_in_one_line(tmp_path_factory, key: str, entries,
+                                                   tail: bytes) -> None:  # fmt: skip
+    import json
+
+    path = Path(tmp_path_factory.mktemp("speciesnet")) / "instances.json"
+    text = json.dumps({key: entries if isinstance(entries, list) else [entries]}).encode()
+    path.write_bytes(text if not tail else text[: len(text) // 2] + tail)
+    _one_line_error(lambda: read_table(path))
 
 
 META_PARTS = st.sampled_from([
