@@ -387,6 +387,10 @@ def index(
             reread_exif=reread_exif,
         )
     click.echo(summary.line())
+    if summary.exif_unread:
+        click.echo(f"note: {summary.exif_unread} unchanged photos were indexed with --no-exif: "
+                   f"their EXIF dates and places stay unread; --reread-exif reads them "
+                   f"(--no-exif keeps every photo's out)", err=True)  # fmt: skip
 
 
 @main.group()

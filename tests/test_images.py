@@ -360,3 +360,39 @@ def test_reread_exif_fills_a_store_made_before(tmp_path, tiny_model: str) -> Non
         assert after["vehicle.jpg"] == before["vehicle.jpg"]  # a specimen: none taken
         assert after["domestic_dog.jpg"] == before["domestic_dog.jpg"]  # given: kept
         assert col.index([folder], progress=False, reread_exif=True).updated == 0
+
+
+def test_a_run_reading_exif_says_which_photos_no_exif_left_unread(tmp_path, tiny_model: str,
+                                                                   ) -> None:  # fmt: skip
+    """A store first indexed with --no-exif, then without it: the new run reads EXIF for
+    new photos only, so the old ones stayed without their dates and places and nothing
+    said so (a curator takes the flag's absence to mean they were read)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from bioindex import Collection
+    from bioindex.cli import main
+
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    _photo_with_a_place(folder / "orchid.jpg")
+    shutil.copy(shared("camera-trap", "domestic_dog.jpg"), folder / "dog.jpg")
+    store = str(tmp_path / "s")
+    runner = CliRunner()
+    first = runner.invoke(main, ["index", str(folder), "--store", store, "--model", tiny_model,
+                                 "--no-exif", "-q"])  # fmt: skip
+    assert first.exit_code == 0 and "note:" not in first.output, first.output
+    _photo_with_a_place(folder / "new.jpg")
+    second = runner.invoke(main, ["index", str(folder), "--store", store, "-q"])
+    assert second.exit_code == 0, second.output
+    assert "note: 2 unchanged photos were indexed with --no-exif" in second.output
+    assert "--reread-exif" in second.output
+    with Collection.open(store, read_only=True) as col:
+        placed = col.store.catalog.query("SELECT uri FROM images WHERE decimal_latitude "
+                                         "IS NOT NULL")[1]  # fmt: skip
+    assert [Path(u).name for (u,) in placed] == ["new.jpg"]  # read: it is new
+    third = runner.invoke(main, ["index", str(folder), "--store", store, "-q", "--reread-exif"])
+    assert "note:" not in third.output and "metadata updated 2" in third.output, third.output
+    fourth = runner.invoke(main, ["index", str(folder), "--store", store, "-q"])
+    assert "note:" not in fourth.output, fourth.output

@@ -49,6 +49,9 @@ class IndexSummary:
     occurrences: int = 0
     seconds: float = 0.0
     run_id: int = 0
+    # Unchanged photos whose EXIF a run with --no-exif left unread (or removed), which a
+    # run reading EXIF does not read again unless told (--reread-exif).
+    exif_unread: int = 0
 
     def line(self) -> str:
         # A rate over nothing embedded ("0.0 images/s") reads as a fault.
@@ -188,6 +191,9 @@ def run_index(
         keep_photo_facts=photo_facts)  # fmt: skip
     if reread_exif and photo_facts:
         summary.updated += store.fill_photo_facts(_facts_of(work.same_files))
+    elif photo_facts:  # said, so that a run reading EXIF is not taken to have read theirs
+        summary.exif_unread = sum(bool(c) for c in _exif_cleared(
+            store, [item.uri for item in work.same_files]))  # fmt: skip
     if not photo_facts:  # what earlier runs took from these photos goes too
         bare = [item.uri for item in work.same_files if not item.metadata]
         held = set(store.with_photo_fact_values(_since_cleared(store, bare)))
@@ -280,25 +286,29 @@ def run_index(
 
 def _since_cleared(store: Store, uris: Sequence[str]) -> list[str]:
     """Of `uris`, those whose photo may have given its row a date or a place since a run
-    without EXIF last cleared them: embedded by a run that read EXIF, or re-read by one,
-    after the last run without it that covered them (runs recorded before runs said so are
-    taken to have read it). Else every rerun with --no-exif read each photo whose row holds
-    a date a metadata file gave: a museum's whole collection, every night."""
+    without EXIF last cleared them. Else every rerun with --no-exif read each photo whose
+    row holds a date a metadata file gave: a museum's whole collection, every night."""
+    return [uri for uri, cleared in zip(uris, _exif_cleared(store, uris)) if not cleared]
+
+
+def _exif_cleared(store: Store, uris: Sequence[str]) -> list[bool | None]:
+    """Per uri: whether a run without EXIF covered it after the last run that read its
+    photo's EXIF (embedded it reading EXIF, or re-read it). Runs recorded before runs said
+    so are taken to have read it; None where the run that embedded it is unknown."""
     runs = store.runs()
     clearing = [(int(r["run_id"]), Covered(r["roots"])) for r in runs if r.get("exif") is False]
     if not clearing:
-        return list(uris)
+        return [False] * len(uris)
     reading = {int(r["run_id"]) for r in runs if r.get("exif", True)}
     rereads = [(int(r["run_id"]), Covered(r["roots"])) for r in runs if r.get("reread_exif")]
-    unsure = []
+    cleared: list[bool | None] = []
     for uri, run in zip(uris, store.embedding_runs(uris)):
         if run is None:
-            unsure.append(uri)
+            cleared.append(None)
             continue
         took = max([run if run in reading else 0, *(i for i, c in rereads if c(uri))])
-        if took > max((i for i, c in clearing if c(uri)), default=0):
-            unsure.append(uri)
-    return unsure
+        cleared.append(max((i for i, c in clearing if c(uri)), default=0) > took)
+    return cleared
 
 
 class Writer:
