@@ -219,3 +219,31 @@ def test_probabilities_are_a_softmax() -> None:
     probs = zero_shot_probabilities(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32), 10)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
     assert probs[0, 0] > probs[0, 1]
+
+
+def test_the_only_taxon_the_labels_name_is_never_called_confident(
+        tmp_path: Path, tiny_model: str) -> None:  # fmt: skip
+    """Camera-trap photos indexed beside a GBIF download naming one pufferfish: every photo
+    was "Tetraodon fluviatilis (species), confident, 1.0000" — a softmax over one label is
+    1 whatever the photo shows. Said as uncertain, with why (free labels must be two or
+    more already); two labels choose as before."""
+    photos = tmp_path / "trap"
+    photos.mkdir()
+    for name in ("ocelot.jpg", "domestic_dog.jpg"):
+        (photos / name).write_bytes(shared("camera-trap", name).read_bytes())
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([photos, shared("dwca", "gbif-results.zip")], progress=False)
+        found = col.classify([photos / "ocelot.jpg"], k=1)
+        decision = found[0].decision
+        assert (decision.name, decision.band) == ("Tetraodon fluviatilis", "uncertain")
+        assert found[0].score == pytest.approx(1.0)
+        assert "the only species the labels name" in found[0].to_dict()["answer_note"]
+        # At genus the same: one genus. Two free labels are a choice: no note.
+        assert col.classify([photos / "ocelot.jpg"], rank="genus")[0].decision.alone
+        two = col.classify([photos / "ocelot.jpg"], labels=["ocelot", "pufferfish"],
+                           min_confidence=0.0)[0]  # fmt: skip
+        assert two.decision.band == "confident" and not two.decision.alone
+    result = CliRunner().invoke(main, ["classify", str(photos / "ocelot.jpg"), "--store",
+                                       str(tmp_path / "s")])  # fmt: skip
+    assert "uncertain" in result.output and "nothing to tell it from" in result.output, (
+        result.output)

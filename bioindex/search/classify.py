@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -46,12 +46,18 @@ class Decision:
     score: float
     band: str
     novel: bool = False  # unlike every labelled species: the species was not answered
+    # The labels name no other taxon at the asked rank: its probability is 1 whatever the
+    # photo shows (an ocelot was "Tetraodon fluviatilis, confident, 1.0000" in a store
+    # whose one species list names that pufferfish), so it is never called confident.
+    alone: bool = False
 
     def to_dict(self) -> dict:
         row = {"answer": self.name, "answer_rank": self.rank,
                "answer_score": round(self.score, 6), "band": self.band}  # fmt: skip
         if self.novel:
             row["answer_note"] = NOVEL_NOTE
+        elif self.alone:
+            row["answer_note"] = f"the only {self.rank} the labels name: nothing to tell it from"
         return row
 
 
@@ -141,6 +147,19 @@ def decide(scores: dict[Taxon, float], rank: str, min_confidence: float,
     return Decision(UNKNOWN, "", 0.0, UNKNOWN, novel)
 
 
+def _choices(rank: str, labels: LabelSet | None, head: Head | None) -> int | None:
+    """How many taxa at `rank` an answer is chosen among; None where the method's
+    candidates are not known beforehand (the neighbour vote's) or are free labels (two or
+    more, labels_from_strings)."""
+    if labels is not None and not labels.has_lineage:
+        return None
+    taxa = labels.taxa if labels is not None else head.taxa if head is not None else None
+    if taxa is None:
+        return None
+    depth = RANKS.index(rank) + 1
+    return len({t.at_rank(rank) for t in taxa if len(t.lineage) >= depth})
+
+
 def classify_vectors(
     files: Sequence[str],
     image_vectors: np.ndarray,
@@ -186,6 +205,7 @@ def classify_vectors(
 
     probabilities, taxa = None, None
     novel = np.zeros(len(files), dtype=bool)
+    alone = _choices(rank, labels, head) == 1
     if few_shot:
         probabilities, taxa = head.probabilities(image_vectors), head.taxa
         novel = head.novel(image_vectors)
@@ -226,6 +246,8 @@ def classify_vectors(
                               min_confidence, novel=True)  # fmt: skip
         else:
             decision = decide(scores, rank, min_confidence, bool(novel[i]))
+        if alone and decision.band == CONFIDENT:
+            decision = replace(decision, band=UNCERTAIN, alone=True)
         best = sorted(scores.items(), key=lambda item: (-item[1], item[0].lineage))[:k]
         predictions.extend(Prediction(file, score, taxon=taxon, decision=decision)
                            for taxon, score in best)  # fmt: skip
