@@ -204,13 +204,14 @@ def _lower_level(record: logging.LogRecord) -> bool:
 @click.option(
     "--source-type",
     type=click.Choice(["auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif",
-                       "speciesnet"]),
+                       "speciesnet", "camtrap-dp"]),
     default="auto",
     show_default=True,
     help="What SOURCES are; auto: folders, images, .csv/.tsv/.parquet manifests, .zip or "
     "meta.xml folders (Darwin Core Archives; a .zip without meta.xml: its photos), .tar or "
     "{..} shard patterns, .json files or URLs (IIIF manifests and collections; a SpeciesNet "
-    "instances or predictions .json: its photos, by filepath).",
+    "instances or predictions .json: its photos, by filepath), a folder with a Camtrap DP "
+    "datapackage.json.",
 )
 @click.option(
     "--media-root",
@@ -346,6 +347,7 @@ def index(
       bioindex index sheets/ --store s --model local-dir:~/models/bioclip --device cpu
       bioindex index imgs/ --store s --metadata occurrences.csv
       bioindex index trap/ --store s --metadata trap/instances.json   # SpeciesNet's places
+      bioindex index camtrap-package/ --store s          # Camtrap DP (datapackage.json)
       bioindex index big-jpegs/ --store s --fast-decode --device cuda --batch-size 512
       bioindex index photos/ --store s --precision bf16     # CPUs with bf16: ~1.8x
       bioindex index gbif-download.zip --store s          # Darwin Core Archive, fetches media

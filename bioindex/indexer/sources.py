@@ -10,6 +10,7 @@ Source types (chosen from the path unless --source-type says):
                TreeOfLife-10M keys (jpg, taxonomic_name.txt, scientific_name.txt, …)
   iiif         a IIIF Presentation manifest or collection (v2 or v3), a .json file or URL
   speciesnet   a SpeciesNet instances or predictions .json (camera traps; indexer/speciesnet)
+  camtrap-dp   a Camera Trap Data Package: a folder with datapackage.json (indexer/camtrapdp)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import stat
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,7 +36,7 @@ from bioindex.indexer.remote import FetchPolicy, is_remote
 
 MAX_FILE_BYTES = 1 << 30  # one image file; a 150 MP uncompressed TIFF master is ~450 MB
 SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif",
-                "speciesnet")
+                "speciesnet", "camtrap-dp")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 _URI_COLUMNS = ("path", "file", "filename", "uri", "url", "identifier", "accessuri", "image")
 _SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -179,7 +180,7 @@ def scan_paths(
         elif kind == "file":
             scan.roots.append(str(path))
             items.setdefault(str(path), _file_item(path, path.parent, sidecar))
-        elif kind in ("manifest", "speciesnet"):
+        elif kind in ("manifest", "speciesnet", "camtrap-dp"):
             _scan_manifest(path, kind, media_root, items, scan, allow_outside_paths)
         elif kind == "dwca":
             _scan_archive(path, media_root, items, scan, allow_outside_paths)
@@ -225,21 +226,32 @@ def detect(raw: str) -> str:
     if "{" in raw and "}" in raw or raw.endswith(".tar"):
         return "webdataset"
     path = Path(raw).expanduser()
+    from bioindex.indexer.camtrapdp import package_file
+
     if path.is_dir():
         from bioindex.indexer.dwca import is_archive
 
+        if package_file(path) is not None:
+            return "camtrap-dp"
         return "dwca" if is_archive(path) else "folder"
     suffix = path.suffix.lower()
     if suffix == ".zip":
-        from bioindex.indexer.zipped import holds_darwin_core
+        from bioindex.indexer.zipped import holds_darwin_core, holds_data_package
 
-        return "dwca" if not path.is_file() or holds_darwin_core(path) else "zip"
+        if not path.is_file() or holds_darwin_core(path):
+            return "dwca"
+        if holds_data_package(path):  # its tables name its photos: read unzipped
+            raise BioindexError(f"{raw} holds a Camera Trap Data Package: unzip it and "
+                                f"index its folder")  # fmt: skip
+        return "zip"
     if suffix in TABLE_SUFFIXES:
         return "manifest"
     if suffix in (".json", ".jsonld"):
         from bioindex.indexer.speciesnet import is_speciesnet
 
-        return "speciesnet" if is_speciesnet(path) else "iiif"
+        if is_speciesnet(path):
+            return "speciesnet"
+        return "camtrap-dp" if package_file(path) is not None else "iiif"
     if suffix in IMAGE_EXTENSIONS or not path.exists():
         return "file"
     raise BioindexError(f"source {raw} is not a folder, image, table, archive or tar shard")
@@ -311,9 +323,23 @@ def read_table(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 def _scan_manifest(path: Path, kind: str, media_root: Any, items: dict[str, Item], scan: Scan,
                    anywhere: bool) -> None:  # fmt: skip
+    listed: Iterable[tuple[str, dict[str, Any]]]
+    if kind == "camtrap-dp":
+        from bioindex.indexer import camtrapdp
+
+        file = camtrapdp.package_file(path)
+        if file is None:
+            raise BioindexError(f"{path} is not a Camera Trap Data Package (a folder with a "
+                                f"datapackage.json whose profile is camtrap-dp)")  # fmt: skip
+        package = camtrapdp.read(file)
+        listed, path = package.photos, file
+        if package.videos:
+            scan.unread["video (Camtrap DP media)"] += package.videos
+    else:
+        listed = listed_media(path, kind)
     base = Path(media_root).resolve() if media_root else path.parent
     local, missing = 0, 0
-    for value, metadata in listed_media(path, kind):
+    for value, metadata in listed:
         item = _add_media(value, base, metadata, items, scan, anywhere)
         if item is not None and item.path:  # a local file (a URL's path is "")
             local += 1

@@ -73,6 +73,17 @@ def holds_darwin_core(path: Path) -> bool:
                for n in names if not n.startswith("__MACOSX/"))  # fmt: skip
 
 
+def holds_data_package(path: Path) -> bool:
+    """Whether a zip holds a data package descriptor (a Camtrap DP downloaded as a zip)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except DAMAGED:
+        return False
+    return any(PurePosixPath(n).name == "datapackage.json" and n.count("/") <= 1
+               for n in names)  # fmt: skip
+
+
 def image_members(path: Path, any_name: bool = False, only: Container[str] | None = None,
                   ) -> tuple[list[Member], list[tuple[str, str]]]:  # fmt: skip
     """The image members of a zip (by name), and (name, reason) for those that cannot be
