@@ -89,6 +89,41 @@ def test_speciesnet_files_read_or_fail_in_one_line(tmp_path_factory, key: str, e
     _one_line_error(lambda: read_table(path))
 
 
+CAMTRAP_TABLES = {
+    "deployments": b"deploymentID,latitude,longitude\nd1,-1.29,36.82\n",
+    "media": b"mediaID,deploymentID,timestamp,filePath,fileMediatype\n"
+             b"m1,d1,2010-08-04T08:43:15+03:00,media/a.jpg,image/jpeg\n",
+    "observations": b"observationID,deploymentID,mediaID,eventStart,eventEnd,observationLevel,"
+                    b"observationType,scientificName\n"
+                    b"e1,d1,,2010-08-04T05:43:00Z,2010-08-04T05:44:00Z,event,animal,Panthera leo\n",
+}  # fmt: skip
+
+
+@BOUNDED
+@given(st.sampled_from(sorted(CAMTRAP_TABLES)), st.binary(max_size=80),
+       st.sampled_from(["list", "null", "string", "outside"]))  # fmt: skip
+def test_a_camtrap_package_reads_or_fails_in_one_line(tmp_path_factory, table: str, noise: bytes,
+                                                      resources: str) -> None:  # fmt: skip
+    """A damaged table or descriptor of a Camera Trap Data Package."""
+    import json
+
+    from bioindex.indexer.sources import scan_paths
+
+    folder = Path(tmp_path_factory.mktemp("camtrap"))
+    listed = [{"name": n, "path": f"{n}.csv"} for n in CAMTRAP_TABLES]
+    if resources == "outside":
+        listed[0]["path"] = "../../deployments.csv"
+    descriptor = {"profile": "https://example.org/camtrap-dp/1.0/camtrap-dp-profile.json",
+                  "resources": {"list": listed, "null": None, "string": "media.csv",
+                                "outside": listed}[resources],
+                  "licenses": "CC0", "contributors": [None, {"role": "rightsHolder"}]}  # fmt: skip
+    (folder / "datapackage.json").write_text(json.dumps(descriptor))
+    for name, text in CAMTRAP_TABLES.items():
+        (folder / f"{name}.csv").write_bytes(text[: len(text) // 2] + noise if name == table
+                                             else text)  # fmt: skip
+    _one_line_error(lambda: scan_paths([folder]))
+
+
 META_PARTS = st.sampled_from([
     "<core", "</core>", "<extension", "</extension>", ' rowType="x"', ' encoding="latin-9"',
     ' fieldsTerminatedBy="\\t"', ' ignoreHeaderLines="q"', "<files><location>",

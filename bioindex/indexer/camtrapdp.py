@@ -59,7 +59,7 @@ def read(file: Path) -> Package:
 
     descriptor = _descriptor(file)
     folder = file.parent
-    paths = {r.get("name"): r.get("path") for r in descriptor.get("resources", [])
+    paths = {r.get("name"): r.get("path") for r in _list(descriptor.get("resources"))
              if isinstance(r, dict)}  # fmt: skip
     missing = [name for name in TABLES if not isinstance(paths.get(name), str)]
     if missing:
@@ -105,13 +105,17 @@ def _descriptor(file: Path) -> dict[str, Any]:
 def _package_terms(descriptor: dict[str, Any]) -> dict[str, Any]:
     """Licence of the media and the rights holder, as the package's metadata gives them."""
     terms: dict[str, Any] = {"basisOfRecord": "MachineObservation"}
-    for licence in descriptor.get("licenses") or []:
+    for licence in _list(descriptor.get("licenses")):
         if isinstance(licence, dict) and licence.get("scope") == "media":
             terms["license"] = licence.get("path") or licence.get("name")
-    for person in descriptor.get("contributors") or []:
+    for person in _list(descriptor.get("contributors")):
         if isinstance(person, dict) and person.get("role") == "rightsHolder":
             terms["rightsHolder"] = person.get("title")
     return terms
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _deployment_terms(deployment: dict[str, Any]) -> dict[str, Any]:
