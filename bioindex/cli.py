@@ -405,7 +405,9 @@ where_option = click.option(
     "--where", "-w", "where", multiple=True, metavar="COND",
     help="Filter, repeatable (AND): family=Felidae, species='Felis catus', country_code=KE, "
     "institution_code=FMNH, event_date>=2010-01-01, bbox=W,S,E,N, license=CC0-1.0, "
-    "folder=site3 (a folder of that name at any depth).",
+    "folder=site3 (a folder of that name at any depth), extra.locationID=L1 (a field kept "
+    "beside the Darwin Core columns: a metadata file's own column, Camtrap DP's "
+    "observationType).",
 )  # fmt: skip
 group_option = click.option(
     "--group-by", "group_by", type=click.Choice(["occurrence"]), default=None,

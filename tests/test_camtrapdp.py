@@ -140,6 +140,15 @@ def test_a_camtrap_dp_folder_is_indexed_with_its_places_and_names(
         hits = collection.search_text("an elephant", k=10, where={"genus": "Loxodonta"})
         assert {Path(h.uri).name for h in hits} == {"african_elephants.jpg",
                                                     "african_elephants_bw.jpg"}  # fmt: skip
+        # What the catalog keeps beside its columns is a filter too (before: "unknown
+        # filter column").
+        for where, names in (("extra.locationID=l1", {"african_elephants.jpg",
+                                                       "african_elephants_bw.jpg"}),
+                             ("extra.observationType=blank", {"blank.jpg"}),
+                             ("extra.locationID!=L1", {"ocelot.jpg", "domestic_dog.jpg",
+                                                       "blank.jpg", "domestic_cattle.jpg"})):
+            hits = collection.search_text("an animal", k=10, where=[where])
+            assert {Path(h.uri).name for h in hits} == names, where
     # The descriptor itself names the package too; a rerun has nothing to do.
     again = CliRunner().invoke(main, ["index", str(package / "datapackage.json"), "--store",
                                       str(store), "-q"])  # fmt: skip

@@ -22,7 +22,8 @@ from tests.conftest import shared
 BOUNDED = settings(max_examples=150, deadline=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 COLUMNS = ["family", "species", "event_date", "bbox", "country_code", "institution_code",
-           "genus", "license", "nonsense", "ORDER"]  # fmt: skip
+           "genus", "license", "nonsense", "ORDER", "extra.locationID", "extra.", "extra.a'b",
+           'extra.x"; DROP TABLE images; --']  # fmt: skip
 OPERATORS = ["=", "!=", ">=", "<=", ">", "<", "==", "=>", ""]
 
 

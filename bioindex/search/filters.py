@@ -7,6 +7,10 @@
     bbox=W,S,E,N                decimal_longitude/decimal_latitude inside the box
     folder=site3                images under a folder of that name (or path: site3/cam2),
                                 at any depth; a camera trap's site, a plain folder's parts
+    extra.locationID=L1         a field the catalog keeps beside its columns (a metadata
+                                file's own column, a Camtrap DP's locationID or
+                                observationType, SpeciesNet's speciesnetPrediction);
+                                case-insensitive, = or != (!= keeps rows without it)
 
 Conditions are ANDed. Column names come from a fixed list and values are always bound as
 parameters, so no part of a value ever becomes SQL.
@@ -24,7 +28,8 @@ from bioindex.errors import BioindexError
 from bioindex.store import DWC_TEXT_COLUMNS, RANKS
 from bioindex.taxonomy import Taxon
 
-_CONDITION = re.compile(r"^\s*([A-Za-z_:]+)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+_CONDITION = re.compile(r"^\s*(extra\.[^=!<>]+?|[A-Za-z_:]+)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+EXTRA = "extra."
 _ORDERED_COLUMNS = ("event_date",)
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 _RANK_NAMES = tuple(r for r in RANKS if r != "specific_epithet")
@@ -52,7 +57,8 @@ def _column(name: str) -> str:
     if column in _RANK_NAMES or column in DWC_TEXT_COLUMNS or column in _OTHER_COLUMNS:
         return column
     known = ", ".join(sorted({*_RANK_NAMES, *DWC_TEXT_COLUMNS, *_OTHER_COLUMNS}))
-    raise BioindexError(f"unknown filter column {name!r}; use one of: {known}")
+    raise BioindexError(f"unknown filter column {name!r}; use one of: {known}, or "
+                        f"extra.KEY for a field kept beside them")  # fmt: skip
 
 
 def parse_where(conditions: str | Sequence[str] | Mapping[str, Any] | None) -> Filter:
@@ -75,6 +81,10 @@ def parse_where(conditions: str | Sequence[str] | Mapping[str, Any] | None) -> F
         if value[0] in "=<>!":
             raise BioindexError(f"filter {text!r}: unknown operator {op + value[0]!r}; use "
                                 f"=, !=, or >=, <=, >, < on event_date")  # fmt: skip
+        if name.startswith(EXTRA):
+            clauses.append(_extra(text, name[len(EXTRA):].strip(), op, value, result.params))
+            result.conditions.append(text)
+            continue
         column = _column(name)
         if column == "bbox":
             clauses.append(_bbox(text, op, value, result.params))
@@ -127,6 +137,16 @@ def _folder(text: str, op: str, value: str, params: list[Any]) -> str:
     params.append(f"%/{escaped.lower()}/%")
     inside = (r"lower('/' || replace(replace(uri, '\', '/'), '#', '/')) LIKE ? ESCAPE '\'")
     return inside if op == "=" else f"NOT ({inside})"
+
+
+def _extra(text: str, key: str, op: str, value: str, params: list[Any]) -> str:
+    """A key of the `extra` JSON column, compared as text, case-insensitive."""
+    if not key or op not in ("=", "!="):
+        raise BioindexError(f"filter {text!r}: extra.KEY=VALUE or extra.KEY!=VALUE")
+    params.extend(['$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"', value])
+    if op == "=":
+        return "lower(json_extract_string(extra, ?)) = lower(?)"
+    return "coalesce(lower(json_extract_string(extra, ?)), '') <> lower(?)"
 
 
 def _real_date(value: str) -> bool:
