@@ -149,6 +149,20 @@ def test_a_camtrap_dp_folder_is_indexed_with_its_places_and_names(
                                                        "blank.jpg", "domestic_cattle.jpg"})):
             hits = collection.search_text("an animal", k=10, where=[where])
             assert {Path(h.uri).name for h in hits} == names, where
+    # Handed on as a Darwin Core Archive: the fields Darwin Core has go under its terms,
+    # the package's own (mediaID, a machine's guess) stay home. Before, every camelCase key
+    # became a Darwin Core term: dwc:mediaID, dwc:machineIdentification.
+    with Collection.open(store, read_only=True) as collection:
+        collection.export(tmp_path / "out.zip")
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        meta = archive.read("meta.xml").decode()
+    dwc = "http://rs.tdwg.org/dwc/terms/"
+    for term in ("locationID", "locality", "coordinateUncertaintyInMeters", "identifiedBy",
+                 "individualCount", "basisOfRecord"):
+        assert f'"{dwc}{term}"' in meta, term
+    for key in ("mediaID", "deploymentID", "machineIdentification", "observedTaxa",
+                "observationType"):
+        assert key not in meta, key
     # The descriptor itself names the package too; a rerun has nothing to do.
     again = CliRunner().invoke(main, ["index", str(package / "datapackage.json"), "--store",
                                       str(store), "-q"])  # fmt: skip

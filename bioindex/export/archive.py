@@ -13,7 +13,6 @@ import datetime as dt
 import io
 import mimetypes
 import os
-import re
 import shutil
 import xml.etree.ElementTree as ET
 import zipfile
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bioindex.errors import BioindexError
+from bioindex.export.dwc_terms import DWC_TERMS
 from bioindex.indexer.stored import archived, image_format, member_of
 from bioindex.store import Store
 from bioindex.store.records import DWC_COLUMNS
@@ -48,7 +48,6 @@ _GBIF = {"gbifID", "datasetKey", "publishingOrgKey", "publishingCountry", "kingd
          "verbatimOrder", "verbatimFamily", "verbatimGenus", "verbatimSpecificEpithet",
          "verbatimInfraspecificEpithet", "verbatimYear", "verbatimMonth",
          "verbatimBasisOfRecord", "created", "lastInterpreted", "issue"}  # fmt: skip
-_TERM = re.compile(r"^[a-z][A-Za-z0-9]*$")  # a term's local name, as Darwin Core spells them
 # Kept by bioindex beside the record, not terms of the record itself.
 _NOT_TERMS = {"mediaIdentifier", "format", "creator", "title"}
 _CLEAN = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
@@ -60,10 +59,15 @@ def camel(column: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
-def term_iri(name: str) -> str:
+def term_iri(name: str) -> str | None:
+    """The IRI of a term Dublin Core, GBIF or Darwin Core has by this name; None for any
+    other key (a metadata file's own column, a Camtrap DP's mediaID): those stay home
+    rather than be exported as Darwin Core terms that do not exist."""
     if name in _DCTERMS:
         return DCTERMS + name
-    return (GBIF if name in _GBIF else DWC) + name
+    if name in _GBIF:
+        return GBIF + name
+    return DWC + name if name in DWC_TERMS else None
 
 
 @dataclass(frozen=True)
@@ -132,12 +136,12 @@ def write_archive(
     target = Path(path)
     tmp = target.with_name(target.name + ".tmp")
     summary = ArchiveSummary(str(target))
-    extras = [k for k in store.catalog.extra_keys() if _TERM.match(k) and k not in _NOT_TERMS]
+    extras = [k for k in store.catalog.extra_keys() if term_iri(k) and k not in _NOT_TERMS]
     columns = [c for c in DWC_COLUMNS if c != "creator"]
     core_terms = [DWC + "occurrenceID",
                   *(DCTERMS + _DCTERMS_COLUMNS[c] if c in _DCTERMS_COLUMNS else DWC + camel(c)
                     for c in columns if c != "occurrence_id"),
-                  *(term_iri(k) for k in extras)]  # fmt: skip
+                  *(str(term_iri(k)) for k in extras)]  # fmt: skip
     extra_names = [t.rsplit("/", 1)[-1] for t in core_terms[len(columns):]]
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
