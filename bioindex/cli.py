@@ -177,8 +177,9 @@ def _lower_level(record: logging.LogRecord) -> bool:
     metavar="TABLE",
     help="CSV/TSV/Parquet of Darwin Core columns keyed by a 'file' column (file name or "
     "path relative to the source folder), or a SpeciesNet instances or predictions .json "
-    "(its country, admin1_region, latitude and longitude; a path from elsewhere finds the "
-    "one photo of its name).",
+    "(its country, admin1_region, latitude and longitude) or a COCO Camera Traps .json "
+    "(LILA's: datetime, location, sequence, category); a path from elsewhere finds the one "
+    "photo of its name.",
 )
 @device_option
 @click.option(
@@ -204,14 +205,14 @@ def _lower_level(record: logging.LogRecord) -> bool:
 @click.option(
     "--source-type",
     type=click.Choice(["auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif",
-                       "speciesnet", "camtrap-dp"]),
+                       "speciesnet", "coco", "camtrap-dp"]),
     default="auto",
     show_default=True,
     help="What SOURCES are; auto: folders, images, .csv/.tsv/.parquet manifests, .zip or "
     "meta.xml folders (Darwin Core Archives; a .zip without meta.xml: its photos), .tar or "
     "{..} shard patterns, .json files or URLs (IIIF manifests and collections; a SpeciesNet "
-    "instances or predictions .json: its photos, by filepath), a folder with a Camtrap DP "
-    "datapackage.json.",
+    "instances or predictions .json or a COCO Camera Traps .json: its photos), a folder "
+    "with a Camtrap DP datapackage.json.",
 )
 @click.option(
     "--media-root",

@@ -73,19 +73,26 @@ JSON_VALUES = st.recursive(
     | st.text(max_size=12) | st.sampled_from(["KEN", "usa", "XX", "a;b;c;d;e;f;g", ";;;;;;blank"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
         st.sampled_from(["filepath", "country", "latitude", "longitude", "prediction",
-                         "admin1_region", "prediction_score", "x"]), inner, max_size=5),
+                         "admin1_region", "prediction_score", "x", "file_name", "datetime",
+                         "location", "id", "image_id", "category_id", "name", "seq_id"]),
+        inner, max_size=5),
     max_leaves=12)  # fmt: skip
 
 
 @BOUNDED
-@given(st.sampled_from(["instances", "predictions", "images"]), JSON_VALUES,
-       st.binary(max_size=20))  # fmt: skip
-def test_speciesnet_files_read_or_fail_in_one_line(tmp_path_factory, key: str, entries,
-                                                   tail: bytes) -> None:  # fmt: skip
+@example("images", [{"id": [1], "file_name": "a.jpg"}],
+         [{"id": [2], "image_id": [1], "category_id": {"x": 1}, "name": "n"}], b"")
+@given(st.sampled_from(["instances", "predictions", "images", "nothing"]), JSON_VALUES,
+       JSON_VALUES, st.binary(max_size=20))  # fmt: skip
+def test_camera_trap_json_reads_or_fails_in_one_line(tmp_path_factory, key: str, entries,
+                                                     other, tail: bytes) -> None:  # fmt: skip
+    """SpeciesNet's instances and predictions, COCO Camera Traps (images, annotations,
+    categories), damaged or not."""
     import json
 
     path = Path(tmp_path_factory.mktemp("speciesnet")) / "instances.json"
-    text = json.dumps({key: entries if isinstance(entries, list) else [entries]}).encode()
+    text = json.dumps({key: entries if isinstance(entries, list) else [entries],
+                       "annotations": other, "categories": other}).encode()
     path.write_bytes(text if not tail else text[: len(text) // 2] + tail)
     _one_line_error(lambda: read_table(path))
 

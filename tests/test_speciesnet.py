@@ -158,3 +158,60 @@ def test_a_json_that_is_not_speciesnet_is_one_line(tmp_path: Path, trap: Path) -
         assert result.exit_code != 0
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+
+
+def _coco(trap: Path) -> dict:
+    """A LILA-style COCO Camera Traps file for five of the photos (paths as the dataset
+    ships them, under its own folder name)."""
+    images = [
+        {"id": "a", "file_name": "serengeti/S1/african_elephants.jpg",
+         "datetime": "2010-08-04 08:43:15", "location": "S1", "seq_id": "seq1",
+         "frame_num": 1, "seq_num_frames": 2, "rights_holder": "Snapshot Serengeti"},
+        {"id": "b", "file_name": "serengeti/S1/african_elephants_bw.jpg",
+         "datetime": "2010-08-04 08:43:16", "location": "S1", "seq_id": "seq1",
+         "frame_num": 2, "seq_num_frames": 2},
+        {"id": "c", "file_name": "nacti/blank.jpg", "datetime": "Sept 25 2016 18:35",
+         "location": 7},
+        {"id": "d", "file_name": "nacti/domestic_cattle.jpg", "datetime": "2014-09-26T14:21:04"},
+        {"id": "e", "file_name": "nacti/ocelot.jpg"},
+    ]
+    return {"info": {"version": "1.0", "description": "test"}, "images": images,
+            "categories": [{"id": 0, "name": "empty"}, {"id": 1, "name": "elephant"},
+                           {"id": 2, "name": "cattle"}, {"id": 3, "name": "dog"}],
+            "annotations": [{"id": "1", "image_id": "a", "category_id": 1},
+                            {"id": "2", "image_id": "a", "category_id": 1},
+                            {"id": "3", "image_id": "b", "category_id": 1,
+                             "sequence_level_annotation": True},
+                            {"id": "4", "image_id": "c", "category_id": 0},
+                            {"id": "5", "image_id": "d", "category_id": 2},
+                            {"id": "6", "image_id": "d", "category_id": 3}]}  # fmt: skip
+
+
+def test_a_coco_camera_traps_file_names_the_photos_beside_it(trap: Path, tmp_path: Path,
+                                                             tiny_model: str) -> None:  # fmt: skip
+    """LILA's datasets come as COCO Camera Traps JSON: as --metadata it gives dates,
+    locations, sequences and each photo's category (before: "needs a column naming the
+    images")."""
+    (tmp_path / "lila.json").write_text(json.dumps(_coco(trap)))
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
+        collection.index([trap], metadata=tmp_path / "lila.json", progress=False)
+        rows = {Path(uri).name: (date, name, json.loads(extra) if extra else {})
+                for uri, date, name, extra in collection.store.catalog.query(
+                    "SELECT uri, event_date, vernacular_name, extra FROM images")[1]}  # fmt: skip
+        hits = collection.search_text("elephants", k=10, where=["vernacular_name=elephant"])
+    assert {Path(h.uri).name for h in hits} == {"african_elephants.jpg",
+                                                "african_elephants_bw.jpg"}  # fmt: skip
+    date, name, extra = rows["african_elephants.jpg"]
+    assert (date, name) == ("2010-08-04T08:43:15", "elephant")
+    assert extra["locationID"] == "S1" and extra["eventID"] == "seq1"
+    assert rows["blank.jpg"][2]["observationType"] == "empty"
+    assert rows["blank.jpg"][2]["verbatimEventDate"] == "Sept 25 2016 18:35"
+    assert rows["blank.jpg"][0] == "2016-09-25T18:35:10"  # not a date: the photo's EXIF one
+    assert rows["blank.jpg"][2]["locationID"] == "7"
+    assert rows["domestic_cattle.jpg"][1] is None
+    assert rows["domestic_cattle.jpg"][2]["observedTaxa"] == "cattle | dog"
+    assert rows["ocelot.jpg"][1] is None and "locationID" not in rows["ocelot.jpg"][2]
+    # As the source it lists its photos by path; here they are under no such folders.
+    result = CliRunner().invoke(main, ["index", str(tmp_path / "lila.json"), "--store",
+                                       str(tmp_path / "s2"), "--model", tiny_model])  # fmt: skip
+    assert "none of the 5 files lila.json lists is under" in result.output, result.output

@@ -10,12 +10,14 @@ Source types (chosen from the path unless --source-type says):
                TreeOfLife-10M keys (jpg, taxonomic_name.txt, scientific_name.txt, …)
   iiif         a IIIF Presentation manifest or collection (v2 or v3), a .json file or URL
   speciesnet   a SpeciesNet instances or predictions .json (camera traps; indexer/speciesnet)
+  coco         a COCO Camera Traps .json (LILA's datasets; indexer/cococt)
   camtrap-dp   a Camera Trap Data Package: a folder with datapackage.json (indexer/camtrapdp)
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import re
@@ -36,7 +38,8 @@ from bioindex.indexer.remote import FetchPolicy, is_remote
 
 MAX_FILE_BYTES = 1 << 30  # one image file; a 150 MP uncompressed TIFF master is ~450 MB
 SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif",
-                "speciesnet", "camtrap-dp")
+                "speciesnet", "coco", "camtrap-dp")
+JSON_LISTS = ("speciesnet", "coco")  # JSON files listing photos: indexed as manifests
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 _URI_COLUMNS = ("path", "file", "filename", "uri", "url", "identifier", "accessuri", "image")
 _SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -180,7 +183,7 @@ def scan_paths(
         elif kind == "file":
             scan.roots.append(str(path))
             items.setdefault(str(path), _file_item(path, path.parent, sidecar))
-        elif kind in ("manifest", "speciesnet", "camtrap-dp"):
+        elif kind in ("manifest", "camtrap-dp", *JSON_LISTS):
             _scan_manifest(path, kind, media_root, items, scan, allow_outside_paths)
         elif kind == "dwca":
             _scan_archive(path, media_root, items, scan, allow_outside_paths)
@@ -247,10 +250,13 @@ def detect(raw: str) -> str:
     if suffix in TABLE_SUFFIXES:
         return "manifest"
     if suffix in (".json", ".jsonld"):
+        from bioindex.indexer.cococt import looks_like
         from bioindex.indexer.speciesnet import is_speciesnet
 
         if is_speciesnet(path):
             return "speciesnet"
+        if looks_like(path):
+            return "coco"
         return "camtrap-dp" if package_file(path) is not None else "iiif"
     if suffix in IMAGE_EXTENSIONS or not path.exists():
         return "file"
@@ -311,7 +317,7 @@ def read_table(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     if file.suffix.lower() == ".json":
         if not file.is_file():
             raise BioindexError(f"metadata file {path} does not exist")
-        return dict(listed_media(file, "speciesnet"))
+        return dict(_listed_json(file))
     rows = iter_table_rows(path)
     out: dict[str, dict[str, Any]] = {}
     key = None
@@ -346,18 +352,35 @@ def _scan_manifest(path: Path, kind: str, media_root: Any, items: dict[str, Item
             missing += item.size is None
     if local and missing == local:  # paths relative to some other folder: one hint, not N
         hint = ("; or index the photos' folder with --metadata " + str(path)
-                if kind == "speciesnet" else "")  # fmt: skip
+                if kind in JSON_LISTS else "")  # fmt: skip
         scan.warnings.append(f"none of the {local} files {path.name} lists is under {base}: "
                              f"give --media-root (the folder its paths start from){hint}")
+
+
+def _listed_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The photos a SpeciesNet or COCO Camera Traps file lists, whichever it is."""
+    from bioindex.indexer import cococt, speciesnet
+
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            document = json.load(file)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BioindexError(f"{path} cannot be read as JSON: {exc}") from None
+    if speciesnet.kind_of(document):
+        yield from speciesnet.rows(document, path)
+    elif cococt.is_coco(document):
+        yield from cococt.rows(document, path)
+    else:
+        raise BioindexError(f"{path} is neither a SpeciesNet instances or predictions file "
+                            f"nor a COCO Camera Traps file (a JSON object with an "
+                            f"'instances', 'predictions' or 'images' list)")  # fmt: skip
 
 
 def listed_media(path: Path, kind: str = "manifest") -> Iterator[tuple[str, dict[str, Any]]]:
     """(media path or URL, its metadata) for each row of a manifest table or entry of a
     SpeciesNet file."""
-    if kind == "speciesnet":
-        from bioindex.indexer import speciesnet
-
-        yield from speciesnet.rows(path)
+    if kind in JSON_LISTS:
+        yield from _listed_json(path)
         return
     key = None
     for row in iter_table_rows(path):

@@ -14,7 +14,6 @@ catalog's names.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,22 +37,19 @@ def is_speciesnet(path: str | Path) -> bool:
     return bool(_HEAD.match(head.removeprefix(b"\xef\xbb\xbf")))
 
 
-def rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(filepath, metadata in Darwin Core terms) for each photo the file lists."""
-    try:
-        with open(path, encoding="utf-8-sig") as file:
-            document = json.load(file)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BioindexError(f"{path} cannot be read as JSON: {exc}") from None
-    kind = next((k for k in KINDS if isinstance(document, dict)
+def kind_of(document: Any) -> str | None:
+    """'instances' or 'predictions' for a parsed SpeciesNet file, else None."""
+    return next((k for k in KINDS if isinstance(document, dict)
                  and isinstance(document.get(k), list)), None)  # fmt: skip
-    if kind is None:
-        raise BioindexError(f"{path} is not a SpeciesNet instances or predictions file "
-                            f"(a JSON object with an 'instances' or 'predictions' list)")
-    for number, entry in enumerate(document[kind], 1):
+
+
+def rows(document: dict[str, Any], source: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(filepath, metadata in Darwin Core terms) for each photo a parsed file lists."""
+    kind = kind_of(document)
+    for number, entry in enumerate(document[kind] if kind else [], 1):
         filepath = entry.get("filepath") if isinstance(entry, dict) else None
         if not isinstance(filepath, str) or not filepath.strip():
-            raise BioindexError(f"{path}: {kind} entry {number} has no filepath")
+            raise BioindexError(f"{source}: {kind} entry {number} has no filepath")
         yield filepath.strip(), metadata(entry)
 
 
