@@ -60,7 +60,14 @@ def _link_records(table: Path) -> None:
     with open(table, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[*rows[0], "references"])
         writer.writeheader()
-        writer.writerows({**row, "references": RECORDS + row["catalogNumber"]} for row in rows)
+        # One institution's licence as the URL GBIF and Camtrap DP write (a card shows it
+        # short); the others as SPDX ids.
+        writer.writerows({**row, "references": RECORDS + row["catalogNumber"],
+                          "license": CC_BY if row["license"] == "CC-BY-4.0" else row["license"]}
+                         for row in rows)  # fmt: skip
+
+
+CC_BY = "http://creativecommons.org/licenses/by/4.0/"
 
 
 def screenshot_folder() -> Path:
@@ -245,5 +252,11 @@ def test_cards_link_to_the_record_and_show_institution_and_rights(site) -> None:
                                       "text: e.innerText}))")  # fmt: skip
     assert cards and all(c["link"] == RECORDS + c["catalog"] for c in cards)
     assert all(c["rights"].startswith("licence ") and "©" in c["rights"] for c in cards)
+    # A licence URL is shown by its short name (it ran off the card), the URL on hover.
+    shown = {c["rights"].split(" · ")[0] for c in cards}
+    assert shown <= {"licence CC BY 4.0", "licence CC0-1.0", "licence CC-BY-NC-4.0"}, shown
+    assert page.eval_on_selector_all(".rights span[title]", "els => els.map(e => e.title)")
+    assert all(t in (CC_BY, "CC0-1.0", "CC-BY-NC-4.0") for t in page.eval_on_selector_all(
+        ".rights span[title]", "els => els.map(e => e.title)"))  # fmt: skip
     assert all(c["catalog"].split("-")[0] in c["text"] for c in cards)  # the institution code
     page.close()

@@ -28,6 +28,15 @@ function esc(value) {
   return String(value ?? "").replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 }
 
+// A Creative Commons URL (what Camtrap DP and GBIF write) as its short name, which fits
+// a card: "http://creativecommons.org/licenses/by-nc/4.0/" → "CC BY-NC 4.0".
+function licenceName(text) {
+  const cc = /creativecommons\.org\/(licenses|publicdomain)\/([a-z-]+)\/(\d+\.\d+)/i.exec(String(text));
+  if (!cc) return String(text);
+  if (cc[1].toLowerCase() === "publicdomain") return cc[2].toLowerCase() === "zero" ? `CC0 ${cc[3]}` : `Public Domain Mark ${cc[3]}`;
+  return `CC ${cc[2].toUpperCase()} ${cc[3]}`;
+}
+
 function card(r) {
   const file = String(r.path || "").split("/").pop();
   return `
@@ -38,7 +47,7 @@ function card(r) {
       <div class="meta">${r.kind ? KINDS[r.kind](r) : "score " + Number(r.score).toFixed(3)}${r.catalog_number ? " · " + esc(r.catalog_number) : ""}</div>
       ${r.scientific_name ? `<div class="path">${esc(r.path || "")}</div>` : ""}
       <div class="meta">${esc(r.institution_code || "")} ${esc(r.country_code || "")} ${esc(r.event_date || "")}</div>
-      <div class="meta rights">${r.license ? "licence " + esc(r.license) : ""}${r.rights_holder ? " · © " + esc(r.rights_holder) : ""}</div>
+      <div class="meta rights">${r.license ? `licence <span title="${esc(r.license)}">${esc(licenceName(r.license))}</span>` : ""}${r.rights_holder ? " · © " + esc(r.rights_holder) : ""}</div>
       ${/^https?:\/\//.test(r.occurrence_url || "") ? `<a class="record" href="${esc(r.occurrence_url)}" target="_blank" rel="noopener noreferrer">occurrence record</a>` : ""}
     </div>`;
 }
