@@ -709,7 +709,11 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
     from bioindex.collection import Collection, classify_images
     from bioindex.errors import BioindexError
     from bioindex.models import load_model
-    from bioindex.search.labels import labels_from_tree_of_life, read_labels_argument
+    from bioindex.search.labels import (
+        labels_from_taxa,
+        labels_from_tree_of_life,
+        read_labels_argument,
+    )
     from bioindex.search.place import parse_near, species_list_prior
     from bioindex.search.query import check_k
 
@@ -728,8 +732,11 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
         if near or place_where:
             raise BioindexError("--near and --where look up where taxa are recorded in a "
                                 "store's catalog; give --store, or --species-list")  # fmt: skip
+        if label_set is None and tol is None and place is not None and place.taxa:
+            label_set, place = labels_from_taxa(place.taxa, place.source), None  # the list's
         if label_set is None and tol is None:
-            raise BioindexError("give --labels, --tol or --store to classify against")
+            raise BioindexError("give --labels, --tol, --species-list or --store to classify "
+                                "against")  # fmt: skip
         loaded = load_model(model or "bioclip", device=device)
         if tol:
             label_set = labels_from_tree_of_life(tol, loaded.identity.dim)
@@ -751,6 +758,12 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
                 min_confidence=min_confidence, place=place, specimen=specimen,
                 calibrate=calibrate, train=train,
             )  # fmt: skip
+            if label_set is None and place is not None and place.taxa and (
+                    not collection.catalog_names_taxa()):  # the list's species were the labels
+                label_set, place = labels_from_taxa(place.taxa, place.source), None
+    if label_set is not None and place is None and species_list and fmt == "table":
+        click.echo(f"labels: the {len(label_set)} species of {os.path.basename(species_list)}",
+                   err=True)  # fmt: skip
     rows = [p.to_dict() for p in predictions]
     if fmt == "table":
         for row in rows:

@@ -759,6 +759,7 @@ class Collection:
         scores, as pybioclip does. `train`: few-shot heads learn from this folder or table
         of labelled images instead of the store's (search.training)."""
         check_k(k)
+        labels, place = self._listed_labels(labels, method, place)
         if method in FEW_SHOT_METHODS:
             self.head(method, train)  # before any file is embedded: no names says so first
         elif train is not None:
@@ -793,6 +794,7 @@ class Collection:
         if labels is not None and not isinstance(labels, LabelSet):
             labels = labels_from_strings([labels] if isinstance(labels, str) else list(labels),
                                          "labels=")  # fmt: skip
+        labels, place = self._listed_labels(labels, method, place)
         if method not in FEW_SHOT_METHODS:
             self._require_names(labels)
         label_matrix, head, temperature = None, None, None
@@ -886,6 +888,16 @@ class Collection:
         if not chosen:
             raise BioindexError("a place needs at least one condition, e.g. country_code=KE")
         return catalog_prior(self.store, chosen, outside)
+
+    def _listed_labels(self, labels: LabelSet | None, method: str, place: PlacePrior | None,
+                       ) -> tuple[LabelSet | None, PlacePrior | None]:  # fmt: skip
+        """Zero-shot on a store whose catalog names no taxa (a plain folder), given a species
+        list: its species are the labels (before: "names no taxa", with the candidates in
+        hand). Where the catalog names taxa, the list re-weights them as a place does."""
+        if (labels is None and method == "zero-shot" and place is not None and place.taxa
+                and not self.catalog_names_taxa()):  # fmt: skip
+            return labels_from_taxa(place.taxa, place.source), None
+        return labels, place
 
     def _require_names(self, labels: LabelSet | None) -> None:
         if labels is None and not self.catalog_names_taxa():

@@ -247,3 +247,73 @@ def test_the_only_taxon_the_labels_name_is_never_called_confident(
                                        str(tmp_path / "s")])  # fmt: skip
     assert "uncertain" in result.output and "nothing to tell it from" in result.output, (
         result.output)
+
+
+CHECKLIST = ("taxonKey\tscientificName\tkingdom\tphylum\tclass\torder\tfamily\tgenus\tspecies\n"
+             "1\tPanthera leo (Linnaeus, 1758)\tAnimalia\tChordata\tMammalia\tCarnivora\t"
+             "Felidae\tPanthera\tPanthera leo\n"
+             "2\tLeopardus pardalis (Linnaeus, 1758)\tAnimalia\tChordata\tMammalia\tCarnivora\t"
+             "Felidae\tLeopardus\tLeopardus pardalis\n"
+             "3\tLoxodonta africana (Blumenbach, 1797)\tAnimalia\tChordata\tMammalia\t"
+             "Proboscidea\tElephantidae\tLoxodonta\tLoxodonta africana\n")  # fmt: skip
+
+
+def test_a_checklist_names_the_photos_of_a_plain_folder(tmp_path: Path, tiny_model: str) -> None:
+    """A GBIF species list beside a plain folder of photos. Before: `--species-list` said
+    "the catalog names no taxa" with the candidates in hand, and `--labels list.tsv` read
+    the table line by line — its header row was a label (and the answer, at 0.9999)."""
+    from bioindex.search.place import species_list_prior
+
+    photos = tmp_path / "trap"
+    photos.mkdir()
+    for name in ("ocelot.jpg", "african_elephants.jpg"):
+        (photos / name).write_bytes(shared("camera-trap", name).read_bytes())
+    checklist = tmp_path / "kenya.tsv"
+    checklist.write_text(CHECKLIST)
+    store = tmp_path / "s"
+    with Collection.open(store, model=tiny_model, create=True) as col:
+        col.index([photos], progress=False)
+        listed = col.classify([photos / "ocelot.jpg"], k=3, place=species_list_prior(checklist))
+        assert {p.taxon.scientific_name for p in listed} == {
+            "Panthera leo", "Leopardus pardalis", "Loxodonta africana"}
+        assert sum(p.score for p in listed) == pytest.approx(1.0, abs=1e-4)
+        # At family the lineage the list gives is summed, as for the catalog's taxa.
+        family = col.classify([photos / "ocelot.jpg"], k=2, rank="family",
+                              place=species_list_prior(checklist))  # fmt: skip
+        assert {p.taxon.family for p in family} == {"Felidae", "Elephantidae"}
+    runner = CliRunner()
+    by_list = runner.invoke(main, ["classify", str(photos / "ocelot.jpg"), "--store", str(store),
+                                   "--species-list", str(checklist), "--format", "json"])
+    assert by_list.exit_code == 0, by_list.output
+    by_labels = runner.invoke(main, ["classify", str(photos / "ocelot.jpg"), "--store",
+                                     str(store), "--labels", str(checklist), "--format", "json",
+                                     "--no-calibrate"])  # fmt: skip
+    assert by_labels.exit_code == 0, by_labels.output
+    import json
+
+    for result in (by_list, by_labels):
+        rows = json.loads(result.output)
+        assert {r["species"] for r in rows} <= {"Panthera leo", "Leopardus pardalis",
+                                                "Loxodonta africana"}, rows  # fmt: skip
+        assert all(r["family"] in ("Felidae", "Elephantidae") for r in rows)
+    table = runner.invoke(main, ["classify", str(photos / "ocelot.jpg"), "--store", str(store),
+                                 "--species-list", str(checklist)])  # fmt: skip
+    assert "labels: the 3 species of kenya.tsv" in table.output, table.output
+    # Over HTTP, as the page sends it: the list as an upload.
+    import httpx
+
+    from bioindex.serve.app import create_app
+    from tests.conftest import LiveServer
+
+    app = create_app(store, device="cpu")
+    try:
+        with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+            answer = client.post("/api/classify", params={"k": 3}, files=[
+                ("file", ("o.jpg", (photos / "ocelot.jpg").read_bytes(), "image/jpeg")),
+                ("species_list", ("kenya.tsv", CHECKLIST.encode(), "text/tab-separated-values")),
+            ])  # fmt: skip
+    finally:
+        app.state.collection.close()
+    assert answer.status_code == 200, answer.text
+    assert {p["species"] for p in answer.json()["predictions"]} == {
+        "Panthera leo", "Leopardus pardalis", "Loxodonta africana"}

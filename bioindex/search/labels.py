@@ -8,10 +8,12 @@ directories come with their embeddings precomputed.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,11 +70,57 @@ def labels_from_strings(labels: Sequence[str], source: str = "--labels") -> Labe
     return LabelSet(cleaned, cleaned, [None] * len(cleaned), None, source)
 
 
+def checklist_taxa(text: str, name: str) -> list[Taxon]:
+    """The species of a checklist table: a CSV/TSV with a `species` or `scientificName`
+    column (GBIF's species-list download has both, plus kingdom … genus), `name` in
+    messages."""
+    text = text.removeprefix("\ufeff")
+    sample = text[:4096]
+    dialect = "excel-tab" if sample.count("\t") > sample.count(",") else "excel"
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    try:
+        lowered = {field.lower(): field for field in reader.fieldnames or ()}
+        column = lowered.get("species") or lowered.get("scientificname")
+        if column is None:
+            raise BioindexError(f"{name} has no 'species' or 'scientificName' column")
+        taxa = list(_listed_taxa(reader, column, lowered))
+    except csv.Error as exc:
+        raise BioindexError(f"{name} is not a CSV/TSV table: {exc}") from exc
+    if not taxa:
+        raise BioindexError(f"{name} names no species")
+    return taxa
+
+
+def _listed_taxa(rows: Iterable[dict[str, str]], column: str, lowered: dict[str, str]
+                 ) -> Iterable[Taxon]:  # fmt: skip
+    ranks: Sequence[str] = ("kingdom", "phylum", "class", "order", "family")
+    seen: set[tuple[str, ...]] = set()
+    for row in rows:
+        binomial = split_binomial(row.get(column) or "")
+        if binomial is None:
+            continue
+        higher = [(row.get(lowered[r]) or "").strip() if r in lowered else "" for r in ranks]
+        taxon = Taxon(*higher, genus=binomial[0], epithet=binomial[1])
+        if taxon.lineage not in seen:  # a checklist may list a species once per source
+            seen.add(taxon.lineage)
+            yield taxon
+
+
 def read_labels_argument(value: str) -> LabelSet:
-    """--labels FILE (one per line) or a comma-separated list."""
+    """--labels FILE (one per line, or a checklist table: species with their lineage) or
+    a comma-separated list."""
     path = Path(value)
     if path.is_file():
-        return labels_from_strings(path.read_text().splitlines(), str(path))
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise BioindexError(f"--labels {value}: not UTF-8 text") from None
+        first = text.split("\n", 1)[0]
+        if "\t" in first or "," in first:
+            # A table, such as a GBIF species list: read line by line its header was a
+            # label, and every answer a whole row of it.
+            return labels_from_taxa(checklist_taxa(text, f"--labels {value}"), str(path))
+        return labels_from_strings(text.splitlines(), str(path))
     if "," not in value:
         raise BioindexError(f"--labels {value!r}: not a file, and not a comma-separated list")
     return labels_from_strings(value.split(","))

@@ -10,20 +10,18 @@ species list the user gives (a GBIF species-list download or a checklist, CSV or
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bioindex.errors import BioindexError
 from bioindex.search.defaults import DEFAULT_OUTSIDE_WEIGHT
 from bioindex.search.filters import Filter
-from bioindex.search.labels import taxon_from_row
+from bioindex.search.labels import checklist_taxa, taxon_from_row
 from bioindex.store import Store
-from bioindex.taxonomy import RANKS, Taxon, split_binomial
+from bioindex.taxonomy import RANKS, Taxon
 
 EARTH_RADIUS_KM = 6371.0088
 
@@ -33,6 +31,9 @@ class PlacePrior:
     recorded: frozenset[str]  # "rank:name" for every rank of every recorded taxon
     outside: float
     source: str
+    # A species list's own taxa: what a store whose catalog names none is classified
+    # against (Collection.classify_vectors). Empty for a place in the catalog.
+    taxa: tuple[Taxon, ...] = ()
 
     def weight(self, taxon: Taxon) -> float:
         return 1.0 if f"{taxon.rank}:{taxon.name_at(taxon.rank)}" in self.recorded else self.outside
@@ -112,36 +113,9 @@ def species_list_from_text(text: str, name: str, outside: float = DEFAULT_OUTSID
                            ) -> PlacePrior:  # fmt: skip
     """species_list_prior for a list already read (an upload), called `name` in messages."""
     _check_outside(outside)
-    text = text.removeprefix("\ufeff")
-    sample = text[:4096]
-    dialect = "excel-tab" if sample.count("\t") > sample.count(",") else "excel"
-    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
-    try:
-        lowered = {field.lower(): field for field in reader.fieldnames or ()}
-    except csv.Error as exc:
-        raise BioindexError(f"species list {name} is not a CSV/TSV table: {exc}") from exc
-    column = lowered.get("species") or lowered.get("scientificname")
-    if column is None:
-        raise BioindexError(f"species list {name} has no 'species' or 'scientificName' "
-                            "column")  # fmt: skip
-    try:
-        taxa = list(_list_taxa(reader, column, lowered))
-    except csv.Error as exc:
-        raise BioindexError(f"species list {name} is not a CSV/TSV table: {exc}") from exc
-    if not taxa:
-        raise BioindexError(f"species list {name} names no species")
-    return PlacePrior(recorded_names(taxa), outside, f"species list {Path(name).name}")
-
-
-def _list_taxa(rows: Iterable[dict[str, str]], column: str, lowered: dict[str, str]
-               ) -> Iterable[Taxon]:  # fmt: skip
-    ranks: Sequence[str] = ("kingdom", "phylum", "class", "order", "family")
-    for row in rows:
-        binomial = split_binomial(row.get(column) or "")
-        if binomial is None:
-            continue
-        higher = [(row.get(lowered[r]) or "").strip() if r in lowered else "" for r in ranks]
-        yield Taxon(*higher, genus=binomial[0], epithet=binomial[1])
+    taxa = checklist_taxa(text, f"species list {name}")
+    return PlacePrior(recorded_names(taxa), outside, f"species list {Path(name).name}",
+                      tuple(taxa))  # fmt: skip
 
 
 def _check_outside(outside: float) -> None:
