@@ -61,11 +61,15 @@ def test_taxon_names_resolve_or_fail_in_one_line(name: str) -> None:
 
 
 @BOUNDED
+@example(b"a.jpg,Panthera leo,one too many\n", "m.csv")  # a traceback from the sidecar
+@example(b"a.jpg\tPanthera leo\t\t\n", "m.tsv")
 @given(st.binary(max_size=400), st.sampled_from(["m.csv", "m.tsv"]))
 def test_tables_read_or_fail_in_one_line(tmp_path_factory, data: bytes, name: str) -> None:
     path = Path(tmp_path_factory.mktemp("table")) / name
-    path.write_bytes(b"url,scientificName\n" + data)
+    separator = b"\t" if name.endswith(".tsv") else b","
+    path.write_bytes(b"url" + separator + b"scientificName\n" + data)
     _one_line_error(lambda: list(iter_table_rows(path)))
+    _one_line_error(lambda: read_table(path))  # as --metadata: keyed by its file column
 
 
 JSON_VALUES = st.recursive(

@@ -532,3 +532,29 @@ def test_idigbio_layout_with_local_media(tmp_path: Path, tiny_model: str) -> Non
             "SELECT catalog_number, genus, specific_epithet FROM images ORDER BY catalog_number"
         )[1]
     assert rows == [("FMNH-1", "Leopardus", "pardalis"), ("FMNH-2", "Ursus", "americanus")]
+
+
+def test_a_semicolon_table_from_excel_is_read(tmp_path: Path, tiny_model: str) -> None:
+    """Excel saves "CSV" with semicolons where the comma is the decimal mark (German,
+    French, Dutch settings): the whole header was one column, refused as having no file
+    column, and a coordinate "-1,2916" was no number."""
+    photos = tmp_path / "trap"
+    photos.mkdir()
+    for name in CAMERA[:2]:
+        shutil.copy(shared("camera-trap", name), photos / name)
+    table = tmp_path / "fundorte.csv"
+    table.write_bytes("file;scientificName;decimalLatitude;decimalLongitude;locality\n"
+                      f"{CAMERA[0]};Leopardus pardalis;-1,2916;36,82;Nairobi; Kenia\n"
+                      .replace("Nairobi; Kenia", '"Nairobi; Kenia"').encode())  # fmt: skip
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([photos], metadata=table, progress=False)
+        row = col.store.catalog.query(
+            "SELECT scientific_name, decimal_latitude, decimal_longitude, extra FROM images "
+            f"WHERE uri LIKE '%{CAMERA[0]}'")[1][0]  # fmt: skip
+    assert row[:3] == ("Leopardus pardalis", -1.2916, 36.82)
+    assert '"locality": "Nairobi; Kenia"' in row[3]
+    # A training table and a checklist likewise.
+    from bioindex.search.labels import checklist_taxa
+
+    taxa = checklist_taxa("species;family\nPanthera leo;Felidae\n", "list")
+    assert [(t.genus, t.family) for t in taxa] == [("Panthera", "Felidae")]

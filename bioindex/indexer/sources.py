@@ -35,6 +35,7 @@ from bioindex.images import IMAGE_EXTENSIONS, unread_note, walk_images
 from bioindex.indexer import iiif
 from bioindex.indexer.lines import Lines
 from bioindex.indexer.remote import FetchPolicy, is_remote
+from bioindex.tables import delimiter
 
 MAX_FILE_BYTES = 1 << 30  # one image file; a 150 MP uncompressed TIFF master is ~450 MB
 SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif",
@@ -290,16 +291,32 @@ def iter_table_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         for batch in pq.ParquetFile(file).iter_batches(batch_size=8192):
             yield from batch.to_pylist()
         return
-    dialect = "excel-tab" if file.suffix.lower() in (".tsv", ".txt") else "excel"
+    delimiter = "\t" if file.suffix.lower() in (".tsv", ".txt") else _delimiter(file)
     lines = Lines(str(file))
+    said = False
     try:
         with open(file, "rb") as raw:
-            yield from csv.DictReader(lines.of(raw, "utf-8-sig"), dialect=dialect)
+            for row in csv.DictReader(lines.of(raw, "utf-8-sig"), dialect="excel",
+                                      delimiter=delimiter):  # fmt: skip
+                # Fields past the header's (a trailing separator, a stray comma) have no
+                # name: csv files them under None, where a traceback came from.
+                extra = row.pop(None, None)  # type: ignore[call-overload]
+                if extra and any(str(v).strip() for v in extra) and not said:
+                    log.warning("%s: line %d has more fields than its header; those past "
+                                "it are left out", file, lines.number)  # fmt: skip
+                    said = True
+                yield row
     except UnicodeDecodeError:
         raise BioindexError(f"{file}: line {lines.number} is not UTF-8 text; save the table "
                             f"as UTF-8") from None  # fmt: skip
     except csv.Error as exc:  # a field over the csv module's 128 KiB, a stray NUL, …
         raise BioindexError(f"{file}: line {lines.number}: {exc}") from None
+
+
+def _delimiter(file: Path) -> str:
+    with open(file, "rb") as raw:
+        header = raw.read(65536).split(b"\n", 1)[0].decode("utf-8", "replace")
+    return delimiter(header)
 
 
 def _uri_column(columns: Sequence[str], path: Path) -> str:

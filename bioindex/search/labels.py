@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bioindex.errors import BioindexError
+from bioindex.tables import delimiter
 from bioindex.taxonomy import (
     TOL_VECTORS,
     Taxon,
@@ -75,9 +76,8 @@ def checklist_taxa(text: str, name: str) -> list[Taxon]:
     column (GBIF's species-list download has both, plus kingdom … genus), `name` in
     messages."""
     text = text.removeprefix("\ufeff")
-    sample = text[:4096]
-    dialect = "excel-tab" if sample.count("\t") > sample.count(",") else "excel"
-    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect="excel",
+                            delimiter=delimiter(text[:65536].split("\n", 1)[0]))  # fmt: skip
     try:
         lowered = {field.lower(): field for field in reader.fieldnames or ()}
         column = lowered.get("species") or lowered.get("scientificname")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bioindex.errors import BioindexError
 from bioindex.images import walk_images
+from bioindex.tables import delimiter
 from bioindex.taxonomy import Taxon, make_taxon, split_binomial
 
 FILE_COLUMNS = ("file", "filepath", "file_path", "path", "image", "filename", "identifier")
@@ -95,10 +96,9 @@ def _from_folder(root: Path) -> Iterator[Example]:
 
 def _from_table(table: Path) -> Iterator[Example]:
     with open(table, newline="", encoding="utf-8-sig") as handle:
-        sample = handle.read(4096)
+        header = handle.readline()
         handle.seek(0)
-        dialect = "excel-tab" if sample.count("\t") > sample.count(",") else "excel"
-        reader = csv.DictReader(handle, dialect=dialect)
+        reader = csv.DictReader(handle, dialect="excel", delimiter=delimiter(header))
         lowered = {name.lower().split(":")[-1]: name for name in reader.fieldnames or ()}
         file_column = next((lowered[c] for c in FILE_COLUMNS if c in lowered), None)
         if file_column is None:

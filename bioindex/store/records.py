@@ -245,7 +245,14 @@ def _text(value: Any) -> str | None:
 
 
 def _float(value: Any) -> float | None:
+    """A coordinate as a number; "-1,2916" too, with the decimal comma of the tables Excel
+    writes in much of Europe (their fields split by semicolons)."""
     try:
         return None if value is None or value == "" else float(value)
     except (TypeError, ValueError):
+        if isinstance(value, str) and _DECIMAL_COMMA.match(value.strip()):
+            return float(value.strip().replace(",", "."))
         return None
+
+
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
