@@ -175,7 +175,7 @@ def _lower_level(record: logging.LogRecord) -> bool:
     "--metadata",
     default=None,
     metavar="TABLE",
-    help="CSV/TSV/Parquet of Darwin Core columns keyed by a 'file' column (file name or "
+    help="CSV/TSV/Parquet/XLSX of Darwin Core columns keyed by a 'file' column (file name or "
     "path relative to the source folder), or a SpeciesNet instances or predictions .json "
     "(its country, admin1_region, latitude and longitude) or a COCO Camera Traps .json "
     "(LILA's: datetime, location, sequence, category); a path from elsewhere finds the one "

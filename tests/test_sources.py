@@ -558,3 +558,58 @@ def test_a_semicolon_table_from_excel_is_read(tmp_path: Path, tiny_model: str) -
 
     taxa = checklist_taxa("species;family\nPanthera leo;Felidae\n", "list")
     assert [(t.genus, t.family) for t in taxa] == [("Panthera", "Felidae")]
+
+
+def test_an_excel_workbook_is_a_table(tmp_path: Path, tiny_model: str) -> None:
+    """Curators keep their records in Excel: an .xlsx as --metadata was "line 1 is not
+    UTF-8 text". As a sidecar, a manifest and a checklist it is read as its CSV export
+    would be; a damaged one and a bomb are one line."""
+    import datetime
+    import zipfile
+
+    import openpyxl
+
+    photos = tmp_path / "trap"
+    photos.mkdir()
+    for name in CAMERA[:2]:
+        shutil.copy(shared("camera-trap", name), photos / name)
+    book = openpyxl.Workbook()
+    book.active.append(["file", "scientificName", "catalogNumber", "eventDate", "habitat"])
+    book.active.append([CAMERA[0], "Leopardus pardalis", 12345, datetime.datetime(2006, 2, 10),
+                        "forest"])  # fmt: skip
+    book.active.append([None] * 5)
+    book.active.append([CAMERA[1], "Ursus americanus", 77.0,
+                        datetime.datetime(2016, 9, 25, 18, 35), None])  # fmt: skip
+    book.save(tmp_path / "records.xlsx")
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        col.index([photos], metadata=tmp_path / "records.xlsx", progress=False)
+        rows = {Path(uri).name: rest for uri, *rest in col.store.catalog.query(
+            "SELECT uri, scientific_name, catalog_number, event_date, extra FROM images")[1]}
+    assert rows[CAMERA[0]] == ["Leopardus pardalis", "12345", "2006-02-10",
+                               '{"habitat": "forest"}']  # fmt: skip
+    assert rows[CAMERA[1]][:3] == ["Ursus americanus", "77", "2016-09-25T18:35:00"]
+    # As the source: a manifest with a path column.
+    book = openpyxl.Workbook()
+    book.active.append(["path", "scientificName"])
+    book.active.append([f"trap/{CAMERA[0]}", "Leopardus pardalis"])
+    book.save(tmp_path / "manifest.xlsx")
+    with Collection.open(tmp_path / "m", model=tiny_model, create=True) as col:
+        assert col.index([tmp_path / "manifest.xlsx"], progress=False).embedded == 1
+    # A checklist.
+    from bioindex.search.place import species_list_prior
+
+    book = openpyxl.Workbook()
+    book.active.append(["species", "family"])
+    book.active.append(["Panthera leo", "Felidae"])
+    book.save(tmp_path / "list.xlsx")
+    assert species_list_prior(tmp_path / "list.xlsx").taxa[0].family == "Felidae"
+    # Damaged, and a bomb: one line each.
+    (tmp_path / "broken.xlsx").write_bytes((tmp_path / "list.xlsx").read_bytes()[:300])
+    with zipfile.ZipFile(tmp_path / "bomb.xlsx", "w", zipfile.ZIP_DEFLATED) as bomb:
+        bomb.writestr("xl/sharedStrings.xml", b"\0" * (80 << 20))
+    for name, said in (("broken.xlsx", "not a readable Excel workbook"),
+                       ("bomb.xlsx", "zip bomb")):  # fmt: skip
+        result = CliRunner().invoke(main, ["index", str(photos), "--store", str(tmp_path / "b"),
+                                           "--metadata", str(tmp_path / name)])  # fmt: skip
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code != 0 and len(lines) == 1 and said in lines[0], result.output

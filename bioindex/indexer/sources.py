@@ -35,13 +35,13 @@ from bioindex.images import IMAGE_EXTENSIONS, unread_note, walk_images
 from bioindex.indexer import iiif
 from bioindex.indexer.lines import Lines
 from bioindex.indexer.remote import FetchPolicy, is_remote
-from bioindex.tables import delimiter
+from bioindex.tables import WORKBOOK_SUFFIXES, delimiter, workbook_rows
 
 MAX_FILE_BYTES = 1 << 30  # one image file; a 150 MP uncompressed TIFF master is ~450 MB
 SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif",
                 "speciesnet", "coco", "camtrap-dp")
 JSON_LISTS = ("speciesnet", "coco")  # JSON files listing photos: indexed as manifests
-TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", *WORKBOOK_SUFFIXES)
 _URI_COLUMNS = ("path", "file", "filename", "uri", "url", "identifier", "accessuri", "image")
 _SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -281,7 +281,7 @@ class Covered:
 
 
 def iter_table_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Rows of a CSV/TSV/Parquet file as dicts, streamed."""
+    """Rows of a CSV/TSV/Parquet file or an Excel workbook as dicts, streamed."""
     file = Path(path)
     if not file.is_file():
         raise BioindexError(f"table {path} does not exist")
@@ -290,6 +290,9 @@ def iter_table_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
         for batch in pq.ParquetFile(file).iter_batches(batch_size=8192):
             yield from batch.to_pylist()
+        return
+    if file.suffix.lower() in WORKBOOK_SUFFIXES:
+        yield from workbook_rows(file)
         return
     delimiter = "\t" if file.suffix.lower() in (".tsv", ".txt") else _delimiter(file)
     lines = Lines(str(file))

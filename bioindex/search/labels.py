@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bioindex.errors import BioindexError
-from bioindex.tables import delimiter
+from bioindex.tables import WORKBOOK_SUFFIXES, delimiter, workbook_text
 from bioindex.taxonomy import (
     TOL_VECTORS,
     Taxon,
@@ -112,7 +112,8 @@ def read_labels_argument(value: str) -> LabelSet:
     path = Path(value)
     if path.is_file():
         try:
-            text = path.read_text(encoding="utf-8-sig")
+            text = (workbook_text(path) if path.suffix.lower() in WORKBOOK_SUFFIXES
+                    else path.read_text(encoding="utf-8-sig"))  # fmt: skip
         except UnicodeDecodeError:
             raise BioindexError(f"--labels {value}: not UTF-8 text") from None
         first = text.split("\n", 1)[0]

@@ -21,6 +21,7 @@ from bioindex.search.defaults import DEFAULT_OUTSIDE_WEIGHT
 from bioindex.search.filters import Filter
 from bioindex.search.labels import checklist_taxa, taxon_from_row
 from bioindex.store import Store
+from bioindex.tables import WORKBOOK_SUFFIXES, workbook_text
 from bioindex.taxonomy import RANKS, Taxon
 
 EARTH_RADIUS_KM = 6371.0088
@@ -102,6 +103,8 @@ def species_list_prior(path: str | os.PathLike[str], outside: float = DEFAULT_OU
     file = Path(path)
     if not file.is_file():
         raise BioindexError(f"species list {file} does not exist")
+    if file.suffix.lower() in WORKBOOK_SUFFIXES:
+        return species_list_from_text(workbook_text(file), str(file), outside)
     try:
         text = file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
