@@ -312,8 +312,26 @@ def test_a_checklist_names_the_photos_of_a_plain_folder(tmp_path: Path, tiny_mod
                 ("file", ("o.jpg", (photos / "ocelot.jpg").read_bytes(), "image/jpeg")),
                 ("species_list", ("kenya.tsv", CHECKLIST.encode(), "text/tab-separated-values")),
             ])  # fmt: skip
+            # The same list kept as an Excel workbook (before: "not UTF-8 text").
+            import openpyxl
+
+            book = openpyxl.Workbook()
+            for line in CHECKLIST.splitlines():
+                book.active.append(line.split("\t"))
+            book.save(tmp_path / "kenya.xlsx")
+            from_excel = client.post("/api/classify", params={"k": 3}, files=[
+                ("file", ("o.jpg", (photos / "ocelot.jpg").read_bytes(), "image/jpeg")),
+                ("species_list", ("kenya.xlsx", (tmp_path / "kenya.xlsx").read_bytes(),
+                                  "application/octet-stream")),
+            ])  # fmt: skip
+            broken = client.post("/api/classify", files=[
+                ("file", ("o.jpg", (photos / "ocelot.jpg").read_bytes(), "image/jpeg")),
+                ("species_list", ("k.xlsx", b"PK\x03\x04broken", "application/octet-stream")),
+            ])  # fmt: skip
     finally:
         app.state.collection.close()
     assert answer.status_code == 200, answer.text
     assert {p["species"] for p in answer.json()["predictions"]} == {
         "Panthera leo", "Leopardus pardalis", "Loxodonta africana"}
+    assert from_excel.json()["predictions"] == answer.json()["predictions"], from_excel.text
+    assert broken.status_code == 400 and "not a readable Excel workbook" in broken.text

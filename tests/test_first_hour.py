@@ -192,7 +192,8 @@ def test_http_api_first_hour(server, plain) -> None:
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 @pytest.mark.parametrize("width, height, label", [
     (1280, 900, "desktop"), pytest.param(390, 844, "phone", marks=pytest.mark.slow)])
-def test_page_first_hour(server, plain, width: int, height: int, label: str) -> None:
+def test_page_first_hour(server, plain, width: int, height: int, label: str,
+                         tmp_path: Path) -> None:  # fmt: skip
     playwright = pytest.importorskip("playwright.sync_api")
     url, _ = server
     _, photos = plain
@@ -250,11 +251,26 @@ def test_page_first_hour(server, plain, width: int, height: int, label: str) -> 
                                             or sorted(photos.rglob("*.jpg"))[0]))  # fmt: skip
         page.wait_for_selector("#no-names")
         assert not page.is_visible("#near") and not page.is_visible("#method")  # no names
-        assert not page.is_visible("#checklist")
+        assert page.is_visible("#checklist")  # a species list still names a photo
+        assert "species list" in page.inner_text("#no-names")
         page.wait_for_selector("section.list h2:has-text('look like')")
         assert page.get_attribute("#status", "class") != "error"
         assert len(page.query_selector_all(".card")) >= 5
         page.screenshot(path=str(shots / f"plain-{label}-upload.png"), full_page=True)
+        # With a checklist chosen, the same photo is named against its species (before:
+        # the list could not be given where the catalog names none).
+        checklist = tmp_path / "checklist.csv"
+        checklist.write_text("species,family\nLoxodonta africana,Elephantidae\n"
+                             "Leopardus pardalis,Felidae\n")  # fmt: skip
+        page.set_input_files("#checklist", str(checklist))
+        page.set_input_files("#photo", [])
+        page.set_input_files("#photo", str(next(photos.glob("*elephants.jpg"), None)
+                                            or sorted(photos.rglob("*.jpg"))[0]))  # fmt: skip
+        page.wait_for_selector("#predicted")
+        assert page.inner_text("#predicted") in ("Loxodonta africana", "Leopardus pardalis",
+                                                 "Elephantidae", "Felidae", "Loxodonta",
+                                                 "Leopardus", "unknown")  # fmt: skip
+        page.set_input_files("#checklist", [])
 
         page.click("#duplicates")
         page.wait_for_selector("section[data-kind=duplicates]")

@@ -170,11 +170,12 @@ async function upload(files) {
   try {
     const found = getJSON("/api/search/image?" + params({k: 24}), {method: "POST", body: form()});
     let panel;
-    if (collection.names_taxa) {
-      const asked = {rank: "species", k: 3, method: $("method").value};
-      if ($("near").value.trim()) asked.near = $("near").value.trim();
+    const checklist = $("checklist").files[0];
+    // A catalog without names can still name a photo against a species list the curator gives.
+    if (collection.names_taxa || checklist) {
+      const asked = {rank: "species", k: 3, method: collection.names_taxa ? $("method").value : "zero-shot"};
+      if (collection.names_taxa && $("near").value.trim()) asked.near = $("near").value.trim();
       const body = form();
-      const checklist = $("checklist").files[0];
       if (checklist) body.append("species_list", checklist);
       const prediction = await getJSON("/api/classify?" + new URLSearchParams(asked), {method: "POST", body});
       const ranks = Object.entries(prediction.ranks).map(([rank, v]) =>
@@ -187,8 +188,9 @@ async function upload(files) {
         ${answer.answer_note ? `<span id="note">${esc(answer.answer_note)}</span>` : ""}
         <table>${ranks}</table>`;
     } else {
-      panel = `<span id="no-names">This collection's catalog names no taxa, so the photo cannot be named here.
-        The images below look like it. To name photos, index the collection with its metadata (<code>--metadata</code>).</span>`;
+      panel = `<span id="no-names">This collection's catalog names no taxa, so the photo cannot be named from it.
+        The images below look like it. Choose a species list (a checklist CSV) above to name it against,
+        or index the collection with its metadata (<code>--metadata</code>).</span>`;
     }
     $("prediction").innerHTML = panel;
     $("prediction").style.display = "block";
@@ -226,7 +228,8 @@ const infoLoaded = getJSON("/api/info").then((info) => {
   $("summary").textContent = `${info.images_live} images · model ${info.model}` +
     (info.names_taxa ? "" : " · no taxon names in the catalog");
   // Naming controls mean nothing where the catalog names no taxa.
-  for (const id of ["near", "checklist", "method"]) $(id).parentElement.style.display = info.names_taxa ? "" : "none";
+  // (A species list still names a photo against its own species.)
+  for (const id of ["near", "method"]) $(id).parentElement.style.display = info.names_taxa ? "" : "none";
   // Filters over what the catalog does not hold are left out (one given in the URL stays).
   const show = (id, holds) => {
     const given = $(id).type === "checkbox" ? $(id).checked : $(id).value;
