@@ -55,6 +55,11 @@ def test_instances_json_gives_a_folder_of_photos_its_places(trap: Path, tmp_path
     # The two rows naming URLs are said, not dropped silently.
     scan = scan_paths([trap], metadata_file=str(trap / "instances.json"))
     assert any("2 of the 16 rows" in w and "picsum" in w for w in scan.warnings), scan.warnings
+    assert not any("looks like" in w for w in scan.warnings)
+    # Without --metadata the file beside the photos is pointed out, not passed over unsaid.
+    plain = scan_paths([trap])
+    assert any("instances.json looks like a SpeciesNet file" in w and "--metadata" in w
+               for w in plain.warnings), plain.warnings  # fmt: skip
 
 
 def _predictions(entries: list[dict]) -> dict:

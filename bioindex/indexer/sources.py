@@ -176,6 +176,8 @@ def scan_paths(
         scan.sources.append(str(path))
         if kind == "folder":
             scan.roots.append(str(path) + os.sep)
+            if not metadata_file:
+                scan.warnings.extend(_unread_sidecars(path))
             for file in walk_images(path, scan.unread):
                 if (shown := _shown_name(str(file))) is not None:
                     scan.failures.append((shown, "read", NOT_UTF8))
@@ -314,6 +316,22 @@ def iter_table_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                             f"as UTF-8") from None  # fmt: skip
     except csv.Error as exc:  # a field over the csv module's 128 KiB, a stray NUL, …
         raise BioindexError(f"{file}: line {lines.number}: {exc}") from None
+
+
+def _unread_sidecars(folder: Path) -> list[str]:
+    """A hint for each camera-trap metadata file at a folder's top that the run does not
+    read unless told: SpeciesNet's instances.json beside the photos held their places."""
+    from bioindex.indexer.cococt import looks_like
+    from bioindex.indexer.speciesnet import is_speciesnet
+
+    hints = []
+    for file in sorted(folder.glob("*.json"))[:20]:
+        kind = ("SpeciesNet" if is_speciesnet(file) else "COCO Camera Traps"
+                if looks_like(file) else None)  # fmt: skip
+        if kind:
+            hints.append(f"{file} looks like a {kind} file; its places and names are read "
+                         f"only with --metadata {file}")  # fmt: skip
+    return hints
 
 
 def _delimiter(file: Path) -> str:
