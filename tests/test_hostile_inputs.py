@@ -205,9 +205,12 @@ def test_fifos_devices_and_paths_out_of_the_folder_are_never_read(tmp_path, tiny
     os.mkfifo(folder / "p" / "pipe.jpg")  # in the folder walk and in the manifest
     secret = draw_images(tmp_path / "outside", 1, seed=4)[0]  # a real image, outside
     (folder / "zero.jpg").symlink_to("/dev/zero")
+    (folder / "door").symlink_to(tmp_path / "outside")  # a folder inside that leads out
     climb = f"../outside/{secret.relative_to(tmp_path / 'outside')}"
+    through = f"door/{secret.relative_to(tmp_path / 'outside')}"
     rows = [str(p.relative_to(folder)) for p in good] + [
-        "p/pipe.jpg", str(secret), f"file://{secret}", climb, "zero.jpg", "/etc/passwd"]
+        "p/pipe.jpg", str(secret), f"file://{secret}", climb, "zero.jpg", "/etc/passwd",
+        through, f"p/../door/{secret.relative_to(tmp_path / 'outside')}"]
     manifest = _manifest(folder, rows)
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
         walked = col.index([folder / "p"], progress=False)

@@ -17,6 +17,7 @@ Source types (chosen from the path unless --source-type says):
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import os
@@ -154,6 +155,7 @@ def scan_paths(
     if source_type not in SOURCE_TYPES:
         raise BioindexError(f"unknown source type {source_type!r}; one of {SOURCE_TYPES}")
     sidecar = Sidecar(read_table(metadata_file) if metadata_file else {})
+    _real_dir.cache_clear()  # folders may have been moved or relinked since the last scan
     scan = Scan(items=[], roots=[])
     items: dict[str, Item] = {}
     for raw in paths:
@@ -457,16 +459,37 @@ def _media_item(value: str, base: Path, metadata: dict[str, Any],
     elif _SCHEME.match(value):
         raise RefusedMedia(f"refused: {_SCHEME.match(value)[1]}:// URLs are not fetched "
                            f"(http and https only)")  # fmt: skip
-    file = (base / value).resolve()
-    if not anywhere and not file.is_relative_to(base.resolve()):
+    file, found = _real_file(os.path.join(base, value))
+    if not anywhere and not Path(file).is_relative_to(_real_dir(str(base))):
         raise RefusedMedia(f"refused: {value} is outside {base}; give --media-root, or "
                           f"--allow-outside-paths to read paths wherever they point")
+    if found is None:  # missing local media is a per-image failure (at read time), not fatal
+        return Item(file, file, None, None, metadata)
+    return Item(file, file, found.st_size, found.st_mtime, metadata)
+
+
+def _real_file(path: str) -> tuple[str, os.stat_result | None]:
+    """A path with every symlink and '..' resolved, as realpath gives it, and its stat
+    (None when missing). Its folder's real path is looked up once per folder: resolving
+    each of a 1M-row manifest's paths whole was 10M lstat calls, 120 of a 150 s scan."""
+    folder, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        real = os.path.realpath(path)
+    else:
+        real = os.path.join(_real_dir(folder), name)
     try:
-        stat = file.stat()
-        return Item(str(file), str(file), stat.st_size, stat.st_mtime, metadata)
+        found = os.lstat(real)
+        if stat.S_ISLNK(found.st_mode):  # the file itself is a link: where it leads
+            real = os.path.realpath(real)
+            found = os.stat(real)
     except OSError:
-        # Missing local media is a per-image failure (recorded at read time), not fatal.
-        return Item(str(file), str(file), None, None, metadata)
+        return real, None
+    return real, found
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _real_dir(folder: str) -> str:
+    return os.path.realpath(folder)
 
 
 # ---- Darwin Core Archives ------------------------------------------------------------
