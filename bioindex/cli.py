@@ -601,7 +601,7 @@ def _taxonomy(path: str | None) -> Any:
     default=None,
     metavar="FOLDER|TABLE",
     help="few-shot/linear-probe learn from these labelled images instead of the store's: a "
-    "folder with a subfolder per species ('Genus epithet'), or a CSV/TSV with a file column "
+    "folder with a subfolder per species ('Genus epithet'), or a CSV/TSV/XLSX with a file column "
     "and scientificName (or kingdom … specificEpithet).",
 )
 @click.option(

@@ -530,6 +530,14 @@ def test_few_shot_learns_from_a_training_folder_on_a_plain_store(tmp_path: Path)
         assert right >= 0.8, [(p.file, p.taxon) for p in found]
         from_table = col.head("linear-probe", train / "labels.csv")
         assert {t.scientific_name for t in from_table.taxa} == {s.name for s in species}
+        import openpyxl  # the same labels kept in Excel (before: "not a UTF-8 CSV/TSV")
+
+        book = openpyxl.Workbook()
+        for line in table:
+            book.active.append(line.split(","))
+        book.save(train / "labels.xlsx")
+        from_excel = col.head("linear-probe", train / "labels.xlsx")
+        assert {t.scientific_name for t in from_excel.taxa} == {s.name for s in species}
         with pytest.raises(BioindexError, match="not few-shot methods|for the few-shot"):
             col.classify(list(truth)[:1], method="zero-shot", train=train)
         binary = tmp_path / "labels.csv"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bioindex.errors import BioindexError
 from bioindex.images import walk_images
-from bioindex.tables import delimiter
+from bioindex.tables import WORKBOOK_SUFFIXES, delimiter, workbook_rows
 from bioindex.taxonomy import Taxon, make_taxon, split_binomial
 
 FILE_COLUMNS = ("file", "filepath", "file_path", "path", "image", "filename", "identifier")
@@ -95,20 +95,31 @@ def _from_folder(root: Path) -> Iterator[Example]:
 
 
 def _from_table(table: Path) -> Iterator[Example]:
+    fieldnames, rows = _table(table)
+    lowered = {name.lower().split(":")[-1]: name for name in fieldnames}
+    file_column = next((lowered[c] for c in FILE_COLUMNS if c in lowered), None)
+    if file_column is None:
+        raise BioindexError(f"training table {table} needs a column naming the images "
+                            f"({', '.join(FILE_COLUMNS)})")  # fmt: skip
+    for row in rows:
+        value = (row.get(file_column) or "").strip()
+        taxon = _row_taxon(row, lowered)
+        if value and taxon is not None:
+            yield Example((table.parent / value).resolve(), taxon)
+
+
+def _table(table: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A training table's columns and rows: a CSV/TSV (by its header's separator) or the
+    first sheet of an Excel workbook."""
+    if table.suffix.lower() in WORKBOOK_SUFFIXES:
+        rows = list(workbook_rows(table))
+        return (list(rows[0]) if rows else []), rows
     with open(table, newline="", encoding="utf-8-sig") as handle:
         header = handle.readline()
         handle.seek(0)
         reader = csv.DictReader(handle, dialect="excel", delimiter=delimiter(header))
-        lowered = {name.lower().split(":")[-1]: name for name in reader.fieldnames or ()}
-        file_column = next((lowered[c] for c in FILE_COLUMNS if c in lowered), None)
-        if file_column is None:
-            raise BioindexError(f"training table {table} needs a column naming the images "
-                                f"({', '.join(FILE_COLUMNS)})")  # fmt: skip
-        for row in reader:
-            value = (row.get(file_column) or "").strip()
-            taxon = _row_taxon(row, lowered)
-            if value and taxon is not None:
-                yield Example((table.parent / value).resolve(), taxon)
+        rows = list(reader)
+        return list(reader.fieldnames or ()), rows
 
 
 def _row_taxon(row: dict[str, str], lowered: dict[str, str]) -> Taxon | None:
