@@ -297,6 +297,12 @@ def _lower_level(record: logging.LogRecord) -> bool:
     help="Read the EXIF date and place of photos already indexed too, once, for a store "
     "made before bioindex read them (each file is read again; nothing is re-embedded).",
 )
+@click.option(
+    "--names-from-folders", is_flag=True,
+    help="Name each photo for the folder it is in when that folder is named for a species "
+    "('Panthera leo/', 'Panthera_leo/', or the seven ranks joined by '_'), where its "
+    "metadata names nothing; the run says which folders gave names.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_option
 @wait_option
@@ -327,6 +333,7 @@ def index(
     num_gpus: int,
     exif: bool,
     reread_exif: bool,
+    names_from_folders: bool,
     quiet: bool,
     wait: bool,
 ) -> None:
@@ -348,6 +355,7 @@ def index(
       bioindex index sheets/ --store s --model local-dir:~/models/bioclip --device cpu
       bioindex index imgs/ --store s --metadata occurrences.csv
       bioindex index trap/ --store s --metadata trap/instances.json   # SpeciesNet's places
+      bioindex index photos/ --store s --names-from-folders   # photos/Panthera leo/*.jpg
       bioindex index camtrap-package/ --store s          # Camtrap DP (datapackage.json)
       bioindex index big-jpegs/ --store s --fast-decode --device cuda --batch-size 512
       bioindex index photos/ --store s --precision bf16     # CPUs with bf16: ~1.8x
@@ -363,9 +371,12 @@ def index(
 
     scan = scan_sources(sources, metadata, source_type, media_root, allow_outside_paths,
                         FetchPolicy(timeout=download_timeout,
-                                    allow_private=allow_private_urls))  # fmt: skip
+                                    allow_private=allow_private_urls),
+                        names_from_folders)  # fmt: skip
     for warning in scan.warnings:
         click.echo(f"warning: {warning}", err=True)
+    for note in scan.notes:
+        click.echo(f"note: {note}", err=True)
     with Collection.open(
         store, model=model, checkpoint=checkpoint, preprocess=preprocess, device=device,
         create=True, wait=wait,

@@ -146,15 +146,18 @@ def scan_sources(
     media_root: str | os.PathLike[str] | None = None,
     allow_outside_paths: bool = False,
     fetch_policy: FetchPolicy | None = None,
+    names_from_folders: bool = False,
 ) -> Scan:
     """List what folders, files, manifests, Darwin Core Archives or tar shards hold
     (raises on missing paths or when nothing is found). Media paths in manifests and
     archives outside their folder (or `media_root`) are failures unless
-    `allow_outside_paths`."""
+    `allow_outside_paths`. `names_from_folders`: photos in folders named for a species
+    ("Panthera leo/", or the seven ranks joined by "_") are named so."""
     return scan_paths(listed(sources), metadata_file=str(metadata) if metadata else None,
                       source_type=source_type, media_root=media_root,
                       allow_outside_paths=allow_outside_paths,
-                      fetch_policy=fetch_policy)  # fmt: skip
+                      fetch_policy=fetch_policy,
+                      names_from_folders=names_from_folders)  # fmt: skip
 
 
 class RecentTexts:
@@ -346,8 +349,13 @@ class Collection:
         precision: str = "auto",
         exif: bool = True,
         reread_exif: bool = False,
+        names_from_folders: bool = False,
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts.
+
+        `names_from_folders`: a photo in a folder named for a species ("Panthera leo/",
+        "Panthera_leo/", or the seven ranks joined by "_") is named so where its metadata
+        names nothing (scan_sources says which folders gave names).
 
         `exif`: a photo's date and GPS position (images.photo_facts) fill eventDate and
         the coordinates where its metadata gives none; off, they are not read (a phone's
@@ -374,9 +382,11 @@ class Collection:
             scan = sources
         else:
             scan = scan_sources(sources, metadata, source_type, media_root, allow_outside_paths,
-                                policy)  # fmt: skip
+                                policy, names_from_folders)  # fmt: skip
             for warning in scan.warnings:
                 log.warning("%s", warning)
+            for note in scan.notes:
+                log.info("%s", note)
         if batch_size is not None and batch_size < 1:
             raise BioindexError(f"batch size must be at least 1, got {batch_size}")
 

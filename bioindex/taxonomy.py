@@ -137,6 +137,16 @@ def make_taxon(names: Iterable[str | None], common_name: str | None = "") -> Tax
     return Taxon(*cleaned, common_name=(common_name or "").strip())
 
 
+def folder_name_taxon(name: str) -> Taxon | None:
+    """The species a folder is named for: "Panthera leo", "Panthera_leo", or the seven ranks
+    joined by "_" or spaces (TreeOfLife-10M's layout); None for any other name ("site3")."""
+    words = name.replace("_", " ").split()
+    if len(words) == 7:
+        return make_taxon(words)
+    binomial = split_binomial(" ".join(words))
+    return make_taxon([""] * 5 + list(binomial)) if binomial else None
+
+
 class Taxonomy:
     """Known taxa to resolve what a user types: a rank name, a binomial, a common name or a
     taxonomic prefix string ("Animalia Chordata Mammalia")."""

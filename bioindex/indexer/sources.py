@@ -137,6 +137,7 @@ class Scan:
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (uri, stage, error)
     warnings: list[str] = field(default_factory=list)
     unread: Counter[str] = field(default_factory=Counter)  # left-out media files, by kind
+    notes: list[str] = field(default_factory=list)  # what the run should say it did
 
 
 def scan_paths(
@@ -146,10 +147,13 @@ def scan_paths(
     media_root: str | os.PathLike[str] | None = None,
     allow_outside_paths: bool = False,
     fetch_policy: FetchPolicy | None = None,
+    names_from_folders: bool = False,
 ) -> Scan:
     """List what the sources hold; raise on missing paths or when nothing is found.
     Media paths of manifests and archives must stay inside their folder (or `media_root`)
-    unless `allow_outside_paths`; others are recorded as failures."""
+    unless `allow_outside_paths`; others are recorded as failures. `names_from_folders`:
+    a photo in a folder named for a species ("Panthera leo/") is named so, where its
+    --metadata row names nothing."""
     if not paths:
         raise BioindexError("no source given; name folders, image files, tables or archives")
     if source_type not in SOURCE_TYPES:
@@ -195,6 +199,8 @@ def scan_paths(
         elif kind == "zip":
             _scan_zip(path, items, scan, sidecar)
     sidecar.pair_by_name(items)
+    if names_from_folders:
+        _name_from_folders(items, scan)
     scan.items = sorted(items.values(), key=lambda i: i.uri)
     unmatched = sidecar.unclaimed()
     if unmatched:  # a typo or a file not copied: its metadata would vanish unsaid
@@ -318,6 +324,48 @@ def iter_table_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                             f"as UTF-8") from None  # fmt: skip
     except csv.Error as exc:  # a field over the csv module's 128 KiB, a stray NUL, …
         raise BioindexError(f"{file}: line {lines.number}: {exc}") from None
+
+
+_NAME_TERMS = {"scientific_name", "genus", "specific_epithet", "kingdom", "phylum", "class",
+               "order", "family"}
+
+
+def _name_from_folders(items: dict[str, Item], scan: Scan) -> None:
+    """Name each local photo for the folder it is in, when that folder is named for a
+    species and the photo's metadata names nothing; say which folders gave names (a folder
+    "Blank images" reads as a binomial: the curator sees it) and which did not."""
+    from bioindex.store import dwc_column
+    from bioindex.taxonomy import folder_name_taxon
+
+    named: Counter[str] = Counter()
+    unnamed: Counter[str] = Counter()
+    for uri, item in items.items():
+        if not item.path or any(dwc_column(k) in _NAME_TERMS and v not in (None, "")
+                                for k, v in item.metadata.items()):  # fmt: skip
+            continue
+        folder = Path(item.path).parent.name
+        taxon = folder_name_taxon(folder)
+        if taxon is None:
+            unnamed[folder] += 1
+            continue
+        terms = {"scientificName": f"{taxon.genus} {taxon.epithet}"}
+        if taxon.kingdom:  # the seven ranks
+            terms.update(kingdom=taxon.kingdom, phylum=taxon.phylum, **{"class": taxon.class_},
+                         order=taxon.order, family=taxon.family)  # fmt: skip
+        items[uri] = replace(item, metadata={**item.metadata, **terms})
+        named[terms["scientificName"]] += 1
+    shown = ", ".join(f"{name} ({count})" for name, count in named.most_common(5))
+    more = f" and {len(named) - 5} more" if len(named) > 5 else ""
+    scan.notes.append(f"named {_photos(sum(named.values()))} for their folders: "
+                      f"{shown or 'none'}{more}")  # fmt: skip
+    if unnamed:
+        examples = ", ".join(repr(name) for name, _ in unnamed.most_common(3))
+        scan.notes.append(f"{_photos(sum(unnamed.values()))} in folders not named for a "
+                          f"species ({examples}): left unnamed")  # fmt: skip
+
+
+def _photos(count: int) -> str:
+    return f"{count} photo" if count == 1 else f"{count} photos"
 
 
 def _unread_sidecars(folder: Path) -> list[str]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from bioindex.errors import BioindexError
 from bioindex.images import walk_images
 from bioindex.tables import WORKBOOK_SUFFIXES, delimiter, workbook_rows
-from bioindex.taxonomy import Taxon, make_taxon, split_binomial
+from bioindex.taxonomy import Taxon, folder_name_taxon, make_taxon, split_binomial
 
 FILE_COLUMNS = ("file", "filepath", "file_path", "path", "image", "filename", "identifier")
 RANK_COLUMNS = ("kingdom", "phylum", "class", "order", "family", "genus", "specificepithet")
@@ -73,14 +73,11 @@ def training_key(examples: list[Example], identity: list[object]) -> str:
 
 def folder_taxon(name: str) -> Taxon:
     """The species a training subfolder is named for."""
-    words = name.replace("_", " ").split()
-    if len(words) == 7:
-        return make_taxon(words)
-    binomial = split_binomial(" ".join(words))
-    if binomial is None:
+    taxon = folder_name_taxon(name)
+    if taxon is None:
         raise BioindexError(f"training folder {name!r} is not named for a species: name it "
                             "'Genus epithet' or by the seven ranks kingdom … epithet")  # fmt: skip
-    return make_taxon([""] * 5 + list(binomial))
+    return taxon
 
 
 def _from_folder(root: Path) -> Iterator[Example]:
