@@ -220,3 +220,24 @@ def test_a_coco_camera_traps_file_names_the_photos_beside_it(trap: Path, tmp_pat
     result = CliRunner().invoke(main, ["index", str(tmp_path / "lila.json"), "--store",
                                        str(tmp_path / "s2"), "--model", tiny_model])  # fmt: skip
     assert "none of the 5 files lila.json lists is under" in result.output, result.output
+
+
+def test_cards_repeat_file_names_and_rows_find_theirs_by_path(tmp_path: Path) -> None:
+    """Every camera's card starts again at IMG_0001.JPG: rows naming them by the paths the
+    SpeciesNet run saw (another disk) went unpaired — the name alone is ambiguous — and
+    their places were lost. The row's path now finds the photo whose path under the source
+    ends it; a row naming the photo's own absolute path is its row."""
+    from PIL import Image
+
+    photos = tmp_path / "trap"
+    for camera in ("cam1", "cam2", "cam3"):
+        (photos / camera).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(photos / camera / "IMG_0001.JPG")
+    entries = [{"filepath": "/mnt/sd/season2/trap/cam1/IMG_0001.JPG", "country": "KEN"},
+               {"filepath": "D:\\season2\\trap\\cam2\\IMG_0001.JPG", "country": "TZA"},
+               {"filepath": str(photos / "cam3" / "IMG_0001.JPG"), "country": "UGA"}]
+    (tmp_path / "instances.json").write_text(json.dumps({"instances": entries}))
+    scan = scan_paths([photos], metadata_file=str(tmp_path / "instances.json"))
+    codes = {Path(item.uri).parent.name: item.metadata.get("countryCode") for item in scan.items}
+    assert codes == {"cam1": "KE", "cam2": "TZ", "cam3": "UG"}
+    assert not any("name no image" in w or "names no image" in w for w in scan.warnings)

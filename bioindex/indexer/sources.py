@@ -744,35 +744,52 @@ def tree_of_life_metadata(sample: dict[str, str]) -> dict[str, Any]:
 
 
 class Sidecar:
-    """The --metadata rows, claimed by the files they name: by path under the source, or
-    by file name alone. A row whose path is from elsewhere — SpeciesNet writes the path
-    its run was given, `test_data/african_elephants.jpg` or `/mnt/trap/…` — is paired
-    after the scan with the one file still without a row that bears its name, when no
-    other row still unclaimed bears that name too."""
+    """The --metadata rows, claimed by the files they name: by path under the source, by
+    absolute path, or by file name alone. A row whose path is from elsewhere — SpeciesNet
+    writes the path its run was given, `test_data/african_elephants.jpg` or
+    `/mnt/card/cam1/IMG_0001.JPG` — is paired after the scan with the file still without a
+    row whose path under the source ends its path (camera traps repeat file names on every
+    card: `cam1/IMG_0001.JPG`, `cam2/IMG_0001.JPG`), else with the one such file bearing its
+    name, when no other unclaimed row bears that name too."""
 
     def __init__(self, rows: dict[str, dict[str, Any]]):
         self.rows = rows
         self.claimed: set[str] = set()
         self.missed: dict[str, list[str]] = {}  # file name → uris of files with no row
+        self.missed_paths: dict[str, list[str]] = {}  # path under its source → those uris
 
     def row(self, relative: str, uri: str) -> dict[str, Any]:
         name = relative.rsplit("/", 1)[-1]
-        key = relative if relative in self.rows else name if name in self.rows else None
+        key = next((k for k in (relative, uri, name) if k in self.rows), None)
         if key is None:
             if self.rows:
                 self.missed.setdefault(name, []).append(uri)
+                self.missed_paths.setdefault(relative, []).append(uri)
             return {}
         self.claimed.add(key)
         return dict(self.rows[key])
 
     def pair_by_name(self, items: dict[str, Item]) -> None:
-        """Give each file still without a row the unclaimed row bearing its name."""
+        """Give each file still without a row the unclaimed row its path ends, else the one
+        bearing its name."""
+        given: set[str] = set()
+        for key in self.unclaimed():
+            parts = [p for p in key.replace("\\", "/").split("/") if p not in ("", ".")]
+            for start in range(1, len(parts) - 1):  # the longest tail of two parts or more
+                uris = self.missed_paths.get("/".join(parts[start:]), [])
+                if len(uris) == 1 and uris[0] not in given:
+                    self._give(items, uris[0], key, given)
+                    break
         unclaimed = Counter(_name(key) for key in self.unclaimed())
         for key in self.unclaimed():
-            uris = self.missed.get(_name(key), [])
+            uris = [u for u in self.missed.get(_name(key), []) if u not in given]
             if unclaimed[_name(key)] == 1 and len(uris) == 1:
-                items[uris[0]] = replace(items[uris[0]], metadata=dict(self.rows[key]))
-                self.claimed.add(key)
+                self._give(items, uris[0], key, given)
+
+    def _give(self, items: dict[str, Item], uri: str, key: str, given: set[str]) -> None:
+        items[uri] = replace(items[uri], metadata=dict(self.rows[key]))
+        self.claimed.add(key)
+        given.add(uri)
 
     def unclaimed(self) -> list[str]:
         return [key for key in self.rows if key not in self.claimed]
