@@ -339,10 +339,12 @@ def index(
 ) -> None:
     """Embed the images under SOURCES (folders or files) into a store.
 
-    SOURCES are folders, image files, manifests (CSV/TSV/Parquet with a path or URL column),
-    Darwin Core Archives (occurrence core + multimedia extension; records without images
-    are imported too), zips of photos (no meta.xml: read in place) or webdataset tar shards
-    (TreeOfLife-10M keys). Remote media are downloaded once into the store's media cache.
+    SOURCES are folders, image files, manifests (CSV/TSV/Parquet/XLSX with a path or URL
+    column), Darwin Core Archives (occurrence core + multimedia extension; records without
+    images are imported too), zips of photos (no meta.xml: read in place), webdataset tar
+    shards (TreeOfLife-10M keys), IIIF manifests, camera traps' SpeciesNet or COCO Camera
+    Traps JSON and Camera Trap Data Packages. Remote media are downloaded once into the
+    store's media cache.
 
     Re-running embeds only new or changed files (path, size, mtime) and drops files that
     vanished from the folders given. Unreadable files are recorded, not fatal
