@@ -241,3 +241,63 @@ def test_cards_repeat_file_names_and_rows_find_theirs_by_path(tmp_path: Path) ->
     codes = {Path(item.uri).parent.name: item.metadata.get("countryCode") for item in scan.items}
     assert codes == {"cam1": "KE", "cam2": "TZ", "cam3": "UG"}
     assert not any("name no image" in w or "names no image" in w for w in scan.warnings)
+
+
+def test_a_large_coco_file_is_read_as_a_stream(tmp_path: Path) -> None:
+    """LILA's COCO files run to gigabytes: parsed whole, a million photos held 1.8 GB before
+    the first was listed. Read as a stream, listing holds little more than the annotations'
+    categories, whatever the order of the file's lists (here images first, categories last)
+    and with a Windows byte-order mark."""
+    import tracemalloc
+
+    from bioindex.indexer.sources import listed_media
+
+    n = 40_000
+    document = {
+        "info": {"version": "1"},
+        "images": [{"id": f"i{i}", "file_name": f"S{i % 7}/img{i:06d}.JPG", "location": f"L{i % 9}",
+                    "datetime": "2013-10-10 10:15:33", "seq_id": f"s{i // 3}"} for i in range(n)],
+        "annotations": [{"id": f"a{i}", "image_id": f"i{i}", "category_id": i % 3}
+                        for i in range(n)],
+        "categories": [{"id": 0, "name": "empty"}, {"id": 1, "name": "zebra"},
+                       {"id": 2, "name": "lion"}],
+    }  # fmt: skip
+    path = tmp_path / "big.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(document).encode())
+    size = path.stat().st_size
+    del document
+    tracemalloc.start()
+    try:
+        count, names = 0, set()
+        for value, metadata in listed_media(path, "coco"):
+            count += 1
+            names.add(metadata.get("vernacularName") or metadata.get("observationType"))
+            if count == 5:
+                assert value == "S4/img000004.JPG"
+                assert metadata["eventDate"] == "2013-10-10T10:15:33"
+                assert metadata["vernacularName"] == "zebra" and metadata["locationID"] == "L4"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == n and names == {"empty", "zebra", "lion"}
+    # Parsed whole, the file's objects took about ten times its size in bytes.
+    assert peak < size, (peak, size)
+
+
+def test_a_speciesnet_file_is_read_as_a_stream_and_a_cut_one_is_one_line(tmp_path: Path) -> None:
+    from bioindex.errors import BioindexError
+    from bioindex.indexer.sources import read_table
+
+    entries = [{"filepath": f"cam/IMG_{i:04d}.JPG", "country": "KEN", "latitude": -1.5,
+                "longitude": 36.25} for i in range(300)]  # fmt: skip
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"instances": entries}))
+    rows = read_table(path)
+    assert len(rows) == 300
+    assert rows["cam/IMG_0007.JPG"] == {"countryCode": "KE", "decimalLatitude": -1.5,
+                                        "decimalLongitude": 36.25}  # fmt: skip
+    assert isinstance(rows["cam/IMG_0007.JPG"]["decimalLatitude"], float)  # not a Decimal
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(BioindexError, match="cannot be read as JSON") as caught:
+        read_table(path)
+    assert "\n" not in str(caught.value)

@@ -14,8 +14,7 @@ categories are kept as `observedTaxa`, "empty" as `observationType`.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,29 +38,41 @@ def looks_like(path: str | Path) -> bool:
     return b'"images"' in head and b'"@context"' not in head
 
 
-def is_coco(document: Any) -> bool:
-    return isinstance(document, dict) and isinstance(document.get("images"), list)
-
-
-def rows(document: dict[str, Any], source: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(file_name, metadata in Darwin Core terms) for each image of a parsed CCT file."""
+def rows(lists: Callable[[str], Iterable[Any]],
+         source: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:  # fmt: skip
+    """(file_name, metadata in Darwin Core terms) for each image of a CCT file, whose
+    top-level lists `lists(name)` reads: categories, then annotations, then images — each
+    once, whatever their order in the file."""
     names = {_key(c.get("id")): str(c.get("name") or "").strip()
-             for c in _list(document.get("categories")) if isinstance(c, dict)}  # fmt: skip
-    seen: dict[Any, set[str]] = defaultdict(set)
-    for note in _list(document.get("annotations")):
-        if not isinstance(note, dict) or _key(note.get("image_id")) is None:
-            continue
-        if names.get(_key(note.get("category_id"))):
-            seen[_key(note["image_id"])].add(names[_key(note["category_id"])])
-    for number, image in enumerate(document["images"], 1):
+             for c in lists("categories") if isinstance(c, dict)}  # fmt: skip
+    seen: dict[Any, str | set[str]] = {}
+    for note in lists("annotations"):
+        if isinstance(note, dict) and _key(note.get("image_id")) is not None:
+            _add(seen, _key(note["image_id"]), names.get(_key(note.get("category_id"))))
+    for number, image in enumerate(lists("images"), 1):
         file_name = image.get("file_name") if isinstance(image, dict) else None
         if not isinstance(file_name, str) or not file_name.strip():
             raise BioindexError(f"{source}: image {number} has no file_name")
         key = _key(image.get("id"))
-        yield file_name.strip(), metadata(image, seen.get(key, set()) if key is not None else set())
+        found = seen.get(key, ()) if key is not None else ()
+        yield file_name.strip(), metadata(image, {found} if isinstance(found, str) else found)
 
 
-def metadata(image: dict[str, Any], categories: set[str]) -> dict[str, Any]:
+def _add(seen: dict[Any, str | set[str]], image: Any, name: str | None) -> None:
+    """One more category of a photo: most have one, kept as a bare name (a set each would
+    hold ~200 bytes × millions of photos)."""
+    if not name:
+        return
+    have = seen.get(image)
+    if have is None or have == name:
+        seen[image] = name
+    elif isinstance(have, str):
+        seen[image] = {have, name}
+    else:
+        have.add(name)
+
+
+def metadata(image: dict[str, Any], categories: Collection[str]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "locationID": _text(image.get("location")),
         "eventID": _text(image.get("seq_id")),
@@ -91,10 +102,6 @@ def metadata(image: dict[str, Any], categories: set[str]) -> dict[str, Any]:
 def _key(value: Any) -> Any:
     """An id as a dict key: ids are strings or numbers; anything else matches nothing."""
     return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
 
 
 def _text(value: Any) -> str | None:

@@ -15,7 +15,7 @@ catalog's names.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,10 @@ def is_speciesnet(path: str | Path) -> bool:
     return bool(_HEAD.match(head.removeprefix(b"\xef\xbb\xbf")))
 
 
-def kind_of(document: Any) -> str | None:
-    """'instances' or 'predictions' for a parsed SpeciesNet file, else None."""
-    return next((k for k in KINDS if isinstance(document, dict)
-                 and isinstance(document.get(k), list)), None)  # fmt: skip
-
-
-def rows(document: dict[str, Any], source: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(filepath, metadata in Darwin Core terms) for each photo a parsed file lists."""
-    kind = kind_of(document)
-    for number, entry in enumerate(document[kind] if kind else [], 1):
+def rows(kind: str, entries: Iterable[Any],
+         source: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:  # fmt: skip
+    """(filepath, metadata in Darwin Core terms) for each entry of a file's `kind` list."""
+    for number, entry in enumerate(entries, 1):
         filepath = entry.get("filepath") if isinstance(entry, dict) else None
         if not isinstance(filepath, str) or not filepath.strip():
             raise BioindexError(f"{source}: {kind} entry {number} has no filepath")

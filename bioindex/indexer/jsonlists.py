@@ -1,0 +1,76 @@
+"""JSON files that list photos — SpeciesNet's instances and predictions, COCO Camera Traps —
+read as a stream. LILA's COCO files run to gigabytes (Snapshot Serengeti lists 7M photos):
+parsed whole, a million photos held 1.8 GB before a single one was listed. Here each
+top-level list is read item by item (ijson, on yajl's C parser), once per list it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import ijson
+
+from bioindex.errors import BioindexError
+
+_BOM = b"\xef\xbb\xbf"
+# The top-level lists that say what a file is; reading stops at the first one found.
+_KINDS = {"instances": "speciesnet", "predictions": "speciesnet", "images": "coco"}
+
+
+def listed(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(photo path, its metadata in Darwin Core terms) for each photo the file lists."""
+    from bioindex.indexer import cococt, speciesnet
+
+    key = _first_list(path)
+    try:
+        if key is None:
+            raise BioindexError(f"{path} is neither a SpeciesNet instances or predictions file "
+                                f"nor a COCO Camera Traps file (a JSON object with an "
+                                f"'instances', 'predictions' or 'images' list)")  # fmt: skip
+        if _KINDS[key] == "speciesnet":
+            yield from speciesnet.rows(key, items(path, key), path)
+        else:
+            yield from cococt.rows(lambda name: items(path, name), path)
+    except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def items(path: Path, key: str) -> Iterator[Any]:
+    """Each item of the top-level list `key` (nothing when there is none)."""
+    with _open(path) as file:
+        yield from ijson.items(file, f"{key}.item", use_float=True)
+
+
+def _first_list(path: Path) -> str | None:
+    """The first top-level key naming a list that says what the file is, read from the
+    head on (a COCO file puts its `images` after `info`; a file with none is read whole)."""
+    try:
+        with _open(path) as file:
+            named = None
+            for prefix, event, value in ijson.parse(file, use_float=True):
+                if prefix == "" and event == "map_key":
+                    named = value if value in _KINDS else None
+                elif named is not None and prefix == named:
+                    if event == "start_array":
+                        return named
+                    named = None
+    except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+    return None
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        file = open(path, "rb")  # noqa: SIM115 — handed back to the caller's `with`
+    except OSError as exc:
+        raise BioindexError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if file.read(len(_BOM)) != _BOM:  # Windows tools write a byte-order mark first
+        file.seek(0)
+    return file
+
+
+def _unreadable(path: Path, exc: Exception) -> BioindexError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return BioindexError(f"{path} cannot be read as JSON: {reason}")
