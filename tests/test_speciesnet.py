@@ -107,7 +107,14 @@ def test_predictions_json_as_the_source(trap: Path, tmp_path: Path, tiny_model: 
     with Collection.open(store, read_only=True) as collection:
         named = collection.store.catalog.query(
             "SELECT count(*) FROM images WHERE scientific_name IS NOT NULL")[1][0][0]  # fmt: skip
+        # Its scores filter as numbers (before: "extra.KEY=VALUE or extra.KEY!=VALUE").
+        sure = {Path(h.uri).name for h in collection.search_text(
+            "animal", k=10, where=["extra.speciesnetScore>=0.96"])}  # fmt: skip
+        unsure = {Path(h.uri).name for h in collection.search_text(
+            "animal", k=10, where=["extra.speciesnetScore<0.96"])}  # fmt: skip
     assert named == 0
+    assert sure == {"african_elephants.jpg"}
+    assert unsure == {"blank.jpg"}  # the ocelot's prediction has no score: left out
 
 
 def test_paths_from_another_folder_are_said_once(trap: Path, tmp_path: Path,

@@ -11,6 +11,8 @@
                                 file's own column, a Camtrap DP's locationID or
                                 observationType, SpeciesNet's speciesnetPrediction);
                                 case-insensitive, = or != (!= keeps rows without it)
+    extra.speciesnetScore>=0.9  the same, as a number, with >=, <=, >, < (rows whose value
+                                is not a number are left out)
 
 Conditions are ANDed. Column names come from a fixed list and values are always bound as
 parameters, so no part of a value ever becomes SQL.
@@ -19,6 +21,7 @@ parameters, so no part of a value ever becomes SQL.
 from __future__ import annotations
 
 import datetime
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,7 +83,7 @@ def parse_where(conditions: str | Sequence[str] | Mapping[str, Any] | None) -> F
         name, op, value = match.groups()
         if value[0] in "=<>!":
             raise BioindexError(f"filter {text!r}: unknown operator {op + value[0]!r}; use "
-                                f"=, !=, or >=, <=, >, < on event_date")  # fmt: skip
+                                f"=, !=, or >=, <=, >, < on event_date and extra.KEY")  # fmt: skip
         if name.startswith(EXTRA):
             clauses.append(_extra(text, name[len(EXTRA):].strip(), op, value, result.params))
             result.conditions.append(text)
@@ -140,10 +143,22 @@ def _folder(text: str, op: str, value: str, params: list[Any]) -> str:
 
 
 def _extra(text: str, key: str, op: str, value: str, params: list[Any]) -> str:
-    """A key of the `extra` JSON column, compared as text, case-insensitive."""
-    if not key or op not in ("=", "!="):
+    """A key of the `extra` JSON column: = and != compare text, case-insensitive; the order
+    operators compare numbers (a SpeciesNet score, a frame number), as text would put "10"
+    before "9"."""
+    if not key:
         raise BioindexError(f"filter {text!r}: extra.KEY=VALUE or extra.KEY!=VALUE")
-    params.extend(['$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"', value])
+    path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if op in (">=", "<=", ">", "<"):
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise BioindexError(f"filter {text!r}: {op} compares numbers; {value!r} is not one")
+        params.extend([path, number])
+        return f"TRY_CAST(json_extract_string(extra, ?) AS DOUBLE) {op} ?"
+    params.extend([path, value])
     if op == "=":
         return "lower(json_extract_string(extra, ?)) = lower(?)"
     return "coalesce(lower(json_extract_string(extra, ?)), '') <> lower(?)"
