@@ -299,9 +299,9 @@ def _lower_level(record: logging.LogRecord) -> bool:
 )
 @click.option(
     "--names-from-folders", is_flag=True,
-    help="Name each photo for the folder it is in when that folder is named for a species "
-    "('Panthera leo/', 'Panthera_leo/', or the seven ranks joined by '_'), where its "
-    "metadata names nothing; the run says which folders gave names.",
+    help="Name each photo for the nearest of its folders named for a species "
+    "('Panthera leo/', 'Panthera_leo/2023/', or the seven ranks joined by '_'), where its "
+    "metadata names nothing; the run says which names the folders gave.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_option

@@ -618,11 +618,13 @@ def test_an_excel_workbook_is_a_table(tmp_path: Path, tiny_model: str) -> None:
 def test_names_from_folders_a_species_per_folder(tmp_path: Path, tiny_model: str) -> None:
     """Photos kept a folder per species (as iNaturalist exports and image-classification
     sets are): `--names-from-folders` names them in one step, says which folders gave
-    names and which did not, and never overrides a name the metadata gives."""
+    names and which did not, and never overrides a name the metadata gives. A species
+    folder's subfolders (years, cameras) were left unnamed before."""
     root = tmp_path / "photos"
     layout = {"Leopardus pardalis": "ocelot.jpg", "Ursus_americanus": "american_black_bear.jpg",
               "Animalia_Chordata_Mammalia_Carnivora_Canidae_Canis_familiaris": "domestic_dog.jpg",
-              "site3": "blank.jpg", "Bos taurus": "domestic_cattle.jpg"}  # fmt: skip
+              "site3": "blank.jpg", "Bos taurus": "domestic_cattle.jpg",
+              "Panthera leo/2023/cam 2": "african_elephants.jpg"}  # fmt: skip
     for folder, name in layout.items():
         (root / folder).mkdir(parents=True)
         shutil.copy(shared("camera-trap", name), root / folder / name)
@@ -631,13 +633,15 @@ def test_names_from_folders_a_species_per_folder(tmp_path: Path, tiny_model: str
                                        "--model", tiny_model, "--names-from-folders", "-q",
                                        "--metadata", str(tmp_path / "m.csv")])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "note: named 3 photos for their folders" in result.output
+    assert "note: named 4 photos for their folders" in result.output
     assert "1 photo in folders not named for a species ('site3')" in result.output
     rows = {Path(uri).name: rest for uri, *rest in _catalog(
         tmp_path / "s", "SELECT uri, scientific_name, family, genus FROM images")}
     assert rows["ocelot.jpg"] == ["Leopardus pardalis", None, "Leopardus"]
     assert rows["american_black_bear.jpg"][0] == "Ursus americanus"
     assert rows["domestic_dog.jpg"] == ["Canis familiaris", "Canidae", "Canis"]
+    # The nearest folder named for a species, however deep the photo lies under it.
+    assert rows["african_elephants.jpg"][0] == "Panthera leo"
     assert rows["blank.jpg"] == [None, None, None]
     assert rows["domestic_cattle.jpg"][0] == "Bos indicus"  # the metadata's, not the folder's
     plain = CliRunner().invoke(main, ["index", str(root), "--store", str(tmp_path / "p"),

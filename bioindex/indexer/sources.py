@@ -330,9 +330,10 @@ _NAME_TERMS = {"scientific_name", "genus", "specific_epithet", "kingdom", "phylu
 
 
 def _name_from_folders(items: dict[str, Item], scan: Scan) -> None:
-    """Name each local photo for the folder it is in, when that folder is named for a
-    species and the photo's metadata names nothing; say which folders gave names (a folder
-    "Blank images" reads as a binomial: the curator sees it) and which did not."""
+    """Name each local photo for the nearest of its folders named for a species (up to the
+    source folder it was found in: `Panthera leo/2023/x.jpg` is a lion), when the photo's
+    metadata names nothing; say which names were given (a folder "Blank images" reads as a
+    binomial: the curator sees it) and which folders gave none."""
     from bioindex.store import dwc_column
     from bioindex.taxonomy import folder_name_taxon
 
@@ -342,10 +343,10 @@ def _name_from_folders(items: dict[str, Item], scan: Scan) -> None:
         if not item.path or any(dwc_column(k) in _NAME_TERMS and v not in (None, "")
                                 for k, v in item.metadata.items()):  # fmt: skip
             continue
-        folder = Path(item.path).parent.name
-        taxon = folder_name_taxon(folder)
+        folders = _folders_up(item.path, scan.roots)
+        taxon = next(filter(None, map(folder_name_taxon, folders)), None)
         if taxon is None:
-            unnamed[folder] += 1
+            unnamed[folders[0]] += 1
             continue
         terms = {"scientificName": f"{taxon.genus} {taxon.epithet}"}
         if taxon.kingdom:  # the seven ranks
@@ -361,6 +362,21 @@ def _name_from_folders(items: dict[str, Item], scan: Scan) -> None:
         examples = ", ".join(repr(name) for name, _ in unnamed.most_common(3))
         scan.notes.append(f"{_photos(sum(unnamed.values()))} in folders not named for a "
                           f"species ({examples}): left unnamed")  # fmt: skip
+
+
+def _folders_up(path: str, roots: Sequence[str]) -> list[str]:
+    """The names of a photo's folders, nearest first, up to the source folder it was found
+    in (that one included; never above it); only its own for a photo a list named."""
+    parent = os.path.dirname(path)
+    root = max((r for r in roots if r.endswith(os.sep) and path.startswith(r)), key=len,
+               default=None)  # fmt: skip
+    names = [os.path.basename(parent)]
+    while root is not None and len(parent) > len(root.rstrip(os.sep)):
+        parent, below = os.path.dirname(parent), parent
+        if parent == below:  # the filesystem's root
+            break
+        names.append(os.path.basename(parent))
+    return [name for name in names if name] or [os.sep]
 
 
 def _photos(count: int) -> str:
