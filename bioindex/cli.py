@@ -856,10 +856,18 @@ def models(fmt: str, columns: str | None) -> None:
               "or csv; a classify result's top predictions become the identifications.")
 @click.option("--identify", is_flag=True,
               help="dwca: add bioindex's prediction for each image (Identification extension).")
-@click.option("--method", type=click.Choice(["zero-shot", "knn", "combined"]),
-              default="zero-shot", show_default=True, help="With --identify.")
+@click.option("--method",
+              type=click.Choice(["zero-shot", "knn", "combined", "few-shot", "linear-probe"]),
+              default="zero-shot", show_default=True,
+              help="With --identify: as classify's (few-shot and linear-probe learn from the "
+              "store's labelled images).")
 @click.option("--rank", type=click.Choice(RANK_CHOICES), default="species",
               show_default=True, help="With --identify: the rank to name.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=DEFAULT_MIN_CONFIDENCE,
+              show_default=True,
+              help="With --identify: each image is named at the deepest rank from --rank up "
+              "whose probability reaches this; an image that reaches it at no rank gets no "
+              "identification.")
 @click.option("--labels", default=None, metavar="FILE|A,B,C",
               help="With --identify: the labels (default: the catalog's species).")
 @click.option("--tol", "tol", default=None, metavar="DIR",
@@ -868,8 +876,8 @@ def models(fmt: str, columns: str | None) -> None:
               help="dwca: copy local image files into the archive so it stands alone.")
 @_friendly
 def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: str | None,
-           identify: bool, method: str, rank: str, labels: str | None, tol: str | None,
-           with_media: bool) -> None:  # fmt: skip
+           identify: bool, method: str, rank: str, min_confidence: float, labels: str | None,
+           tol: str | None, with_media: bool) -> None:  # fmt: skip
     """Hand a store on: a Darwin Core Archive of its occurrences and images (with
     bioindex's identifications when asked) for a collection database or GBIF, or its
     embeddings (L2-normalised float32) for your own tools.
@@ -887,8 +895,10 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
     from bioindex.collection import Collection
     from bioindex.search.labels import labels_from_tree_of_life, read_labels_argument
 
-    if (labels or tol or method != "zero-shot" or rank != "species") and not identify:
-        raise click.UsageError("--method, --rank, --labels and --tol go with --identify")
+    if (labels or tol or method != "zero-shot" or rank != "species"
+            or min_confidence != DEFAULT_MIN_CONFIDENCE) and not identify:  # fmt: skip
+        raise click.UsageError("--method, --rank, --min-confidence, --labels and --tol go "
+                               "with --identify")  # fmt: skip
     rows = _result_rows(from_file) if from_file else None
     with Collection.open(store, read_only=True) as collection:
         ids, predictions = collection.from_results(rows) if rows is not None else (None, None)
@@ -898,7 +908,12 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
         written = collection.export(output, fmt, where=list(where) or None, image_ids=ids,
                                     identify=identify, method=method, rank=rank,
                                     labels=label_set, with_media=with_media,
-                                    identifications=predictions)  # fmt: skip
+                                    identifications=predictions,
+                                    min_confidence=min_confidence)  # fmt: skip
+    if written.get("unidentified"):
+        click.echo(f"note: {written['unidentified']} of the {written['images']} images have no "
+                   f"identification: the classifier reached --min-confidence at no rank "
+                   f"(\"unknown\")", err=True)  # fmt: skip
     if written.get("media_referenced"):
         click.echo(f"note: {written['media_referenced']} local images are named by path; "
                    f"give --with-media for an archive that stands alone", err=True)

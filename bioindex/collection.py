@@ -46,7 +46,7 @@ from bioindex.indexer.sources import Item, Scan, scan_paths, shard_images, zip_p
 from bioindex.indexer.zipped import holds_darwin_core
 from bioindex.models import EmbeddingModel, ModelIdentity, check_precision, load_model
 from bioindex.search.calibration import fit_temperature, top_label_log_loss
-from bioindex.search.classify import Prediction, classify_vectors
+from bioindex.search.classify import UNKNOWN, Prediction, classify_vectors
 from bioindex.search.dedup import DuplicateMember, find_duplicates
 from bioindex.search.defaults import (
     DEFAULT_MIN_CONFIDENCE,
@@ -937,23 +937,27 @@ class Collection:
 
     def identify(self, image_ids: np.ndarray | None = None, *, rank: str = "species",
                  method: str = "zero-shot", labels: LabelSet | None = None,
+                 min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                  batch: int = 2048) -> Iterator[Identification]:  # fmt: skip
-        """The top prediction for stored images (all live ones by default), from their
-        stored vectors: nothing is embedded again."""
+        """What classify vouches for about stored images (all live ones by default), from
+        their stored vectors (nothing is embedded again): the name at the deepest rank from
+        `rank` up whose probability reaches `min_confidence`, with its band. An image
+        "unknown" at every rank gets no identification: an archive must not assert what
+        the classifier would not."""
         self._require_names(labels)
         ids = self.store.catalog.live_ids() if image_ids is None else image_ids
         model = self.store.model.get("name") or self.store.model.get("source")
         for start in range(0, len(ids), batch):
             chunk = [int(i) for i in ids[start : start + batch]]
             predictions = self.classify_vectors([str(i) for i in chunk], self.store.vectors(chunk),
-                                                rank=rank, k=1, method=method, labels=labels)
+                                                rank=rank, k=1, method=method, labels=labels,
+                                                min_confidence=min_confidence)  # fmt: skip
             for prediction in predictions:
-                name = (prediction.taxon.name_at(rank) if prediction.taxon is not None
-                        else prediction.label) or ""  # fmt: skip
-                if name.strip():  # a free label (labels=["cat", …]) names no rank
-                    yield Identification(int(prediction.file), name,
-                                         rank if prediction.taxon is not None else "",
-                                         prediction.score, method, str(model))  # fmt: skip
+                answer = prediction.decision
+                if answer is None or answer.band == UNKNOWN or not answer.name.strip():
+                    continue
+                yield Identification(int(prediction.file), answer.name, answer.rank, answer.score,
+                                     method, str(model), band=answer.band)  # fmt: skip
 
     def from_results(self, rows: Sequence[dict[str, Any]]
                      ) -> tuple[list[int], list[Identification] | None]:  # fmt: skip
@@ -975,11 +979,10 @@ class Collection:
             image_id = known.get(uris[file])
             if image_id is None:
                 continue
-            rank = next((r for r in reversed(RANKS) if str(row.get(r) or "").strip()), "")
-            name = str(row.get(rank) or row.get("label") or "").strip()
-            if name:
-                found.append(Identification(image_id, name, rank, float(row.get("score") or 0),
-                                            "classify (saved result)", model))  # fmt: skip
+            answer = _saved_answer(row)
+            if answer is not None:
+                found.append(Identification(image_id, *answer[:3], "classify (saved result)",
+                                            model, band=answer[3]))  # fmt: skip
             ids.append(image_id)
         if not ids:
             raise BioindexError("none of the result's files is an indexed image of this store")
@@ -989,7 +992,7 @@ class Collection:
                image_ids: Sequence[int] | None = None, identify: bool = False,
                method: str = "zero-shot", rank: str = "species", labels: LabelSet | None = None,
                with_media: bool = False, identifications: Sequence[Identification] | None = None,
-               ) -> dict[str, Any]:  # fmt: skip
+               min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict[str, Any]:  # fmt: skip
         """Write the store (or the images `where`/`image_ids` choose) as a Darwin Core
         Archive (`dwca`, with bioindex's identifications when `identify`) or its embeddings
         as `parquet` or `npy`. `identifications` (e.g. from_results of a saved classify
@@ -1013,16 +1016,21 @@ class Collection:
         if fmt == "npy":
             rows = write_npy(self.store, target, chosen)
             return {"path": str(target), "rows": rows, "table": str(target.with_suffix(".csv"))}
-        found = (self.identify(chosen, rank=rank, method=method, labels=labels) if identify
+        found = (self.identify(chosen, rank=rank, method=method, labels=labels,
+                               min_confidence=min_confidence) if identify
                  else identifications or ())  # fmt: skip
         if identifications and identify:
             raise BioindexError("identify the images, or hand in identifications from a classify "
                                 "result: not both")
         provenance = {"filters": " AND ".join(_filter(where).conditions) if _filter(where) else "",
-                      "identification": f"{method} at rank {rank}" if identify else ""}
-        return write_archive(self.store, target, image_ids=chosen, identifications=found,
-                             with_media=with_media,
-                             provenance={k: v for k, v in provenance.items() if v}).to_dict()
+                      "identification": (f"{method} at rank {rank} (or the deepest rank above it "
+                                         f"reaching {min_confidence:g})") if identify else ""}
+        written = write_archive(self.store, target, image_ids=chosen, identifications=found,
+                                with_media=with_media,
+                                provenance={k: v for k, v in provenance.items() if v}).to_dict()
+        if identify or identifications is not None:  # said, not left for the reader to notice
+            written["unidentified"] = written["images"] - written["identifications"]
+        return written
 
     def taxon_names(self) -> list[tuple[str, str]]:
         """(name, rank) for every rank name, binomial and common name in the catalog."""
@@ -1044,6 +1052,21 @@ class Collection:
 
     def failures(self) -> list[dict[str, Any]]:
         return self.store.failures()
+
+
+def _saved_answer(row: Mapping[str, Any]) -> tuple[str, str, float, str] | None:
+    """(name, rank, score, band) a saved classify row vouches for: its answer (backed off
+    to the rank it reached), None for "unknown"; a row saved before answers were written
+    gives its deepest named rank."""
+    if "answer" in row:
+        name, band = str(row.get("answer") or "").strip(), str(row.get("band") or "")
+        if not name or band == UNKNOWN:
+            return None
+        return (name, str(row.get("answer_rank") or ""), float(row.get("answer_score") or 0),
+                band)  # fmt: skip
+    rank = next((r for r in reversed(RANKS) if str(row.get(r) or "").strip()), "")
+    name = str(row.get(rank) or row.get("label") or "").strip()
+    return (name, rank, float(row.get("score") or 0), "") if name else None
 
 
 def classify_images(

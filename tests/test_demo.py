@@ -262,3 +262,69 @@ def test_cli_taxon_and_classify(held_out: Collection, queries, tmp_path: Path) -
             assert message in result.output
         else:  # an injection attempt is just a value that matches nothing
             assert result.exit_code == 0 and "(no results)" in result.output
+
+
+def _identification_rows(archive: Path) -> dict[int, tuple[str, str, str]]:
+    """image_id → (scientificName, taxonRank, identificationRemarks) of an exported archive."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(archive) as opened:
+        lines = opened.read("identification.txt").decode().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    return {int(re.search(r"image_id (\d+)", r["identificationRemarks"])[1]):
+            (r["scientificName"], r["taxonRank"], r["identificationRemarks"]) for r in rows}
+
+
+def test_an_exported_identification_is_what_classify_vouches_for(held_out: Collection,
+                                                                  queries, tmp_path: Path) -> None:
+    """Before: `export --identify` (and `--from` a saved classify result) wrote each image's
+    top species even where classify had answered only its genus ("uncertain") or nothing
+    ("unknown"): an archive for GBIF asserted what the classifier would not."""
+    import json
+
+    from click.testing import CliRunner
+
+    from bioindex.cli import main
+
+    sure = 0.995
+    written = held_out.export(tmp_path / "ids.zip", identify=True, min_confidence=sure)
+    ids = [int(i) for i in held_out.store.catalog.live_ids()]
+    answers = {int(p.file): p.decision for p in held_out.classify_vectors(
+        [str(i) for i in ids], held_out.store.vectors(ids), k=1, min_confidence=sure)}  # fmt: skip
+    rows = _identification_rows(tmp_path / "ids.zip")
+    assert rows.keys() == {i for i, a in answers.items() if a.band != "unknown"}
+    for image_id, (name, rank, remarks) in rows.items():
+        assert (name, rank) == (answers[image_id].name, answers[image_id].rank)
+        assert answers[image_id].band in remarks
+    assert {"genus", "family"} <= {rank for _, rank, _ in rows.values()}  # backed off
+    assert written["unidentified"] == len(answers) - len(rows)
+
+    # Free labels the classifier cannot tell apart: "unknown" is left out, and said.
+    store = str(held_out.store.path)
+    result = CliRunner().invoke(main, ["export", "-s", store, "-o", str(tmp_path / "f.zip"),
+                                       "--identify", "--labels", "red,blue",
+                                       "--min-confidence", "0.9"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    unknown = int(result.output.split("note: ")[1].split(" of the")[0])
+    assert 0 < unknown < len(ids)
+    assert len(_identification_rows(tmp_path / "f.zip")) == len(ids) - unknown
+
+    # A saved classify result hands on its answers, not its top species.
+    paths = [str(p) for _, p in queries[:48]]
+    saved = CliRunner().invoke(main, ["classify", *paths, "-s", store, "--format", "json",
+                                      "--min-confidence", str(sure)])  # fmt: skip
+    assert saved.exit_code == 0, saved.output
+    result_rows = json.loads(saved.output)
+    with Collection.open(tmp_path / "q", model="bioclip-demo", create=True, device="cpu") as col:
+        col.index(paths, progress=False)
+        images, identifications = col.from_results(result_rows)
+        uris = {i: col.store.rows([i])[i]["uri"] for i in images}
+    by_uri = {str(Path(r["file"]).resolve()): r for r in result_rows}
+    assert len(images) == len(paths)
+    assert any(i.rank != "species" for i in identifications)
+    for item in identifications:
+        row = by_uri[uris[item.image_id]]
+        assert (item.scientific_name, item.rank, item.band) == (
+            row["answer"], row["answer_rank"], row["band"])

@@ -81,6 +81,7 @@ class Identification:
     method: str
     model: str
     date: str = field(default_factory=lambda: dt.date.today().isoformat())
+    band: str = ""  # confident, or uncertain: backed off from the rank asked
 
 
 @dataclass
@@ -258,7 +259,8 @@ def _write_identifications(archive: zipfile.ZipFile, occurrence_of: dict[int, st
             table = _Table(archive, "identification.txt", _IDENTIFICATION_TERMS)
         table.write([occurrence_of[item.image_id], item.scientific_name, item.rank,
                      f"bioindex (model {item.model})", item.date,
-                     f"method {item.method}; score {item.score:.4f}; image_id {item.image_id}",
+                     f"method {item.method}; {item.band + '; ' if item.band else ''}"
+                     f"score {item.score:.4f}; image_id {item.image_id}",
                      f"bioindex:image:{item.image_id}"])  # fmt: skip
         summary.identifications += 1
     if table is not None:
