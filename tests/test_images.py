@@ -129,6 +129,12 @@ def test_camera_raw_and_video_left_out_are_said(tmp_path, tiny_model: str) -> No
                                     "-m", tiny_model])  # fmt: skip
     assert run.exit_code == 0, run.output
     assert "left out 3 files that bioindex does not read: .cr2 (2), .mov (1)" in run.output
+    # The folder given twice (a link to it): its files were counted twice.
+    (tmp_path / "link").symlink_to(folder)
+    run = CliRunner().invoke(main, ["index", str(folder), f"{folder}/", str(tmp_path / "link"),
+                                    "-s", str(tmp_path / "s"), "-m", tiny_model])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert "left out 3 files that bioindex does not read: .cr2 (2), .mov (1)" in run.output
 
 
 def test_a_camera_s_exif_says_when_and_where() -> None:

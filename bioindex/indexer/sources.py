@@ -178,6 +178,8 @@ def scan_paths(
         if not path.exists():
             raise BioindexError(f"source {raw} does not exist")
         path = path.resolve()
+        if str(path) in scan.sources:  # given twice (a link to it, "./x/"): its videos,
+            continue  # raw files and failures were counted twice
         scan.sources.append(str(path))
         if kind == "folder":
             scan.roots.append(str(path) + os.sep)
