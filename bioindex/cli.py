@@ -217,8 +217,10 @@ def _lower_level(record: logging.LogRecord) -> bool:
 @click.option(
     "--media-root",
     default=None,
-    metavar="DIR",
-    help="Where relative media paths in manifests and archives are found.",
+    metavar="DIR|URL",
+    help="Where relative media paths in manifests and archives are found: a folder, or a "
+    "URL the paths are under (photos on a web server or in a bucket, e.g. a LILA "
+    "dataset's; fetched, checked and cached as any media URL).",
 )
 @click.option(
     "--allow-private-urls", is_flag=True,
@@ -364,6 +366,7 @@ def index(
       bioindex index gbif-download.zip --store s          # Darwin Core Archive, fetches media
       bioindex index trap-export.zip --store s            # a zip of photos, read in place
       bioindex index manifest.parquet --store s --media-root /data/images
+      bioindex index cct.json --store s --media-root https://storage.googleapis.com/public-datasets-lila/caltech-unzipped/cct_images/
       bioindex index 'tol/shard-{000000..000165}.tar' --store s   # webdataset shards
       bioindex index https://example.org/iiif/manifest.json --store s   # IIIF, by canvas
       bioindex index /shared/photos --store s --engine ray --address auto --num-gpus 8

@@ -177,6 +177,34 @@ def test_no_exif_removes_the_place_a_downloaded_photo_gave(tmp_path: Path, tiny_
     assert _catalog(tmp_path / "s", place) == [(None, None)]
 
 
+def test_a_lila_file_indexes_its_photos_from_the_bucket(tmp_path: Path, tiny_model: str,
+                                                        media_server) -> None:  # fmt: skip
+    """LILA's COCO files name photos by paths under the dataset's bucket folder; before,
+    `--media-root` took only a folder, so its 100s of GB had to be downloaded first. A URL
+    media root fetches each photo (checked, cached) from under it; a path climbing out is
+    refused."""
+    import json
+
+    base, hits = media_server
+    images = [{"id": i, "file_name": f"S{i}/{name}", "location": f"L{i}"}
+              for i, name in enumerate(CAMERA)]  # fmt: skip
+    images.append({"id": 9, "file_name": "../../photo/ocelot.jpg"})
+    document = {"images": images, "categories": [{"id": 1, "name": "ocelot"}],
+                "annotations": [{"id": 1, "image_id": 0, "category_id": 1}]}  # fmt: skip
+    (tmp_path / "lila.json").write_text(json.dumps(document))
+    result = CliRunner().invoke(main, ["index", str(tmp_path / "lila.json"), "-s",
+                                       str(tmp_path / "s"), "-m", tiny_model, "-q",
+                                       "--media-root", f"{base}/photo/data",
+                                       "--allow-private-urls"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "embedded 4" in result.output and "failed 1" in result.output, result.output
+    assert sorted(hits) == [f"/photo/data/S{i}/{name}" for i, name in enumerate(CAMERA)]
+    rows = dict(_catalog(tmp_path / "s", "SELECT uri, vernacular_name FROM images"))
+    assert rows[f"{base}/photo/data/S0/ocelot.jpg"] == "ocelot"
+    with Collection.open(tmp_path / "s", read_only=True) as col:
+        assert "outside" in col.failures()[0]["error"]
+
+
 def _write_archive(folder: Path, media: list[tuple[str, str]]) -> Path:
     """occurrence core + Audubon Core multimedia extension (accessURI), tab-separated."""
     folder.mkdir(parents=True)

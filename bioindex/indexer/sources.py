@@ -23,6 +23,7 @@ import os
 import re
 import stat
 import tarfile
+import urllib.parse
 import zlib
 from collections import Counter
 from collections.abc import Container, Iterable, Iterator, Sequence
@@ -448,7 +449,7 @@ def _scan_manifest(path: Path, kind: str, media_root: Any, items: dict[str, Item
             scan.unread["video (Camtrap DP media)"] += package.videos
     else:
         listed = listed_media(path, kind)
-    base = Path(media_root).resolve() if media_root else path.parent
+    base = _media_base(media_root, path.parent)
     local, missing = 0, 0
     for value, metadata in listed:
         item = _add_media(value, base, metadata, items, scan, anywhere)
@@ -476,7 +477,15 @@ def listed_media(path: Path, kind: str = "manifest") -> Iterator[tuple[str, dict
             yield value, {k: v for k, v in row.items() if k != key and v not in (None, "")}
 
 
-def _add_media(value: str, base: Path, metadata: dict[str, Any], items: dict[str, Item],
+def _media_base(media_root: Any, default: Path) -> Path | str:
+    """Where a list's relative media paths are found: a folder, or a URL (ending in /)
+    when the photos are on a web server or in a bucket (LILA's)."""
+    if media_root and is_remote(str(media_root)):
+        return str(media_root).rstrip("/") + "/"
+    return Path(media_root).expanduser().resolve() if media_root else default
+
+
+def _add_media(value: str, base: Path | str, metadata: dict[str, Any], items: dict[str, Item],
                scan: Scan, anywhere: bool) -> Item | None:  # fmt: skip
     try:
         item = _media_item(value, base, metadata, anywhere)
@@ -494,10 +503,11 @@ class RefusedMedia(BioindexError):
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def _media_item(value: str, base: Path, metadata: dict[str, Any],
+def _media_item(value: str, base: Path | str, metadata: dict[str, Any],
                 anywhere: bool = False) -> Item:  # fmt: skip
     """A URL (fetched later) or a path inside `base` (anywhere only when the user says so:
-    a stranger's manifest must not make us read /etc/passwd or ~/.ssh)."""
+    a stranger's manifest must not make us read /etc/passwd or ~/.ssh). A `base` that is a
+    URL (ending in /) makes each relative path a URL under it."""
     if is_remote(value):
         return Item(value, "", None, None, metadata)
     if value.startswith("file://"):
@@ -505,6 +515,8 @@ def _media_item(value: str, base: Path, metadata: dict[str, Any],
     elif _SCHEME.match(value):
         raise RefusedMedia(f"refused: {_SCHEME.match(value)[1]}:// URLs are not fetched "
                            f"(http and https only)")  # fmt: skip
+    if isinstance(base, str):
+        return Item(_url_under(value, base, anywhere), "", None, None, metadata)
     file, found = _real_file(os.path.join(base, value))
     if not anywhere and not _within(file, _real_dir(str(base))):
         raise RefusedMedia(f"refused: {value} is outside {base}; give --media-root, or "
@@ -512,6 +524,16 @@ def _media_item(value: str, base: Path, metadata: dict[str, Any],
     if found is None:  # missing local media is a per-image failure (at read time), not fatal
         return Item(file, file, None, None, metadata)
     return Item(file, file, found.st_size, found.st_mtime, metadata)
+
+
+def _url_under(value: str, base: str, anywhere: bool) -> str:
+    """A listed path as a URL under `base` (LILA's `file_name`s under its bucket's
+    folder); a path climbing out of it ('../', '/etc/…') is refused like a local one."""
+    url = urllib.parse.urljoin(base, urllib.parse.quote(value.replace("\\", "/"), safe="/"))
+    if not anywhere and not url.startswith(base):
+        raise RefusedMedia(f"refused: {value} is outside {base}; give --allow-outside-paths "
+                           f"to fetch paths wherever they point")  # fmt: skip
+    return url
 
 
 def _real_file(path: str) -> tuple[str, os.stat_result | None]:
@@ -551,7 +573,7 @@ def _scan_archive(path: Path, media_root: Any, items: dict[str, Item], scan: Sca
                   anywhere: bool) -> None:  # fmt: skip
     from bioindex.indexer.dwca import Archive
 
-    base = Path(media_root).resolve() if media_root else (path if path.is_dir() else path.parent)
+    base = _media_base(media_root, path if path.is_dir() else path.parent)
     scan.archives.append(str(path))
     if path.is_file():
         scan.roots.append(f"{path}#")  # its members, when it holds images
