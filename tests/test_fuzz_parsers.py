@@ -248,3 +248,70 @@ def test_a_damaged_darwin_core_archive_fails_in_one_line(tmp_path, flips) -> Non
             return sum(1 for _ in archive.occurrences())
 
     _one_line_error(read_all)
+
+
+def _depth(value) -> int:
+    if isinstance(value, (list, dict)):
+        inner = value.values() if isinstance(value, dict) else value
+        return 1 + max((_depth(v) for v in inner), default=0)
+    return 0
+
+
+TRICKY_TEXT = st.text(alphabet='[]{}"\\ab', max_size=8)
+NESTED = st.recursive(st.none() | st.integers() | TRICKY_TEXT,
+                      lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(TRICKY_TEXT, inner, max_size=3),
+                      max_leaves=20)  # fmt: skip
+
+
+@BOUNDED
+@given(NESTED, st.sampled_from([1, 2, 3, 5, 64]), st.booleans())
+def test_json_nesting_depth_counts_brackets_outside_strings(value, chunk: int,
+                                                           indent: bool) -> None:  # fmt: skip
+    """The depth guard in front of the streamed camera-trap JSON: brackets, quotes and
+    backslashes inside strings, and chunk edges anywhere, never change the count."""
+    import io
+    import json
+
+    from bioindex.indexer.jsonlists import nesting_depth
+
+    text = json.dumps(value, indent=1 if indent else None).encode()
+    assert nesting_depth(io.BytesIO(text), chunk) == _depth(value)
+
+
+@pytest.mark.parametrize("kind", ["coco", "coco-metadata", "camtrap-dp", "iiif"])
+def test_deeply_nested_json_is_one_line(tmp_path: Path, kind: str) -> None:
+    """A stranger's JSON nested 20,000 deep: streamed, ijson held a prefix per level (1 GB
+    from a 40 KB file; 200,000 levels had the process killed); parsed whole, a traceback
+    (RecursionError)."""
+    import tracemalloc
+
+    from bioindex.indexer.sources import scan_paths
+
+    deep, brackets = 20_000, "[" * 20_000 + "]" * 20_000
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"")
+    documents = {
+        "coco": ("lila.json", '{"images": [{"file_name": "a.jpg", "x": ' + brackets + "}]}"),
+        "coco-metadata": ("lila.json", '{"images": ["]", ' + '["]",' * deep + "]" * deep + "]}"),
+        "camtrap-dp": ("datapackage.json", '{"profile": "camtrap-dp", "resources": ' + brackets
+                       + "}"),
+        "iiif": ("manifest.json", '{"@context": "http://iiif.io/api/presentation/3/context.json",'
+                 ' "items": ' + brackets + "}"),
+    }  # fmt: skip
+    name, text = documents[kind]
+    folder = tmp_path / "package" if kind == "camtrap-dp" else tmp_path
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(text)
+    tracemalloc.start()
+    try:
+        if kind == "coco-metadata":
+            _one_line_error(lambda: scan_paths([photos], metadata_file=str(tmp_path / name)))
+        else:
+            _one_line_error(lambda: scan_paths([tmp_path / name if kind != "camtrap-dp"
+                                                else folder]))  # fmt: skip
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20, peak

@@ -40,7 +40,7 @@ def package_file(path: str | Path) -> Path | None:
     try:
         with open(file, encoding="utf-8-sig") as opened:
             profile = json.load(opened).get("profile", "")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return file if isinstance(profile, str) and "camtrap-dp" in profile else None
 
@@ -95,7 +95,7 @@ def _descriptor(file: Path) -> dict[str, Any]:
     try:
         with open(file, encoding="utf-8-sig") as opened:
             descriptor = json.load(opened)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BioindexError(f"{file} cannot be read as JSON: {exc}") from None
     if not isinstance(descriptor, dict):
         raise BioindexError(f"{file} is not a data package descriptor (a JSON object)")

@@ -173,7 +173,7 @@ def read_manifest(source: str, policy: FetchPolicy) -> dict[str, Any]:
             if path.stat().st_size > MAX_MANIFEST_BYTES:
                 raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
             document = json.loads(path.read_bytes())
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RecursionError) as exc:  # a stranger's: nested 100,000 deep
         raise BioindexError(f"cannot read IIIF manifest {source}: {exc}") from None
     if not is_presentation(document):
         raise BioindexError(f"{source} is not a IIIF Presentation manifest or collection "

@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import ijson
+import numpy as np
 
 from bioindex.errors import BioindexError
 
 _BOM = b"\xef\xbb\xbf"
+# Camera-trap files nest 4 levels; a stranger's file nesting 20,000 made ijson hold a
+# prefix string per level (gigabytes from a 40 KB file; 200,000 levels killed the process).
+MAX_DEPTH = 64
+_CHUNK = 1 << 24
+_STEPS = bytes(1 if c in b"[{" else 255 if c in b"]}" else 0 for c in range(256))
 # The top-level lists that say what a file is; reading stops at the first one found.
 _KINDS = {"instances": "speciesnet", "predictions": "speciesnet", "images": "coco"}
 
@@ -23,6 +29,11 @@ def listed(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(photo path, its metadata in Darwin Core terms) for each photo the file lists."""
     from bioindex.indexer import cococt, speciesnet
 
+    with _open(path) as file:
+        depth = nesting_depth(file)
+    if depth > MAX_DEPTH:
+        raise BioindexError(f"{path} nests lists and objects {depth} levels deep (camera-trap "
+                            f"files nest a few): not read")  # fmt: skip
     key = _first_list(path)
     try:
         if key is None:
@@ -41,6 +52,32 @@ def items(path: Path, key: str) -> Iterator[Any]:
     """Each item of the top-level list `key` (nothing when there is none)."""
     with _open(path) as file:
         yield from ijson.items(file, f"{key}.item", use_float=True)
+
+
+def nesting_depth(file: BinaryIO, chunk: int = _CHUNK) -> int:
+    """How deep a JSON text nests lists and objects, brackets inside strings not counted,
+    read a chunk at a time with numpy (1.7 s for 220 MB; parse events in Python took 6.6).
+    Escapes are dropped first (each `\\\\` pair, then each `\\"`), so every quote left opens
+    or closes a string; a run of backslashes at a chunk's end is carried over by parity."""
+    depth, deepest, inside, carry = 0, 0, 0, b""
+    while True:
+        block = file.read(chunk)
+        data = carry + block
+        if block:
+            kept = data.rstrip(b"\\")
+            carry, data = b"\\" * ((len(data) - len(kept)) % 2), kept
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+        if data:
+            quotes = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord('"'))
+            steps = np.frombuffer(data.translate(_STEPS), dtype=np.int8)
+            at = np.flatnonzero(steps)
+            outside = at[(np.searchsorted(quotes, at) + inside) % 2 == 0]
+            if len(outside):
+                run = depth + np.cumsum(steps[outside], dtype=np.int64)
+                deepest, depth = max(deepest, int(run.max())), int(run[-1])
+            inside = (inside + len(quotes)) % 2
+        if not block:
+            return deepest
 
 
 def _first_list(path: Path) -> str | None:

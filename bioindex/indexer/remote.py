@@ -289,7 +289,7 @@ def read_json(url: str, policy: FetchPolicy, max_bytes: int = 4 << 20) -> Any:
         raise ValueError("could not connect") from None
     try:
         return json.loads(bytes(body))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         raise ValueError("not JSON") from None
 
 
