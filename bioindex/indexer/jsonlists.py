@@ -14,6 +14,7 @@ import ijson
 import numpy as np
 
 from bioindex.errors import BioindexError
+from bioindex.indexer import cococt, speciesnet
 
 _BOM = b"\xef\xbb\xbf"
 # Camera-trap files nest 4 levels; a stranger's file nesting 20,000 made ijson hold a
@@ -22,13 +23,11 @@ MAX_DEPTH = 64
 _CHUNK = 1 << 24
 _STEPS = bytes(1 if c in b"[{" else 255 if c in b"]}" else 0 for c in range(256))
 # The top-level lists that say what a file is; reading stops at the first one found.
-_KINDS = {"instances": "speciesnet", "predictions": "speciesnet", "images": "coco"}
+_KINDS = {**dict.fromkeys(speciesnet.KINDS, "speciesnet"), "images": "coco"}
 
 
 def listed(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(photo path, its metadata in Darwin Core terms) for each photo the file lists."""
-    from bioindex.indexer import cococt, speciesnet
-
     with _open(path) as file:
         depth = nesting_depth(file)
     if depth > MAX_DEPTH:
@@ -54,14 +53,14 @@ def items(path: Path, key: str) -> Iterator[Any]:
         yield from ijson.items(file, f"{key}.item", use_float=True)
 
 
-def nesting_depth(file: BinaryIO, chunk: int = _CHUNK) -> int:
+def nesting_depth(file: BinaryIO, chunk: int | None = None) -> int:
     """How deep a JSON text nests lists and objects, brackets inside strings not counted,
     read a chunk at a time with numpy (1.7 s for 220 MB; parse events in Python took 6.6).
     Escapes are dropped first (each `\\\\` pair, then each `\\"`), so every quote left opens
     or closes a string; a run of backslashes at a chunk's end is carried over by parity."""
     depth, deepest, inside, carry = 0, 0, 0, b""
     while True:
-        block = file.read(chunk)
+        block = file.read(chunk or _CHUNK)
         data = carry + block
         if block:
             kept = data.rstrip(b"\\")
