@@ -64,7 +64,13 @@ from bioindex.search.fewshot import (
     store_head,
     training_head_places,
 )
-from bioindex.search.filters import Filter, and_filters, parse_where, taxon_filter
+from bioindex.search.filters import (
+    Filter,
+    and_filters,
+    common_name_filter,
+    parse_where,
+    taxon_filter,
+)
 from bioindex.search.labels import (
     LabelSet,
     label_vectors,
@@ -676,10 +682,33 @@ class Collection:
         check_k(k)
         if mode not in SEARCH_MODES:
             raise BioindexError(f"unknown mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
-        taxon = self._resolve_taxon(name, mode, taxonomy)
-        if taxon is None:
-            return self._caption_hits(name, k, _filter(where))
-        return self._taxon_hits(taxon, k, mode, _filter(where))
+        try:
+            taxon = self._resolve_taxon(name, mode, taxonomy)
+        except BioindexError:
+            if taxonomy is not None or not self._is_common_name(name):
+                raise
+            taxon = None
+        if taxon is not None:
+            return self._taxon_hits(taxon, k, mode, _filter(where))
+        if taxonomy is None and self._is_common_name(name):
+            return self._common_name_hits(name, k, mode, _filter(where))
+        return self._caption_hits(name, k, _filter(where))
+
+    def common_names(self) -> list[str]:
+        """The common names the catalog gives its images (a camera trap's "zebra", a LILA
+        dataset's categories), kept until the catalog changes."""
+        return self._kept("common names", self.store.catalog.common_names)
+
+    def _is_common_name(self, name: str) -> bool:
+        wanted = " ".join(name.split()).lower()
+        return any(" ".join(n.split()).lower() == wanted for n in self.common_names())
+
+    def _common_name_hits(self, name: str, k: int, mode: str, user: Filter | None) -> list[Hit]:
+        """Images the catalog calls `name` (its common name: camera-trap stores often carry
+        no scientific names), then look-alikes of its caption."""
+        query = self.embed_texts([f"a photo of {' '.join(name.split())}."])[0]
+        return self._labelled_hits(query, common_name_filter(name), "catalog common name", k,
+                                   mode, user)  # fmt: skip
 
     def _caption_hits(self, name: str, k: int, user: Filter | None) -> list[Hit]:
         """Look-alikes of a name no catalog row carries, from its BioCLIP caption."""
@@ -689,11 +718,17 @@ class Collection:
 
     def _taxon_hits(self, taxon: Taxon, k: int, mode: str, user: Filter | None) -> list[Hit]:
         query = self.embed_texts([taxon.caption("taxonomic")])[0]
+        return self._labelled_hits(query, taxon_filter(taxon), f"catalog {taxon.rank}", k, mode,
+                                   user)  # fmt: skip
+
+    def _labelled_hits(self, query: np.ndarray, label: Filter, why: str, k: int, mode: str,
+                       user: Filter | None) -> list[Hit]:  # fmt: skip
+        """The images `label` chooses (`catalog`), the query's look-alikes (`semantic`), or
+        the first then the second (`hybrid`)."""
         hits: list[Hit] = []
         if mode in ("catalog", "hybrid"):
-            pairs = nearest(self.store, query, k, where=and_filters(taxon_filter(taxon), user),
-                            text=True)  # fmt: skip
-            hits = to_hits(self.store, pairs, why=f"catalog {taxon.rank}")
+            pairs = nearest(self.store, query, k, where=and_filters(label, user), text=True)
+            hits = to_hits(self.store, pairs, why=why)
         if mode in ("semantic", "hybrid") and len(hits) < k:
             shown = {h.image_id for h in hits}
             pairs = nearest(self.store, query, k - len(hits), exclude=shown, where=user,
@@ -734,6 +769,8 @@ class Collection:
         if taxon is not None:
             return Answer("taxon", self._taxon_hits(taxon, k, "hybrid", user), taxon.to_row(),
                           taxon.rank)  # fmt: skip
+        if self._is_common_name(query):
+            return Answer("common name", self._common_name_hits(query, k, "hybrid", user))
         if looks_scientific(query):
             return Answer("name", self._caption_hits(query, k, user))
         return Answer("text", self.search_text(query, k, user))
@@ -1033,9 +1070,13 @@ class Collection:
         return written
 
     def taxon_names(self) -> list[tuple[str, str]]:
-        """(name, rank) for every rank name, binomial and common name in the catalog."""
+        """(name, rank) for every rank name, binomial and common name in the catalog (a
+        common name with no taxon too: a camera trap's "zebra")."""
         names: dict[tuple[str, str], None] = {}
-        for taxon in self.taxonomy().species:
+        for name in self.common_names():
+            names[(name, "common name")] = None
+        species = self.taxonomy().species if self.catalog_names_taxa() else []
+        for taxon in species:
             for rank in ("kingdom", "phylum", "class", "order", "family", "genus", "species"):
                 name = taxon.name_at(rank)
                 if name.strip():

@@ -312,3 +312,30 @@ def test_a_speciesnet_file_is_read_as_a_stream_and_a_cut_one_is_one_line(tmp_pat
     with pytest.raises(BioindexError, match="cannot be read as JSON") as caught:
         read_table(path)
     assert "\n" not in str(caught.value)
+
+
+def test_common_names_are_searched_as_the_catalog_s_labels(trap: Path, tmp_path: Path,
+                                                           tiny_model: str) -> None:  # fmt: skip
+    """A LILA dataset names its photos by common names only ("elephant"): a search for one
+    gave the model's look-alikes (or, asked for catalog records, "names no taxa") while the
+    catalog said which photos were elephants. Now the catalog's own come first."""
+    (tmp_path / "lila.json").write_text(json.dumps(_coco(trap)))
+    elephants = {"african_elephants.jpg", "african_elephants_bw.jpg"}
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
+        collection.index([trap], metadata=tmp_path / "lila.json", progress=False)
+        answer = collection.search(" Elephant ", k=5)
+        records = collection.search_taxon("elephant", k=5, mode="catalog")
+        hybrid = collection.search_taxon("elephant", k=5)
+        names = collection.taxon_names()
+        text = collection.search("a grey animal", k=3)
+    assert answer.kind == "common name"
+    assert {Path(h.uri).name for h in answer.hits[:2]} == elephants
+    assert [h.why for h in answer.hits] == ["catalog common name"] * 2 + ["look-alike"] * 3
+    assert {Path(h.uri).name for h in records} == elephants and len(records) == 2
+    assert [h.why for h in hybrid][:2] == ["catalog common name"] * 2 and len(hybrid) == 5
+    assert ("elephant", "common name") in names and ("cattle", "common name") not in names
+    assert text.kind == "text"  # a description is still a description
+    result = CliRunner().invoke(main, ["search", "taxon", "elephant", "-s", str(tmp_path / "s"),
+                                       "--mode", "catalog", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {Path(h["uri"]).name for h in json.loads(result.output)} == elephants

@@ -260,3 +260,46 @@ def test_cards_link_to_the_record_and_show_institution_and_rights(site) -> None:
         ".rights span[title]", "els => els.map(e => e.title)"))  # fmt: skip
     assert all(c["catalog"].split("-")[0] in c["text"] for c in cards)  # the institution code
     page.close()
+
+
+def test_a_common_name_finds_its_records_on_the_page(tmp_path: Path, tiny_model: str) -> None:
+    """A camera trap's store names its photos by common names only: the box's "elephant"
+    gave look-alikes under "images matching the text" though the catalog said which photos
+    were elephants; the name is offered as the curator types."""
+    import json
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    from bioindex.serve.app import create_app
+    from tests.conftest import shared
+    from tests.test_speciesnet import _coco
+
+    trap = tmp_path / "trap"
+    shutil.copytree(shared("camera-trap"), trap, ignore=shutil.ignore_patterns("*.md", "*.json"))
+    (tmp_path / "lila.json").write_text(json.dumps(_coco(trap)))
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
+        collection.index([trap], metadata=tmp_path / "lila.json", progress=False)
+    app = create_app(tmp_path / "s", device="cpu")
+    with LiveServer(app) as live, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(live.url)
+        page.fill("#q", "eleph")
+        page.wait_for_function("[...document.querySelectorAll('#taxa option')]"
+                               ".some(o => o.value === 'elephant')")  # fmt: skip
+        page.fill("#q", "elephant")
+        page.press("#q", "Enter")
+        page.wait_for_selector("section[data-kind=catalog] .card")
+        heading = page.inner_text("section[data-kind=catalog] h2")
+        summary = page.inner_text("#summary")
+        records = page.eval_on_selector_all("section[data-kind=catalog] .card",
+                                            "cs => cs.map(c => c.innerText)")  # fmt: skip
+        page.screenshot(path=str(screenshot_folder() / "common-name.png"), full_page=True)
+        browser.close()
+    app.state.collection.close()
+    assert heading.startswith("2 records of elephant"), heading
+    assert "common names only" in summary, summary
+    assert len(records) == 2 and all("african_elephants" in r for r in records), records
+    assert all(r.startswith("elephant\n") for r in records), records  # the name heads a card
+    assert not errors

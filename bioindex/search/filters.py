@@ -230,6 +230,12 @@ def taxon_filter(taxon: Taxon) -> Filter:
     return Filter([f"{taxon.rank}={taxon.scientific_name}"], " AND ".join(clauses), params)
 
 
+def common_name_filter(name: str) -> Filter:
+    """Catalog rows whose common name is `name` (case and outer spaces aside)."""
+    return Filter([f"vernacular_name={name}"], "lower(trim(vernacular_name)) = lower(?)",
+                  [" ".join(name.split())])
+
+
 def labelled_filter(rank: str) -> Filter:
     """Live images whose catalog row names a taxon at `rank`."""
     column = {"species": "scientific_name", "class": '"class"', "order": '"order"'}.get(rank, rank)

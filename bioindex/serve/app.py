@@ -540,7 +540,9 @@ def _describe(errors: Any) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-PAGE_FILTER_COLUMNS = ("institution_code", "country_code")
+# What the page adapts to: filter boxes a plain folder has no use for, and the heading of a
+# store whose records carry common names only.
+PAGE_FILTER_COLUMNS = ("institution_code", "country_code", "vernacular_name")
 
 
 def _public_info(data: dict[str, Any]) -> dict[str, Any]:

@@ -257,6 +257,12 @@ class Catalog:
         where = "occurrences" if occurrences else "images WHERE status='live'"
         return self.con.execute(f"SELECT DISTINCT {TAXON_COLUMNS} FROM {where}").fetchall()
 
+    def common_names(self) -> list[str]:
+        """The distinct common names (vernacular_name) of the live images, as written."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT trim(vernacular_name) AS name FROM images WHERE status='live' "
+            "AND trim(coalesce(vernacular_name, '')) <> '' ORDER BY name").fetchall()]  # fmt: skip
+
     def taxon_rows_where(self, sql: str, params: Sequence[Any],
                          images_only: bool = False) -> list[tuple]:  # fmt: skip
         """Distinct taxon rows (TAXON_COLUMNS) of live images and occurrence records that

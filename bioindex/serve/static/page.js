@@ -37,15 +37,18 @@ function licenceName(text) {
   return `CC ${cc[2].toUpperCase()} ${cc[3]}`;
 }
 
+// A card is headed by the record's name: its scientific name, else the common name a
+// camera trap's records carry alone ("zebra"), else the photo's path.
 function card(r) {
   const file = String(r.path || "").split("/").pop();
+  const name = r.scientific_name || r.vernacular_name;
   return `
     <div class="card" data-id="${r.image_id}" data-catalog="${esc(r.catalog_number)}" data-match="${esc(r.match || "")}">
-      <img loading="lazy" alt="${esc(r.scientific_name || file || "image " + r.image_id)}" src="/api/thumbnails/${r.image_id}?size=256">
-      <div>${r.scientific_name ? `<span class="name">${esc(r.scientific_name)}</span>` : `<span class="path">${esc(r.path || "")}</span>`}
+      <img loading="lazy" alt="${esc(name || file || "image " + r.image_id)}" src="/api/thumbnails/${r.image_id}?size=256">
+      <div>${name ? `<span class="name">${esc(name)}</span>` : `<span class="path">${esc(r.path || "")}</span>`}
         ${r.images > 1 ? `<span class="badge">${r.images} images</span>` : ""}</div>
       <div class="meta">${r.kind ? KINDS[r.kind](r) : "score " + Number(r.score).toFixed(3)}${r.catalog_number ? " · " + esc(r.catalog_number) : ""}</div>
-      ${r.scientific_name ? `<div class="path">${esc(r.path || "")}</div>` : ""}
+      ${name ? `<div class="path">${esc(r.path || "")}</div>` : ""}
       <div class="meta">${esc(r.institution_code || "")} ${esc(r.country_code || "")} ${esc(r.event_date || "")}</div>
       <div class="meta rights">${r.license ? `licence <span title="${esc(r.license)}">${esc(licenceName(r.license))}</span>` : ""}${r.rights_holder ? " · © " + esc(r.rights_holder) : ""}</div>
       ${/^https?:\/\//.test(r.occurrence_url || "") ? `<a class="record" href="${esc(r.occurrence_url)}" target="_blank" rel="noopener noreferrer">occurrence record</a>` : ""}
@@ -105,6 +108,12 @@ function sectionsOf(body, q) {
     return [
       {kind: "catalog", title: `${records.length} records of ${q}`, note: `labelled ${body.rank} ${q} in the catalog`, results: records},
       {kind: "look-alike", title: `${alike.length} look-alikes`, note: "not labelled so; nearest to the name by the model", results: alike},
+    ];
+  }
+  if (body.query_as === "common name") {
+    return [
+      {kind: "catalog", title: `${records.length} records of ${q}`, note: `called ${q} in the catalog`, results: records},
+      {kind: "look-alike", title: `${alike.length} look-alikes`, note: "not called so; nearest to the name by the model", results: alike},
     ];
   }
   if (body.query_as === "name") {
@@ -226,7 +235,8 @@ window.addEventListener("popstate", () => load());
 const infoLoaded = getJSON("/api/info").then((info) => {
   collection = info;
   $("summary").textContent = `${info.images_live} images · model ${info.model}` +
-    (info.names_taxa ? "" : " · no taxon names in the catalog");
+    (info.names_taxa ? "" : (info.filled || {}).vernacular_name
+      ? " · common names only (no taxon names) in the catalog" : " · no taxon names in the catalog");
   // Naming controls mean nothing where the catalog names no taxa.
   // (A species list still names a photo against its own species.)
   for (const id of ["near", "method"]) $(id).parentElement.style.display = info.names_taxa ? "" : "none";
