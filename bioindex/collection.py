@@ -696,8 +696,14 @@ class Collection:
 
     def common_names(self) -> list[str]:
         """The common names the catalog gives its images (a camera trap's "zebra", a LILA
-        dataset's categories), kept until the catalog changes."""
-        return self._kept("common names", self.store.catalog.common_names)
+        dataset's categories), one spelling each, kept until the catalog changes."""
+        def derive() -> list[str]:
+            names: dict[str, str] = {}
+            for name in self.store.catalog.common_names():
+                names.setdefault(" ".join(name.split()).casefold(), " ".join(name.split()))
+            return list(names.values())
+
+        return self._kept("common names", derive)
 
     def _is_common_name(self, name: str) -> bool:
         wanted = " ".join(name.split()).lower()
@@ -776,6 +782,11 @@ class Collection:
         return Answer("text", self.search_text(query, k, user))
 
     def catalog_labels(self) -> LabelSet:
+        """The catalog's species; where it names none but calls its records by common names
+        (a camera trap's "zebra", a LILA dataset's categories), those names."""
+        if not self.catalog_names_taxa() and len(self.common_names()) >= 2:
+            return labels_from_strings(self.common_names(),
+                                       f"the common names in the catalog of {self.store.path}")
         return labels_from_taxa(self.catalog_taxa(), f"catalog of {self.store.path}")
 
     def classify(
@@ -813,7 +824,7 @@ class Collection:
             raise BioindexError(f"a training set is for the few-shot methods "
                                 f"({', '.join(FEW_SHOT_METHODS)}), not {method}")  # fmt: skip
         else:
-            self._require_names(labels)
+            self._require_names(labels, method)
         names, vectors, failed = embed_files(self.model, images)
         if specimen:
             names, vectors = [" + ".join(names)], combine_views(vectors)[None]
@@ -843,7 +854,7 @@ class Collection:
                                          "labels=")  # fmt: skip
         labels, place = self._listed_labels(labels, method, place)
         if method not in FEW_SHOT_METHODS:
-            self._require_names(labels)
+            self._require_names(labels, method)
         label_matrix, head, temperature = None, None, None
         if method in FEW_SHOT_METHODS:
             head = self.head(method, train)
@@ -946,10 +957,13 @@ class Collection:
             return labels_from_taxa(place.taxa, place.source), None
         return labels, place
 
-    def _require_names(self, labels: LabelSet | None) -> None:
-        if labels is None and not self.catalog_names_taxa():
-            raise NoTaxaError(f"the catalog of {self.store.path} names no taxa to classify "
-                              f"against", remedy=NAME_TAXA)  # fmt: skip
+    def _require_names(self, labels: LabelSet | None, method: str) -> None:
+        if labels is not None or self.catalog_names_taxa():
+            return
+        if method == "zero-shot" and len(self.common_names()) >= 2:
+            return  # the model's captions of the catalog's common names (catalog_labels)
+        raise NoTaxaError(f"the catalog of {self.store.path} names no taxa to classify "
+                          f"against", remedy=NAME_TAXA)  # fmt: skip
 
     def _catalog_label_vectors(self) -> tuple[LabelSet, np.ndarray]:
         """The catalog's label set and its vectors, kept until the catalog changes (a server
@@ -981,7 +995,7 @@ class Collection:
         `rank` up whose probability reaches `min_confidence`, with its band. An image
         "unknown" at every rank gets no identification: an archive must not assert what
         the classifier would not."""
-        self._require_names(labels)
+        self._require_names(labels, method)
         ids = self.store.catalog.live_ids() if image_ids is None else image_ids
         model = self.store.model.get("name") or self.store.model.get("source")
         for start in range(0, len(ids), batch):

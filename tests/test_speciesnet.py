@@ -339,3 +339,30 @@ def test_common_names_are_searched_as_the_catalog_s_labels(trap: Path, tmp_path:
                                        "--mode", "catalog", "--format", "json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert {Path(h["uri"]).name for h in json.loads(result.output)} == elephants
+
+
+def test_a_store_of_common_names_classifies_against_them(trap: Path, tmp_path: Path,
+                                                         tiny_model: str) -> None:  # fmt: skip
+    """Before: "names no taxa to classify against", with "elephant", "ocelot" and "dog" in
+    the catalog. Zero-shot now chooses between the catalog's common names (one spelling
+    each), exactly as if they were given as labels; the neighbour vote still needs taxa."""
+    from bioindex.errors import NoTaxaError
+
+    (tmp_path / "m.csv").write_text("file,vernacularName\nafrican_elephants.jpg,elephant\n"
+                                    "african_elephants_bw.jpg,Elephant \nocelot.jpg,ocelot\n"
+                                    "domestic_dog.jpg,dog\n")  # fmt: skip
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
+        collection.index([trap], metadata=tmp_path / "m.csv", progress=False)
+        got = collection.classify([trap / "blank.jpg"], k=5)
+        given = collection.classify([trap / "blank.jpg"], k=5,
+                                    labels=sorted({p.label for p in got}))  # fmt: skip
+        with pytest.raises(NoTaxaError):
+            collection.classify([trap / "blank.jpg"], method="knn")
+    assert len(got) == 3 and {p.label.lower() for p in got} == {"elephant", "ocelot", "dog"}
+    assert all(p.taxon is None for p in got) and got[0].decision is not None
+    assert {p.label: round(p.score, 6) for p in got} == {p.label: round(p.score, 6)
+                                                         for p in given}  # fmt: skip
+    result = CliRunner().invoke(main, ["classify", str(trap / "ocelot.jpg"), "-s",
+                                       str(tmp_path / "s")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "labels: the 3 common names the catalog gives its images" in result.output

@@ -262,13 +262,13 @@ def test_cards_link_to_the_record_and_show_institution_and_rights(site) -> None:
     page.close()
 
 
-def test_a_common_name_finds_its_records_on_the_page(tmp_path: Path, tiny_model: str) -> None:
+def test_a_common_name_finds_its_records_on_the_page(site, tmp_path: Path, tiny_model: str
+                                                     ) -> None:  # fmt: skip
     """A camera trap's store names its photos by common names only: the box's "elephant"
     gave look-alikes under "images matching the text" though the catalog said which photos
     were elephants; the name is offered as the curator types."""
     import json
 
-    playwright = pytest.importorskip("playwright.sync_api")
     from bioindex.serve.app import create_app
     from tests.conftest import shared
     from tests.test_speciesnet import _coco
@@ -279,8 +279,8 @@ def test_a_common_name_finds_its_records_on_the_page(tmp_path: Path, tiny_model:
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
         collection.index([trap], metadata=tmp_path / "lila.json", progress=False)
     app = create_app(tmp_path / "s", device="cpu")
-    with LiveServer(app) as live, playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    browser = site[0]  # the module's browser: one Playwright per thread
+    with LiveServer(app) as live:
         page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -296,7 +296,7 @@ def test_a_common_name_finds_its_records_on_the_page(tmp_path: Path, tiny_model:
         records = page.eval_on_selector_all("section[data-kind=catalog] .card",
                                             "cs => cs.map(c => c.innerText)")  # fmt: skip
         page.screenshot(path=str(screenshot_folder() / "common-name.png"), full_page=True)
-        browser.close()
+        page.close()
     app.state.collection.close()
     assert heading.startswith("2 records of elephant"), heading
     assert "common names only" in summary, summary
