@@ -424,7 +424,8 @@ where_option = click.option(
     "institution_code=FMNH, event_date>=2010-01-01, bbox=W,S,E,N, license=CC0-1.0, "
     "folder=site3 (a folder of that name at any depth), extra.locationID=L1 (a field kept "
     "beside the Darwin Core columns: a metadata file's own column, Camtrap DP's "
-    "observationType), extra.speciesnetScore>=0.9 (compared as a number).",
+    "observationType), extra.speciesnetScore>=0.9 (compared as a number), "
+    "vernacular_name~zebra (~: contains).",
 )  # fmt: skip
 group_option = click.option(
     "--group-by", "group_by", type=click.Choice(["occurrence"]), default=None,

@@ -64,6 +64,13 @@ def _answers(store: Path, workers: int, pictures: list[bytes]) -> tuple[list, li
     from bioindex.serve.app import create_app
 
     app = create_app(store, device="cpu", workers=workers)
+    if workers > 1:
+        # A text encode as slow as a BioCLIP-sized one on a CPU: the requests that come
+        # meanwhile queue behind it. The tiny model's 1 ms let each text of a loaded CI run
+        # arrive alone (batches all of one) though they were sent together.
+        model = app.state.collection.model._model
+        encode = model.encode_texts
+        model.encode_texts = lambda texts: (time.sleep(0.05), encode(texts))[1]
     try:
         with LiveServer(app) as live:
             calls = _requests(live.url, pictures)

@@ -24,7 +24,7 @@ BOUNDED = settings(max_examples=150, deadline=None,
 COLUMNS = ["family", "species", "event_date", "bbox", "country_code", "institution_code",
            "genus", "license", "nonsense", "ORDER", "extra.locationID", "extra.", "extra.a'b",
            'extra.x"; DROP TABLE images; --']  # fmt: skip
-OPERATORS = ["=", "!=", ">=", "<=", ">", "<", "==", "=>", ""]
+OPERATORS = ["=", "!=", ">=", "<=", ">", "<", "~", "==", "=>", "~~", ""]
 
 
 def _one_line_error(call) -> object:

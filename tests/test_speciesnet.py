@@ -112,9 +112,18 @@ def test_predictions_json_as_the_source(trap: Path, tmp_path: Path, tiny_model: 
             "animal", k=10, where=["extra.speciesnetScore>=0.96"])}  # fmt: skip
         unsure = {Path(h.uri).name for h in collection.search_text(
             "animal", k=10, where=["extra.speciesnetScore<0.96"])}  # fmt: skip
+        # A part of its prediction finds it ("elephant" in "Loxodonta africana (african
+        # elephant)"); % and _ are taken as written.
+        contains = {name: {Path(h.uri).name for h in collection.search_text(
+            "animal", k=10, where=[condition])} for name, condition in (
+            ("elephant", "extra.speciesnetPrediction~ELEPHANT"),
+            ("family", "extra.speciesnetPrediction~(cat fam"),
+            ("literal", "extra.speciesnetPrediction~elephant_"))}  # fmt: skip
     assert named == 0
     assert sure == {"african_elephants.jpg"}
     assert unsure == {"blank.jpg"}  # the ocelot's prediction has no score: left out
+    assert contains == {"elephant": {"african_elephants.jpg"}, "family": {"ocelot.jpg"},
+                        "literal": set()}  # fmt: skip
 
 
 def test_paths_from_another_folder_are_said_once(trap: Path, tmp_path: Path,
@@ -328,6 +337,7 @@ def test_common_names_are_searched_as_the_catalog_s_labels(trap: Path, tmp_path:
         hybrid = collection.search_taxon("elephant", k=5)
         names = collection.taxon_names()
         text = collection.search("a grey animal", k=3)
+        called = collection.search_text("animal", k=10, where=["vernacular_name~EPHA"])
     assert answer.kind == "common name"
     assert {Path(h.uri).name for h in answer.hits[:2]} == elephants
     assert [h.why for h in answer.hits] == ["catalog common name"] * 2 + ["look-alike"] * 3
@@ -335,6 +345,7 @@ def test_common_names_are_searched_as_the_catalog_s_labels(trap: Path, tmp_path:
     assert [h.why for h in hybrid][:2] == ["catalog common name"] * 2 and len(hybrid) == 5
     assert ("elephant", "common name") in names and ("cattle", "common name") not in names
     assert text.kind == "text"  # a description is still a description
+    assert {Path(h.uri).name for h in called} == elephants  # ~: contains
     result = CliRunner().invoke(main, ["search", "taxon", "elephant", "-s", str(tmp_path / "s"),
                                        "--mode", "catalog", "--format", "json"])  # fmt: skip
     assert result.exit_code == 0, result.output

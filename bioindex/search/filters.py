@@ -13,6 +13,8 @@
                                 case-insensitive, = or != (!= keeps rows without it)
     extra.speciesnetScore>=0.9  the same, as a number, with >=, <=, >, < (rows whose value
                                 is not a number are left out)
+    vernacular_name~zebra       contains (case-insensitive), on a text column, a rank, species
+                                or extra.KEY: extra.speciesnetPrediction~elephant
 
 Conditions are ANDed. Column names come from a fixed list and values are always bound as
 parameters, so no part of a value ever becomes SQL.
@@ -31,7 +33,7 @@ from bioindex.errors import BioindexError
 from bioindex.store import DWC_TEXT_COLUMNS, RANKS
 from bioindex.taxonomy import Taxon
 
-_CONDITION = re.compile(r"^\s*(extra\.[^=!<>]+?|[A-Za-z_:]+)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+_CONDITION = re.compile(r"^\s*(extra\.[^=!<>~]+?|[A-Za-z_:]+)\s*(!=|>=|<=|=|>|<|~)\s*(.*?)\s*$")
 EXTRA = "extra."
 _ORDERED_COLUMNS = ("event_date",)
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
@@ -81,9 +83,10 @@ def parse_where(conditions: str | Sequence[str] | Mapping[str, Any] | None) -> F
                 f"event_date>=DATE or bbox=W,S,E,N"
             )
         name, op, value = match.groups()
-        if value[0] in "=<>!":
+        if value[0] in "=<>!~":
             raise BioindexError(f"filter {text!r}: unknown operator {op + value[0]!r}; use "
-                                f"=, !=, or >=, <=, >, < on event_date and extra.KEY")  # fmt: skip
+                                f"=, !=, ~ (contains), or >=, <=, >, < on event_date and "
+                                f"extra.KEY")  # fmt: skip
         if name.startswith(EXTRA):
             clauses.append(_extra(text, name[len(EXTRA):].strip(), op, value, result.params))
             result.conditions.append(text)
@@ -94,10 +97,21 @@ def parse_where(conditions: str | Sequence[str] | Mapping[str, Any] | None) -> F
         elif column == "folder":
             clauses.append(_folder(text, op, value, result.params))
             result.images_only = True
+        elif column in _ORDERED_COLUMNS and op == "~":
+            raise BioindexError(f"filter {text!r}: ~ (contains) is for text; dates take =, !=, "
+                                f">=, <=, >, <")  # fmt: skip
         elif column in _ORDERED_COLUMNS:
             clauses.append(_date(text, column, op, value, result.params))
         elif op in (">=", "<=", ">", "<"):
-            raise BioindexError(f"filter {text!r}: {op} works on event_date only")
+            raise BioindexError(f"filter {text!r}: {op} works on event_date and extra.KEY only")
+        elif op == "~" and column == "species":
+            clauses.append(r"(lower(scientific_name) LIKE lower(?) ESCAPE '\' OR "
+                           r"lower(concat_ws(' ', genus, specific_epithet)) LIKE lower(?) "
+                           r"ESCAPE '\')")  # fmt: skip
+            result.params.extend([_containing(value)] * 2)
+        elif op == "~":
+            clauses.append(f'lower("{column}") LIKE lower(?) ' + r"ESCAPE '\'")
+            result.params.append(_containing(value))
         elif column == "species":
             negate = "NOT " if op == "!=" else ""
             clauses.append(
@@ -158,10 +172,18 @@ def _extra(text: str, key: str, op: str, value: str, params: list[Any]) -> str:
             raise BioindexError(f"filter {text!r}: {op} compares numbers; {value!r} is not one")
         params.extend([path, number])
         return f"TRY_CAST(json_extract_string(extra, ?) AS DOUBLE) {op} ?"
+    if op == "~":
+        params.extend([path, _containing(value)])
+        return r"lower(json_extract_string(extra, ?)) LIKE lower(?) ESCAPE '\'"
     params.extend([path, value])
     if op == "=":
         return "lower(json_extract_string(extra, ?)) = lower(?)"
     return "coalesce(lower(json_extract_string(extra, ?)), '') <> lower(?)"
+
+
+def _containing(value: str) -> str:
+    """A LIKE pattern for text containing `value` (its own % and _ taken literally)."""
+    return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _real_date(value: str) -> bool:
