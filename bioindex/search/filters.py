@@ -80,7 +80,7 @@ def parse_where(conditions: str | Sequence[str] | Mapping[str, Any] | None) -> F
         if not match or not match.group(3):
             raise BioindexError(
                 f"malformed filter {text!r}: expected COLUMN=VALUE, COLUMN!=VALUE, "
-                f"event_date>=DATE or bbox=W,S,E,N"
+                f"COLUMN~TEXT (contains), event_date>=DATE or bbox=W,S,E,N"
             )
         name, op, value = match.groups()
         if value[0] in "=<>!~":
