@@ -377,3 +377,19 @@ def test_a_store_of_common_names_classifies_against_them(trap: Path, tmp_path: P
                                        str(tmp_path / "s")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "labels: the 3 common names the catalog gives its images" in result.output
+    # The page's upload asked for each rank's best name too: "custom labels have no lineage
+    # to sum up to rank kingdom" (400).
+    import httpx
+
+    from bioindex.serve.app import create_app
+    from tests.conftest import LiveServer
+
+    app = create_app(tmp_path / "s", device="cpu")
+    with LiveServer(app) as live:
+        answer = httpx.post(f"{live.url}/api/classify", timeout=60, files={
+            "file": ("o.jpg", (trap / "ocelot.jpg").read_bytes(), "image/jpeg")})  # fmt: skip
+    app.state.collection.close()
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["ranks"] == {} and {p["label"].lower() for p in body["predictions"]} == {
+        "elephant", "ocelot", "dog"}  # fmt: skip

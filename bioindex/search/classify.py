@@ -199,7 +199,8 @@ def classify_vectors(
     if labels is not None and not labels.has_lineage and method != "zero-shot":
         raise BioindexError("custom labels have no lineage; use method zero-shot with them")
     if labels is not None and not labels.has_lineage and rank != "species":
-        raise BioindexError(f"custom labels have no lineage to sum up to rank {rank}")
+        raise BioindexError(f"labels with no lineage (custom labels, a catalog's common "
+                            f"names) cannot be summed up to rank {rank}")  # fmt: skip
     if labels is not None and not labels.has_lineage and place is not None:
         raise BioindexError("custom labels name no taxa a place could have records of")
 

@@ -371,7 +371,8 @@ def create_app(
                     [name], vector[None], rank=rank, k=k, labels=label_set, **options
                 )  # fmt: skip
                 lineage = {}
-                for level in RANKS if label_set is None else ():
+                named = label_set is None and collection.catalog_names_taxa()  # not common names
+                for level in RANKS if named else ():
                     top = collection.classify_vectors(["upload"], vector[None], rank=level,
                                                       k=1, **options)  # fmt: skip
                     name_at = top[0].taxon.name_at(level) if top and top[0].taxon else ""
