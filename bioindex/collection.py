@@ -696,12 +696,13 @@ class Collection:
 
     def common_names(self) -> list[str]:
         """The common names the catalog gives its images (a camera trap's "zebra", a LILA
-        dataset's categories), one spelling each, kept until the catalog changes."""
+        dataset's categories), one spelling each (the most used), in name order, kept
+        until the catalog changes."""
         def derive() -> list[str]:
             names: dict[str, str] = {}
             for name in self.store.catalog.common_names():
                 names.setdefault(" ".join(name.split()).casefold(), " ".join(name.split()))
-            return list(names.values())
+            return sorted(names.values(), key=str.casefold)
 
         return self._kept("common names", derive)
 

@@ -258,10 +258,12 @@ class Catalog:
         return self.con.execute(f"SELECT DISTINCT {TAXON_COLUMNS} FROM {where}").fetchall()
 
     def common_names(self) -> list[str]:
-        """The distinct common names (vernacular_name) of the live images, as written."""
+        """The distinct common names (vernacular_name) of the live images, as written, the
+        most used spelling first."""
         return [r[0] for r in self.con.execute(
-            "SELECT DISTINCT trim(vernacular_name) AS name FROM images WHERE status='live' "
-            "AND trim(coalesce(vernacular_name, '')) <> '' ORDER BY name").fetchall()]  # fmt: skip
+            "SELECT trim(vernacular_name) AS name FROM images WHERE status='live' "
+            "AND trim(coalesce(vernacular_name, '')) <> '' GROUP BY name "
+            "ORDER BY count(*) DESC, name").fetchall()]  # fmt: skip
 
     def taxon_rows_where(self, sql: str, params: Sequence[Any],
                          images_only: bool = False) -> list[tuple]:  # fmt: skip
