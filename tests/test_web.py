@@ -275,7 +275,9 @@ def test_a_common_name_finds_its_records_on_the_page(site, tmp_path: Path, tiny_
 
     trap = tmp_path / "trap"
     shutil.copytree(shared("camera-trap"), trap, ignore=shutil.ignore_patterns("*.md", "*.json"))
-    (tmp_path / "lila.json").write_text(json.dumps(_coco(trap)))
+    document = _coco(trap)
+    document["annotations"].append({"id": "7", "image_id": "e", "category_id": 3})  # a dog
+    (tmp_path / "lila.json").write_text(json.dumps(document))
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
         collection.index([trap], metadata=tmp_path / "lila.json", progress=False)
     app = create_app(tmp_path / "s", device="cpu")
@@ -296,10 +298,16 @@ def test_a_common_name_finds_its_records_on_the_page(site, tmp_path: Path, tiny_
         records = page.eval_on_selector_all("section[data-kind=catalog] .card",
                                             "cs => cs.map(c => c.innerText)")  # fmt: skip
         page.screenshot(path=str(screenshot_folder() / "common-name.png"), full_page=True)
+        # A photo dropped on the page is named between the catalog's common names.
+        page.set_input_files("#photo", str(trap / "ocelot.jpg"))
+        page.wait_for_selector("#predicted")
+        predicted, panel = page.inner_text("#predicted"), page.inner_text("#prediction")
         page.close()
     app.state.collection.close()
     assert heading.startswith("2 records of elephant"), heading
     assert "common names only" in summary, summary
+    assert predicted in ("elephant", "dog", "unknown"), panel
+    assert "one of the 2 common names the catalog's records carry" in panel, panel
     assert len(records) == 2 and all("african_elephants" in r for r in records), records
     assert all(r.startswith("elephant\n") for r in records), records  # the name heads a card
     assert not errors

@@ -239,6 +239,8 @@ def create_app(
         with lock.reading():
             data = collection.info()
             data["names_taxa"] = collection.catalog_names_taxa()
+            # Without taxa, zero-shot chooses between the records' common names (two or more).
+            data["common_names"] = len(collection.common_names())
             # Which filter boxes the page shows: a plain folder has no institutions.
             data["filled"] = collection.store.catalog.filled(PAGE_FILTER_COLUMNS)
         return _public_info(data)

@@ -180,8 +180,10 @@ async function upload(files) {
     const found = getJSON("/api/search/image?" + params({k: 24}), {method: "POST", body: form()});
     let panel;
     const checklist = $("checklist").files[0];
-    // A catalog without names can still name a photo against a species list the curator gives.
-    if (collection.names_taxa || checklist) {
+    // A catalog without names can still name a photo against a species list the curator
+    // gives, or between the common names its records carry (a camera trap's "zebra").
+    const commonNames = !collection.names_taxa && !checklist && collection.common_names >= 2;
+    if (collection.names_taxa || checklist || commonNames) {
       const asked = {rank: "species", k: 3, method: collection.names_taxa ? $("method").value : "zero-shot"};
       if (collection.names_taxa && $("near").value.trim()) asked.near = $("near").value.trim();
       const body = form();
@@ -195,6 +197,7 @@ async function upload(files) {
       panel = `<b>Answer${views}: <i id="predicted">${esc(answer.answer || "?")}</i>${rank}</b>
         <span id="band" class="band-${esc(answer.band || "")}">${esc(BANDS[answer.band] || "")}</span>
         ${answer.answer_note ? `<span id="note">${esc(answer.answer_note)}</span>` : ""}
+        ${commonNames ? `<span id="note">one of the ${collection.common_names} common names the catalog's records carry (it names no taxa)</span>` : ""}
         <table>${ranks}</table>`;
     } else {
       panel = `<span id="no-names">This collection's catalog names no taxa, so the photo cannot be named from it.
