@@ -45,7 +45,7 @@ function card(r) {
   return `
     <div class="card" data-id="${r.image_id}" data-catalog="${esc(r.catalog_number)}" data-match="${esc(r.match || "")}">
       <img loading="lazy" alt="${esc(name || file || "image " + r.image_id)}" src="/api/thumbnails/${r.image_id}?size=256">
-      <div>${name ? `<span class="name">${esc(name)}</span>` : `<span class="path">${esc(r.path || "")}</span>`}
+      <div>${name ? `<span class="name${r.scientific_name ? "" : " common"}">${esc(name)}</span>` : `<span class="path">${esc(r.path || "")}</span>`}
         ${r.images > 1 ? `<span class="badge">${r.images} images</span>` : ""}</div>
       <div class="meta">${r.kind ? KINDS[r.kind](r) : "score " + Number(r.score).toFixed(3)}${r.catalog_number ? " · " + esc(r.catalog_number) : ""}</div>
       ${name ? `<div class="path">${esc(r.path || "")}</div>` : ""}
