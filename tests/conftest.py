@@ -4,9 +4,9 @@ import os
 from pathlib import Path
 
 # Up to four test workers share two cores: each library's own pool of a thread per core
-# (OpenMP in faiss and torch, OpenBLAS) oversubscribed them, and OpenMP's waiting threads
-# spin. One thread each (set before numpy, faiss and torch load; subprocesses inherit it)
-# cut the suite's CPU time by ~15% (user 11:33 → 9:46, wall 8:01 → 7:10, docs/benchmarks.md).
+# (OpenMP in faiss and torch, OpenBLAS) oversubscribes them, and OpenMP's waiting threads
+# spin. One thread each, set before numpy, faiss and torch load (subprocesses inherit it);
+# tests that need threads set them. Measured: docs/benchmarks.md, "The test suite's threads".
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_variable, "1")
