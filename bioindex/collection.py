@@ -701,8 +701,8 @@ class Collection:
         def derive() -> list[str]:
             names: dict[str, str] = {}
             for name in self.store.catalog.common_names():
-                names.setdefault(" ".join(name.split()).casefold(), " ".join(name.split()))
-            return sorted(names.values(), key=str.casefold)
+                names.setdefault(" ".join(name.split()).lower(), " ".join(name.split()))
+            return sorted(names.values(), key=str.lower)
 
         return self._kept("common names", derive)
 

@@ -362,6 +362,7 @@ def test_a_store_of_common_names_classifies_against_them(trap: Path, tmp_path: P
     (tmp_path / "m.csv").write_text("file,vernacularName\nafrican_elephants.jpg,elephant\n"
                                     "african_elephants_bw.jpg,Elephant \nocelot.jpg,ocelot\n"
                                     "african_elephants_cmyk.jpg,elephant\n"
+                                    "american_black_bear.jpg,black  bear\n"
                                     "domestic_dog.jpg,dog\n")  # fmt: skip
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
         collection.index([trap], metadata=tmp_path / "m.csv", progress=False)
@@ -370,15 +371,17 @@ def test_a_store_of_common_names_classifies_against_them(trap: Path, tmp_path: P
                                     labels=sorted({p.label for p in got}))  # fmt: skip
         with pytest.raises(NoTaxaError):
             collection.classify([trap / "blank.jpg"], method="knn")
-    assert len(got) == 3 and {p.label for p in got} == {"elephant", "ocelot", "dog"}  # the
-    # spelling most records use
+        bears = collection.search_taxon("Black bear", mode="catalog")  # spaces as offered
+    assert len(got) == 4 and {p.label for p in got} == {"elephant", "ocelot", "dog",
+                                                        "black bear"}  # the spelling most use
+    assert [Path(h.uri).name for h in bears] == ["american_black_bear.jpg"]
     assert all(p.taxon is None for p in got) and got[0].decision is not None
     assert {p.label: round(p.score, 6) for p in got} == {p.label: round(p.score, 6)
                                                          for p in given}  # fmt: skip
     result = CliRunner().invoke(main, ["classify", str(trap / "ocelot.jpg"), "-s",
                                        str(tmp_path / "s")])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "labels: the 3 common names the catalog gives its images" in result.output
+    assert "labels: the 4 common names the catalog gives its images" in result.output
     # The page's upload asked for each rank's best name too: "custom labels have no lineage
     # to sum up to rank kingdom" (400).
     import httpx
@@ -394,4 +397,4 @@ def test_a_store_of_common_names_classifies_against_them(trap: Path, tmp_path: P
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["ranks"] == {} and {p["label"].lower() for p in body["predictions"]} == {
-        "elephant", "ocelot", "dog"}  # fmt: skip
+        "elephant", "ocelot", "dog", "black bear"}  # fmt: skip

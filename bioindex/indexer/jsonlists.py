@@ -34,11 +34,11 @@ def listed(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise BioindexError(f"{path} nests lists and objects {depth} levels deep (camera-trap "
                             f"files nest a few): not read")  # fmt: skip
     key = _first_list(path)
+    if key is None:
+        raise BioindexError(f"{path} is neither a SpeciesNet instances or predictions file "
+                            f"nor a COCO Camera Traps file (a JSON object with an "
+                            f"'instances', 'predictions' or 'images' list)")  # fmt: skip
     try:
-        if key is None:
-            raise BioindexError(f"{path} is neither a SpeciesNet instances or predictions file "
-                                f"nor a COCO Camera Traps file (a JSON object with an "
-                                f"'instances', 'predictions' or 'images' list)")  # fmt: skip
         if _KINDS[key] == "speciesnet":
             yield from speciesnet.rows(key, items(path, key), path)
         else:

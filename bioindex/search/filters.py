@@ -253,9 +253,11 @@ def taxon_filter(taxon: Taxon) -> Filter:
 
 
 def common_name_filter(name: str) -> Filter:
-    """Catalog rows whose common name is `name` (case and outer spaces aside)."""
-    return Filter([f"vernacular_name={name}"], "lower(trim(vernacular_name)) = lower(?)",
-                  [" ".join(name.split())])
+    """Catalog rows whose common name is `name`, case and runs of spaces aside (as
+    Collection.common_names offers them)."""
+    return Filter([f"vernacular_name={name}"],
+                  r"lower(regexp_replace(trim(vernacular_name), '\s+', ' ', 'g')) = lower(?)",
+                  [" ".join(name.split())])  # fmt: skip
 
 
 def labelled_filter(rank: str) -> Filter:

@@ -543,9 +543,7 @@ def _describe(errors: Any) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-# What the page adapts to: filter boxes a plain folder has no use for, and the heading of a
-# store whose records carry common names only.
-PAGE_FILTER_COLUMNS = ("institution_code", "country_code", "vernacular_name")
+PAGE_FILTER_COLUMNS = ("institution_code", "country_code")
 
 
 def _public_info(data: dict[str, Any]) -> dict[str, Any]:

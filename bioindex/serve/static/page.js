@@ -238,7 +238,7 @@ window.addEventListener("popstate", () => load());
 const infoLoaded = getJSON("/api/info").then((info) => {
   collection = info;
   $("summary").textContent = `${info.images_live} images · model ${info.model}` +
-    (info.names_taxa ? "" : (info.filled || {}).vernacular_name
+    (info.names_taxa ? "" : info.common_names
       ? " · common names only (no taxon names) in the catalog" : " · no taxon names in the catalog");
   // Naming controls mean nothing where the catalog names no taxa.
   // (A species list still names a photo against its own species.)
