@@ -153,13 +153,20 @@ def test_exported_meta_xml_is_shaped_like_gbif_downloads(tmp_path: Path, tiny_mo
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
         collection.index([tmp_path / "photos"], progress=False)
         written = collection.export(tmp_path / "plain.zip")  # a plain folder: no records
-        free = labels_from_strings(["cat", "dog"], "labels")
-        labelled = collection.export(tmp_path / "labels.zip", identify=True, labels=free)
+        free = labels_from_strings(["cat", "Felis"], "labels")
+        labelled = collection.export(tmp_path / "labels.zip", identify=True, labels=free,
+                                     min_confidence=0.0)  # fmt: skip
     with zipfile.ZipFile(tmp_path / "labels.zip") as archive:
-        rows = [line.split("\t") for line in
-                archive.read("identification.txt").decode().splitlines()[1:]]
+        table = archive.read("identification.txt").decode().splitlines()
+    header, rows = table[0].split("\t"), [dict(zip(table[0].split("\t"), line.split("\t")))
+                                          for line in table[1:]]  # fmt: skip
     assert labelled["identifications"] == 6 == len(rows)
-    assert all(row[1] in ("cat", "dog") and row[2] == "" for row in rows)  # a label has no rank
+    assert "vernacularName" in header
+    # A free label has no rank; "cat" is a common name (in scientificName GBIF would read it
+    # as a wrong Latin name), "Felis" reads as one.
+    assert all(r["taxonRank"] == "" for r in rows)
+    assert all((r["scientificName"], r["vernacularName"]) in (("", "cat"), ("Felis", ""))
+               for r in rows), rows  # fmt: skip
     assert written["occurrences"] == 6 and written["media_referenced"] == 6
     with zipfile.ZipFile(shared("dwca", "gbif-results.zip")) as gbif:
         reference = _structure(gbif.read("meta.xml"))

@@ -28,6 +28,7 @@ from bioindex.export.dwc_terms import DWC_TERMS
 from bioindex.indexer.stored import archived, image_format, member_of
 from bioindex.store import Store
 from bioindex.store.records import DWC_COLUMNS
+from bioindex.taxonomy import looks_scientific
 
 DWC = "http://rs.tdwg.org/dwc/terms/"
 DCTERMS = "http://purl.org/dc/terms/"
@@ -244,8 +245,17 @@ def _write_media(archive: zipfile.ZipFile, store: Store, image_ids: np.ndarray |
 
 
 _IDENTIFICATION_TERMS = [DWC + "occurrenceID", DWC + "scientificName", DWC + "taxonRank",
-                         DWC + "identifiedBy", DWC + "dateIdentified",
+                         DWC + "vernacularName", DWC + "identifiedBy", DWC + "dateIdentified",
                          DWC + "identificationRemarks", DCTERMS + "identifier"]  # fmt: skip
+
+
+def _names(item: Identification) -> tuple[str, str, str]:
+    """(scientificName, taxonRank, vernacularName): a free label (no rank: a catalog's
+    common name, a `--labels` word) is a scientific name only when it reads as one; "zebra"
+    in scientificName would be a wrong name to GBIF, not an unranked one."""
+    if item.rank or looks_scientific(item.scientific_name):
+        return item.scientific_name, item.rank, ""
+    return "", "", item.scientific_name
 
 
 def _write_identifications(archive: zipfile.ZipFile, occurrence_of: dict[int, str],
@@ -257,7 +267,7 @@ def _write_identifications(archive: zipfile.ZipFile, occurrence_of: dict[int, st
             continue
         if table is None:
             table = _Table(archive, "identification.txt", _IDENTIFICATION_TERMS)
-        table.write([occurrence_of[item.image_id], item.scientific_name, item.rank,
+        table.write([occurrence_of[item.image_id], *_names(item),
                      f"bioindex (model {item.model})", item.date,
                      f"method {item.method}; {item.band + '; ' if item.band else ''}"
                      f"score {item.score:.4f}; image_id {item.image_id}",
