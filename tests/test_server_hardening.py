@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -55,7 +56,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: str):
 
 @pytest.fixture(scope="module")
 def api_schema(live):
-    url, _ = live
+    url, root = live
+    SEEN["root"] = str(root)
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     schema.config.generation.update(modes=list(schemathesis.GenerationMode),
                                     max_examples=FUZZ_EXAMPLES)  # fmt: skip
@@ -63,7 +65,7 @@ def api_schema(live):
 
 
 fuzzed = schemathesis.pytest.from_fixture("api_schema")
-SEEN = {"requests": 0, "rss_before": 0.0}
+SEEN: dict[str, Any] = {"requests": 0, "rss_before": 0.0, "root": ""}
 
 
 @pytest.mark.slow
@@ -80,6 +82,7 @@ def test_fuzzed_requests_never_fail_the_server(case) -> None:
     text = "" if kind.startswith("image/") else response.content.decode("utf-8", "replace")
     assert response.status_code < 500, (case.method, case.path, text[:300])
     assert not TRACEBACK.search(text), text[:300]
+    assert not SEEN["root"] or SEEN["root"] not in text, text[:300]  # the server's folders
     if response.status_code >= 400 and "json" in kind:
         assert set(response.json()) == {"error"}, text[:300]
 
@@ -269,3 +272,28 @@ def test_two_hundred_clients_at_once(live) -> None:
             "/api/search/text", params={"q": f"a photo {i % 20}", "k": 5}).status_code,
             range(200)))  # fmt: skip
     assert statuses == [200] * 200
+
+
+def test_errors_do_not_say_where_the_server_keeps_its_files(tmp_path: Path,
+                                                            tiny_model: str) -> None:  # fmt: skip
+    """A plain folder's store asked to classify said "the catalog of /srv/…/store names no
+    taxa": the server's layout, to whoever asks. /api/info already hid it."""
+    from bioindex.serve.app import create_app
+
+    draw_images(tmp_path / "photos", 4, seed=2)
+    with Collection.open(tmp_path / "store", model=tiny_model, create=True) as col:
+        col.index([tmp_path / "photos"], progress=False)
+    app = create_app(tmp_path / "store", device="cpu")
+    upload = {"file": ("a.png", next((tmp_path / "photos").rglob("*.png")).read_bytes())}
+    model_folder = tiny_model.removeprefix("local-dir:")
+    try:
+        with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            answers = [client.post("/api/classify", files=upload),
+                       client.post("/api/classify", params={"method": "knn"}, files=upload),
+                       client.post("/api/classify", params={"rank": "genus"}, files=upload)]
+    finally:
+        app.state.collection.close()
+    for answer in answers:
+        assert answer.status_code == 400 and "names no taxa" in answer.json()["error"]
+        assert str(tmp_path) not in answer.text and model_folder not in answer.text, answer.text
+    assert "the catalog of this store names no taxa" in answers[0].json()["error"]

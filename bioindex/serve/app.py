@@ -167,13 +167,15 @@ def create_app(
         return JSONResponse({"error": message.lower() if exc.status_code == 404 else message},
                             status_code=exc.status_code, headers=exc.headers)  # fmt: skip
 
+    private = _private_paths(collection)
+
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": _without(private, exc.message)}, status_code=exc.status)
 
     @app.exception_handler(BioindexError)
     async def user_error(_: Request, exc: BioindexError) -> JSONResponse:
-        return JSONResponse({"error": exc.explain("http")}, status_code=400)
+        return JSONResponse({"error": _without(private, exc.explain("http"))}, status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -559,6 +561,26 @@ def _public_info(data: dict[str, Any]) -> dict[str, Any]:
                    for s in data["last_run"].get("sources") or ()]  # fmt: skip
         data["last_run"] = {**data["last_run"], "sources": sources}
     return data
+
+
+def _private_paths(collection: Collection) -> dict[str, str]:
+    """Where this server keeps its store and model, each with what an error says instead
+    (the messages are written for the store's owner at a terminal: "the catalog of
+    /srv/… names no taxa")."""
+    store = str(collection.store.path)
+    said = {store: "this store", os.path.realpath(store): "this store"}
+    for key in ("name", "source", "checkpoint"):  # hf-hub:ORG/REPO names no path
+        value = str(collection.store.model.get(key) or "").removeprefix("local-dir:")
+        if os.path.isabs(value):
+            value = value.rstrip(os.sep)
+            said[value] = said[os.path.realpath(value)] = os.path.basename(value)
+    return said
+
+
+def _without(private: dict[str, str], message: str) -> str:
+    for path in sorted(private, key=len, reverse=True):  # a path inside another goes first
+        message = message.replace(path, private[path])
+    return message
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
