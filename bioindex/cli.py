@@ -778,8 +778,8 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
             if label_set is None and place is not None and place.taxa and (
                     not collection.catalog_names_taxa()):  # the list's species were the labels
                 label_set, place = labels_from_taxa(place.taxa, place.source), None
-            elif (label_set is None and method == "zero-shot" and fmt == "table"
-                  and not collection.catalog_names_taxa()):  # fmt: skip
+            elif (label_set is None and fmt == "table" and not collection.catalog_names_taxa()
+                  and train is None):  # fmt: skip
                 click.echo(f"labels: the {len(collection.common_names())} common names the "
                            f"catalog gives its images (it names no taxa)", err=True)  # fmt: skip
     if label_set is not None and place is None and species_list and fmt == "table":

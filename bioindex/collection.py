@@ -68,6 +68,7 @@ from bioindex.search.filters import (
     Filter,
     and_filters,
     common_name_filter,
+    common_name_key,
     parse_where,
     taxon_filter,
 )
@@ -701,14 +702,14 @@ class Collection:
         def derive() -> list[str]:
             names: dict[str, str] = {}
             for name in self.store.catalog.common_names():
-                names.setdefault(" ".join(name.split()).lower(), " ".join(name.split()))
+                names.setdefault(common_name_key(name), " ".join(name.split()))
             return sorted(names.values(), key=str.lower)
 
         return self._kept("common names", derive)
 
     def _is_common_name(self, name: str) -> bool:
-        wanted = " ".join(name.split()).lower()
-        return any(" ".join(n.split()).lower() == wanted for n in self.common_names())
+        wanted = common_name_key(name)
+        return any(common_name_key(n) == wanted for n in self.common_names())
 
     def _common_name_hits(self, name: str, k: int, mode: str, user: Filter | None) -> list[Hit]:
         """Images the catalog calls `name` (its common name: camera-trap stores often carry
@@ -863,6 +864,8 @@ class Collection:
             labels, label_matrix = self._catalog_label_vectors()
             if calibrate:
                 temperature = self.zero_shot_temperature()
+        elif labels is None and not self.catalog_names_taxa():
+            labels = self.catalog_labels()  # the neighbours vote for their common names
         elif labels is not None and method != "knn":
             label_matrix = _label_matrix(self.model, labels)
         return classify_vectors(
@@ -961,8 +964,8 @@ class Collection:
     def _require_names(self, labels: LabelSet | None, method: str) -> None:
         if labels is not None or self.catalog_names_taxa():
             return
-        if method == "zero-shot" and len(self.common_names()) >= 2:
-            return  # the model's captions of the catalog's common names (catalog_labels)
+        if len(self.common_names()) >= 2:
+            return  # the catalog's common names are the labels (catalog_labels)
         raise NoTaxaError(f"the catalog of {self.store.path} names no taxa to classify "
                           f"against", remedy=NAME_TAXA)  # fmt: skip
 

@@ -618,3 +618,65 @@ def test_plain_strings_are_labels_in_the_python_api(tmp_path: Path) -> None:
         assert plain[0].label in names and plain[0].error is None
         with pytest.raises(BioindexError, match="at least two labels"):
             col.classify([path], labels=SPECIES[0].name)  # one string is one label
+
+
+def test_a_store_of_common_names_learns_them(tmp_path: Path) -> None:
+    """A camera trap's store calls its photos "zebra" and "elephant", no scientific names:
+    few-shot, the linear probe and the neighbour vote said "names no taxa" / "has none",
+    though its own labelled photos are the best teacher of its look. The common names are
+    now the classes: the same images labelled by common names only give the same head as
+    labelled by species, name for name."""
+    root = write_world(tmp_path / "w", SPECIES[:6], 3, seed=5, look=LOOK)
+    rows = list(csv.DictReader(open(root / "occurrences.csv")))
+    common = {r["scientificName"]: r["vernacularName"] for r in rows}
+    # Spelt two ways, as people write: one class still.
+    (root / "names.csv").write_text("file,vernacularName\n" + "".join(
+        f"{r['file']},{r['vernacularName'].upper() if i % 3 == 1 else r['vernacularName']}\n"
+        for i, r in enumerate(rows)))  # fmt: skip
+    queries = [tmp_path / f"q{i}.png" for i in range(6)]
+    from bioindex.demo.world import draw_pictures
+
+    truth = {}
+    for path, (kind, picture) in zip(queries, draw_pictures(SPECIES[:6], 1, seed=9, look=LOOK)):
+        picture.save(path)
+        truth[str(path)] = kind.taxon.common_name
+    answers = {}
+    for name, metadata in (("species", "occurrences.csv"), ("common", "names.csv")):
+        with Collection.open(tmp_path / name, model="bioclip-demo", create=True,
+                             device="cpu") as col:  # fmt: skip
+            col.index([root / "images"], metadata=root / metadata, progress=False)
+            head = col.head("few-shot")
+            answers[name] = {m: col.classify(queries, method=m, k=6)
+                             for m in ("few-shot", "linear-probe", "knn", "combined")}
+            if name == "species":
+                by_name = {common[t.scientific_name]: i for i, t in enumerate(head.taxa)}
+                species_head = head
+                continue
+            assert head.free_labels is not None and sorted(head.free_labels) == sorted(by_name)
+            columns = [by_name[label] for label in head.free_labels]
+            assert head.temperature == pytest.approx(species_head.temperature, rel=1e-6)
+            vectors = col.store.vectors(list(range(1, 7)))
+            np.testing.assert_allclose(head.probabilities(vectors),
+                                       species_head.probabilities(vectors)[:, columns],
+                                       atol=1e-6)  # fmt: skip
+    # Combined averages in zero-shot, whose captions differ (a common name, not a lineage).
+    assert {p.label for p in answers["common"].pop("combined")} <= set(by_name)
+    for method, answered in answers["common"].items():
+        tops, firsts = {}, {}
+        for p in answered:
+            tops.setdefault(p.file, (p.label, round(p.score, 3), p.decision.name))
+        for p in answers["species"][method]:
+            # Where the species' answer backed off (an image unlike every labelled species,
+            # answered at genus), common names have no rank to back off to.
+            name = p.taxon.common_name
+            said = name if p.decision.rank == "species" else tops[p.file][2]
+            firsts.setdefault(p.file, (name, round(p.score, 3), said))
+        assert tops == firsts, method  # the linear probe's fit differs in the 5th decimal
+        if method == "few-shot":
+            assert np.mean([tops[f][0] == truth[f] for f in truth]) >= 0.5, tops
+    renamed = (root / "names.csv").read_text().replace(rows[0]["vernacularName"], "zebra")
+    (root / "names.csv").write_text(renamed)
+    with Collection.open(tmp_path / "common", device="cpu") as col:
+        col.index([root / "images"], metadata=root / "names.csv", progress=False)
+        assert "zebra" in col.head("few-shot").free_labels  # new names: trained again
+    assert len(list((tmp_path / "common" / "heads").glob("few-shot-*.npz"))) == 1

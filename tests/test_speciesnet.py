@@ -356,9 +356,7 @@ def test_a_store_of_common_names_classifies_against_them(trap: Path, tmp_path: P
                                                          tiny_model: str) -> None:  # fmt: skip
     """Before: "names no taxa to classify against", with "elephant", "ocelot" and "dog" in
     the catalog. Zero-shot now chooses between the catalog's common names (one spelling
-    each), exactly as if they were given as labels; the neighbour vote still needs taxa."""
-    from bioindex.errors import NoTaxaError
-
+    each), exactly as if they were given as labels; the neighbours vote for theirs."""
     (tmp_path / "m.csv").write_text("file,vernacularName\nafrican_elephants.jpg,elephant\n"
                                     "african_elephants_bw.jpg,Elephant \nocelot.jpg,ocelot\n"
                                     "african_elephants_cmyk.jpg,elephant\n"
@@ -369,9 +367,11 @@ def test_a_store_of_common_names_classifies_against_them(trap: Path, tmp_path: P
         got = collection.classify([trap / "blank.jpg"], k=5)
         given = collection.classify([trap / "blank.jpg"], k=5,
                                     labels=sorted({p.label for p in got}))  # fmt: skip
-        with pytest.raises(NoTaxaError):
-            collection.classify([trap / "blank.jpg"], method="knn")
+        voted = collection.classify([trap / "ocelot.jpg"], method="knn", k=5)
         bears = collection.search_taxon("Black bear", mode="catalog")  # spaces as offered
+    # The neighbour vote counts the photos called by each name: the ocelot's own is nearest.
+    assert voted[0].label == "ocelot" and voted[0].decision.band == "confident"
+    assert {p.label for p in voted} <= {"elephant", "ocelot", "dog", "black bear"}
     assert len(got) == 4 and {p.label for p in got} == {"elephant", "ocelot", "dog",
                                                         "black bear"}  # the spelling most use
     assert [Path(h.uri).name for h in bears] == ["american_black_bear.jpg"]

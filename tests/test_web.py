@@ -302,8 +302,18 @@ def test_a_common_name_finds_its_records_on_the_page(site, tmp_path: Path, tiny_
         page.set_input_files("#photo", str(trap / "ocelot.jpg"))
         page.wait_for_selector("#predicted")
         predicted, panel = page.inner_text("#predicted"), page.inner_text("#prediction")
+        # The store's own labelled photos teach their common names (few-shot).
+        method_shown = page.is_visible("#method")
+        page.select_option("#method", "few-shot")
+        page.evaluate("document.getElementById('prediction').innerHTML = ''")
+        with page.expect_response(lambda r: "/api/classify" in r.url) as asked:
+            page.set_input_files("#photo", str(trap / "american_black_bear.jpg"))
+        page.wait_for_selector("#predicted")
+        learnt = page.inner_text("#predicted")
         page.close()
     app.state.collection.close()
+    assert method_shown and "method=few-shot" in asked.value.url, asked.value.url
+    assert asked.value.status == 200 and learnt in ("elephant", "dog", "unknown"), learnt
     assert heading.startswith("2 records of elephant"), heading
     assert "common names only" in summary, summary
     assert predicted in ("elephant", "dog", "unknown"), panel

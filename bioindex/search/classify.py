@@ -24,7 +24,7 @@ from bioindex.errors import BioindexError
 from bioindex.search.calibration import softmax
 from bioindex.search.defaults import DEFAULT_MIN_CONFIDENCE
 from bioindex.search.fewshot import FEW_SHOT_METHODS, Head
-from bioindex.search.filters import labelled_filter
+from bioindex.search.filters import common_name_key, common_names_filter, labelled_filter
 from bioindex.search.labels import LabelSet, taxon_from_row
 from bioindex.search.place import PlacePrior
 from bioindex.search.query import nearest
@@ -129,6 +129,29 @@ def knn_vote(
     return {t: v / total for t, v in votes.items()} if total > 0 else {}
 
 
+def knn_label_votes(store: Store, vectors: np.ndarray, names: Sequence[str],
+                    neighbours: int = DEFAULT_NEIGHBOURS,
+                    logit_scale: float = 100.0) -> np.ndarray:  # fmt: skip
+    """[images, names]: knn_vote over free labels — among the nearest images the catalog
+    calls by one of `names` (its common names: a camera trap's "zebra"), each weighted as
+    knn_vote weighs, the share of each name. A row is all zero when no neighbour is found."""
+    named = common_names_filter(names)
+    if not len(store.ids_where(named.sql, named.params)):
+        raise BioindexError("no image of the store is called by any of the labels (its "
+                            "common name), so no neighbour can vote for one")  # fmt: skip
+    column = {common_name_key(name): j for j, name in enumerate(names)}
+    votes = np.zeros((len(vectors), len(names)), dtype=np.float64)
+    for i, vector in enumerate(vectors):
+        pairs = nearest(store, vector, neighbours, where=named)
+        rows = store.catalog.taxa_of([image_id for _, image_id in pairs])
+        for score, image_id in pairs:
+            j = column.get(common_name_key(rows[image_id][7] or ""))
+            if j is not None:
+                votes[i, j] += float(np.exp(logit_scale * (score - pairs[0][0])))
+    totals = votes.sum(axis=1, keepdims=True)
+    return np.divide(votes, totals, out=np.zeros_like(votes), where=totals > 0)
+
+
 def decide(scores: dict[Taxon, float], rank: str, min_confidence: float,
            novel: bool = False) -> Decision:  # fmt: skip
     """The deepest rank from `rank` upwards whose best taxon (scores summed by lineage)
@@ -196,13 +219,17 @@ def classify_vectors(
         raise BioindexError(f"{method} classification needs a label set")
     if method in ("knn", "combined") and store is None:
         raise BioindexError(f"method {method} needs a store with labelled images")
-    if labels is not None and not labels.has_lineage and method != "zero-shot":
-        raise BioindexError("custom labels have no lineage; use method zero-shot with them")
-    if labels is not None and not labels.has_lineage and rank != "species":
+    free = (labels.names if labels is not None and not labels.has_lineage
+            else head.free_labels if few_shot else None)  # fmt: skip
+    if free is not None and rank != "species":
         raise BioindexError(f"labels with no lineage (custom labels, a catalog's common "
                             f"names) cannot be summed up to rank {rank}")  # fmt: skip
-    if labels is not None and not labels.has_lineage and place is not None:
+    if free is not None and place is not None:
         raise BioindexError("custom labels name no taxa a place could have records of")
+    if free is not None:
+        return _free_label_predictions(files, image_vectors, free, k, min_confidence, method,
+                                       store, neighbours, logit_scale, temperature,
+                                       label_vectors, head)  # fmt: skip
 
     probabilities, taxa = None, None
     novel = np.zeros(len(files), dtype=bool)
@@ -218,16 +245,6 @@ def classify_vectors(
         taxa = labels.taxa
     predictions: list[Prediction] = []
     for i, file in enumerate(files):
-        if probabilities is not None and labels is not None and not labels.has_lineage:
-            top = np.argsort(-probabilities[i])[:k]
-            best = float(probabilities[i][top[0]])
-            decision = (Decision(labels.names[top[0]], "", best, CONFIDENT)
-                        if best >= min_confidence else Decision(UNKNOWN, "", 0.0, UNKNOWN))
-            predictions.extend(
-                Prediction(file, float(probabilities[i][j]), label=labels.names[j],
-                           decision=decision) for j in top  # fmt: skip
-            )
-            continue
         scores: dict[Taxon, float] = {}
         if probabilities is not None:
             scores = by_rank(probabilities[i], taxa, rank)
@@ -252,4 +269,37 @@ def classify_vectors(
         best = sorted(scores.items(), key=lambda item: (-item[1], item[0].lineage))[:k]
         predictions.extend(Prediction(file, score, taxon=taxon, decision=decision)
                            for taxon, score in best)  # fmt: skip
+    return predictions
+
+
+def _free_label_predictions(files: Sequence[str], image_vectors: np.ndarray, names: list[str],
+                            k: int, min_confidence: float, method: str, store: Store | None,
+                            neighbours: int, logit_scale: float, temperature: float | None,
+                            label_vectors: np.ndarray | None, head: Head | None,
+                            ) -> list[Prediction]:  # fmt: skip
+    """Top-k over labels with no lineage (custom labels, a catalog's common names): the
+    answer is the best label when it reaches `min_confidence` (and, for a few-shot head,
+    the image is like some name's images), else unknown — there is no rank to back off
+    to. The neighbour vote counts the neighbours called by the labels."""
+    novel = np.zeros(len(files), dtype=bool)
+    if method in FEW_SHOT_METHODS:
+        probabilities = head.probabilities(image_vectors)
+        novel = head.novel(image_vectors)  # a blank frame among a camera trap's animals
+    else:
+        probabilities = np.zeros((len(files), len(names)))
+        if method != "knn":
+            probabilities = zero_shot_probabilities(image_vectors, label_vectors,
+                                                    temperature or logit_scale)  # fmt: skip
+        if method in ("knn", "combined"):
+            votes = knn_label_votes(store, image_vectors, names, neighbours, logit_scale)
+            probabilities = votes if method == "knn" else 0.5 * probabilities + 0.5 * votes
+    predictions: list[Prediction] = []
+    for i, file in enumerate(files):
+        top = np.argsort(-probabilities[i], kind="stable")[:k]
+        best = float(probabilities[i][top[0]])
+        decision = (Decision(names[top[0]], "", best, CONFIDENT)
+                    if best >= min_confidence and best > 0 and not novel[i]  # 0: no vote
+                    else Decision(UNKNOWN, "", 0.0, UNKNOWN, bool(novel[i])))  # fmt: skip
+        predictions.extend(Prediction(file, float(probabilities[i][j]), label=names[j],
+                                      decision=decision) for j in top)  # fmt: skip
     return predictions

@@ -39,7 +39,7 @@ import numpy as np
 
 from bioindex.errors import BioindexError, Remedy
 from bioindex.search.calibration import fit_temperature, softmax, top_label_log_loss
-from bioindex.search.filters import labelled_filter
+from bioindex.search.filters import common_name_key, common_names_filter, labelled_filter
 from bioindex.search.labels import default_cache_root, taxon_from_row
 from bioindex.store import Store
 from bioindex.store.layout import HEADS_DIR
@@ -127,7 +127,10 @@ class GenusHead:
 
 @dataclass
 class Head:
-    """A trained linear classifier over the store's labelled species."""
+    """A trained linear classifier over the store's labelled species; or, in a store whose
+    catalog names no taxa but calls its images by common names (a camera trap's "zebra"),
+    over those names: taxa with a common name and no lineage, and no genus to back off to
+    (free_labels)."""
 
     method: str
     taxa: list[Taxon]
@@ -140,15 +143,21 @@ class Head:
     centroids: np.ndarray  # [species, dim]: unit means of centred features (novelty)
     novelty: float  # likeness below which an image is unlike every species
     typical: np.ndarray  # [species]: a held-out labelled image's usual cosine to its centroid
-    genus: GenusHead  # for images unlike every species
+    genus: GenusHead | None  # for images unlike every species (None: free labels)
 
     def __post_init__(self) -> None:
-        index = {g: i for i, g in enumerate(self.genus.genera)}
-        self.species_genus = np.array([index[t.at_rank("genus")] for t in self.taxa])
+        index = {g: i for i, g in enumerate(self.genera)}
+        self.species_genus = np.array([index[t.at_rank("genus")] for t in self.taxa]
+                                      if self.genus is not None else [], dtype=np.int64)
+
+    @property
+    def free_labels(self) -> list[str] | None:
+        """The common names it tells apart, when its classes are those (not taxa)."""
+        return [t.common_name for t in self.taxa] if self.genus is None else None
 
     @property
     def genera(self) -> list[Taxon]:
-        return self.genus.genera
+        return self.genus.genera if self.genus is not None else []
 
     def likeness(self, vectors: np.ndarray) -> np.ndarray:
         """[images]: the most a species' centroid cosine exceeds its typical one, among the
@@ -158,6 +167,8 @@ class Head:
         69% over all species; docs/benchmarks.md)."""
         features = centred(np.atleast_2d(vectors), self.mean)
         excess = features @ self.centroids.T - self.typical
+        if self.genus is None:  # free labels: no genus to narrow the names down by
+            return excess.max(axis=1)
         genus = self.genus.logits(features).argmax(axis=1)
         excess[self.species_genus[None, :] != genus[:, None]] = -np.inf
         return excess.max(axis=1)
@@ -168,6 +179,8 @@ class Head:
 
     def genus_probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """[images, genera], calibrated on species the discriminant never saw."""
+        if self.genus is None:
+            raise BioindexError("a head over common names has no genera")
         return self.genus.probabilities(centred(np.atleast_2d(vectors), self.mean))
 
     def logits(self, vectors: np.ndarray) -> np.ndarray:
@@ -181,11 +194,13 @@ class Head:
         meta = {"method": self.method, "temperature": self.temperature,
                 "calibrated": self.calibrated, "examples": self.examples,
                 "novelty": self.novelty, "taxa": [list(astuple(t)) for t in self.taxa],
-                **self.genus.meta(), "version": HEAD_VERSION}  # fmt: skip
+                **(self.genus.meta() if self.genus else {}),
+                "version": HEAD_VERSION}  # fmt: skip
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         with open(tmp, "wb") as out:
             np.savez(out, mean=self.mean, weight=self.weight, bias=self.bias,
-                     centroids=self.centroids, typical=self.typical, **self.genus.arrays(),
+                     centroids=self.centroids, typical=self.typical,
+                     **(self.genus.arrays() if self.genus else {}),
                      meta=np.array(json.dumps(meta)))  # fmt: skip
         os.replace(tmp, path)
 
@@ -199,7 +214,8 @@ class Head:
             return cls(meta["method"], taxa, data["mean"], data["weight"], data["bias"],
                        float(meta["temperature"]), bool(meta["calibrated"]),
                        int(meta["examples"]), data["centroids"], float(meta["novelty"]),
-                       data["typical"], GenusHead.from_saved(data, meta))  # fmt: skip
+                       data["typical"],
+                       GenusHead.from_saved(data, meta) if "genera" in meta else None)
 
 
 def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -357,9 +373,11 @@ def fit_head(method: str, vectors: np.ndarray, taxa: Sequence[Taxon], mean: np.n
     """Train `method` on labelled `vectors` (one taxon each) and calibrate it."""
     if method not in FEW_SHOT_METHODS:
         raise BioindexError(f"unknown few-shot method {method!r}")
-    species = sorted(set(taxa), key=lambda t: t.lineage)
+    species = sorted(set(taxa), key=lambda t: (t.lineage, t.common_name))
+    free = not all(t.lineage for t in species)  # common names, not taxa
     if len(species) < 2:
-        raise BioindexError(f"method {method} needs labelled images of at least two species "
+        what = "common names" if free else "species"
+        raise BioindexError(f"method {method} needs labelled images of at least two {what} "
                             f"in the store; it has {len(species)}")  # fmt: skip
     if method == "linear-probe" and len(taxa) * len(species) > PROBE_BUDGET:
         raise BioindexError(f"a linear probe of {len(taxa):,} images of {len(species):,} "
@@ -382,7 +400,7 @@ def fit_head(method: str, vectors: np.ndarray, taxa: Sequence[Taxon], mean: np.n
         novelty = float(np.quantile(own_cosines - typical[own], NOVELTY_QUANTILE))
     return Head(method, species, mean.astype(np.float32), weight, bias, temperature,
                 calibrated, len(taxa), centroids, novelty, typical,
-                fit_genus(features, classes, species))  # fmt: skip
+                None if free else fit_genus(features, classes, species))  # fmt: skip
 
 
 def fit_genus(features: np.ndarray, classes: np.ndarray, species: Sequence[Taxon]
@@ -444,6 +462,19 @@ def labelled_species(store: Store) -> tuple[np.ndarray, list[Taxon]]:
     return np.asarray(kept, dtype=np.int64), taxa
 
 
+def labelled_common_names(store: Store) -> tuple[np.ndarray, list[Taxon]]:
+    """(image_ids, taxa) of the live images the catalog calls by a common name, each name
+    one class (common_name_key) under its most used spelling, by image_id."""
+    chosen = common_names_filter(())
+    ids = np.sort(store.ids_where(chosen.sql, chosen.params))
+    spelling: dict[str, Taxon] = {}
+    for name in store.catalog.common_names():  # the most used spelling first
+        spelling.setdefault(common_name_key(name), Taxon(common_name=" ".join(name.split())))
+    rows = store.catalog.taxa_of([int(i) for i in ids])
+    taxa = [spelling[common_name_key(rows[int(i)][7])] for i in ids]
+    return ids, taxa
+
+
 def store_mean(store: Store, chunk: int = 65536) -> np.ndarray:
     """The mean of every live vector of the store, read a chunk at a time."""
     ids = store.catalog.live_ids()
@@ -460,9 +491,11 @@ def store_head(store: Store, method: str) -> Head:
 
     def fit() -> Head:
         ids, taxa = labelled_species(store)
+        if not len(ids):  # a camera trap's store: its images' common names are the classes
+            ids, taxa = labelled_common_names(store)
         if not len(ids):
             raise BioindexError(f"method {method} learns from the store's images named "
-                                "to species, and this store has none",
+                                "to species (or by common names), and this store has none",
                                 remedy=NAME_SPECIES)  # fmt: skip
         return fit_head(method, store.vectors([int(i) for i in ids]), taxa, store_mean(store))
 
@@ -521,6 +554,10 @@ def _key(store: Store, method: str) -> str:
     model = store.model
     labelled = labelled_filter("species")
     size = round(math.log(max(store.live_count(), 1)) / math.log(MEAN_DRIFT))
+    rows = store.catalog.rows_digest(labelled.sql, labelled.params)
+    if rows.startswith("0:"):  # no species: the head learns the common names
+        named = common_names_filter(())
+        rows = "common names " + store.catalog.rows_digest(named.sql, named.params)
     identity = [HEAD_VERSION, method, model.get("weights_sha256"), model.get("preprocess"),
-                store.catalog.rows_digest(labelled.sql, labelled.params), size]  # fmt: skip
+                rows, size]  # fmt: skip
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]

@@ -252,12 +252,31 @@ def taxon_filter(taxon: Taxon) -> Filter:
     return Filter([f"{taxon.rank}={taxon.scientific_name}"], " AND ".join(clauses), params)
 
 
+_COMMON_NAME_SQL = r"lower(regexp_replace(trim(vernacular_name), '\s+', ' ', 'g'))"
+
+
+def common_name_key(name: str) -> str:
+    """A common name as it is compared: case and runs of spaces aside ("Black  bear" is
+    "black bear"), the same in Python and in SQL (_COMMON_NAME_SQL)."""
+    return " ".join(name.split()).lower()
+
+
 def common_name_filter(name: str) -> Filter:
-    """Catalog rows whose common name is `name`, case and runs of spaces aside (as
-    Collection.common_names offers them)."""
-    return Filter([f"vernacular_name={name}"],
-                  r"lower(regexp_replace(trim(vernacular_name), '\s+', ' ', 'g')) = lower(?)",
+    """Catalog rows whose common name is `name` (common_name_key), as
+    Collection.common_names offers them."""
+    return Filter([f"vernacular_name={name}"], f"{_COMMON_NAME_SQL} = lower(?)",
                   [" ".join(name.split())])  # fmt: skip
+
+
+def common_names_filter(names: Sequence[str]) -> Filter:
+    """Catalog rows whose common name is one of `names` (common_name_key); all of them
+    (any common name) when `names` is empty."""
+    if not names:
+        return Filter(["named by a common name"], "trim(coalesce(vernacular_name, '')) <> ''", [])
+    spelt = {common_name_key(n): " ".join(n.split()) for n in names}
+    return Filter([f"common name one of {len(spelt)} labels"],
+                  f"{_COMMON_NAME_SQL} IN ({', '.join(['lower(?)'] * len(spelt))})",
+                  list(spelt.values()))  # fmt: skip
 
 
 def labelled_filter(rank: str) -> Filter:

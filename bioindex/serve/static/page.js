@@ -184,7 +184,8 @@ async function upload(files) {
     // gives, or between the common names its records carry (a camera trap's "zebra").
     const commonNames = !collection.names_taxa && !checklist && collection.common_names >= 2;
     if (collection.names_taxa || checklist || commonNames) {
-      const asked = {rank: "species", k: 3, method: collection.names_taxa ? $("method").value : "zero-shot"};
+      const asked = {rank: "species", k: 3,
+                     method: collection.names_taxa || commonNames ? $("method").value : "zero-shot"};
       if (collection.names_taxa && $("near").value.trim()) asked.near = $("near").value.trim();
       const body = form();
       if (checklist) body.append("species_list", checklist);
@@ -240,9 +241,10 @@ const infoLoaded = getJSON("/api/info").then((info) => {
   $("summary").textContent = `${info.images_live} images · model ${info.model}` +
     (info.names_taxa ? "" : info.common_names
       ? " · common names only (no taxon names) in the catalog" : " · no taxon names in the catalog");
-  // Naming controls mean nothing where the catalog names no taxa.
-  // (A species list still names a photo against its own species.)
-  for (const id of ["near", "method"]) $(id).parentElement.style.display = info.names_taxa ? "" : "none";
+  // Naming controls mean nothing where the catalog names no taxa (a species list still
+  // names a photo against its own species); its common names can still be learnt from.
+  $("near").parentElement.style.display = info.names_taxa ? "" : "none";
+  $("method").parentElement.style.display = info.names_taxa || info.common_names >= 2 ? "" : "none";
   // Filters over what the catalog does not hold are left out (one given in the URL stays).
   const show = (id, holds) => {
     const given = $(id).type === "checkbox" ? $(id).checked : $(id).value;
