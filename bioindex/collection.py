@@ -60,6 +60,7 @@ from bioindex.search.fewshot import (
     Head,
     cached_head,
     fit_head,
+    labelled_common_names,
     labelled_species,
     store_head,
     training_head_places,
@@ -885,13 +886,19 @@ class Collection:
         return self._kept("zero_shot_temperature", self._fit_zero_shot)
 
     def _fit_zero_shot(self) -> float | None:
-        ids, taxa = labelled_species(self.store)
+        labels, matrix = self._catalog_label_vectors()
+        if labels.has_lineage:
+            ids, taxa = labelled_species(self.store)
+            index = {t.lineage: i for i, t in enumerate(labels.taxa)}
+            keys = [t.lineage for t in taxa]
+        else:  # the catalog's common names are the labels: its photos called so fit T
+            ids, taxa = labelled_common_names(self.store)
+            index = {common_name_key(name): i for i, name in enumerate(labels.names)}
+            keys = [common_name_key(t.common_name) for t in taxa]
         if len(ids) < MIN_HELD_OUT:
             return None
         chosen = np.linspace(0, len(ids) - 1, min(len(ids), CALIBRATION_IMAGES)).astype(int)
-        labels, matrix = self._catalog_label_vectors()
-        index = {t.lineage: i for i, t in enumerate(labels.taxa)}
-        truth = np.array([index.get(taxa[i].lineage, -1) for i in chosen])
+        truth = np.array([index.get(keys[i], -1) for i in chosen])
         known = truth >= 0
         if known.sum() < MIN_HELD_OUT:
             return None

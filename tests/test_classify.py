@@ -213,6 +213,9 @@ def test_knn_votes_with_labelled_neighbours(tmp_path: Path, tiny_model: str, cac
         labels = col.catalog_labels()
         assert sorted(labels.names) == ["Leopardus pardalis", "Loxodonta africana",
                                         "Ursus americanus"]  # fmt: skip
+        # Labels of one's own: the neighbours called so vote; none is, and it says so.
+        with pytest.raises(BioindexError, match="no image of the store is called by any"):
+            col.classify([folder / "ocelot.jpg"], method="knn", labels=["cat", "dog"])
 
 
 def test_probabilities_are_a_softmax() -> None:

@@ -653,6 +653,9 @@ def test_a_store_of_common_names_learns_them(tmp_path: Path) -> None:
                 species_head = head
                 continue
             assert head.free_labels is not None and sorted(head.free_labels) == sorted(by_name)
+            # Zero-shot over the names is calibrated on the photos called so, as over taxa.
+            fitted = col.zero_shot_temperature()
+            assert fitted is not None and fitted != col.model.logit_scale
             columns = [by_name[label] for label in head.free_labels]
             assert head.temperature == pytest.approx(species_head.temperature, rel=1e-6)
             vectors = col.store.vectors(list(range(1, 7)))
