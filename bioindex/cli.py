@@ -619,7 +619,8 @@ def _taxonomy(path: str | None) -> Any:
     metavar="FOLDER|TABLE",
     help="few-shot/linear-probe learn from these labelled images instead of the store's: a "
     "folder with a subfolder per species ('Genus epithet'), or a CSV/TSV/XLSX with a file column "
-    "and scientificName (or kingdom … specificEpithet).",
+    "and scientificName (or kingdom … specificEpithet); folders named by common names "
+    "('zebra/') or a vernacularName column, where none names a species.",
 )
 @click.option(
     "--labels",

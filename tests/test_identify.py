@@ -683,3 +683,42 @@ def test_a_store_of_common_names_learns_them(tmp_path: Path) -> None:
         col.index([root / "images"], metadata=root / "names.csv", progress=False)
         assert "zebra" in col.head("few-shot").free_labels  # new names: trained again
     assert len(list((tmp_path / "common" / "heads").glob("few-shot-*.npz"))) == 1
+
+
+def test_a_training_folder_of_common_names_teaches_a_plain_store(tmp_path: Path) -> None:
+    """A camera trap's labelled crops kept as zebra/, african_elephant/ …: "training folder
+    'zebra' is not named for a species". Folders named by common names (none for a
+    species) are classes of their own, as a table's vernacularName column is."""
+    from bioindex.demo.world import draw_pictures
+
+    species = SPECIES[::6][:8]  # one of each genus
+    train = tmp_path / "train"
+    table = ["file,vernacularName"]
+    for number, (kind, picture) in enumerate(draw_pictures(species, 3, seed=1, look=LOOK)):
+        folder = train / kind.taxon.common_name.replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        picture.save(folder / f"{number}.png")
+        name = kind.taxon.common_name
+        table.append(f"{folder.name}/{number}.png,{name.upper() if number % 2 else name}")
+    (tmp_path / "labels.csv").write_text("\n".join(
+        line if i == 0 else f"train/{line}" for i, line in enumerate(table)) + "\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    truth = {}
+    for number, (kind, picture) in enumerate(draw_pictures(species, 2, seed=2, look=LOOK)):
+        picture.save(photos / f"p{number}.png")
+        truth[str(photos / f"p{number}.png")] = kind.taxon.common_name
+    with Collection.open(tmp_path / "s", model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([photos], progress=False)
+        found = col.classify(list(truth), method="few-shot", train=train, k=1)
+        from_table = col.head("few-shot", tmp_path / "labels.csv")
+    assert all(p.taxon is None for p in found)
+    right = np.mean([p.label == truth[p.file] for p in found])
+    assert right >= 0.8, [(p.file, p.label) for p in found]
+    # Spelt two ways in the table, each name is one class (under its first spelling).
+    assert sorted(n.lower() for n in from_table.free_labels) == sorted(
+        s.taxon.common_name for s in species)  # fmt: skip
+    mixed = train / "Panthera leo"
+    mixed.mkdir()
+    with pytest.raises(BioindexError, match="or name every folder by a common name"):
+        read_training_set(train)

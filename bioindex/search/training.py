@@ -9,6 +9,9 @@ Two layouts, both common where labelled photos are kept:
   name in Darwin Core columns (scientificName, or kingdom … genus + specificEpithet), the
   same table `bioindex index --metadata` reads. Paths are relative to the table's folder.
 
+Where no folder (or row) names a species, the folders' names (or the vernacularName
+column) are common names, and the classes are those: a camera trap's "zebra/", "elephant/".
+
 The images are read only by the user's own command (never over HTTP: a server must not
 read paths a stranger names).
 """
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from bioindex.errors import BioindexError
 from bioindex.images import walk_images
+from bioindex.search.filters import common_name_key
 from bioindex.tables import WORKBOOK_SUFFIXES, delimiter, workbook_rows
 from bioindex.taxonomy import Taxon, folder_name_taxon, make_taxon, split_binomial
 
@@ -51,9 +55,14 @@ def read_training_set(path: str | os.PathLike[str]) -> list[Example]:
                                 f"{exc}") from exc  # fmt: skip
     else:
         raise BioindexError(f"training set {root} does not exist")
-    species = {e.taxon.lineage for e in examples}
+    if examples and not examples[0].taxon.lineage:  # common names: one class per name
+        spelling: dict[str, Taxon] = {}
+        examples = [Example(e.path, spelling.setdefault(common_name_key(e.taxon.common_name),
+                                                        e.taxon)) for e in examples]
+    species = {(e.taxon.lineage, e.taxon.common_name) for e in examples}
     if len(species) < 2:
-        raise BioindexError(f"training set {root} names {len(species)} species with images; "
+        what = "common names" if examples and not examples[0].taxon.lineage else "species"
+        raise BioindexError(f"training set {root} names {len(species)} {what} with images; "
                             "a classifier needs at least two")  # fmt: skip
     return examples
 
@@ -67,17 +76,23 @@ def training_key(examples: list[Example], identity: list[object]) -> str:
             seen = [stat.st_size, stat.st_mtime_ns]
         except OSError:
             seen = [None, None]
-        digest.update(json.dumps([str(example.path), *seen, *example.taxon.lineage]).encode())
+        digest.update(json.dumps([str(example.path), *seen, *example.taxon.lineage,
+                                  example.taxon.common_name]).encode())  # fmt: skip
     return digest.hexdigest()[:16]
 
 
-def folder_taxon(name: str) -> Taxon:
-    """The species a training subfolder is named for."""
-    taxon = folder_name_taxon(name)
-    if taxon is None:
-        raise BioindexError(f"training folder {name!r} is not named for a species: name it "
-                            "'Genus epithet' or by the seven ranks kingdom … epithet")  # fmt: skip
-    return taxon
+def folder_taxa(names: list[str]) -> list[Taxon]:
+    """The species training subfolders are named for; where none is named for one, the
+    common names they are ("zebra", "african_elephant" → "african elephant")."""
+    taxa = [folder_name_taxon(name) for name in names]
+    if not any(taxa):
+        return [Taxon(common_name=" ".join(name.replace("_", " ").split())) for name in names]
+    for name, taxon in zip(names, taxa):
+        if taxon is None:
+            raise BioindexError(f"training folder {name!r} is not named for a species: name "
+                                "it 'Genus epithet' or by the seven ranks kingdom … epithet "
+                                "(or name every folder by a common name)")  # fmt: skip
+    return [t for t in taxa if t is not None]
 
 
 def _from_folder(root: Path) -> Iterator[Example]:
@@ -85,8 +100,7 @@ def _from_folder(root: Path) -> Iterator[Example]:
     if not folders:
         raise BioindexError(f"training folder {root} has no subfolders; put each species' "
                             "images in a folder named for it ('Genus epithet')")  # fmt: skip
-    for folder in folders:
-        taxon = folder_taxon(folder.name)
+    for folder, taxon in zip(folders, folder_taxa([f.name for f in folders])):
         for file in walk_images(folder):
             yield Example(file, taxon)
 
@@ -98,11 +112,18 @@ def _from_table(table: Path) -> Iterator[Example]:
     if file_column is None:
         raise BioindexError(f"training table {table} needs a column naming the images "
                             f"({', '.join(FILE_COLUMNS)})")  # fmt: skip
-    for row in rows:
-        value = (row.get(file_column) or "").strip()
-        taxon = _row_taxon(row, lowered)
+    named = [((row.get(file_column) or "").strip(), _row_taxon(row, lowered)) for row in rows]
+    if not any(taxon for _, taxon in named) and "vernacularname" in lowered:
+        named = [(value, _common_name_taxon(row, lowered["vernacularname"]))
+                 for (value, _), row in zip(named, rows)]  # fmt: skip
+    for value, taxon in named:
         if value and taxon is not None:
             yield Example((table.parent / value).resolve(), taxon)
+
+
+def _common_name_taxon(row: dict[str, str], column: str) -> Taxon | None:
+    name = " ".join((row.get(column) or "").split())
+    return Taxon(common_name=name) if name else None
 
 
 def _table(table: Path) -> tuple[list[str], list[dict[str, str]]]:
