@@ -236,7 +236,7 @@ def test_export_chooses_by_filter_and_by_saved_results(tmp_path: Path, tiny_mode
         top.setdefault(row["file"], row)
     assert len(rows) == len(photos) == len(top)
     assert sorted(r[1] for r in rows) == sorted(t["genus"] for t in top.values())
-    assert all(r[2] == "genus" and "classify" in r[5] for r in rows)
+    assert all(r[2] == "genus" and "classify" in r[6] for r in rows)  # identificationRemarks
 
 
 def _rss_mb(field: str) -> float:
