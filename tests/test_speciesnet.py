@@ -368,7 +368,9 @@ def test_a_store_of_common_names_classifies_against_them(trap: Path, tmp_path: P
         given = collection.classify([trap / "blank.jpg"], k=5,
                                     labels=sorted({p.label for p in got}))  # fmt: skip
         voted = collection.classify([trap / "ocelot.jpg"], method="knn", k=5)
+        info = collection.info()  # what a new user checks after --metadata
         bears = collection.search_taxon("Black bear", mode="catalog")  # spaces as offered
+    assert (info["images_named"], info["images_common_named"]) == (0, 6)
     # The neighbour vote counts the photos called by each name: the ocelot's own is nearest.
     assert voted[0].label == "ocelot" and voted[0].decision.band == "confident"
     assert {p.label for p in voted} <= {"elephant", "ocelot", "dog", "black bear"}

@@ -407,7 +407,8 @@ class Store:
 
     def info(self) -> dict[str, Any]:
         counts = self.catalog.status_counts()
-        filled = self.catalog.filled(["event_date", "decimal_latitude"])
+        filled = self.catalog.filled(["event_date", "decimal_latitude", "scientific_name",
+                                      "vernacular_name"])  # fmt: skip
         runs = self.runs()
         index = self.index()
         spec = self.index_spec
@@ -424,6 +425,10 @@ class Store:
             "images_lost": counts.get("lost", 0),
             "images_dated": filled["event_date"],  # given, or from the photo's EXIF
             "images_placed": filled["decimal_latitude"],  # with coordinates
+            # What classify and search by name can learn from: a new user's first check
+            # that --metadata was read (a plain folder has neither).
+            "images_named": filled["scientific_name"],
+            "images_common_named": filled["vernacular_name"],
             "failures": self.catalog.failure_count(),
             "occurrences": self.catalog.occurrence_count(),
             "index_kind": spec.kind,
