@@ -626,7 +626,8 @@ def _taxonomy(path: str | None) -> Any:
     "--labels",
     default=None,
     metavar="FILE|A,B,C",
-    help="Custom labels: a file with one per line, or a comma-separated list.",
+    help="Custom labels: a file with one per line, or a comma-separated list (with knn: "
+    "the store's images called by those common names vote).",
 )
 @click.option(
     "--min-confidence",
@@ -706,8 +707,10 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
     label set, a vote of labelled neighbours, both, or a few-shot classifier trained on the
     store's own labelled images.
 
-    Labels: --labels, --tol, or (default) the species named in the store's catalog. Species
-    probabilities are summed by lineage up to --rank, as pybioclip does. Each file gets an
+    Labels: --labels, --tol, or (default) the species named in the store's catalog — or,
+    where it names none, the common names its records carry (a camera trap's "zebra"),
+    which every method learns as it learns species. Species probabilities are summed by
+    lineage up to --rank, as pybioclip does. Each file gets an
     answer at the deepest rank whose probability reaches --min-confidence, and a band. A
     file that cannot be read gets a warning (and an `error` row in JSON/CSV); the others
     are answered.
