@@ -303,7 +303,8 @@ def _lower_level(record: logging.LogRecord) -> bool:
     "--names-from-folders", is_flag=True,
     help="Name each photo for the nearest of its folders named for a species "
     "('Panthera leo/', 'Panthera_leo/2023/', or the seven ranks joined by '_'), where its "
-    "metadata names nothing; the run says which names the folders gave.",
+    "metadata names nothing; where no folder is named for a species, the folders just "
+    "below the source are common names ('zebra/cam2/'). The run says which names it gave.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_option

@@ -675,3 +675,38 @@ def test_names_from_folders_a_species_per_folder(tmp_path: Path, tiny_model: str
     plain = CliRunner().invoke(main, ["index", str(root), "--store", str(tmp_path / "p"),
                                       "--model", tiny_model, "-q"])  # fmt: skip
     assert "named" not in plain.output  # only when asked
+
+
+def test_names_from_folders_of_common_names(tmp_path: Path, tiny_model: str) -> None:
+    """A camera trap's photos sorted into zebra/, african_elephant/2023/ …: no folder is
+    named for a species, and `--names-from-folders` named nothing ("in folders not named
+    for a species: left unnamed"). Where none is, the folders' names are the photos' common
+    names — as training folders are read — and the run says so."""
+    root = tmp_path / "sorted"
+    layout = {"ocelot": "ocelot.jpg", "black_bear": "american_black_bear.jpg",
+              "african elephant/2023/05": "african_elephants.jpg",
+              "african elephant/cam 2": "african_elephants_bw.jpg", ".": "blank.jpg",
+              "2023": "domestic_cattle.jpg", "dog": "domestic_dog.jpg"}  # fmt: skip
+    for folder, name in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared("camera-trap", name), root / folder / name)
+    (tmp_path / "m.csv").write_text("file,vernacularName\ndog/domestic_dog.jpg,domestic dog\n")
+    result = CliRunner().invoke(main, ["index", str(root), "--store", str(tmp_path / "s"),
+                                       "--model", tiny_model, "--names-from-folders", "-q",
+                                       "--metadata", str(tmp_path / "m.csv")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert ("no folder is named for a species; named 4 photos by their folders as common "
+            "names: african elephant (2)") in result.output, result.output
+    rows = {Path(uri).name: rest for uri, *rest in _catalog(
+        tmp_path / "s", "SELECT uri, vernacular_name, scientific_name FROM images")}
+    assert rows["ocelot.jpg"] == ["ocelot", None]
+    assert rows["american_black_bear.jpg"] == ["black bear", None]
+    assert rows["african_elephants.jpg"] == rows["african_elephants_bw.jpg"] == [
+        "african elephant", None]  # the folder below the source, not "05" nor "cam 2"
+    assert rows["blank.jpg"] == rows["domestic_cattle.jpg"] == [None, None]  # top, digits
+    assert rows["domestic_dog.jpg"] == ["domestic dog", None]  # the metadata's
+    from bioindex import Collection
+
+    with Collection.open(tmp_path / "s") as collection:
+        assert collection.common_names() == ["african elephant", "black bear",
+                                             "domestic dog", "ocelot"]  # fmt: skip

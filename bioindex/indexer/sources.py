@@ -357,14 +357,44 @@ def _name_from_folders(items: dict[str, Item], scan: Scan) -> None:
                          order=taxon.order, family=taxon.family)  # fmt: skip
         items[uri] = replace(item, metadata={**item.metadata, **terms})
         named[terms["scientificName"]] += 1
-    shown = ", ".join(f"{name} ({count})" for name, count in named.most_common(5))
-    more = f" and {len(named) - 5} more" if len(named) > 5 else ""
+    if unnamed and not named and _common_names_from_folders(items, scan):
+        return  # a camera trap's sorted folders: zebra/, elephant/
     scan.notes.append(f"named {_photos(sum(named.values()))} for their folders: "
-                      f"{shown or 'none'}{more}")  # fmt: skip
+                      f"{_shown(named)}")  # fmt: skip
     if unnamed:
         examples = ", ".join(repr(name) for name, _ in unnamed.most_common(3))
         scan.notes.append(f"{_photos(sum(unnamed.values()))} in folders not named for a "
                           f"species ({examples}): left unnamed")  # fmt: skip
+
+
+def _common_names_from_folders(items: dict[str, Item], scan: Scan) -> bool:
+    """Where no folder is named for a species, a photo's folder just below the source
+    folder is its common name ("zebra/cam 2/2023/" → zebra: sorting tools file photos by
+    species first; a folder's own name cannot tell an animal from a camera), as training
+    folders are read (search.training); says which names it gave. False when it named
+    none (photos at the source folder's top, or in folders of digits)."""
+    from bioindex.store import dwc_column
+
+    named: Counter[str] = Counter()
+    for uri, item in items.items():
+        if not item.path or any(dwc_column(k) in _NAME_TERMS | {"vernacular_name"}
+                                and v not in (None, "") for k, v in item.metadata.items()):
+            continue
+        below = _folders_up(item.path, scan.roots)[:-1]  # never the source folder's name
+        name = " ".join(below[-1].replace("_", " ").split()) if below else ""
+        if any(c.isalpha() for c in name):
+            items[uri] = replace(item, metadata={**item.metadata, "vernacularName": name})
+            named[name] += 1
+    if named:
+        scan.notes.append(f"no folder is named for a species; named "
+                          f"{_photos(sum(named.values()))} by their folders as common names: "
+                          f"{_shown(named)}")  # fmt: skip
+    return bool(named)
+
+
+def _shown(named: Counter[str]) -> str:
+    shown = ", ".join(f"{name} ({count})" for name, count in named.most_common(5))
+    return (shown or "none") + (f" and {len(named) - 5} more" if len(named) > 5 else "")
 
 
 def _folders_up(path: str, roots: Sequence[str]) -> list[str]:
