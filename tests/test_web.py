@@ -310,10 +310,12 @@ def test_a_common_name_finds_its_records_on_the_page(site, tmp_path: Path, tiny_
             page.set_input_files("#photo", str(trap / "american_black_bear.jpg"))
         page.wait_for_selector("#predicted")
         learnt = page.inner_text("#predicted")
+        slant = page.eval_on_selector("#predicted", "e => getComputedStyle(e).fontStyle")
         page.close()
     app.state.collection.close()
     assert method_shown and "method=few-shot" in asked.value.url, asked.value.url
     assert asked.value.status == 200 and learnt in ("elephant", "dog", "unknown"), learnt
+    assert slant == "normal"  # a common name is not set as a Latin name
     assert heading.startswith("2 records of elephant"), heading
     assert "common names only" in summary, summary
     assert predicted in ("elephant", "dog", "unknown"), panel

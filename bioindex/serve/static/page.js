@@ -195,7 +195,9 @@ async function upload(files) {
       const answer = prediction.answer || {};
       const rank = answer.answer_rank ? ` (${esc(answer.answer_rank)})` : "";
       const views = files.length > 1 ? ` from ${files.length} photos` : "";
-      panel = `<b>Answer${views}: <i id="predicted">${esc(answer.answer || "?")}</i>${rank}</b>
+      // A taxon's name is italic; a common name or a label of one's own (no rank) is not.
+      const kind = answer.answer_rank ? "" : ' class="common"';
+      panel = `<b>Answer${views}: <i id="predicted"${kind}>${esc(answer.answer || "?")}</i>${rank}</b>
         <span id="band" class="band-${esc(answer.band || "")}">${esc(BANDS[answer.band] || "")}</span>
         ${answer.answer_note ? `<span id="note">${esc(answer.answer_note)}</span>` : ""}
         ${commonNames ? `<span id="note">one of the ${collection.common_names} common names the catalog's records carry (it names no taxa)</span>` : ""}
