@@ -926,7 +926,7 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
     if written.get("unidentified"):
         click.echo(f"note: {written['unidentified']} of the {written['images']} images have no "
                    f"identification: the classifier reached --min-confidence at no rank "
-                   f"(\"unknown\")", err=True)  # fmt: skip
+                   f"(\"unknown\"), or called them empty frames", err=True)  # fmt: skip
     if written.get("media_referenced"):
         click.echo(f"note: {written['media_referenced']} local images are named by path; "
                    f"give --with-media for an archive that stands alone", err=True)

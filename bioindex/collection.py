@@ -66,6 +66,7 @@ from bioindex.search.fewshot import (
     training_head_places,
 )
 from bioindex.search.filters import (
+    BLANK,
     Filter,
     and_filters,
     common_name_filter,
@@ -1016,7 +1017,8 @@ class Collection:
                                                 min_confidence=min_confidence)  # fmt: skip
             for prediction in predictions:
                 answer = prediction.decision
-                if answer is None or answer.band == UNKNOWN or not answer.name.strip():
+                if (answer is None or answer.band == UNKNOWN or not answer.name.strip()
+                        or _empty_frame(answer.name, answer.rank)):  # fmt: skip
                     continue
                 yield Identification(int(prediction.file), answer.name, answer.rank, answer.score,
                                      method, str(model), band=answer.band)  # fmt: skip
@@ -1120,6 +1122,12 @@ class Collection:
         return self.store.failures()
 
 
+def _empty_frame(name: str, rank: str) -> bool:
+    """Whether an answer says the photo is a camera trap's empty frame (BLANK, learnt from
+    the frames its records call empty): no identification of anything."""
+    return not rank and common_name_key(name) == BLANK
+
+
 def _saved_answer(row: Mapping[str, Any]) -> tuple[str, str, float, str] | None:
     """(name, rank, score, band) a saved classify row vouches for: its answer (backed off
     to the rank it reached), None for "unknown"; a row saved before answers were written
@@ -1128,8 +1136,10 @@ def _saved_answer(row: Mapping[str, Any]) -> tuple[str, str, float, str] | None:
         name, band = str(row.get("answer") or "").strip(), str(row.get("band") or "")
         if not name or band == UNKNOWN:
             return None
-        return (name, str(row.get("answer_rank") or ""), float(row.get("answer_score") or 0),
-                band)  # fmt: skip
+        rank = str(row.get("answer_rank") or "")
+        if _empty_frame(name, rank):
+            return None
+        return name, rank, float(row.get("answer_score") or 0), band
     rank = next((r for r in reversed(RANKS) if str(row.get(r) or "").strip()), "")
     name = str(row.get(rank) or row.get("label") or "").strip()
     return (name, rank, float(row.get("score") or 0), "") if name else None

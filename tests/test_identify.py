@@ -722,3 +722,57 @@ def test_a_training_folder_of_common_names_teaches_a_plain_store(tmp_path: Path)
     mixed.mkdir()
     with pytest.raises(BioindexError, match="or name every folder by a common name"):
         read_training_set(train)
+
+
+def test_a_camera_traps_empty_frames_are_learnt_as_blank(tmp_path: Path) -> None:
+    """Most of a camera trap's frames are empty, and its records say which (COCO's "empty"
+    category, Camtrap DP's blank observations: kept as observationType). The few-shot heads
+    over its common names learnt only the animals, so an empty frame was named as one.
+    Empty frames are now a class, "blank" — never handed on as an identification."""
+    import json
+
+    from bioindex.demo.draw import draw_empty_frame
+    from bioindex.demo.world import apply_look, draw_pictures
+
+    species = SPECIES[::6][:6]
+    photos = tmp_path / "trap"
+    photos.mkdir()
+    images, annotations, categories = [], [], [{"id": 0, "name": "empty"}]
+    for number, (kind, picture) in enumerate(draw_pictures(species, 4, seed=3, look=LOOK)):
+        picture.save(photos / f"a{number}.png")
+        name = kind.taxon.common_name
+        if name not in [c["name"] for c in categories]:
+            categories.append({"id": len(categories), "name": name})
+        images.append({"id": f"a{number}", "file_name": f"a{number}.png"})
+        annotations.append({"id": f"x{number}", "image_id": f"a{number}", "category_id":
+                            [c["name"] for c in categories].index(name)})  # fmt: skip
+    rng = np.random.default_rng(4)
+    for number in range(12):
+        apply_look(draw_empty_frame(rng), LOOK).save(photos / f"e{number}.png")
+        images.append({"id": f"e{number}", "file_name": f"e{number}.png"})
+        annotations.append({"id": f"y{number}", "image_id": f"e{number}", "category_id": 0})
+    (tmp_path / "trap.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": categories}))
+    queries = tmp_path / "new"
+    queries.mkdir()
+    truth = {}
+    for number, (kind, picture) in enumerate(draw_pictures(species, 1, seed=8, look=LOOK)):
+        picture.save(queries / f"q{number}.png")
+        truth[str(queries / f"q{number}.png")] = kind.taxon.common_name
+    for number in range(6):
+        apply_look(draw_empty_frame(rng), LOOK).save(queries / f"e{number}.png")
+        truth[str(queries / f"e{number}.png")] = "blank"
+    with Collection.open(tmp_path / "s", model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([photos], metadata=tmp_path / "trap.json", progress=False)
+        head = col.head("linear-probe")
+        found = col.classify(list(truth), method="linear-probe", k=1)
+        identified = list(col.identify(method="linear-probe", min_confidence=0.0))
+    assert "blank" in head.free_labels and len(head.free_labels) == len(species) + 1
+    said = {p.file: p.label for p in found}
+    right = {kind: np.mean([said[f] == name for f, name in truth.items()
+                            if (name == "blank") == (kind == "blank")])
+             for kind in ("blank", "animal")}  # fmt: skip
+    assert right["blank"] >= 0.8 and right["animal"] >= 0.6, (right, said)
+    # An archive hands on what the animals are, never "blank" as a name.
+    assert identified and all(i.scientific_name != "blank" for i in identified)
+    assert len(identified) <= len(images) - 12 + 2  # the empty frames, save a stray one or two

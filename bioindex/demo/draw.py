@@ -126,6 +126,11 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return image
 
 
+def draw_empty_frame(rng: np.random.Generator, size: int = CANVAS) -> Image.Image:
+    """A background with no organism on it: a camera trap's empty frame."""
+    return _background(rng, size)
+
+
 def draw_organism(species: Species, rng: np.random.Generator, size: int = CANVAS) -> Image.Image:
     """One photo-like picture of `species`: random pose, size, place, background, noise."""
     return photograph(draw_sprite(species, rng), rng, size)

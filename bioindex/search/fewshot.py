@@ -39,7 +39,13 @@ import numpy as np
 
 from bioindex.errors import BioindexError, Remedy
 from bioindex.search.calibration import fit_temperature, softmax, top_label_log_loss
-from bioindex.search.filters import common_name_key, common_names_filter, labelled_filter
+from bioindex.search.filters import (
+    BLANK,
+    blank_filter,
+    common_name_key,
+    common_names_filter,
+    labelled_filter,
+)
 from bioindex.search.labels import default_cache_root, taxon_from_row
 from bioindex.store import Store
 from bioindex.store.layout import HEADS_DIR
@@ -464,15 +470,22 @@ def labelled_species(store: Store) -> tuple[np.ndarray, list[Taxon]]:
 
 def labelled_common_names(store: Store) -> tuple[np.ndarray, list[Taxon]]:
     """(image_ids, taxa) of the live images the catalog calls by a common name, each name
-    one class (common_name_key) under its most used spelling, by image_id."""
-    chosen = common_names_filter(())
-    ids = np.sort(store.ids_where(chosen.sql, chosen.params))
+    one class (common_name_key) under its most used spelling, by image_id; and the frames
+    its records call empty (blank_filter) as one more class, BLANK: telling a camera trap's
+    empty frames from its animals is most of the work on its photos."""
+    chosen, empty = common_names_filter(()), blank_filter()
+    ids = store.ids_where(chosen.sql, chosen.params)
     spelling: dict[str, Taxon] = {}
     for name in store.catalog.common_names():  # the most used spelling first
         spelling.setdefault(common_name_key(name), Taxon(common_name=" ".join(name.split())))
     rows = store.catalog.taxa_of([int(i) for i in ids])
     taxa = [spelling[common_name_key(rows[int(i)][7])] for i in ids]
-    return ids, taxa
+    blank = store.ids_where(empty.sql, empty.params) if len(ids) else np.zeros(0, np.int64)
+    if len(blank) and common_name_key(BLANK) not in spelling:
+        ids = np.concatenate([ids, blank])
+        taxa += [Taxon(common_name=BLANK)] * len(blank)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], [taxa[i] for i in order]
 
 
 def store_mean(store: Store, chunk: int = 65536) -> np.ndarray:
@@ -555,9 +568,10 @@ def _key(store: Store, method: str) -> str:
     labelled = labelled_filter("species")
     size = round(math.log(max(store.live_count(), 1)) / math.log(MEAN_DRIFT))
     rows = store.catalog.rows_digest(labelled.sql, labelled.params)
-    if rows.startswith("0:"):  # no species: the head learns the common names
-        named = common_names_filter(())
-        rows = "common names " + store.catalog.rows_digest(named.sql, named.params)
+    if rows.startswith("0:"):  # no species: the head learns the common names (and blanks)
+        named, empty = common_names_filter(()), blank_filter()
+        rows = (f"common names {store.catalog.rows_digest(named.sql, named.params)} "
+                f"blank {store.catalog.rows_digest(empty.sql, empty.params)}")
     identity = [HEAD_VERSION, method, model.get("weights_sha256"), model.get("preprocess"),
                 rows, size]  # fmt: skip
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]

@@ -279,6 +279,19 @@ def common_names_filter(names: Sequence[str]) -> Filter:
                   list(spelt.values()))  # fmt: skip
 
 
+BLANK = "blank"  # the class a camera trap's empty frames are learnt as (search.fewshot)
+
+
+def blank_filter() -> Filter:
+    """Live rows a camera trap's record calls empty (`observationType` blank, as Camtrap DP
+    writes it, or empty, as COCO Camera Traps categories do; kept in `extra`) and that name
+    no animal."""
+    return Filter(["blank frames"],
+                  "trim(coalesce(vernacular_name, '')) = '' AND coalesce(scientific_name, '') = ''"
+                  " AND lower(json_extract_string(extra, '$.observationType')) IN (?, ?)",
+                  ["blank", "empty"])  # fmt: skip
+
+
 def labelled_filter(rank: str) -> Filter:
     """Live images whose catalog row names a taxon at `rank`."""
     column = {"species": "scientific_name", "class": '"class"', "order": '"order"'}.get(rank, rank)
