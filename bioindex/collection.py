@@ -69,6 +69,7 @@ from bioindex.search.filters import (
     BLANK,
     Filter,
     and_filters,
+    blank_filter,
     common_name_filter,
     common_name_key,
     parse_where,
@@ -793,6 +794,17 @@ class Collection:
                                        f"the common names in the catalog of {self.store.path}")
         return labels_from_taxa(self.catalog_taxa(), f"catalog of {self.store.path}")
 
+    def _voted_labels(self) -> LabelSet:
+        """What the neighbours vote for in a store of common names: those names, and BLANK
+        where its records call frames empty (a camera trap's empty frame is most like
+        other empty frames)."""
+        labels = self.catalog_labels()
+        empty = blank_filter()
+        if (len(self.store.ids_where(empty.sql, empty.params))
+                and common_name_key(BLANK) not in map(common_name_key, labels.names)):
+            return labels_from_strings([*labels.names, BLANK], labels.source)
+        return labels
+
     def classify(
         self,
         images: Paths,
@@ -867,7 +879,7 @@ class Collection:
             if calibrate:
                 temperature = self.zero_shot_temperature()
         elif labels is None and not self.catalog_names_taxa():
-            labels = self.catalog_labels()  # the neighbours vote for their common names
+            labels = self._voted_labels()  # the neighbours vote for their common names
         elif labels is not None and method != "knn":
             label_matrix = _label_matrix(self.model, labels)
         return classify_vectors(

@@ -24,7 +24,12 @@ from bioindex.errors import BioindexError
 from bioindex.search.calibration import softmax
 from bioindex.search.defaults import DEFAULT_MIN_CONFIDENCE
 from bioindex.search.fewshot import FEW_SHOT_METHODS, Head
-from bioindex.search.filters import common_name_key, common_names_filter, labelled_filter
+from bioindex.search.filters import (
+    BLANK,
+    common_name_key,
+    common_names_filter,
+    labelled_filter,
+)
 from bioindex.search.labels import LabelSet, taxon_from_row
 from bioindex.search.place import PlacePrior
 from bioindex.search.query import nearest
@@ -145,7 +150,8 @@ def knn_label_votes(store: Store, vectors: np.ndarray, names: Sequence[str],
         pairs = nearest(store, vector, neighbours, where=named)
         rows = store.catalog.taxa_of([image_id for _, image_id in pairs])
         for score, image_id in pairs:
-            j = column.get(common_name_key(rows[image_id][7] or ""))
+            # A row of the filter without a common name is an empty frame (common_names_filter).
+            j = column.get(common_name_key(rows[image_id][7] or "") or BLANK)
             if j is not None:
                 votes[i, j] += float(np.exp(logit_scale * (score - pairs[0][0])))
     totals = votes.sum(axis=1, keepdims=True)

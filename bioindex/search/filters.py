@@ -252,6 +252,7 @@ def taxon_filter(taxon: Taxon) -> Filter:
     return Filter([f"{taxon.rank}={taxon.scientific_name}"], " AND ".join(clauses), params)
 
 
+BLANK = "blank"  # the class a camera trap's empty frames are learnt as (search.fewshot)
 _COMMON_NAME_SQL = r"lower(regexp_replace(trim(vernacular_name), '\s+', ' ', 'g'))"
 
 
@@ -269,17 +270,20 @@ def common_name_filter(name: str) -> Filter:
 
 
 def common_names_filter(names: Sequence[str]) -> Filter:
-    """Catalog rows whose common name is one of `names` (common_name_key); all of them
-    (any common name) when `names` is empty."""
+    """Catalog rows whose common name is one of `names` (common_name_key) — with BLANK
+    among them, the empty frames too (blank_filter); all named rows (any common name)
+    when `names` is empty."""
     if not names:
         return Filter(["named by a common name"], "trim(coalesce(vernacular_name, '')) <> ''", [])
     spelt = {common_name_key(n): " ".join(n.split()) for n in names}
-    return Filter([f"common name one of {len(spelt)} labels"],
-                  f"{_COMMON_NAME_SQL} IN ({', '.join(['lower(?)'] * len(spelt))})",
-                  list(spelt.values()))  # fmt: skip
-
-
-BLANK = "blank"  # the class a camera trap's empty frames are learnt as (search.fewshot)
+    named = Filter([f"common name one of {len(spelt)} labels"],
+                   f"{_COMMON_NAME_SQL} IN ({', '.join(['lower(?)'] * len(spelt))})",
+                   list(spelt.values()))  # fmt: skip
+    if common_name_key(BLANK) not in spelt:
+        return named
+    empty = blank_filter()
+    return Filter([*named.conditions, *empty.conditions], f"({named.sql}) OR ({empty.sql})",
+                  [*named.params, *empty.params])  # fmt: skip
 
 
 def blank_filter() -> Filter:
