@@ -290,7 +290,7 @@ def _free_label_predictions(files: Sequence[str], image_vectors: np.ndarray, nam
     novel = np.zeros(len(files), dtype=bool)
     if method in FEW_SHOT_METHODS:
         probabilities = head.probabilities(image_vectors)
-        novel = head.novel(image_vectors)  # a blank frame among a camera trap's animals
+        novel = head.novel(image_vectors)  # unlike the photos of every name
     else:
         probabilities = np.zeros((len(files), len(names)))
         if method != "knn":
