@@ -306,6 +306,18 @@ def _lower_level(record: logging.LogRecord) -> bool:
     "metadata names nothing; where no folder is named for a species, the folders just "
     "below the source are common names ('zebra/cam2/'). The run says which names it gave.",
 )
+@click.option(
+    "--names-table", metavar="TABLE", default=None,
+    help="What the photos' common names mean: a CSV/TSV/XLSX with a common-name column "
+    "(query, vernacularName, common_name) and scientificName and/or kingdom … genus, "
+    "species — LILA's lila-taxonomy-mapping_release.csv, or your own. A photo called by a "
+    "name it gives, and named nothing else, gets that taxon.",
+)
+@click.option(
+    "--names-dataset", metavar="NAME", default=None,
+    help="With --names-table: only its rows of this dataset_name (LILA's table maps one "
+    "category to other taxa in other datasets, e.g. 'Snapshot Serengeti').",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_option
 @wait_option
@@ -337,6 +349,8 @@ def index(
     exif: bool,
     reread_exif: bool,
     names_from_folders: bool,
+    names_table: str | None,
+    names_dataset: str | None,
     quiet: bool,
     wait: bool,
 ) -> None:
@@ -361,6 +375,7 @@ def index(
       bioindex index imgs/ --store s --metadata occurrences.csv
       bioindex index trap/ --store s --metadata trap/instances.json   # SpeciesNet's places
       bioindex index photos/ --store s --names-from-folders   # photos/Panthera leo/*.jpg
+      bioindex index trap/ --store s --metadata trap.json --names-table names.csv   # taxa
       bioindex index camtrap-package/ --store s          # Camtrap DP (datapackage.json)
       bioindex index big-jpegs/ --store s --fast-decode --device cuda --batch-size 512
       bioindex index photos/ --store s --precision bf16     # CPUs with bf16: ~1.8x
@@ -373,12 +388,16 @@ def index(
       bioindex index /shared/photos --store s --engine ray --address auto --num-gpus 8
     """
     from bioindex.collection import Collection, scan_sources
+    from bioindex.indexer.names_table import read_names_table
     from bioindex.indexer.remote import FetchPolicy
 
+    if names_dataset is not None and names_table is None:
+        raise click.UsageError("--names-dataset chooses rows of a --names-table")
+    table = read_names_table(names_table, names_dataset) if names_table else None
     scan = scan_sources(sources, metadata, source_type, media_root, allow_outside_paths,
                         FetchPolicy(timeout=download_timeout,
                                     allow_private=allow_private_urls),
-                        names_from_folders)  # fmt: skip
+                        names_from_folders, table)  # fmt: skip
     for warning in scan.warnings:
         click.echo(f"warning: {warning}", err=True)
     for note in scan.notes:

@@ -40,6 +40,7 @@ from bioindex.images import (
     not_an_image_file,
     open_image,
 )
+from bioindex.indexer.names_table import NamesTable
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Item, Scan, scan_paths, shard_images, zip_photos
@@ -157,17 +158,20 @@ def scan_sources(
     allow_outside_paths: bool = False,
     fetch_policy: FetchPolicy | None = None,
     names_from_folders: bool = False,
+    names_table: NamesTable | None = None,
 ) -> Scan:
     """List what folders, files, manifests, Darwin Core Archives or tar shards hold
     (raises on missing paths or when nothing is found). Media paths in manifests and
     archives outside their folder (or `media_root`) are failures unless
     `allow_outside_paths`. `names_from_folders`: photos in folders named for a species
-    ("Panthera leo/", or the seven ranks joined by "_") are named so."""
+    ("Panthera leo/", or the seven ranks joined by "_") are named so. `names_table`
+    (read_names_table): photos called by a common name get the taxon it gives."""
     return scan_paths(listed(sources), metadata_file=str(metadata) if metadata else None,
                       source_type=source_type, media_root=media_root,
                       allow_outside_paths=allow_outside_paths,
                       fetch_policy=fetch_policy,
-                      names_from_folders=names_from_folders)  # fmt: skip
+                      names_from_folders=names_from_folders,
+                      names_table=names_table)  # fmt: skip
 
 
 class RecentTexts:
@@ -360,12 +364,16 @@ class Collection:
         exif: bool = True,
         reread_exif: bool = False,
         names_from_folders: bool = False,
+        names_table: NamesTable | None = None,
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts.
 
         `names_from_folders`: a photo in a folder named for a species ("Panthera leo/",
         "Panthera_leo/", or the seven ranks joined by "_") is named so where its metadata
-        names nothing (scan_sources says which folders gave names).
+        names nothing (scan_sources says which folders gave names). `names_table`
+        (indexer.names_table.read_names_table: LILA's taxonomy mapping, or a curator's
+        table of common names and taxa): a photo called by a common name and named
+        nothing else gets the taxon the table gives that name.
 
         `exif`: a photo's date and GPS position (images.photo_facts) fill eventDate and
         the coordinates where its metadata gives none; off, they are not read (a phone's
@@ -392,7 +400,7 @@ class Collection:
             scan = sources
         else:
             scan = scan_sources(sources, metadata, source_type, media_root, allow_outside_paths,
-                                policy, names_from_folders)  # fmt: skip
+                                policy, names_from_folders, names_table)  # fmt: skip
             for warning in scan.warnings:
                 log.warning("%s", warning)
             for note in scan.notes:

@@ -78,3 +78,17 @@ def _cell(value: Any) -> str:
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
     return str(value).strip()
+
+
+def table_rows(table: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A table's columns and rows: a CSV/TSV (by its header's separator) or the first sheet
+    of an Excel workbook. Raises UnicodeDecodeError / csv.Error for what is neither."""
+    if table.suffix.lower() in WORKBOOK_SUFFIXES:
+        rows = list(workbook_rows(table))
+        return (list(rows[0]) if rows else []), rows
+    with open(table, newline="", encoding="utf-8-sig") as handle:
+        header = handle.readline()
+        handle.seek(0)
+        reader = csv.DictReader(handle, dialect="excel", delimiter=delimiter(header))
+        rows = list(reader)
+        return list(reader.fieldnames or ()), rows

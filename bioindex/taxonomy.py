@@ -39,6 +39,12 @@ def split_binomial(name: str | None) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+def common_name_key(name: str) -> str:
+    """A common name as it is compared: case and runs of spaces aside ("Black  bear" is
+    "black bear"), the same in Python and in SQL (search.filters)."""
+    return " ".join(name.split()).lower()
+
+
 _SCIENTIFIC = re.compile(r"^[A-Z][a-z]+(?:\s+[a-z][a-z-]+){0,2}$")
 
 

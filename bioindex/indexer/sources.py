@@ -35,6 +35,7 @@ from bioindex.errors import BioindexError
 from bioindex.images import IMAGE_EXTENSIONS, unread_note, walk_images
 from bioindex.indexer import iiif, jsonlists
 from bioindex.indexer.lines import Lines
+from bioindex.indexer.names_table import NamesTable
 from bioindex.indexer.remote import FetchPolicy, is_remote
 from bioindex.tables import WORKBOOK_SUFFIXES, delimiter, workbook_rows
 
@@ -148,12 +149,14 @@ def scan_paths(
     allow_outside_paths: bool = False,
     fetch_policy: FetchPolicy | None = None,
     names_from_folders: bool = False,
+    names_table: NamesTable | None = None,
 ) -> Scan:
     """List what the sources hold; raise on missing paths or when nothing is found.
     Media paths of manifests and archives must stay inside their folder (or `media_root`)
     unless `allow_outside_paths`; others are recorded as failures. `names_from_folders`:
     a photo in a folder named for a species ("Panthera leo/") is named so, where its
-    --metadata row names nothing."""
+    --metadata row names nothing. `names_table`: a photo called by a common name and
+    named nothing else gets the taxon the table gives that name."""
     if not paths:
         raise BioindexError("no source given; name folders, image files, tables or archives")
     if source_type not in SOURCE_TYPES:
@@ -203,6 +206,8 @@ def scan_paths(
     sidecar.pair_by_name(items)
     if names_from_folders:
         _name_from_folders(items, scan)
+    if names_table is not None:
+        _name_from_table(items, scan, names_table)
     scan.items = sorted(items.values(), key=lambda i: i.uri)
     unmatched = sidecar.unclaimed()
     if unmatched:  # a typo or a file not copied: its metadata would vanish unsaid
@@ -365,6 +370,38 @@ def _name_from_folders(items: dict[str, Item], scan: Scan) -> None:
         examples = ", ".join(repr(name) for name, _ in unnamed.most_common(3))
         scan.notes.append(f"{_photos(sum(unnamed.values()))} in folders not named for a "
                           f"species ({examples}): left unnamed")  # fmt: skip
+
+
+def _name_from_table(items: dict[str, Item], scan: Scan, table: NamesTable) -> None:
+    """Give each photo called by a common name (and named nothing else) the taxon `table`
+    maps that name to; say which names it named, and which it could not."""
+    from bioindex.store import dwc_column
+
+    named: Counter[str] = Counter()
+    missing: Counter[str] = Counter()
+    for uri, item in items.items():
+        common = next((str(v) for k, v in item.metadata.items()
+                       if dwc_column(k) == "vernacular_name" and v not in (None, "")), None)
+        if common is None or any(dwc_column(k) in _NAME_TERMS and v not in (None, "")
+                                 for k, v in item.metadata.items()):  # fmt: skip
+            continue
+        terms = table.lookup(common)
+        if terms is None:
+            missing[" ".join(common.split())] += 1
+            continue
+        items[uri] = replace(item, metadata={**item.metadata, **terms})
+        named[f"{' '.join(common.split())} → {terms['scientificName']}"] += 1
+    scan.notes.append(f"named {_photos(sum(named.values()))} by {table.source}: "
+                      f"{_shown(named)}")  # fmt: skip
+    unclear = Counter({name: n for name, n in missing.items()
+                       if table.is_ambiguous(name)})  # fmt: skip
+    if unclear:
+        scan.notes.append(f"{_photos(sum(unclear.values()))} called by names {table.source} "
+                          f"gives several taxa ({_shown(unclear)}): left unnamed; choose "
+                          f"the dataset's rows")  # fmt: skip
+    if missing - unclear:
+        scan.notes.append(f"{_photos(sum((missing - unclear).values()))} called by names "
+                          f"{table.source} does not give: {_shown(missing - unclear)}")
 
 
 def _common_names_from_folders(items: dict[str, Item], scan: Scan) -> bool:

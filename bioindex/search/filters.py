@@ -31,7 +31,7 @@ from typing import Any
 
 from bioindex.errors import BioindexError
 from bioindex.store import DWC_TEXT_COLUMNS, RANKS
-from bioindex.taxonomy import Taxon
+from bioindex.taxonomy import Taxon, common_name_key
 
 _CONDITION = re.compile(r"^\s*(extra\.[^=!<>~]+?|[A-Za-z_:]+)\s*(!=|>=|<=|=|>|<|~)\s*(.*?)\s*$")
 EXTRA = "extra."
@@ -253,13 +253,8 @@ def taxon_filter(taxon: Taxon) -> Filter:
 
 
 BLANK = "blank"  # the class a camera trap's empty frames are learnt as (search.fewshot)
+# The SQL of taxonomy.common_name_key: case and runs of spaces aside.
 _COMMON_NAME_SQL = r"lower(regexp_replace(trim(vernacular_name), '\s+', ' ', 'g'))"
-
-
-def common_name_key(name: str) -> str:
-    """A common name as it is compared: case and runs of spaces aside ("Black  bear" is
-    "black bear"), the same in Python and in SQL (_COMMON_NAME_SQL)."""
-    return " ".join(name.split()).lower()
 
 
 def common_name_filter(name: str) -> Filter:

@@ -28,9 +28,8 @@ from pathlib import Path
 
 from bioindex.errors import BioindexError
 from bioindex.images import walk_images
-from bioindex.search.filters import common_name_key
-from bioindex.tables import WORKBOOK_SUFFIXES, delimiter, workbook_rows
-from bioindex.taxonomy import Taxon, folder_name_taxon, make_taxon, split_binomial
+from bioindex.tables import table_rows
+from bioindex.taxonomy import Taxon, common_name_key, folder_name_taxon, make_taxon, split_binomial
 
 FILE_COLUMNS = ("file", "filepath", "file_path", "path", "image", "filename", "identifier")
 RANK_COLUMNS = ("kingdom", "phylum", "class", "order", "family", "genus", "specificepithet")
@@ -106,7 +105,7 @@ def _from_folder(root: Path) -> Iterator[Example]:
 
 
 def _from_table(table: Path) -> Iterator[Example]:
-    fieldnames, rows = _table(table)
+    fieldnames, rows = table_rows(table)
     lowered = {name.lower().split(":")[-1]: name for name in fieldnames}
     file_column = next((lowered[c] for c in FILE_COLUMNS if c in lowered), None)
     if file_column is None:
@@ -124,20 +123,6 @@ def _from_table(table: Path) -> Iterator[Example]:
 def _common_name_taxon(row: dict[str, str], column: str) -> Taxon | None:
     name = " ".join((row.get(column) or "").split())
     return Taxon(common_name=name) if name else None
-
-
-def _table(table: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """A training table's columns and rows: a CSV/TSV (by its header's separator) or the
-    first sheet of an Excel workbook."""
-    if table.suffix.lower() in WORKBOOK_SUFFIXES:
-        rows = list(workbook_rows(table))
-        return (list(rows[0]) if rows else []), rows
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        header = handle.readline()
-        handle.seek(0)
-        reader = csv.DictReader(handle, dialect="excel", delimiter=delimiter(header))
-        rows = list(reader)
-        return list(reader.fieldnames or ()), rows
 
 
 def _row_taxon(row: dict[str, str], lowered: dict[str, str]) -> Taxon | None:
