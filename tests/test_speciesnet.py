@@ -400,3 +400,90 @@ def test_a_store_of_common_names_classifies_against_them(trap: Path, tmp_path: P
     body = answer.json()
     assert body["ranks"] == {} and {p["label"].lower() for p in body["predictions"]} == {
         "elephant", "ocelot", "dog", "black bear"}  # fmt: skip
+
+
+_LILA_COLUMNS = ("dataset_name,query,taxonomy_level,scientific_name,common_name,"
+                 "taxonomy_string,kingdom,phylum,subphylum,superclass,class,subclass,"
+                 "infraclass,superorder,order,suborder,infraorder,superfamily,family,"
+                 "subfamily,tribe,genus,subgenus,species,subspecies,variety")  # fmt: skip
+
+
+def _lila_row(dataset: str, query: str, level: str, name: str, ranks: dict[str, str]) -> str:
+    """A row shaped as LILA's lila-taxonomy-mapping_release.csv (lowercase names)."""
+    values = {"dataset_name": dataset, "query": query, "taxonomy_level": level,
+              "scientific_name": name, "common_name": query if name else "",
+              "taxonomy_string": f'"[(1, \'{level}\', \'{name}\', [])]"' if name else "",
+              **ranks}  # fmt: skip
+    return ",".join(values.get(c, "") for c in _LILA_COLUMNS.split(","))
+
+
+def test_lila_taxonomy_mapping_names_a_datasets_common_names(trap: Path, tmp_path: Path,
+                                                             tiny_model: str) -> None:  # fmt: skip
+    """A LILA dataset calls its photos "elephant": searches by family, back-off by rank and
+    exports need taxa. LILA publishes what each dataset's categories mean (its taxonomy
+    mapping, lowercase, one row per dataset and category); `--names-table` reads it, and
+    `--names-dataset` chooses the dataset where one category means several taxa."""
+    mammal = {"kingdom": "animalia", "phylum": "chordata", "class": "mammalia"}
+    rows = [_LILA_COLUMNS,
+            _lila_row("Snapshot Serengeti", "elephant", "species", "loxodonta africana",
+                      {**mammal, "order": "proboscidea", "family": "elephantidae",
+                       "genus": "loxodonta", "species": "loxodonta africana"}),
+            _lila_row("Other Trap", "elephant", "species", "elephas maximus",
+                      {**mammal, "order": "proboscidea", "family": "elephantidae",
+                       "genus": "elephas", "species": "elephas maximus"}),
+            _lila_row("Snapshot Serengeti", "dog", "genus", "canis",
+                      {**mammal, "order": "carnivora", "family": "canidae", "genus": "canis"}),
+            _lila_row("Snapshot Serengeti", "empty", "", "", {})]  # fmt: skip
+    (tmp_path / "mapping.csv").write_text("\n".join(rows) + "\n")
+    document = _coco(trap)
+    document["annotations"].append({"id": "7", "image_id": "e", "category_id": 3})  # a dog
+    (tmp_path / "lila.json").write_text(json.dumps(document))
+    both = CliRunner().invoke(main, ["index", str(trap), "-s", str(tmp_path / "any"), "-q",
+                                     "--model", tiny_model, "--metadata",
+                                     str(tmp_path / "lila.json"), "--names-table",
+                                     str(tmp_path / "mapping.csv")])  # fmt: skip
+    assert both.exit_code == 0, both.output
+    assert "2 photos called by names" in both.output and "elephant (2)" in both.output
+    assert "gives several taxa" in both.output  # which elephant: the table's datasets differ
+    result = CliRunner().invoke(main, ["index", str(trap), "-s", str(tmp_path / "s"), "-q",
+                                       "--model", tiny_model, "--metadata",
+                                       str(tmp_path / "lila.json"), "--names-table",
+                                       str(tmp_path / "mapping.csv"), "--names-dataset",
+                                       "snapshot serengeti"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "named 3 photos by" in result.output, result.output
+    with Collection.open(tmp_path / "s") as collection:
+        rows = {Path(uri).name: rest for uri, *rest in collection.store.catalog.query(
+            "SELECT uri, scientific_name, family, taxon_rank, vernacular_name FROM images "
+            "WHERE status='live'")[1]}  # fmt: skip
+        family = collection.search_taxon("Elephantidae", k=5, mode="catalog")
+    assert rows["african_elephants.jpg"] == ["Loxodonta africana", "Elephantidae", "species",
+                                             "elephant"]  # the dataset's word kept
+    assert rows["ocelot.jpg"] == ["Canis", "Canidae", "genus", "dog"]  # mapped at genus
+    assert rows["blank.jpg"][:3] == [None, None, None]  # "empty" names no taxon
+    assert {Path(h.uri).name for h in family} == {"african_elephants.jpg",
+                                                  "african_elephants_bw.jpg"}  # fmt: skip
+    wrong = CliRunner().invoke(main, ["index", str(trap), "-s", str(tmp_path / "w"),
+                                      "--model", tiny_model, "--names-table",
+                                      str(tmp_path / "mapping.csv"), "--names-dataset",
+                                      "Serengeti"])  # fmt: skip
+    assert wrong.exit_code == 1 and "has no rows of dataset 'Serengeti'" in wrong.output
+    assert "Snapshot Serengeti" in wrong.output and len(wrong.output.splitlines()) == 1
+
+
+def test_a_curators_names_table(tmp_path: Path) -> None:
+    from bioindex.errors import BioindexError
+    from bioindex.indexer.names_table import read_names_table
+
+    (tmp_path / "names.csv").write_text(
+        "vernacularName;scientificName;family\nZebra;Equus quagga;Equidae\n"
+        "big  cat;Panthera;Felidae\nfox;;\nzebra;Equus quagga;Equidae\n")  # fmt: skip
+    table = read_names_table(tmp_path / "names.csv")
+    assert table.lookup("ZEBRA") == {"scientificName": "Equus quagga", "genus": "Equus",
+                                     "specificEpithet": "quagga", "taxonRank": "species",
+                                     "family": "Equidae"}  # fmt: skip
+    assert table.lookup("big cat") == {"family": "Felidae", "scientificName": "Panthera"}
+    assert table.lookup("fox") is None and not table.ambiguous
+    (tmp_path / "plain.csv").write_text("name,scientificName\nzebra,Equus quagga\n")
+    with pytest.raises(BioindexError, match="has no common-name column"):
+        read_names_table(tmp_path / "plain.csv")

@@ -112,10 +112,13 @@ def _terms(row: dict[str, str], lowered: dict[str, str]) -> dict[str, str]:
         return terms
     named = _capital(value("scientificname", "scientific_name"))
     lowest = next((r for r in reversed(RANK_ORDER[:-1]) if terms.get(RANK_TERMS[r])), None)
-    if lowest is not None:
+    if named and " " not in named:  # "Canis" at genus; "Panthera" beside family Felidae
+        terms["scientificName"] = named
+        rank = next((r for r in RANK_ORDER[:-1] if terms.get(RANK_TERMS[r]) == named), None)
+        if rank is not None:
+            terms["taxonRank"] = rank
+    elif lowest is not None:
         terms.update(scientificName=terms[RANK_TERMS[lowest]], taxonRank=lowest)
-    elif named and " " not in named:  # a name without its lineage ("Equus")
-        terms.update(scientificName=named)
     return terms
 
 
