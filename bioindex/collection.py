@@ -40,7 +40,7 @@ from bioindex.images import (
     not_an_image_file,
     open_image,
 )
-from bioindex.indexer.names_table import NamesTable
+from bioindex.indexer.names_table import NamesTable, read_names_table
 from bioindex.indexer.pipeline import IndexSummary, run_index
 from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Item, Scan, scan_paths, shard_images, zip_photos
@@ -158,14 +158,17 @@ def scan_sources(
     allow_outside_paths: bool = False,
     fetch_policy: FetchPolicy | None = None,
     names_from_folders: bool = False,
-    names_table: NamesTable | None = None,
+    names_table: NamesTable | str | os.PathLike[str] | None = None,
 ) -> Scan:
     """List what folders, files, manifests, Darwin Core Archives or tar shards hold
     (raises on missing paths or when nothing is found). Media paths in manifests and
     archives outside their folder (or `media_root`) are failures unless
     `allow_outside_paths`. `names_from_folders`: photos in folders named for a species
     ("Panthera leo/", or the seven ranks joined by "_") are named so. `names_table`
-    (read_names_table): photos called by a common name get the taxon it gives."""
+    (read_names_table, or its path): photos called by a common name get the taxon it
+    gives."""
+    if names_table is not None and not isinstance(names_table, NamesTable):
+        names_table = read_names_table(names_table)
     return scan_paths(listed(sources), metadata_file=str(metadata) if metadata else None,
                       source_type=source_type, media_root=media_root,
                       allow_outside_paths=allow_outside_paths,
@@ -364,7 +367,7 @@ class Collection:
         exif: bool = True,
         reread_exif: bool = False,
         names_from_folders: bool = False,
-        names_table: NamesTable | None = None,
+        names_table: NamesTable | str | os.PathLike[str] | None = None,
     ) -> IndexSummary:
         """Embed new or changed images, forget vanished ones; returns the run's counts.
 

@@ -471,7 +471,7 @@ def test_lila_taxonomy_mapping_names_a_datasets_common_names(trap: Path, tmp_pat
     assert "Snapshot Serengeti" in wrong.output and len(wrong.output.splitlines()) == 1
 
 
-def test_a_curators_names_table(tmp_path: Path) -> None:
+def test_a_curators_names_table(tmp_path: Path, tiny_model: str) -> None:
     from bioindex.errors import BioindexError
     from bioindex.indexer.names_table import read_names_table
 
@@ -487,3 +487,10 @@ def test_a_curators_names_table(tmp_path: Path) -> None:
     (tmp_path / "plain.csv").write_text("name,scientificName\nzebra,Equus quagga\n")
     with pytest.raises(BioindexError, match="has no common-name column"):
         read_names_table(tmp_path / "plain.csv")
+    # The Python API takes the table by its path too.
+    (tmp_path / "trap.csv").write_text("file,vernacularName\nocelot.jpg,zebra\n")
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
+        collection.index([shared("camera-trap", "ocelot.jpg")], metadata=tmp_path / "trap.csv",
+                         names_table=tmp_path / "names.csv", progress=False)
+        named = collection.store.catalog.query("SELECT scientific_name FROM images")[1]
+    assert named == [("Equus quagga",)]
