@@ -314,7 +314,8 @@ def test_a_common_name_finds_its_records_on_the_page(site, tmp_path: Path, tiny_
         page.close()
     app.state.collection.close()
     assert method_shown and "method=few-shot" in asked.value.url, asked.value.url
-    assert asked.value.status == 200 and learnt in ("elephant", "dog", "unknown"), learnt
+    # The COCO file's empty frame is learnt too: "blank" is an answer.
+    assert asked.value.status == 200 and learnt in ("elephant", "dog", "blank", "unknown")
     assert slant == "normal"  # a common name is not set as a Latin name
     assert heading.startswith("2 records of elephant"), heading
     assert "common names only" in summary, summary
