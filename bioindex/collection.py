@@ -101,6 +101,7 @@ Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 Texts = str | Sequence[str]
 
 CLASSIFY_BATCH = 16  # image files decoded and embedded per model call
+EMPTY_WORDS = ("blank", "empty")  # what a search box is typed to find a camera trap's empty frames
 CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
 EXPORT_FORMATS = ("dwca", "parquet", "npy")
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
@@ -732,6 +733,16 @@ class Collection:
         return self._labelled_hits(query, common_name_filter(name), "catalog common name", k,
                                    mode, user)  # fmt: skip
 
+    def _has_empty_frames(self) -> bool:
+        empty = blank_filter()
+        return bool(len(self.store.ids_where(empty.sql, empty.params)))
+
+    def _empty_frame_hits(self, k: int, user: Filter | None) -> list[Hit]:
+        """The frames the catalog's records call empty (a camera trap's "blank")."""
+        query = self.embed_texts(["a photo of an empty scene with no animal."])[0]
+        return self._labelled_hits(query, blank_filter(), "catalog empty frame", k, "catalog",
+                                   user)  # fmt: skip
+
     def _caption_hits(self, name: str, k: int, user: Filter | None) -> list[Hit]:
         """Look-alikes of a name no catalog row carries, from its BioCLIP caption."""
         query = self.embed_texts([f"a photo of {' '.join(name.split())}."])[0]
@@ -793,6 +804,8 @@ class Collection:
                           taxon.rank)  # fmt: skip
         if self._is_common_name(query):
             return Answer("common name", self._common_name_hits(query, k, "hybrid", user))
+        if common_name_key(query) in EMPTY_WORDS and self._has_empty_frames():
+            return Answer("common name", self._empty_frame_hits(k, user))
         if looks_scientific(query):
             return Answer("name", self._caption_hits(query, k, user))
         return Answer("text", self.search_text(query, k, user))

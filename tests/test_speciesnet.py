@@ -461,6 +461,10 @@ def test_lila_taxonomy_mapping_names_a_datasets_common_names(trap: Path, tmp_pat
                                              "elephant"]  # the dataset's word kept
     assert rows["ocelot.jpg"] == ["Canis", "Canidae", "genus", "dog"]  # mapped at genus
     assert rows["blank.jpg"][:3] == [None, None, None]  # "empty" names no taxon
+    with Collection.open(tmp_path / "s") as collection:
+        empty = collection.search("Empty", k=5)  # what a curator types in the search box
+    assert empty.kind == "common name" and [Path(h.uri).name for h in empty.hits] == [
+        "blank.jpg"] and empty.hits[0].why == "catalog empty frame"  # fmt: skip
     assert {Path(h.uri).name for h in family} == {"african_elephants.jpg",
                                                   "african_elephants_bw.jpg"}  # fmt: skip
     wrong = CliRunner().invoke(main, ["index", str(trap), "-s", str(tmp_path / "w"),
