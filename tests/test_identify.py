@@ -685,6 +685,20 @@ def test_a_store_of_common_names_learns_them(tmp_path: Path) -> None:
     assert len(list((tmp_path / "common" / "heads").glob("few-shot-*.npz"))) == 1
 
 
+def _common_name_pictures(folder: Path, species: list, per_species: int, seed: int
+                          ) -> dict[str, str]:  # fmt: skip
+    """Pictures of `species` (in the look) saved under `folder`: each path's common name."""
+    from bioindex.demo.world import draw_pictures
+
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    pictures = draw_pictures(species, per_species, seed=seed, look=LOOK)
+    for number, (kind, picture) in enumerate(pictures):
+        picture.save(folder / f"p{number}.png")
+        truth[str(folder / f"p{number}.png")] = kind.taxon.common_name
+    return truth
+
+
 def test_a_training_folder_of_common_names_teaches_a_plain_store(tmp_path: Path) -> None:
     """A camera trap's labelled crops kept as zebra/, african_elephant/ …: "training folder
     'zebra' is not named for a species". Folders named by common names (none for a
@@ -703,11 +717,7 @@ def test_a_training_folder_of_common_names_teaches_a_plain_store(tmp_path: Path)
     (tmp_path / "labels.csv").write_text("\n".join(
         line if i == 0 else f"train/{line}" for i, line in enumerate(table)) + "\n")
     photos = tmp_path / "photos"
-    photos.mkdir()
-    truth = {}
-    for number, (kind, picture) in enumerate(draw_pictures(species, 2, seed=2, look=LOOK)):
-        picture.save(photos / f"p{number}.png")
-        truth[str(photos / f"p{number}.png")] = kind.taxon.common_name
+    truth = _common_name_pictures(photos, species, 2, seed=2)
     with Collection.open(tmp_path / "s", model="bioclip-demo", create=True, device="cpu") as col:
         col.index([photos], progress=False)
         found = col.classify(list(truth), method="few-shot", train=train, k=1)
@@ -754,11 +764,7 @@ def test_a_camera_traps_empty_frames_are_learnt_as_blank(tmp_path: Path) -> None
     (tmp_path / "trap.json").write_text(json.dumps(
         {"images": images, "annotations": annotations, "categories": categories}))
     queries = tmp_path / "new"
-    queries.mkdir()
-    truth = {}
-    for number, (kind, picture) in enumerate(draw_pictures(species, 1, seed=8, look=LOOK)):
-        picture.save(queries / f"q{number}.png")
-        truth[str(queries / f"q{number}.png")] = kind.taxon.common_name
+    truth = _common_name_pictures(queries, species, 1, seed=8)
     for number in range(6):
         apply_look(draw_empty_frame(rng), LOOK).save(queries / f"e{number}.png")
         truth[str(queries / f"e{number}.png")] = "blank"

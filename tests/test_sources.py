@@ -643,6 +643,21 @@ def test_an_excel_workbook_is_a_table(tmp_path: Path, tiny_model: str) -> None:
         assert result.exit_code != 0 and len(lines) == 1 and said in lines[0], result.output
 
 
+def _index_named_by_folders(root: Path, layout: dict[str, str], tmp_path: Path,
+                            metadata: str, tiny_model: str):  # fmt: skip
+    """The camera-trap fixtures copied into `layout`'s folders, indexed into tmp_path/s
+    with --names-from-folders and `metadata` as its table."""
+    for folder, name in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared("camera-trap", name), root / folder / name)
+    (tmp_path / "m.csv").write_text(metadata)
+    result = CliRunner().invoke(main, ["index", str(root), "--store", str(tmp_path / "s"),
+                                       "--model", tiny_model, "--names-from-folders", "-q",
+                                       "--metadata", str(tmp_path / "m.csv")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def test_names_from_folders_a_species_per_folder(tmp_path: Path, tiny_model: str) -> None:
     """Photos kept a folder per species (as iNaturalist exports and image-classification
     sets are): `--names-from-folders` names them in one step, says which folders gave
@@ -653,14 +668,9 @@ def test_names_from_folders_a_species_per_folder(tmp_path: Path, tiny_model: str
               "Animalia_Chordata_Mammalia_Carnivora_Canidae_Canis_familiaris": "domestic_dog.jpg",
               "site3": "blank.jpg", "Bos taurus": "domestic_cattle.jpg",
               "Panthera leo/2023/cam 2": "african_elephants.jpg"}  # fmt: skip
-    for folder, name in layout.items():
-        (root / folder).mkdir(parents=True)
-        shutil.copy(shared("camera-trap", name), root / folder / name)
-    (tmp_path / "m.csv").write_text("file,scientificName\ndomestic_cattle.jpg,Bos indicus\n")
-    result = CliRunner().invoke(main, ["index", str(root), "--store", str(tmp_path / "s"),
-                                       "--model", tiny_model, "--names-from-folders", "-q",
-                                       "--metadata", str(tmp_path / "m.csv")])  # fmt: skip
-    assert result.exit_code == 0, result.output
+    result = _index_named_by_folders(root, layout, tmp_path,
+                                     "file,scientificName\ndomestic_cattle.jpg,Bos indicus\n",
+                                     tiny_model)  # fmt: skip
     assert "note: named 4 photos for their folders" in result.output
     assert "1 photo in folders not named for a species ('site3')" in result.output
     rows = {Path(uri).name: rest for uri, *rest in _catalog(
@@ -687,14 +697,9 @@ def test_names_from_folders_of_common_names(tmp_path: Path, tiny_model: str) -> 
               "african elephant/2023/05": "african_elephants.jpg",
               "african elephant/cam 2": "african_elephants_bw.jpg", ".": "blank.jpg",
               "2023": "domestic_cattle.jpg", "dog": "domestic_dog.jpg"}  # fmt: skip
-    for folder, name in layout.items():
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shared("camera-trap", name), root / folder / name)
-    (tmp_path / "m.csv").write_text("file,vernacularName\ndog/domestic_dog.jpg,domestic dog\n")
-    result = CliRunner().invoke(main, ["index", str(root), "--store", str(tmp_path / "s"),
-                                       "--model", tiny_model, "--names-from-folders", "-q",
-                                       "--metadata", str(tmp_path / "m.csv")])  # fmt: skip
-    assert result.exit_code == 0, result.output
+    result = _index_named_by_folders(root, layout, tmp_path,
+                                     "file,vernacularName\ndog/domestic_dog.jpg,domestic dog\n",
+                                     tiny_model)  # fmt: skip
     assert ("no folder is named for a species; named 4 photos by their folders as common "
             "names: african elephant (2)") in result.output, result.output
     rows = {Path(uri).name: rest for uri, *rest in _catalog(
