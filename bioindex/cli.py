@@ -1091,6 +1091,29 @@ def build_warning(built: dict[str, Any], target: float) -> str:
 
 @main.command()
 @store_option
+@click.option("--rank", type=click.Choice(RANK_CHOICES), default="species",
+              show_default=True, help="Count the taxa at this rank.")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FORMATS))
+@_friendly
+def names(store: str, rank: str, fmt: str) -> None:
+    """What the catalog names its images, and how many each: its species (or taxa at
+    --rank) — or, where it names no taxa, its common names and empty frames. The check
+    that --metadata, --names-from-folders or --names-table were read as meant.
+
+    \b
+    Examples:
+      bioindex names --store my-store
+      bioindex names --store my-store --rank family --format csv
+    """
+    from bioindex.collection import Collection
+
+    with Collection.open(store, read_only=True) as collection:
+        rows = collection.name_counts(rank)
+    click.echo(render(rows, fmt, None, terminal_width()), nl=False)
+
+
+@main.command()
+@store_option
 @click.option("--failures", is_flag=True, help="List the files that could not be indexed.")
 @click.option(
     "--format", "fmt", default="table", type=click.Choice(["table", "json"]), show_default=True

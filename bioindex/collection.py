@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -721,6 +721,37 @@ class Collection:
             return sorted(names.values(), key=str.lower)
 
         return self._kept("common names", derive)
+
+    def name_counts(self, rank: str = "species") -> list[dict[str, Any]]:
+        """What the catalog names its live images, with how many each, most first: its
+        taxa at `rank` (summed up the lineage); the common names of images it names no
+        taxon (one spelling each, the most used); its empty frames."""
+        from bioindex.search.labels import taxon_from_row
+
+        if rank not in RANKS:
+            raise BioindexError(f"unknown rank {rank!r}; choose one of {', '.join(RANKS)}")
+        counts: Counter[tuple[str, str]] = Counter()
+        spellings: dict[str, Counter[str]] = defaultdict(Counter)
+        for *row, images in self.store.catalog.taxon_row_counts():
+            taxon = taxon_from_row(row)
+            if taxon is not None:
+                if taxon.name_at(rank).strip():
+                    counts[(taxon.name_at(rank), rank)] += int(images)
+            elif (row[7] or "").strip():  # vernacular_name
+                spellings[common_name_key(row[7])][" ".join(row[7].split())] += int(images)
+        for spelt in spellings.values():
+            counts[(spelt.most_common(1)[0][0], "common name")] += sum(spelt.values())
+        empty = blank_filter()
+        blanks = len(self.store.ids_where(empty.sql, empty.params))
+        if blanks:
+            counts[(BLANK, "empty frames")] = blanks
+        if not counts:
+            higher = " at rank " + rank if self.catalog_names_taxa() else ""
+            raise NoTaxaError(f"the catalog of {self.store.path} names no taxa{higher} and no "
+                              f"common names", remedy=NAME_TAXA)  # fmt: skip
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0][0].lower()))
+        return [{"name": name, "rank": kind, "images": images}
+                for (name, kind), images in ordered]  # fmt: skip
 
     def _is_common_name(self, name: str) -> bool:
         wanted = common_name_key(name)

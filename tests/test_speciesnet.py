@@ -467,6 +467,16 @@ def test_lila_taxonomy_mapping_names_a_datasets_common_names(trap: Path, tmp_pat
         "blank.jpg"] and empty.hits[0].why == "catalog empty frame"  # fmt: skip
     assert {Path(h.uri).name for h in family} == {"african_elephants.jpg",
                                                   "african_elephants_bw.jpg"}  # fmt: skip
+    # What the catalog now names, and how many each: the check a new user makes.
+    listed = CliRunner().invoke(main, ["names", "-s", str(tmp_path / "s"), "--rank", "family",
+                                       "--format", "json"])  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output) == [{"name": "Elephantidae", "rank": "family", "images": 2},
+                                         {"name": "blank", "rank": "empty frames", "images": 1},
+                                         {"name": "Canidae", "rank": "family", "images": 1}]
+    unnamed = CliRunner().invoke(main, ["names", "-s", str(tmp_path / "any")])
+    assert unnamed.exit_code == 0, unnamed.output  # the elephants' name, which no row gave
+    assert "elephant  common name   2" in unnamed.output, unnamed.output
     wrong = CliRunner().invoke(main, ["index", str(trap), "-s", str(tmp_path / "w"),
                                       "--model", tiny_model, "--names-table",
                                       str(tmp_path / "mapping.csv"), "--names-dataset",

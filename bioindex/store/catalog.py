@@ -257,6 +257,12 @@ class Catalog:
         where = "occurrences" if occurrences else "images WHERE status='live'"
         return self.con.execute(f"SELECT DISTINCT {TAXON_COLUMNS} FROM {where}").fetchall()
 
+    def taxon_row_counts(self) -> list[tuple]:
+        """(TAXON_COLUMNS…, live images) for each distinct taxon row of the live images."""
+        return self.con.execute(
+            f"SELECT {TAXON_COLUMNS}, count(*) FROM images WHERE status='live' GROUP BY ALL"
+        ).fetchall()
+
     def common_names(self) -> list[str]:
         """The distinct common names (vernacular_name) of the live images, as written, the
         most used spelling first."""
