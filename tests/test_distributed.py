@@ -18,12 +18,13 @@ from bioindex.store import Store
 from tests.conftest import assert_index_matches_catalog, draw_images
 
 ray = pytest.importorskip("ray")
+IMAGES = 200  # enough for a job to be killed mid-way after two of its 16-image commits
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ray-images")
-    draw_images(folder, 300, seed=21)
+    draw_images(folder, IMAGES, seed=21)
     (folder / "group0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return folder
 
@@ -66,9 +67,10 @@ def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray,
         local = c.index([images, trip], progress=False, workers=0)
     with Collection.open(tmp_path / "ray", model=tiny_model, device="cpu", create=True) as c:
         distributed = c.index([images, trip], progress=False, engine="ray", commit_every=64)
-    assert (local.embedded, local.failed) == (distributed.embedded, distributed.failed) == (306, 1)
+    found = (distributed.embedded, distributed.failed)
+    assert (local.embedded, local.failed) == found == (IMAGES + 6, 1)
     a, b = _vectors_by_uri(tmp_path / "local"), _vectors_by_uri(tmp_path / "ray")
-    assert a.keys() == b.keys() and len(a) == 306
+    assert a.keys() == b.keys() and len(a) == IMAGES + 6
     # Stored float16 vectors are a hair off unit length; a cosine divides that out.
     cosines = np.array([float(a[u] @ b[u] / np.linalg.norm(a[u]) / np.linalg.norm(b[u]))
                         for u in a])  # fmt: skip
@@ -82,12 +84,13 @@ def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray,
     with Store.open(tmp_path / "ray", read_only=True) as store:
         assert [f["uri"] for f in store.failures()] == [str(images / "group0" / "broken.jpg")]
         assert store.failures()[0]["stage"] == "decode"
-        assert store.catalog.query("SELECT count(DISTINCT image_id) FROM images")[1][0][0] == 306
+        counted = store.catalog.query("SELECT count(DISTINCT image_id) FROM images")[1][0][0]
+        assert counted == IMAGES + 6
     assert_index_matches_catalog(tmp_path / "ray")
     # Unchanged input: nothing is sent to the cluster again.
     with Collection.open(tmp_path / "ray", device="cpu") as c:
         again = c.index([images, trip], progress=False, engine="ray")
-    assert (again.embedded, again.unchanged) == (0, 306)
+    assert (again.embedded, again.unchanged) == (0, IMAGES + 6)
 
 
 @pytest.mark.slow
@@ -111,7 +114,7 @@ def test_killed_ray_job_resumes_with_each_image_once(images, tiny_model, tmp_pat
     job.wait()
     with Store.open(store, read_only=True) as opened:
         partial = opened.live_count()
-    assert 0 < partial < 300
+    assert 0 < partial < IMAGES
 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -120,7 +123,7 @@ def test_killed_ray_job_resumes_with_each_image_once(images, tiny_model, tmp_pat
     assert "core_worker" not in done.stderr and "WARNING" not in done.stderr, done.stderr
     with Store.open(store) as opened:
         uris = [r[0] for r in opened.catalog.query("SELECT uri FROM images")[1]]
-        assert len(uris) == len(set(uris)) == opened.live_count() == 300
+        assert len(uris) == len(set(uris)) == opened.live_count() == IMAGES
         referenced = {r[0] for r in opened.catalog.query(
             "SELECT DISTINCT shard FROM images")[1]}  # fmt: skip
     assert {p.name for p in shards.iterdir()} == referenced  # no orphan shard files
