@@ -804,8 +804,12 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
                 label_set, place = labels_from_taxa(place.taxa, place.source), None
             elif (label_set is None and fmt == "table" and not collection.catalog_names_taxa()
                   and train is None):  # fmt: skip
+                learnt = method in ("knn", "few-shot", "linear-probe")
+                blank = (", and blank: its empty frames"
+                         if learnt and collection.has_empty_frames() else "")  # fmt: skip
                 click.echo(f"labels: the {len(collection.common_names())} common names the "
-                           f"catalog gives its images (it names no taxa)", err=True)  # fmt: skip
+                           f"catalog gives its images (it names no taxa){blank}",
+                           err=True)  # fmt: skip
     if label_set is not None and place is None and species_list and fmt == "table":
         click.echo(f"labels: the {len(label_set)} species of {os.path.basename(species_list)}",
                    err=True)  # fmt: skip

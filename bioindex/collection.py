@@ -764,7 +764,9 @@ class Collection:
         return self._labelled_hits(query, common_name_filter(name), "catalog common name", k,
                                    mode, user)  # fmt: skip
 
-    def _has_empty_frames(self) -> bool:
+    def has_empty_frames(self) -> bool:
+        """Whether the catalog's records call some frames empty (a camera trap's blanks:
+        the few-shot heads and the vote then learn them as BLANK)."""
         empty = blank_filter()
         return bool(len(self.store.ids_where(empty.sql, empty.params)))
 
@@ -835,7 +837,7 @@ class Collection:
                           taxon.rank)  # fmt: skip
         if self._is_common_name(query):
             return Answer("common name", self._common_name_hits(query, k, "hybrid", user))
-        if common_name_key(query) in EMPTY_WORDS and self._has_empty_frames():
+        if common_name_key(query) in EMPTY_WORDS and self.has_empty_frames():
             return Answer("common name", self._empty_frame_hits(k, user))
         if looks_scientific(query):
             return Answer("name", self._caption_hits(query, k, user))

@@ -775,6 +775,9 @@ def test_a_camera_traps_empty_frames_are_learnt_as_blank(tmp_path: Path) -> None
         voted = col.classify(list(truth), method="knn", k=1)  # empty frames vote "blank"
         identified = list(col.identify(method="linear-probe", min_confidence=0.0))
     assert "blank" in head.free_labels and len(head.free_labels) == len(species) + 1
+    said_cli = CliRunner().invoke(main, ["classify", next(iter(truth)), "-s", str(tmp_path / "s"),
+                                         "--method", "knn"])  # fmt: skip
+    assert said_cli.exit_code == 0 and "and blank: its empty frames" in said_cli.output
     said = {p.file: p.label for p in found}
     right = {kind: np.mean([said[f] == name for f, name in truth.items()
                             if (name == "blank") == (kind == "blank")])
