@@ -61,6 +61,12 @@ class Item:
     packed: int | None = None  # a deflated zip member's length at `offset` (size: inflated)
     fetch_via: str = ""  # how a remote item is fetched, when not from its uri (IIIF)
 
+    def with_metadata(self, terms: dict[str, Any]) -> Item:
+        """This item with `terms` over its metadata (built directly: dataclasses.replace
+        took 5 of the 8 seconds naming a million photos from a names table)."""
+        return Item(self.uri, self.path, self.size, self.mtime, {**self.metadata, **terms},
+                    self.offset, self.packed, self.fetch_via)  # fmt: skip
+
     def read_bytes(self, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         """The file's bytes; only a regular file is read (a device, pipe or socket named in
         a manifest would block or never end), and at most `max_bytes` of it."""
@@ -360,7 +366,7 @@ def _name_from_folders(items: dict[str, Item], scan: Scan) -> None:
         if taxon.kingdom:  # the seven ranks
             terms.update(kingdom=taxon.kingdom, phylum=taxon.phylum, **{"class": taxon.class_},
                          order=taxon.order, family=taxon.family)  # fmt: skip
-        items[uri] = replace(item, metadata={**item.metadata, **terms})
+        items[uri] = item.with_metadata(terms)
         named[terms["scientificName"]] += 1
     if unnamed and not named and _common_names_from_folders(items, scan):
         return  # a camera trap's sorted folders: zebra/, elephant/
@@ -379,18 +385,29 @@ def _name_from_table(items: dict[str, Item], scan: Scan, table: NamesTable) -> N
 
     named: Counter[str] = Counter()
     missing: Counter[str] = Counter()
+    columns: dict[str, str | None] = {}  # a million photos share a dozen keys and names
+    looked: dict[str, tuple[str, dict[str, str] | None]] = {}
     for uri, item in items.items():
-        common = next((str(v) for k, v in item.metadata.items()
-                       if dwc_column(k) == "vernacular_name" and v not in (None, "")), None)
-        if common is None or any(dwc_column(k) in _NAME_TERMS and v not in (None, "")
-                                 for k, v in item.metadata.items()):  # fmt: skip
+        common, taxon_named = None, False
+        for k, v in item.metadata.items():
+            if v in (None, ""):
+                continue
+            column = columns[k] if k in columns else columns.setdefault(k, dwc_column(k))
+            taxon_named = column in _NAME_TERMS
+            if taxon_named:
+                break
+            if column == "vernacular_name":
+                common = str(v)
+        if common is None or taxon_named:
             continue
-        terms = table.lookup(common)
+        if common not in looked:
+            looked[common] = (" ".join(common.split()), table.lookup(common))
+        shown, terms = looked[common]
         if terms is None:
-            missing[" ".join(common.split())] += 1
+            missing[shown] += 1
             continue
-        items[uri] = replace(item, metadata={**item.metadata, **terms})
-        named[f"{' '.join(common.split())} → {terms['scientificName']}"] += 1
+        items[uri] = item.with_metadata(terms)
+        named[f"{shown} → {terms['scientificName']}"] += 1
     scan.notes.append(f"named {_photos(sum(named.values()))} by {table.source}: "
                       f"{_shown(named)}")  # fmt: skip
     unclear = Counter({name: n for name, n in missing.items()
@@ -420,7 +437,7 @@ def _common_names_from_folders(items: dict[str, Item], scan: Scan) -> bool:
         below = _folders_up(item.path, scan.roots)[:-1]  # never the source folder's name
         name = " ".join(below[-1].replace("_", " ").split()) if below else ""
         if any(c.isalpha() for c in name):
-            items[uri] = replace(item, metadata={**item.metadata, "vernacularName": name})
+            items[uri] = item.with_metadata({"vernacularName": name})
             named[name] += 1
     if named:
         scan.notes.append(f"no folder is named for a species; named "
