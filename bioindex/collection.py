@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -91,7 +91,7 @@ from bioindex.search.place import (
 from bioindex.search.query import Hit, check_k, nearest, search_vector, to_hits
 from bioindex.search.training import Example, read_training_set, training_key
 from bioindex.store import Store
-from bioindex.taxonomy import RANKS, Taxon, Taxonomy, looks_scientific
+from bioindex.taxonomy import RANKS, Taxon, Taxonomy, looks_scientific, spellings
 
 log = logging.getLogger(__name__)
 
@@ -715,10 +715,7 @@ class Collection:
         dataset's categories), one spelling each (the most used), in name order, kept
         until the catalog changes."""
         def derive() -> list[str]:
-            names: dict[str, str] = {}
-            for name in self.store.catalog.common_names():
-                names.setdefault(common_name_key(name), " ".join(name.split()))
-            return sorted(names.values(), key=str.lower)
+            return sorted(spellings(self.store.catalog.common_names()).values(), key=str.lower)
 
         return self._kept("common names", derive)
 
@@ -731,20 +728,16 @@ class Collection:
         if rank not in RANKS:
             raise BioindexError(f"unknown rank {rank!r}; choose one of {', '.join(RANKS)}")
         counts: Counter[tuple[str, str]] = Counter()
-        spellings: dict[str, Counter[str]] = defaultdict(Counter)
+        spelt = spellings(self.store.catalog.common_names())
         for *row, images in self.store.catalog.taxon_row_counts():
             taxon = taxon_from_row(row)
             if taxon is not None:
                 if taxon.name_at(rank).strip():
                     counts[(taxon.name_at(rank), rank)] += int(images)
             elif (row[7] or "").strip():  # vernacular_name
-                spellings[common_name_key(row[7])][" ".join(row[7].split())] += int(images)
-        for spelt in spellings.values():
-            counts[(spelt.most_common(1)[0][0], "common name")] += sum(spelt.values())
-        empty = blank_filter()
-        blanks = len(self.store.ids_where(empty.sql, empty.params))
-        if blanks:
-            counts[(BLANK, "empty frames")] = blanks
+                counts[(spelt[common_name_key(row[7])], "common name")] += int(images)
+        if self.empty_frames():
+            counts[(BLANK, "empty frames")] = self.empty_frames()
         if not counts:
             higher = " at rank " + rank if self.catalog_names_taxa() else ""
             raise NoTaxaError(f"the catalog of {self.store.path} names no taxa{higher} and no "
@@ -767,8 +760,12 @@ class Collection:
     def has_empty_frames(self) -> bool:
         """Whether the catalog's records call some frames empty (a camera trap's blanks:
         the few-shot heads and the vote then learn them as BLANK)."""
+        return self.empty_frames() > 0
+
+    def empty_frames(self) -> int:
+        """How many live frames the catalog's records call empty (filters.blank_filter)."""
         empty = blank_filter()
-        return bool(len(self.store.ids_where(empty.sql, empty.params)))
+        return len(self.store.ids_where(empty.sql, empty.params))
 
     def _empty_frame_hits(self, k: int, user: Filter | None) -> list[Hit]:
         """The frames the catalog's records call empty (a camera trap's "blank")."""
@@ -856,8 +853,7 @@ class Collection:
         where its records call frames empty (a camera trap's empty frame is most like
         other empty frames)."""
         labels = self.catalog_labels()
-        empty = blank_filter()
-        if (len(self.store.ids_where(empty.sql, empty.params))
+        if (self.has_empty_frames()
                 and common_name_key(BLANK) not in map(common_name_key, labels.names)):
             return labels_from_strings([*labels.names, BLANK], labels.source)
         return labels
@@ -897,7 +893,7 @@ class Collection:
             raise BioindexError(f"a training set is for the few-shot methods "
                                 f"({', '.join(FEW_SHOT_METHODS)}), not {method}")  # fmt: skip
         else:
-            self._require_names(labels, method)
+            self._require_names(labels)
         names, vectors, failed = embed_files(self.model, images)
         if specimen:
             names, vectors = [" + ".join(names)], combine_views(vectors)[None]
@@ -927,7 +923,7 @@ class Collection:
                                          "labels=")  # fmt: skip
         labels, place = self._listed_labels(labels, method, place)
         if method not in FEW_SHOT_METHODS:
-            self._require_names(labels, method)
+            self._require_names(labels)
         label_matrix, head, temperature = None, None, None
         if method in FEW_SHOT_METHODS:
             head = self.head(method, train)
@@ -1038,7 +1034,7 @@ class Collection:
             return labels_from_taxa(place.taxa, place.source), None
         return labels, place
 
-    def _require_names(self, labels: LabelSet | None, method: str) -> None:
+    def _require_names(self, labels: LabelSet | None) -> None:
         if labels is not None or self.catalog_names_taxa():
             return
         if len(self.common_names()) >= 2:
@@ -1076,7 +1072,7 @@ class Collection:
         `rank` up whose probability reaches `min_confidence`, with its band. An image
         "unknown" at every rank gets no identification: an archive must not assert what
         the classifier would not."""
-        self._require_names(labels, method)
+        self._require_names(labels)
         ids = self.store.catalog.live_ids() if image_ids is None else image_ids
         model = self.store.model.get("name") or self.store.model.get("source")
         for start in range(0, len(ids), batch):

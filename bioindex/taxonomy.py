@@ -45,6 +45,15 @@ def common_name_key(name: str) -> str:
     return " ".join(name.split()).lower()
 
 
+def spellings(names: Iterable[str]) -> dict[str, str]:
+    """Each common name (common_name_key) under the first of its spellings in `names`
+    (given most used first, it is the one most records use), its spaces collapsed."""
+    spelt: dict[str, str] = {}
+    for name in names:
+        spelt.setdefault(common_name_key(name), " ".join(name.split()))
+    return spelt
+
+
 _SCIENTIFIC = re.compile(r"^[A-Z][a-z]+(?:\s+[a-z][a-z-]+){0,2}$")
 
 

@@ -343,19 +343,44 @@ _NAME_TERMS = {"scientific_name", "genus", "specific_epithet", "kingdom", "phylu
                "order", "family"}
 
 
+class _Names:
+    """What a photo's metadata already names: its taxon terms and its common name (each
+    key's catalog column looked up once: a million photos share a dozen keys)."""
+
+    def __init__(self) -> None:
+        from bioindex.store import dwc_column
+
+        self._column = dwc_column
+        self._columns: dict[str, str | None] = {}
+
+    def of(self, metadata: dict[str, Any]) -> tuple[bool, str | None]:
+        """(whether it names a taxon, its common name or None)."""
+        common = None
+        for key, value in metadata.items():
+            if value in (None, ""):
+                continue
+            if key not in self._columns:
+                self._columns[key] = self._column(key)
+            column = self._columns[key]
+            if column in _NAME_TERMS:
+                return True, common
+            if column == "vernacular_name":
+                common = str(value)
+        return False, common
+
+
 def _name_from_folders(items: dict[str, Item], scan: Scan) -> None:
     """Name each local photo for the nearest of its folders named for a species (up to the
     source folder it was found in: `Panthera leo/2023/x.jpg` is a lion), when the photo's
     metadata names nothing; say which names were given (a folder "Blank images" reads as a
     binomial: the curator sees it) and which folders gave none."""
-    from bioindex.store import dwc_column
     from bioindex.taxonomy import folder_name_taxon
 
     named: Counter[str] = Counter()
     unnamed: Counter[str] = Counter()
+    names = _Names()
     for uri, item in items.items():
-        if not item.path or any(dwc_column(k) in _NAME_TERMS and v not in (None, "")
-                                for k, v in item.metadata.items()):  # fmt: skip
+        if not item.path or names.of(item.metadata)[0]:
             continue
         folders = _folders_up(item.path, scan.roots)
         taxon = next(filter(None, map(folder_name_taxon, folders)), None)
@@ -381,23 +406,12 @@ def _name_from_folders(items: dict[str, Item], scan: Scan) -> None:
 def _name_from_table(items: dict[str, Item], scan: Scan, table: NamesTable) -> None:
     """Give each photo called by a common name (and named nothing else) the taxon `table`
     maps that name to; say which names it named, and which it could not."""
-    from bioindex.store import dwc_column
-
     named: Counter[str] = Counter()
     missing: Counter[str] = Counter()
-    columns: dict[str, str | None] = {}  # a million photos share a dozen keys and names
-    looked: dict[str, tuple[str, dict[str, str] | None]] = {}
+    names = _Names()
+    looked: dict[str, tuple[str, dict[str, str] | None]] = {}  # a million photos, few names
     for uri, item in items.items():
-        common, taxon_named = None, False
-        for k, v in item.metadata.items():
-            if v in (None, ""):
-                continue
-            column = columns[k] if k in columns else columns.setdefault(k, dwc_column(k))
-            taxon_named = column in _NAME_TERMS
-            if taxon_named:
-                break
-            if column == "vernacular_name":
-                common = str(v)
+        taxon_named, common = names.of(item.metadata)
         if common is None or taxon_named:
             continue
         if common not in looked:
@@ -427,12 +441,10 @@ def _common_names_from_folders(items: dict[str, Item], scan: Scan) -> bool:
     species first; a folder's own name cannot tell an animal from a camera), as training
     folders are read (search.training); says which names it gave. False when it named
     none (photos at the source folder's top, or in folders of digits)."""
-    from bioindex.store import dwc_column
-
     named: Counter[str] = Counter()
+    names = _Names()
     for uri, item in items.items():
-        if not item.path or any(dwc_column(k) in _NAME_TERMS | {"vernacular_name"}
-                                and v not in (None, "") for k, v in item.metadata.items()):
+        if not item.path or names.of(item.metadata) != (False, None):  # it names something
             continue
         below = _folders_up(item.path, scan.roots)[:-1]  # never the source folder's name
         name = " ".join(below[-1].replace("_", " ").split()) if below else ""

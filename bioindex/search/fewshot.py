@@ -49,7 +49,7 @@ from bioindex.search.filters import (
 from bioindex.search.labels import default_cache_root, taxon_from_row
 from bioindex.store import Store
 from bioindex.store.layout import HEADS_DIR
-from bioindex.taxonomy import Taxon, make_taxon
+from bioindex.taxonomy import Taxon, make_taxon, spellings
 
 log = logging.getLogger(__name__)
 
@@ -475,9 +475,8 @@ def labelled_common_names(store: Store) -> tuple[np.ndarray, list[Taxon]]:
     empty frames from its animals is most of the work on its photos."""
     chosen, empty = common_names_filter(()), blank_filter()
     ids = store.ids_where(chosen.sql, chosen.params)
-    spelling: dict[str, Taxon] = {}
-    for name in store.catalog.common_names():  # the most used spelling first
-        spelling.setdefault(common_name_key(name), Taxon(common_name=" ".join(name.split())))
+    spelling = {key: Taxon(common_name=name)
+                for key, name in spellings(store.catalog.common_names()).items()}
     rows = store.catalog.taxa_of([int(i) for i in ids])
     taxa = [spelling[common_name_key(rows[int(i)][7])] for i in ids]
     blank = store.ids_where(empty.sql, empty.params) if len(ids) else np.zeros(0, np.int64)
