@@ -120,6 +120,12 @@ NAME_TAXA = Remedy(
                       "images with --metadata FILE"),
          ("", "index the images with --metadata FILE to name their taxa")),
 )  # fmt: skip
+NAME_IMAGES = Remedy(
+    python="index the images with metadata=, names_from_folders=True or names_table=",
+    http="index the images with --metadata FILE",
+    cli=(("", "index the images with --metadata FILE, --names-from-folders or --names-table "
+              "TABLE"),),
+)  # fmt: skip
 LOOK_INSTEAD = Remedy(
     python="use mode='semantic' to find look-alikes", http="use mode=semantic",
     cli=(("--mode", "use --mode semantic to find look-alikes"),),
@@ -741,7 +747,7 @@ class Collection:
         if not counts:
             higher = " at rank " + rank if self.catalog_names_taxa() else ""
             raise NoTaxaError(f"the catalog of {self.store.path} names no taxa{higher} and no "
-                              f"common names", remedy=NAME_TAXA)  # fmt: skip
+                              f"common names", remedy=NAME_IMAGES)  # fmt: skip
         ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0][0].lower()))
         return [{"name": name, "rank": kind, "images": images}
                 for (name, kind), images in ordered]  # fmt: skip

@@ -508,3 +508,13 @@ def test_a_curators_names_table(tmp_path: Path, tiny_model: str) -> None:
                          names_table=tmp_path / "names.csv", progress=False)
         named = collection.store.catalog.query("SELECT scientific_name FROM images")[1]
     assert named == [("Equus quagga",)]
+
+
+def test_names_on_a_plain_folder_says_how_to_name_it(tmp_path: Path, tiny_model: str) -> None:
+    """The first store a new user makes names nothing: `bioindex names` says how to name
+    it in one line, not classify's advice (--labels, --tol)."""
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
+        collection.index([shared("camera-trap", "ocelot.jpg")], progress=False)
+    said = CliRunner().invoke(main, ["names", "-s", str(tmp_path / "s")])
+    assert said.exit_code == 1 and len(said.output.splitlines()) == 1, said.output
+    assert "--names-from-folders or --names-table" in said.output
