@@ -39,11 +39,18 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
            f"{cal[m]['ece_before']:.3f} (T {cal[m]['temperature_before']:.1f}) / "
            f"{cal[m]['ece_fitted']:.3f} (T {cal[m]['temperature_fitted']:.1f})",
            "after <= 0.05") for m in ("zero-shot", "few-shot", "linear-probe")),
+        ("ECE of combined (5-shot): plain average / fitted weights (text, votes)",
+         f"{cal['combined']['ece_before']:.3f} / {cal['combined']['ece_fitted']:.3f} "
+         f"({', '.join(f'{w:.2f}' for w in cal['combined']['weights'])})", "after <= 0.05"),
+        ("combined top-1 / mean confidence: plain average / fitted weights",
+         f"{pct(cal['combined']['top1_before'])} / {cal['combined']['mean_confidence_before']:.2f}"
+         f" / {pct(cal['combined']['top1_fitted'])} / "
+         f"{cal['combined']['mean_confidence_fitted']:.2f}", "reported"),
         *((f"ECE of {m} (5-shot) over {len(draws['store_seeds'])} store draws × "
            f"{len(draws['query_seeds'])} query draws: pooled / mean of stores / each",
            f"{draws[m]['ece_pooled']:.3f} / {draws[m]['ece_mean_of_stores']:.3f} / "
            + " ".join(f"{e:.3f}" for e in draws[m]["ece_per_store"]), "after <= 0.05")
-          for m in ("zero-shot", "few-shot", "linear-probe")),
+          for m in ("zero-shot", "few-shot", "linear-probe", "combined")),
         ("zero-shot 'confident' answers (share wrong): model's T / fitted T",
          f"{pct(cal['zero-shot']['confident_before'])} "
          f"({pct(cal['zero-shot']['confident_but_wrong_before'])}) / "

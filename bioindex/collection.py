@@ -46,8 +46,15 @@ from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Item, Scan, scan_paths, shard_images, zip_photos
 from bioindex.indexer.zipped import holds_darwin_core
 from bioindex.models import EmbeddingModel, ModelIdentity, check_precision, load_model
-from bioindex.search.calibration import fit_temperature, top_label_log_loss
-from bioindex.search.classify import UNKNOWN, Prediction, classify_vectors
+from bioindex.search.calibration import Pool, fit_pool, fit_temperature, top_label_log_loss
+from bioindex.search.classify import (
+    DEFAULT_NEIGHBOURS,
+    UNKNOWN,
+    Prediction,
+    classify_vectors,
+    knn_label_votes,
+    knn_votes,
+)
 from bioindex.search.dedup import DuplicateMember, find_duplicates
 from bioindex.search.defaults import (
     DEFAULT_MIN_CONFIDENCE,
@@ -103,6 +110,9 @@ Texts = str | Sequence[str]
 CLASSIFY_BATCH = 16  # image files decoded and embedded per model call
 EMPTY_WORDS = ("blank", "empty")  # what a search box is typed to find a camera trap's empty frames
 CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
+# Labelled images combined's two weights are fitted on, at most: each asks the index for its
+# neighbours (~40 ms at 300k images), and two numbers need far fewer than a temperature's 4096.
+POOL_IMAGES = 512
 EXPORT_FORMATS = ("dwca", "parquet", "npy")
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
 
@@ -930,12 +940,14 @@ class Collection:
         labels, place = self._listed_labels(labels, method, place)
         if method not in FEW_SHOT_METHODS:
             self._require_names(labels)
-        label_matrix, head, temperature = None, None, None
+        label_matrix, head, temperature, pool = None, None, None, None
         if method in FEW_SHOT_METHODS:
             head = self.head(method, train)
         elif method != "knn" and labels is None:
             labels, label_matrix = self._catalog_label_vectors()
-            if calibrate:
+            if calibrate and method == "combined":
+                pool = self.combined_pool(neighbours)
+            if calibrate and pool is None:
                 temperature = self.zero_shot_temperature()
         elif labels is None and not self.catalog_names_taxa():
             labels = self._voted_labels()  # the neighbours vote for their common names
@@ -945,7 +957,7 @@ class Collection:
             list(names), np.asarray(vectors, dtype=np.float32), rank=rank, k=k, method=method,
             labels=labels, label_vectors=label_matrix, logit_scale=self.model.logit_scale,
             store=self.store, neighbours=neighbours, head=head, place=place,
-            min_confidence=min_confidence, temperature=temperature,
+            min_confidence=min_confidence, temperature=temperature, pool=pool,
         )  # fmt: skip
 
     def zero_shot_temperature(self) -> float | None:
@@ -958,24 +970,57 @@ class Collection:
         return self._kept("zero_shot_temperature", self._fit_zero_shot)
 
     def _fit_zero_shot(self) -> float | None:
+        held_out = self._calibration_rows(CALIBRATION_IMAGES)
+        if held_out is None:
+            return None
+        ids, truth, matrix = held_out
+        vectors = self.store.vectors([int(i) for i in ids])
+        return fit_temperature(vectors @ matrix.T, truth, loss=top_label_log_loss)
+
+    def combined_pool(self, neighbours: int = DEFAULT_NEIGHBOURS) -> Pool | None:
+        """combined's weights for zero-shot's cosines and the neighbours' vote over the
+        catalog's names (search.calibration.Pool), fitted by the NLL on up to POOL_IMAGES
+        of the store's named images, each voted on by its neighbours but itself; None (the
+        plain average) with fewer than MIN_HELD_OUT. Kept until the store changes."""
+        return self._kept(f"combined pool {neighbours}", lambda: self._fit_pool(neighbours))
+
+    def _fit_pool(self, neighbours: int) -> Pool | None:
+        held_out = self._calibration_rows(POOL_IMAGES)
+        if held_out is None:
+            return None
+        ids, truth, matrix = held_out
+        labels, _ = self._catalog_label_vectors()
+        log.info("fitting combined's weights on %d named images", len(ids))
+        vectors = self.store.vectors([int(i) for i in ids])
+        vote = knn_votes if labels.has_lineage else knn_label_votes
+        votes = vote(self.store, vectors, labels.taxa if labels.has_lineage else labels.names,
+                     neighbours, self.model.logit_scale, exclude_ids=ids)  # fmt: skip
+        pool = fit_pool(vectors @ matrix.T, votes, truth)
+        log.info("combined's weights: %.2f per unit of cosine, %.2f per unit of vote share",
+                 pool.text, pool.votes)  # fmt: skip
+        return pool
+
+    def _calibration_rows(self, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(image ids, the index of each one's name among the catalog's labels, the labels'
+        vectors) for up to `limit` of the store's images named by a label, spread evenly
+        over them; None with fewer than MIN_HELD_OUT."""
         labels, matrix = self._catalog_label_vectors()
         if labels.has_lineage:
             ids, taxa = labelled_species(self.store)
             index = {t.lineage: i for i, t in enumerate(labels.taxa)}
             keys = [t.lineage for t in taxa]
-        else:  # the catalog's common names are the labels: its photos called so fit T
+        else:  # the catalog's common names are the labels: its photos called so
             ids, taxa = labelled_common_names(self.store)
             index = {common_name_key(name): i for i, name in enumerate(labels.names)}
             keys = [common_name_key(t.common_name) for t in taxa]
         if len(ids) < MIN_HELD_OUT:
             return None
-        chosen = np.linspace(0, len(ids) - 1, min(len(ids), CALIBRATION_IMAGES)).astype(int)
+        chosen = np.linspace(0, len(ids) - 1, min(len(ids), limit)).astype(int)
         truth = np.array([index.get(keys[i], -1) for i in chosen])
         known = truth >= 0
         if known.sum() < MIN_HELD_OUT:
             return None
-        vectors = self.store.vectors([int(ids[i]) for i in chosen[known]])
-        return fit_temperature(vectors @ matrix.T, truth[known], loss=top_label_log_loss)
+        return ids[chosen[known]], truth[known], matrix
 
     def head(self, method: str = "few-shot",
              train: str | os.PathLike[str] | None = None) -> Head:  # fmt: skip

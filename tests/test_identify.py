@@ -60,6 +60,12 @@ def test_fitting_the_temperature_calibrates_the_linear_probe_and_zero_shot(world
     # Fitted by the NLL (T 4.8) its ECE stayed 0.17: the truth ranks close behind a wrong
     # top answer, and the NLL sharpens the softmax for it.
     assert zero["ece_fitted"] <= 0.05, zero
+    # combined averaged that nearly flat softmax with the vote: 99% of its answers were
+    # "uncertain" while 78% were right (ECE 0.43). Its two weights fitted, it means it.
+    combined = everything["combined"]
+    assert combined["ece_before"] > 0.3 and combined["ece_fitted"] <= 0.05, combined
+    assert combined["top1_fitted"] >= combined["top1_before"] - 0.01, combined
+    assert combined["confident_fitted"] > 0.7, combined
 
 
 def test_the_top_label_fit_calibrates_a_top_answer_that_is_mostly_wrong() -> None:
@@ -85,13 +91,29 @@ def test_the_top_label_fit_calibrates_a_top_answer_that_is_mostly_wrong() -> Non
     assert ece["top-label"] <= 0.03, ece
 
 
+def test_the_pool_recovers_what_each_method_is_worth() -> None:
+    """Labels drawn from softmax(6 · cosine + 3 · vote share): the fit finds both weights;
+    and a vote that carries nothing (or points away from the truth) gets weight 0, never
+    a negative one."""
+    rng = np.random.default_rng(11)
+    cosines = rng.normal(0.2, 0.1, (3000, 30))
+    votes = rng.dirichlet(np.full(30, 0.3), size=3000)
+    truth = np.array([rng.choice(30, p=p) for p in calibration.softmax(6 * cosines + 3 * votes)])
+    pool = calibration.fit_pool(cosines, votes, truth)
+    assert pool.text == pytest.approx(6, rel=0.15) and pool.votes == pytest.approx(3, rel=0.2)
+    np.testing.assert_allclose(pool.probabilities(cosines, votes).sum(axis=1), 1.0)
+    against = calibration.fit_pool(cosines, 1 - votes, truth)
+    assert against.votes == 0.0 and against.text > 0, against
+
+
 @pytest.mark.slow
 def test_each_method_is_calibrated_over_draws_of_the_store(world: Path) -> None:
     """One 5-shot store fits its T on 240 held-out images, and that T's error alone moves
     the store's ECE from 0.031 to 0.060 (benchmarks/identify.py, five draws); over draws
     of the store the centroid's, the probe's and zero-shot's fitted probabilities are
     calibrated."""
-    found = identify.calibration_over_stores(LOOK, 5, 12, world, identify.STORE_DRAWS[:3])
+    found = identify.calibration_over_stores(LOOK, 5, 12, world, identify.STORE_DRAWS[:3],
+                                             methods=("few-shot", "linear-probe", "zero-shot"))
     for method in ("few-shot", "linear-probe", "zero-shot"):
         assert found[method]["ece_pooled"] <= 0.05, found
         assert found[method]["ece_mean_of_stores"] <= 0.05, found

@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from bioindex import Collection
 from bioindex.cli import main
 from bioindex.errors import BioindexError
+from bioindex.search import query
 from bioindex.search.filters import parse_where
+from bioindex.search.query import nearest_many
 from bioindex.store import ImageRecord, Store
 from bioindex.taxonomy import Taxonomy, make_taxon
 from tests.conftest import draw_images
@@ -78,6 +80,41 @@ def test_filters_return_exactly_k_correct_rows(big_store, country, expected) -> 
             assert len(hits) == expected
             assert [h.image_id for h in hits] == _truth(vectors, countries == country, query, 10)
             assert all(h.metadata["country_code"] == country for h in hits)
+
+
+@pytest.mark.parametrize("country, k, broad", [("AQ", 10, False), ("BR", 10, False),
+                                               ("ZZ", 10, False), ("KE", 10, False),
+                                               (None, 10, False), ("KE", 1, True)])
+def test_queries_searched_together_get_what_each_gets_alone(
+        big_store, country, k, broad, monkeypatch) -> None:  # fmt: skip
+    """nearest_many (the neighbour vote's batch) against exact answers and nearest() one
+    query at a time: selective filters (AQ, ZZ, KE), a broad one (BR), none; and KE taken
+    as broad for k = 1, where the batch's over-fetch (about 2 matches a query) leaves some
+    queries short, to be asked again. Each query with its own exclusions."""
+    path, vectors, countries = big_store
+    if broad:
+        monkeypatch.setattr(query, "SELECTIVE_MIN", 0)
+        monkeypatch.setattr(query, "SELECTIVE_SHARE", 0.0)
+    rng = np.random.default_rng(3)
+    queries = vectors[rng.choice(len(vectors), 40, replace=False)]
+    mask = np.ones(len(vectors), bool) if country is None else countries == country
+    where = None if country is None else parse_where([f"country_code={country}"])
+    with Store.open(path, read_only=True) as store:
+        stored = store.vectors(list(range(1, len(vectors) + 1))).astype(np.float32)
+        excludes = [set(_truth(stored, mask, q, 3)[j % 3:j % 3 + 1 + j % 2]) if j % 4 else set()
+                    for j, q in enumerate(queries)]  # fmt: skip
+        searches, search = [], store.search
+        monkeypatch.setattr(store, "search",
+                            lambda *a, **kw: searches.append(a) or search(*a, **kw))
+        together = nearest_many(store, queries, k, excludes, where)
+        assert len(searches) > 1 if broad else len(searches) == 1
+        for vector, exclude, found in zip(queries, excludes, together):
+            alone = query.nearest(store, vector, k, exclude, where)
+            assert [i for _, i in found] == [i for _, i in alone]
+            np.testing.assert_allclose([s for s, _ in found], [s for s, _ in alone], atol=1e-6)
+            kept = mask.copy()
+            kept[[i - 1 for i in exclude]] = False
+            assert [i for _, i in found] == _truth(stored, kept, vector, k)
 
 
 def test_combined_conditions_and_dates(big_store) -> None:

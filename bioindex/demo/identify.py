@@ -33,6 +33,7 @@ STORE_SEED, QUERY_SEED, SPECIMEN_SEED = 101, 202, 303
 # Other draws of the labelled store, for figures that depend on one store's few images.
 STORE_DRAWS = (STORE_SEED, 505, 606, 707, 808)
 QUERY_DRAWS = (QUERY_SEED, 1202, 2202)
+CALIBRATED_METHODS = ("few-shot", "linear-probe", "zero-shot", "combined")
 
 
 def open_world_store(folder: Path, species: Sequence[Species], shots: int, look: str,
@@ -85,7 +86,9 @@ def few_shot(look: str, shots: int, per_species: int, workdir: Path) -> dict[str
 def calibration(look: str, shots: int, per_species: int, workdir: Path) -> dict[str, Any]:
     """ECE on held-out queries of each few-shot head before temperature fitting (few-shot:
     its documented default T; linear-probe: scikit-learn's own probabilities, T = 1) and
-    after (T fitted on held-out folds of the store's labelled images)."""
+    after (T fitted on held-out folds of the store's labelled images); of zero-shot at the
+    model's T and the fitted one; of combined as the plain average of zero-shot (fitted)
+    and the vote, and with its fitted weights."""
     from bioindex.search.fewshot import DEFAULT_TEMPERATURE
 
     results: dict[str, Any] = {}
@@ -104,12 +107,14 @@ def calibration(look: str, shots: int, per_species: int, workdir: Path) -> dict[
                                                          classes),
             }  # fmt: skip
         results["zero-shot"] = _zero_shot_calibration(collection, vectors, truth)
+        results["combined"] = _combined_calibration(collection, vectors, truth)
     return results
 
 
 def calibration_over_stores(look: str, shots: int, per_species: int, workdir: Path,
                             seeds: Sequence[int] = STORE_DRAWS,
                             query_seeds: Sequence[int] = QUERY_DRAWS,
+                            methods: Sequence[str] = CALIBRATED_METHODS,
                             ) -> dict[str, Any]:  # fmt: skip
     """ECE of each few-shot head and of zero-shot at its fitted T on the same queries (a draw
     of `per_species` per species for each of `query_seeds`, together), for several draws of
@@ -117,8 +122,7 @@ def calibration_over_stores(look: str, shots: int, per_species: int, workdir: Pa
     labelled images (held-out folds for a head: 240 in a 5-shot store of 48 species), so one
     store's ECE carries that T's sampling error; pooled, the figure is the method's."""
     found: dict[str, Any] = {"store_seeds": list(seeds), "query_seeds": list(query_seeds)}
-    pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
-        m: ([], []) for m in ("few-shot", "linear-probe", "zero-shot")}  # fmt: skip
+    pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {m: ([], []) for m in methods}
     for seed in seeds:
         folder = workdir / (f"{look}-{shots}" if seed == STORE_SEED else f"{look}-{shots}-s{seed}")
         with open_world_store(folder, SPECIES, shots, look, seed=seed) as collection:
@@ -143,8 +147,8 @@ def calibration_over_stores(look: str, shots: int, per_species: int, workdir: Pa
 def _fitted_probabilities(collection: Collection, method: str, vectors: np.ndarray,
                           truth: Sequence[Species]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """A method's calibrated probabilities of the queries and each query's class."""
-    if method == "zero-shot":
-        return _zero_shot(collection, vectors, truth)[:2]
+    if method in ("zero-shot", "combined"):
+        return _catalog_probabilities(collection, vectors, truth, method=method)[:2]
     head = collection.head(method)
     index = {t.lineage: i for i, t in enumerate(head.taxa)}
     return head.probabilities(vectors), np.array([index[s.taxon.lineage] for s in truth])
@@ -158,7 +162,7 @@ def _zero_shot_calibration(collection: Collection, vectors: np.ndarray,
     found: dict[str, float] = {"temperature_before": collection.model.logit_scale,
                                "temperature_fitted": collection.zero_shot_temperature()}
     for key, calibrate in (("before", False), ("fitted", True)):
-        probabilities, classes, rows = _zero_shot(collection, vectors, truth, calibrate)
+        probabilities, classes, rows = _catalog_probabilities(collection, vectors, truth, calibrate)
         found[f"ece_{key}"] = expected_calibration_error(probabilities, classes)
         confident = [p for p in rows if p.decision.band == "confident" and
                      p.taxon.scientific_name == p.decision.name]  # fmt: skip
@@ -168,13 +172,34 @@ def _zero_shot_calibration(collection: Collection, vectors: np.ndarray,
     return found
 
 
-def _zero_shot(collection: Collection, vectors: np.ndarray, truth: Sequence[Species],
-               calibrate: bool = True) -> tuple[np.ndarray, np.ndarray, list]:  # fmt: skip
-    """Zero-shot's probabilities over the catalog's species (one row per query, species
-    in lineage order), each query's class, and the predictions themselves."""
+def _combined_calibration(collection: Collection, vectors: np.ndarray,
+                          truth: Sequence[Species]) -> dict[str, Any]:  # fmt: skip
+    """combined as it was, the plain average of zero-shot (at its fitted T) and the
+    neighbour vote, against combined with its fitted weights: ECE, top-1 and how many
+    answers are called confident."""
+    zero, classes, _ = _catalog_probabilities(collection, vectors, truth)
+    votes = _catalog_probabilities(collection, vectors, truth, method="knn")[0]
+    pooled, _, rows = _catalog_probabilities(collection, vectors, truth, method="combined")
+    pool = collection.combined_pool()
+    found: dict[str, Any] = {"weights": None if pool is None else [pool.text, pool.votes]}
+    for key, probabilities in (("before", 0.5 * zero + 0.5 * votes), ("fitted", pooled)):
+        found[f"ece_{key}"] = expected_calibration_error(probabilities, classes)
+        found[f"top1_{key}"] = float(np.mean(probabilities.argmax(axis=1) == classes))
+        found[f"mean_confidence_{key}"] = float(probabilities.max(axis=1).mean())
+    found["confident_fitted"] = len({p.file for p in rows if p.decision.band == "confident"}
+                                    ) / len(truth)  # fmt: skip
+    return found
+
+
+def _catalog_probabilities(collection: Collection, vectors: np.ndarray,
+                           truth: Sequence[Species], calibrate: bool = True,
+                           method: str = "zero-shot") -> tuple[np.ndarray, np.ndarray, list]:
+    """A method's probabilities over the catalog's species (one row per query, species
+    in lineage order; zero-shot's by default), each query's class, and the predictions."""
     names = [str(i) for i in range(len(truth))]
-    rows = collection.classify_vectors(names, vectors, k=len(SPECIES), calibrate=calibrate)
-    labels = sorted({p.taxon.lineage for p in rows})
+    rows = collection.classify_vectors(names, vectors, k=len(SPECIES), method=method,
+                                       calibrate=calibrate)  # fmt: skip
+    labels = sorted(s.taxon.lineage for s in SPECIES)
     probabilities = np.zeros((len(truth), len(labels)))
     for p in rows:
         probabilities[int(p.file), labels.index(p.taxon.lineage)] = p.score

@@ -3,8 +3,10 @@ a few-shot head trained on the store's own labels — and how far the answer can
 
 Zero-shot follows pybioclip: probabilities are softmax(logit_scale · image · labelsᵀ) over the
 species labels, then summed by lineage up to the asked rank. The neighbour vote (knn) weighs
-each labelled neighbour in the store by its cosine similarity. `combined` averages the two.
-few-shot / linear-probe: see search.fewshot.
+each labelled neighbour in the store by its cosine similarity. `combined` pools the two:
+softmax(a · cosine + b · vote share), its weights fitted on the store's labelled images
+(search.calibration.Pool; over labels of your own, which the store's images cannot fit, the
+plain average). few-shot / linear-probe: see search.fewshot.
 
 Every file also gets a decision: the deepest rank, from the asked one upwards, whose best
 taxon's probability reaches `min_confidence`, with a band — confident (answered at the asked
@@ -21,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from bioindex.errors import BioindexError
-from bioindex.search.calibration import softmax
+from bioindex.search.calibration import Pool, softmax
 from bioindex.search.defaults import DEFAULT_MIN_CONFIDENCE
 from bioindex.search.fewshot import FEW_SHOT_METHODS, Head
 from bioindex.search.filters import (
@@ -32,7 +34,7 @@ from bioindex.search.filters import (
 )
 from bioindex.search.labels import LabelSet, taxon_from_row
 from bioindex.search.place import PlacePrior
-from bioindex.search.query import nearest
+from bioindex.search.query import nearest_many
 from bioindex.store import Store
 from bioindex.taxonomy import RANKS, Taxon
 
@@ -118,37 +120,69 @@ def knn_vote(
     by exp(logit_scale · cosine) — the model's own temperature, so a clearly closer
     neighbour outweighs a crowd of slightly farther ones (plain cosine weights are nearly
     uniform, since all neighbours' cosines are close)."""
-    pairs = nearest(store, vector, neighbours, exclude=exclude, where=labelled_filter(rank))
-    if not pairs:
-        return {}
-    ids = [i for _, i in pairs]
-    rows = store.catalog.taxa_of(ids)
-    votes: dict[Taxon, float] = defaultdict(float)
+    vectors = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    return knn_vote_many(store, vectors, rank, neighbours, [exclude or set()], logit_scale)[0]
+
+
+def knn_vote_many(
+    store: Store, vectors: np.ndarray, rank: str, neighbours: int = DEFAULT_NEIGHBOURS,
+    excludes: list[set[int]] | None = None, logit_scale: float = 100.0,
+) -> list[dict[Taxon, float]]:  # fmt: skip
+    """knn_vote of each vector, the neighbours searched together and their taxa read in
+    one query."""
+    found = nearest_many(store, vectors, neighbours, excludes, where=labelled_filter(rank))
+    rows = store.catalog.taxa_of(sorted({i for pairs in found for _, i in pairs}))
     depth = RANKS.index(rank) + 1
-    best = pairs[0][0]
-    for score, image_id in pairs:
-        taxon = taxon_from_row(rows[image_id])
-        if taxon is not None and len(taxon.lineage) >= depth:
-            votes[taxon.at_rank(rank)] += float(np.exp(logit_scale * (score - best)))
-    total = sum(votes.values())
-    return {t: v / total for t, v in votes.items()} if total > 0 else {}
+    shares = []
+    for pairs in found:
+        votes: dict[Taxon, float] = defaultdict(float)
+        for score, image_id in pairs:
+            taxon = taxon_from_row(rows[image_id])
+            if taxon is not None and len(taxon.lineage) >= depth:
+                votes[taxon.at_rank(rank)] += float(np.exp(logit_scale * (score - pairs[0][0])))
+        total = sum(votes.values())
+        shares.append({t: v / total for t, v in votes.items()} if total > 0 else {})
+    return shares
+
+
+def knn_votes(store: Store, vectors: np.ndarray, taxa: Sequence[Taxon],
+              neighbours: int = DEFAULT_NEIGHBOURS, logit_scale: float = 100.0,
+              exclude_ids: Sequence[int] | None = None) -> np.ndarray:  # fmt: skip
+    """[images, taxa]: knn_vote at species of each image, as shares of `taxa` (a vote for
+    a species not among them is dropped). `exclude_ids[i]` is no neighbour of image i: a
+    stored image held out to fit on is not its own nearest neighbour."""
+    column = {t.lineage: j for j, t in enumerate(taxa)}
+    votes = np.zeros((len(vectors), len(taxa)), dtype=np.float64)
+    for i, shares in enumerate(knn_vote_many(store, vectors, "species", neighbours,
+                                             _excludes(exclude_ids), logit_scale)):  # fmt: skip
+        for taxon, share in shares.items():
+            j = column.get(taxon.lineage)
+            if j is not None:
+                votes[i, j] = share
+    return votes
+
+
+def _excludes(exclude_ids: Sequence[int] | None) -> list[set[int]] | None:
+    return None if exclude_ids is None else [{int(i)} for i in exclude_ids]
 
 
 def knn_label_votes(store: Store, vectors: np.ndarray, names: Sequence[str],
-                    neighbours: int = DEFAULT_NEIGHBOURS,
-                    logit_scale: float = 100.0) -> np.ndarray:  # fmt: skip
+                    neighbours: int = DEFAULT_NEIGHBOURS, logit_scale: float = 100.0,
+                    exclude_ids: Sequence[int] | None = None) -> np.ndarray:  # fmt: skip
     """[images, names]: knn_vote over free labels — among the nearest images the catalog
     calls by one of `names` (its common names: a camera trap's "zebra"), each weighted as
-    knn_vote weighs, the share of each name. A row is all zero when no neighbour is found."""
+    knn_vote weighs, the share of each name. A row is all zero when no neighbour is found.
+    `exclude_ids` as for knn_votes."""
     named = common_names_filter(names)
     if not len(store.ids_where(named.sql, named.params)):
         raise BioindexError("no image of the store is called by any of the labels (its "
                             "common name), so no neighbour can vote for one")  # fmt: skip
     column = {common_name_key(name): j for j, name in enumerate(names)}
+    found = nearest_many(store, np.asarray(vectors, dtype=np.float32), neighbours,
+                         _excludes(exclude_ids), where=named)  # fmt: skip
+    rows = store.catalog.taxa_of(sorted({i for pairs in found for _, i in pairs}))
     votes = np.zeros((len(vectors), len(names)), dtype=np.float64)
-    for i, vector in enumerate(vectors):
-        pairs = nearest(store, vector, neighbours, where=named)
-        rows = store.catalog.taxa_of([image_id for _, image_id in pairs])
+    for i, pairs in enumerate(found):
         for score, image_id in pairs:
             # A row of the filter without a common name is an empty frame (common_names_filter).
             j = column.get(common_name_key(rows[image_id][7] or "") or BLANK)
@@ -205,10 +239,13 @@ def classify_vectors(
     place: PlacePrior | None = None,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     temperature: float | None = None,
+    pool: Pool | None = None,
 ) -> list[Prediction]:
     """Top-k predictions per image, best first, each carrying its file's decision.
     `temperature` replaces `logit_scale` in zero-shot's softmax (a calibrated one, see
-    Collection.zero_shot_temperature); the neighbour vote keeps the model's own."""
+    Collection.zero_shot_temperature); the neighbour vote keeps the model's own. `pool`:
+    combined's fitted weights (Collection.combined_pool; None: the plain average), pooling
+    at species, then summed by lineage as zero-shot's probabilities are."""
     if rank not in RANKS:
         raise BioindexError(f"unknown rank {rank!r}; choose one of {', '.join(RANKS)}")
     if method not in METHODS:
@@ -235,8 +272,10 @@ def classify_vectors(
     if free is not None:
         return _free_label_predictions(files, image_vectors, free, k, min_confidence, method,
                                        store, neighbours, logit_scale, temperature,
-                                       label_vectors, head)  # fmt: skip
+                                       label_vectors, head, pool)  # fmt: skip
 
+    pooled = method == "combined" and pool is not None
+    averaged = method == "combined" and pool is None
     probabilities, taxa = None, None
     novel = np.zeros(len(files), dtype=bool)
     alone = _choices(rank, labels, head) == 1
@@ -245,18 +284,23 @@ def classify_vectors(
         novel = head.novel(image_vectors)
         if novel.any():
             genus_probabilities = head.genus_probabilities(image_vectors)
+    elif pooled:
+        votes = knn_votes(store, image_vectors, labels.taxa, neighbours, logit_scale)
+        probabilities = pool.probabilities(image_vectors @ label_vectors.T, votes)
+        taxa = labels.taxa
     elif method != "knn":
         probabilities = zero_shot_probabilities(image_vectors, label_vectors,
                                                 temperature or logit_scale)  # fmt: skip
         taxa = labels.taxa
+    voted = (knn_vote_many(store, image_vectors, rank, neighbours, logit_scale=logit_scale)
+             if method == "knn" or averaged else None)  # fmt: skip
     predictions: list[Prediction] = []
     for i, file in enumerate(files):
         scores: dict[Taxon, float] = {}
         if probabilities is not None:
             scores = by_rank(probabilities[i], taxa, rank)
-        if method in ("knn", "combined"):
-            votes = knn_vote(store, image_vectors[i], rank, neighbours,
-                             logit_scale=logit_scale)  # fmt: skip
+        if voted is not None:
+            votes = voted[i]
             if method == "knn":
                 scores = votes
             else:
@@ -282,7 +326,7 @@ def _free_label_predictions(files: Sequence[str], image_vectors: np.ndarray, nam
                             k: int, min_confidence: float, method: str, store: Store | None,
                             neighbours: int, logit_scale: float, temperature: float | None,
                             label_vectors: np.ndarray | None, head: Head | None,
-                            ) -> list[Prediction]:  # fmt: skip
+                            pool: Pool | None = None) -> list[Prediction]:  # fmt: skip
     """Top-k over labels with no lineage (custom labels, a catalog's common names): the
     answer is the best label when it reaches `min_confidence` (and, for a few-shot head,
     the image is like some name's images), else unknown — there is no rank to back off
@@ -298,7 +342,12 @@ def _free_label_predictions(files: Sequence[str], image_vectors: np.ndarray, nam
                                                     temperature or logit_scale)  # fmt: skip
         if method in ("knn", "combined"):
             votes = knn_label_votes(store, image_vectors, names, neighbours, logit_scale)
-            probabilities = votes if method == "knn" else 0.5 * probabilities + 0.5 * votes
+            if method == "knn":
+                probabilities = votes
+            elif pool is not None:
+                probabilities = pool.probabilities(image_vectors @ label_vectors.T, votes)
+            else:
+                probabilities = 0.5 * probabilities + 0.5 * votes
     predictions: list[Prediction] = []
     for i, file in enumerate(files):
         top = np.argsort(-probabilities[i], kind="stable")[:k]

@@ -58,37 +58,60 @@ def nearest(
 ) -> list[tuple[float, int]]:
     """(score, image_id) of the top-k live images, honouring exclusions and filters;
     `text`: the query is a text vector (searched with the index's text setting)."""
-    check_k(k)
     query = np.asarray(query, dtype=np.float32).reshape(1, -1)
-    exclude = exclude or set()
+    return nearest_many(store, query, k, [exclude or set()], where, text)[0]
+
+
+def nearest_many(
+    store: Store,
+    queries: np.ndarray,
+    k: int,
+    excludes: list[set[int]] | None = None,
+    where: Filter | None = None,
+    text: bool = False,
+) -> list[list[tuple[float, int]]]:
+    """nearest() of each row of `queries` (each with its own exclusions), searched
+    together: a flat store's scan is then one matrix product for the batch, not one per
+    query. A broad filter over-fetches from the whole index and drops what does not
+    match; a query left short is asked again, four times as deep."""
+    check_k(k)
+    queries = np.asarray(queries, dtype=np.float32)
+    excludes = excludes if excludes is not None else [set() for _ in range(len(queries))]
+    extra = max((len(e) for e in excludes), default=0)
     total = int(store.index().ntotal)
-    if total == 0:
-        return []
+    if total == 0 or not len(queries):
+        return [[] for _ in range(len(queries))]
     if not where:
-        scores, ids = store.search(query, k + len(exclude), text=text)
-        return _pairs(scores, ids, exclude)[:k]
+        scores, ids = store.search(queries, k + extra, text=text)
+        return [_pairs(scores[i], ids[i], e)[:k] for i, e in enumerate(excludes)]
     allowed = store.ids_where(where.sql, where.params)
-    if exclude:
-        allowed = allowed[~np.isin(allowed, list(exclude))]
     if len(allowed) == 0:
-        return []
+        return [[] for _ in range(len(queries))]
     if len(allowed) <= max(SELECTIVE_MIN, SELECTIVE_SHARE * total):
-        scores, ids = store.search(query, min(k, len(allowed)), only=allowed)
-        return _pairs(scores, ids, exclude)[:k]
-    fetch = k * 2 * math.ceil(total / len(allowed)) + len(exclude)
-    while True:
-        scores, ids = store.search(query, min(fetch, total), text=text)
-        keep = np.isin(ids[0], allowed)
-        pairs = _pairs(scores[:, keep], ids[:, keep], exclude)
-        if len(pairs) >= k or fetch >= total:
-            return pairs[:k]
-        fetch *= 4
+        scores, ids = store.search(queries, min(k + extra, len(allowed)), only=allowed)
+        return [_pairs(scores[i], ids[i], e)[:k] for i, e in enumerate(excludes)]
+    found: list[list[tuple[float, int]]] = [[] for _ in range(len(queries))]
+    pending = np.arange(len(queries))
+    fetch = k * 2 * math.ceil(total / len(allowed)) + extra
+    while len(pending):
+        scores, ids = store.search(queries[pending], min(fetch, total), text=text)
+        keep = np.isin(ids, allowed)
+        short = []
+        for row, i in enumerate(pending):
+            pairs = _pairs(scores[row][keep[row]], ids[row][keep[row]], excludes[i])
+            if len(pairs) >= k or fetch >= total:
+                found[i] = pairs[:k]
+            else:
+                short.append(i)
+        pending, fetch = np.asarray(short, dtype=np.int64), fetch * 4
+    return found
 
 
 def _pairs(scores: np.ndarray, ids: np.ndarray, exclude: set[int]) -> list[tuple[float, int]]:
+    """One query's (score, id) pairs, empty slots and `exclude` dropped."""
     # Stored float16 vectors can have a norm a hair over 1 (a picture scored 1.00003
     # against itself); a cosine is never shown above 1.
-    return [(min(float(s), 1.0), int(i)) for s, i in zip(scores[0], ids[0])
+    return [(min(float(s), 1.0), int(i)) for s, i in zip(scores, ids)
             if i >= 0 and int(i) not in exclude]  # fmt: skip
 
 
