@@ -629,9 +629,11 @@ def _taxonomy(path: str | None) -> Any:
     type=click.Choice(["zero-shot", "knn", "combined", "few-shot", "linear-probe"]),
     default="zero-shot",
     show_default=True,
-    help="few-shot: nearest centroid of the store's own labelled images (SimpleShot); "
-    "linear-probe: logistic regression on them. Both learn the collection's look, are "
-    "calibrated on held-out labelled images and are cached in the store.",
+    help="knn: vote of the store's labelled neighbours; combined: zero-shot and that vote, "
+    "weighted by what each is worth on the store's labelled images; few-shot: nearest "
+    "centroid of the store's own labelled images (SimpleShot); linear-probe: logistic "
+    "regression on them. Both learn the collection's look, are calibrated on held-out "
+    "labelled images and are cached in the store.",
 )
 @click.option(
     "--train",
