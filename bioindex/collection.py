@@ -980,7 +980,8 @@ class Collection:
     def combined_pool(self, neighbours: int = DEFAULT_NEIGHBOURS) -> Pool | None:
         """combined's weights for zero-shot's cosines and the neighbours' vote over the
         catalog's names (search.calibration.Pool), fitted by the NLL on up to POOL_IMAGES
-        of the store's named images, each voted on by its neighbours but itself; None (the
+        of the store's named images, each voted on by its neighbours but itself and the
+        other photos of its group (Catalog.photo_groups: a burst, a specimen); None (the
         plain average) with fewer than MIN_HELD_OUT. Kept until the store changes."""
         return self._kept(f"combined pool {neighbours}", lambda: self._fit_pool(neighbours))
 
@@ -992,9 +993,12 @@ class Collection:
         labels, _ = self._catalog_label_vectors()
         log.info("fitting combined's weights on %d named images", len(ids))
         vectors = self.store.vectors([int(i) for i in ids])
+        # Not itself, nor its group's other photos (near-copies: a burst's frames).
+        mates = self.store.catalog.group_mates([int(i) for i in ids])
+        excludes = [{int(i), *mates.get(int(i), ())} for i in ids]
         vote = knn_votes if labels.has_lineage else knn_label_votes
         votes = vote(self.store, vectors, labels.taxa if labels.has_lineage else labels.names,
-                     neighbours, self.model.logit_scale, exclude_ids=ids)  # fmt: skip
+                     neighbours, self.model.logit_scale, excludes=excludes)  # fmt: skip
         pool = fit_pool(vectors @ matrix.T, votes, truth)
         log.info("combined's weights: %.2f per unit of cosine, %.2f per unit of vote share",
                  pool.text, pool.votes)  # fmt: skip

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops, ImageEnhance
 
 from bioindex.demo.draw import draw_organism, draw_views
 from bioindex.demo.tree import DETAILS, SPECIES, Species
@@ -93,26 +93,42 @@ def draw_specimens(species: Sequence[Species], per_species: int, views: int, see
 
 
 def write_world(folder: str | os.PathLike[str], species: Sequence[Species], per_species: int,
-                seed: int, look: str = "true-colour") -> Path:  # fmt: skip
+                seed: int, look: str = "true-colour", frames: int = 1) -> Path:  # fmt: skip
     """Labelled pictures of `species` (in `look`) in folder/images, and folder/occurrences.csv
-    with their names and a place in each species' home range."""
+    with their names and a place in each species' home range. `frames` > 1: each picture is
+    a camera trap's burst of that many frames (the scene shifted a few pixels and lit a
+    little brighter or darker each frame), one record each, sharing an eventID."""
     root = Path(folder)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
     rows = []
     for number, (kind, picture) in enumerate(draw_pictures(species, per_species, seed, look)):
-        name = f"w{seed}-{number:05d}.png"
-        picture.save(root / "images" / name)
         lat, lon = place_in_range(kind, rng)
         taxon = kind.taxon
-        rows.append({"file": name, "occurrenceID": f"urn:world:{seed}:{number}",
-                     "scientificName": taxon.scientific_name, "kingdom": taxon.kingdom,
-                     "phylum": taxon.phylum, "class": taxon.class_, "order": taxon.order,
-                     "family": taxon.family, "genus": taxon.genus,
-                     "specificEpithet": taxon.epithet, "vernacularName": taxon.common_name,
-                     "decimalLatitude": lat, "decimalLongitude": lon})  # fmt: skip
+        for frame, image in enumerate(burst(picture, frames)):
+            name = f"w{seed}-{number:05d}" + (f"-f{frame}" if frames > 1 else "") + ".png"
+            image.save(root / "images" / name)
+            rows.append({"file": name, "occurrenceID": f"urn:world:{seed}:{number}"
+                         + (f":{frame}" if frames > 1 else ""),
+                         "scientificName": taxon.scientific_name, "kingdom": taxon.kingdom,
+                         "phylum": taxon.phylum, "class": taxon.class_, "order": taxon.order,
+                         "family": taxon.family, "genus": taxon.genus,
+                         "specificEpithet": taxon.epithet, "vernacularName": taxon.common_name,
+                         "decimalLatitude": lat, "decimalLongitude": lon,
+                         **({"eventID": f"urn:world:{seed}:burst:{number}"}
+                            if frames > 1 else {})})  # fmt: skip
     with open(root / "occurrences.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return root
+
+
+def burst(picture: Image.Image, frames: int) -> list[Image.Image]:
+    """The picture, then frames − 1 more of the same scene: shifted 2 px right and 1 up per
+    frame, and 4% brighter or darker by turns."""
+    out = [picture]
+    for frame in range(1, frames):
+        moved = ImageChops.offset(picture, 2 * frame, -frame)
+        out.append(ImageEnhance.Brightness(moved).enhance(1 + 0.04 * (-1) ** frame))
+    return out

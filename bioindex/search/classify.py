@@ -147,14 +147,15 @@ def knn_vote_many(
 
 def knn_votes(store: Store, vectors: np.ndarray, taxa: Sequence[Taxon],
               neighbours: int = DEFAULT_NEIGHBOURS, logit_scale: float = 100.0,
-              exclude_ids: Sequence[int] | None = None) -> np.ndarray:  # fmt: skip
+              excludes: list[set[int]] | None = None) -> np.ndarray:  # fmt: skip
     """[images, taxa]: knn_vote at species of each image, as shares of `taxa` (a vote for
-    a species not among them is dropped). `exclude_ids[i]` is no neighbour of image i: a
-    stored image held out to fit on is not its own nearest neighbour."""
+    a species not among them is dropped). No image of `excludes[i]` is a neighbour of
+    image i: a stored image held out to fit on is not its own nearest neighbour, nor are
+    the other frames of its burst."""
     column = {t.lineage: j for j, t in enumerate(taxa)}
     votes = np.zeros((len(vectors), len(taxa)), dtype=np.float64)
-    for i, shares in enumerate(knn_vote_many(store, vectors, "species", neighbours,
-                                             _excludes(exclude_ids), logit_scale)):  # fmt: skip
+    for i, shares in enumerate(knn_vote_many(store, vectors, "species", neighbours, excludes,
+                                             logit_scale)):  # fmt: skip
         for taxon, share in shares.items():
             j = column.get(taxon.lineage)
             if j is not None:
@@ -162,24 +163,20 @@ def knn_votes(store: Store, vectors: np.ndarray, taxa: Sequence[Taxon],
     return votes
 
 
-def _excludes(exclude_ids: Sequence[int] | None) -> list[set[int]] | None:
-    return None if exclude_ids is None else [{int(i)} for i in exclude_ids]
-
-
 def knn_label_votes(store: Store, vectors: np.ndarray, names: Sequence[str],
                     neighbours: int = DEFAULT_NEIGHBOURS, logit_scale: float = 100.0,
-                    exclude_ids: Sequence[int] | None = None) -> np.ndarray:  # fmt: skip
+                    excludes: list[set[int]] | None = None) -> np.ndarray:  # fmt: skip
     """[images, names]: knn_vote over free labels — among the nearest images the catalog
     calls by one of `names` (its common names: a camera trap's "zebra"), each weighted as
     knn_vote weighs, the share of each name. A row is all zero when no neighbour is found.
-    `exclude_ids` as for knn_votes."""
+    `excludes` as for knn_votes."""
     named = common_names_filter(names)
     if not len(store.ids_where(named.sql, named.params)):
         raise BioindexError("no image of the store is called by any of the labels (its "
                             "common name), so no neighbour can vote for one")  # fmt: skip
     column = {common_name_key(name): j for j, name in enumerate(names)}
     found = nearest_many(store, np.asarray(vectors, dtype=np.float32), neighbours,
-                         _excludes(exclude_ids), where=named)  # fmt: skip
+                         excludes, where=named)  # fmt: skip
     rows = store.catalog.taxa_of(sorted({i for pairs in found for _, i in pairs}))
     votes = np.zeros((len(vectors), len(names)), dtype=np.float64)
     for i, pairs in enumerate(found):

@@ -38,6 +38,16 @@ TAXON_COLUMNS = (
     'kingdom, phylum, "class", "order", family, genus, specific_epithet, vernacular_name, '
     "scientific_name"
 )
+# What a photo shares with near-copies of it: the frames one camera-trap trigger took (its
+# eventID, as COCO Camera Traps' seq_id is kept, with the name: a burst may hold two
+# species), else the photos of one specimen (its occurrence), else its bytes. Such photos
+# are not independent: one cannot be held out to test on while another is learnt from.
+GROUP_KEY = (
+    "coalesce('event ' || nullif(trim(json_extract_string(extra, '$.eventID')), '') || ' ' "
+    "|| coalesce(scientific_name, vernacular_name, ''), "
+    "'occurrence ' || nullif(trim(occurrence_id), ''), 'bytes ' || sha256, "
+    "'image ' || image_id)"
+)
 _TABLES = {"images": IMAGE_COLUMNS, "failures": FAILURE_COLUMNS,
            "occurrences": OCCURRENCE_COLUMNS}  # fmt: skip
 INT64_RANGE = (-(2**63), 2**63 - 1)
@@ -284,6 +294,39 @@ class Catalog:
             f"{images} UNION SELECT DISTINCT {TAXON_COLUMNS} FROM occurrences WHERE ({sql})",
             [*params, *params],
         ).fetchall()
+
+    @_releasing_ids
+    def photo_groups(self, image_ids: Sequence[int]) -> list[str]:
+        """Each image's group (GROUP_KEY), in the order asked."""
+        if not len(image_ids):
+            return []
+        found = dict(self.con.execute(
+            f"SELECT image_id, {GROUP_KEY} FROM images WHERE image_id IN {self._ids(image_ids)}"
+        ).fetchall())  # fmt: skip
+        return [found.get(int(i), f"image {int(i)}") for i in image_ids]
+
+    @_releasing_ids
+    def group_mates(self, image_ids: Sequence[int]) -> dict[int, list[int]]:
+        """image_id → the other live images of its group (GROUP_KEY), for each asked one
+        that has any."""
+        if not len(image_ids):
+            return {}
+        return dict(self.con.execute(
+            f"WITH grouped AS (SELECT image_id, {GROUP_KEY} AS grp FROM images "
+            f"WHERE status='live') "
+            f"SELECT asked.image_id, list(mate.image_id ORDER BY mate.image_id) "
+            f"FROM grouped asked JOIN grouped mate ON asked.grp = mate.grp "
+            f"AND mate.image_id <> asked.image_id "
+            f"WHERE asked.image_id IN {self._ids(image_ids)} GROUP BY asked.image_id"
+        ).fetchall())  # fmt: skip
+
+    def groups_digest(self, sql: str, params: Sequence[Any]) -> str:
+        """A digest of the live rows matching a predicate by their group (GROUP_KEY)."""
+        count, digest = self.con.execute(
+            f"SELECT count(*), coalesce(bit_xor(hash(image_id, {GROUP_KEY})), 0) "
+            f"FROM images WHERE status='live' AND ({sql})", list(params)
+        ).fetchone()  # fmt: skip
+        return f"{count}:{digest}"
 
     @_releasing_ids
     def taxa_of(self, image_ids: Sequence[int]) -> dict[int, tuple]:
