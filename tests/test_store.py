@@ -127,6 +127,38 @@ def test_a_coordinate_that_is_no_place_is_kept_as_written_not_read() -> None:
     assert known == {"decimal_latitude": "-90", "decimal_longitude": -180}
 
 
+def test_photo_groups_and_digests_then_long_id_lists(tmp_path: Path) -> None:
+    """Photos of one subject (Catalog.photo_groups): a burst's frames by eventID and name,
+    a specimen's photos by occurrenceID, copies by bytes. And a digest read with fetchone()
+    left DuckDB's result open, so the next long id list (registered, not inlined) was
+    refused: "connection has an unfinished result"."""
+    metadata = [{"eventID": "seq 1", "scientificName": "Felis catus"}] * 3 + [
+        {"eventID": "seq 1", "scientificName": "Canis lupus"},
+        {"occurrenceID": "o-7"}, {"occurrenceID": "o-7"}, {"eventID": " "}, {}, {},
+    ]  # fmt: skip
+    shas = ["a", "b", "c", "d", "e", "f", "g", "same", "same"] + [f"x{i}" for i in range(2991)]
+    records = [ImageRecord(f"/x/{i}.jpg", 1, 1.0, sha, 10, 10,
+                           dict(metadata[i]) if i < len(metadata) else {})
+               for i, sha in enumerate(shas)]  # fmt: skip
+    with Store.create(tmp_path / "s", MODEL) as store:
+        ids = store.commit(records, _unit(len(records)))
+        catalog = store.catalog
+        groups = catalog.photo_groups(ids[:10])
+        assert groups[0] == groups[1] == groups[2] == "event seq 1 Felis catus"
+        assert groups[3] == "event seq 1 Canis lupus"
+        assert groups[4] == groups[5] == "occurrence o-7"
+        assert groups[6] == "bytes g" and groups[7] == groups[8] == "bytes same"
+        assert groups[9] == "bytes x0"
+        mates = catalog.group_mates(ids[:10])
+        assert mates[ids[0]] == [ids[1], ids[2]] and mates[ids[4]] == [ids[5]]
+        assert ids[3] not in mates and ids[9] not in mates
+        for read in (lambda: catalog.rows_digest("TRUE", []),
+                     lambda: catalog.groups_digest("TRUE", []),
+                     lambda: catalog.filled(["scientificName"])):  # fmt: skip
+            read()
+            assert len(catalog.taxa_of(ids)) == len(ids)
+
+
 def test_metadata_lands_in_columns(tmp_path: Path) -> None:
     with Store.create(tmp_path / "s", MODEL) as store:
         ids = store.commit(

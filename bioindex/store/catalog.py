@@ -146,7 +146,7 @@ class Catalog:
             return {}
         counted = ", ".join(f'count("{c}")' for c in known)  # names from a fixed list
         counts = self.con.execute(
-            f"SELECT {counted} FROM images WHERE status='live'").fetchone()
+            f"SELECT {counted} FROM images WHERE status='live'").fetchall()[0]
         return dict(zip(known, (int(n) for n in counts)))
 
     def failure_count(self) -> int:
@@ -239,7 +239,7 @@ class Catalog:
         count, digest = self.con.execute(
             f"SELECT count(*), coalesce(bit_xor(hash(image_id, sha256, {TAXON_COLUMNS})), 0) "
             f"FROM images WHERE status='live' AND ({sql})", list(params)
-        ).fetchone()  # fmt: skip
+        ).fetchall()[0]  # fmt: skip
         return f"{count}:{digest}"
 
     def live_ids_of_uris(self, uris: Sequence[str]) -> list[int]:
@@ -325,7 +325,7 @@ class Catalog:
         count, digest = self.con.execute(
             f"SELECT count(*), coalesce(bit_xor(hash(image_id, {GROUP_KEY})), 0) "
             f"FROM images WHERE status='live' AND ({sql})", list(params)
-        ).fetchone()  # fmt: skip
+        ).fetchall()[0]  # fmt: skip
         return f"{count}:{digest}"
 
     @_releasing_ids
