@@ -27,6 +27,9 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
     draws = results["calibration_5_store_draws"]
     genera = results["open_genera_5"]
     place, views = results["place_1"], results["several_views_1"]
+    frames = results["bursts_5"]["frames"]
+    bursts = (("single photos", results["bursts_5"]["single"]),
+              (f"{frames}-frame bursts", results["bursts_5"]["bursts"]))
     pct = "{:.1%}".format
     return [
         ("1-shot top-1: zero-shot / knn / few-shot / linear-probe",
@@ -51,6 +54,14 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
            f"{draws[m]['ece_pooled']:.3f} / {draws[m]['ece_mean_of_stores']:.3f} / "
            + " ".join(f"{e:.3f}" for e in draws[m]["ece_per_store"]), "after <= 0.05")
           for m in ("zero-shot", "few-shot", "linear-probe", "combined")),
+        *((f"{kind} (5-shot): T few-shot / probe; ECE few-shot / probe / combined",
+           f"{b['temperature_few-shot']:.1f} / {b['temperature_linear-probe']:.2f}; "
+           f"{b['ece_few-shot']:.3f} / {b['ece_linear-probe']:.3f} / {b['ece_combined']:.3f}",
+           "as single photos")
+          for kind, b in bursts),
+        *((f"{kind}: known species called novel / answered at species",
+           f"{pct(b['novel_known'])} / {pct(b['species_answered'])}", "as single photos")
+          for kind, b in bursts),
         ("zero-shot 'confident' answers (share wrong): model's T / fitted T",
          f"{pct(cal['zero-shot']['confident_before'])} "
          f"({pct(cal['zero-shot']['confident_but_wrong_before'])}) / "

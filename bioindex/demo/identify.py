@@ -209,6 +209,36 @@ def _catalog_probabilities(collection: Collection, vectors: np.ndarray,
     return probabilities, classes, rows
 
 
+def bursts(look: str, shots: int, per_species: int, workdir: Path,
+           frames: int = 3) -> dict[str, Any]:  # fmt: skip
+    """The benchmark's store with each labelled picture a camera trap's burst of `frames`
+    frames (demo.world.burst), against the store of single pictures, on the same queries:
+    each head's T and ECE, combined's weights and ECE, and how many photos of known species
+    few-shot calls unlike every labelled one."""
+    found: dict[str, Any] = {}
+    for count in (1, frames):
+        folder = workdir / (f"{look}-{shots}" if count == 1 else f"{look}-{shots}-f{count}")
+        with open_world_store(folder, SPECIES, shots, look, frames=count) as collection:
+            vectors, truth = query_vectors(collection, per_species, look)
+            figures: dict[str, Any] = {"labelled_images": collection.store.live_count()}
+            for method in ("few-shot", "linear-probe", "combined"):
+                probabilities, classes = _fitted_probabilities(collection, method, vectors,
+                                                               truth)  # fmt: skip
+                figures[f"ece_{method}"] = expected_calibration_error(probabilities, classes)
+            figures["temperature_few-shot"] = collection.head("few-shot").temperature
+            figures["temperature_linear-probe"] = collection.head("linear-probe").temperature
+            pool = collection.combined_pool()
+            figures["combined_weights"] = [pool.text, pool.votes]
+            names = [str(i) for i in range(len(truth))]
+            answers = collection.classify_vectors(names, vectors, k=1, method="few-shot")
+            figures["novel_known"] = float(np.mean([p.decision.novel for p in answers]))
+            figures["species_answered"] = float(np.mean([p.decision.rank == "species"
+                                                         for p in answers]))  # fmt: skip
+            found["single" if count == 1 else "bursts"] = figures
+    found["frames"] = frames
+    return found
+
+
 def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str = "few-shot",
              min_confidence: float | None = None) -> dict[str, float]:  # fmt: skip
     """20% of the species (one per genus at most) are left out of the store's labels."""
@@ -344,6 +374,7 @@ def evaluate(workdir: str | os.PathLike[str] | None = None, look: str = "slide-f
         "few_shot_5": few_shot(look, 5, per_species, folder),
         "calibration_5": calibration(look, 5, per_species, folder),
         "calibration_5_store_draws": calibration_over_stores(look, 5, per_species, folder),
+        "bursts_5": bursts(look, 5, per_species, folder),
         "open_set_5": open_set(look, open_set_shots, per_species, folder),
         "open_genera_5": open_genera(look, open_set_shots, per_species, folder),
         "place_1": place(look, 1, per_species, folder),
