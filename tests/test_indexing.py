@@ -150,6 +150,49 @@ def test_rerun_touch_and_delete(tmp_path: Path, tiny_model: str) -> None:
     assert_index_matches_catalog(store)
 
 
+def test_a_moved_folder_is_not_embedded_again(tmp_path: Path, tiny_model: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder renamed (or a drive mounted elsewhere) and indexed again: every photo was
+    embedded again and stored twice, the old row's file gone, and the catalog's names were
+    left behind on it. Now its rows move with their vectors and names; a copy (the old
+    file still there) is a new image; a subfolder renamed under the scanned folder moves
+    rather than being deleted and embedded."""
+    photos = tmp_path / "photos"
+    paths = draw_images(photos / "a", 6, seed=21) + draw_images(photos / "b", 4, seed=22)
+    meta = tmp_path / "meta.csv"
+    meta.write_text(f"file,scientificName\n{paths[0].relative_to(photos)},Leopardus pardalis\n")
+    store = tmp_path / "s"
+    with Collection.open(store, model=tiny_model, create=True) as col:
+        assert col.index([photos], metadata=meta, progress=False).embedded == 10
+        before = col.search_image(paths[0], k=1)[0]
+    moved = tmp_path / "moved"
+    photos.rename(moved)
+    with Collection.open(store) as col:
+        with monkeypatch.context() as patched:  # nothing to embed: no model is loaded
+            patched.setattr("bioindex.collection.load_model", _no_model)
+            summary = col.index([moved], progress=False)
+        assert (summary.embedded, summary.moved, summary.deleted) == (0, 10, 0), summary
+        assert "moved 10" in summary.line()
+        there = moved / paths[0].relative_to(photos)
+        after = col.search_image(there, k=1)[0]
+        assert after.uri == str(there.resolve())
+        assert after.metadata.get("scientific_name") == "Leopardus pardalis"
+        assert after.score == pytest.approx(before.score, abs=1e-6)
+        assert col.store.live_count() == 10
+        (moved / "b").rename(moved / "c")  # renamed under the folder scanned
+        renamed = col.index([moved], progress=False)
+        assert (renamed.embedded, renamed.moved, renamed.deleted) == (0, 4, 0), renamed
+        shutil.copytree(moved / "c", tmp_path / "copy")
+        copied = col.index([tmp_path / "copy"], progress=False)
+        assert (copied.embedded, copied.moved) == (4, 0), copied
+        assert col.store.live_count() == 14
+    assert_index_matches_catalog(store)
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("a model was loaded")
+
+
 def test_touched_files_keep_their_image_id(tmp_path: Path, tiny_model: str) -> None:
     photos = tmp_path / "photos"
     paths = draw_images(photos, 6, seed=8)

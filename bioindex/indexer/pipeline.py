@@ -22,6 +22,7 @@ from bioindex.indexer.embed import (
     default_workers,
     embed_items,
 )
+from bioindex.indexer.moves import commit_moves, find_moves
 from bioindex.indexer.remote import (
     Downloads,
     Fetched,
@@ -44,6 +45,7 @@ class IndexSummary:
     updated: int = 0
     failed: int = 0
     deleted: int = 0
+    moved: int = 0  # stored images found at a new path (indexer.moves): not embedded again
     known_bad: int = 0
     downloaded: int = 0
     occurrences: int = 0
@@ -59,6 +61,7 @@ class IndexSummary:
         records = f"{self.occurrences} occurrence records, " if self.occurrences else ""
         fetched = f", downloaded {self.downloaded}" if self.downloaded else ""
         fetched += f", metadata updated {self.updated}" if self.updated else ""
+        fetched += f", moved {self.moved}" if self.moved else ""
         return (
             f"{records}embedded {self.embedded}, unchanged {self.unchanged}, "
             f"failed {self.failed}{self._failed_hint()}{fetched}, "
@@ -201,9 +204,15 @@ def run_index(
             _facts_of([item for item in work.same_files if item.uri in held],
                       MediaCache(store.path / "media-cache")))
     store.index()  # load (or rebuild) before writing so it follows every commit
-    summary.deleted = store.mark_deleted(work.vanished)
+    # Before the vanished rows are deleted: a folder renamed under the scanned one vanishes
+    # at the old path and appears at the new.
+    moves = find_moves(store, work.todo)
+    moved = {move.image_id for move in moves}
+    summary.deleted = store.mark_deleted([i for i in work.vanished if i not in moved])
     store.forget_failures(work.gone_failures)
-    todo = work.todo
+    summary.moved = commit_moves(store, moves, run_id)
+    arrived = {move.item.uri for move in moves}
+    todo = [item for item in work.todo if item.uri not in arrived]
     known = store.known_failures()
     early_failures = [Failure(uri, stage, error) for uri, stage, error in scan.failures
                       if uri not in known]  # fmt: skip

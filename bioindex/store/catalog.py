@@ -160,6 +160,15 @@ class Catalog:
         rows = self.con.execute("SELECT uri, image_id, size, mtime, status FROM images").fetchall()
         return {uri: (image_id, size, mtime, status) for uri, image_id, size, mtime, status in rows}
 
+    def live_files_of_sizes(self, sizes: Sequence[int]) -> list[tuple[int, str, int, str]]:
+        """(image_id, uri, size, sha256) of the live images of these sizes in bytes."""
+        if not len(sizes):
+            return []
+        return self.con.execute(
+            "SELECT image_id, uri, size, sha256 FROM images WHERE status='live' "
+            "AND size IN (SELECT unnest(?))", [list(map(int, sizes))]
+        ).fetchall()  # fmt: skip
+
     def known_failures(self) -> dict[str, tuple[int | None, float | None]]:
         """uri → (size, mtime) of files that failed and have not succeeded since."""
         rows = self.con.execute("SELECT uri, size, mtime FROM failures").fetchall()

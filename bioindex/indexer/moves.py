@@ -1,0 +1,95 @@
+"""Photos that moved: a folder renamed, a drive mounted at another path, a collection copied
+to a new disk and the old one retired. Indexed again at their new paths, every photo was
+embedded again and the store held it twice — the old row pointing at a file that no longer
+exists, and showing in every search beside the new one.
+
+A new file is the stored image it was when a live row's file is gone (its path, or for an
+archive member its archive, no longer exists) and the two have the same size and bytes
+(sha256): the row moves to the new path with its vector and its metadata (what the new
+scan gives for the file wins), and nothing is embedded. A copy — the old file still there —
+is a new image, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bioindex.indexer.sources import Item
+from bioindex.store import ImageRecord, Store
+from bioindex.store.records import DWC_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Move:
+    item: Item  # the file at its new place
+    image_id: int  # the stored image it is
+
+
+def find_moves(store: Store, todo: Sequence[Item]) -> list[Move]:
+    """Which of `todo` (files the store does not know by path) are stored images whose
+    files are gone. Only files of a size some gone row has are read (for their sha256)."""
+    local = [item for item in todo if not _remote(item.uri) and item.size]
+    if not local:
+        return []
+    gone: dict[tuple[int, str], int] = {}
+    for image_id, uri, size, sha256 in store.catalog.live_files_of_sizes(
+            sorted({int(item.size) for item in local})):  # fmt: skip
+        if sha256 and _gone(uri):
+            gone.setdefault((int(size), sha256), int(image_id))
+    sizes = {size for size, _ in gone}
+    moves: list[Move] = []
+    for item in local:
+        if item.size not in sizes:
+            continue
+        try:
+            digest = hashlib.sha256(item.read_bytes()).hexdigest()
+        except OSError as exc:  # unreadable now: the embedding stage says why
+            log.info("%s not compared with the store's missing files: %s", item.uri, exc)
+            continue
+        image_id = gone.pop((int(item.size), digest), None)
+        if image_id is not None:
+            moves.append(Move(item, image_id))
+    return moves
+
+
+def commit_moves(store: Store, moves: Sequence[Move], run_id: int | None,
+                 chunk: int = 2048) -> int:  # fmt: skip
+    """Each moved image as a row at its new path, with its stored vector and metadata (the
+    new scan's for the file over it); the old rows leave the store's results. `chunk`
+    images a commit, as embedded ones are: a whole collection may have moved."""
+    for start in range(0, len(moves), chunk):
+        part = moves[start : start + chunk]
+        old = [move.image_id for move in part]
+        rows = store.rows(old)
+        records = [ImageRecord(move.item.uri, move.item.size, move.item.mtime,
+                               rows[move.image_id].get("sha256"), rows[move.image_id].get("width"),
+                               rows[move.image_id].get("height"),
+                               {**_metadata(rows[move.image_id]), **move.item.metadata})
+                   for move in part]  # fmt: skip
+        store.commit(records, store.vectors(old), run_id=run_id)
+        store.mark_deleted(old)
+    return len(moves)
+
+
+def _metadata(row: dict) -> dict:
+    """A stored row's Darwin Core values and its other terms, as a record carries them."""
+    extra = row.get("extra") if isinstance(row.get("extra"), dict) else {}
+    return {**extra, **{column: row[column] for column in DWC_COLUMNS if column in row}}
+
+
+def _remote(uri: str) -> bool:
+    return "://" in uri
+
+
+def _gone(uri: str) -> bool:
+    """Whether a stored local file no longer exists (for an archive member, `archive#name`:
+    its archive)."""
+    if _remote(uri) or os.path.exists(uri):
+        return False
+    return not os.path.exists(uri.split("#", 1)[0])
