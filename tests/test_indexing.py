@@ -156,7 +156,7 @@ def test_a_moved_folder_is_not_embedded_again(tmp_path: Path, tiny_model: str,
     embedded again and stored twice, the old row's file gone, and the catalog's names were
     left behind on it. Now its rows move with their vectors and names; a copy (the old
     file still there) is a new image; a subfolder renamed under the scanned folder moves
-    rather than being deleted and embedded."""
+    rather than being deleted and embedded; a failed file's old failure goes with it."""
     photos = tmp_path / "photos"
     paths = draw_images(photos / "a", 6, seed=21) + draw_images(photos / "b", 4, seed=22)
     meta = tmp_path / "meta.csv"
@@ -179,10 +179,19 @@ def test_a_moved_folder_is_not_embedded_again(tmp_path: Path, tiny_model: str,
         assert after.metadata.get("scientific_name") == "Leopardus pardalis"
         assert after.score == pytest.approx(before.score, abs=1e-6)
         assert col.store.live_count() == 10
-        (moved / "b").rename(moved / "c")  # renamed under the folder scanned
-        renamed = col.index([moved], progress=False)
+        (moved / "b" / "broken.jpg").write_bytes(b"not an image")
+        assert col.index([moved], progress=False).failed == 1
+    again = tmp_path / "again"
+    moved.rename(again)
+    with Collection.open(store) as col:
+        summary = col.index([again], progress=False)
+        assert (summary.embedded, summary.moved, summary.failed) == (0, 10, 1), summary
+        # The broken file failed at its new path; its old failure is forgotten.
+        assert [f["uri"] for f in col.store.failures()] == [str(again / "b" / "broken.jpg")]
+        (again / "b").rename(again / "c")  # renamed under the folder scanned
+        renamed = col.index([again], progress=False)
         assert (renamed.embedded, renamed.moved, renamed.deleted) == (0, 4, 0), renamed
-        shutil.copytree(moved / "c", tmp_path / "copy")
+        shutil.copytree(again / "c", tmp_path / "copy")
         copied = col.index([tmp_path / "copy"], progress=False)
         assert (copied.embedded, copied.moved) == (4, 0), copied
         assert col.store.live_count() == 14

@@ -40,7 +40,7 @@ def find_moves(store: Store, todo: Sequence[Item]) -> list[Move]:
     gone: dict[tuple[int, str], int] = {}
     for image_id, uri, size, sha256 in store.catalog.live_files_of_sizes(
             sorted({int(item.size) for item in local})):  # fmt: skip
-        if sha256 and _gone(uri):
+        if sha256 and file_gone(uri):
             gone.setdefault((int(size), sha256), int(image_id))
     sizes = {size for size, _ in gone}
     moves: list[Move] = []
@@ -87,9 +87,9 @@ def _remote(uri: str) -> bool:
     return "://" in uri
 
 
-def _gone(uri: str) -> bool:
+def file_gone(uri: str) -> bool:
     """Whether a stored local file no longer exists (for an archive member, `archive#name`:
-    its archive)."""
+    its archive); never for a URL."""
     if _remote(uri) or os.path.exists(uri):
         return False
     return not os.path.exists(uri.split("#", 1)[0])
