@@ -27,6 +27,7 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
     draws = results["calibration_5_store_draws"]
     genera = results["open_genera_5"]
     place, views = results["place_1"], results["several_views_1"]
+    events = results["bursts_identified_1"]
     frames = results["bursts_5"]["frames"]
     bursts = (("single photos", results["bursts_5"]["single"]),
               (f"{frames}-frame bursts", results["bursts_5"]["bursts"]))
@@ -92,6 +93,10 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
         ("3 views (1-shot few-shot): best single / mean vector / summed log-p",
          f"{pct(views['best_single_view'])} / {pct(views['mean_vector'])} / "
          f"{pct(views['summed_log_probabilities'])}", "+5 pts over best single"),
+        ("unnamed 3-frame bursts, export --identify (1-shot few-shot): right at species, "
+         "each frame / by event (named at species)",
+         f"{pct(events['each_frame_right'])} ({pct(events['each_frame_named'])}) / "
+         f"{pct(events['by_event_right'])} ({pct(events['by_event_named'])})", "reported"),
     ]  # fmt: skip
 
 

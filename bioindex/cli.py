@@ -910,12 +910,16 @@ def models(fmt: str, columns: str | None) -> None:
               help="With --identify: the labels (default: the catalog's species).")
 @click.option("--tol", "tol", default=None, metavar="DIR",
               help="With --identify: TreeOfLife label folder.")
+@click.option("--by-event", is_flag=True,
+              help="With --identify: a camera trap's frames of one trigger (one eventID, as "
+              "COCO Camera Traps' seq_id is read) that show an animal are named together, "
+              "from all of them; empty frames stay empty.")
 @click.option("--with-media", is_flag=True,
               help="dwca: copy local image files into the archive so it stands alone.")
 @_friendly
 def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: str | None,
            identify: bool, method: str, rank: str, min_confidence: float, labels: str | None,
-           tol: str | None, with_media: bool) -> None:  # fmt: skip
+           tol: str | None, by_event: bool, with_media: bool) -> None:  # fmt: skip
     """Hand a store on: a Darwin Core Archive of its occurrences and images (with
     bioindex's identifications when asked) for a collection database or GBIF, or its
     embeddings (L2-normalised float32) for your own tools.
@@ -924,6 +928,7 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
     Examples:
       bioindex export -s herb -o herb-dwca.zip --identify --rank genus --with-media
       bioindex export -s herb -o sheets.zip --where institution_code=BR --identify
+      bioindex export -s traps -o frames.zip --identify --method few-shot --by-event
       bioindex export -s herb --format parquet -o vectors.parquet
       bioindex search text "orchid" -s herb -k 100 --format json > hits.json
       bioindex export -s herb --format npy -o orchids.npy --from hits.json
@@ -933,10 +938,10 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
     from bioindex.collection import Collection
     from bioindex.search.labels import labels_from_tree_of_life, read_labels_argument
 
-    if (labels or tol or method != "zero-shot" or rank != "species"
+    if (labels or tol or method != "zero-shot" or rank != "species" or by_event
             or min_confidence != DEFAULT_MIN_CONFIDENCE) and not identify:  # fmt: skip
-        raise click.UsageError("--method, --rank, --min-confidence, --labels and --tol go "
-                               "with --identify")  # fmt: skip
+        raise click.UsageError("--method, --rank, --min-confidence, --labels, --tol and "
+                               "--by-event go with --identify")  # fmt: skip
     rows = _result_rows(from_file) if from_file else None
     with Collection.open(store, read_only=True) as collection:
         ids, predictions = collection.from_results(rows) if rows is not None else (None, None)
@@ -946,7 +951,7 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
         written = collection.export(output, fmt, where=list(where) or None, image_ids=ids,
                                     identify=identify, method=method, rank=rank,
                                     labels=label_set, with_media=with_media,
-                                    identifications=predictions,
+                                    identifications=predictions, by_event=by_event,
                                     min_confidence=min_confidence)  # fmt: skip
     if written.get("unidentified"):
         click.echo(f"note: {written['unidentified']} of the {written['images']} images have no "

@@ -1120,28 +1120,57 @@ class Collection:
 
     def identify(self, image_ids: np.ndarray | None = None, *, rank: str = "species",
                  method: str = "zero-shot", labels: LabelSet | None = None,
-                 min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+                 min_confidence: float = DEFAULT_MIN_CONFIDENCE, by_event: bool = False,
                  batch: int = 2048) -> Iterator[Identification]:  # fmt: skip
         """What classify vouches for about stored images (all live ones by default), from
         their stored vectors (nothing is embedded again): the name at the deepest rank from
         `rank` up whose probability reaches `min_confidence`, with its band. An image
         "unknown" at every rank gets no identification: an archive must not assert what
-        the classifier would not."""
+        the classifier would not. `by_event`: the frames of one camera-trap burst (one
+        eventID) that show an animal are answered together, as several photos of one
+        specimen are (the mean of their vectors); its empty frames stay empty."""
         self._require_names(labels)
         ids = self.store.catalog.live_ids() if image_ids is None else image_ids
         model = self.store.model.get("name") or self.store.model.get("source")
-        for start in range(0, len(ids), batch):
-            chunk = [int(i) for i in ids[start : start + batch]]
-            predictions = self.classify_vectors([str(i) for i in chunk], self.store.vectors(chunk),
-                                                rank=rank, k=1, method=method, labels=labels,
-                                                min_confidence=min_confidence)  # fmt: skip
-            for prediction in predictions:
-                answer = prediction.decision
+        for chunk in _whole_events(ids, self.store.catalog.events_of(ids) if by_event else {},
+                                   batch):  # fmt: skip
+            vectors = self.store.vectors([i for i, _ in chunk])
+            tops = self.classify_vectors([str(i) for i, _ in chunk], vectors, rank=rank, k=1,
+                                         method=method, labels=labels,
+                                         min_confidence=min_confidence)  # fmt: skip
+            answers = [p.decision for p in tops]
+            basis = [""] * len(chunk)
+            if by_event:
+                self._answer_events(chunk, vectors, tops, answers, basis, rank=rank,
+                                    method=method, labels=labels,
+                                    min_confidence=min_confidence)  # fmt: skip
+            for (image_id, _), answer, said in zip(chunk, answers, basis):
                 if (answer is None or answer.band == UNKNOWN or not answer.name.strip()
                         or _empty_frame(answer.name, answer.rank)):  # fmt: skip
                     continue
-                yield Identification(int(prediction.file), answer.name, answer.rank, answer.score,
-                                     method, str(model), band=answer.band)  # fmt: skip
+                yield Identification(image_id, answer.name, answer.rank, answer.score, method,
+                                     str(model), band=answer.band, basis=said)  # fmt: skip
+
+    def _answer_events(self, chunk: list[tuple[int, str]], vectors: np.ndarray,
+                       tops: list[Prediction], answers: list, basis: list[str],
+                       **options: Any) -> None:  # fmt: skip
+        """Each event's frames whose likeliest label is not an empty frame (`tops`: each
+        frame's top prediction; sure of it or not), answered again as one: their mean
+        vector's decision replaces each one's (`answers`, `basis` changed in place)."""
+        frames: dict[str, list[int]] = {}
+        for position, ((_, event), top) in enumerate(zip(chunk, tops)):
+            if event and not _empty_frame(top.label or "", ""):  # a taxon is never BLANK
+                frames.setdefault(event, []).append(position)
+        events = [(event, at) for event, at in frames.items() if len(at) > 1]
+        if not events:
+            return
+        together = np.stack([combine_views(vectors[at]) for _, at in events])
+        decided = [p.decision for p in self.classify_vectors(
+            [event for event, _ in events], together, k=1, **options)]  # fmt: skip
+        for (event, at), answer in zip(events, decided):
+            for position in at:
+                answers[position] = answer
+                basis[position] = f"with the {len(at)} frames of event {event}"
 
     def from_results(self, rows: Sequence[dict[str, Any]]
                      ) -> tuple[list[int], list[Identification] | None]:  # fmt: skip
@@ -1176,9 +1205,11 @@ class Collection:
                image_ids: Sequence[int] | None = None, identify: bool = False,
                method: str = "zero-shot", rank: str = "species", labels: LabelSet | None = None,
                with_media: bool = False, identifications: Sequence[Identification] | None = None,
-               min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict[str, Any]:  # fmt: skip
+               min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+               by_event: bool = False) -> dict[str, Any]:  # fmt: skip
         """Write the store (or the images `where`/`image_ids` choose) as a Darwin Core
-        Archive (`dwca`, with bioindex's identifications when `identify`) or its embeddings
+        Archive (`dwca`, with bioindex's identifications when `identify`; `by_event`: see
+        identify) or its embeddings
         as `parquet` or `npy`. `identifications` (e.g. from_results of a saved classify
         result) go into the archive as they are. Returns what was written."""
         if fmt not in EXPORT_FORMATS:
@@ -1186,6 +1217,8 @@ class Collection:
                                 f"{', '.join(EXPORT_FORMATS)}")  # fmt: skip
         if identify and fmt != "dwca":
             raise BioindexError("identifications go into a Darwin Core Archive (format dwca)")
+        if by_event and not identify:
+            raise BioindexError("by_event says how images are identified: give identify=True")
         chosen = self.chosen_ids(where, image_ids)
         if chosen is not None and not len(chosen):
             raise BioindexError("no live image matches the filters or the result given; "
@@ -1201,14 +1234,16 @@ class Collection:
             rows = write_npy(self.store, target, chosen)
             return {"path": str(target), "rows": rows, "table": str(target.with_suffix(".csv"))}
         found = (self.identify(chosen, rank=rank, method=method, labels=labels,
-                               min_confidence=min_confidence) if identify
+                               min_confidence=min_confidence, by_event=by_event) if identify
                  else identifications or ())  # fmt: skip
         if identifications and identify:
             raise BioindexError("identify the images, or hand in identifications from a classify "
                                 "result: not both")
         provenance = {"filters": " AND ".join(_filter(where).conditions) if _filter(where) else "",
                       "identification": (f"{method} at rank {rank} (or the deepest rank above it "
-                                         f"reaching {min_confidence:g})") if identify else ""}
+                                         f"reaching {min_confidence:g})"
+                                         + (", a burst's frames together" if by_event else "")
+                                         ) if identify else ""}  # fmt: skip
         written = write_archive(self.store, target, image_ids=chosen, identifications=found,
                                 with_media=with_media,
                                 provenance={k: v for k, v in provenance.items() if v}).to_dict()
@@ -1293,6 +1328,24 @@ def classify_images(
         labels=labels, label_vectors=label_matrix, logit_scale=model.logit_scale,
         store=store, neighbours=neighbours, min_confidence=min_confidence, place=place,
     ) + failed  # fmt: skip
+
+
+def _whole_events(ids: Sequence[int], events: dict[int, str],
+                  batch: int) -> Iterator[list[tuple[int, str]]]:  # fmt: skip
+    """(image_id, eventID or "") in chunks of about `batch`, an event's frames never split
+    between two (they are answered together)."""
+    order = sorted(range(len(ids)), key=lambda i: (events.get(int(ids[i]), ""), i)
+                   ) if events else range(len(ids))  # fmt: skip
+    chunk: list[tuple[int, str]] = []
+    for i in order:
+        image_id = int(ids[i])
+        event = events.get(image_id, "")
+        if len(chunk) >= batch and (not event or event != chunk[-1][1]):
+            yield chunk
+            chunk = []
+        chunk.append((image_id, event))
+    if chunk:
+        yield chunk
 
 
 def combine_views(vectors: np.ndarray) -> np.ndarray:

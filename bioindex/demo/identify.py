@@ -351,6 +351,37 @@ def several_views(look: str, shots: int, per_species: int, workdir: Path,
                 "summed_log_probabilities": float(np.mean(right))}  # fmt: skip
 
 
+def bursts_identified(look: str, shots: int, per_species: int, workdir: Path,
+                      method: str = "few-shot", frames: int = 3) -> dict[str, float]:  # fmt: skip
+    """Unnamed camera-trap bursts (`frames` views of one animal, one eventID) indexed into a
+    store of `shots` labelled pictures per species, then identified as `export --identify`
+    does: each frame alone, and a burst's frames together (by_event). Per frame: the share
+    named the right species, and the share named anything at species."""
+    folder = workdir / f"{look}-{shots}-bursts"
+    with open_world_store(folder, SPECIES, shots, look) as collection:
+        specimens = draw_specimens(SPECIES, per_species, frames, SPECIMEN_SEED, look)
+        (folder / "frames").mkdir(exist_ok=True)
+        rows, truth = ["file,eventID"], {}
+        for number, (kind, views) in enumerate(specimens):
+            for frame, view in enumerate(views):
+                name = f"b{number:04d}-{frame}.png"
+                view.save(folder / "frames" / name)
+                rows.append(f"{name},burst-{number}")
+                truth[str((folder / "frames" / name).resolve())] = kind.taxon.scientific_name
+        (folder / "frames.csv").write_text("\n".join(rows) + "\n")
+        collection.index([folder / "frames"], metadata=folder / "frames.csv", progress=False)
+        ids = collection.store.catalog.live_ids_by_uri(list(truth))
+        uri_of = {image_id: uri for uri, image_id in ids.items()}
+        found: dict[str, float] = {}
+        for key, by_event in (("each_frame", False), ("by_event", True)):
+            named = {uri_of[i.image_id]: i.scientific_name
+                     for i in collection.identify(np.asarray(sorted(uri_of)), method=method,
+                                                  by_event=by_event) if i.rank == "species"}
+            found[f"{key}_right"] = float(np.mean([named.get(u) == t for u, t in truth.items()]))
+            found[f"{key}_named"] = len(named) / len(truth)
+        return found
+
+
 def _summed_log_probabilities(collection: Collection, per_view: Sequence[np.ndarray],
                               method: str) -> list[Species]:  # fmt: skip
     by_lineage = {s.taxon.lineage: s for s in SPECIES}
@@ -379,4 +410,5 @@ def evaluate(workdir: str | os.PathLike[str] | None = None, look: str = "slide-f
         "open_genera_5": open_genera(look, open_set_shots, per_species, folder),
         "place_1": place(look, 1, per_species, folder),
         "several_views_1": several_views(look, 1, per_species, folder),
+        "bursts_identified_1": bursts_identified(look, 1, per_species, folder),
     }  # fmt: skip

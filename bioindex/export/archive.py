@@ -83,6 +83,7 @@ class Identification:
     model: str
     date: str = field(default_factory=lambda: dt.date.today().isoformat())
     band: str = ""  # confident, or uncertain: backed off from the rank asked
+    basis: str = ""  # what else it was judged from (the other frames of its burst)
 
 
 @dataclass
@@ -270,6 +271,7 @@ def _write_identifications(archive: zipfile.ZipFile, occurrence_of: dict[int, st
         table.write([occurrence_of[item.image_id], *_names(item),
                      f"bioindex (model {item.model})", item.date,
                      f"method {item.method}; {item.band + '; ' if item.band else ''}"
+                     f"{item.basis + '; ' if item.basis else ''}"
                      f"score {item.score:.4f}; image_id {item.image_id}",
                      f"bioindex:image:{item.image_id}"])  # fmt: skip
         summary.identifications += 1

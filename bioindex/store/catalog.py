@@ -315,6 +315,17 @@ class Catalog:
         return [found.get(int(i), f"image {int(i)}") for i in image_ids]
 
     @_releasing_ids
+    def events_of(self, image_ids: Sequence[int]) -> dict[int, str]:
+        """image_id → its eventID (a camera trap's burst), for the asked images that have one."""
+        if not len(image_ids):
+            return {}
+        return dict(self.con.execute(
+            f"SELECT image_id, trim(json_extract_string(extra, '$.eventID')) FROM images "
+            f"WHERE image_id IN {self._ids(image_ids)} "
+            f"AND nullif(trim(json_extract_string(extra, '$.eventID')), '') IS NOT NULL"
+        ).fetchall())  # fmt: skip
+
+    @_releasing_ids
     def group_mates(self, image_ids: Sequence[int]) -> dict[int, list[int]]:
         """image_id → the other live images of its group (GROUP_KEY), for each asked one
         that has any."""
