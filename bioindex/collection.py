@@ -110,8 +110,9 @@ Texts = str | Sequence[str]
 CLASSIFY_BATCH = 16  # image files decoded and embedded per model call
 EMPTY_WORDS = ("blank", "empty")  # what a search box is typed to find a camera trap's empty frames
 CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
-# Labelled images combined's two weights are fitted on, at most: each asks the index for its
-# neighbours (~40 ms at 300k images), and two numbers need far fewer than a temperature's 4096.
+# Labelled images combined's two weights are fitted on, at most: each is voted on by its
+# neighbours (512 searched together: ~1 s on a flat store of 300k), and two numbers need far
+# fewer than a temperature's 4096.
 POOL_IMAGES = 512
 EXPORT_FORMATS = ("dwca", "parquet", "npy")
 SEARCH_MODES = ("hybrid", "catalog", "semantic")
