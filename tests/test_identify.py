@@ -104,6 +104,7 @@ def test_a_bursts_frames_are_never_split_between_chunks() -> None:
     assert [len(c) for c in _whole_events(ids, {}, batch=4)] == [4, 4, 2]
 
 
+@pytest.mark.slow
 def test_a_bursts_frames_are_named_together(world: Path, tmp_path: Path) -> None:
     """export --identify --by-event: a camera trap's frames of one trigger are views of one
     animal; named from all of them, as several photos of one specimen are, more are right
