@@ -42,9 +42,9 @@ TAXON_COLUMNS = (
 # eventID, as COCO Camera Traps' seq_id is kept, with the name: a burst may hold two
 # species), else the photos of one specimen (its occurrence), else its bytes. Such photos
 # are not independent: one cannot be held out to test on while another is learnt from.
+EVENT_ID = "nullif(trim(json_extract_string(extra, '$.eventID')), '')"
 GROUP_KEY = (
-    "coalesce('event ' || nullif(trim(json_extract_string(extra, '$.eventID')), '') || ' ' "
-    "|| coalesce(scientific_name, vernacular_name, ''), "
+    f"coalesce('event ' || {EVENT_ID} || ' ' || coalesce(scientific_name, vernacular_name, ''), "
     "'occurrence ' || nullif(trim(occurrence_id), ''), 'bytes ' || sha256, "
     "'image ' || image_id)"
 )
@@ -320,9 +320,8 @@ class Catalog:
         if not len(image_ids):
             return {}
         return dict(self.con.execute(
-            f"SELECT image_id, trim(json_extract_string(extra, '$.eventID')) FROM images "
-            f"WHERE image_id IN {self._ids(image_ids)} "
-            f"AND nullif(trim(json_extract_string(extra, '$.eventID')), '') IS NOT NULL"
+            f"SELECT image_id, {EVENT_ID} FROM images "
+            f"WHERE image_id IN {self._ids(image_ids)} AND {EVENT_ID} IS NOT NULL"
         ).fetchall())  # fmt: skip
 
     @_releasing_ids
