@@ -178,7 +178,9 @@ def test_a_moved_folder_is_not_embedded_again(tmp_path: Path, tiny_model: str,
         assert after.uri == str(there.resolve())
         assert after.metadata.get("scientific_name") == "Leopardus pardalis"
         assert after.score == pytest.approx(before.score, abs=1e-6)
-        assert col.store.live_count() == 10
+        # The same image: its id (an archive's identifier, a saved result's) is kept.
+        assert after.image_id == before.image_id
+        assert col.store.live_count() == 10 and col.store.info()["images_deleted"] == 0
         (moved / "b" / "broken.jpg").write_bytes(b"not an image")
         assert col.index([moved], progress=False).failed == 1
     again = tmp_path / "again"

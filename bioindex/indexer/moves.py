@@ -43,9 +43,12 @@ def find_moves(store: Store, todo: Sequence[Item]) -> list[Move]:
         if sha256 and file_gone(uri):
             gone.setdefault((int(size), sha256), int(image_id))
     sizes = {size for size, _ in gone}
+    candidates = [item for item in local if item.size in sizes]
+    # A path the catalog has a row for (deleted, lost, or changed since) is that row's.
+    known = store.catalog.ids_of_uris([item.uri for item in candidates]) if candidates else {}
     moves: list[Move] = []
-    for item in local:
-        if item.size not in sizes:
+    for item in candidates:
+        if item.uri in known:
             continue
         try:
             digest = hashlib.sha256(item.read_bytes()).hexdigest()
@@ -60,9 +63,10 @@ def find_moves(store: Store, todo: Sequence[Item]) -> list[Move]:
 
 def commit_moves(store: Store, moves: Sequence[Move], run_id: int | None,
                  chunk: int = 2048) -> int:  # fmt: skip
-    """Each moved image as a row at its new path, with its stored vector and metadata (the
-    new scan's for the file over it); the old rows leave the store's results. `chunk`
-    images a commit, as embedded ones are: a whole collection may have moved."""
+    """Each moved image's row at its new path, with its image_id, stored vector and metadata
+    (the new scan's for the file over it), in one commit with the old row's removal (a run
+    killed between them cannot leave both). `chunk` images a commit, as embedded ones are:
+    a whole collection may have moved."""
     for start in range(0, len(moves), chunk):
         part = moves[start : start + chunk]
         old = [move.image_id for move in part]
@@ -72,8 +76,8 @@ def commit_moves(store: Store, moves: Sequence[Move], run_id: int | None,
                                rows[move.image_id].get("height"),
                                {**_metadata(rows[move.image_id]), **move.item.metadata})
                    for move in part]  # fmt: skip
-        store.commit(records, store.vectors(old), run_id=run_id)
-        store.mark_deleted(old)
+        store.commit(records, store.vectors(old), run_id=run_id,
+                     moved={move.item.uri: move.image_id for move in part})  # fmt: skip
     return len(moves)
 
 

@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -455,8 +455,12 @@ class Store:
         vectors: np.ndarray,
         failures: Sequence[Failure] = (),
         run_id: int | None = None,
+        moved: Mapping[str, int] | None = None,
     ) -> list[int]:
-        """Atomically add (or replace, by uri) embedded images and record failures."""
+        """Atomically add (or replace, by uri) embedded images and record failures.
+        `moved`: new uri → the image_id of the stored image found there (indexer.moves);
+        its row moves to the record, keeping its image_id (an exported archive's
+        identifiers and a saved result's ids still name it)."""
         self._require_writable()
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(records), self.dim):
@@ -472,6 +476,12 @@ class Store:
             fault("after-shard")
             nxt.shards.append(shard)
             existing = self.catalog.ids_of_uris([r.uri for r in records])
+            if moved:
+                segment_of = {image_id: segment for segment, found
+                              in self.catalog.segments_of_ids(list(moved.values())).items()
+                              for image_id in found}  # fmt: skip
+                existing.update({uri: (image_id, segment_of[image_id])
+                                 for uri, image_id in moved.items() if image_id in segment_of})
             for record in records:
                 if record.uri in existing:
                     ids.append(existing[record.uri][0])
