@@ -165,6 +165,7 @@ def test_a_moved_folder_is_not_embedded_again(tmp_path: Path, tiny_model: str,
     with Collection.open(store, model=tiny_model, create=True) as col:
         assert col.index([photos], metadata=meta, progress=False).embedded == 10
         before = col.search_image(paths[0], k=1)[0]
+        embedded_by = col.store.rows([before.image_id])[before.image_id]["run_id"]
     moved = tmp_path / "moved"
     photos.rename(moved)
     with Collection.open(store) as col:
@@ -178,8 +179,10 @@ def test_a_moved_folder_is_not_embedded_again(tmp_path: Path, tiny_model: str,
         assert after.uri == str(there.resolve())
         assert after.metadata.get("scientific_name") == "Leopardus pardalis"
         assert after.score == pytest.approx(before.score, abs=1e-6)
-        # The same image: its id (an archive's identifier, a saved result's) is kept.
+        # The same image: its id (an archive's identifier, a saved result's) is kept, and
+        # the run that embedded it (and read its EXIF).
         assert after.image_id == before.image_id
+        assert col.store.rows([after.image_id])[after.image_id]["run_id"] == embedded_by
         assert col.store.live_count() == 10 and col.store.info()["images_deleted"] == 0
         (moved / "b" / "broken.jpg").write_bytes(b"not an image")
         assert col.index([moved], progress=False).failed == 1

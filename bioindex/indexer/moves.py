@@ -61,24 +61,29 @@ def find_moves(store: Store, todo: Sequence[Item]) -> list[Move]:
     return moves
 
 
-def commit_moves(store: Store, moves: Sequence[Move], run_id: int | None,
-                 chunk: int = 2048) -> int:  # fmt: skip
+def commit_moves(store: Store, moves: Sequence[Move], chunk: int = 2048) -> int:
     """Each moved image's row at its new path, with its image_id, stored vector and metadata
     (the new scan's for the file over it), in one commit with the old row's removal (a run
-    killed between them cannot leave both). `chunk` images a commit, as embedded ones are:
-    a whole collection may have moved."""
+    killed between them cannot leave both), and the run that embedded it (what its photo's
+    EXIF was read by: pipeline._exif_cleared). `chunk` images a commit, as embedded ones
+    are: a whole collection may have moved."""
     for start in range(0, len(moves), chunk):
         part = moves[start : start + chunk]
-        old = [move.image_id for move in part]
-        rows = store.rows(old)
-        records = [ImageRecord(move.item.uri, move.item.size, move.item.mtime,
-                               rows[move.image_id].get("sha256"), rows[move.image_id].get("width"),
-                               rows[move.image_id].get("height"),
-                               {**_metadata(rows[move.image_id]), **move.item.metadata})
-                   for move in part]  # fmt: skip
-        store.commit(records, store.vectors(old), run_id=run_id,
-                     moved={move.item.uri: move.image_id for move in part})  # fmt: skip
+        rows = store.rows([move.image_id for move in part])
+        by_run: dict[int | None, list[Move]] = {}
+        for move in part:
+            by_run.setdefault(rows[move.image_id].get("run_id"), []).append(move)
+        for run_id, moving in by_run.items():
+            records = [_record(move, rows[move.image_id]) for move in moving]
+            store.commit(records, store.vectors([move.image_id for move in moving]),
+                         run_id=run_id, moved={m.item.uri: m.image_id for m in moving})
     return len(moves)
+
+
+def _record(move: Move, row: dict) -> ImageRecord:
+    return ImageRecord(move.item.uri, move.item.size, move.item.mtime, row.get("sha256"),
+                       row.get("width"), row.get("height"),
+                       {**_metadata(row), **move.item.metadata})  # fmt: skip
 
 
 def _metadata(row: dict) -> dict:

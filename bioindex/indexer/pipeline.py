@@ -214,7 +214,7 @@ def run_index(
     moved = {move.image_id for move in moves}
     summary.deleted = store.mark_deleted([i for i in work.vanished if i not in moved])
     store.forget_failures(work.gone_failures)
-    summary.moved = commit_moves(store, moves, run_id)
+    summary.moved = commit_moves(store, moves)
     arrived = {move.item.uri for move in moves}
     todo = [item for item in work.todo if item.uri not in arrived]
     known = store.known_failures()
