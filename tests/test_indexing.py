@@ -203,6 +203,22 @@ def test_a_moved_folder_is_not_embedded_again(tmp_path: Path, tiny_model: str,
     assert_index_matches_catalog(store)
 
 
+def test_which_stored_files_are_gone(tmp_path: Path) -> None:
+    from bioindex.indexer.moves import Listings
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"1")
+    (tmp_path / "t.tar").write_bytes(b"")
+    present = Listings()
+    assert not present.gone(str(tmp_path / "a" / "x.jpg"))
+    assert present.gone(str(tmp_path / "a" / "y.jpg"))
+    assert present.gone(str(tmp_path / "b" / "x.jpg"))  # its folder is gone
+    assert not present.gone(f"{tmp_path / 't.tar'}#in/x.jpg")  # its archive is there
+    assert present.gone(f"{tmp_path / 'u.tar'}#x.jpg")
+    assert not present.gone("https://example.org/x.jpg")
+    assert len(present.names) <= 4  # one listing a folder, not a stat a file
+
+
 def _no_model(*args, **kwargs):
     raise AssertionError("a model was loaded")
 

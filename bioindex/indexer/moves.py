@@ -38,9 +38,10 @@ def find_moves(store: Store, todo: Sequence[Item]) -> list[Move]:
     if not local:
         return []
     gone: dict[tuple[int, str], int] = {}
+    present = Listings()
     for image_id, uri, size, sha256 in store.catalog.live_files_of_sizes(
             sorted({int(item.size) for item in local})):  # fmt: skip
-        if sha256 and file_gone(uri):
+        if sha256 and present.gone(uri):
             gone.setdefault((int(size), sha256), int(image_id))
     sizes = {size for size, _ in gone}
     candidates = [item for item in local if item.size in sizes]
@@ -99,6 +100,30 @@ def _remote(uri: str) -> bool:
 def file_gone(uri: str) -> bool:
     """Whether a stored local file no longer exists (for an archive member, `archive#name`:
     its archive); never for a URL."""
-    if _remote(uri) or os.path.exists(uri):
-        return False
-    return not os.path.exists(uri.split("#", 1)[0])
+    return Listings().gone(uri)
+
+
+class Listings:
+    """file_gone for many files, a folder listed once: the stored rows of the new files'
+    sizes can be most of a large store, and a stat of each on a network share takes minutes
+    where one listing of each folder takes seconds."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, set[str] | None] = {}  # folder → its names; None: no folder
+
+    def gone(self, uri: str) -> bool:
+        if _remote(uri):
+            return False
+        if self._exists(uri):
+            return False
+        return "#" not in uri or not self._exists(uri.split("#", 1)[0])
+
+    def _exists(self, path: str) -> bool:
+        folder, name = os.path.split(path)
+        if folder not in self.names:
+            try:
+                self.names[folder] = set(os.listdir(folder or "."))
+            except OSError:  # gone, or not a folder (a path through an archive's name)
+                self.names[folder] = None
+        listed = self.names[folder]
+        return listed is not None and name in listed
