@@ -203,6 +203,28 @@ def test_a_moved_folder_is_not_embedded_again(tmp_path: Path, tiny_model: str,
     assert_index_matches_catalog(store)
 
 
+def test_a_moved_webdataset_shard_keeps_its_members(tmp_path: Path, tiny_model: str) -> None:
+    """A TreeOfLife-style shard moved to another disk: its members (shard.tar#key) are the
+    stored images, found by their bytes where the old shard is gone."""
+    import tarfile
+
+    paths = draw_images(tmp_path / "photos", 3, seed=31)
+    shard = tmp_path / "a" / "shard-000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for path in paths:
+            tar.add(path, arcname=f"{path.stem}.{path.suffix[1:]}")
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        assert col.index([shard], progress=False).embedded == 3
+        ids = sorted(col.store.catalog.live_ids().tolist())
+        (tmp_path / "b").mkdir()
+        moved = shard.rename(tmp_path / "b" / shard.name)
+        summary = col.index([moved], progress=False)
+        assert (summary.embedded, summary.moved) == (0, 3), summary
+        rows = col.store.rows(ids)
+        assert sorted(rows) == ids and all(r["uri"].startswith(f"{moved}#") for r in rows.values())
+
+
 def test_which_stored_files_are_gone(tmp_path: Path) -> None:
     from bioindex.indexer.moves import Listings
 
