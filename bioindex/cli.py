@@ -957,6 +957,9 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
         click.echo(f"note: {written['unidentified']} of the {written['images']} images have no "
                    f"identification: the classifier reached --min-confidence at no rank "
                    f"(\"unknown\"), or called them empty frames", err=True)  # fmt: skip
+    if by_event and not written.get("images_in_events"):
+        click.echo("note: no image has an eventID (a camera trap's burst, as COCO Camera Traps' "
+                   "seq_id is read), so --by-event named each one alone", err=True)  # fmt: skip
     if written.get("media_referenced"):
         click.echo(f"note: {written['media_referenced']} local images are named by path; "
                    f"give --with-media for an archive that stands alone", err=True)

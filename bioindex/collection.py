@@ -1250,6 +1250,9 @@ class Collection:
                                 provenance={k: v for k, v in provenance.items() if v}).to_dict()
         if identify or identifications is not None:  # said, not left for the reader to notice
             written["unidentified"] = written["images"] - written["identifications"]
+        if by_event:  # a folder of SD-card frames carries no eventID: by event changes nothing
+            ids = self.store.catalog.live_ids() if chosen is None else chosen
+            written["images_in_events"] = len(self.store.catalog.events_of(ids))
         return written
 
     def taxon_names(self) -> list[tuple[str, str]]:

@@ -48,8 +48,15 @@ def test_a_bursts_frames_are_named_together(tmp_path: Path) -> None:
     with zipfile.ZipFile(out) as archive:
         remarks = archive.read("identification.txt").decode()
     assert "with the 3 frames of event burst-" in remarks
+    assert "no image has an eventID" not in result.output
     refused = runner.invoke(main, ["export", "-s", str(store), "-o", str(out), "--by-event"])
     assert refused.exit_code == 2 and "go with --identify" in refused.output
+    # Photos that carry no eventID (an SD card's frames): --by-event says it changed nothing.
+    labelled = runner.invoke(main, ["export", "-s", str(store), "-o", str(out), "--identify",
+                                    "--method", "few-shot", "--by-event", "--where",
+                                    f"scientific_name={SPECIES[0].taxon.scientific_name}"])
+    assert labelled.exit_code == 0, labelled.output
+    assert "no image has an eventID" in labelled.output
 
 
 @pytest.mark.slow
