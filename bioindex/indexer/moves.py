@@ -18,7 +18,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bioindex.indexer.remote import is_remote
 from bioindex.indexer.sources import Item
+from bioindex.indexer.stored import member_of
 from bioindex.store import ImageRecord, Store
 from bioindex.store.records import DWC_COLUMNS
 
@@ -34,7 +36,7 @@ class Move:
 def find_moves(store: Store, todo: Sequence[Item]) -> list[Move]:
     """Which of `todo` (files the store does not know by path) are stored images whose
     files are gone. Only files of a size some gone row has are read (for their sha256)."""
-    local = [item for item in todo if not _remote(item.uri) and item.size]
+    local = [item for item in todo if not item.remote and item.size]
     if not local:
         return []
     gone: dict[tuple[int, str], int] = {}
@@ -93,30 +95,21 @@ def _metadata(row: dict) -> dict:
     return {**extra, **{column: row[column] for column in DWC_COLUMNS if column in row}}
 
 
-def _remote(uri: str) -> bool:
-    return "://" in uri
-
-
-def file_gone(uri: str) -> bool:
-    """Whether a stored local file no longer exists (for an archive member, `archive#name`:
-    its archive); never for a URL."""
-    return Listings().gone(uri)
-
-
 class Listings:
-    """file_gone for many files, a folder listed once: the stored rows of the new files'
-    sizes can be most of a large store, and a stat of each on a network share takes minutes
-    where one listing of each folder takes seconds."""
+    """Whether stored files are gone, each folder listed once: the stored rows of the new
+    files' sizes can be most of a large store, and a stat of each on a network share takes
+    minutes where one listing of each folder takes seconds."""
 
     def __init__(self) -> None:
         self.names: dict[str, set[str] | None] = {}  # folder → its names; None: no folder
 
     def gone(self, uri: str) -> bool:
-        if _remote(uri):
+        """Whether a stored local file no longer exists (for an archive member,
+        `archive#name`: its archive); never for a URL."""
+        if is_remote(uri) or self._exists(uri):
             return False
-        if self._exists(uri):
-            return False
-        return "#" not in uri or not self._exists(uri.split("#", 1)[0])
+        member = member_of(uri)
+        return member is None or not self._exists(member[0])
 
     def _exists(self, path: str) -> bool:
         folder, name = os.path.split(path)

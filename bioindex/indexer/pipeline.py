@@ -22,7 +22,7 @@ from bioindex.indexer.embed import (
     default_workers,
     embed_items,
 )
-from bioindex.indexer.moves import commit_moves, file_gone, find_moves
+from bioindex.indexer.moves import Listings, commit_moves, find_moves
 from bioindex.indexer.remote import (
     Downloads,
     Fetched,
@@ -137,8 +137,9 @@ def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
     # A failed file outside this scan that was there when it failed (it has a size) and is
     # gone now (its folder moved) is forgotten too: nothing is left to retry, and `info
     # --failures` would list it for ever. A manifest's row naming no file keeps its failure.
+    listed = Listings()
     gone = [uri for uri, (size, _) in failures.items()
-            if uri not in present and (covered(uri) or size is not None and file_gone(uri))]
+            if uri not in present and (covered(uri) or size is not None and listed.gone(uri))]
     return Plan(todo, unchanged, known_bad, vanished, same, gone)
 
 
