@@ -17,7 +17,7 @@ reaches it). A place prior (search.place) re-weights the candidates first.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,6 +35,7 @@ from bioindex.search.filters import (
 from bioindex.search.labels import LabelSet, taxon_from_row
 from bioindex.search.place import PlacePrior
 from bioindex.search.query import nearest_many
+from bioindex.search.ranks import Ladder, Scores, scores_from_dicts, summed_to
 from bioindex.store import Store
 from bioindex.taxonomy import RANKS, Taxon
 
@@ -100,16 +101,7 @@ def zero_shot_probabilities(
 
 def by_rank(probabilities: np.ndarray, taxa: Sequence[Taxon], rank: str) -> dict[Taxon, float]:
     """Sum per-species probabilities by lineage up to `rank`."""
-    return _sum_by_rank(zip(taxa, probabilities), rank)
-
-
-def _sum_by_rank(pairs: Iterable[tuple[Taxon, float]], rank: str) -> dict[Taxon, float]:
-    depth = RANKS.index(rank) + 1
-    totals: dict[Taxon, float] = defaultdict(float)
-    for taxon, p in pairs:
-        if len(taxon.lineage) >= depth:
-            totals[taxon.at_rank(rank)] += float(p)
-    return dict(totals)
+    return summed_to(np.asarray(probabilities)[None], taxa, rank).row(0)
 
 
 def knn_vote(
@@ -194,17 +186,19 @@ def decide(scores: dict[Taxon, float], rank: str, min_confidence: float,
     """The deepest rank from `rank` upwards whose best taxon (scores summed by lineage)
     reaches `min_confidence` (ranks the taxa leave blank are skipped). A `novel` image
     (unlike every labelled species) is answered from the genus up."""
-    deepest = RANKS.index(rank) - (1 if novel and rank == "species" else 0)
-    for level in reversed(RANKS[: deepest + 1]):
-        totals = _sum_by_rank(scores.items(), level)
-        named = {t: p for t, p in totals.items() if t.name_at(level).strip()}
-        if not named:
-            continue
-        taxon, score = max(named.items(), key=lambda item: (item[1], item[0].lineage))
-        if score >= min_confidence:
-            return Decision(taxon.name_at(level), level, score,
-                            CONFIDENT if level == rank else UNCERTAIN, novel)  # fmt: skip
-    return Decision(UNKNOWN, "", 0.0, UNKNOWN, novel)
+    return decisions(scores_from_dicts([scores]), rank, min_confidence,
+                     np.array([novel]))[0]  # fmt: skip
+
+
+def decisions(scores: Scores, rank: str, min_confidence: float,
+              novel: np.ndarray) -> list[Decision]:  # fmt: skip
+    """decide for every image of `scores` at once."""
+    skip = (novel & (rank == "species")).astype(np.int64)
+    found = Ladder(scores.candidates, rank).deepest_sure(scores, min_confidence, skip)
+    return [Decision(UNKNOWN, "", 0.0, UNKNOWN, bool(n)) if answer is None
+            else Decision(answer[1].name_at(answer[0]), answer[0], answer[2],
+                          CONFIDENT if answer[0] == rank else UNCERTAIN, bool(n))
+            for answer, n in zip(found, novel)]  # fmt: skip
 
 
 def _choices(rank: str, labels: LabelSet | None, head: Head | None) -> int | None:
@@ -273,50 +267,51 @@ def classify_vectors(
 
     pooled = method == "combined" and pool is not None
     averaged = method == "combined" and pool is None
-    probabilities, taxa = None, None
     novel = np.zeros(len(files), dtype=bool)
     alone = _choices(rank, labels, head) == 1
     if few_shot:
-        probabilities, taxa = head.probabilities(image_vectors), head.taxa
+        scores = summed_to(head.probabilities(image_vectors), head.taxa, rank)
         novel = head.novel(image_vectors)
-        if novel.any():
-            genus_probabilities = head.genus_probabilities(image_vectors)
     elif pooled:
         votes = knn_votes(store, image_vectors, labels.taxa, neighbours, logit_scale)
-        probabilities = pool.probabilities(image_vectors @ label_vectors.T, votes)
-        taxa = labels.taxa
-    elif method != "knn":
-        probabilities = zero_shot_probabilities(image_vectors, label_vectors,
-                                                temperature or logit_scale)  # fmt: skip
-        taxa = labels.taxa
-    voted = (knn_vote_many(store, image_vectors, rank, neighbours, logit_scale=logit_scale)
-             if method == "knn" or averaged else None)  # fmt: skip
+        scores = summed_to(pool.probabilities(image_vectors @ label_vectors.T, votes),
+                           labels.taxa, rank)  # fmt: skip
+    elif method == "zero-shot":
+        scores = summed_to(zero_shot_probabilities(image_vectors, label_vectors,
+                                                   temperature or logit_scale),
+                           labels.taxa, rank)  # fmt: skip
+    else:
+        voted = knn_vote_many(store, image_vectors, rank, neighbours, logit_scale=logit_scale)
+        if averaged:
+            text = summed_to(zero_shot_probabilities(image_vectors, label_vectors,
+                                                     temperature or logit_scale),
+                             labels.taxa, rank)  # fmt: skip
+            voted = [_averaged(text.row(i), votes) for i, votes in enumerate(voted)]
+        scores = scores_from_dicts(voted)
+    if place is not None:
+        scores = scores.reweighted(np.array([place.weight(t) for t in scores.candidates]))
+    answers = decisions(scores, rank, min_confidence, novel)
+    if rank == "species" and novel.any():  # their genus from the genus discriminant
+        rows = np.flatnonzero(novel)
+        genera = summed_to(head.genus_probabilities(image_vectors[rows]), head.genera, "genus")
+        if place is not None:
+            genera = genera.reweighted(np.array([place.weight(t) for t in genera.candidates]))
+        for row, decision in zip(rows, decisions(genera, rank, min_confidence,
+                                                 np.ones(len(rows), dtype=bool))):  # fmt: skip
+            answers[row] = decision
     predictions: list[Prediction] = []
     for i, file in enumerate(files):
-        scores: dict[Taxon, float] = {}
-        if probabilities is not None:
-            scores = by_rank(probabilities[i], taxa, rank)
-        if voted is not None:
-            votes = voted[i]
-            if method == "knn":
-                scores = votes
-            else:
-                keys = set(scores) | set(votes)
-                scores = {t: 0.5 * scores.get(t, 0.0) + 0.5 * votes.get(t, 0.0) for t in keys}
-        if place is not None:
-            scores = place.apply(scores)
-        if novel[i] and rank == "species":  # its genus from the genus discriminant
-            genera = dict(zip(head.genera, genus_probabilities[i].tolist()))
-            decision = decide(place.apply(genera) if place is not None else genera, rank,
-                              min_confidence, novel=True)  # fmt: skip
-        else:
-            decision = decide(scores, rank, min_confidence, bool(novel[i]))
+        decision = answers[i]
         if alone and decision.band == CONFIDENT:
             decision = replace(decision, band=UNCERTAIN, alone=True)
-        best = sorted(scores.items(), key=lambda item: (-item[1], item[0].lineage))[:k]
         predictions.extend(Prediction(file, score, taxon=taxon, decision=decision)
-                           for taxon, score in best)  # fmt: skip
+                           for taxon, score in scores.top(i, k))  # fmt: skip
     return predictions
+
+
+def _averaged(text: dict[Taxon, float], votes: dict[Taxon, float]) -> dict[Taxon, float]:
+    """combined without fitted weights: the plain average of the two."""
+    return {t: 0.5 * text.get(t, 0.0) + 0.5 * votes.get(t, 0.0) for t in set(text) | set(votes)}
 
 
 def _free_label_predictions(files: Sequence[str], image_vectors: np.ndarray, names: list[str],
