@@ -82,6 +82,12 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
          f"{pct(open_set['genus_accuracy_when_backed_off'])}", "genus right >= 80%"),
         ("open set: genus discriminant right on every held-out image",
          pct(open_set["held_out_genus_right_from_discriminant"]), "reported"),
+        *[(f"open set, {method}: held-out 'unknown' at species / known kept / genus right",
+           f"{pct(found['unknown_said_for_held_out'])} / "
+           f"{pct(found['known_keep_species_answer'])} / "
+           f"{pct(found['genus_accuracy_when_backed_off'])}", "reported")
+          for method, found in (("knn", results["open_set_5_knn"]),
+                                ("combined", results["open_set_5_combined"]))],
         ("open genera (3 unlabelled): named a species / a genus / family or above",
          f"{pct(genera['held_out_genera_named_to_a_species'])} / "
          f"{pct(genera['held_out_genera_named_to_a_genus'])} / "

@@ -941,7 +941,9 @@ class Collection:
         labels, place = self._listed_labels(labels, method, place)
         if method not in FEW_SHOT_METHODS:
             self._require_names(labels)
-        label_matrix, head, temperature, pool = None, None, None, None
+        label_matrix, head, temperature, pool, novelty = None, None, None, None, None
+        if method in ("knn", "combined") and labels is None:  # the store's own names
+            novelty = self.novelty_head()
         if method in FEW_SHOT_METHODS:
             head = self.head(method, train)
         elif method != "knn" and labels is None:
@@ -959,6 +961,7 @@ class Collection:
             labels=labels, label_vectors=label_matrix, logit_scale=self.model.logit_scale,
             store=self.store, neighbours=neighbours, head=head, place=place,
             min_confidence=min_confidence, temperature=temperature, pool=pool,
+            novelty=novelty,
         )  # fmt: skip
 
     def zero_shot_temperature(self) -> float | None:
@@ -1036,6 +1039,16 @@ class Collection:
         if train is not None:
             return self._training_head(method, train)
         return self._kept(f"head {method}", lambda: store_head(self.store, method))
+
+    def novelty_head(self) -> Head | None:
+        """The store's few-shot head, whose novelty test knn and combined answers share
+        (search.classify.classify_vectors); None where the store's names cannot train one
+        (fewer than two species or common names)."""
+        try:
+            return self.head("few-shot")
+        except BioindexError as exc:
+            log.debug("no novelty test for knn or combined: %s", exc)
+            return None
 
     def use_head(self, method: str, head: Head, generation: int) -> None:
         """Keep `head`, trained elsewhere on this store as of `generation`, as this store's

@@ -27,7 +27,7 @@ from bioindex.demo.world import (
 )
 from bioindex.search.calibration import expected_calibration_error, softmax
 from bioindex.search.classify import UNKNOWN
-from bioindex.search.fewshot import centred, labelled_species
+from bioindex.search.fewshot import FEW_SHOT_METHODS, centred, labelled_species
 
 STORE_SEED, QUERY_SEED, SPECIMEN_SEED = 101, 202, 303
 # Other draws of the labelled store, for figures that depend on one store's few images.
@@ -249,7 +249,8 @@ def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str
         vectors, truth = query_vectors(collection, per_species, look)
         names = [str(i) for i in range(len(truth))]
         found = collection.classify_vectors(names, vectors, k=1, method=method, **options)
-        head = collection.head(method)
+        # knn and combined share the few-shot head's novelty test (Collection.novelty_head).
+        head = collection.head(method if method in FEW_SHOT_METHODS else "few-shot")
         features = centred(vectors, head.mean)
         nearest = (features @ head.centroids.T).max(axis=1)
         likeness = head.likeness(vectors)
@@ -407,6 +408,9 @@ def evaluate(workdir: str | os.PathLike[str] | None = None, look: str = "slide-f
         "calibration_5_store_draws": calibration_over_stores(look, 5, per_species, folder),
         "bursts_5": bursts(look, 5, per_species, folder),
         "open_set_5": open_set(look, open_set_shots, per_species, folder),
+        "open_set_5_knn": open_set(look, open_set_shots, per_species, folder, method="knn"),
+        "open_set_5_combined": open_set(look, open_set_shots, per_species, folder,
+                                        method="combined"),
         "open_genera_5": open_genera(look, open_set_shots, per_species, folder),
         "place_1": place(look, 1, per_species, folder),
         "several_views_1": several_views(look, 1, per_species, folder),

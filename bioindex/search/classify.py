@@ -231,12 +231,17 @@ def classify_vectors(
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     temperature: float | None = None,
     pool: Pool | None = None,
+    novelty: Head | None = None,
 ) -> list[Prediction]:
     """Top-k predictions per image, best first, each carrying its file's decision.
     `temperature` replaces `logit_scale` in zero-shot's softmax (a calibrated one, see
     Collection.zero_shot_temperature); the neighbour vote keeps the model's own. `pool`:
     combined's fitted weights (Collection.combined_pool; None: the plain average), pooling
-    at species, then summed by lineage as zero-shot's probabilities are."""
+    at species, then summed by lineage as zero-shot's probabilities are. `novelty`: for
+    knn and combined over the store's own names, the store's few-shot head, whose test
+    (Head.novel) says which images are unlike every labelled species — answered from the
+    genus up, their genus from its discriminant, as few-shot's own are. Without it a
+    species missing from the labels is named as its nearest labelled sibling."""
     if rank not in RANKS:
         raise BioindexError(f"unknown rank {rank!r}; choose one of {', '.join(RANKS)}")
     if method not in METHODS:
@@ -260,18 +265,20 @@ def classify_vectors(
                             f"names) cannot be summed up to rank {rank}")  # fmt: skip
     if free is not None and place is not None:
         raise BioindexError("custom labels name no taxa a place could have records of")
+    judge = head if few_shot else novelty if method in ("knn", "combined") else None
     if free is not None:
         return _free_label_predictions(files, image_vectors, free, k, min_confidence, method,
                                        store, neighbours, logit_scale, temperature,
-                                       label_vectors, head, pool)  # fmt: skip
+                                       label_vectors, head, pool, judge)  # fmt: skip
 
     pooled = method == "combined" and pool is not None
     averaged = method == "combined" and pool is None
     novel = np.zeros(len(files), dtype=bool)
+    if judge is not None and judge.free_labels is None:
+        novel = judge.novel(image_vectors)
     alone = _choices(rank, labels, head) == 1
     if few_shot:
         scores = summed_to(head.probabilities(image_vectors), head.taxa, rank)
-        novel = head.novel(image_vectors)
     elif pooled:
         votes = knn_votes(store, image_vectors, labels.taxa, neighbours, logit_scale)
         scores = summed_to(pool.probabilities(image_vectors @ label_vectors.T, votes),
@@ -293,7 +300,8 @@ def classify_vectors(
     answers = decisions(scores, rank, min_confidence, novel)
     if rank == "species" and novel.any():  # their genus from the genus discriminant
         rows = np.flatnonzero(novel)
-        genera = summed_to(head.genus_probabilities(image_vectors[rows]), head.genera, "genus")
+        genera = summed_to(judge.genus_probabilities(image_vectors[rows]), judge.genera,
+                           "genus")  # fmt: skip
         if place is not None:
             genera = genera.reweighted(np.array([place.weight(t) for t in genera.candidates]))
         for row, decision in zip(rows, decisions(genera, rank, min_confidence,
@@ -318,15 +326,17 @@ def _free_label_predictions(files: Sequence[str], image_vectors: np.ndarray, nam
                             k: int, min_confidence: float, method: str, store: Store | None,
                             neighbours: int, logit_scale: float, temperature: float | None,
                             label_vectors: np.ndarray | None, head: Head | None,
-                            pool: Pool | None = None) -> list[Prediction]:  # fmt: skip
+                            pool: Pool | None = None, judge: Head | None = None,
+                            ) -> list[Prediction]:  # fmt: skip
     """Top-k over labels with no lineage (custom labels, a catalog's common names): the
-    answer is the best label when it reaches `min_confidence` (and, for a few-shot head,
-    the image is like some name's images), else unknown — there is no rank to back off
-    to. The neighbour vote counts the neighbours called by the labels."""
+    answer is the best label when it reaches `min_confidence` (and, where a head over the
+    same names judges, the image is like some name's images), else unknown — there is no
+    rank to back off to. The neighbour vote counts the neighbours called by the labels."""
     novel = np.zeros(len(files), dtype=bool)
+    if judge is not None and judge.free_labels is not None:
+        novel = judge.novel(image_vectors)  # unlike the photos of every name
     if method in FEW_SHOT_METHODS:
         probabilities = head.probabilities(image_vectors)
-        novel = head.novel(image_vectors)  # unlike the photos of every name
     else:
         probabilities = np.zeros((len(files), len(names)))
         if method != "knn":

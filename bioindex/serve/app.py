@@ -12,6 +12,7 @@ catalog are used under, and refused above a pixel cap before they are decoded. T
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import threading
@@ -361,6 +362,9 @@ def create_app(
             options["place"] = await read_species_list(species_list, outside_weight)
         if method in FEW_SHOT_METHODS:
             await run_in_threadpool(prepare_head, method)
+        elif method in ("knn", "combined") and not labels:  # their novelty test's head
+            with contextlib.suppress(BioindexError):  # none: answered without one
+                await run_in_threadpool(prepare_head, "few-shot")
 
         def predict() -> tuple[list, dict]:
             with lock.reading():
