@@ -838,3 +838,20 @@ def test_a_camera_traps_empty_frames_are_learnt_as_blank(tmp_path: Path) -> None
     assert sorted(named) == ["f0.png", "f1.png"], named
     assert {i.scientific_name for i in named.values()} == {species[0].taxon.common_name}
     assert all(i.basis == "with the 2 frames of event t1" for i in named.values()), named
+
+
+def test_two_photos_a_species_call_no_new_photo_of_one_novel() -> None:
+    """With two labelled photos a species, each held-out photo's centroid is the other
+    photo: every excess over the typical cosine was 0, the bar was 0, and a third of new
+    photos of labelled species (34% on the demo world) were "unlike every species"."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(12, 32))
+
+    def photos(count: int) -> np.ndarray:
+        drawn = np.repeat(centres, count, axis=0) + 0.7 * rng.normal(size=(12 * count, 32))
+        return (drawn / np.linalg.norm(drawn, axis=1, keepdims=True)).astype(np.float32)
+
+    taxa = [SPECIES[i].taxon for i in range(12) for _ in range(2)]
+    labelled = photos(2)
+    head = fewshot.fit_head("few-shot", labelled, taxa, labelled.mean(axis=0))
+    assert head.novel(photos(5)).mean() <= 0.15

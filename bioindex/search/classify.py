@@ -265,7 +265,10 @@ def classify_vectors(
                             f"names) cannot be summed up to rank {rank}")  # fmt: skip
     if free is not None and place is not None:
         raise BioindexError("custom labels name no taxa a place could have records of")
-    judge = head if few_shot else novelty if method in ("knn", "combined") else None
+    # A head over common names does not judge the vote: a camera trap's "blank" is every
+    # kind of empty frame, and 7 of 12 new frames were "unlike" its names.
+    vouching = novelty is not None and novelty.free_labels is None
+    judge = head if few_shot else novelty if method in ("knn", "combined") and vouching else None
     if free is not None:
         return _free_label_predictions(files, image_vectors, free, k, min_confidence, method,
                                        store, neighbours, logit_scale, temperature,

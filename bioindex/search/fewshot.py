@@ -82,7 +82,7 @@ PROBE_BUDGET = 50_000_000
 # known species named with room: 0.10 → 55.8% unknown / 94.1% kept, 0.125 → 70.8% / 92.1%,
 # 0.15 → 75.8% / 89.9% (benchmarks/identify.py).
 NOVELTY_QUANTILE = 0.125
-HEAD_VERSION = 8
+HEAD_VERSION = 9
 # A cached head is trained again once the store has grown or shrunk by about this factor:
 # the store's mean, which SimpleShot centres by, has moved (new labels always retrain).
 MEAN_DRIFT = 1.25
@@ -422,7 +422,13 @@ def fit_head(method: str, vectors: np.ndarray, taxa: Sequence[Taxon], mean: np.n
     if calibrated:
         own_cosines, own = held_out_own_cosines(features, classes, len(species), codes)
         typical = typical_cosines(own_cosines, own, len(species))
-        novelty = float(np.quantile(own_cosines - typical[own], NOVELTY_QUANTILE))
+        # A species of two images gives both the same cosine (each is the other's centroid):
+        # its excess over typical is 0 by construction, and a store of two a species set
+        # the bar at 0, calling a third of new photos of its species novel.
+        varied = np.bincount(own, minlength=len(species))[own] >= 3
+        if varied.sum() >= MIN_HELD_OUT:
+            novelty = float(np.quantile((own_cosines - typical[own])[varied],
+                                        NOVELTY_QUANTILE))  # fmt: skip
     return Head(method, species, mean.astype(np.float32), weight, bias, temperature,
                 calibrated, len(taxa), centroids, novelty, typical,
                 None if free else fit_genus(features, classes, species))  # fmt: skip
