@@ -51,3 +51,24 @@ def measure(script: str, args: list[str], code: Path | None, timeout: float,
         last = [line.strip() for line in done.stderr.splitlines() if line.strip()]
         return {"error": f"exit {done.returncode}: {last[-1][:160] if last else ''}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def versus_baseline(results: list[dict], row: dict, case: tuple[str, ...]) -> str:
+    """How many times faster `row` ran than the baseline's row of the same `case` (the
+    keys naming it): "" for the baseline itself, or where either has no time."""
+    base = next((b for b in results if b["code"] == "baseline"
+                 and all(b[key] == row[key] for key in case)), None)  # fmt: skip
+    if base is None or base is row or "seconds" not in base or "seconds" not in row:
+        return ""
+    return f"{base['seconds'] / row['seconds']:.1f}×"
+
+
+def same_answers(row: dict) -> str:
+    """The table's word for whether both checkouts answered alike ("" where not compared)."""
+    return {True: "yes", False: "**no**"}.get(row.get("same_answers"), "")
+
+
+def save(results: list[dict], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")

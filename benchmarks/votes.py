@@ -14,12 +14,11 @@ checkouts. Prints a table, writes JSON (--out).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
-from checkout import PEAK, measure
+from checkout import PEAK, measure, same_answers, save, versus_baseline
 from heads import make_store
 
 MEASURE = PEAK + r"""
@@ -89,18 +88,12 @@ def main() -> None:
           "answers |")
     print("| ---: | --- | ---: | --- | ---: | ---: | ---: | --- |")
     for r in results:
-        base = next((b for b in results if b["code"] == "baseline" and b["images"] == r["images"]
-                     and b["index"] == r["index"]), None)  # fmt: skip
-        ratio = (f"{base['seconds'] / r['seconds']:.1f}×" if base and "seconds" in r
-                 and "seconds" in base and r is not base else "")  # fmt: skip
         seconds = f"{r['seconds']:.2f}" if "seconds" in r else r.get("error", "")[:40]
         per = f"{r['ms_per_image']:.1f}" if "ms_per_image" in r else ""
-        same = {True: "yes", False: "**no**"}.get(r.get("same_answers"), "")
+        ratio = versus_baseline(results, r, ("images", "index"))
         print(f"| {r['images']:,} | {r['index']} | {r['queries']} | {r['code']} | {seconds} | "
-              f"{per} | {ratio} | {same} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+              f"{per} | {ratio} | {same_answers(r)} |")
+    save(results, args.out)
 
 
 if __name__ == "__main__":
