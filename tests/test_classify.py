@@ -378,9 +378,16 @@ def test_decisions_for_many_images_follow_the_rule_for_each() -> None:
         rows.append({taxa[j]: float(w) for j, w in zip(chosen, weights)})
     rows += [{TAXA[0]: 0.5, TAXA[1]: 0.5}, {TAXA[1]: 0.5, TAXA[0]: 0.5}, {}]  # ties; nothing
     novel = np.concatenate([novel, [False, False, False]])
+    # Every candidate given to every image (probabilities over a label set): no masks.
+    full = [{t: float(w) for t, w in zip(taxa, rng.dirichlet(np.full(len(taxa), 0.3)))}
+            for _ in range(100)]  # fmt: skip
     for rank in ("species", "genus", "family", "class"):
         for min_confidence in (0.0, 0.3, 0.5, 0.9):
             got = decisions(scores_from_dicts(rows), rank, min_confidence, novel)
+            every = decisions(scores_from_dicts(full), rank, min_confidence, novel[:100])
+            for row, n, decision in zip(full, novel, every):
+                expected = _decide_by_hand(row, rank, min_confidence, bool(n))
+                assert (decision.name, decision.rank, decision.score) == expected, (row, rank)
             for i, (row, n, decision) in enumerate(zip(rows, novel, got)):
                 expected = _decide_by_hand(row, rank, min_confidence, bool(n))
                 assert (decision.name, decision.rank, decision.score) == expected, (row, rank)

@@ -125,14 +125,19 @@ class Ladder:
         `min_confidence` (ties to the larger lineage); None when no rank's does."""
         found: list[tuple[str, Taxon, float] | None] = [None] * len(scores.values)
         waiting = np.ones(len(scores.values), dtype=bool)
+        every = bool(scores.given.all())  # probabilities over all candidates: no mask
         for step, level in enumerate(self.levels):
             rows = np.flatnonzero(waiting & (skip <= step))
             if not len(rows) or not level.named.any():
                 continue
-            totals = _times(np.where(scores.given[rows], scores.values[rows], 0.0),
-                            level.summing)  # fmt: skip
-            reached = _times(scores.given[rows], level.summing) > 0
-            totals = np.where(reached & level.named[None, :], totals, -np.inf)
+            if every:
+                totals = _times(scores.values[rows], level.summing)
+                reached = level.named[None, :]
+            else:
+                totals = _times(np.where(scores.given[rows], scores.values[rows], 0.0),
+                                level.summing)  # fmt: skip
+                reached = (_times(scores.given[rows], level.summing) > 0) & level.named
+            totals = np.where(reached, totals, -np.inf)
             best = totals.argmax(axis=1)
             top = totals[np.arange(len(rows)), best]
             for row, j, total in zip(rows, best, top):
