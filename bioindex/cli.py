@@ -144,6 +144,10 @@ def main() -> None:
         handler.bioindex_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
+    # Training a head is a wait the user should hear about (search.fewshot says so once).
+    fewshot_log = logging.getLogger("bioindex.search.fewshot")
+    if fewshot_log.level == logging.NOTSET:  # --verbose (DEBUG) keeps its own
+        fewshot_log.setLevel(min(logging.INFO, logger.getEffectiveLevel()))
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -855,3 +855,18 @@ def test_two_photos_a_species_call_no_new_photo_of_one_novel() -> None:
     labelled = photos(2)
     head = fewshot.fit_head("few-shot", labelled, taxa, labelled.mean(axis=0))
     assert head.novel(photos(5)).mean() <= 0.15
+
+
+def test_the_cli_says_when_knn_trains_the_head_it_judges_by(tmp_path: Path) -> None:
+    """knn's first answer on a store trains the few-shot head (its novelty test): up to
+    minutes on a large store, and it was silent. The CLI says so once; the next call reads
+    the cached head and says nothing."""
+    root = write_world(tmp_path / "w", SPECIES[:6], 3, seed=5, look=LOOK)
+    with Collection.open(tmp_path / "s", model="bioclip-demo", create=True, device="cpu") as col:
+        col.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
+    photo = next((root / "images").glob("*.png"))
+    command = ["classify", str(photo), "-s", str(tmp_path / "s"), "--method", "knn", "-k", "1"]
+    first, second = CliRunner().invoke(main, command), CliRunner().invoke(main, command)
+    assert first.exit_code == second.exit_code == 0, first.output
+    said = "info: training the few-shot head on 18 labelled images (once; kept in the store)"
+    assert said in first.output and "training" not in second.output, second.output
