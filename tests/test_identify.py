@@ -18,7 +18,13 @@ from bioindex import Collection
 from bioindex.cli import main
 from bioindex.demo import identify
 from bioindex.demo.tree import SPECIES
-from bioindex.demo.world import draw_specimens, region_of, write_world
+from bioindex.demo.world import (
+    draw_specimens,
+    held_out_genera,
+    held_out_species,
+    region_of,
+    write_world,
+)
 from bioindex.errors import BioindexError
 from bioindex.search import calibration, fewshot
 from bioindex.search.classify import decide
@@ -207,6 +213,25 @@ def test_species_left_out_of_the_labels_are_not_named_but_their_genus_is(world: 
         assert voted["unknown_said_for_held_out"] >= 0.75, (method, voted)
         assert voted["known_keep_species_answer"] >= 0.80, (method, voted)
         assert voted["genus_accuracy_when_backed_off"] >= 0.80, (method, voted)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_held_out_genera_are_whole_genera_of_other_families(seed: int) -> None:
+    """The open-genera figures need every species of a genus missing, or they measure
+    unlabelled species of known genera again."""
+    held = held_out_genera(3, seed)
+    genera = {s.taxon.genus for s in held}
+    assert len(genera) == 3
+    assert len({s.taxon.family for s in held}) == 3
+    assert set(held) == {s for s in SPECIES if s.taxon.genus in genera}
+    left = {s.taxon.family for s in SPECIES if s not in held}
+    assert left == {s.taxon.family for s in SPECIES}  # every family keeps a known genus
+
+
+def test_the_held_out_species_leave_every_genus_known() -> None:
+    held = held_out_species(0.2)
+    assert len({s.taxon.genus for s in held}) == len(held) == round(0.2 * len(SPECIES))
+    assert {s.taxon.genus for s in SPECIES if s not in held} == {s.taxon.genus for s in SPECIES}
 
 
 def test_an_unlabelled_species_is_placed_in_its_genus_not_in_one_sharing_its_detail() -> None:

@@ -73,8 +73,10 @@ def held_out_genera(count: int = 3, seed: int = 0) -> list[Species]:
     families = len(SPECIES) // per_family
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(families, min(count, families), replace=False))
-    return [SPECIES[f * per_family + int(rng.integers(2)) * len(DETAILS) + d]
-            for f in chosen for d in range(len(DETAILS))]  # fmt: skip
+    # One genus a family, drawn once: drawn per species, a family's three held-out species
+    # came from both its genera, and neither genus was missing.
+    starts = [f * per_family + int(rng.integers(2)) * len(DETAILS) for f in chosen]
+    return [SPECIES[start + d] for start in starts for d in range(len(DETAILS))]
 
 
 def draw_pictures(species: Sequence[Species], per_species: int, seed: int, look: str
