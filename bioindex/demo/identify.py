@@ -281,6 +281,8 @@ def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str
              if h])),
         "genus_accuracy_when_backed_off": float(np.mean(
             [d.name == s.taxon.genus for d, s in genus_answers])) if genus_answers else 0.0,
+        "held_out_answered_at_family": float(np.mean(
+            [d.rank == "family" for d, h in zip(decisions, is_held) if h])),
         "held_out_said_unknown_at_every_rank": float(np.mean(
             [d.name == UNKNOWN for d, h in zip(decisions, is_held) if h])),
     }  # fmt: skip
@@ -299,12 +301,16 @@ def open_genera(look: str, shots: int, per_species: int, workdir: Path,
     decisions = [p.decision for p in found]
     is_held = np.array([s in held for s in truth])
     held_ranks = [d.rank for d, h in zip(decisions, is_held) if h]
+    at_family = [(d, s) for d, s, h in zip(decisions, truth, is_held)
+                 if h and d.rank == "family"]  # fmt: skip
     return {
         # No rank a label gives is right for these: only backing off to family is.
         "held_out_genera_named_to_a_species": held_ranks.count("species") / len(held_ranks),
         "held_out_genera_named_to_a_genus": held_ranks.count("genus") / len(held_ranks),
         "held_out_genera_family_or_above": float(np.mean(
             [r not in ("species", "genus") for r in held_ranks])),
+        "family_right_when_backed_off": float(np.mean(
+            [d.name == s.taxon.family for d, s in at_family])) if at_family else 0.0,
         "known_keep_species_answer": float(np.mean(
             [d.rank == "species" for d, h in zip(decisions, is_held) if not h])),
     }  # fmt: skip

@@ -43,6 +43,7 @@ METHODS = ("zero-shot", "knn", "combined", *FEW_SHOT_METHODS)
 DEFAULT_NEIGHBOURS = 20
 CONFIDENT, UNCERTAIN, UNKNOWN = "confident", "uncertain", "unknown"
 NOVEL_NOTE = "unlike every labelled species"
+NEW_GENUS_NOTE = "unlike every labelled genus"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Decision:
     score: float
     band: str
     novel: bool = False  # unlike every labelled species: the species was not answered
+    new_genus: bool = False  # unlike every labelled genus too: nor was the genus
     # The labels name no other taxon at the asked rank: its probability is 1 whatever the
     # photo shows (an ocelot was "Tetraodon fluviatilis, confident, 1.0000" in a store
     # whose one species list names that pufferfish), so it is never called confident.
@@ -62,7 +64,9 @@ class Decision:
     def to_dict(self) -> dict:
         row = {"answer": self.name, "answer_rank": self.rank,
                "answer_score": round(self.score, 6), "band": self.band}  # fmt: skip
-        if self.novel:
+        if self.new_genus:
+            row["answer_note"] = NEW_GENUS_NOTE
+        elif self.novel:
             row["answer_note"] = NOVEL_NOTE
         elif self.alone:
             row["answer_note"] = f"the only {self.rank} the labels name: nothing to tell it from"
@@ -182,23 +186,27 @@ def knn_label_votes(store: Store, vectors: np.ndarray, names: Sequence[str],
 
 
 def decide(scores: dict[Taxon, float], rank: str, min_confidence: float,
-           novel: bool = False) -> Decision:  # fmt: skip
+           novel: bool = False, new_genus: bool = False) -> Decision:  # fmt: skip
     """The deepest rank from `rank` upwards whose best taxon (scores summed by lineage)
     reaches `min_confidence` (ranks the taxa leave blank are skipped). A `novel` image
-    (unlike every labelled species) is answered from the genus up."""
-    return decisions(scores_from_dicts([scores]), rank, min_confidence,
-                     np.array([novel]))[0]  # fmt: skip
+    (unlike every labelled species) is answered from the genus up; one of a `new_genus`
+    (unlike every labelled genus too) from the family up."""
+    return decisions(scores_from_dicts([scores]), rank, min_confidence, np.array([novel]),
+                     np.array([new_genus]))[0]  # fmt: skip
 
 
-def decisions(scores: Scores, rank: str, min_confidence: float,
-              novel: np.ndarray) -> list[Decision]:  # fmt: skip
+def decisions(scores: Scores, rank: str, min_confidence: float, novel: np.ndarray,
+              new_genus: np.ndarray | None = None) -> list[Decision]:  # fmt: skip
     """decide for every image of `scores` at once."""
-    skip = (novel & (rank == "species")).astype(np.int64)
+    if new_genus is None:
+        new_genus = np.zeros(len(novel), dtype=bool)
+    skip = ((novel & (rank == "species")).astype(np.int64)
+            + (new_genus & (rank in ("species", "genus"))).astype(np.int64))  # fmt: skip
     found = Ladder(scores.candidates, rank).deepest_sure(scores, min_confidence, skip)
-    return [Decision(UNKNOWN, "", 0.0, UNKNOWN, bool(n)) if answer is None
+    return [Decision(UNKNOWN, "", 0.0, UNKNOWN, bool(n), bool(g)) if answer is None
             else Decision(answer[1].name_at(answer[0]), answer[0], answer[2],
-                          CONFIDENT if answer[0] == rank else UNCERTAIN, bool(n))
-            for answer, n in zip(found, novel)]  # fmt: skip
+                          CONFIDENT if answer[0] == rank else UNCERTAIN, bool(n), bool(g))
+            for answer, n, g in zip(found, novel, new_genus)]  # fmt: skip
 
 
 def _choices(rank: str, labels: LabelSet | None, head: Head | None) -> int | None:
@@ -277,8 +285,11 @@ def classify_vectors(
     pooled = method == "combined" and pool is not None
     averaged = method == "combined" and pool is None
     novel = np.zeros(len(files), dtype=bool)
+    new_genus = np.zeros(len(files), dtype=bool)
     if judge is not None and judge.free_labels is None:
         novel = judge.novel(image_vectors)
+        if novel.any() and rank in ("species", "genus"):  # like a species: like its genus
+            new_genus[novel] = judge.unlike_genera(image_vectors[novel])
     alone = _choices(rank, labels, head) == 1
     if few_shot:
         scores = summed_to(head.probabilities(image_vectors), head.taxa, rank)
@@ -300,15 +311,16 @@ def classify_vectors(
         scores = scores_from_dicts(voted)
     if place is not None:
         scores = scores.reweighted(np.array([place.weight(t) for t in scores.candidates]))
-    answers = decisions(scores, rank, min_confidence, novel)
-    if rank == "species" and novel.any():  # their genus from the genus discriminant
+    answers = decisions(scores, rank, min_confidence, novel, new_genus)
+    if rank == "species" and novel.any():  # their genus (or family) from the discriminant
         rows = np.flatnonzero(novel)
         genera = summed_to(judge.genus_probabilities(image_vectors[rows]), judge.genera,
                            "genus")  # fmt: skip
         if place is not None:
             genera = genera.reweighted(np.array([place.weight(t) for t in genera.candidates]))
         for row, decision in zip(rows, decisions(genera, rank, min_confidence,
-                                                 np.ones(len(rows), dtype=bool))):  # fmt: skip
+                                                 np.ones(len(rows), dtype=bool),
+                                                 new_genus[rows])):  # fmt: skip
             answers[row] = decision
     predictions: list[Prediction] = []
     for i, file in enumerate(files):

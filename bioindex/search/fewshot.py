@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,12 @@ PROBE_BUDGET = 50_000_000
 # known species named with room: 0.10 → 55.8% unknown / 94.1% kept, 0.125 → 70.8% / 92.1%,
 # 0.15 → 75.8% / 89.9% (benchmarks/identify.py).
 NOVELTY_QUANTILE = 0.125
-HEAD_VERSION = 9
+# An image unlike every labelled species is unlike every labelled genus too when it is
+# farther from every genus' mean (Mahalanobis, the genus discriminant's covariance) than
+# this share of labelled images of species held out of the discriminant: answered from
+# the family up. Measured on the demo world's open genera (benchmarks/identify.py).
+GENUS_NOVELTY_QUANTILE = 0.9
+HEAD_VERSION = 10
 # A cached head is trained again once the store has grown or shrunk by about this factor:
 # the store's mean, which SimpleShot centres by, has moved (new labels always retrain).
 MEAN_DRIFT = 1.25
@@ -101,15 +106,44 @@ class HeadFormatChanged(ValueError):
 
 
 @dataclass
+class Discriminant:
+    """A linear map over the genera (train_genus) and, where it is a discriminant analysis,
+    the Gaussians it is made of: the genera's means and their shared covariance, inverted
+    (`precision`). None for the genus centroids it falls back to."""
+
+    weight: np.ndarray  # [genera, dim]
+    bias: np.ndarray  # [genera]
+    means: np.ndarray | None = None  # [genera, dim]; a genus without images: NaN
+    precision: np.ndarray | None = None  # [dim, dim]
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """[images]: the squared Mahalanobis distance to the nearest genus' mean."""
+        if self.means is None or self.precision is None:
+            return np.zeros(len(features), dtype=np.float32)
+        known = ~np.isnan(self.means[:, 0])
+        means = self.means[known]
+        projected = means @ self.precision  # [genera, dim]
+        own = np.einsum("ij,ij->i", features @ self.precision, features)
+        across = features @ projected.T  # [images, genera]
+        centres = np.einsum("ij,ij->i", projected, means)
+        return (own[:, None] - 2.0 * across + centres[None, :]).min(axis=1)
+
+
+@dataclass
 class GenusHead:
     """The genera of a head's species, for images unlike every labelled species: which genus,
-    by a discriminant (train_genus) calibrated on species held out of it. Takes centred
-    features."""
+    by a discriminant (train_genus) calibrated on species held out of it; and whether the
+    image is unlike every labelled genus too (farther from every genus' mean than nearly
+    all images of species held out of the discriminant: GENUS_NOVELTY_QUANTILE). Takes
+    centred features."""
 
     genera: list[Taxon]
     weight: np.ndarray  # [genera, dim]
     bias: np.ndarray  # [genera]
     temperature: float
+    means: np.ndarray | None = None  # [genera, dim] (see Discriminant)
+    precision: np.ndarray | None = None  # [dim, dim]
+    novelty: float = math.inf  # distance beyond which an image is unlike every genus
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         return features @ self.weight.T + self.bias
@@ -118,18 +152,31 @@ class GenusHead:
         """[images, genera], calibrated on species the discriminant never saw."""
         return softmax(self.temperature * self.logits(features))
 
+    def unlike(self, features: np.ndarray) -> np.ndarray:
+        """Whether each image is unlike every labelled genus."""
+        distances = Discriminant(self.weight, self.bias, self.means,
+                                 self.precision).distances(features)  # fmt: skip
+        return distances > self.novelty
+
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"genus_weight": self.weight, "genus_bias": self.bias}
+        gaussians = ({"genus_means": self.means, "genus_precision": self.precision}
+                     if self.means is not None and self.precision is not None else {})  # fmt: skip
+        return {"genus_weight": self.weight, "genus_bias": self.bias, **gaussians}
 
     def meta(self) -> dict[str, Any]:
         return {"genera": [list(astuple(t)) for t in self.genera],
-                "genus_temperature": self.temperature}
+                "genus_temperature": self.temperature,
+                "genus_novelty": None if math.isinf(self.novelty) else self.novelty}
 
     @classmethod
     def from_saved(cls, data: Any, meta: dict[str, Any]) -> GenusHead:
         genera = [make_taxon(row[:7], row[7]) for row in meta["genera"]]
+        novelty = meta.get("genus_novelty")
         return cls(genera, data["genus_weight"], data["genus_bias"],
-                   float(meta["genus_temperature"]))
+                   float(meta["genus_temperature"]),
+                   data["genus_means"] if "genus_means" in data else None,
+                   data["genus_precision"] if "genus_precision" in data else None,
+                   math.inf if novelty is None else float(novelty))
 
 
 @dataclass
@@ -183,6 +230,13 @@ class Head:
     def novel(self, vectors: np.ndarray) -> np.ndarray:
         """Whether each image is unlike every labelled species (see NOVELTY_QUANTILE)."""
         return self.likeness(vectors) < self.novelty
+
+    def unlike_genera(self, vectors: np.ndarray) -> np.ndarray:
+        """Whether each image is unlike every labelled genus (GenusHead.unlike); never, for
+        a head over common names."""
+        if self.genus is None:
+            return np.zeros(len(np.atleast_2d(vectors)), dtype=bool)
+        return self.genus.unlike(centred(np.atleast_2d(vectors), self.mean))
 
     def genus_probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """[images, genera], calibrated on species the discriminant never saw."""
@@ -262,16 +316,16 @@ def class_rows(coef: np.ndarray, intercept: np.ndarray, present: np.ndarray, cou
     return weight, bias
 
 
-def train_genus(features: np.ndarray, genera: np.ndarray, count: int
-                ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(weight [count, dim], bias [count]): linear discriminant analysis over the genera,
-    its shared covariance shrunk by Ledoit-Wolf, equal priors. The within-genus scatter
-    holds what tells a genus' species apart, so the discriminant leans on what they share
-    and an unlabelled species lands in its genus: on the demo world's held-out species 76% /
-    78% right (two query draws), against 50% / 58% from the nearest genus centroid."""
+def train_genus(features: np.ndarray, genera: np.ndarray, count: int) -> Discriminant:
+    """Linear discriminant analysis over the genera, its shared covariance shrunk by
+    Ledoit-Wolf, equal priors. The within-genus scatter holds what tells a genus' species
+    apart, so the discriminant leans on what they share and an unlabelled species lands in
+    its genus: on the demo world's held-out species 76% / 78% right (two query draws),
+    against 50% / 58% from the nearest genus centroid."""
     present = np.unique(genera)
     if len(present) < 2:  # one genus: it is the answer
-        return np.zeros((count, features.shape[1]), np.float32), np.zeros(count, np.float32)
+        return Discriminant(np.zeros((count, features.shape[1]), np.float32),
+                            np.zeros(count, np.float32))  # fmt: skip
     if len(genera) > len(present) + 1:  # some images to estimate a covariance from
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
@@ -282,11 +336,14 @@ def train_genus(features: np.ndarray, genera: np.ndarray, count: int
             model.fit(features, genera)
         weight, bias = class_rows(model.coef_, model.intercept_, present, count)
         if np.any(weight[present]):  # all zero when no image differs from its genus' mean
-            return weight, bias
+            means = np.full((count, features.shape[1]), np.nan, dtype=np.float32)
+            means[present] = model.means_
+            precision = np.linalg.inv(model.covariance_).astype(np.float32)
+            return Discriminant(weight, bias, means, precision)
     # The genera's centroids, scaled so that the fallback T of 1 is the centroid head's own.
     weight = train_linear("few-shot", features, genera, count)[0]
     bias = np.where(np.isin(np.arange(count), present), 0.0, -1e4).astype(np.float32)
-    return weight * DEFAULT_TEMPERATURE["few-shot"], bias
+    return Discriminant(weight * DEFAULT_TEMPERATURE["few-shot"], bias)
 
 
 def held_out_logits(method: str, features: np.ndarray, classes: np.ndarray, count: int,
@@ -371,18 +428,23 @@ def rank_within(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
+def held_out_folds(fold: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(held, wanted) for each fold with rows to test: the rows a head is trained without,
+    and those of them that calibration_rows chooses to test it on."""
+    chosen = calibration_rows(fold)
+    for f in range(FOLDS):
+        held = fold == f
+        if (held & chosen).any():
+            yield held, held & chosen
+
+
 def fold_logits(fold: np.ndarray, features: np.ndarray, targets: np.ndarray, count: int,
                 train: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(logits, targets) of the rows in each fold that calibration_rows chooses, from
     `train` on the rows outside the fold (fold −1: never held out)."""
-    chosen = calibration_rows(fold)
     logits, truth = [], []
-    for f in range(FOLDS):
-        held = fold == f
-        wanted = held & chosen
-        if not wanted.any():
-            continue
+    for held, wanted in held_out_folds(fold):
         weight, bias = train(features[~held], targets[~held])
         logits.append(features[wanted] @ weight.T + bias)
         truth.append(targets[wanted])
@@ -450,14 +512,24 @@ def fit_genus(features: np.ndarray, classes: np.ndarray, species: Sequence[Taxon
     alone = np.bincount(species_genus, minlength=count)[species_genus] < 2
     fold = np.where(alone, -1, (rank_within(species_genus) + species_genus) % FOLDS)[classes]
     of_genus = species_genus[classes]
-    weight, bias = train_genus(features, of_genus, count)
-    logits, truth = fold_logits(fold, features, of_genus, count,
-                                lambda x, y: train_genus(x, y, count))
+    found = train_genus(features, of_genus, count)
+    logits, truth, distances = [], [], []
+    for held, wanted in held_out_folds(fold):
+        without = train_genus(features[~held], of_genus[~held], count)
+        logits.append(features[wanted] @ without.weight.T + without.bias)
+        truth.append(of_genus[wanted])
+        distances.append(without.distances(features[wanted]))
     # Discriminant logits are on a Mahalanobis scale (the demo world's T is ~0.15): a wide
-    # range for T. Without species to hold out, the discriminant's own posterior (T = 1).
-    temperature = (fit_temperature(logits, truth, low=1e-4, high=100.0)
-                   if len(truth) >= MIN_HELD_OUT else 1.0)  # fmt: skip
-    return GenusHead(genera, weight, bias, temperature)
+    # range for T. Without species to hold out, the discriminant's own posterior (T = 1),
+    # and no image is unlike every genus.
+    temperature, novelty = 1.0, math.inf
+    if sum(map(len, truth)) >= MIN_HELD_OUT:
+        temperature = fit_temperature(np.concatenate(logits), np.concatenate(truth),
+                                      low=1e-4, high=100.0)  # fmt: skip
+        if found.means is not None:
+            novelty = float(np.quantile(np.concatenate(distances), GENUS_NOVELTY_QUANTILE))
+    return GenusHead(genera, found.weight, found.bias, temperature, found.means,
+                     found.precision, novelty)  # fmt: skip
 
 
 def capped_rows(groups: np.ndarray, limit: int, members: np.ndarray) -> np.ndarray:
