@@ -34,7 +34,8 @@ from bioindex.search.defaults import (
 
 # What a search table shows unless --columns says otherwise (empty columns drop out).
 HIT_COLUMNS = ("rank", "score", "match", "image_id", "scientific_name", "vernacular_name",
-               "catalog_number", "institution_code", "country_code", "event_date", "path")
+               "catalog_number", "institution_code", "country_code", "event_date", "file_missing",
+               "path")
 DEDUP_COLUMNS = ("group", "image_id", "kind", "score", "path")
 
 
@@ -481,6 +482,7 @@ def _search_command(
                              map_index=True) as collection:  # fmt: skip
             hits = run(collection, k=fetch, where=conditions or None, **kwargs)
             empty = not hits and collection.store.live_count() == 0
+            gone = _missing_note(hits, collection.store.runs(), store)
         if group_by:
             from bioindex.search.query import group_by_occurrence
 
@@ -488,6 +490,8 @@ def _search_command(
         # The short default set is for eyes; JSON and CSV keep every field for programs.
         shown = parse_columns(columns, HIT_COLUMNS if fmt == "table" else None)
         click.echo(render_hits(hits, fmt, shown), nl=False)
+        if gone:
+            click.echo(gone, err=True)
         if empty:  # an archive of records without media embeds nothing: say where to go
             click.echo(f"note: {store} holds no images yet: bioindex index PHOTOS --store "
                        f"{store}", err=True)  # fmt: skip
@@ -500,6 +504,20 @@ def _search_command(
                      argument):  # fmt: skip
         command = decorate(command)
     search.command(name=name, help=doc)(command)
+
+
+def _missing_note(hits: Sequence[Any], runs: list[dict[str, Any]], store: str) -> str | None:
+    """What to do when results name photos no longer where they were indexed."""
+    from bioindex.search.query import source_roots
+
+    gone = [h for h in hits if h.missing]
+    if not gone:
+        return None
+    roots = [r for r in source_roots(runs) if gone[0].uri.startswith(r.rstrip(os.sep) + os.sep)]
+    where = f" (indexed from {roots[0]})" if roots else ""
+    return (f"note: {len(gone)} of these {len(hits)} images' files are gone from where they "
+            f"were indexed{where}: moved or deleted? `bioindex index FOLDER --store {store}` "
+            f"again finds moved photos and drops deleted ones")
 
 
 def render_hits(hits: Sequence[Any], fmt: str, columns: Sequence[str] | None) -> str:
@@ -1343,6 +1361,11 @@ def serve(store: str, host: str, port: int, token: str | None, public: bool,
     collection = app.state.collection
     click.echo(f"store {store}: {collection.store.live_count()} images, model "
                f"{collection.identity.name} on {collection.model.device}", err=True)  # fmt: skip
+    checked, missing = collection.store.missing_files()
+    if missing:  # the page would show empty frames: say why before anyone asks
+        click.echo(f"warning: {missing} of {checked} photos checked are gone from where they "
+                   f"were indexed (moved or deleted?); `bioindex index FOLDER --store {store}` "
+                   f"again finds moved photos and drops deleted ones", err=True)  # fmt: skip
     served = serve_app(app, host, port, echo=lambda line: click.echo(line, err=True))
     click.echo(f"stopped after {served} requests; goodbye", err=True)
 

@@ -539,3 +539,37 @@ def test_search_by_id_reads_the_current_vector_of_the_image(tmp_path: Path,
         gone = ids[str(photos[3].resolve())]
         with pytest.raises(BioindexError, match=f"no live image with image_id {gone}"):
             col.search_id(gone, k=3)
+
+
+def test_photos_gone_since_indexing_are_said_so(tmp_path: Path, tiny_model: str) -> None:
+    """A folder moved or photos deleted after indexing: the results still named them, the
+    page showed empty frames, and nothing said why or what to do."""
+    paths = draw_images(tmp_path / "photos", 8, seed=11)
+    store = str(tmp_path / "store")
+    runner = CliRunner()
+    assert runner.invoke(main, ["index", str(tmp_path / "photos"), "--store", store,
+                                "--model", tiny_model]).exit_code == 0  # fmt: skip
+    for path in paths[:3]:
+        path.unlink()
+    gone = {str(p.resolve()) for p in paths[:3]}
+    found = runner.invoke(main, ["search", "text", "a bird", "--store", store, "--k", "8",
+                                 "--format", "json"])  # fmt: skip
+    assert found.exit_code == 0, found.output
+    rows = json.loads(found.stdout)
+    assert {r["uri"] for r in rows if r.get("file_missing")} == gone
+    assert "3 of these 8 images' files are gone" in found.stderr
+    assert f"indexed from {(tmp_path / 'photos').resolve()}" in found.stderr
+    table = runner.invoke(main, ["search", "text", "a bird", "--store", store, "--k", "8"])
+    assert "file_missing" in table.stdout.splitlines()[0]
+    info = runner.invoke(main, ["info", "--store", store, "--format", "json"])
+    assert json.loads(info.stdout)["files_missing"] == 3
+    assert json.loads(info.stdout)["files_checked"] == 8
+    # Indexing the folder again drops them: nothing is said any more.
+    assert runner.invoke(main, ["index", str(tmp_path / "photos"), "--store",
+                                store]).exit_code == 0  # fmt: skip
+    again = runner.invoke(main, ["search", "text", "a bird", "--store", store, "--k", "8",
+                                 "--format", "json"])  # fmt: skip
+    assert not any(r.get("file_missing") for r in json.loads(again.stdout))
+    assert "gone" not in again.stderr
+    with Store.open(store, read_only=True) as opened:
+        assert opened.missing_files() == (5, 0)

@@ -324,3 +324,43 @@ def test_a_common_name_finds_its_records_on_the_page(site, tmp_path: Path, tiny_
     assert len(records) == 2 and all("african_elephants" in r for r in records), records
     assert all(r.startswith("elephant\n") for r in records), records  # the name heads a card
     assert not errors
+
+
+def test_photos_gone_since_indexing_show_as_missing(site, tmp_path: Path, tiny_model: str
+                                                    ) -> None:  # fmt: skip
+    """A plain folder whose photos were partly deleted after indexing: their cards were
+    broken images, and the page never said why."""
+    from bioindex.serve.app import create_app
+    from tests.conftest import draw_images
+
+    paths = draw_images(tmp_path / "photos", 6, seed=21)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as collection:
+        collection.index([tmp_path / "photos"], progress=False)
+    for path in paths[:2]:
+        path.unlink()
+    app = create_app(tmp_path / "s", device="cpu")
+    browser = site[0]
+    with LiveServer(app) as live:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(live.url)
+        page.wait_for_function("document.getElementById('summary').textContent.includes('model')")
+        summary = page.inner_text("#summary")
+        page.fill("#q", "a photo")
+        page.press("#q", "Enter")
+        page.wait_for_selector(".card")
+        cards = page.eval_on_selector_all(".card", "cs => cs.map(c => ({gone: !!c.querySelector"
+                                          "('.gone'), img: !!c.querySelector('img'), text: "
+                                          "c.innerText}))")  # fmt: skip
+        page.screenshot(path=str(screenshot_folder() / "missing-files.png"), full_page=True)
+        page.close()
+    app.state.collection.close()
+    assert "2 of 6 photos checked are missing" in summary, summary
+    assert len(cards) == 6
+    gone = [c for c in cards if c["gone"]]
+    assert len(gone) == 2 and not any(c["img"] for c in gone), cards
+    assert ({c["text"].split("\n")[1] for c in gone}
+            == {str(p.relative_to(tmp_path)) for p in paths[:2]})  # fmt: skip
+    assert all(c["img"] for c in cards if not c["gone"])
+    assert not errors

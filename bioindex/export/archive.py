@@ -25,10 +25,11 @@ import numpy as np
 
 from bioindex.errors import BioindexError
 from bioindex.export.dwc_terms import DWC_TERMS
-from bioindex.indexer.stored import archived, image_format, member_of
+from bioindex.indexer.stored import archived, image_format
 from bioindex.store import Store
 from bioindex.store.records import DWC_COLUMNS
 from bioindex.taxonomy import looks_scientific
+from bioindex.uris import member_of
 
 DWC = "http://rs.tdwg.org/dwc/terms/"
 DCTERMS = "http://purl.org/dc/terms/"

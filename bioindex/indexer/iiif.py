@@ -163,7 +163,7 @@ def members(collection: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 def read_manifest(source: str, policy: FetchPolicy) -> dict[str, Any]:
     """A Presentation document from a URL or a file; BioindexError when it is not one."""
-    from bioindex.indexer.remote import is_remote
+    from bioindex.uris import is_remote
 
     try:
         if is_remote(source):

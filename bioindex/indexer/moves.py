@@ -18,11 +18,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bioindex.indexer.remote import is_remote
 from bioindex.indexer.sources import Item
-from bioindex.indexer.stored import member_of
 from bioindex.store import ImageRecord, Store
 from bioindex.store.records import DWC_COLUMNS
+from bioindex.uris import is_remote, member_of
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,9 @@ from bioindex.images import IMAGE_EXTENSIONS, unread_note, walk_images
 from bioindex.indexer import iiif, jsonlists
 from bioindex.indexer.lines import Lines
 from bioindex.indexer.names_table import NamesTable
-from bioindex.indexer.remote import FetchPolicy, is_remote
+from bioindex.indexer.remote import FetchPolicy
 from bioindex.tables import WORKBOOK_SUFFIXES, delimiter, workbook_rows
+from bioindex.uris import is_remote
 
 MAX_FILE_BYTES = 1 << 30  # one image file; a 150 MP uncompressed TIFF master is ~450 MB
 SOURCE_TYPES = ("auto", "folder", "file", "manifest", "dwca", "zip", "webdataset", "iiif",

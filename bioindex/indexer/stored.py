@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bioindex.indexer.remote import MediaCache, is_remote
+from bioindex.indexer.remote import MediaCache
 from bioindex.indexer.sources import Item, shard_images, zip_members
+from bioindex.uris import is_remote, member_of
 
 CONTAINERS_KEPT = 16  # member tables of the latest containers read
 
@@ -52,19 +53,6 @@ class _Tables:
 
 
 _TABLES = _Tables()
-
-
-def member_of(uri: str) -> tuple[str, str] | None:
-    """(container, member) of a uri naming a member of a zip or tar, or None. A '#' alone
-    does not make one: "specimen #12.jpg" is a file, and a zip's folder or member may
-    hold a '#' too, so the container is the first prefix before a '#' that ends in .zip
-    or .tar."""
-    at = uri.find("#")
-    while at != -1:
-        if uri[:at].lower().endswith((".zip", ".tar")):
-            return uri[:at], uri[at + 1 :]
-        at = uri.find("#", at + 1)
-    return None
 
 
 def archived(row: Mapping[str, Any]) -> Item | None:

@@ -13,6 +13,7 @@ import numpy as np
 from bioindex.errors import BioindexError
 from bioindex.search.filters import Filter
 from bioindex.store import Store
+from bioindex.uris import file_gone
 
 # Catalog columns worth showing next to a hit, in this order, when present.
 SUMMARY_COLUMNS = (
@@ -34,12 +35,14 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
     why: str | None = None
     path: str | None = None  # the uri relative to the folder it was indexed from
+    missing: bool = False  # its file (or archive) is gone from where it was indexed
 
     def to_dict(self) -> dict[str, Any]:
         data = {"rank": self.rank, "score": round(self.score, 6), "image_id": self.image_id}
         if self.why:
             data["match"] = self.why
-        return {**data, "path": self.path or self.uri, "uri": self.uri, **self.metadata}
+        gone = {"file_missing": True} if self.missing else {}
+        return {**data, "path": self.path or self.uri, "uri": self.uri, **gone, **self.metadata}
 
 
 def check_k(k: int) -> int:
@@ -129,7 +132,7 @@ def to_hits(store: Store, pairs: list[tuple[float, int]], why: str | None = None
         if link:
             metadata["occurrence_url"] = link
         hits.append(Hit(start + len(hits), score, image_id, row["uri"], metadata, why,
-                        display_path(row["uri"], roots)))  # fmt: skip
+                        display_path(row["uri"], roots), file_gone(row["uri"])))  # fmt: skip
     return hits
 
 
@@ -197,5 +200,6 @@ def group_by_occurrence(hits: list[Hit], k: int) -> list[Hit]:
     out = []
     for rank, (key, hit) in enumerate(list(groups.items())[:k], start=1):
         metadata = {**hit.metadata, "images": counts[key]}
-        out.append(Hit(rank, hit.score, hit.image_id, hit.uri, metadata, hit.why, hit.path))
+        out.append(Hit(rank, hit.score, hit.image_id, hit.uri, metadata, hit.why, hit.path,
+                       hit.missing))  # fmt: skip
     return out

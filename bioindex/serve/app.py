@@ -32,8 +32,7 @@ from starlette.exceptions import HTTPException
 
 from bioindex.collection import Collection, combine_views
 from bioindex.errors import BioindexError, ImageTooLarge
-from bioindex.indexer.remote import is_remote
-from bioindex.indexer.stored import image_bytes, member_of
+from bioindex.indexer.stored import image_bytes
 from bioindex.output import ANSWER_KEYS
 from bioindex.search.dedup import DuplicateMember, find_duplicates
 from bioindex.search.defaults import (
@@ -51,6 +50,7 @@ from bioindex.serve.guard import LOOPBACK_NAMES, Guard
 from bioindex.store import Store
 from bioindex.store.read_cache import GenerationCache
 from bioindex.taxonomy import RANKS
+from bioindex.uris import is_remote, member_of
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000  # a 50 MP upload decodes to ~150 MB of RGB

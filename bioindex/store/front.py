@@ -69,6 +69,7 @@ from bioindex.store.records import (
     without_photo_facts,
 )
 from bioindex.store.snapshot import Snapshot
+from bioindex.uris import file_gone
 
 FORMAT_VERSION = snapshot.FORMAT_VERSION
 # Compaction: once this many segments hold fewer than SMALL_SEGMENT rows each, they are
@@ -77,6 +78,9 @@ FORMAT_VERSION = snapshot.FORMAT_VERSION
 COMPACT_AT = 16
 SMALL_SEGMENT = 256 * 1024
 OCCURRENCE_CHUNK = 50_000
+# Photos whose file is looked for by `info` (one stat each: a second on a slow network
+# share; enough to see that a folder was moved or a drive is not mounted).
+FILES_CHECKED = 256
 OCCURRENCE_MEMORY = "512MB"  # DuckDB's share while importing occurrences (it spills beyond)
 log = logging.getLogger(__name__)
 
@@ -405,8 +409,20 @@ class Store:
             out.append((str(self.path / SHARD_DIR / shard), ids, rows))
         return out
 
+    def missing_files(self, sample: int = FILES_CHECKED) -> tuple[int, int]:
+        """(checked, missing): of up to `sample` live images spread evenly over the store,
+        how many have a file (or archive) gone from where it was indexed — a folder moved,
+        a drive not mounted. URLs are not checked."""
+        ids = np.sort(self.catalog.live_ids())
+        if not len(ids):
+            return 0, 0
+        chosen = ids[np.unique(np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(int))]
+        uris = [str(row["uri"]) for row in self.rows([int(i) for i in chosen]).values()]
+        return len(uris), sum(file_gone(uri) for uri in uris)
+
     def info(self) -> dict[str, Any]:
         counts = self.catalog.status_counts()
+        checked, missing = self.missing_files()
         filled = self.catalog.filled(["event_date", "decimal_latitude", "scientific_name",
                                       "vernacular_name"])  # fmt: skip
         runs = self.runs()
@@ -423,6 +439,9 @@ class Store:
             "images_live": counts.get("live", 0),
             "images_deleted": counts.get("deleted", 0),
             "images_lost": counts.get("lost", 0),
+            # Photos moved or deleted since they were indexed (a sample: a stat each).
+            "files_checked": checked,
+            "files_missing": missing,
             "images_dated": filled["event_date"],  # given, or from the photo's EXIF
             "images_placed": filled["decimal_latitude"],  # with coordinates
             # What classify and search by name can learn from: a new user's first check

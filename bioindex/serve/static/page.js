@@ -44,7 +44,8 @@ function card(r) {
   const name = r.scientific_name || r.vernacular_name;
   return `
     <div class="card" data-id="${r.image_id}" data-catalog="${esc(r.catalog_number)}" data-match="${esc(r.match || "")}">
-      <img loading="lazy" alt="${esc(name || file || "image " + r.image_id)}" src="/api/thumbnails/${r.image_id}?size=256">
+      ${r.file_missing ? `<div class="gone">file missing: moved or deleted since it was indexed</div>`
+        : `<img loading="lazy" alt="${esc(name || file || "image " + r.image_id)}" src="/api/thumbnails/${r.image_id}?size=256">`}
       <div>${name ? `<span class="name${r.scientific_name ? "" : " common"}">${esc(name)}</span>` : `<span class="path">${esc(r.path || "")}</span>`}
         ${r.images > 1 ? `<span class="badge">${r.images} images</span>` : ""}</div>
       <div class="meta">${r.kind ? KINDS[r.kind](r) : "score " + Number(r.score).toFixed(3)}${r.catalog_number ? " · " + esc(r.catalog_number) : ""}</div>
@@ -242,7 +243,8 @@ const infoLoaded = getJSON("/api/info").then((info) => {
   collection = info;
   $("summary").textContent = `${info.images_live} images · model ${info.model}` +
     (info.names_taxa ? "" : info.common_names
-      ? " · common names only (no taxon names) in the catalog" : " · no taxon names in the catalog");
+      ? " · common names only (no taxon names) in the catalog" : " · no taxon names in the catalog") +
+    (info.files_missing ? ` · ${info.files_missing} of ${info.files_checked} photos checked are missing (moved or deleted since indexing: index the folder again)` : "");
   // Naming controls mean nothing where the catalog names no taxa (a species list still
   // names a photo against its own species); its common names can still be learnt from.
   $("near").parentElement.style.display = info.names_taxa ? "" : "none";
