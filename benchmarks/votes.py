@@ -28,7 +28,9 @@ from bioindex.store import Store
 with Store.open(sys.argv[1], read_only=True) as store:
     store.index()
     rng = np.random.default_rng(0)
-    ids = sorted(int(i) for i in rng.choice(np.arange(1, 100_001), int(sys.argv[2]), replace=False))
+    live = np.sort(store.catalog.live_ids())  # the same ids in both checkouts' stores
+    ids = sorted(int(i) for i in rng.choice(live, min(int(sys.argv[2]), len(live)),
+                                            replace=False))
     vectors = store.vectors(ids).astype(np.float32)
     classify_vectors(["warm"], vectors[:1], method="knn", store=store, k=1)
     started = time.perf_counter()
