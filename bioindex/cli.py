@@ -934,8 +934,9 @@ def models(fmt: str, columns: str | None) -> None:
               help="With --identify: TreeOfLife label folder.")
 @click.option("--by-event", is_flag=True,
               help="With --identify: a camera trap's frames of one trigger (one eventID, as "
-              "COCO Camera Traps' seq_id is read) that show an animal are named together, "
-              "from all of them; empty frames stay empty.")
+              "COCO Camera Traps' seq_id is read; without one, the frames of a folder taken "
+              "within a minute of each other by their EXIF time) that show an animal are "
+              "named together, from all of them; empty frames stay empty.")
 @click.option("--with-media", is_flag=True,
               help="dwca: copy local image files into the archive so it stands alone.")
 @_friendly
@@ -981,7 +982,8 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
                    f"(\"unknown\"), or called them empty frames", err=True)  # fmt: skip
     if by_event and not written.get("images_in_events"):
         click.echo("note: no image has an eventID (a camera trap's burst, as COCO Camera Traps' "
-                   "seq_id is read), so --by-event named each one alone", err=True)  # fmt: skip
+                   "seq_id is read) or a time within a minute of another frame of its folder, "
+                   "so --by-event named each one alone", err=True)  # fmt: skip
     if written.get("media_referenced"):
         click.echo(f"note: {written['media_referenced']} local images are named by path; "
                    f"give --with-media for an archive that stands alone", err=True)

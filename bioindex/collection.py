@@ -46,6 +46,7 @@ from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Item, Scan, scan_paths, shard_images, zip_photos
 from bioindex.indexer.zipped import holds_darwin_core
 from bioindex.models import EmbeddingModel, ModelIdentity, check_precision, load_model
+from bioindex.search.bursts import time_bursts
 from bioindex.search.calibration import Pool, fit_pool, fit_temperature, top_label_log_loss
 from bioindex.search.classify import (
     DEFAULT_NEIGHBOURS,
@@ -1146,8 +1147,7 @@ class Collection:
         self._require_names(labels)
         ids = self.store.catalog.live_ids() if image_ids is None else image_ids
         model = self.store.model.get("name") or self.store.model.get("source")
-        for chunk in _whole_events(ids, self.store.catalog.events_of(ids) if by_event else {},
-                                   batch):  # fmt: skip
+        for chunk in _whole_events(ids, self.events_of(ids) if by_event else {}, batch):
             vectors = self.store.vectors([i for i, _ in chunk])
             tops = self.classify_vectors([str(i) for i, _ in chunk], vectors, rank=rank, k=1,
                                          method=method, labels=labels,
@@ -1164,6 +1164,14 @@ class Collection:
                     continue
                 yield Identification(image_id, answer.name, answer.rank, answer.score, method,
                                      str(model), band=answer.band, basis=said)  # fmt: skip
+
+    def events_of(self, image_ids: Sequence[int] | np.ndarray) -> dict[int, str]:
+        """image_id → its camera-trap burst, for the asked images that share one: their
+        eventID, else the frames of a folder taken close together by the clock
+        (search.bursts: an SD card's frames carry no eventID, only their EXIF time)."""
+        events = self.store.catalog.events_of(image_ids)
+        events.update(time_bursts(self.store.catalog.timed_rows(image_ids)))
+        return events
 
     def _answer_events(self, chunk: list[tuple[int, str]], vectors: np.ndarray,
                        tops: list[Prediction], answers: list, basis: list[str],
@@ -1263,9 +1271,9 @@ class Collection:
                                 provenance={k: v for k, v in provenance.items() if v}).to_dict()
         if identify or identifications is not None:  # said, not left for the reader to notice
             written["unidentified"] = written["images"] - written["identifications"]
-        if by_event:  # a folder of SD-card frames carries no eventID: by event changes nothing
+        if by_event:  # frames with neither an eventID nor a time: by event changes nothing
             ids = self.store.catalog.live_ids() if chosen is None else chosen
-            written["images_in_events"] = len(self.store.catalog.events_of(ids))
+            written["images_in_events"] = len(self.events_of(ids))
         return written
 
     def taxon_names(self) -> list[tuple[str, str]]:

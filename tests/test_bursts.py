@@ -99,3 +99,48 @@ def test_folds_keep_each_group_whole() -> None:
     assert fold.tolist() == [0, 0, 0, 1, 1, 2, -1, -1, -1, 0, 1, -1]
     # Without groups, every image is its own.
     assert fewshot.species_folds(classes, 3).tolist() == [0, 1, 2, 3, 4, 0, 0, 1, 2, 0, 1, 3]
+
+
+def test_frames_taken_close_together_in_one_folder_are_one_burst() -> None:
+    from bioindex.search.bursts import time_bursts
+
+    rows = [
+        (1, "/cards/cam1/a.jpg", "2024-05-01T06:00:00"),
+        (2, "/cards/cam1/b.jpg", "2024-05-01T06:00:02+03:00"),  # the camera's own offset
+        (3, "/cards/cam1/c.jpg", "2024-05-01T06:00:59"),  # 57 s after the last: same burst
+        (4, "/cards/cam1/d.jpg", "2024-05-01T06:02:00"),  # 61 s after: a new one, alone
+        (5, "/cards/cam2/a.jpg", "2024-05-01T06:00:01"),  # another camera, alone
+        (6, "/cards/cards.zip#cam3/a.jpg", "2024-05-01T07:00:00"),
+        (7, "/cards/cards.zip#cam3/b.jpg", "2024-05-01T07:00:03"),
+        (8, "/cards/cards.zip#cam4/a.jpg", "2024-05-01T07:00:01"),
+        (9, "/cards/cam1/e.jpg", "not a time"),
+    ]
+    # A time-lapse camera every 30 s for 20 minutes: bursts of at most 15 minutes.
+    rows += [(100 + i, "/cards/lapse/x.jpg", f"2024-05-02T10:{i // 2:02d}:{30 * (i % 2):02d}")
+             for i in range(40)]  # fmt: skip
+    found = time_bursts(rows)
+    assert found[1] == found[2] == found[3] == "cam1 2024-05-01T06:00:00"
+    assert 4 not in found and 5 not in found and 8 not in found and 9 not in found
+    assert found[6] == found[7] == "cam3 2024-05-01T07:00:00"
+    lapse = [found[100 + i] for i in range(40)]
+    assert lapse[0] == "lapse 2024-05-02T10:00:00" and len(set(lapse)) == 2
+    assert lapse.count(lapse[0]) == 31  # 10:00:00 … 10:15:00, the span's end included
+
+
+@pytest.mark.slow
+def test_an_sd_cards_frames_are_named_together_by_their_clock(tmp_path: Path) -> None:
+    """Frames with no eventID, only a camera's EXIF time (an SD card indexed as a plain
+    folder): --by-event named each alone ("no image has an eventID"). Frames of a folder
+    within a minute of each other are now one burst (1-shot few-shot, 96 bursts of 3
+    frames: 74.0% → 82.3% right)."""
+    found = identify.bursts_identified(LOOK, 1, 2, tmp_path, clock=True)
+    assert found["by_event_right"] >= found["each_frame_right"] + 0.04, found
+    store = tmp_path / f"{LOOK}-1-bursts-clock" / "store"
+    out = tmp_path / "frames.zip"
+    result = CliRunner().invoke(main, ["export", "-s", str(store), "-o", str(out),
+                                       "--identify", "--method", "few-shot", "--by-event"])
+    assert result.exit_code == 0, result.output
+    assert "no image has an eventID" not in result.output
+    with zipfile.ZipFile(out) as archive:
+        remarks = archive.read("identification.txt").decode()
+    assert "with the 3 frames of event frames 2024-05-01T06:" in remarks

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -359,24 +360,35 @@ def several_views(look: str, shots: int, per_species: int, workdir: Path,
 
 
 def bursts_identified(look: str, shots: int, per_species: int, workdir: Path,
-                      method: str = "few-shot", frames: int = 3) -> dict[str, float]:  # fmt: skip
+                      method: str = "few-shot", frames: int = 3,
+                      clock: bool = False) -> dict[str, float]:  # fmt: skip
     """Unnamed camera-trap bursts (`frames` views of one animal, one eventID) indexed into a
     store of `shots` labelled pictures per species, then identified as `export --identify`
     does: each frame alone, and a burst's frames together (by_event). Per frame: the share
-    named the right species, and the share named anything at species."""
-    folder = workdir / f"{look}-{shots}-bursts"
+    named the right species, and the share named anything at species. `clock`: the frames
+    carry no eventID, only the time in their EXIF, as an SD card's do (2 s apart within a
+    burst, 5 minutes between bursts)."""
+    folder = workdir / (f"{look}-{shots}-bursts" + ("-clock" if clock else ""))
     with open_world_store(folder, SPECIES, shots, look) as collection:
         specimens = draw_specimens(SPECIES, per_species, frames, SPECIMEN_SEED, look)
         (folder / "frames").mkdir(exist_ok=True)
         rows, truth = ["file,eventID"], {}
+        start = datetime(2024, 5, 1, 6, 0, 0)
         for number, (kind, views) in enumerate(specimens):
             for frame, view in enumerate(views):
-                name = f"b{number:04d}-{frame}.png"
-                view.save(folder / "frames" / name)
+                name = f"b{number:04d}-{frame}." + ("jpg" if clock else "png")
+                if clock:
+                    taken = start + timedelta(minutes=5 * number, seconds=2 * frame)
+                    exif = view.getexif()
+                    exif.get_ifd(0x8769)[0x9003] = taken.strftime("%Y:%m:%d %H:%M:%S")
+                    view.save(folder / "frames" / name, quality=95, exif=exif)
+                else:
+                    view.save(folder / "frames" / name)
                 rows.append(f"{name},burst-{number}")
                 truth[str((folder / "frames" / name).resolve())] = kind.taxon.scientific_name
         (folder / "frames.csv").write_text("\n".join(rows) + "\n")
-        collection.index([folder / "frames"], metadata=folder / "frames.csv", progress=False)
+        collection.index([folder / "frames"], metadata=None if clock else folder / "frames.csv",
+                         progress=False)  # fmt: skip
         ids = collection.store.catalog.live_ids_by_uri(list(truth))
         uri_of = {image_id: uri for uri, image_id in ids.items()}
         found: dict[str, float] = {}
@@ -421,4 +433,5 @@ def evaluate(workdir: str | os.PathLike[str] | None = None, look: str = "slide-f
         "place_1": place(look, 1, per_species, folder),
         "several_views_1": several_views(look, 1, per_species, folder),
         "bursts_identified_1": bursts_identified(look, 1, per_species, folder),
+        "bursts_identified_1_clock": bursts_identified(look, 1, per_species, folder, clock=True),
     }  # fmt: skip

@@ -325,6 +325,19 @@ class Catalog:
         ).fetchall())  # fmt: skip
 
     @_releasing_ids
+    def timed_rows(self, image_ids: Sequence[int]) -> list[tuple[int, str, str]]:
+        """(image_id, uri, event_date) of the asked images with no eventID whose eventDate
+        gives the time to the second (a camera's EXIF stamp; a date alone says nothing of
+        which trigger took it)."""
+        if not len(image_ids):
+            return []
+        return self.con.execute(
+            f"SELECT image_id, uri, event_date FROM images "
+            f"WHERE image_id IN {self._ids(image_ids)} AND {EVENT_ID} IS NULL "
+            f"AND regexp_matches(event_date, '^\\d{{4}}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d')"
+        ).fetchall()  # fmt: skip
+
+    @_releasing_ids
     def group_mates(self, image_ids: Sequence[int]) -> dict[int, list[int]]:
         """image_id → the other live images of its group (GROUP_KEY), for each asked one
         that has any."""
