@@ -46,7 +46,7 @@ from bioindex.indexer.remote import FetchPolicy
 from bioindex.indexer.sources import Item, Scan, scan_paths, shard_images, zip_photos
 from bioindex.indexer.zipped import holds_darwin_core
 from bioindex.models import EmbeddingModel, ModelIdentity, check_precision, load_model
-from bioindex.search.bursts import time_bursts
+from bioindex.search.bursts import group_mates, time_bursts
 from bioindex.search.calibration import Pool, fit_pool, fit_temperature, top_label_log_loss
 from bioindex.search.classify import (
     DEFAULT_NEIGHBOURS,
@@ -999,7 +999,7 @@ class Collection:
         log.info("fitting combined's weights on %d named images", len(ids))
         vectors = self.store.vectors([int(i) for i in ids])
         # Not itself, nor its group's other photos (near-copies: a burst's frames).
-        mates = self.store.catalog.group_mates([int(i) for i in ids])
+        mates = group_mates(self.store, [int(i) for i in ids])
         excludes = [{int(i), *mates.get(int(i), ())} for i in ids]
         vote = knn_votes if labels.has_lineage else knn_label_votes
         votes = vote(self.store, vectors, labels.taxa if labels.has_lineage else labels.names,

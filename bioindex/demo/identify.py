@@ -39,11 +39,11 @@ CALIBRATED_METHODS = ("few-shot", "linear-probe", "zero-shot", "combined")
 
 def open_world_store(folder: Path, species: Sequence[Species], shots: int, look: str,
                      device: str = "cpu", seed: int = STORE_SEED,
-                     frames: int = 1) -> Collection:  # fmt: skip
+                     frames: int = 1, clock: bool = False) -> Collection:  # fmt: skip
     """A store of `shots` labelled pictures per species (in `look`), with places, each a
     burst of `frames` frames; made once per folder (a second call reruns the index over
     unchanged files: nothing to do)."""
-    root = write_world(folder / "world", species, shots, seed, look, frames)
+    root = write_world(folder / "world", species, shots, seed, look, frames, clock)
     collection = Collection.open(folder / "store", model="bioclip-demo", create=True,
                                  device=device)  # fmt: skip
     collection.index([root / "images"], metadata=root / "occurrences.csv", progress=False)

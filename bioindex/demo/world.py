@@ -15,6 +15,7 @@ import csv
 import math
 import os
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from bioindex.demo.tree import DETAILS, SPECIES, Species
 LOOKS = ("true-colour", "yellow-light", "slide-film")
 # (name, latitude, longitude): three far-apart home regions.
 REGIONS = (("East Africa", -1.3, 36.8), ("Amazonia", -3.1, -60.0), ("Malay Peninsula", 3.1, 101.7))
+CLOCK_START = datetime(2024, 5, 1, 6, 0, 0)  # a camera's first frame (write_world clock=)
 RANGE_KM = 150.0  # records scatter this far (one standard deviation) from a region's centre
 
 
@@ -95,11 +97,14 @@ def draw_specimens(species: Sequence[Species], per_species: int, views: int, see
 
 
 def write_world(folder: str | os.PathLike[str], species: Sequence[Species], per_species: int,
-                seed: int, look: str = "true-colour", frames: int = 1) -> Path:  # fmt: skip
+                seed: int, look: str = "true-colour", frames: int = 1,
+                clock: bool = False) -> Path:  # fmt: skip
     """Labelled pictures of `species` (in `look`) in folder/images, and folder/occurrences.csv
     with their names and a place in each species' home range. `frames` > 1: each picture is
     a camera trap's burst of that many frames (the scene shifted a few pixels and lit a
-    little brighter or darker each frame), one record each, sharing an eventID."""
+    little brighter or darker each frame), one record each, sharing an eventID; `clock`:
+    sharing no identifier, only the time they were taken (2 s apart; bursts 5 minutes
+    apart), as a table of an SD card's frames gives them."""
     root = Path(folder)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
@@ -110,15 +115,19 @@ def write_world(folder: str | os.PathLike[str], species: Sequence[Species], per_
         for frame, image in enumerate(burst(picture, frames)):
             name = f"w{seed}-{number:05d}" + (f"-f{frame}" if frames > 1 else "") + ".png"
             image.save(root / "images" / name)
-            rows.append({"file": name, "occurrenceID": f"urn:world:{seed}:{number}"
-                         + (f":{frame}" if frames > 1 else ""),
+            together = (
+                {"eventDate": (CLOCK_START + timedelta(minutes=5 * number, seconds=2 * frame))
+                 .isoformat()} if clock else
+                {"occurrenceID": f"urn:world:{seed}:{number}" + (f":{frame}" if frames > 1
+                                                                   else "")})  # fmt: skip
+            rows.append({"file": name, **together,
                          "scientificName": taxon.scientific_name, "kingdom": taxon.kingdom,
                          "phylum": taxon.phylum, "class": taxon.class_, "order": taxon.order,
                          "family": taxon.family, "genus": taxon.genus,
                          "specificEpithet": taxon.epithet, "vernacularName": taxon.common_name,
                          "decimalLatitude": lat, "decimalLongitude": lon,
                          **({"eventID": f"urn:world:{seed}:burst:{number}"}
-                            if frames > 1 else {})})  # fmt: skip
+                            if frames > 1 and not clock else {})})  # fmt: skip
     with open(root / "occurrences.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from bioindex.errors import BioindexError, Remedy
+from bioindex.search.bursts import photo_groups
 from bioindex.search.calibration import fit_temperature, softmax, top_label_log_loss
 from bioindex.search.filters import (
     BLANK,
@@ -87,7 +88,7 @@ NOVELTY_QUANTILE = 0.125
 # this share of labelled images of species held out of the discriminant: answered from
 # the family up. Measured on the demo world's open genera (benchmarks/identify.py).
 GENUS_NOVELTY_QUANTILE = 0.9
-HEAD_VERSION = 10
+HEAD_VERSION = 11
 # A cached head is trained again once the store has grown or shrunk by about this factor:
 # the store's mean, which SimpleShot centres by, has moved (new labels always retrain).
 MEAN_DRIFT = 1.25
@@ -611,7 +612,7 @@ def store_head(store: Store, method: str) -> Head:
         log.info("training the %s head on %s labelled images (once; kept in the store)",
                  method, f"{len(ids):,}")  # fmt: skip
         return fit_head(method, store.vectors([int(i) for i in ids]), taxa, store_mean(store),
-                        store.catalog.photo_groups([int(i) for i in ids]))
+                        photo_groups(store, [int(i) for i in ids]))
 
     head = cached_head(places, fit)
     for path in places:

@@ -325,15 +325,19 @@ class Catalog:
         ).fetchall())  # fmt: skip
 
     @_releasing_ids
-    def timed_rows(self, image_ids: Sequence[int]) -> list[tuple[int, str, str]]:
-        """(image_id, uri, event_date) of the asked images with no eventID whose eventDate
-        gives the time to the second (a camera's EXIF stamp; a date alone says nothing of
-        which trigger took it)."""
-        if not len(image_ids):
+    def timed_rows(self, image_ids: Sequence[int] | None = None
+                   ) -> list[tuple[int, str, str, str]]:  # fmt: skip
+        """(image_id, uri, event_date, name) of the asked live images (None: all of them)
+        with no eventID whose eventDate gives the time to the second (a camera's EXIF stamp;
+        a date alone says nothing of which trigger took it); name: the scientific name,
+        else the common name, else ''."""
+        if image_ids is not None and not len(image_ids):
             return []
+        asked = "" if image_ids is None else f"AND image_id IN {self._ids(image_ids)} "
         return self.con.execute(
-            f"SELECT image_id, uri, event_date FROM images "
-            f"WHERE image_id IN {self._ids(image_ids)} AND {EVENT_ID} IS NULL "
+            f"SELECT image_id, uri, event_date, "
+            f"coalesce(scientific_name, vernacular_name, '') FROM images "
+            f"WHERE status='live' {asked}AND {EVENT_ID} IS NULL "
             f"AND regexp_matches(event_date, '^\\d{{4}}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d')"
         ).fetchall()  # fmt: skip
 
@@ -353,9 +357,10 @@ class Catalog:
         ).fetchall())  # fmt: skip
 
     def groups_digest(self, sql: str, params: Sequence[Any]) -> str:
-        """A digest of the live rows matching a predicate by their group (GROUP_KEY)."""
+        """A digest of the live rows matching a predicate by their group (GROUP_KEY, and
+        the time a burst by the clock is told by)."""
         count, digest = self.con.execute(
-            f"SELECT count(*), coalesce(bit_xor(hash(image_id, {GROUP_KEY})), 0) "
+            f"SELECT count(*), coalesce(bit_xor(hash(image_id, {GROUP_KEY}, event_date)), 0) "
             f"FROM images WHERE status='live' AND ({sql})", list(params)
         ).fetchall()[0]  # fmt: skip
         return f"{count}:{digest}"
