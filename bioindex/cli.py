@@ -720,6 +720,12 @@ def _taxonomy(path: str | None) -> Any:
     help="IMAGES are views of one specimen: answer once for all of them.",
 )
 @click.option(
+    "--by-event",
+    is_flag=True,
+    help="A camera trap's frames: those of one folder taken within a minute of each other "
+    "(their EXIF time) that show something are answered together, from all of them.",
+)
+@click.option(
     "--calibrate/--no-calibrate",
     default=True,
     show_default=True,
@@ -745,8 +751,9 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
              train: str | None, labels: str | None, min_confidence: float, near: str | None,
              radius_km: float,
              place_where: Sequence[str], species_list: str | None, outside_weight: float,
-             specimen: bool, calibrate: bool, tol: str | None, neighbours: int, k: int, fmt: str,
-             columns: str | None, model: str | None, device: str) -> None:  # fmt: skip
+             specimen: bool, by_event: bool, calibrate: bool, tol: str | None,
+             neighbours: int, k: int, fmt: str, columns: str | None, model: str | None,
+             device: str) -> None:  # fmt: skip
     """What is in IMAGES (files, folders of them, webdataset .tar shards)? Zero-shot over a
     label set, a vote of labelled neighbours, both, or a few-shot classifier trained on the
     store's own labelled images.
@@ -770,6 +777,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
       bioindex classify photo.jpg --store my-store --near -1.29,36.82 --radius-km 300
       bioindex classify photo.jpg --store my-store --species-list kenya-checklist.csv
       bioindex classify --specimen front.jpg back.jpg label.jpg --store my-store
+      bioindex classify sd-card/ --store traps --method few-shot --by-event
     """
     from bioindex.collection import Collection, classify_images
     from bioindex.errors import BioindexError
@@ -807,7 +815,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
             label_set = labels_from_tree_of_life(tol, loaded.identity.dim)
         predictions = classify_images(
             loaded, images, rank=rank, k=k, method=method, labels=label_set,
-            min_confidence=min_confidence, place=place, specimen=specimen,
+            min_confidence=min_confidence, place=place, specimen=specimen, by_event=by_event,
         )  # fmt: skip
     else:
         with Collection.open(store, model=model, device=device, read_only=True,
@@ -821,7 +829,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
             predictions = collection.classify(
                 images, rank=rank, k=k, method=method, labels=label_set, neighbours=neighbours,
                 min_confidence=min_confidence, place=place, specimen=specimen,
-                calibrate=calibrate, train=train,
+                calibrate=calibrate, train=train, by_event=by_event,
             )  # fmt: skip
             if label_set is None and place is not None and place.taxa and (
                     not collection.catalog_names_taxa()):  # the list's species were the labels

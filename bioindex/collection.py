@@ -16,7 +16,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -890,6 +890,7 @@ class Collection:
         specimen: bool = False,
         calibrate: bool = True,
         train: str | os.PathLike[str] | None = None,
+        by_event: bool = False,
     ) -> list[Prediction]:
         """Predict taxa for image files (a folder: the images under it); labels default to
         the catalog's species.
@@ -902,7 +903,9 @@ class Collection:
         `calibrate`: zero-shot over the catalog's taxa uses a temperature fitted on the
         store's labelled images (zero_shot_temperature); False gives the model's own
         scores, as pybioclip does. `train`: few-shot heads learn from this folder or table
-        of labelled images instead of the store's (search.training)."""
+        of labelled images instead of the store's (search.training). `by_event`: a camera
+        trap's frames of one folder taken within a minute of each other (their EXIF time:
+        search.bursts) that show something are answered together (answered_by_burst)."""
         check_k(k)
         labels, place = self._listed_labels(labels, method, place)
         if method in FEW_SHOT_METHODS:
@@ -912,13 +915,22 @@ class Collection:
                                 f"({', '.join(FEW_SHOT_METHODS)}), not {method}")  # fmt: skip
         else:
             self._require_names(labels)
+        if specimen and by_event:
+            raise BioindexError("give --specimen (all the images are one specimen) or "
+                                "--by-event (a camera's bursts), not both")  # fmt: skip
         names, vectors, failed = embed_files(self.model, images)
         if specimen:
             names, vectors = [" + ".join(names)], combine_views(vectors)[None]
-        answered = self.classify_vectors(names, vectors, rank=rank, k=k, method=method,
+
+        def answer(files: Sequence[str], of: np.ndarray) -> list[Prediction]:
+            return self.classify_vectors(files, of, rank=rank, k=k, method=method,
                                          labels=labels, neighbours=neighbours,
                                          min_confidence=min_confidence, place=place,
                                          calibrate=calibrate, train=train)  # fmt: skip
+
+        answered = answer(names, vectors)
+        if by_event:
+            answered = answered_by_burst(names, vectors, answered, answer)
         return answered + failed
 
     def classify_vectors(self, names: Sequence[str], vectors: np.ndarray, *,
@@ -1339,20 +1351,79 @@ def classify_images(
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     place: PlacePrior | None = None,
     specimen: bool = False,
+    by_event: bool = False,
 ) -> list[Prediction]:
     """Classify image files with a loaded model (a store is needed for knn/combined);
-    unreadable files come last, as predictions with an `error`."""
+    unreadable files come last, as predictions with an `error`. `specimen`, `by_event`:
+    as Collection.classify's."""
+    if specimen and by_event:
+        raise BioindexError("give --specimen (all the images are one specimen) or "
+                            "--by-event (a camera's bursts), not both")  # fmt: skip
     names, vectors, failed = embed_files(model, images)
     if specimen:
         names, vectors = [" + ".join(names)], combine_views(vectors)[None]
     label_matrix = None
     if labels is not None and method != "knn":
         label_matrix = _label_matrix(model, labels, cache_root)
-    return classify_vectors(
-        names, vectors, rank=rank, k=k, method=method,
-        labels=labels, label_vectors=label_matrix, logit_scale=model.logit_scale,
-        store=store, neighbours=neighbours, min_confidence=min_confidence, place=place,
-    ) + failed  # fmt: skip
+
+    def answer(files: Sequence[str], of: np.ndarray) -> list[Prediction]:
+        return classify_vectors(
+            list(files), of, rank=rank, k=k, method=method,
+            labels=labels, label_vectors=label_matrix, logit_scale=model.logit_scale,
+            store=store, neighbours=neighbours, min_confidence=min_confidence, place=place,
+        )  # fmt: skip
+
+    answered = answer(names, vectors)
+    if by_event:
+        answered = answered_by_burst(names, vectors, answered, answer)
+    return answered + failed
+
+
+def answered_by_burst(names: Sequence[str], vectors: np.ndarray,
+                      answered: list[Prediction],
+                      answer: Callable[[Sequence[str], np.ndarray], list[Prediction]],
+                      ) -> list[Prediction]:  # fmt: skip
+    """`answered` (each file's predictions, best first), the frames of each burst by the
+    clock (search.bursts, from the files' EXIF times) whose likeliest label is not an empty
+    frame answered again as one: `answer` of their mean vector, under each frame's name."""
+    taken = [(i, name, _taken_at(name)) for i, name in enumerate(names)]
+    bursts = time_bursts([row for row in taken if row[2]])
+    if not bursts:
+        return answered
+    by_file: dict[str, list[Prediction]] = {}
+    for prediction in answered:
+        by_file.setdefault(prediction.file, []).append(prediction)
+    frames: dict[str, list[int]] = {}
+    for i, burst in bursts.items():
+        top = by_file[names[i]][0]
+        if not _empty_frame(top.label or "", ""):  # a taxon is never BLANK
+            frames.setdefault(burst, []).append(i)
+    events = [(burst, at) for burst, at in frames.items() if len(at) > 1]
+    if not events:
+        return answered
+    together = answer([burst for burst, _ in events],
+                      np.stack([combine_views(vectors[at]) for _, at in events]))  # fmt: skip
+    for burst, at in events:
+        found = [p for p in together if p.file == burst]
+        basis = f"with the {len(at)} frames of burst {burst}"
+        for i in at:
+            by_file[names[i]] = [
+                replace(p, file=names[i], decision=replace(p.decision, basis=basis)
+                        if p.decision is not None else None) for p in found]  # fmt: skip
+    return [p for name in names for p in by_file[name]]
+
+
+def _taken_at(name: str) -> str:
+    """When a local photo file was taken, by its EXIF ("" when it does not say)."""
+    from PIL import Image
+
+    from bioindex.images import photo_facts
+
+    try:
+        with Image.open(name) as image:  # the header only: not decoded again
+            return str(photo_facts(image).get("eventDate") or "")
+    except Exception:  # a shard's member, or a file gone since it was read
+        return ""
 
 
 def _whole_events(ids: Sequence[int], events: dict[int, str],

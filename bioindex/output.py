@@ -94,7 +94,7 @@ def render_sections(
     return "\n".join(f"{title}:\n{render(rows, fmt, columns, width)}" for title, rows in present)
 
 
-ANSWER_KEYS = ("answer", "answer_rank", "answer_score", "band", "answer_note")
+ANSWER_KEYS = ("answer", "answer_rank", "answer_score", "band", "answer_note", "answer_basis")
 
 
 def render_predictions(rows: list[dict[str, Any]], fmt: str,
@@ -127,7 +127,8 @@ def _answer(row: dict[str, Any]) -> str:
         note = f"; {row['answer_note']}" if row.get("answer_note") else ""
         return f"unknown (no rank reaches the minimum confidence{note})"
     rank = f" ({row['answer_rank']})" if row.get("answer_rank") else ""
-    note = f" ({row['answer_note']})" if row.get("answer_note") else ""
+    said = [str(row[key]) for key in ("answer_note", "answer_basis") if row.get(key)]
+    note = f" ({'; '.join(said)})" if said else ""
     return f"{row['answer']}{rank}, {band}, {float(row['answer_score']):.4f}{note}"
 
 

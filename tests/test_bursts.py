@@ -4,6 +4,7 @@ stores. Kept apart from test_identify.py so that a second worker runs them."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from bioindex.cli import main
 from bioindex.demo import identify
 from bioindex.demo.tree import SPECIES
+from bioindex.demo.world import draw_specimens
 from bioindex.search import bursts, fewshot
 
 LOOK = "slide-film"
@@ -148,3 +150,22 @@ def test_an_sd_cards_frames_are_named_together_by_their_clock(tmp_path: Path) ->
     with zipfile.ZipFile(out) as archive:
         remarks = archive.read("identification.txt").decode()
     assert "with the 3 frames of event frames 2024-05-01T06:" in remarks
+    # The same frames as files off the card, not indexed: `classify --by-event`.
+    frames = tmp_path / f"{LOOK}-1-bursts-clock" / "frames"
+    truth = {f"b{n:04d}": kind.taxon.scientific_name for n, (kind, _)
+             in enumerate(draw_specimens(SPECIES, 2, 3, identify.SPECIMEN_SEED, LOOK))}
+    right = {}
+    for flag in ([], ["--by-event"]):
+        run = CliRunner().invoke(main, ["classify", str(frames), "-s", str(store), "--method",
+                                        "few-shot", "--k", "1", "--format", "json", *flag])
+        assert run.exit_code == 0, run.output
+        rows = json.loads(run.stdout)
+        assert len(rows) == 3 * len(truth)
+        right[bool(flag)] = np.mean([r["answer_rank"] == "species" and r["answer"]
+                                     == truth[Path(r["file"]).name[:5]] for r in rows])
+        assert all(("answer_basis" in r) == bool(flag) for r in rows), rows[:3]
+    assert right[True] >= right[False] + 0.04, right
+    assert rows[0]["answer_basis"].startswith("with the 3 frames of burst frames 2024-05-01T")
+    both = CliRunner().invoke(main, ["classify", str(frames), "-s", str(store), "--by-event",
+                                     "--specimen"])  # fmt: skip
+    assert both.exit_code == 1 and "not both" in both.output

@@ -60,6 +60,7 @@ class Decision:
     # photo shows (an ocelot was "Tetraodon fluviatilis, confident, 1.0000" in a store
     # whose one species list names that pufferfish), so it is never called confident.
     alone: bool = False
+    basis: str = ""  # answered from more than the file: "with the 3 frames of burst …"
 
     def to_dict(self) -> dict:
         row = {"answer": self.name, "answer_rank": self.rank,
@@ -70,6 +71,8 @@ class Decision:
             row["answer_note"] = NOVEL_NOTE
         elif self.alone:
             row["answer_note"] = f"the only {self.rank} the labels name: nothing to tell it from"
+        if self.basis:
+            row["answer_basis"] = self.basis
         return row
 
 
