@@ -89,7 +89,9 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
            f"{pct(found['known_keep_species_answer'])} / "
            f"{pct(found['genus_accuracy_when_backed_off'])}", "reported")
           for method, found in (("knn", results["open_set_5_knn"]),
-                                ("combined", results["open_set_5_combined"]))],
+                                ("combined", results["open_set_5_combined"]),
+                                ("zero-shot (true colour)",
+                                 results["open_set_5_zero_shot_true_colour"]))],
         ("open genera (3 unlabelled): named a species / a genus / family or above",
          f"{pct(genera['held_out_genera_named_to_a_species'])} / "
          f"{pct(genera['held_out_genera_named_to_a_genus'])} / "

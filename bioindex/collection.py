@@ -955,7 +955,7 @@ class Collection:
         if method not in FEW_SHOT_METHODS:
             self._require_names(labels)
         label_matrix, head, temperature, pool, novelty = None, None, None, None, None
-        if method in ("knn", "combined") and labels is None:  # the store's own names
+        if method in ("zero-shot", "knn", "combined") and labels is None:  # the store's names
             novelty = self.novelty_head()
         if method in FEW_SHOT_METHODS:
             head = self.head(method, train)
@@ -1054,9 +1054,9 @@ class Collection:
         return self._kept(f"head {method}", lambda: store_head(self.store, method))
 
     def novelty_head(self) -> Head | None:
-        """The store's few-shot head, whose novelty test knn and combined answers share
-        (search.classify.classify_vectors); None where the store's names cannot train one
-        (fewer than two species or common names)."""
+        """The store's few-shot head, whose novelty test zero-shot, knn and combined answers
+        over the store's own names share (search.classify.classify_vectors); None where the
+        store's names cannot train one (fewer than two species or common names)."""
         try:
             return self.head("few-shot")
         except BioindexError as exc:

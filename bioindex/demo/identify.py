@@ -430,6 +430,9 @@ def evaluate(workdir: str | os.PathLike[str] | None = None, look: str = "slide-f
         "open_set_5_combined": open_set(look, open_set_shots, per_species, folder,
                                         method="combined"),
         "open_genera_5": open_genera(look, open_set_shots, per_species, folder),
+        # Zero-shot names nothing at species under the slide-film look: in true colour.
+        "open_set_5_zero_shot_true_colour": open_set("true-colour", open_set_shots,
+                                                     per_species, folder, method="zero-shot"),
         "place_1": place(look, 1, per_species, folder),
         "several_views_1": several_views(look, 1, per_species, folder),
         "bursts_identified_1": bursts_identified(look, 1, per_species, folder),

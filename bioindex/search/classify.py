@@ -249,8 +249,8 @@ def classify_vectors(
     Collection.zero_shot_temperature); the neighbour vote keeps the model's own. `pool`:
     combined's fitted weights (Collection.combined_pool; None: the plain average), pooling
     at species, then summed by lineage as zero-shot's probabilities are. `novelty`: for
-    knn and combined over the store's own names, the store's few-shot head, whose test
-    (Head.novel) says which images are unlike every labelled species — answered from the
+    zero-shot, knn and combined over the store's own names, the store's few-shot head,
+    whose test (Head.novel) says which images are unlike every labelled species — answered from the
     genus up, their genus from its discriminant, as few-shot's own are. Without it a
     species missing from the labels is named as its nearest labelled sibling."""
     if rank not in RANKS:
@@ -276,10 +276,10 @@ def classify_vectors(
                             f"names) cannot be summed up to rank {rank}")  # fmt: skip
     if free is not None and place is not None:
         raise BioindexError("custom labels name no taxa a place could have records of")
-    # A head over common names does not judge the vote: a camera trap's "blank" is every
-    # kind of empty frame, and 7 of 12 new frames were "unlike" its names.
+    # A head over common names does not judge the vote or zero-shot: a camera trap's
+    # "blank" is every kind of empty frame, and 7 of 12 new frames were "unlike" its names.
     vouching = novelty is not None and novelty.free_labels is None
-    judge = head if few_shot else novelty if method in ("knn", "combined") and vouching else None
+    judge = head if few_shot else novelty if vouching else None
     if free is not None:
         return _free_label_predictions(files, image_vectors, free, k, min_confidence, method,
                                        store, neighbours, logit_scale, temperature,

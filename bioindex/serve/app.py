@@ -362,7 +362,7 @@ def create_app(
             options["place"] = await read_species_list(species_list, outside_weight)
         if method in FEW_SHOT_METHODS:
             await run_in_threadpool(prepare_head, method)
-        elif method in ("knn", "combined") and not labels:  # their novelty test's head
+        elif not labels:  # the novelty test's head, for answers over the store's own names
             with contextlib.suppress(BioindexError):  # none: answered without one
                 await run_in_threadpool(prepare_head, "few-shot")
 
