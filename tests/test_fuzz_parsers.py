@@ -38,14 +38,18 @@ def _one_line_error(call) -> object:
 @BOUNDED
 @given(st.lists(st.tuples(st.sampled_from(COLUMNS), st.sampled_from(OPERATORS),
                           st.text(max_size=30)), max_size=4))  # fmt: skip
+@example([("family", "~", "'")])  # a quote the SQL's own ESCAPE '\' clause holds
 def test_where_conditions_parse_or_fail_in_one_line(parts) -> None:
     conditions = [f"{column}{op}{value}" for column, op, value in parts]
     parsed = _one_line_error(lambda: parse_where(conditions))
     if parsed is not None:
         assert parsed.sql.count("?") == len(parsed.params)  # every value is a parameter
+        # The statement's own quoted text is no value of the user's: a value of one quote
+        # was "found" in the SQL it was kept out of (a CI run drew it).
+        sql = parsed.sql.replace("ESCAPE '\\'", "")
         for value in (v for _, _, v in parts):
             if value.strip() and "'" in value:
-                assert value.strip() not in parsed.sql
+                assert value.strip() not in sql
 
 
 TAXONOMY = Taxonomy([make_taxon(["Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae",
