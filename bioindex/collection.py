@@ -916,8 +916,7 @@ class Collection:
         else:
             self._require_names(labels)
         if specimen and by_event:
-            raise BioindexError("give --specimen (all the images are one specimen) or "
-                                "--by-event (a camera's bursts), not both")  # fmt: skip
+            raise BioindexError(SPECIMEN_OR_BURSTS)
         names, vectors, failed = embed_files(self.model, images)
         if specimen:
             names, vectors = [" + ".join(names)], combine_views(vectors)[None]
@@ -1357,8 +1356,7 @@ def classify_images(
     unreadable files come last, as predictions with an `error`. `specimen`, `by_event`:
     as Collection.classify's."""
     if specimen and by_event:
-        raise BioindexError("give --specimen (all the images are one specimen) or "
-                            "--by-event (a camera's bursts), not both")  # fmt: skip
+        raise BioindexError(SPECIMEN_OR_BURSTS)
     names, vectors, failed = embed_files(model, images)
     if specimen:
         names, vectors = [" + ".join(names)], combine_views(vectors)[None]
@@ -1377,6 +1375,10 @@ def classify_images(
     if by_event:
         answered = answered_by_burst(names, vectors, answered, answer)
     return answered + failed
+
+
+SPECIMEN_OR_BURSTS = ("the images are views of one specimen (specimen) or a camera's bursts "
+                      "(by event), not both")
 
 
 def answered_by_burst(names: Sequence[str], vectors: np.ndarray,
