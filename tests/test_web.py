@@ -364,3 +364,22 @@ def test_photos_gone_since_indexing_show_as_missing(site, tmp_path: Path, tiny_m
             == {str(p.relative_to(tmp_path)) for p in paths[:2]})  # fmt: skip
     assert all(c["img"] for c in cards if not c["gone"])
     assert not errors
+
+
+def test_an_answer_held_above_its_rank_by_novelty_says_why(site) -> None:
+    """A photo unlike every labelled species (a real camera-trap photo of a person on the
+    demo world's store): the band said "not sure enough of anything below this rank" above
+    a table whose species row read 87%; the note says why, and the band no longer
+    contradicts it."""
+    from tests.conftest import shared
+
+    browser, url, _ = site
+    page = browser.new_page(bypass_csp=True)
+    page.goto(url)
+    page.select_option("#method", "few-shot")
+    page.set_input_files("#photo", str(shared("camera-trap", "human.jpg")))
+    page.wait_for_selector("#predicted")
+    band, note = page.inner_text("#band"), page.inner_text("#note")
+    page.close()
+    assert note.startswith("unlike every labelled"), note
+    assert band == "uncertain", band

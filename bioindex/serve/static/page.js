@@ -159,6 +159,8 @@ async function search(push) {
 
 let collection = {names_taxa: true};
 
+// Why an answer stopped above the asked rank; a note ("unlike every labelled genus") says
+// it better where there is one.
 const BANDS = {
   confident: "confident",
   uncertain: "uncertain: not sure enough of anything below this rank",
@@ -199,7 +201,7 @@ async function upload(files) {
       // A taxon's name is italic; a common name or a label of one's own (no rank) is not.
       const kind = answer.answer_rank ? "" : ' class="common"';
       panel = `<b>Answer${views}: <i id="predicted"${kind}>${esc(answer.answer || "?")}</i>${rank}</b>
-        <span id="band" class="band-${esc(answer.band || "")}">${esc(BANDS[answer.band] || "")}</span>
+        <span id="band" class="band-${esc(answer.band || "")}">${esc(answer.answer_note ? answer.band : BANDS[answer.band] || "")}</span>
         ${answer.answer_note ? `<span id="note">${esc(answer.answer_note)}</span>` : ""}
         ${commonNames ? `<span id="note">one of the ${collection.common_names} common names the catalog's records carry (it names no taxa)</span>` : ""}
         <table>${ranks}</table>`;
