@@ -24,6 +24,7 @@ rows, so it is retrained exactly when a label (or an image) changes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -117,17 +118,24 @@ class Discriminant:
     means: np.ndarray | None = None  # [genera, dim]; a genus without images: NaN
     precision: np.ndarray | None = None  # [dim, dim]
 
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        return features @ self.weight.T + self.bias
+
+    @functools.cached_property
+    def _projected(self) -> tuple[np.ndarray, np.ndarray]:
+        """(means · precision, each mean's own term) of the genera with images: the part of
+        every distance that does not depend on the image (1,000 genera: 0.26 GFLOP)."""
+        means = self.means[~np.isnan(self.means[:, 0])]
+        projected = means @ self.precision
+        return projected, np.einsum("ij,ij->i", projected, means)
+
     def distances(self, features: np.ndarray) -> np.ndarray:
         """[images]: the squared Mahalanobis distance to the nearest genus' mean."""
         if self.means is None or self.precision is None:
             return np.zeros(len(features), dtype=np.float32)
-        known = ~np.isnan(self.means[:, 0])
-        means = self.means[known]
-        projected = means @ self.precision  # [genera, dim]
+        projected, centres = self._projected
         own = np.einsum("ij,ij->i", features @ self.precision, features)
-        across = features @ projected.T  # [images, genera]
-        centres = np.einsum("ij,ij->i", projected, means)
-        return (own[:, None] - 2.0 * across + centres[None, :]).min(axis=1)
+        return (own[:, None] - 2.0 * features @ projected.T + centres[None, :]).min(axis=1)
 
 
 @dataclass
@@ -139,15 +147,12 @@ class GenusHead:
     centred features."""
 
     genera: list[Taxon]
-    weight: np.ndarray  # [genera, dim]
-    bias: np.ndarray  # [genera]
+    discriminant: Discriminant
     temperature: float
-    means: np.ndarray | None = None  # [genera, dim] (see Discriminant)
-    precision: np.ndarray | None = None  # [dim, dim]
     novelty: float = math.inf  # distance beyond which an image is unlike every genus
 
     def logits(self, features: np.ndarray) -> np.ndarray:
-        return features @ self.weight.T + self.bias
+        return self.discriminant.logits(features)
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """[images, genera], calibrated on species the discriminant never saw."""
@@ -155,14 +160,13 @@ class GenusHead:
 
     def unlike(self, features: np.ndarray) -> np.ndarray:
         """Whether each image is unlike every labelled genus."""
-        distances = Discriminant(self.weight, self.bias, self.means,
-                                 self.precision).distances(features)  # fmt: skip
-        return distances > self.novelty
+        return self.discriminant.distances(features) > self.novelty
 
     def arrays(self) -> dict[str, np.ndarray]:
-        gaussians = ({"genus_means": self.means, "genus_precision": self.precision}
-                     if self.means is not None and self.precision is not None else {})  # fmt: skip
-        return {"genus_weight": self.weight, "genus_bias": self.bias, **gaussians}
+        found = self.discriminant
+        gaussians = {} if found.means is None or found.precision is None else {
+            "genus_means": found.means, "genus_precision": found.precision}
+        return {"genus_weight": found.weight, "genus_bias": found.bias, **gaussians}
 
     def meta(self) -> dict[str, Any]:
         return {"genera": [list(astuple(t)) for t in self.genera],
@@ -173,10 +177,10 @@ class GenusHead:
     def from_saved(cls, data: Any, meta: dict[str, Any]) -> GenusHead:
         genera = [make_taxon(row[:7], row[7]) for row in meta["genera"]]
         novelty = meta.get("genus_novelty")
-        return cls(genera, data["genus_weight"], data["genus_bias"],
-                   float(meta["genus_temperature"]),
-                   data["genus_means"] if "genus_means" in data else None,
-                   data["genus_precision"] if "genus_precision" in data else None,
+        found = Discriminant(data["genus_weight"], data["genus_bias"],
+                             data["genus_means"] if "genus_means" in data else None,
+                             data["genus_precision"] if "genus_precision" in data else None)
+        return cls(genera, found, float(meta["genus_temperature"]),
                    math.inf if novelty is None else float(novelty))
 
 
@@ -517,7 +521,7 @@ def fit_genus(features: np.ndarray, classes: np.ndarray, species: Sequence[Taxon
     logits, truth, distances = [], [], []
     for held, wanted in held_out_folds(fold):
         without = train_genus(features[~held], of_genus[~held], count)
-        logits.append(features[wanted] @ without.weight.T + without.bias)
+        logits.append(without.logits(features[wanted]))
         truth.append(of_genus[wanted])
         distances.append(without.distances(features[wanted]))
     # Discriminant logits are on a Mahalanobis scale (the demo world's T is ~0.15): a wide
@@ -529,8 +533,7 @@ def fit_genus(features: np.ndarray, classes: np.ndarray, species: Sequence[Taxon
                                       low=1e-4, high=100.0)  # fmt: skip
         if found.means is not None:
             novelty = float(np.quantile(np.concatenate(distances), GENUS_NOVELTY_QUANTILE))
-    return GenusHead(genera, found.weight, found.bias, temperature, found.means,
-                     found.precision, novelty)  # fmt: skip
+    return GenusHead(genera, found, temperature, novelty)
 
 
 def capped_rows(groups: np.ndarray, limit: int, members: np.ndarray) -> np.ndarray:
