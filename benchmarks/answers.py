@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-from checkout import PEAK, measure, same_answers, save, versus_baseline
+from checkout import PEAK, against_baseline, measure, same_answers, save, versus_baseline
 from heads import make_store
 
 MEASURE = PEAK + r"""
@@ -65,12 +64,8 @@ def main() -> None:
                         choices=["few-shot", "zero-shot"])
     parser.add_argument("--ranks", nargs="+", default=["species"])
     parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--baseline", type=Path, default=None)
-    parser.add_argument("--timeout", type=float, default=1800.0)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bioindex-heads"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/answers.json"))
-    args = parser.parse_args()
-    runs = [("this", None)] + ([("baseline", args.baseline)] if args.baseline else [])
+    args = against_baseline(parser, "answers")
+    runs = args.runs
     results = []
     for spec in args.stores:
         images, species = (int(x) for x in spec.split(":"))

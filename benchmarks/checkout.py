@@ -7,6 +7,7 @@ figure in MB) and `reset_peak()` (VmHWM starts again from here), and prints one 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -72,3 +73,16 @@ def save(results: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out}")
+
+
+def against_baseline(parser: argparse.ArgumentParser, name: str) -> argparse.Namespace:
+    """The arguments every store benchmark here shares (a baseline checkout, a timeout per
+    measurement, where stores are made, where results go), parsed; `runs` added: this
+    checkout, then the baseline's when one is given."""
+    parser.add_argument("--baseline", type=Path, default=None)
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bioindex-heads"))
+    parser.add_argument("--out", type=Path, default=Path(f"benchmarks/results/{name}.json"))
+    args = parser.parse_args()
+    args.runs = [("this", None)] + ([("baseline", args.baseline)] if args.baseline else [])
+    return args

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from checkout import PEAK, measure
+from checkout import PEAK, against_baseline, measure
 
 MODEL = {"name": "random", "source": "benchmark", "weights_sha256": "0", "image_size": 224,
          "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": "eval"}  # fmt: skip
@@ -74,12 +74,8 @@ def main() -> None:
     parser.add_argument("--stores", nargs="+", default=["20000:600", "100000:3000"],
                         metavar="IMAGES:SPECIES")
     parser.add_argument("--methods", nargs="+", default=["few-shot", "linear-probe"])
-    parser.add_argument("--baseline", type=Path, default=None)
-    parser.add_argument("--timeout", type=float, default=1800.0)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bioindex-heads"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/heads.json"))
-    args = parser.parse_args()
-    runs = [("this", None)] + ([("baseline", args.baseline)] if args.baseline else [])
+    args = against_baseline(parser, "heads")
+    runs = args.runs
     results = []
     for spec in args.stores:
         images, species = (int(x) for x in spec.split(":"))

@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from checkout import PEAK, measure, same_answers, save, versus_baseline
+from checkout import PEAK, against_baseline, measure, same_answers, save, versus_baseline
 from heads import make_store
 
 MEASURE = PEAK + r"""
@@ -64,12 +64,8 @@ def main() -> None:
                         metavar="IMAGES:SPECIES")
     parser.add_argument("--kinds", nargs="+", default=["flat"], choices=["flat", "ivf"])
     parser.add_argument("--queries", type=int, default=512)
-    parser.add_argument("--baseline", type=Path, default=None)
-    parser.add_argument("--timeout", type=float, default=1800.0)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bioindex-heads"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/votes.json"))
-    args = parser.parse_args()
-    runs = [("this", None)] + ([("baseline", args.baseline)] if args.baseline else [])
+    args = against_baseline(parser, "votes")
+    runs = args.runs
     results = []
     for spec in args.stores:
         images, species = (int(x) for x in spec.split(":"))
