@@ -22,6 +22,17 @@ from bioindex.errors import BioindexError, ImageTooLarge
 # iPhones save HEIC by default, so a folder of field photos is often all .heic; Pillow reads
 # it through pillow-heif's opener, and AVIF itself where it was built with libavif (11.3+).
 pillow_heif.register_heif_opener()
+# Pillow refuses any image over 2 x Image.MAX_IMAGE_PIXELS (179 MP) from its header, as a
+# decompression bomb, and warns past half that. A herbarium sheet scanned at 1200 dpi is
+# ~270 MP: it was refused, though a JPEG decodes at 1/2, 1/4 or 1/8 scale (Image.draft) in a
+# fraction of the memory. So the guard is bioindex's own (`bounded_load`): no image is
+# decoded to more than DECODE_PIXELS; a JPEG over it is decoded at the least reduced scale
+# under it, any other format over it is refused. Pillow's check is moved out of the way of
+# JPEGs up to the format's own limit (65535 x 65535); every decode here goes through ours.
+DECODE_PIXELS = 2 * 89_478_485
+JPEG_SCALES = (1, 2, 4, 8)
+if Image.MAX_IMAGE_PIXELS is not None:  # (None: a host program turned the check off)
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, 65535 * 65535 // 2 + 1)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif",
                               ".heic", ".heif"} | ({".avif"} if features.check("avif") else set()))
 
@@ -124,9 +135,26 @@ def open_image(source: bytes | str | Path, *, max_pixels: int | None = None,
                                 f"{max_pixels / 1e6:g} MP cap")  # fmt: skip
         if draft is not None:
             image.draft("RGB", draft)
-        image.load()
+        bounded_load(image)
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)
+
+
+def bounded_load(image: Image.Image) -> None:
+    """Decode an opened image to at most DECODE_PIXELS: a JPEG over it at a reduced scale
+    (on top of any draft already asked for), anything else refused (ImageTooLarge)."""
+    width, height = image.size
+    if width * height > DECODE_PIXELS and image.format in ("JPEG", "MPO"):
+        scale = next((s for s in JPEG_SCALES if width * height <= DECODE_PIXELS * s * s), 0)
+        if scale:
+            image.draft(image.mode, (-(-width // scale), -(-height // scale)))
+            width, height = image.size
+    if width * height > DECODE_PIXELS:
+        cap = DECODE_PIXELS / 1e6
+        raise ImageTooLarge(f"image of {width}x{height} pixels is over the {cap:.0f} MP a "
+                            f"decode may take (a decompression bomb guard; only a JPEG is "
+                            f"read at reduced scale past it)")  # fmt: skip
+    image.load()
 
 
 def _heif_thumbnail(data: bytes, box: int) -> Image.Image | None:

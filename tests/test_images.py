@@ -109,6 +109,34 @@ def test_iphone_heic_photos_are_indexed_and_shown(tmp_path, tiny_model: str) -> 
     assert _thumbnails_served(tmp_path / "s") == 2
 
 
+def test_a_herbarium_scan_past_pillows_bomb_limit_is_indexed(tmp_path, tiny_model: str) -> None:
+    """A 182 MP sheet (1200 dpi) failed to index: Pillow refuses anything over 179 MP from
+    its header as a decompression bomb, and warned over 89 MP (a raw Python warning on the
+    terminal). A JPEG that large is decoded at reduced scale; nothing warns."""
+    import warnings
+
+    from bioindex import Collection
+    from bioindex.images import DECODE_PIXELS
+
+    small = Image.open(shared("camera-trap", "ocelot.jpg")).convert("L").resize((1750, 1625))
+    folder = tmp_path / "sheets"
+    folder.mkdir()
+    small.resize((14000, 13000), Image.NEAREST).save(folder / "sheet.jpg", quality=60)
+    Image.new("1", (10000, 9500)).save(folder / "mask.png")  # 95 MP: decoded in full
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning among them
+        sheet = open_image(folder / "sheet.jpg")
+        assert sheet.width * sheet.height <= DECODE_PIXELS and sheet.size == (7000, 6500)
+        assert open_image(folder / "mask.png").size == (10000, 9500)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([folder], progress=False)
+        assert (summary.embedded, summary.failed) == (2, 0)
+        query = tmp_path / "q.png"
+        small.save(query)
+        hit = col.search_image(query, k=1)[0]
+    assert hit.uri.endswith("sheet.jpg") and hit.score > 0.95
+
+
 def test_camera_raw_and_video_left_out_are_said(tmp_path, tiny_model: str) -> None:
     """A camera trap's folder of videos, a photographer's raw files: they were left out
     without a word (or "no images found", naming only what was looked for)."""

@@ -14,6 +14,7 @@ import io
 from typing import Any
 
 from bioindex.errors import BioindexError
+from bioindex.images import DECODE_PIXELS
 
 
 def device_decodable(data: bytes) -> tuple[int, int] | None:
@@ -26,6 +27,8 @@ def device_decodable(data: bytes) -> tuple[int, int] | None:
         with Image.open(io.BytesIO(data)) as image:  # header only; nothing is decoded
             if image.format != "JPEG" or image.mode not in ("RGB", "L"):
                 return None
+            if image.width * image.height > DECODE_PIXELS:
+                return None  # decoded at reduced scale on the CPU path (bounded_load)
             if image.info.get("progressive") or image.info.get("progression"):
                 return None
             if image.getexif().get(0x0112, 1) not in (0, 1):

@@ -21,6 +21,7 @@ import numpy as np
 import pillow_heif
 
 from bioindex.images import (
+    bounded_load,
     describe_error,
     open_image,
     photo_facts,
@@ -85,7 +86,7 @@ def decode(data: bytes, image_size: int, fast: bool) -> Any:
                 image.draft(
                     None, (max(1, width * target // short), max(1, height * target // short))
                 )
-        image.load()
+        bounded_load(image)
     return to_rgb(ImageOps.exif_transpose(image))
 
 
