@@ -1,5 +1,5 @@
 """Decoding one photo by file format: what indexing a folder of JPEGs, PNGs, WebPs, TIFFs,
-iPhone HEICs or AVIFs costs before the model sees a pixel.
+iPhone HEICs, AVIFs or JPEG 2000 masters costs before the model sees a pixel.
 
     python benchmarks/decode_formats.py                 # 4032 x 3024 (an iPhone's 12 MP)
     python benchmarks/decode_formats.py --size 1024 768
@@ -28,6 +28,10 @@ FORMATS = {  # name: (Pillow format, save options)
     "TIFF (LZW)": ("TIFF", {"compression": "tiff_lzw"}),
     "HEIC q80": ("HEIF", {"quality": 80}),
     "AVIF q60": ("AVIF", {"quality": 60}),
+    # A herbarium's or an IIIF server's masters: lossless, and lossy at 20:1.
+    "JPEG 2000": ("JPEG2000", {}),
+    "JP2 20:1": ("JPEG2000", {"quality_mode": "rates", "quality_layers": [20],
+                              "irreversible": True}),
 }
 
 

@@ -250,8 +250,9 @@ def _lower_level(record: logging.LogRecord) -> bool:
 @click.option(
     "--fast-decode",
     is_flag=True,
-    help="Let large JPEGs decode at 1/2-1/8 scale (DCT domain) before resizing: "
-    "much faster on big photos, embeddings within cosine 0.99 of the exact path.",
+    help="Let large JPEGs decode at 1/2-1/8 scale (DCT domain), and JPEG 2000s at a lower "
+    "resolution level, before resizing: much faster on big photos (JPEG 2000 ~9x), "
+    "embeddings within cosine 0.99 of the exact path.",
 )
 @click.option(
     "--compile",

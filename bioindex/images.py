@@ -24,17 +24,23 @@ from bioindex.errors import BioindexError, ImageTooLarge
 pillow_heif.register_heif_opener()
 # Pillow refuses any image over 2 x Image.MAX_IMAGE_PIXELS (179 MP) from its header, as a
 # decompression bomb, and warns past half that. A herbarium sheet scanned at 1200 dpi is
-# ~270 MP: it was refused, though a JPEG decodes at 1/2, 1/4 or 1/8 scale (Image.draft) in a
-# fraction of the memory. So the guard is bioindex's own (`bounded_load`): no image is
-# decoded to more than DECODE_PIXELS; a JPEG over it is decoded at the least reduced scale
-# under it, any other format over it is refused. Pillow's check is moved out of the way of
-# JPEGs up to the format's own limit (65535 x 65535); every decode here goes through ours.
+# ~270 MP: it was refused, though a JPEG decodes at 1/2, 1/4 or 1/8 scale (Image.draft) and
+# a JPEG 2000 at any of the lower resolutions it holds, in a fraction of the memory. So the
+# guard is bioindex's own (`bounded_load`): no image is decoded to more than DECODE_PIXELS;
+# a JPEG or JPEG 2000 over it is decoded at the least reduced scale under it, any other
+# format over it is refused. Pillow's check is moved out of the way up to JPEG's own limit
+# (65535 x 65535); every decode here goes through ours.
 DECODE_PIXELS = 2 * 89_478_485
-JPEG_SCALES = (1, 2, 4, 8)
+REDUCED_SCALES = (2, 4, 8, 16, 32)
 if Image.MAX_IMAGE_PIXELS is not None:  # (None: a host program turned the check off)
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, 65535 * 65535 // 2 + 1)
+# JPEG 2000: the masters of many herbaria and libraries, and what IIIF image servers keep.
+JPEG2000_SUFFIXES = (frozenset({".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx"})
+                     if features.check("jpg_2000") else frozenset())  # fmt: skip
+JPEG2000_HEAD = 1 << 16  # bytes read to find a codestream's COD marker (after any jp2 boxes)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif",
-                              ".heic", ".heif"} | ({".avif"} if features.check("avif") else set()))
+                              ".heic", ".heif"} | ({".avif"} if features.check("avif") else set())
+                             | JPEG2000_SUFFIXES)  # fmt: skip
 
 
 # Pictures and films a camera makes that are not read: a folder of them is worth a word
@@ -134,27 +140,81 @@ def open_image(source: bytes | str | Path, *, max_pixels: int | None = None,
             raise ImageTooLarge(f"image of {image.width}x{image.height} pixels is over the "
                                 f"{max_pixels / 1e6:g} MP cap")  # fmt: skip
         if draft is not None:
-            image.draft("RGB", draft)
+            decode_smaller(image, draft, "RGB")
         bounded_load(image)
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)
 
 
 def bounded_load(image: Image.Image) -> None:
-    """Decode an opened image to at most DECODE_PIXELS: a JPEG over it at a reduced scale
-    (on top of any draft already asked for), anything else refused (ImageTooLarge)."""
+    """Decode an opened image to at most DECODE_PIXELS: a JPEG or JPEG 2000 over it at a
+    reduced scale (on top of any already asked for), anything else refused (ImageTooLarge)."""
     width, height = image.size
-    if width * height > DECODE_PIXELS and image.format in ("JPEG", "MPO"):
-        scale = next((s for s in JPEG_SCALES if width * height <= DECODE_PIXELS * s * s), 0)
+    if width * height > DECODE_PIXELS:
+        scale = next((s for s in REDUCED_SCALES
+                      if -(-width // s) * -(-height // s) <= DECODE_PIXELS), 0)  # fmt: skip
         if scale:
-            image.draft(image.mode, (-(-width // scale), -(-height // scale)))
-            width, height = image.size
+            width, height = decode_smaller(image, (width // scale, height // scale), image.mode)
     if width * height > DECODE_PIXELS:
         cap = DECODE_PIXELS / 1e6
         raise ImageTooLarge(f"image of {width}x{height} pixels is over the {cap:.0f} MP a "
-                            f"decode may take (a decompression bomb guard; only a JPEG is "
-                            f"read at reduced scale past it)")  # fmt: skip
+                            f"decode may take (a decompression bomb guard; only a JPEG or "
+                            f"JPEG 2000 is read at reduced scale past it)")  # fmt: skip
     image.load()
+
+
+def decode_smaller(image: Image.Image, size: tuple[int, int], mode: str | None = None
+                   ) -> tuple[int, int]:  # fmt: skip
+    """Let the decoder leave out detail, keeping at least `size` (width, height) where the
+    format allows: a JPEG at 1/2-1/8 scale (Image.draft), a JPEG 2000 at a lower resolution
+    its codestream holds; other formats decode in full. The size the decode will have (a
+    JPEG 2000 says its own only once loaded)."""
+    if image.format in ("JPEG", "MPO"):
+        image.draft(mode, size)
+    elif image.format == "JPEG2000":
+        n = jpeg2000_reduction(image, size)
+        image.reduce = n  # type: ignore[method-assign]
+        half = 1 << n >> 1
+        return (image.width + half) >> n, (image.height + half) >> n
+    return image.size
+
+
+def jpeg2000_reduction(image: Image.Image, size: tuple[int, int]) -> int:
+    """How many times a JPEG 2000 may be halved while decoding and still be at least `size`:
+    no more than the wavelet levels its codestream has, and only where Pillow's idea of the
+    reduced size (rounded) is OpenJPEG's (ceiling) — where they differ (802 px at 1/8:
+    100 against 101) the decode fails as "broken data stream"."""
+    width, height = image.size
+    best = 0
+    for n in range(1, jpeg2000_levels(image) + 1):
+        ceil_w, ceil_h = -(-width // (1 << n)), -(-height // (1 << n))
+        if ceil_w < size[0] or ceil_h < size[1]:
+            break
+        half = 1 << n >> 1
+        if ((width + half) >> n, (height + half) >> n) == (ceil_w, ceil_h):
+            best = n
+    return best
+
+
+def jpeg2000_levels(image: Image.Image) -> int:
+    """The decomposition levels of an opened JPEG 2000 (its codestream's COD marker), 0 when
+    not found: how often it can be halved while decoding."""
+    stream = image.fp
+    if stream is None:
+        return 0
+    at = stream.tell()
+    stream.seek(0)
+    head = stream.read(JPEG2000_HEAD)
+    stream.seek(at)
+    p = head.find(b"\xff\x4f\xff\x51")  # SOC then SIZ: the main header's start
+    if p < 0:
+        return 0
+    p += 2
+    while p + 10 <= len(head) and head[p] == 0xFF and head[p + 1] != 0x90:  # SOT: tiles
+        if head[p + 1] == 0x52:  # COD: Lcod, Scod, progression, layers (2), MCT, levels
+            return head[p + 9]
+        p += 2 + int.from_bytes(head[p + 2 : p + 4], "big")
+    return 0
 
 
 def _heif_thumbnail(data: bytes, box: int) -> Image.Image | None:

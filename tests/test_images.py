@@ -137,6 +137,47 @@ def test_a_herbarium_scan_past_pillows_bomb_limit_is_indexed(tmp_path, tiny_mode
     assert hit.uri.endswith("sheet.jpg") and hit.score > 0.95
 
 
+def test_jpeg2000_masters_are_indexed_and_shown(tmp_path, tiny_model: str) -> None:
+    """A herbarium's JPEG 2000 masters (and an IIIF server's) were left out as a format
+    bioindex does not read. They are indexed, found by their JPEG twins, and shown as
+    thumbnails (decoded at a lower resolution, as the page needs)."""
+    from bioindex import Collection
+    from tests.test_iiif import _thumbnails_served
+
+    source = Image.open(shared("camera-trap", "ocelot.jpg"))
+    folder = tmp_path / "masters"
+    folder.mkdir()
+    source.resize((2048, 1600)).save(folder / "sheet-0001.jp2")
+    source.rotate(90, expand=True).save(folder / "sheet-0002.j2k", num_resolutions=3)
+    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+        summary = col.index([folder], progress=False)
+        assert (summary.embedded, summary.failed) == (2, 0)
+        hit = col.search_image(shared("camera-trap", "ocelot.jpg"), k=1)[0]
+    assert hit.uri.endswith("sheet-0001.jp2") and hit.score > 0.99
+    assert _thumbnails_served(tmp_path / "s") == 2
+
+
+def test_a_jpeg2000_over_the_pixel_cap_decodes_at_a_lower_resolution(tmp_path, monkeypatch
+                                                                     ) -> None:  # fmt: skip
+    """Past the cap a JPEG 2000 decodes at the least reduced resolution under it; where
+    Pillow rounds a reduced size otherwise than OpenJPEG (802 px at 1/8: 100 against 101,
+    "broken data stream") a coarser level is not asked for, and the image is refused in
+    one line if none fits."""
+    from bioindex import images
+    from bioindex.errors import ImageTooLarge
+
+    source = Image.open(shared("camera-trap", "ocelot.jpg"))  # 1046 x 802
+    source.save(tmp_path / "odd.jp2")
+    source.resize((1024, 800)).save(tmp_path / "even.jp2")
+    monkeypatch.setattr(images, "DECODE_PIXELS", 300_000)
+    assert open_image(tmp_path / "odd.jp2").size == (523, 401)
+    assert open_image(tmp_path / "even.jp2").size == (512, 400)
+    monkeypatch.setattr(images, "DECODE_PIXELS", 50_000)
+    assert open_image(tmp_path / "even.jp2").size == (128, 100)
+    with pytest.raises(ImageTooLarge, match="262x201 pixels"):
+        open_image(tmp_path / "odd.jp2")
+
+
 def test_camera_raw_and_video_left_out_are_said(tmp_path, tiny_model: str) -> None:
     """A camera trap's folder of videos, a photographer's raw files: they were left out
     without a word (or "no images found", naming only what was looked for)."""

@@ -22,6 +22,7 @@ import pillow_heif
 
 from bioindex.images import (
     bounded_load,
+    decode_smaller,
     describe_error,
     open_image,
     photo_facts,
@@ -70,22 +71,21 @@ def split_transform(transform: Any) -> tuple[Callable[[Any], Any] | None, Any, A
 
 
 def decode(data: bytes, image_size: int, fast: bool) -> Any:
-    """Bytes → upright RGB. `fast` lets JPEG decoding downscale in the DCT domain
-    (Image.draft) to no less than twice the model's input on the shortest side."""
+    """Bytes → upright RGB. `fast` lets a JPEG decode at reduced scale in the DCT domain
+    (Image.draft), and a JPEG 2000 at a lower resolution, to no less than twice the model's
+    input on the shortest side."""
     if not fast:
         return open_image(data)
     from PIL import Image, ImageOps
 
     with io.BytesIO(data) as stream:
         image = Image.open(stream)
-        if image.format == "JPEG":
-            width, height = image.size
-            target = 2 * image_size
-            short = min(width, height)
-            if short >= 2 * target:
-                image.draft(
-                    None, (max(1, width * target // short), max(1, height * target // short))
-                )
+        width, height = image.size
+        target = 2 * image_size
+        short = min(width, height)
+        if short >= 2 * target:
+            decode_smaller(image, (max(1, width * target // short),
+                                   max(1, height * target // short)))  # fmt: skip
         bounded_load(image)
     return to_rgb(ImageOps.exif_transpose(image))
 
