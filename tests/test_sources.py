@@ -289,6 +289,34 @@ def test_archive_with_remote_media(tmp_path: Path, tiny_model: str, media_server
     assert_index_matches_catalog(store)
 
 
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "GIF", "TIFF", "BMP", "WEBP", "HEIF", "AVIF",
+                                  "JPEG2000", "J2K"])  # fmt: skip
+def test_every_format_read_is_known_by_its_first_bytes(kind: str) -> None:
+    """A server that sends photos as application/octet-stream: the first bytes decide. A
+    phone's HEIC, an AVIF and a JPEG 2000 master were "not an image" that way."""
+    from PIL import Image
+
+    import bioindex.images  # noqa: F401  (registers the HEIF opener)
+
+    out = io.BytesIO()
+    picture = Image.new("RGB", (64, 48), (90, 140, 60))
+    try:
+        if kind == "J2K":  # a bare codestream, as .j2k files hold
+            picture.save(out, "JPEG2000", no_jp2=True)
+        else:
+            picture.save(out, kind)
+    except (KeyError, OSError):
+        pytest.skip(f"this Pillow writes no {kind}")
+    assert remote.looks_like_image(out.getvalue()[:64])
+    assert Image.open(io.BytesIO(out.getvalue())).size == (64, 48)
+
+
+@pytest.mark.parametrize("head", [b"<!DOCTYPE html><html>", b"PK\x03\x04", b"{\"error\": 1}",
+                                  b"\x00\x00\x00\x18ftypmp42"])  # fmt: skip
+def test_what_is_not_an_image_is_not_taken_for_one(head: bytes) -> None:
+    assert not remote.looks_like_image(head)
+
+
 @pytest.mark.parametrize("sample, occurrences, media", [
     ("dwcahandler-sample1", 12, 3), ("dwcahandler-sample2", 8, 8)])  # fmt: skip
 def test_real_quoted_archives_parse_and_fake_urls_fail(

@@ -40,11 +40,16 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 1 << 16
 # The first bytes of the formats PIL reads for us (checked when Content-Type does not say).
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
-          b"BM")  # fmt: skip
+          b"BM", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")  # fmt: skip
+# HEIF (a phone's HEIC) and AVIF: an ISO box "ftyp" whose major brand says which.
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1",
+                b"avif", b"avis")  # fmt: skip
 
 
 def looks_like_image(head: bytes) -> bool:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         return True
     return head.startswith(_MAGIC)
 
