@@ -147,8 +147,9 @@ def open_image(source: bytes | str | Path, *, max_pixels: int | None = None,
 
 
 def bounded_load(image: Image.Image) -> None:
-    """Decode an opened image to at most DECODE_PIXELS: a JPEG or JPEG 2000 over it at a
-    reduced scale (on top of any already asked for), anything else refused (ImageTooLarge)."""
+    """Decode an opened image to at most DECODE_PIXELS: a JPEG, JPEG 2000 or pyramidal TIFF
+    over it at a reduced scale (on top of any already asked for), anything else refused
+    (ImageTooLarge)."""
     width, height = image.size
     if width * height > DECODE_PIXELS:
         scale = next((s for s in REDUCED_SCALES
@@ -158,25 +159,44 @@ def bounded_load(image: Image.Image) -> None:
     if width * height > DECODE_PIXELS:
         cap = DECODE_PIXELS / 1e6
         raise ImageTooLarge(f"image of {width}x{height} pixels is over the {cap:.0f} MP a "
-                            f"decode may take (a decompression bomb guard; only a JPEG or "
-                            f"JPEG 2000 is read at reduced scale past it)")  # fmt: skip
+                            f"decode may take (a decompression bomb guard; only a JPEG, a "
+                            f"JPEG 2000 or a pyramidal TIFF is read at reduced scale past "
+                            f"it)")  # fmt: skip
     image.load()
 
 
 def decode_smaller(image: Image.Image, size: tuple[int, int], mode: str | None = None
                    ) -> tuple[int, int]:  # fmt: skip
     """Let the decoder leave out detail, keeping at least `size` (width, height) where the
-    format allows: a JPEG at 1/2-1/8 scale (Image.draft), a JPEG 2000 at a lower resolution
-    its codestream holds; other formats decode in full. The size the decode will have (a
-    JPEG 2000 says its own only once loaded)."""
+    format allows: a JPEG at 1/2-1/8 scale (Image.draft), a pyramidal TIFF from a smaller
+    page, a JPEG 2000 at a lower resolution its codestream holds; other formats decode in
+    full. The size the decode will have (a JPEG 2000 says its own only once loaded)."""
     if image.format in ("JPEG", "MPO"):
         image.draft(mode, size)
+    elif image.format == "TIFF" and getattr(image, "n_frames", 1) > 1:
+        image.seek(tiff_level(image, size))
     elif image.format == "JPEG2000":
         n = jpeg2000_reduction(image, size)
         image.reduce = n  # type: ignore[method-assign]
         half = 1 << n >> 1
         return (image.width + half) >> n, (image.height + half) >> n
     return image.size
+
+
+def tiff_level(image: Image.Image, size: tuple[int, int]) -> int:
+    """The page of a pyramidal TIFF (an IIIF server's master: the picture again at 1/2,
+    1/4, … on the following pages) with the fewest pixels still at least `size`; only pages
+    the shape of the first count, so a TIFF of several pictures stays on its first."""
+    image.seek(0)
+    width, height = image.size
+    best, fewest = 0, width * height
+    for page in range(1, image.n_frames):  # type: ignore[attr-defined]
+        image.seek(page)
+        w, h = image.size
+        if abs(w * height - h * width) <= max(width, height) and w >= size[0] \
+                and h >= size[1] and w * h < fewest:  # fmt: skip
+            best, fewest = page, w * h
+    return best
 
 
 def jpeg2000_reduction(image: Image.Image, size: tuple[int, int]) -> int:

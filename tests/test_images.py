@@ -178,6 +178,26 @@ def test_a_jpeg2000_over_the_pixel_cap_decodes_at_a_lower_resolution(tmp_path, m
         open_image(tmp_path / "odd.jp2")
 
 
+def test_a_pyramidal_tiff_decodes_from_its_smaller_pages(tmp_path, monkeypatch) -> None:
+    """An IIIF server's master is a TIFF holding the picture again at 1/2, 1/4, … on its
+    following pages: past the pixel cap, and for a thumbnail, the smallest page that is
+    enough is decoded. A TIFF of two different pictures is read from its first page."""
+    from bioindex import images
+    from bioindex.errors import ImageTooLarge
+
+    source = Image.open(shared("camera-trap", "ocelot.jpg")).convert("RGB").resize((2000, 1500))
+    levels = [source.resize((2000 >> k, 1500 >> k)) for k in range(1, 4)]
+    source.save(tmp_path / "pyramid.tif", save_all=True, append_images=levels,
+                compression="tiff_lzw")  # fmt: skip
+    source.save(tmp_path / "two.tif", save_all=True, append_images=[source.resize((600, 900))])
+    assert open_image(tmp_path / "pyramid.tif").size == (2000, 1500)  # under the cap: whole
+    assert open_image(tmp_path / "pyramid.tif", draft=(256, 256)).size == (500, 375)
+    monkeypatch.setattr(images, "DECODE_PIXELS", 1_000_000)
+    assert open_image(tmp_path / "pyramid.tif").size == (1000, 750)
+    with pytest.raises(ImageTooLarge, match="2000x1500"):
+        open_image(tmp_path / "two.tif")
+
+
 def test_camera_raw_and_video_left_out_are_said(tmp_path, tiny_model: str) -> None:
     """A camera trap's folder of videos, a photographer's raw files: they were left out
     without a word (or "no images found", naming only what was looked for)."""
