@@ -137,10 +137,11 @@ def test_a_herbarium_scan_past_pillows_bomb_limit_is_indexed(tmp_path, tiny_mode
     assert hit.uri.endswith("sheet.jpg") and hit.score > 0.95
 
 
-def test_jpeg2000_masters_are_indexed_and_shown(tmp_path, tiny_model: str) -> None:
+def test_jpeg2000_masters_are_indexed_and_shown(tmp_path, tiny_model: str, caplog) -> None:
     """A herbarium's JPEG 2000 masters (and an IIIF server's) were left out as a format
     bioindex does not read. They are indexed, found by their JPEG twins, and shown as
-    thumbnails (decoded at a lower resolution, as the page needs)."""
+    thumbnails (decoded at a lower resolution, as the page needs); the run says that
+    --fast-decode reads them faster."""
     from bioindex import Collection
     from tests.test_iiif import _thumbnails_served
 
@@ -154,6 +155,7 @@ def test_jpeg2000_masters_are_indexed_and_shown(tmp_path, tiny_model: str) -> No
         assert (summary.embedded, summary.failed) == (2, 0)
         hit = col.search_image(shared("camera-trap", "ocelot.jpg"), k=1)[0]
     assert hit.uri.endswith("sheet-0001.jp2") and hit.score > 0.99
+    assert "2 JPEG 2000 files are decoded whole" in caplog.text and "--fast-decode" in caplog.text
     assert _thumbnails_served(tmp_path / "s") == 2
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bioindex.errors import BioindexError
-from bioindex.images import photo_facts_of
+from bioindex.images import JPEG2000_SUFFIXES, photo_facts_of
 from bioindex.indexer import iiif
 from bioindex.indexer.embed import (
     EmbeddedBatch,
@@ -92,6 +92,12 @@ class Plan:
     vanished: list[int]
     same_files: list[Item]  # embedded and unchanged: only their metadata may be new
     gone_failures: list[str]  # failed files that are no longer there
+
+
+def _jpeg2000(item: Item) -> bool:
+    """Whether an item is named as a JPEG 2000 (a zip member after '#', a URL before '?')."""
+    name = item.uri.split("?")[0].rsplit("/", 1)[-1]
+    return "." in name and "." + name.rsplit(".", 1)[-1].lower() in JPEG2000_SUFFIXES
 
 
 def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
@@ -235,6 +241,10 @@ def run_index(
 
     if engine not in ("local", "ray"):
         raise BioindexError(f"unknown engine {engine!r}; choose local or ray")
+    if not fast_decode and (masters := sum(map(_jpeg2000, todo))):
+        log.warning("%d JPEG 2000 files are decoded whole, ~45x a JPEG's time each; "
+                    "--fast-decode reads them at a lower resolution level, ~9x faster "
+                    "(embeddings within cosine 0.99)", masters)  # fmt: skip
     if todo:
         model = model if isinstance(model, EmbeddingModel) else model()
         batch_size = batch_size or default_batch_size(model.device)
