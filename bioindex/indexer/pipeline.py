@@ -242,9 +242,10 @@ def run_index(
     if engine not in ("local", "ray"):
         raise BioindexError(f"unknown engine {engine!r}; choose local or ray")
     if not fast_decode and (masters := sum(map(_jpeg2000, todo))):
-        log.warning("%d JPEG 2000 files are decoded whole, ~45x a JPEG's time each; "
-                    "--fast-decode reads them at a lower resolution level, ~9x faster "
-                    "(embeddings within cosine 0.99)", masters)  # fmt: skip
+        log.warning("%s decoded whole, ~45x a JPEG's time each; --fast-decode reads "
+                    "JPEG 2000 at a lower resolution level, ~9x faster (embeddings within "
+                    "cosine 0.99)", "1 JPEG 2000 file is" if masters == 1
+                    else f"{masters} JPEG 2000 files are")  # fmt: skip
     if todo:
         model = model if isinstance(model, EmbeddingModel) else model()
         batch_size = batch_size or default_batch_size(model.device)
