@@ -1,4 +1,5 @@
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +151,15 @@ def test_jpeg2000_masters_are_indexed_and_shown(tmp_path, tiny_model: str, caplo
     folder.mkdir()
     source.resize((2048, 1600)).save(folder / "sheet-0001.jp2")
     source.rotate(90, expand=True).save(folder / "sheet-0002.j2k", num_resolutions=3)
-    with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
-        summary = col.index([folder], progress=False)
-        assert (summary.embedded, summary.failed) == (2, 0)
-        hit = col.search_image(shared("camera-trap", "ocelot.jpg"), k=1)[0]
+    logger = logging.getLogger("bioindex.indexer.pipeline")
+    logger.addHandler(caplog.handler)  # the CLI's tests leave "bioindex" not propagating
+    try:
+        with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
+            summary = col.index([folder], progress=False)
+            assert (summary.embedded, summary.failed) == (2, 0)
+            hit = col.search_image(shared("camera-trap", "ocelot.jpg"), k=1)[0]
+    finally:
+        logger.removeHandler(caplog.handler)
     assert hit.uri.endswith("sheet-0001.jp2") and hit.score > 0.99
     assert "2 JPEG 2000 files are decoded whole" in caplog.text and "--fast-decode" in caplog.text
     assert _thumbnails_served(tmp_path / "s") == 2
