@@ -1178,7 +1178,9 @@ def info(store: str, failures: bool, fmt: str) -> None:
 
     with Store.open(store, read_only=True, map_index=True) as opened:
         data: Any = opened.failures() if failures else opened.info()
-    if failures:
+    if failures and not data and fmt == "table":
+        click.echo("no failures: every file the runs listed was indexed")
+    elif failures:
         click.echo(render(data, fmt, None, terminal_width()), nl=False)
     else:
         click.echo(render_mapping(data, fmt, terminal_width()), nl=False)

@@ -573,3 +573,23 @@ def test_photos_gone_since_indexing_are_said_so(tmp_path: Path, tiny_model: str)
     assert "gone" not in again.stderr
     with Store.open(store, read_only=True) as opened:
         assert opened.missing_files() == (5, 0)
+
+
+def test_an_empty_file_is_said_to_be_empty(tmp_path: Path, tiny_model: str) -> None:
+    """A 0-byte photo (a copy cut short, a sync placeholder) was "UnidentifiedImageError:
+    cannot identify image file"; and a store with no failures listed them as "(no
+    results)", as if the question had not been understood."""
+    folder = tmp_path / "photos"
+    draw_images(folder, 2, seed=3)
+    store = str(tmp_path / "s")
+    runner = CliRunner()
+    done = runner.invoke(main, ["index", str(folder), "-s", store, "--model", tiny_model, "-q"])
+    assert done.exit_code == 0, done.output
+    listed = runner.invoke(main, ["info", "-s", store, "--failures"])
+    assert listed.output.startswith("no failures"), listed.output
+    (folder / "IMG_0003.jpg").write_bytes(b"")
+    done = runner.invoke(main, ["index", str(folder), "-s", store, "-q"])
+    failures = json.loads(runner.invoke(main, ["info", "-s", store, "--failures", "--format",
+                                               "json"]).output)  # fmt: skip
+    assert [(f["stage"], f["error"]) for f in failures] == [
+        ("read", "OSError: the file is empty (0 bytes)")]

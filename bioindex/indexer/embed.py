@@ -145,6 +145,8 @@ def decode_batch(
         stage = "read"
         try:
             data = item.read_bytes()
+            if not data:  # Pillow would call it an image it cannot identify
+                raise OSError("the file is empty (0 bytes)")
             stage = "decode"
             if raw_jpeg and (size := device_decodable(data)) is not None:
                 for key, value in (
