@@ -159,9 +159,9 @@ def bounded_load(image: Image.Image) -> None:
     if width * height > DECODE_PIXELS:
         cap = DECODE_PIXELS / 1e6
         raise ImageTooLarge(f"image of {width}x{height} pixels is over the {cap:.0f} MP a "
-                            f"decode may take (a decompression bomb guard; only a JPEG, a "
-                            f"JPEG 2000 or a pyramidal TIFF is read at reduced scale past "
-                            f"it)")  # fmt: skip
+                            f"decode may take (a decompression bomb guard; a JPEG, a JPEG "
+                            f"2000 or a pyramidal TIFF is read at reduced scale past it: "
+                            f"`vips tiffsave IN OUT.tif --tile --pyramid` makes one)")  # fmt: skip
     image.load()
 
 
