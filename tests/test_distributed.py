@@ -60,9 +60,9 @@ def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray,
     trip = tmp_path / "trip.zip"
     photos = [*sorted(images.rglob("*.png"))[:5], shared("camera-trap", "blank.jpg")]
     with zipfile.ZipFile(trip, "w") as zipped:
-        for i, photo in enumerate(photos):
-            method = zipfile.ZIP_DEFLATED if i % 2 else zipfile.ZIP_STORED
-            zipped.write(photo, photo.name, compress_type=method)
+        methods = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+        for i, photo in enumerate(photos):  # the work rows carry how each is compressed
+            zipped.write(photo, photo.name, compress_type=methods[i % 4])
     with Collection.open(tmp_path / "local", model=tiny_model, device="cpu", create=True) as c:
         local = c.index([images, trip], progress=False, workers=0)
     with Collection.open(tmp_path / "ray", model=tiny_model, device="cpu", create=True) as c:

@@ -382,37 +382,61 @@ def test_webdataset_shards_with_tree_of_life_keys(tmp_path: Path, tiny_model: st
 def test_a_zip_of_photos_is_indexed_in_place(tmp_path: Path, tiny_model: str) -> None:
     """A zip without meta.xml (a camera trap's download, a folder zipped to be sent) was
     refused as "has no meta.xml": its photos are now indexed from the zip, deflated or
-    stored, with the vectors the unzipped files give; members it cannot read in place are
-    failures on record, and other files in it are left alone."""
+    stored — and bzip2 or LZMA, as 7-Zip can write them, which were "unzip it" failures —
+    with the vectors the unzipped files give; members it cannot read in place are failures
+    on record, and other files in it are left alone."""
     import zipfile
 
-    photos = draw_images(tmp_path / "p", 5, seed=41)
+    photos = draw_images(tmp_path / "p", 7, seed=41)
     archive = tmp_path / "trip.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         for i, photo in enumerate(photos[:4]):
             method = zipfile.ZIP_DEFLATED if i % 2 else zipfile.ZIP_STORED
             zipped.write(photo, f"trip/day{i}/{photo.name}", compress_type=method)
-        zipped.write(photos[4], "trip/odd.jpg", compress_type=zipfile.ZIP_BZIP2)
+        zipped.write(photos[4], "trip/bzip2.jpg", compress_type=zipfile.ZIP_BZIP2)
+        zipped.write(photos[5], "trip/lzma.jpg", compress_type=zipfile.ZIP_LZMA)
+        zipped.write(photos[6], "trip/deflate64.jpg", compress_type=zipfile.ZIP_DEFLATED)
         zipped.writestr("trip/notes.txt", "field notes")
         zipped.writestr("__MACOSX/trip/._x.jpg", b"resource fork")
         zipped.writestr("trip/locked.jpg", photos[0].read_bytes())
     _mark_encrypted(archive, "trip/locked.jpg")  # zipfile writes no encrypted members
+    _mark_method(archive, "trip/deflate64.jpg", 9)  # nor Deflate64, which it cannot read
     (tmp_path / "meta.csv").write_text(f"file,scientificName\n{photos[1].name},Ursus arctos\n")
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
         summary = col.index([archive], metadata=tmp_path / "meta.csv", progress=False)
-        assert (summary.embedded, summary.failed) == (4, 2)
+        assert (summary.embedded, summary.failed) == (6, 2)
         reasons = {f["uri"].rsplit("#", 1)[1]: f["error"] for f in col.failures()}
         assert reasons["trip/locked.jpg"] == "encrypted in the zip"
-        assert "zip method 12" in reasons["trip/odd.jpg"]
+        assert "zip method 9" in reasons["trip/deflate64.jpg"]
         named = col.store.catalog.query("SELECT uri FROM images WHERE scientific_name = "
                                         "'Ursus arctos'")[1]  # fmt: skip
         assert named == [(f"{archive}#trip/day1/{photos[1].name}",)]
-        for i, photo in enumerate(photos[:4]):
+        members = [f"trip/day{i}/{photo.name}" for i, photo in enumerate(photos[:4])]
+        for photo, member in zip(photos, [*members, "trip/bzip2.jpg", "trip/lzma.jpg"]):
             hit = col.search_image(photo, k=1)[0]
-            assert hit.uri == f"{archive}#trip/day{i}/{photo.name}" and hit.score >= 0.999
+            assert hit.uri == f"{archive}#{member}" and hit.score >= 0.999
         again = col.index([archive], progress=False)
-        assert (again.embedded, again.unchanged) == (0, 4)
+        assert (again.embedded, again.unchanged) == (0, 6)
     assert_index_matches_catalog(tmp_path / "s")
+
+
+def _mark_method(archive: Path, name: str, method: int) -> None:
+    """Say in a member's local header and central directory entry that it is compressed by
+    `method` (its bytes unchanged)."""
+    import struct
+    import zipfile
+
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zipped:
+        offset = zipped.getinfo(name).header_offset
+    data[offset + 8 : offset + 10] = struct.pack("<H", method)
+    at = data.find(b"PK\x01\x02")
+    while at != -1:
+        length = struct.unpack("<H", data[at + 28 : at + 30])[0]
+        if data[at + 46 : at + 46 + length] == name.encode():
+            data[at + 10 : at + 12] = struct.pack("<H", method)
+        at = data.find(b"PK\x01\x02", at + 46)
+    archive.write_bytes(bytes(data))
 
 
 def _mark_encrypted(archive: Path, name: str) -> None:

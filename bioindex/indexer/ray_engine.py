@@ -93,9 +93,10 @@ def _decode_rows(rows: dict[str, np.ndarray], transform: Any, image_size: int,
     items = [
         Item(uri=str(uri), path=str(path), size=None if size < 0 else int(size), mtime=None,
              offset=None if offset < 0 else int(offset),
-             packed=None if packed < 0 else int(packed))
-        for uri, path, size, offset, packed in zip(rows["uri"], rows["path"], rows["size"],
-                                                   rows["offset"], rows["packed"])
+             packed=None if packed < 0 else int(packed), method=int(method))
+        for uri, path, size, offset, packed, method in zip(
+            rows["uri"], rows["path"], rows["size"], rows["offset"], rows["packed"],
+            rows["method"])
     ]  # fmt: skip
     positions = [int(p) for p in rows["position"]]
     pil_part, _, _ = split_transform(transform)
@@ -207,9 +208,11 @@ def _work_blocks(ray: Any, items: Sequence[Item]) -> Iterator[Any]:
             "size": pa.array([-1 if it.size is None else it.size for it in chunk], pa.int64()),
             "offset": pa.array([-1 if it.offset is None else it.offset for it in chunk],
                                pa.int64()),
-            # A deflated zip member's length: without it the member's bytes were read as is.
+            # A compressed zip member's length: without it the member's bytes were read as
+            # they lie; and how it is compressed.
             "packed": pa.array([-1 if it.packed is None else it.packed for it in chunk],
                                pa.int64()),
+            "method": pa.array([it.method for it in chunk], pa.int64()),
         }))  # fmt: skip
 
 

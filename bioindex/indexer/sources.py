@@ -16,14 +16,17 @@ Source types (chosen from the path unless --source-type says):
 
 from __future__ import annotations
 
+import bz2
 import csv
 import functools
 import logging
+import lzma
 import os
 import re
 import stat
 import tarfile
 import urllib.parse
+import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Container, Iterable, Iterator, Sequence
@@ -59,14 +62,15 @@ class Item:
     mtime: float | None
     metadata: dict[str, Any] = field(default_factory=dict)
     offset: int | None = None  # bytes of a tar or zip member start here in `path`
-    packed: int | None = None  # a deflated zip member's length at `offset` (size: inflated)
+    packed: int | None = None  # a compressed zip member's length at `offset` (size: unpacked)
     fetch_via: str = ""  # how a remote item is fetched, when not from its uri (IIIF)
+    method: int = zipfile.ZIP_DEFLATED  # how a `packed` member is compressed (zipfile.ZIP_*)
 
     def with_metadata(self, terms: dict[str, Any]) -> Item:
         """This item with `terms` over its metadata (built directly: dataclasses.replace
         took 5 of the 8 seconds naming a million photos from a names table)."""
         return Item(self.uri, self.path, self.size, self.mtime, {**self.metadata, **terms},
-                    self.offset, self.packed, self.fetch_via)  # fmt: skip
+                    self.offset, self.packed, self.fetch_via, self.method)  # fmt: skip
 
     def read_bytes(self, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         """The file's bytes; only a regular file is read (a device, pipe or socket named in
@@ -81,7 +85,7 @@ class Item:
             handle.seek(self.offset)
             data = handle.read(self.size or 0 if self.packed is None else self.packed)
         if self.packed is not None:
-            data = _inflate(data, self.packed, self.size or 0)
+            data = _inflate(data, self.packed, self.size or 0, self.method)
         if len(data) != self.size:
             raise OSError(f"archive member is truncated ({len(data)} of {self.size} bytes)")
         return data
@@ -95,11 +99,10 @@ class Item:
             handle.seek(self.offset)
             if self.packed is None:
                 return handle.read(min(count, self.size or 0))
-            packed = handle.read(min(self.packed, 4 * count + 1024))
-        try:
-            return zlib.decompressobj(-zlib.MAX_WBITS).decompress(packed, count)
-        except zlib.error as exc:
-            raise OSError(f"zip member does not inflate ({exc})") from None
+            # bzip2 unpacks nothing before a whole block (up to 900 kB) is in.
+            whole = self.method == zipfile.ZIP_BZIP2
+            packed = handle.read(self.packed if whole else min(self.packed, 4 * count + 1024))
+        return _unpack(packed, self.method, count)
 
     @property
     def remote(self) -> bool:
@@ -117,19 +120,43 @@ def _open_regular(path: str) -> BinaryIO:
     return handle
 
 
-def _inflate(data: bytes, packed: int, size: int) -> bytes:
-    """A deflated zip member's bytes, never more than the `size` its zip declares (a
-    member that inflates past it is damaged or lying)."""
+def _inflate(data: bytes, packed: int, size: int, method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A compressed zip member's bytes, never more than the `size` its zip declares (a
+    member that unpacks past it is damaged or lying)."""
     if len(data) != packed:
         raise OSError(f"zip member is truncated ({len(data)} of {packed} bytes)")
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, size + 1)
-    except zlib.error as exc:
-        raise OSError(f"zip member does not inflate ({exc})") from None
-    if len(out) > size or inflater.unconsumed_tail:
+    out = _unpack(data, method, size + 1)
+    if len(out) > size:
         raise OSError(f"zip member inflates past the {size} bytes its zip declares")
     return out
+
+
+def _unpack(data: bytes, method: int, limit: int) -> bytes:
+    """At most `limit` bytes of a zip member compressed by `method` (zipfile.ZIP_*)."""
+    try:
+        if method == zipfile.ZIP_DEFLATED:
+            return zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, limit)
+        if method == zipfile.ZIP_BZIP2:
+            return bz2.BZ2Decompressor().decompress(data, limit)
+        if method == zipfile.ZIP_LZMA:
+            return _zip_lzma(data).decompress(data[4 + int.from_bytes(data[2:4], "little"):],
+                                              limit)  # fmt: skip
+    except (zlib.error, lzma.LZMAError, OSError, ValueError) as exc:
+        raise OSError(f"zip member does not unpack ({exc})") from None
+    raise OSError(f"zip member compressed by method {method}, which bioindex does not read")
+
+
+def _zip_lzma(data: bytes) -> lzma.LZMADecompressor:
+    """A raw LZMA1 decompressor for a zip's LZMA member, which starts with the version of
+    the LZMA SDK that wrote it (2 bytes), the length of its properties (2) and those: lc, lp
+    and pb in one byte, the dictionary size in four (PKWARE APPNOTE 5.8.8)."""
+    props = data[4 : 4 + int.from_bytes(data[2:4], "little")]
+    if len(props) < 5:
+        raise ValueError("its LZMA header is cut short")
+    bits, dictionary = props[0], int.from_bytes(props[1:5], "little")
+    return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{
+        "id": lzma.FILTER_LZMA1, "dict_size": dictionary, "lc": bits % 9,
+        "lp": bits // 9 % 5, "pb": bits // 45}])  # fmt: skip
 
 
 @dataclass
@@ -714,8 +741,8 @@ def zip_members(path: Path, only: Container[str] | None = None, any_name: bool =
 
     members, refused = image_members(path, any_name=any_name, only=only)
     mtime = path.stat().st_mtime
-    return ({m.name: Item(f"{path}#{m.name}", str(path), m.size, mtime, {}, m.offset, m.packed)
-             for m in members}, dict(refused))  # fmt: skip
+    return ({m.name: Item(f"{path}#{m.name}", str(path), m.size, mtime, {}, m.offset, m.packed,
+                          method=m.method) for m in members}, dict(refused))  # fmt: skip
 
 
 def _names_a_manifest(media: dict[str, str]) -> bool:

@@ -1,8 +1,9 @@
 """Zip files from strangers: bomb checks, where a member's bytes lie, and the photos of a zip
 that is not a Darwin Core Archive (a camera trap's download, a folder zipped to be sent).
 
-A member is read in place, as a tar member is (sources.Item: offset, and its deflated length
-when compressed), so a decode worker needs no zipfile of its own.
+A member is read in place, as a tar member is (sources.Item: offset, and its compressed length
+and method when compressed: deflate, or bzip2 and LZMA as 7-Zip can write them), so a decode
+worker needs no zipfile of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bioindex.images import IMAGE_EXTENSIONS
 MAX_RATIO = 200
 RATIO_FREE_BYTES = 64 << 20
 _ENCRYPTED = 0x1
+READ_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 # What zipfile raises on a damaged zip besides BadZipFile: a mangled header's "version
 # 15.3" (NotImplementedError), a name that is not UTF-8 (ValueError), a short field.
 DAMAGED = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, IndexError,
@@ -37,8 +39,9 @@ UNREADABLE_MEMBER = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedErr
 class Member:
     name: str
     offset: int  # where its bytes start in the zip file
-    packed: int | None  # its deflated length; None: stored as is
-    size: int  # its length once inflated
+    packed: int | None  # its compressed length; None: stored as is
+    size: int  # its length once unpacked
+    method: int = zipfile.ZIP_DEFLATED  # how it is compressed (zipfile.ZIP_*)
 
 
 def refuse_bombs(archive: zipfile.ZipFile, path: Path) -> None:
@@ -87,10 +90,10 @@ def holds_data_package(path: Path) -> bool:
 def image_members(path: Path, any_name: bool = False, only: Container[str] | None = None,
                   ) -> tuple[list[Member], list[tuple[str, str]]]:  # fmt: skip
     """The image members of a zip (by name), and (name, reason) for those that cannot be
-    read in place: encrypted, or compressed other than by deflate. `any_name`: every file
-    member, whatever its name ends with (a Darwin Core Archive's multimedia table says which
-    are images, and an exported one may name them without an extension); `only`: of
-    those, only these names."""
+    read in place: encrypted, or compressed by a method other than deflate, bzip2 or LZMA.
+    `any_name`: every file member, whatever its name ends with (a Darwin Core Archive's
+    multimedia table says which are images, and an exported one may name them without an
+    extension); `only`: of those, only these names."""
     members: list[Member] = []
     refused: list[tuple[str, str]] = []
     try:
@@ -106,7 +109,7 @@ def image_members(path: Path, any_name: bool = False, only: Container[str] | Non
                 if info.flag_bits & _ENCRYPTED:
                     refused.append((name, "encrypted in the zip"))
                     continue
-                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                if info.compress_type not in READ_METHODS:
                     refused.append((name, f"compressed by zip method {info.compress_type}; "
                                           f"unzip it and index the folder"))  # fmt: skip
                     continue
@@ -114,8 +117,9 @@ def image_members(path: Path, any_name: bool = False, only: Container[str] | Non
                 if offset is None:
                     refused.append((name, "its zip header is damaged"))
                     continue
-                packed = info.compress_size if info.compress_type == zipfile.ZIP_DEFLATED else None
-                members.append(Member(name, offset, packed, info.file_size))
+                stored = info.compress_type == zipfile.ZIP_STORED
+                members.append(Member(name, offset, None if stored else info.compress_size,
+                                      info.file_size, info.compress_type))  # fmt: skip
     except DAMAGED as exc:
         raise BioindexError(f"{path} is not a readable zip file ({exc})") from None
     return members, refused
