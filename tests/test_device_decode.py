@@ -135,6 +135,44 @@ def test_raw_jpegs_leave_the_worker_as_one_tensor(photos: Path) -> None:
     assert [bytes(v.numpy()) for v in views] == [(photos / n).read_bytes() for n in raw_names]
 
 
+def test_a_batch_of_large_photos_is_decoded_in_runs(photos: Path, monkeypatch) -> None:
+    """nvJPEG held a whole batch at full size at once (256 herbarium sheets of 100 MP: ~150
+    GB); a batch is decoded in runs of at most DEVICE_DECODE_PIXELS, with the same pixels
+    and failures (a garbled file falls back to one-by-one within its run only)."""
+    from bioindex.indexer import device_decode
+    from bioindex.indexer.embed import _finish_on_device, decode_batch
+    from bioindex.indexer.sources import Item
+
+    assert device_decode.pixel_runs([(10, 10)] * 3 + [(100, 100), (5, 5)], 250) == [
+        (0, 2), (2, 3), (3, 4), (4, 5)]  # fmt: skip
+    model = load_model("bioclip-demo", device="cpu")
+    pil_part, _, _ = split_transform(model.transform)
+    geometry = device_decode.crop_geometry(pil_part)
+    names = ["ocelot.jpg", "human.jpg", "garbled.jpg", "domestic_dog.jpg", "vehicle.jpg",
+             "american_black_bear.jpg"]  # fmt: skip
+    items = [Item(str(photos / n), str(photos / n), 0, 0.0) for n in names]
+
+    def finished() -> dict:
+        batch = decode_batch(items, range(len(items)), pil_part, model.transform,
+                             model.identity.image_size, False, raw_jpeg=True)  # fmt: skip
+        return _finish_on_device(batch, "cpu", geometry)
+
+    whole = finished()
+    calls: list[int] = []
+    decode = device_decode._decode_and_crop
+    monkeypatch.setattr(device_decode, "_decode_and_crop",
+                        lambda raws, *rest: calls.append(len(raws)) or decode(raws, *rest))
+    sizes = [Image.open(photos / n).size for n in names]
+    monkeypatch.setattr(device_decode, "DEVICE_DECODE_PIXELS", max(w * h for w, h in sizes))
+    runs = finished()
+    expected = [stop - start for start, stop in device_decode.pixel_runs(sizes, max(
+        w * h for w, h in sizes))]  # fmt: skip
+    assert calls == expected and len(calls) >= 3 and sum(calls) == len(names)
+    assert torch.equal(runs["pixels"], whole["pixels"]) and len(runs["pixels"]) == 5
+    assert runs["failures"] == whole["failures"] and len(whole["failures"]) == 1
+    assert runs["position"] == whole["position"]
+
+
 def test_chosen_only_with_cuda_unless_asked() -> None:
     model = load_model("bioclip-demo", device="cpu")
     pil_part, _, _ = split_transform(model.transform)

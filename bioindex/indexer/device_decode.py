@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Sequence
 from typing import Any
 
 from bioindex.errors import BioindexError
@@ -76,10 +77,20 @@ def use_device_decode(model: Any, pil_part: Any, requested: bool | None) -> bool
     return possible and (requested is True or model.device == "cuda")
 
 
-def decode_on_device(raws: list[Any], device: str, geometry: tuple[int, Any]
+# The most pixels one decode call holds: nvJPEG keeps a call's whole batch at full size
+# before any is resized, and stacking by shape copies it again. 256 camera photos of 12 MP
+# are 9 GB twice over; 256 herbarium sheets of 100 MP would ask for ~150 GB. A batch is
+# decoded in runs under this (1.6 GB of RGB; a batch of 256 TreeOfLife pictures, ~0.5 MP
+# each, is still one run).
+DEVICE_DECODE_PIXELS = 1 << 29
+
+
+def decode_on_device(raws: list[Any], device: str, geometry: tuple[int, Any],
+                     sizes: Sequence[tuple[int, int]] | None = None,
                      ) -> tuple[Any, list[tuple[int, str]]]:  # fmt: skip
     """Decode JPEG byte tensors on `device`, resize the short side and centre-crop like the
     PIL path: (uint8 [n_ok, 3, S, S] on the device, [(index, error)] of those that failed).
+    With their (width, height) `sizes`, in runs of at most DEVICE_DECODE_PIXELS.
 
     On CUDA the work runs on a side stream. nvJPEG writes its output tensors from a stream
     of its own without waiting for the caller's (pytorch/vision#9606: 199 of 200 batches
@@ -88,17 +99,44 @@ def decode_on_device(raws: list[Any], device: str, geometry: tuple[int, Any]
     the batch's queued kernels have yet to read. A side stream has a pool of its own."""
     import torch
 
+    runs = pixel_runs(sizes, DEVICE_DECODE_PIXELS) if sizes is not None else [(0, len(raws))]
     if torch.device(device).type != "cuda":
-        return _decode_and_crop(raws, device, geometry)
+        return _decode_runs(raws, runs, device, geometry)
     side = _side_stream(device)
     side.synchronize()  # its earlier kernels are done before nvJPEG may reuse their memory
     with torch.cuda.stream(side):
-        pixels, failed = _decode_and_crop(raws, device, geometry)
+        pixels, failed = _decode_runs(raws, runs, device, geometry)
     current = torch.cuda.current_stream(device)
     current.wait_stream(side)
     # Freed by the caller later: not reused on the side stream until the caller's use is done.
     pixels.record_stream(current)
     return pixels, failed
+
+
+def pixel_runs(sizes: Sequence[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive runs whose pixels add up to at most `limit` (a run holds
+    one image at least, however large)."""
+    runs, start, total = [], 0, 0
+    for index, (width, height) in enumerate(sizes):
+        if index > start and total + width * height > limit:
+            runs.append((start, index))
+            start, total = index, 0
+        total += width * height
+    if start < len(sizes):
+        runs.append((start, len(sizes)))
+    return runs
+
+
+def _decode_runs(raws: list[Any], runs: list[tuple[int, int]], device: str,
+                 geometry: tuple[int, Any]) -> tuple[Any, list[tuple[int, str]]]:  # fmt: skip
+    import torch
+
+    parts, failed = [], []
+    for start, stop in runs or [(0, len(raws))]:
+        pixels, bad = _decode_and_crop(raws[start:stop], device, geometry)
+        parts.append(pixels)
+        failed += [(start + index, error) for index, error in bad]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), failed
 
 
 @functools.cache

@@ -312,8 +312,9 @@ def _finish_on_device(batch: dict[str, Any], device: str, geometry: Any) -> dict
     import torch
 
     raws = list(torch.split(batch["raw"], batch["raw_sizes"]))  # views, no copies
-    pixels, failed = decode_on_device(raws, device, geometry)
     decoded = batch["decoded"]
+    sizes = list(zip(batch["width"][decoded:], batch["height"][decoded:]))
+    pixels, failed = decode_on_device(raws, device, geometry, sizes)
     if failed:
         bad = {decoded + index for index, _ in failed}
         batch["failures"] = batch["failures"] + [
