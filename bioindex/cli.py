@@ -1325,7 +1325,8 @@ def demo(workdir: str, images_per_species: int, seed: int, device: str) -> None:
               "the bound address and localhost always are.")  # fmt: skip
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--max-megapixels", default=50, show_default=True, type=click.IntRange(1, 1000),
-              help="Uploads larger than this are refused from their header, before decoding.")
+              help="Uploads are decoded to at most this: a larger JPEG, JPEG 2000 or pyramidal "
+              "TIFF at reduced scale, any other format refused from its header.")
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Requests answered at once; their model calls are batched together. "
               "1: one request at a time.")

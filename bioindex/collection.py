@@ -572,8 +572,9 @@ class Collection:
 
     def image_pixels(self, data: bytes, max_pixels: int | None = None) -> Any:
         """Picture bytes decoded and preprocessed for the model, ready for embed_pixels.
-        Needs no lock (a server decodes uploads side by side). ImageTooLarge above
-        `max_pixels` (judged from the header), BioindexError when it is not an image."""
+        Needs no lock (a server decodes uploads side by side). Decoded to at most
+        `max_pixels` (images.bounded_load: ImageTooLarge, judged from the header, when it
+        cannot be read at reduced scale), BioindexError when it is not an image."""
         try:
             image = open_image(data, max_pixels=max_pixels)
         except ImageTooLarge:

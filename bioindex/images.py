@@ -126,9 +126,11 @@ def open_image(source: bytes | str | Path, *, max_pixels: int | None = None,
                draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode fully (so truncation is an error here, not later) and return upright RGB.
 
-    `max_pixels`: refuse (ImageTooLarge) from the header alone, before any decoding.
-    `draft`: let a JPEG decode at a reduced scale still at least this size, and a HEIC
-    give its own thumbnail where it holds one that large (thumbnails)."""
+    `max_pixels`: decode to no more than this (and never more than DECODE_PIXELS): a JPEG,
+    JPEG 2000 or pyramidal TIFF over it at reduced scale, anything else refused
+    (ImageTooLarge) from its header, before any decoding (`bounded_load`).
+    `draft`: let such an image decode at a reduced scale still at least this size, and a
+    HEIC give its own thumbnail where it holds one that large (thumbnails)."""
     if draft is not None and isinstance(source, bytes) and pillow_heif.is_supported(source):
         small = _heif_thumbnail(source, max(draft))
         if small is not None:
@@ -136,32 +138,29 @@ def open_image(source: bytes | str | Path, *, max_pixels: int | None = None,
     stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     with stream:
         image = Image.open(stream)
-        if max_pixels is not None and image.width * image.height > max_pixels:
-            raise ImageTooLarge(f"image of {image.width}x{image.height} pixels is over the "
-                                f"{max_pixels / 1e6:g} MP cap")  # fmt: skip
         if draft is not None:
             decode_smaller(image, draft, "RGB")
-        bounded_load(image)
+        bounded_load(image, max_pixels)
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)
 
 
-def bounded_load(image: Image.Image) -> None:
-    """Decode an opened image to at most DECODE_PIXELS: a JPEG, JPEG 2000 or pyramidal TIFF
-    over it at a reduced scale (on top of any already asked for), anything else refused
-    (ImageTooLarge)."""
+def bounded_load(image: Image.Image, max_pixels: int | None = None) -> None:
+    """Decode an opened image to at most `max_pixels` (never more than DECODE_PIXELS): a
+    JPEG, JPEG 2000 or pyramidal TIFF over it at a reduced scale (on top of any already asked
+    for), anything else refused (ImageTooLarge) before decoding."""
+    cap = DECODE_PIXELS if max_pixels is None else min(max_pixels, DECODE_PIXELS)
     width, height = image.size
-    if width * height > DECODE_PIXELS:
+    if width * height > cap:
         scale = next((s for s in REDUCED_SCALES
-                      if -(-width // s) * -(-height // s) <= DECODE_PIXELS), 0)  # fmt: skip
+                      if -(-width // s) * -(-height // s) <= cap), 0)  # fmt: skip
         if scale:
             width, height = decode_smaller(image, (width // scale, height // scale), image.mode)
-    if width * height > DECODE_PIXELS:
-        cap = DECODE_PIXELS / 1e6
-        raise ImageTooLarge(f"image of {width}x{height} pixels is over the {cap:.0f} MP a "
-                            f"decode may take (a decompression bomb guard; a JPEG, a JPEG "
-                            f"2000 or a pyramidal TIFF is read at reduced scale past it: "
-                            f"`vips tiffsave IN OUT.tif --tile --pyramid` makes one)")  # fmt: skip
+    if width * height > cap:
+        raise ImageTooLarge(f"image of {width}x{height} pixels is over the {cap / 1e6:.3g} MP "
+                            f"cap on one decode (a decompression bomb guard; a JPEG, JPEG 2000 "
+                            f"or pyramidal TIFF is read at reduced scale past it: `vips "
+                            f"tiffsave IN OUT.tif --tile --pyramid` makes one)")  # fmt: skip
     image.load()
 
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from PIL import Image
 
 from bioindex import Collection
-from tests.conftest import LiveServer, draw_images
+from tests.conftest import LiveServer, draw_images, shared
 
 FUZZ_EXAMPLES = 180  # per operation: over 2,000 requests over the 14 operations
 TRACEBACK = re.compile(r"Traceback|File \"|line \d+, in ")
@@ -210,15 +210,33 @@ def test_info_names_no_path_of_the_server(live) -> None:
     assert info["last_run"]["sources"] == ["photos"]
 
 
-def test_uploads_over_the_pixel_cap_are_refused_before_decoding(live) -> None:
-    url, _ = live
+def test_uploads_over_the_pixel_cap_are_refused_before_decoding(live, tmp_path) -> None:
+    """A PNG over the cap is refused from its header; a JPEG over it (a phone's 108 MP
+    photo, dropped on the page) was refused too, though it decodes at reduced scale under
+    the cap: it is answered, as the same picture at that scale is."""
+    url, root = live
     big = _png(3000, 3000)  # 9 MP: a few KB of PNG, 27 MB once decoded
+    photo = Image.open(shared("camera-trap", "ocelot.jpg")).convert("RGB")
+    large = io.BytesIO()
+    photo.resize((1800, 1380)).save(large, "JPEG", quality=60)  # 2.5 MP, over the 2 MP cap
+    assert len(large.getvalue()) < 300_000  # the server's body limit
+    half = Image.open(io.BytesIO(large.getvalue()))
+    half.draft("RGB", (900, 690))  # what libjpeg gives at 1/2 scale
+    half.save(tmp_path / "half.png")
     with httpx.Client(base_url=url, timeout=30) as client:
         refused = client.post("/api/search/image", files={"file": ("big.png", big, "image/png")})
         assert refused.status_code == 413 and "MP cap" in refused.json()["error"]
         small = _png(600, 400)
         fine = client.post("/api/search/image", files={"file": ("ok.png", small, "image/png")})
         assert fine.status_code == 200
+        answer = client.post("/api/search/image",
+                             files={"file": ("phone.jpg", large.getvalue(), "image/jpeg")})
+    assert answer.status_code == 200, answer.text
+    with Collection.open(root / "store", read_only=True) as col:
+        expected = [(h.image_id, h.score) for h in col.search_image(tmp_path / "half.png")]
+    found = [(h["image_id"], h["score"]) for h in answer.json()["results"]]
+    assert [i for i, _ in found] == [i for i, _ in expected] and found
+    assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(found, expected))
 
 
 def test_token_is_required_and_the_page_stays_reachable(live) -> None:
