@@ -24,12 +24,12 @@ from bioindex.errors import BioindexError, ImageTooLarge
 pillow_heif.register_heif_opener()
 # Pillow refuses any image over 2 x Image.MAX_IMAGE_PIXELS (179 MP) from its header, as a
 # decompression bomb, and warns past half that. A herbarium sheet scanned at 1200 dpi is
-# ~270 MP: it was refused, though a JPEG decodes at 1/2, 1/4 or 1/8 scale (Image.draft) and
-# a JPEG 2000 at any of the lower resolutions it holds, in a fraction of the memory. So the
-# guard is bioindex's own (`bounded_load`): no image is decoded to more than DECODE_PIXELS;
-# a JPEG or JPEG 2000 over it is decoded at the least reduced scale under it, any other
-# format over it is refused. Pillow's check is moved out of the way up to JPEG's own limit
-# (65535 x 65535); every decode here goes through ours.
+# ~270 MP: it was refused, though a JPEG decodes at 1/2, 1/4 or 1/8 scale (Image.draft), a
+# JPEG 2000 at any of the lower resolutions it holds and a pyramidal TIFF from a smaller
+# page, in a fraction of the memory. So the guard is bioindex's own (`bounded_load`): no
+# image is decoded to more than DECODE_PIXELS; one of those over it is decoded at the least
+# reduced scale under it, any other format over it is refused. Pillow's check is moved out
+# of the way up to JPEG's own limit (65535 x 65535); every decode here goes through ours.
 DECODE_PIXELS = 2 * 89_478_485
 REDUCED_SCALES = (2, 4, 8, 16, 32)
 if Image.MAX_IMAGE_PIXELS is not None:  # (None: a host program turned the check off)
