@@ -383,3 +383,19 @@ def test_an_answer_held_above_its_rank_by_novelty_says_why(site) -> None:
     page.close()
     assert note.startswith("unlike every labelled"), note
     assert band == "uncertain", band
+
+
+def test_the_photo_picker_offers_every_format_the_server_reads() -> None:
+    """The picker asked for image/*, which a browser maps through the system's types: an
+    iPhone's .heic, a herbarium's .jp2 and a TIFF master were often not offered, though
+    the server reads them (a drop on the page was the only way in)."""
+    import re
+
+    from bioindex.images import IMAGE_EXTENSIONS
+    from bioindex.serve.app import STATIC
+
+    page = (STATIC / "index.html").read_text()
+    accept = re.search(r'<input id="photo"[^>]*accept="([^"]*)"', page).group(1).split(",")
+    everywhere = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}  # image/* in any browser
+    assert "image/*" in accept
+    assert IMAGE_EXTENSIONS - everywhere <= set(accept), IMAGE_EXTENSIONS - set(accept)
