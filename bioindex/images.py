@@ -37,6 +37,7 @@ if Image.MAX_IMAGE_PIXELS is not None:  # (None: a host program turned the check
 # JPEG 2000: the masters of many herbaria and libraries, and what IIIF image servers keep.
 JPEG2000_SUFFIXES = (frozenset({".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx"})
                      if features.check("jpg_2000") else frozenset())  # fmt: skip
+TIFF_LEVELS = 16  # pages of a pyramidal TIFF looked at: 1/2 to 1/32768
 JPEG2000_HEAD = 1 << 16  # bytes read to find a codestream's COD marker (after any jp2 boxes)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif",
                               ".heic", ".heif"} | ({".avif"} if features.check("avif") else set())
@@ -172,7 +173,7 @@ def decode_smaller(image: Image.Image, size: tuple[int, int], mode: str | None =
     full. The size the decode will have (a JPEG 2000 says its own only once loaded)."""
     if image.format in ("JPEG", "MPO"):
         image.draft(mode, size)
-    elif image.format == "TIFF" and getattr(image, "n_frames", 1) > 1:
+    elif image.format == "TIFF":
         image.seek(tiff_level(image, size))
     elif image.format == "JPEG2000":
         n = jpeg2000_reduction(image, size)
@@ -185,12 +186,16 @@ def decode_smaller(image: Image.Image, size: tuple[int, int], mode: str | None =
 def tiff_level(image: Image.Image, size: tuple[int, int]) -> int:
     """The page of a pyramidal TIFF (an IIIF server's master: the picture again at 1/2,
     1/4, … on the following pages) with the fewest pixels still at least `size`; only pages
-    the shape of the first count, so a TIFF of several pictures stays on its first."""
+    the shape of the first count, so a TIFF of several pictures stays on its first. Only
+    the first TIFF_LEVELS pages are looked at: a stranger's file may chain a million."""
     image.seek(0)
     width, height = image.size
     best, fewest = 0, width * height
-    for page in range(1, image.n_frames):  # type: ignore[attr-defined]
-        image.seek(page)
+    for page in range(1, TIFF_LEVELS):
+        try:
+            image.seek(page)
+        except EOFError:
+            break
         w, h = image.size
         if abs(w * height - h * width) <= max(width, height) and w >= size[0] \
                 and h >= size[1] and w * h < fewest:  # fmt: skip

@@ -206,6 +206,26 @@ def test_a_pyramidal_tiff_decodes_from_its_smaller_pages(tmp_path, monkeypatch) 
         open_image(tmp_path / "two.tif")
 
 
+def test_a_tiff_chaining_thousands_of_pages_is_not_walked_through(monkeypatch) -> None:
+    """Counting a TIFF's pages walks its whole chain of directories: a stranger's upload of
+    a few MB can chain a million (20,000 took 3.7 s). Only a pyramid's first pages are
+    looked at before one over the cap is refused."""
+    from PIL import TiffImagePlugin
+
+    from bioindex.errors import ImageTooLarge
+
+    out = io.BytesIO()
+    Image.new("L", (1500, 1500), 128).save(out, "TIFF", save_all=True,
+                                           append_images=[Image.new("L", (1, 1))] * 2000)
+    seeks: list[int] = []
+    seek = TiffImagePlugin.TiffImageFile._seek
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_seek",
+                        lambda self, frame: seeks.append(frame) or seek(self, frame))
+    with pytest.raises(ImageTooLarge, match="1500x1500"):
+        open_image(out.getvalue(), max_pixels=1_000_000)
+    assert max(seeks) < 16, max(seeks)  # a pyramid of 16 levels: 1/2 to 1/32768
+
+
 def test_camera_raw_and_video_left_out_are_said(tmp_path, tiny_model: str) -> None:
     """A camera trap's folder of videos, a photographer's raw files: they were left out
     without a word (or "no images found", naming only what was looked for)."""
