@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import PurePosixPath
 
 
 def is_remote(uri: str) -> bool:
@@ -31,3 +32,10 @@ def file_gone(uri: str) -> bool:
         return False
     member = member_of(uri)
     return not os.path.exists(member[0] if member is not None else uri)
+
+
+def suffix_of(uri: str) -> str:
+    """The lower-case suffix of what a uri names (".jp2"): a member's own, a URL's path's."""
+    member = member_of(uri)
+    name = member[1] if member is not None else uri.split("?")[0] if is_remote(uri) else uri
+    return PurePosixPath(name).suffix.lower()

@@ -99,7 +99,7 @@ def decode_on_device(raws: list[Any], device: str, geometry: tuple[int, Any],
     the batch's queued kernels have yet to read. A side stream has a pool of its own."""
     import torch
 
-    runs = pixel_runs(sizes, DEVICE_DECODE_PIXELS) if sizes is not None else [(0, len(raws))]
+    runs = pixel_runs(sizes, DEVICE_DECODE_PIXELS) if sizes is not None else []
     if torch.device(device).type != "cuda":
         return _decode_runs(raws, runs, device, geometry)
     side = _side_stream(device)
@@ -129,6 +129,7 @@ def pixel_runs(sizes: Sequence[tuple[int, int]], limit: int) -> list[tuple[int, 
 
 def _decode_runs(raws: list[Any], runs: list[tuple[int, int]], device: str,
                  geometry: tuple[int, Any]) -> tuple[Any, list[tuple[int, str]]]:  # fmt: skip
+    """decode_and_crop over each run (none given: all of `raws` at once), as one result."""
     import torch
 
     parts, failed = [], []

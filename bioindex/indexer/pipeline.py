@@ -34,6 +34,7 @@ from bioindex.indexer.remote import (
 from bioindex.indexer.sources import Covered, Item, Scan, occurrence_records
 from bioindex.models import EmbeddingModel
 from bioindex.store import Failure, Store
+from bioindex.uris import suffix_of
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,6 @@ class Plan:
     vanished: list[int]
     same_files: list[Item]  # embedded and unchanged: only their metadata may be new
     gone_failures: list[str]  # failed files that are no longer there
-
-
-def _jpeg2000(item: Item) -> bool:
-    """Whether an item is named as a JPEG 2000 (a zip member after '#', a URL before '?')."""
-    name = item.uri.split("?")[0].rsplit("/", 1)[-1]
-    return "." in name and "." + name.rsplit(".", 1)[-1].lower() in JPEG2000_SUFFIXES
 
 
 def plan(scan: Scan, store: Store, retry_failed: bool = False) -> Plan:
@@ -241,7 +236,8 @@ def run_index(
 
     if engine not in ("local", "ray"):
         raise BioindexError(f"unknown engine {engine!r}; choose local or ray")
-    if not fast_decode and (masters := sum(map(_jpeg2000, todo))):
+    masters = 0 if fast_decode else sum(suffix_of(i.uri) in JPEG2000_SUFFIXES for i in todo)
+    if masters:
         log.warning("%s decoded whole, ~45x a JPEG's time each; --fast-decode reads "
                     "JPEG 2000 at a lower resolution level, ~9x faster (embeddings within "
                     "cosine 0.99)", "1 JPEG 2000 file is" if masters == 1
