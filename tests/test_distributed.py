@@ -48,12 +48,23 @@ def _vectors_by_uri(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray, tmp_path) -> None:
+def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray, tmp_path,
+                                                  monkeypatch) -> None:  # fmt: skip
     """Also a zip of photos: the Ray engine's work rows carried no deflated length, so it
     read every deflated member as is — all failed "cannot identify image file". A photo's
     EXIF date reaches the catalog from either engine. (One index run per engine: each Ray
-    run costs seconds of start-up.)"""
+    run costs seconds of start-up.) A run of one work block starts one model actor, not
+    one per core: the others only loaded the model."""
     import zipfile
+
+    pools = []
+    strategy = ray.data.ActorPoolStrategy
+
+    def counted(*args, **kwargs):
+        pools.append(kwargs.get("size"))
+        return strategy(*args, **kwargs)
+
+    monkeypatch.setattr(ray.data, "ActorPoolStrategy", counted)
 
     from tests.conftest import shared
 
@@ -69,6 +80,7 @@ def test_ray_engine_store_equals_the_local_engine(images, tiny_model, local_ray,
         distributed = c.index([images, trip], progress=False, engine="ray", commit_every=64)
     found = (distributed.embedded, distributed.failed)
     assert (local.embedded, local.failed) == found == (IMAGES + 6, 1)
+    assert pools == [1]  # 207 files are one block of work
     a, b = _vectors_by_uri(tmp_path / "local"), _vectors_by_uri(tmp_path / "ray")
     assert a.keys() == b.keys() and len(a) == IMAGES + 6
     # Stored float16 vectors are a hair off unit length; a cosine divides that out.

@@ -179,7 +179,11 @@ def embed_items(
         # so each core gets an actor that decodes and embeds its own blocks.
         actors, device, per_actor = actors or max(1, cluster_cpus), "cpu", {"num_cpus": 1}
     identity = model.identity
-    work = ray.data.from_arrow_refs(list(_work_blocks(ray, items)))
+    blocks = list(_work_blocks(ray, items))
+    # An actor with no block to take still loads the model: on a small run (a day's new
+    # photos) that start-up was most of the time, and it took the cores the others needed.
+    actors = min(actors, len(blocks))
+    work = ray.data.from_arrow_refs(blocks)
     decoded = work.map_batches(
         _decode_rows, fn_args=(model.transform, identity.image_size, fast_decode),
         batch_size=batch_size, num_cpus=1,
