@@ -266,7 +266,7 @@ class EmbeddingModel:
         for start in range(0, len(texts), self.text_batch_size):
             tokens = self.tokenizer(list(texts[start : start + self.text_batch_size]))
             with torch.inference_mode(), self._autocast():
-                features = self.model.encode_text(tokens.to(self.device))
+                features = encode_text_trimmed(self.model, tokens.to(self.device))
             out.append(features.float().cpu().numpy())
         if not out:
             return np.zeros((0, self.identity.dim), dtype=np.float32)
@@ -328,6 +328,36 @@ def _cpu_has_bf16(torch: Any) -> bool:
                     and torch.ops.mkldnn._is_mkldnn_bf16_supported())  # fmt: skip
     except (AttributeError, RuntimeError):  # a private probe: absent means unknown, so no
         return False
+
+
+def encode_text_trimmed(model: Any, tokens: Any) -> Any:
+    """`model.encode_text(tokens)`, run only up to the last pooled token.
+
+    CLIP's text tower is causal: a position sees only those before it, and the vector is
+    read at the end-of-text token, so the padding after it never reaches the answer. A
+    species name is ~12 of the 77 tokens; the whole context cost 6.5x as much for 256 names
+    on a CPU (docs/benchmarks.md). Any model whose text forward differs from open_clip's
+    CLIP (another class, no causal mask, other pooling) runs its own encode_text."""
+    import open_clip
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    pooling = getattr(model, "text_pool_type", None)
+    if (type(model).encode_text is not open_clip.CLIP.encode_text
+            or getattr(model, "attn_mask", None) is None or pooling not in ("argmax", "eos")):
+        return model.encode_text(tokens)
+    eos = getattr(model, "text_eos_id", None)
+    read_at = tokens.argmax(dim=-1) if pooling == "argmax" else (tokens == eos).int().argmax(-1)
+    length = int(read_at.max()) + 1
+    tokens = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = text_global_pool(model.ln_final(x), tokens, pooling, eos_token_id=eos)
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:

@@ -120,6 +120,54 @@ def test_uint8_hand_over_is_exact(tiny_model: str) -> None:
     assert split_transform(squash.transform)[0] is None  # resize on floats: no uint8 shortcut
 
 
+@pytest.mark.parametrize("name", ["tiny", "bioclip-demo"])
+def test_text_encoded_up_to_its_end_token_equals_the_whole_context(tiny_model: str,
+                                                                   name: str) -> None:  # fmt: skip
+    """The text tower runs only as far as a batch's longest text (its pooled token), not
+    the whole 77-token context: the same vectors, the padding never reaching them."""
+    import open_clip
+
+    from bioindex.models import load_model
+
+    model = load_model(tiny_model if name == "tiny" else name, device="cpu")
+    texts = ["Cardinalis cardinalis", "a photo of Puma concolor, the mountain lion",
+             "x", "word " * 90]  # fmt: skip  (the last is cut at the context's end)
+    lengths = []
+    model.model.transformer.register_forward_hook(
+        lambda module, args, out: lengths.append(args[0].shape[1]))  # fmt: skip
+    ours = model.encode_texts(texts)
+    assert lengths == [model.model.context_length]  # the longest fills it
+    lengths.clear()
+    short = model.encode_texts(texts[:3])
+    assert lengths and lengths[0] < 20
+    tokens = model.tokenizer(texts)
+    with torch.inference_mode():
+        whole = model.model.encode_text(tokens).float().numpy()
+    whole /= np.linalg.norm(whole, axis=1, keepdims=True)
+    np.testing.assert_allclose(ours, whole, atol=1e-5)
+    np.testing.assert_allclose(short, whole[:3], atol=1e-5)
+    assert type(model.model) is open_clip.CLIP  # the path these tests are about
+
+
+@pytest.mark.parametrize("change", [{"no_causal_mask": True}, {"pool_type": "last"}])
+def test_a_text_tower_that_sees_its_padding_runs_whole(change: dict) -> None:
+    """Without a causal mask, or read at the last position, the padding is part of the
+    answer: trimmed, these vectors would move."""
+    import open_clip
+
+    from bioindex.models import encode_text_trimmed
+    from bioindex.tiny import tiny_config
+
+    config = tiny_config()["model_cfg"]
+    config["text_cfg"].update(change)
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**config).eval()
+    tokens = open_clip.get_tokenizer("ViT-B-32")(["Cardinalis cardinalis", "a bird"])
+    with torch.inference_mode():
+        np.testing.assert_array_equal(encode_text_trimmed(model, tokens).numpy(),
+                                      model.encode_text(tokens).numpy())  # fmt: skip
+
+
 def _stored_vectors(store) -> dict[str, np.ndarray]:
     from bioindex.store import Store
 
