@@ -57,6 +57,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # auto: bf16 autocast on CUDA, float32 elsewhere; bf16: the image tower's weights in bf16.
 PRECISIONS = ("auto", "float32", "bf16")
 RANDOM_CHECKPOINT = "random"
+TEXT_BLOCK = 16_384  # texts tokenized, then ordered by length, at a time
 
 _HF_CONFIG = "open_clip_config.json"
 _HF_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -262,15 +263,19 @@ class EmbeddingModel:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         torch = self._torch
-        out = []
-        for start in range(0, len(texts), self.text_batch_size):
-            tokens = self.tokenizer(list(texts[start : start + self.text_batch_size]))
-            with torch.inference_mode(), self._autocast():
-                features = encode_text_trimmed(self.model, tokens.to(self.device))
-            out.append(features.float().cpu().numpy())
-        if not out:
-            return np.zeros((0, self.identity.dim), dtype=np.float32)
-        return _normalise(np.concatenate(out))
+        out = np.zeros((len(texts), self.identity.dim), dtype=np.float32)
+        for first in range(0, len(texts), TEXT_BLOCK):
+            tokens = self.tokenizer(list(texts[first : first + TEXT_BLOCK]))
+            # Shortest first: each model batch runs only as far as its longest text
+            # (encode_text_trimmed), so texts of one length share a batch. A label set's
+            # 80 templates range over ~10 tokens: 1.3x on ViT-B-16 (docs/benchmarks.md).
+            order = torch.argsort(tokens.argmax(dim=-1), stable=True)
+            for start in range(0, len(order), self.text_batch_size):
+                rows = order[start : start + self.text_batch_size]
+                with torch.inference_mode(), self._autocast():
+                    features = encode_text_trimmed(self.model, tokens[rows].to(self.device))
+                out[first + rows.numpy()] = features.float().cpu().numpy()
+        return _normalise(out)
 
     @property
     def logit_scale(self) -> float:

@@ -107,6 +107,34 @@ def test_second_run_encodes_no_text(tiny_model: str, cache_dir) -> None:
     assert calls == [80 * len(TAXA), 80]
 
 
+def test_an_interrupted_label_encode_keeps_what_it_had_done(tiny_model: str, cache_dir,
+                                                            monkeypatch) -> None:  # fmt: skip
+    """10,000 names are an hour of BioCLIP's text tower on a CPU: stopped at 90%, the
+    next run began again at 0. Now the cache is written as it goes; the vectors are the
+    ones one uninterrupted encode gives."""
+    from bioindex.search import labels as label_module
+
+    monkeypatch.setattr(label_module, "ENCODE_CHUNK", 4, raising=False)
+    monkeypatch.setattr(label_module, "CACHE_EVERY", 8, raising=False)
+    model = load_model(tiny_model, device="cpu")
+    names = labels_from_strings([f"Genus{i} species{i}" for i in range(30)])
+    calls = []
+
+    def stopped_at_the_fifth_chunk(texts):
+        calls.append(len(texts) // 80)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return model.encode_texts(texts)
+
+    with pytest.raises(KeyboardInterrupt):
+        label_module.label_vectors(names, stopped_at_the_fifth_chunk, "key", cache_dir)
+    calls.clear()
+    resumed = label_module.label_vectors(names, stopped_at_the_fifth_chunk, "key", cache_dir)
+    assert sum(calls) == 30 - 16  # the two writes before the stop held 16 labels
+    whole = label_module.label_vectors(names, model.encode_texts, "other", cache_dir)
+    np.testing.assert_allclose(resumed, whole, atol=1e-6)
+
+
 def test_tree_of_life_label_folder(tmp_path: Path, tiny_model: str, cache_dir) -> None:
     model = load_model(tiny_model, device="cpu")
     texts = [t.text("taxonomic") for t in TAXA]

@@ -12,12 +12,14 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bioindex.errors import BioindexError
 from bioindex.tables import WORKBOOK_SUFFIXES, delimiter, workbook_text
@@ -30,6 +32,9 @@ from bioindex.taxonomy import (
 )
 
 TEMPLATE_SET = "openai-imagenet-80"
+ENCODE_CHUNK = 64  # labels per model call: the progress bar's step
+CACHE_EVERY = 1024  # labels between cache writes (each rewrites the cache's matrix)
+logger = logging.getLogger(__name__)
 
 
 def openai_templates() -> list[Callable[[str], str]]:
@@ -232,15 +237,38 @@ def label_vectors(
     cache = TextEmbeddingCache(cache_root or default_cache_root(), model_key, TEMPLATE_SET)
     found, missing = cache.get(labels.texts)
     if missing:
-        templates = openai_templates()
-        prompts = [template(text) for text in missing for template in templates]
-        encoded = encode_texts(prompts).reshape(len(missing), len(templates), -1)
-        averaged = encoded.mean(axis=1)
-        averaged /= np.maximum(np.linalg.norm(averaged, axis=1, keepdims=True), 1e-12)
-        new = dict(zip(missing, averaged))
-        cache.put(new)
-        found.update(new)
+        found.update(_encode_labels(missing, encode_texts, cache))
     return np.stack([found[t] for t in labels.texts]).astype(np.float32)
+
+
+def _encode_labels(texts: Sequence[str], encode_texts: Callable[[Sequence[str]], np.ndarray],
+                   cache: TextEmbeddingCache) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each text's template-averaged vector, put in the cache every CACHE_EVERY labels: a
+    label set of 10,000 names is 800,000 texts, an hour of a BioCLIP-sized model on a CPU,
+    and an interrupted run keeps what it had done."""
+    templates = openai_templates()
+    if len(texts) > ENCODE_CHUNK:
+        logger.info("encoding %d labels × %d templates (%d texts); kept for next time",
+                    len(texts), len(templates), len(texts) * len(templates))
+    done: dict[str, np.ndarray] = {}
+    pending: dict[str, np.ndarray] = {}
+    with tqdm(total=len(texts), unit="label", desc="label texts", leave=False,
+              disable=None if len(texts) > ENCODE_CHUNK else True) as bar:  # fmt: skip
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            chunk = texts[start : start + ENCODE_CHUNK]
+            prompts = [template(text) for text in chunk for template in templates]
+            encoded = encode_texts(prompts).reshape(len(chunk), len(templates), -1)
+            averaged = encoded.mean(axis=1)
+            averaged /= np.maximum(np.linalg.norm(averaged, axis=1, keepdims=True), 1e-12)
+            pending.update(zip(chunk, averaged))
+            bar.update(len(chunk))
+            if len(pending) >= CACHE_EVERY:
+                cache.put(pending)
+                done.update(pending)
+                pending = {}
+    cache.put(pending)
+    done.update(pending)
+    return done
 
 
 def taxa_from_rows(rows: Sequence[Sequence[str | None]]) -> list[Taxon]:
