@@ -539,6 +539,44 @@ def test_rerank_reads_the_stored_halves_exactly(store_copy) -> None:
     assert np.array_equal(got[live], vectors[ids[live] - 1].astype(np.float16).astype(np.float32))
 
 
+def _rerank_row_by_row(queries, candidates, k, stored):
+    """The re-rank as it was (a fetch per query), to hold the batched one to."""
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (query, found) in enumerate(zip(queries, candidates)):
+        found = np.unique(found[found >= 0])
+        found = found[~np.isnan(stored[found, 0])]
+        exact = stored[found] @ query
+        order = np.argsort(-exact, kind="stable")[:k]
+        scores[row, : len(order)], ids[row, : len(order)] = exact[order], found[order]
+    return scores, ids
+
+
+@pytest.mark.parametrize("rows, block", [(1, 4 << 20), (300, 4 << 20), (300, 5_000)])
+def test_a_batch_is_reranked_as_each_query_alone(rows: int, block: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """One fetch for the whole batch, in blocks of rows: every row as it was alone —
+    repeated ids once, missing (-1) and unstored (NaN) ones never, ties in id order,
+    fewer than k where fewer are found."""
+    monkeypatch.setattr(faiss_index, "RERANK_BLOCK", block)
+    rng = np.random.default_rng(3)
+    stored = rng.normal(size=(500, 16)).astype(np.float32)
+    stored[rng.choice(500, 40, replace=False)] = np.nan  # deleted since the search
+    stored[10] = stored[11] = stored[12]  # ties
+    queries = rng.normal(size=(rows, 16)).astype(np.float32)
+    candidates = rng.integers(-1, 500, size=(rows, 30))
+    candidates[:, :3] = [10, 12, 11]
+    candidates[0, 5:] = candidates[0, 4]  # a row of few distinct ids: fewer than k found
+    fetched: list[int] = []
+    scores, ids = faiss_index.rerank_exact(
+        queries, candidates, 10, lambda wanted: fetched.append(len(wanted)) or stored[wanted])
+    expected_scores, expected_ids = _rerank_row_by_row(queries, candidates, 10, stored)
+    assert len(fetched) == 1
+    assert np.array_equal(ids, expected_ids)
+    assert np.allclose(scores, expected_scores, atol=1e-5)  # -inf where none: equal
+    assert (ids[0, 5:] == -1).all() and np.isneginf(scores[0, 5:]).all()
+
+
 @pytest.mark.parametrize("rerank", [None, False])
 def test_hnsw_scores_from_its_own_vectors_never_from_a_replaced_one(
     store_copy, rerank: bool | None, monkeypatch: pytest.MonkeyPatch,
