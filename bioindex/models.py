@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from bioindex.errors import BioindexError, ModelMismatchError, Remedy
+from bioindex.tokens import word_tokenizer
 
 
 @dataclass(frozen=True)
@@ -460,7 +461,7 @@ def load_model(
         identity=identity,
         model=model,
         transform=transform,
-        tokenizer=open_clip.get_tokenizer(source),
+        tokenizer=word_tokenizer(open_clip.get_tokenizer(source)),
         device=torch_device,
         _torch=torch,
     )
