@@ -552,10 +552,11 @@ def _rerank_row_by_row(queries, candidates, k, stored):
     return scores, ids
 
 
-@pytest.mark.parametrize("rows, block", [(1, 4 << 20), (300, 4 << 20), (300, 5_000)])
+@pytest.mark.parametrize("rows, block", [(1, 1 << 18), (300, 1 << 18), (300, 5_000)])
 def test_a_batch_is_reranked_as_each_query_alone(rows: int, block: int,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """One fetch for the whole batch, in blocks of rows: every row as it was alone —
+    """One fetch for each block of rows (of 10 here, where 5,000 floats are 10 rows of 30
+    candidates x 16), never one per row: every row as it was alone —
     repeated ids once, missing (-1) and unstored (NaN) ones never, ties in id order,
     fewer than k where fewer are found."""
     monkeypatch.setattr(faiss_index, "RERANK_BLOCK", block)
@@ -571,7 +572,7 @@ def test_a_batch_is_reranked_as_each_query_alone(rows: int, block: int,
     scores, ids = faiss_index.rerank_exact(
         queries, candidates, 10, lambda wanted: fetched.append(len(wanted)) or stored[wanted])
     expected_scores, expected_ids = _rerank_row_by_row(queries, candidates, 10, stored)
-    assert len(fetched) == 1
+    assert len(fetched) == (30 if block == 5_000 else 1)
     assert np.array_equal(ids, expected_ids)
     assert np.allclose(scores, expected_scores, atol=1e-5)  # -inf where none: equal
     assert (ids[0, 5:] == -1).all() and np.isneginf(scores[0, 5:]).all()
