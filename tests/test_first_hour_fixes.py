@@ -332,6 +332,7 @@ def test_a_crowd_of_near_copies_is_one_group_on_a_graph_index(tmp_path: Path) ->
     assert len(members) == 600 and {m.group for m in members} == {1}
 
 
+@pytest.mark.slow
 def test_groups_of_tens_of_near_copies_are_whole_on_a_graph_index(tmp_path: Path) -> None:
     """A graph links few of a group's near-copies to each other: an anchor's own search
     misses some of its group, and some images no search reaches at all. On 200k vectors, 30%
@@ -368,6 +369,7 @@ def test_groups_of_tens_of_near_copies_are_whole_on_a_graph_index(tmp_path: Path
     assert len(big) == 16 and all(g in groups["hnsw"] for g in big)
 
 
+@pytest.mark.slow
 def test_dedup_on_pq_codes_searches_below_the_threshold(tmp_path: Path) -> None:
     """4-bit PQ codes score a pair a few hundredths off: searched at the threshold less
     1e-3, 124 of 300 pairs at cosine 0.96 were found (222 now)."""

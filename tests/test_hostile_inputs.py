@@ -530,6 +530,7 @@ def _damaged_exif_photos(folder: Path, count: int) -> None:
             made += 1
 
 
+@pytest.mark.slow
 def test_damaged_exif_is_not_a_flood_of_warnings(tmp_path: Path, tiny_model: str) -> None:
     """Pillow warned twice per photo whose EXIF is damaged ("Tag data larger than file"),
     from every decode worker, though each photo decodes: a stranger's collection filled

@@ -110,6 +110,7 @@ def test_iphone_heic_photos_are_indexed_and_shown(tmp_path, tiny_model: str) -> 
     assert _thumbnails_served(tmp_path / "s") == 2
 
 
+@pytest.mark.slow
 def test_a_herbarium_scan_past_pillows_bomb_limit_is_indexed(tmp_path, tiny_model: str) -> None:
     """A 182 MP sheet (1200 dpi) failed to index: Pillow refuses anything over 179 MP from
     its header as a decompression bomb, and warned over 89 MP (a raw Python warning on the
@@ -429,6 +430,7 @@ def test_no_exif_removes_what_earlier_runs_took_from_the_photos(tmp_path, tiny_m
         assert rows(col)["second.jpg"] == (None, None, None) and len(read) == 1
 
 
+@pytest.mark.slow
 def test_a_heic_thumbnail_comes_from_the_one_it_holds() -> None:
     """A phone's HEIC carries a small picture of itself; a 12 MP HEIC took ~0.4 s to
     decode for every thumbnail the page asked for, and the one it holds ~6 ms."""

@@ -126,6 +126,7 @@ def test_predictions_json_as_the_source(trap: Path, tmp_path: Path, tiny_model: 
                         "literal": set()}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_paths_from_another_folder_are_said_once(trap: Path, tmp_path: Path,
                                                  tiny_model: str) -> None:  # fmt: skip
     """Indexed as the source, the fixture's test_data/… paths are under no folder here:
@@ -259,6 +260,7 @@ def test_cards_repeat_file_names_and_rows_find_theirs_by_path(tmp_path: Path) ->
     assert not any("name no image" in w or "names no image" in w for w in scan.warnings)
 
 
+@pytest.mark.slow
 def test_a_large_coco_file_is_read_as_a_stream(tmp_path: Path, monkeypatch) -> None:
     """LILA's COCO files run to gigabytes: parsed whole, a million photos held 1.8 GB before
     the first was listed. Read as a stream, listing holds little more than the annotations'
