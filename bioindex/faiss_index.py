@@ -474,7 +474,7 @@ def rerank_exact(
     """Exact inner products of each query with its candidates; top-k of those (ties in
     ascending id order). A batch goes in blocks of rows, one `fetch` each: fetched row by
     row, a tuning run's thousands of held-out queries each paid the store's id lookup
-    (1.2-1.4x the search's speed on 4,000 queries; benchmarks/rerank.py); fetched all at
+    (1.45x the search's speed on 4,000 queries; benchmarks/rerank.py); fetched all at
     once, the widened vectors left the CPU's caches and it was slower than row by row."""
     if len(queries) == 1:
         return _rerank_one(queries[0], candidates[0], k, fetch)
