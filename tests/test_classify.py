@@ -135,6 +135,47 @@ def test_an_interrupted_label_encode_keeps_what_it_had_done(tiny_model: str, cac
     np.testing.assert_allclose(resumed, whole, atol=1e-6)
 
 
+def test_one_template_is_one_text_a_label_kept_apart_from_the_eighty(
+        tiny_model: str, cache_dir) -> None:  # fmt: skip
+    """--templates one: a long list's first run on a CPU encodes 1 text a label instead of
+    80; its vectors are that text's, kept in a cache of their own (never served for the
+    80-template recipe, nor it for them)."""
+    from bioindex.search import labels as label_module
+
+    model = load_model(tiny_model, device="cpu")
+    names = [f"Genus{i} species{i}" for i in range(5)]
+    asked: list[str] = []
+
+    def encode(texts):
+        asked.extend(texts)
+        return model.encode_texts(texts)
+
+    one = labels_from_strings(names)
+    one.templates = "one"
+    vectors = label_module.label_vectors(one, encode, "key", cache_dir)
+    assert asked == [f"a photo of {n}." for n in names]
+    np.testing.assert_allclose(vectors, model.encode_texts(asked), atol=1e-6)
+    asked.clear()
+    eighty = label_module.label_vectors(labels_from_strings(names), encode, "key", cache_dir)
+    assert len(asked) == 80 * len(names)  # not the one-template vectors from the cache
+    assert not np.allclose(eighty, vectors, atol=1e-3)
+    asked.clear()
+    again = label_module.label_vectors(one, encode, "key", cache_dir)
+    assert not asked and np.array_equal(again, vectors)
+
+
+def test_templates_choice_on_the_cli(tiny_model: str, cache_dir) -> None:
+    photo = str(shared("camera-trap", "domestic_dog.jpg"))
+    ran = CliRunner().invoke(main, ["classify", photo, "--labels", "dog,cat", "--templates",
+                                    "one", "-m", tiny_model, "--device", "cpu"])  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    assert "dog" in ran.stdout and "cat" in ran.stdout
+    refused = CliRunner().invoke(main, ["classify", photo, "--tol", "x", "--templates", "one",
+                                        "-m", tiny_model])  # fmt: skip
+    assert refused.exit_code == 1
+    assert refused.output.strip().splitlines()[-1].startswith("error: --templates is for --labels")
+
+
 def test_tree_of_life_label_folder(tmp_path: Path, tiny_model: str, cache_dir) -> None:
     model = load_model(tiny_model, device="cpu")
     texts = [t.text("taxonomic") for t in TAXA]
