@@ -171,6 +171,13 @@ def test_http_api_first_hour(server, plain) -> None:
         named = client.post("/api/classify", params={"labels": "elephant,cat,car"},
                             files={"file": ("q.jpg", photo, "image/jpeg")})  # fmt: skip
         assert named.status_code == 200 and len(named.json()["predictions"]) == 3
+        one = client.post("/api/classify", params={"labels": "elephant,cat,car",
+                                                   "templates": "one"},
+                          files={"file": ("q.jpg", photo, "image/jpeg")})  # fmt: skip
+        assert one.status_code == 200 and len(one.json()["predictions"]) == 3
+        unlabelled = client.post("/api/classify", params={"templates": "one"},
+                                 files={"file": ("q.jpg", photo, "image/jpeg")})  # fmt: skip
+        assert unlabelled.status_code == 400 and "for labels" in unlabelled.json()["error"]
         # Near-duplicates: the groups `bioindex dedup` gives, largest first, a page at a time.
         with Collection.open(root / "store", read_only=True) as col:
             expected = {}

@@ -42,7 +42,7 @@ from bioindex.search.defaults import (
 )
 from bioindex.search.fewshot import FEW_SHOT_METHODS, store_head
 from bioindex.search.filters import parse_where
-from bioindex.search.labels import labels_from_strings
+from bioindex.search.labels import TEMPLATE_CHOICES, labels_from_strings
 from bioindex.search.place import parse_near, species_list_from_text
 from bioindex.search.query import check_k, display_path, group_by_occurrence, source_roots
 from bioindex.serve.concurrency import BatchingModel, Gate
@@ -341,10 +341,11 @@ def create_app(
                        outside_weight: float = DEFAULT_OUTSIDE_WEIGHT,
                        where: list[str] | None = Query(None),
                        species_list: UploadFile | None = File(None),
-                       calibrate: bool = True) -> dict:  # fmt: skip
+                       calibrate: bool = True, templates: str = "openai") -> dict:  # fmt: skip
         """Top-k predictions with the answer (deepest rank reaching `min_confidence`, and
         its band), and the best name at each rank the labels name (`labels`:
-        comma-separated custom labels instead of the catalog's taxa). Several `file` parts
+        comma-separated custom labels instead of the catalog's taxa; `templates`: openai,
+        80 prompts a label, or one, 'a photo of X.'). Several `file` parts
         are views of one specimen, answered once; `near` (LAT,LON) re-weights taxa by
         where the catalog records them within `radius_km`, `where` (country_code=KE, …) by
         the catalog's records matching those conditions."""
@@ -353,6 +354,13 @@ def create_app(
                        or any(len(label) > MAX_TEXT for label in labels.split(","))):
             raise ApiError(400, f"at most {MAX_LABELS} labels of {MAX_TEXT} characters each")
         label_set = labels_from_strings(labels.split(","), "labels") if labels else None
+        if templates not in TEMPLATE_CHOICES:
+            raise ApiError(400, f"templates: {' or '.join(TEMPLATE_CHOICES)}")
+        if label_set is not None:
+            label_set.templates = templates
+        elif templates != "openai":
+            raise ApiError(400, "templates is for labels: the store's own names keep the 80 "
+                                "prompts their calibration uses")  # fmt: skip
         vector = await views_vector(file)
         name = " + ".join(part.filename or "upload" for part in file)
         options = {"method": method, "min_confidence": min_confidence, "calibrate": calibrate}
