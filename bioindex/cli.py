@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,7 +30,11 @@ from bioindex.search.defaults import (
     DEFAULT_MIN_CONFIDENCE,
     DEFAULT_OUTSIDE_WEIGHT,
     DEFAULT_RADIUS_KM,
+    TEMPLATE_CHOICES,
 )
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without the model's modules
+    from bioindex.search.labels import LabelSet
 
 # What a search table shows unless --columns says otherwise (empty columns drop out).
 HIT_COLUMNS = ("rank", "score", "match", "image_id", "scientific_name", "vernacular_name",
@@ -453,6 +457,25 @@ where_option = click.option(
     "observationType), extra.speciesnetScore>=0.9 (compared as a number), "
     "vernacular_name~zebra (~: contains).",
 )  # fmt: skip
+templates_option = click.option(
+    "--templates", type=click.Choice(TEMPLATE_CHOICES), default="openai", show_default=True,
+    help="With --labels: the prompts each label is put into. openai: 80, averaged "
+    "(pybioclip's recipe); one: 'a photo of X.', 80x fewer texts for a first run over a "
+    "long list on a CPU, at some accuracy. The vectors are kept either way.",
+)  # fmt: skip
+
+
+def _templated(label_set: LabelSet | None, templates: str) -> LabelSet | None:
+    """`label_set` put into `templates`: custom labels only, since the store's own names
+    and a species list keep the prompts their calibration was fitted with."""
+    if templates != "openai":
+        if label_set is None:
+            raise BioindexError("--templates is for --labels: the store's own names and a "
+                                "species list keep the 80 prompts their calibration uses")
+        label_set.templates = templates
+    return label_set
+
+
 group_option = click.option(
     "--group-by", "group_by", type=click.Choice(["occurrence"]), default=None,
     help="One row per specimen (occurrence_id), its best image, with an image count.",
@@ -674,15 +697,7 @@ def _taxonomy(path: str | None) -> Any:
     help="Custom labels: a file with one per line, or a comma-separated list (with knn: "
     "the store's images called by those common names vote).",
 )
-@click.option(
-    "--templates",
-    type=click.Choice(["openai", "one"]),
-    default="openai",
-    show_default=True,
-    help="With --labels: the prompts each label is put into. openai: 80, averaged "
-    "(pybioclip's recipe); one: 'a photo of X.', 80x fewer texts for a first run over a "
-    "long list on a CPU, at some accuracy. The vectors are kept either way.",
-)
+@templates_option
 @click.option(
     "--min-confidence",
     type=click.FloatRange(0, 1),
@@ -807,12 +822,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
         raise BioindexError("give --labels or --tol, not both")
     if sum(bool(p) for p in (near, place_where, species_list)) > 1:
         raise BioindexError("give one place: --near, --where or --species-list")
-    label_set = read_labels_argument(labels) if labels else None
-    if templates != "openai":
-        if label_set is None:
-            raise BioindexError("--templates is for --labels: the store's own names and a "
-                                "species list keep the 80 prompts their calibration uses")
-        label_set.templates = templates
+    label_set = _templated(read_labels_argument(labels) if labels else None, templates)
     place = species_list_prior(species_list, outside_weight) if species_list else None
     if train and method not in ("few-shot", "linear-probe"):
         raise BioindexError("--train is for --method few-shot or linear-probe")
@@ -955,6 +965,7 @@ def models(fmt: str, columns: str | None) -> None:
               "identification.")
 @click.option("--labels", default=None, metavar="FILE|A,B,C",
               help="With --identify: the labels (default: the catalog's species).")
+@templates_option
 @click.option("--tol", "tol", default=None, metavar="DIR",
               help="With --identify: TreeOfLife label folder.")
 @click.option("--by-event", is_flag=True,
@@ -967,7 +978,8 @@ def models(fmt: str, columns: str | None) -> None:
 @_friendly
 def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: str | None,
            identify: bool, method: str, rank: str, min_confidence: float, labels: str | None,
-           tol: str | None, by_event: bool, with_media: bool) -> None:  # fmt: skip
+           templates: str, tol: str | None, by_event: bool, with_media: bool
+           ) -> None:  # fmt: skip
     """Hand a store on: a Darwin Core Archive of its occurrences and images (with
     bioindex's identifications when asked) for a collection database or GBIF, or its
     embeddings (L2-normalised float32) for your own tools.
@@ -987,13 +999,14 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
     from bioindex.search.labels import labels_from_tree_of_life, read_labels_argument
 
     if (labels or tol or method != "zero-shot" or rank != "species" or by_event
-            or min_confidence != DEFAULT_MIN_CONFIDENCE) and not identify:  # fmt: skip
-        raise click.UsageError("--method, --rank, --min-confidence, --labels, --tol and "
-                               "--by-event go with --identify")  # fmt: skip
+            or templates != "openai" or min_confidence != DEFAULT_MIN_CONFIDENCE
+            ) and not identify:  # fmt: skip
+        raise click.UsageError("--method, --rank, --min-confidence, --labels, --templates, "
+                               "--tol and --by-event go with --identify")  # fmt: skip
     rows = _result_rows(from_file) if from_file else None
     with Collection.open(store, read_only=True) as collection:
         ids, predictions = collection.from_results(rows) if rows is not None else (None, None)
-        label_set = read_labels_argument(labels) if labels else None
+        label_set = _templated(read_labels_argument(labels) if labels else None, templates)
         if tol:
             label_set = labels_from_tree_of_life(tol, collection.store.dim)
         written = collection.export(output, fmt, where=list(where) or None, image_ids=ids,

@@ -310,6 +310,15 @@ def test_an_exported_identification_is_what_classify_vouches_for(held_out: Colle
     unknown = int(result.output.split("note: ")[1].split(" of the")[0])
     assert 0 < unknown < len(ids)
     assert len(_identification_rows(tmp_path / "f.zip")) == len(ids) - unknown
+    # The same labels each in one prompt: export had no --templates, classify had.
+    one = CliRunner().invoke(main, ["export", "-s", store, "-o", str(tmp_path / "o.zip"),
+                                    "--identify", "--labels", "red,blue", "--templates", "one"])
+    assert one.exit_code == 0, one.output
+    assert _identification_rows(tmp_path / "o.zip")
+    for alone in (["--templates", "one"], ["--identify", "--templates", "one"]):
+        refused = CliRunner().invoke(main, ["export", "-s", store, "-o", str(tmp_path / "x.zip"),
+                                            *alone])  # fmt: skip
+        assert refused.exit_code != 0 and "--templates" in refused.output, refused.output
 
     # A saved classify result hands on its answers, not its top species.
     paths = [str(p) for _, p in queries[:48]]

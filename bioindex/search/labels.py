@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bioindex.errors import BioindexError
+from bioindex.search.defaults import TEMPLATE_CHOICES
 from bioindex.tables import WORKBOOK_SUFFIXES, delimiter, workbook_text
 from bioindex.taxonomy import (
     TOL_VECTORS,
@@ -33,10 +34,6 @@ from bioindex.taxonomy import (
 
 TEMPLATE_SET = "openai-imagenet-80"
 ONE_TEMPLATE_SET = "a-photo-of"
-# --templates: "openai" is pybioclip's recipe for custom labels (each label in 80 prompts,
-# averaged); "one" puts it in one, 80x fewer texts for a first run over a long list on a
-# CPU, at some accuracy (CLIP's paper: the 80-prompt ensemble added 3.5 points on ImageNet).
-TEMPLATE_CHOICES = ("openai", "one")
 ENCODE_CHUNK = 64  # labels per model call: the progress bar's step
 CACHE_EVERY = 1024  # labels between cache writes (each rewrites the cache's matrix)
 logger = logging.getLogger(__name__)

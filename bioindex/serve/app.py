@@ -39,10 +39,11 @@ from bioindex.search.defaults import (
     DEFAULT_MIN_CONFIDENCE,
     DEFAULT_OUTSIDE_WEIGHT,
     DEFAULT_RADIUS_KM,
+    TEMPLATE_CHOICES,
 )
 from bioindex.search.fewshot import FEW_SHOT_METHODS, store_head
 from bioindex.search.filters import parse_where
-from bioindex.search.labels import TEMPLATE_CHOICES, labels_from_strings
+from bioindex.search.labels import labels_from_strings
 from bioindex.search.place import parse_near, species_list_from_text
 from bioindex.search.query import check_k, display_path, group_by_occurrence, source_roots
 from bioindex.serve.concurrency import BatchingModel, Gate
