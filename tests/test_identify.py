@@ -175,6 +175,10 @@ def test_a_species_typical_cosine_is_shrunk_by_how_little_its_few_images_say() -
     truth = np.where(np.arange(200) % 2, 0.3, 0.8)  # loose and tight species
     apart = truth[own] + rng.normal(0, 0.05, len(own))
     assert np.abs(fewshot.typical_cosines(apart, own, 200) - truth).max() < 0.08
+    # A burst's three frames say what one does: counted as one, not as three.
+    frames = np.repeat(np.arange(len(own)), 3)
+    np.testing.assert_allclose(fewshot.typical_cosines(alike[frames], own[frames], 200, frames),
+                               shrunk, atol=1e-6)  # fmt: skip
     lone = fewshot.typical_cosines(np.array([0.5, 0.7]), np.array([0, 1]), 3)
     assert lone.tolist() == pytest.approx([0.5, 0.7, 0.6])  # too few to shrink; none: mean
 
@@ -213,7 +217,8 @@ def test_a_head_of_many_labelled_images_is_bounded(monkeypatch: pytest.MonkeyPat
     classes = np.array([i % 12 for i in range(600)])
     logits, own = fewshot.held_out_logits("few-shot", features, classes, 12)
     assert len(own) == 600  # under the cap: every held-out image, as before
-    cosines, owners = fewshot.held_out_own_cosines(features, classes, 12)
+    cosines, owners, rows = fewshot.held_out_own_cosines(features, classes, 12)
+    assert np.array_equal(owners, classes[rows])
     assert len(cosines) == 600 and np.array_equal(np.sort(owners), np.sort(own))
 
     monkeypatch.setattr(fewshot, "CALIBRATION_ROWS", 100)

@@ -425,14 +425,14 @@ def species_folds(classes: np.ndarray, count: int,
 
 def held_out_own_cosines(features: np.ndarray, classes: np.ndarray, count: int,
                          groups: np.ndarray | None = None,
-                         ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(cosine, class) of every held-out labelled image to its own species' centroid trained
-    without its fold: the diagonal of held_out_logits("few-shot"), without its [images ×
-    species] matrix."""
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(cosine, class, row) of every held-out labelled image to its own species' centroid
+    trained without its fold, what the novelty test measures new photos against (without
+    the [images × species] matrix of held_out_logits)."""
     fold = species_folds(classes, count, groups)
     totals = np.zeros((count, features.shape[1]), dtype=np.float64)
     np.add.at(totals, classes, features)
-    cosines, owners = [], []
+    cosines, owners, rows_seen = [], [], []
     for f in range(FOLDS):
         held = np.flatnonzero(fold == f)
         if not len(held):
@@ -445,9 +445,10 @@ def held_out_own_cosines(features: np.ndarray, classes: np.ndarray, count: int,
             rows = held[start : start + 65536]
             cosines.append(np.einsum("ij,ij->i", features[rows], unit[classes[rows]]))
             owners.append(classes[rows])
+            rows_seen.append(rows)
     if not cosines:
-        return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    return np.concatenate(cosines), np.concatenate(owners)
+        return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(cosines), np.concatenate(owners), np.concatenate(rows_seen)
 
 
 def calibration_rows(fold: np.ndarray) -> np.ndarray:
@@ -527,8 +528,9 @@ def fit_head(method: str, vectors: np.ndarray, taxa: Sequence[Taxon], mean: np.n
     novelty = -np.inf  # too few held-out images to say what is typical: nothing is novel
     typical = np.zeros(len(species), dtype=np.float32)
     if calibrated:
-        own_cosines, own = held_out_own_cosines(features, classes, len(species), codes)
-        typical = typical_cosines(own_cosines, own, len(species))
+        own_cosines, own, rows = held_out_own_cosines(features, classes, len(species), codes)
+        typical = typical_cosines(own_cosines, own, len(species),
+                                  None if codes is None else codes[rows])  # fmt: skip
         # A species of two images gives both the same cosine (each is the other's centroid):
         # its excess over typical is 0 by construction, and a store of two a species set
         # the bar at 0, calling a third of new photos of its species novel.
@@ -585,7 +587,8 @@ def capped_rows(groups: np.ndarray, limit: int, members: np.ndarray) -> np.ndarr
     return kept
 
 
-def typical_cosines(own_cosines: np.ndarray, own: np.ndarray, count: int) -> np.ndarray:
+def typical_cosines(own_cosines: np.ndarray, own: np.ndarray, count: int,
+                    groups: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """[count]: each species' typical held-out cosine to its own centroid — its mean, shrunk
     towards the mean over all species by how much of its spread from that mean is its
     few images' sampling noise (empirical Bayes: weight between / (between + within / n)
@@ -594,7 +597,15 @@ def typical_cosines(own_cosines: np.ndarray, own: np.ndarray, count: int) -> np.
     draw than species differ: on the demo world the weight is 0.26-0.30, and the novelty
     test's "unknown" for unlabelled species gained 0-2 points at the same share of known
     ones kept (four store draws × four query draws, docs/benchmarks.md). Where species
-    truly differ in how tight they are, the weight nears 1 and each keeps its own."""
+    truly differ in how tight they are, the weight nears 1 and each keeps its own.
+    `groups` (each cosine's photo group, see species_folds): a burst's frames say little
+    more than one of them, so a group's mean counts as one image."""
+    if groups is not None and len(own_cosines):
+        pairs, unit = np.unique(np.stack([own, groups]), axis=1, return_inverse=True)
+        unit = unit.reshape(-1)
+        own_cosines = (np.bincount(unit, weights=own_cosines)
+                       / np.bincount(unit)).astype(np.float32)  # fmt: skip
+        own = pairs[0]
     held = np.bincount(own, minlength=count)
     total = np.bincount(own, weights=own_cosines, minlength=count)
     overall = float(own_cosines.mean()) if len(own_cosines) else 0.0
