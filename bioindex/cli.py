@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -32,9 +32,6 @@ from bioindex.search.defaults import (
     DEFAULT_RADIUS_KM,
     TEMPLATE_CHOICES,
 )
-
-if TYPE_CHECKING:  # imported where used: the CLI starts without the model's modules
-    from bioindex.search.labels import LabelSet
 
 # What a search table shows unless --columns says otherwise (empty columns drop out).
 HIT_COLUMNS = ("rank", "score", "match", "image_id", "scientific_name", "vernacular_name",
@@ -465,17 +462,6 @@ templates_option = click.option(
 )  # fmt: skip
 
 
-def _templated(label_set: LabelSet | None, templates: str) -> LabelSet | None:
-    """`label_set` put into `templates`: custom labels only, since the store's own names
-    and a species list keep the prompts their calibration was fitted with."""
-    if templates != "openai":
-        if label_set is None:
-            raise BioindexError("--templates is for --labels: the store's own names and a "
-                                "species list keep the 80 prompts their calibration uses")
-        label_set.templates = templates
-    return label_set
-
-
 group_option = click.option(
     "--group-by", "group_by", type=click.Choice(["occurrence"]), default=None,
     help="One row per specimen (occurrence_id), its best image, with an image count.",
@@ -813,6 +799,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
         labels_from_taxa,
         labels_from_tree_of_life,
         read_labels_argument,
+        templated,
     )
     from bioindex.search.place import parse_near, species_list_prior
     from bioindex.search.query import check_k
@@ -822,7 +809,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
         raise BioindexError("give --labels or --tol, not both")
     if sum(bool(p) for p in (near, place_where, species_list)) > 1:
         raise BioindexError("give one place: --near, --where or --species-list")
-    label_set = _templated(read_labels_argument(labels) if labels else None, templates)
+    label_set = templated(read_labels_argument(labels) if labels else None, templates)
     place = species_list_prior(species_list, outside_weight) if species_list else None
     if train and method not in ("few-shot", "linear-probe"):
         raise BioindexError("--train is for --method few-shot or linear-probe")
@@ -996,7 +983,11 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
       bioindex export -s herb -o identified.zip --from ids.json
     """
     from bioindex.collection import Collection
-    from bioindex.search.labels import labels_from_tree_of_life, read_labels_argument
+    from bioindex.search.labels import (
+        labels_from_tree_of_life,
+        read_labels_argument,
+        templated,
+    )
 
     if (labels or tol or method != "zero-shot" or rank != "species" or by_event
             or templates != "openai" or min_confidence != DEFAULT_MIN_CONFIDENCE
@@ -1006,7 +997,7 @@ def export(store: str, fmt: str, output: str, where: Sequence[str], from_file: s
     rows = _result_rows(from_file) if from_file else None
     with Collection.open(store, read_only=True) as collection:
         ids, predictions = collection.from_results(rows) if rows is not None else (None, None)
-        label_set = _templated(read_labels_argument(labels) if labels else None, templates)
+        label_set = templated(read_labels_argument(labels) if labels else None, templates)
         if tol:
             label_set = labels_from_tree_of_life(tol, collection.store.dim)
         written = collection.export(output, fmt, where=list(where) or None, image_ids=ids,

@@ -90,6 +90,7 @@ from bioindex.search.labels import (
     labels_from_strings,
     labels_from_taxa,
     taxa_from_rows,
+    templated,
 )
 from bioindex.search.place import (
     PlacePrior,
@@ -892,6 +893,7 @@ class Collection:
         calibrate: bool = True,
         train: str | os.PathLike[str] | None = None,
         by_event: bool = False,
+        templates: str = "openai",
     ) -> list[Prediction]:
         """Predict taxa for image files (a folder: the images under it); labels default to
         the catalog's species.
@@ -906,8 +908,11 @@ class Collection:
         scores, as pybioclip does. `train`: few-shot heads learn from this folder or table
         of labelled images instead of the store's (search.training). `by_event`: a camera
         trap's frames of one folder taken within a minute of each other (their EXIF time:
-        search.bursts) that show something are answered together (answered_by_burst)."""
+        search.bursts) that show something are answered together (answered_by_burst).
+        `templates`: "one" puts each custom label into one prompt, not 80
+        (search.labels.templated)."""
         check_k(k)
+        labels = templated(self._label_set(labels), templates)
         labels, place = self._listed_labels(labels, method, place)
         if method in FEW_SHOT_METHODS:
             self.head(method, train)  # before any file is embedded: no names says so first
@@ -933,6 +938,18 @@ class Collection:
             answered = answered_by_burst(names, vectors, answered, answer)
         return answered + failed
 
+    @staticmethod
+    def _label_set(labels: LabelSet | Sequence[str] | None) -> LabelSet | None:
+        """Plain strings as a label set (pybioclip's custom labels)."""
+        if isinstance(labels, str) and "," in labels:  # one string is one label
+            raise BioindexError(f"labels= takes a list of names, such as "
+                                f"{[n.strip() for n in labels.split(',')]!r}; got one string, "
+                                f"{labels!r}")  # fmt: skip
+        if labels is None or isinstance(labels, LabelSet):
+            return labels
+        return labels_from_strings([labels] if isinstance(labels, str) else list(labels),
+                                   "labels=")  # fmt: skip
+
     def classify_vectors(self, names: Sequence[str], vectors: np.ndarray, *,
                          rank: str = "species", k: int = 5, method: str = "zero-shot",
                          labels: LabelSet | Sequence[str] | None = None,
@@ -940,17 +957,12 @@ class Collection:
                          min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                          place: PlacePrior | None = None, calibrate: bool = True,
                          train: str | os.PathLike[str] | None = None,
-                         ) -> list[Prediction]:  # fmt: skip
+                         templates: str = "openai") -> list[Prediction]:  # fmt: skip
         """Classify already embedded images (e.g. uploads), named `names` in the output.
-        `labels` may be plain strings, as pybioclip's custom labels are."""
+        `labels` may be plain strings, as pybioclip's custom labels are; `templates` as
+        for classify."""
         check_k(k)
-        if isinstance(labels, str) and "," in labels:  # one string is one label
-            raise BioindexError(f"labels= takes a list of names, such as "
-                                f"{[n.strip() for n in labels.split(',')]!r}; got one string, "
-                                f"{labels!r}")  # fmt: skip
-        if labels is not None and not isinstance(labels, LabelSet):
-            labels = labels_from_strings([labels] if isinstance(labels, str) else list(labels),
-                                         "labels=")  # fmt: skip
+        labels = templated(self._label_set(labels), templates)
         labels, place = self._listed_labels(labels, method, place)
         if method not in FEW_SHOT_METHODS:
             self._require_names(labels)

@@ -173,7 +173,8 @@ def test_templates_choice_on_the_cli(tiny_model: str, cache_dir) -> None:
     refused = CliRunner().invoke(main, ["classify", photo, "--tol", "x", "--templates", "one",
                                         "-m", tiny_model])  # fmt: skip
     assert refused.exit_code == 1
-    assert refused.output.strip().splitlines()[-1].startswith("error: --templates is for --labels")
+    last = refused.output.strip().splitlines()[-1]
+    assert last.startswith("error: templates are for custom labels"), last
 
 
 def test_tree_of_life_label_folder(tmp_path: Path, tiny_model: str, cache_dir) -> None:

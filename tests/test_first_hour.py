@@ -177,7 +177,7 @@ def test_http_api_first_hour(server, plain) -> None:
         assert one.status_code == 200 and len(one.json()["predictions"]) == 3
         unlabelled = client.post("/api/classify", params={"templates": "one"},
                                  files={"file": ("q.jpg", photo, "image/jpeg")})  # fmt: skip
-        assert unlabelled.status_code == 400 and "for labels" in unlabelled.json()["error"]
+        assert unlabelled.status_code == 400 and "for custom labels" in unlabelled.json()["error"]
         # Near-duplicates: the groups `bioindex dedup` gives, largest first, a page at a time.
         with Collection.open(root / "store", read_only=True) as col:
             expected = {}

@@ -814,6 +814,16 @@ def test_plain_strings_are_labels_in_the_python_api(tmp_path: Path) -> None:
         assert plain[0].label in names and plain[0].error is None
         with pytest.raises(BioindexError, match="at least two labels"):
             col.classify([path], labels=SPECIES[0].name)  # one string is one label
+        # One prompt a label, as the CLI's --templates one (the Python API had no way).
+        one = col.classify([path], labels=names, templates="one")
+        assert one[0].label in names and one[0].score != plain[0].score
+        typed_set = labels_from_strings(names)
+        col.classify([path], labels=typed_set, templates="one")
+        assert typed_set.templates == "openai"  # the caller's label set is left as it was
+        with pytest.raises(BioindexError, match="for custom labels"):
+            col.classify([path], templates="one")
+        with pytest.raises(BioindexError, match="choose one of openai, one"):
+            col.classify([path], labels=names, templates="eighty")
 
 
 def test_a_store_of_common_names_learns_them(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,21 @@ class LabelSet:
     @property
     def has_lineage(self) -> bool:
         return all(t is not None and t.lineage for t in self.taxa)
+
+
+def templated(labels: LabelSet | None, templates: str) -> LabelSet | None:
+    """`labels` put into `templates` (TEMPLATE_CHOICES), as a copy; "openai", the default,
+    leaves them as they are. Custom labels only: the store's own names and a species list
+    keep the prompts their calibration was fitted with."""
+    if templates not in TEMPLATE_CHOICES:
+        raise BioindexError(f"templates: {templates!r}; choose one of "
+                            f"{', '.join(TEMPLATE_CHOICES)}")  # fmt: skip
+    if templates == "openai" or (labels is not None and labels.templates == templates):
+        return labels
+    if labels is None:
+        raise BioindexError("templates are for custom labels: the store's own names and a "
+                            "species list keep the 80 prompts their calibration uses")
+    return replace(labels, templates=templates)
 
 
 def labels_from_taxa(taxa: Sequence[Taxon], source: str) -> LabelSet:

@@ -39,11 +39,10 @@ from bioindex.search.defaults import (
     DEFAULT_MIN_CONFIDENCE,
     DEFAULT_OUTSIDE_WEIGHT,
     DEFAULT_RADIUS_KM,
-    TEMPLATE_CHOICES,
 )
 from bioindex.search.fewshot import FEW_SHOT_METHODS, store_head
 from bioindex.search.filters import parse_where
-from bioindex.search.labels import labels_from_strings
+from bioindex.search.labels import labels_from_strings, templated
 from bioindex.search.place import parse_near, species_list_from_text
 from bioindex.search.query import check_k, display_path, group_by_occurrence, source_roots
 from bioindex.serve.concurrency import BatchingModel, Gate
@@ -354,14 +353,8 @@ def create_app(
         if labels and (labels.count(",") >= MAX_LABELS
                        or any(len(label) > MAX_TEXT for label in labels.split(","))):
             raise ApiError(400, f"at most {MAX_LABELS} labels of {MAX_TEXT} characters each")
-        label_set = labels_from_strings(labels.split(","), "labels") if labels else None
-        if templates not in TEMPLATE_CHOICES:
-            raise ApiError(400, f"templates: {' or '.join(TEMPLATE_CHOICES)}")
-        if label_set is not None:
-            label_set.templates = templates
-        elif templates != "openai":
-            raise ApiError(400, "templates is for labels: the store's own names keep the 80 "
-                                "prompts their calibration uses")  # fmt: skip
+        label_set = templated(labels_from_strings(labels.split(","), "labels") if labels
+                              else None, templates)  # fmt: skip
         vector = await views_vector(file)
         name = " + ".join(part.filename or "upload" for part in file)
         options = {"method": method, "min_confidence": min_confidence, "calibrate": calibrate}
