@@ -292,6 +292,28 @@ def test_two_hundred_clients_at_once(live) -> None:
     assert statuses == [200] * 200
 
 
+def test_a_store_served_by_a_bare_name_leaves_the_word_store_alone(
+        tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`bioindex serve -s store` hid the path "store" in every error: "the this store's own
+    names", "a this store that …"."""
+    from bioindex.serve.app import create_app
+
+    draw_images(tmp_path / "photos", 2, seed=3)
+    monkeypatch.chdir(tmp_path)
+    with Collection.open("store", model=tiny_model, create=True) as col:
+        col.index(["photos"], progress=False)
+    app = create_app("store", device="cpu")
+    upload = {"file": ("a.png", next((tmp_path / "photos").rglob("*.png")).read_bytes())}
+    try:
+        with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            answer = client.post("/api/classify", params={"templates": "one"}, files=upload)
+    finally:
+        app.state.collection.close()
+    assert answer.status_code == 400, answer.text
+    assert "the store's own names" in answer.json()["error"], answer.text
+    assert str(tmp_path) not in answer.text
+
+
 def test_errors_do_not_say_where_the_server_keeps_its_files(tmp_path: Path,
                                                             tiny_model: str) -> None:  # fmt: skip
     """A plain folder's store asked to classify said "the catalog of /srv/…/store names no

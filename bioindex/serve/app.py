@@ -574,7 +574,9 @@ def _private_paths(collection: Collection) -> dict[str, str]:
     (the messages are written for the store's owner at a terminal: "the catalog of
     /srv/… names no taxa")."""
     store = str(collection.store.path)
-    said = {store: "this store", os.path.realpath(store): "this store"}
+    said = {os.path.abspath(store): "this store", os.path.realpath(store): "this store"}
+    if os.sep in store:  # a bare name ("serve -s store") is a word in every message, no path
+        said[store] = "this store"
     for key in ("name", "source", "checkpoint"):  # hf-hub:ORG/REPO names no path
         value = str(collection.store.model.get(key) or "").removeprefix("local-dir:")
         if os.path.isabs(value):
