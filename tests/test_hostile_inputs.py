@@ -538,8 +538,8 @@ def test_damaged_exif_is_not_a_flood_of_warnings(tmp_path: Path, tiny_model: str
     folder = tmp_path / "card"
     folder.mkdir()
     _damaged_exif_photos(folder, 4)
-    run = subprocess.run([sys.executable, "-m", "bioindex.cli", "index", str(folder), "-s",
-                          str(tmp_path / "s"), "-m", tiny_model, "-q"],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    from tests.cli_process import run_cli
+
+    run = run_cli(["index", str(folder), "-s", str(tmp_path / "s"), "-m", tiny_model, "-q"])
     assert run.returncode == 0, run.stderr
     assert "embedded 4" in run.stdout and "Warning" not in run.stderr, run.stderr

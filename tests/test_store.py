@@ -14,6 +14,7 @@ import pytest
 
 from bioindex.errors import BioindexError
 from bioindex.store import Failure, ImageRecord, Store, dwc_column, split_metadata
+from tests.cli_process import CliProcess
 from tests.conftest import assert_index_matches_catalog, draw_images, live_rows
 
 MODEL = {
@@ -229,38 +230,43 @@ print("pandas" in sys.modules)
     assert result.stdout.strip() == "False"
 
 
+IMAGES = 480  # 60 commits of 8: work is left for every kill
+
+
 @pytest.mark.slow
 def test_killed_at_five_random_points_then_completed(tmp_path: Path, tiny_model: str) -> None:
     photos = tmp_path / "photos"
-    draw_images(photos, 120, seed=12)
+    draw_images(photos, IMAGES, seed=12)
     store = tmp_path / "s"
-    command = [sys.executable, "-m", "bioindex.cli", "index", str(photos), "-s", str(store),
-               "-m", tiny_model, "--batch-size", "8", "--commit-every", "8", "--workers", "1",
-               "-q"]  # fmt: skip
+    command = ["index", str(photos), "-s", str(store), "-m", tiny_model, "--batch-size", "8",
+               "--commit-every", "8", "--workers", "1", "-q"]  # fmt: skip
     rng = np.random.default_rng(7)
     counts = []
     for attempt in range(5):
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if attempt == 0:  # surely mid-run: after some shards, before the last
-            _wait_for_shards(store, 3, process)
-        else:  # start-up (imports, model load) takes a few seconds; kill anywhere from there
-            time.sleep(float(rng.uniform(2.5, 5.0)))
-        assert attempt > 0 or process.poll() is None, "the run finished before it could be killed"
+        process = CliProcess(command)  # imports done: first commit at ~0.6 s, then ~5 ms an image
+        if attempt == 1:  # start-up: the model's load, the store's open, the folder's scan
+            time.sleep(float(rng.uniform(0.05, 0.5)))
+        else:  # mid-run, 1 to 8 commits on: after a commit or anywhere within the next one
+            _wait_for_rows(store, (counts[-1] if counts else 0) + 8 * int(rng.integers(1, 9)),
+                           process)  # fmt: skip
+            time.sleep(float(rng.uniform(0.0, 0.05)))
+        assert attempt > 0 or process.poll() is None, "the run finished before it was killed"
         process.send_signal(signal.SIGKILL)
         process.wait()
         counts.append(live_rows(store) if (store / "manifest.json").exists() else 0)
-    assert 0 < counts[0] < 120
+    print("rows committed before each kill:", counts)
+    assert 0 < counts[0] < IMAGES
     assert counts == sorted(counts)  # committed work is never lost
     from click.testing import CliRunner
 
     from bioindex.cli import main
 
-    result = CliRunner().invoke(main, command[3:])  # the last run needs no kill: in-process
+    result = CliRunner().invoke(main, command)  # the last run needs no kill: in-process
     assert result.exit_code == 0, result.output
     committed = counts[-1]
-    assert f"embedded {120 - committed}, unchanged {committed}" in result.stdout
-    assert live_rows(store) == 120
-    assert _distinct_uris(store) == (120, 120)
+    assert f"embedded {IMAGES - committed}, unchanged {committed}" in result.stdout
+    assert live_rows(store) == IMAGES
+    assert _distinct_uris(store) == (IMAGES, IMAGES)
     with Store.open(store, read_only=True) as opened:
         listed = opened.snap.file_names()
     on_disk = {f"{p.parent.name}/{p.name}" for folder in ("embeddings", "catalog", "index")
@@ -270,11 +276,10 @@ def test_killed_at_five_random_points_then_completed(tmp_path: Path, tiny_model:
     assert_index_matches_catalog(store)
 
 
-def _wait_for_shards(store: Path, count: int, process: subprocess.Popen) -> None:
+def _wait_for_rows(store: Path, rows: int, process: CliProcess) -> None:
     deadline = time.monotonic() + 120
-    shards = store / "embeddings"
     while time.monotonic() < deadline and process.poll() is None:
-        if shards.is_dir() and len(list(shards.glob("*.npy"))) >= count:
+        if (store / "manifest.json").exists() and live_rows(store) >= rows:
             return
         time.sleep(0.05)
 

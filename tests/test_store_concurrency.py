@@ -21,6 +21,7 @@ from bioindex.cli import main
 from bioindex.errors import BioindexError
 from bioindex.store import ImageRecord, Store
 from bioindex.store.snapshot import read_current
+from tests.cli_process import CliProcess, run_cli
 from tests.conftest import assert_index_matches_catalog, draw_images, live_rows
 from tests.test_store import MODEL, _records, _unit
 
@@ -57,8 +58,7 @@ def test_second_cli_writer_gets_one_line(tmp_path: Path, tiny_model: str) -> Non
     holder = Store.open(tmp_path / "s")
     try:
         for command in (["index", str(photos)], ["build-index"]):
-            result = subprocess.run([*CLI, *command, "-s", str(tmp_path / "s"), "-q"],
-                                    capture_output=True, text=True)  # fmt: skip
+            result = run_cli([*command, "-s", str(tmp_path / "s"), "-q"])
             assert result.returncode == 1
             assert result.stderr.count("\n") == 1 and "being written by process" in result.stderr
     finally:
@@ -95,11 +95,10 @@ def test_two_runs_creating_one_store(tmp_path: Path, tiny_model: str, other_tiny
     draw_images(photos, 24, seed=2)
     store = tmp_path / "s"
     second_model = tiny_model if same_model else other_tiny_model
-    runs = [subprocess.Popen([*CLI, "index", str(photos), "-s", str(store), "-m", model,
-                              "--batch-size", "4", "--workers", "0", "-q", "--wait"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = [CliProcess(["index", str(photos), "-s", str(store), "-m", model, "--batch-size",
+                        "4", "--workers", "0", "-q", "--wait"])
             for model in (tiny_model, second_model)]  # fmt: skip
-    results = [(p.wait(timeout=300), *p.communicate()) for p in runs]
+    results = [(done.returncode, done.stdout, done.stderr) for done in (p.result() for p in runs)]
     codes = sorted(code for code, _, _ in results)
     if same_model:
         assert codes == [0, 0]
@@ -185,9 +184,8 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
         ready = (tmp_path / "serve.log").read_text().split("ready: open ")[1].split()[0]
         base = ready.rstrip("/")
         assert _get(f"{base}/api/info")["images_live"] == 40  # this test's server
-        writer = subprocess.Popen([*CLI, "index", str(more), "-s", str(store), "--commit-every",
-                                   "256", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)  # fmt: skip
+        writer = CliProcess(["index", str(more), "-s", str(store), "--commit-every", "256",
+                             "-q"])  # fmt: skip
         committed: dict[int, float] = {}  # generation → when it became current
         seen: list[tuple[float, int]] = []  # (time, generation) answered by the server
         failures: list[str] = []
@@ -222,14 +220,13 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
                 time.sleep(0.05)
 
         def cli_reads() -> None:
-            # A few CLI searches over the run, not back to back: each is a Python start with
-            # torch (~5 s of a core), and the indexer runs on the same two cores.
+            # A few CLI searches over the run, not back to back: the indexer runs on the same
+            # two cores.
             for _ in range(4):
                 if done.wait(timeout=4.0):
                     return
-                result = subprocess.run([*CLI, "search", "text", "a photo", "-s", str(store),
-                                         "-k", "3", "--format", "json"],
-                                        capture_output=True, text=True)  # fmt: skip
+                result = run_cli(["search", "text", "a photo", "-s", str(store), "-k", "3",
+                                  "--format", "json"])  # fmt: skip
                 cli_runs.append(result.returncode)
                 if result.returncode != 0 or len(json.loads(result.stdout or "[]")) != 3:
                     failures.append(f"cli: {result.stderr.strip()[-300:]}")
@@ -237,13 +234,13 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
         threads = [threading.Thread(target=f) for f in (watch, serve_reads, cli_reads)]
         for thread in threads:
             thread.start()
-        out, err = writer.communicate(timeout=600)
+        written = writer.result(timeout=600)
         time.sleep(2.5)
         done.set()
         for thread in threads:
             thread.join(timeout=60)
-        assert writer.returncode == 0, err
-        assert "embedded 5000" in out
+        assert written.returncode == 0, written.stderr
+        assert "embedded 5000" in written.stdout
         logged = (tmp_path / "serve.log").read_text()
         where = logged.find("Traceback")  # a 500's own traceback, else the log's end
         assert not failures, (failures[:5], server.poll(),

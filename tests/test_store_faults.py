@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +15,19 @@ from click.testing import CliRunner
 from bioindex.cli import main
 from bioindex.collection import Collection
 from bioindex.store import Store
+from tests.cli_process import run_cli
 from tests.conftest import assert_index_matches_catalog, draw_images, live_rows
 
-CLI = [sys.executable, "-m", "bioindex.cli"]
 QUERIES = ("a photo", "a red circle", "green")
 
 
 def _index(photos: Path, store: Path, model: str | None = None, *extra: str,
            env: dict | None = None) -> subprocess.CompletedProcess:  # fmt: skip
-    command = [*CLI, "index", str(photos), "-s", str(store), "--batch-size", "8",
+    command = ["index", str(photos), "-s", str(store), "--batch-size", "8",
                "--commit-every", "8", "--workers", "0", "-q", *extra]  # fmt: skip
     if model:
         command += ["-m", model]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    return run_cli(command, env=env)
 
 
 def _rerun(photos: Path, store: Path, model: str | None = None, *extra: str) -> str:
@@ -95,9 +93,8 @@ def test_build_index_killed_between_index_file_and_record(tmp_path: Path, clean)
     photos, source, expected = clean
     store = tmp_path / "s"
     shutil.copytree(source, store)
-    result = subprocess.run([*CLI, "build-index", "-s", str(store), "--kind", "hnsw", "-q"],
-                            capture_output=True, text=True,
-                            env={**os.environ, "BIOINDEX_FAULT": "after-index-file"})
+    result = run_cli(["build-index", "-s", str(store), "--kind", "hnsw", "-q"],
+                     env={"BIOINDEX_FAULT": "after-index-file"})
     assert result.returncode == -9
     with Store.open(store, read_only=True) as opened:
         assert opened.index_spec.kind == "flat"  # the old generation, whole
