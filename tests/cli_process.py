@@ -50,7 +50,8 @@ def _run(args: list[str], env: dict[str, str], out: str, err: str) -> None:
 
 class CliProcess:
     """`python -m bioindex.cli ARGS` with subprocess.Popen's calls: pid, poll, wait,
-    send_signal; its stdout and stderr are read once it has ended."""
+    send_signal; its stdout and stderr are read once it has ended. `env` holds variables
+    added to the test's own environment (not, as subprocess's, the whole of it)."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="cli-")
