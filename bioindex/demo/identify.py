@@ -7,6 +7,7 @@ the stores never saw, through the same Python API a user calls.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -41,9 +42,17 @@ def open_world_store(folder: Path, species: Sequence[Species], shots: int, look:
                      device: str = "cpu", seed: int = STORE_SEED,
                      frames: int = 1, clock: bool = False) -> Collection:  # fmt: skip
     """A store of `shots` labelled pictures per species (in `look`), with places, each a
-    burst of `frames` frames; made once per folder (a second call reruns the index over
-    unchanged files: nothing to do)."""
-    root = write_world(folder / "world", species, shots, seed, look, frames, clock)
+    burst of `frames` frames; the pictures are drawn once per folder and setting (a second
+    call reruns the index over unchanged files: nothing to do)."""
+    root = folder / "world"
+    drawn = root / "drawn.json"
+    setting = json.dumps({"species": [s.taxon.lineage for s in species], "shots": shots,
+                          "seed": seed, "look": look, "frames": frames, "clock": clock})
+    # Several figures open the same store, and drawing and writing its pictures again was a
+    # third of their time.
+    if not drawn.exists() or drawn.read_text() != setting:
+        write_world(root, species, shots, seed, look, frames, clock)
+        drawn.write_text(setting)
     collection = Collection.open(folder / "store", model="bioclip-demo", create=True,
                                  device=device)  # fmt: skip
     collection.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
