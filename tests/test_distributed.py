@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 
 from bioindex import Collection, faiss_index
 from bioindex.store import Store
+from tests.cli_process import CliProcess, run_cli
 from tests.conftest import assert_index_matches_catalog, draw_images
 
 ray = pytest.importorskip("ray")
@@ -112,14 +111,12 @@ def test_killed_ray_job_resumes_with_each_image_once(images, tiny_model, local_r
     them: two Ray start-ups fewer (31 → 23 s alone); the rerun gets the CPUs the killed
     driver's actors held."""
     store = tmp_path / "s"
-    command = [sys.executable, "-m", "bioindex.cli", "index", str(images), "--store", str(store),
-               "--model", tiny_model, "--device", "cpu", "--engine", "ray",
-               "--address", ray.get_runtime_context().gcs_address,
-               "--commit-every", "16", "--batch-size", "8", "-q"]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": ""}  # never someone's cluster
+    args = ["index", images, "--store", store, "--model", tiny_model, "--device", "cpu",
+            "--engine", "ray", "--address", ray.get_runtime_context().gcs_address,
+            "--commit-every", "16", "--batch-size", "8", "-q"]  # fmt: skip
+    env = {"RAY_ADDRESS": ""}  # never someone's cluster
     # Its own session: the kill takes the driver and anything it started.
-    job = subprocess.Popen(command, env=env, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    job = CliProcess(args, env, new_session=True)
     shards = store / "embeddings"
     deadline = time.time() + 180
     while time.time() < deadline and job.poll() is None:
@@ -133,7 +130,7 @@ def test_killed_ray_job_resumes_with_each_image_once(images, tiny_model, local_r
         partial = opened.live_count()
     assert 0 < partial < IMAGES
 
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = run_cli(args, env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "embedded" in done.stdout
     # Ray's start-up notes (an "E … core_worker.cc" line, warnings) only with --verbose.

@@ -6,6 +6,7 @@ internals in the output, the model loaded when nothing needs it, setup surprises
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from bioindex.errors import BioindexError
 from bioindex.output import render
 from bioindex.search.filters import parse_where
 from bioindex.store import ImageRecord, Store
+from tests.cli_process import CliProcess
 from tests.conftest import REPO, LiveServer, draw_images
 
 
@@ -70,16 +72,16 @@ def test_predictions_show_only_named_ranks_and_lookalikes_apart(named: Path) -> 
 
 @pytest.mark.slow
 def test_serve_says_where_logs_requests_and_says_goodbye(named: Path) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bioindex.cli", "serve", "-s", str(named / "store"),
-         "--port", "0", "--device", "cpu"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    read, write = os.pipe()
+    server = CliProcess(["serve", "-s", named / "store", "--port", "0", "--device", "cpu"],
+                        stderr=write)  # fmt: skip
+    os.close(write)
+    stderr = os.fdopen(read, encoding="utf-8", errors="replace")
     try:
         lines = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            lines.append(server.stderr.readline())
+            lines.append(stderr.readline())
             if "ready" in lines[-1]:
                 break
         # --port 0: the line names the port the kernel gave.
@@ -87,13 +89,15 @@ def test_serve_says_where_logs_requests_and_says_goodbye(named: Path) -> None:
         assert port > 0 and lines[-1].startswith(f"ready: open http://127.0.0.1:{port}/"), lines
         assert any("12 images" in line and "model" in line for line in lines), lines
         assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
-        logged = server.stderr.readline()
+        logged = stderr.readline()
         assert '"GET /api/health HTTP/1.1" 200' in logged
         server.send_signal(signal.SIGINT)
-        rest = server.communicate(timeout=30)[1]
+        server.wait(timeout=30)
+        rest = stderr.read()
     finally:
         if server.poll() is None:
             server.kill()
+        stderr.close()
     assert server.returncode == 0 and "goodbye" in rest
 
 

@@ -146,28 +146,21 @@ def test_ctrl_c_commits_what_was_embedded_then_the_rerun_finishes(
     import select
     import signal
     import struct
-    import subprocess
-    import sys
     import termios
 
+    from tests.cli_process import CliProcess
     from tests.conftest import assert_index_matches_catalog
 
     photos = tmp_path / "photos"
     draw_images(photos, 240, seed=21)
     store = tmp_path / "s"
     # Nothing is committed during the run (commit-every > 240) but what Ctrl-C leaves.
-    command = [sys.executable, "-m", "bioindex.cli", "index", str(photos), "-s", str(store),
-               "-m", tiny_model, "--batch-size", "8", "--commit-every", "100000",
-               "--workers", "1"]  # fmt: skip
+    args = ["index", str(photos), "-s", str(store), "-m", tiny_model, "--batch-size", "8",
+            "--commit-every", "100000", "--workers", "1"]  # fmt: skip
     # A terminal for stderr, so the progress bar shows (it is off when stderr is a pipe).
     master, terminal = pty.openpty()
-    fcntl.ioctl(
-        terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0)
-    )  # 0 columns: no bar
-    # A suite started in the background (nohup, `&`) inherits an ignored SIGINT, and Python
-    # then never turns Ctrl-C into KeyboardInterrupt: the child gets the default back.
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    process = CliProcess(args, stderr=terminal)
     os.close(terminal)
     shown, done, interrupted = "", 0, False
     progress = re.compile(r"embedding:.*?\| *(\d+)/240")
@@ -192,7 +185,7 @@ def test_ctrl_c_commits_what_was_embedded_then_the_rerun_finishes(
 
     from bioindex.cli import main
 
-    rerun = CliRunner().invoke(main, [*command[3:], "-q"])
+    rerun = CliRunner().invoke(main, [*args, "-q"])
     assert rerun.exit_code == 0, rerun.output
     assert f"unchanged {kept}" in rerun.stdout
     assert live_rows(store) == 240

@@ -25,8 +25,6 @@ from tests.cli_process import CliProcess, run_cli
 from tests.conftest import assert_index_matches_catalog, draw_images, live_rows
 from tests.test_store import MODEL, _records, _unit
 
-CLI = [sys.executable, "-m", "bioindex.cli"]
-
 
 def test_a_second_writer_is_refused_with_one_line_or_waits(tmp_path: Path) -> None:
     store = Store.create(tmp_path / "s", MODEL)
@@ -173,9 +171,7 @@ def test_serve_and_cli_read_while_5000_images_are_appended(tmp_path: Path, tiny_
     # could be taken by a test on another worker before the server binds it.
     # Its request log goes to a file: an unread pipe fills up and stalls the server.
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed with the server
-    server = subprocess.Popen([*CLI, "serve", "-s", str(store), "--port", "0"],
-                              stdout=subprocess.DEVNULL, stderr=log, text=True,
-                              env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash says where
+    server = CliProcess(["serve", "-s", store, "--port", "0"], stderr=log.fileno())
     try:
         deadline = time.monotonic() + 60
         while "ready: open " not in (tmp_path / "serve.log").read_text():
