@@ -7,7 +7,6 @@ the stores never saw, through the same Python API a user calls.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -38,6 +37,9 @@ QUERY_DRAWS = (QUERY_SEED, 1202, 2202)
 CALIBRATED_METHODS = ("few-shot", "linear-probe", "zero-shot", "combined")
 
 
+_DRAWN: set[tuple] = set()  # the worlds written by this process: (folder, setting)
+
+
 def open_world_store(folder: Path, species: Sequence[Species], shots: int, look: str,
                      device: str = "cpu", seed: int = STORE_SEED,
                      frames: int = 1, clock: bool = False) -> Collection:  # fmt: skip
@@ -45,14 +47,14 @@ def open_world_store(folder: Path, species: Sequence[Species], shots: int, look:
     burst of `frames` frames; the pictures are drawn once per folder and setting (a second
     call reruns the index over unchanged files: nothing to do)."""
     root = folder / "world"
-    drawn = root / "drawn.json"
-    setting = json.dumps({"species": [s.taxon.lineage for s in species], "shots": shots,
-                          "seed": seed, "look": look, "frames": frames, "clock": clock})
+    setting = (str(root), tuple(s.taxon.lineage for s in species), shots, seed, look, frames,
+               clock)  # fmt: skip
     # Several figures open the same store, and drawing and writing its pictures again was a
-    # third of their time.
-    if not drawn.exists() or drawn.read_text() != setting:
+    # third of their time. Only within one process: a work folder kept from a run of other
+    # code is drawn again, as that code may draw other pictures.
+    if setting not in _DRAWN:
         write_world(root, species, shots, seed, look, frames, clock)
-        drawn.write_text(setting)
+        _DRAWN.add(setting)
     collection = Collection.open(folder / "store", model="bioclip-demo", create=True,
                                  device=device)  # fmt: skip
     collection.index([root / "images"], metadata=root / "occurrences.csv", progress=False)
