@@ -4,9 +4,10 @@
 before it reads its first argument, and the tests that kill, interrupt or race CLI runs
 started dozens: most of their time was start-up. Here each run is forked from a forkserver
 that imported those modules once (multiprocessing's own preloading): still a process of its
-own, with its own pid, killed by a real SIGKILL, writing to its own file descriptors 1 and 2.
-The tests of start-up itself (help speed, cold paths, import side effects) and the Ray driver
-still start fresh interpreters.
+own, with its own pid, killed by a real SIGKILL, writing to its own file descriptors 1 and 2
+(or to a terminal's or pipe's the test hands it). The tests of start-up itself (help speed,
+cold paths, import side effects) and of `bioindex demo` offline in a bare environment still
+start fresh interpreters.
 """
 
 from __future__ import annotations
