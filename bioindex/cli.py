@@ -1350,12 +1350,16 @@ def demo(workdir: str, images_per_species: int, seed: int, device: str) -> None:
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Requests answered at once; their model calls are batched together. "
               "1: one request at a time.")
+@click.option("--max-label-texts", default=4096, show_default=True, type=click.IntRange(0),
+              help="Texts one classify request's custom labels may take to encode (80 a "
+              "label, 1 with templates=one; labels asked before are free). 0: no limit.")
 @model_option
 @device_option
 @_friendly
 def serve(store: str, host: str, port: int, token: str | None, public: bool,
           allowed_hosts: Sequence[str], max_upload_mb: int, max_megapixels: int,
-          workers: int, model: str | None, device: str) -> None:  # fmt: skip
+          workers: int, max_label_texts: int, model: str | None,
+          device: str) -> None:  # fmt: skip
     """HTTP API (JSON, OpenAPI at /docs) and a search page over a store, read-only.
 
     \b
@@ -1391,7 +1395,8 @@ def serve(store: str, host: str, port: int, token: str | None, public: bool,
         faiss.omp_set_num_threads(1)
     app = create_app(store, model=model, device=device, token=token, hosts=hosts,
                      max_upload_bytes=max_upload_mb * 1024 * 1024,
-                     max_pixels=max_megapixels * 1_000_000, workers=workers)  # fmt: skip
+                     max_pixels=max_megapixels * 1_000_000, workers=workers,
+                     max_label_texts=max_label_texts)  # fmt: skip
     collection = app.state.collection
     click.echo(f"store {store}: {collection.store.live_count()} images, model "
                f"{collection.identity.name} on {collection.model.device}", err=True)  # fmt: skip

@@ -86,6 +86,7 @@ from bioindex.search.filters import (
 )
 from bioindex.search.labels import (
     LabelSet,
+    RecentLabels,
     label_vectors,
     labels_from_strings,
     labels_from_taxa,
@@ -950,6 +951,14 @@ class Collection:
         return labels_from_strings([labels] if isinstance(labels, str) else list(labels),
                                    "labels=")  # fmt: skip
 
+    def with_label_vectors(self, labels: LabelSet, *, max_new_texts: int | None = None,
+                           recent: RecentLabels | None = None) -> LabelSet:  # fmt: skip
+        """`labels` with their vectors (a server's custom labels: at most `max_new_texts`
+        texts encoded, new ones kept in `recent`; see label_vectors)."""
+        return replace(labels, vectors=_label_matrix(self.model, labels,
+                                                     max_new_texts=max_new_texts,
+                                                     recent=recent))  # fmt: skip
+
     def classify_vectors(self, names: Sequence[str], vectors: np.ndarray, *,
                          rank: str = "species", k: int = 5, method: str = "zero-shot",
                          labels: LabelSet | Sequence[str] | None = None,
@@ -1534,11 +1543,14 @@ def _shard_or_file(path: str | os.PathLike[str]) -> list[str | os.PathLike[str] 
 
 
 def _label_matrix(model: EmbeddingModel, labels: LabelSet,
-                  cache_root: str | os.PathLike[str] | None = None) -> np.ndarray:  # fmt: skip
+                  cache_root: str | os.PathLike[str] | None = None, *,
+                  max_new_texts: int | None = None,
+                  recent: RecentLabels | None = None) -> np.ndarray:  # fmt: skip
     if labels.vectors is not None and labels.vectors.shape[1] != model.identity.dim:
         raise BioindexError(f"label vectors have dim {labels.vectors.shape[1]}; the model "
                             f"has {model.identity.dim}")  # fmt: skip
-    return label_vectors(labels, model.encode_texts, _text_key(model), cache_root)
+    return label_vectors(labels, model.encode_texts, _text_key(model), cache_root,
+                         max_new_texts=max_new_texts, recent=recent)  # fmt: skip
 
 
 def _text_key(model: EmbeddingModel) -> str:

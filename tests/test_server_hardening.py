@@ -180,6 +180,41 @@ def test_texts_past_what_the_model_reads_are_refused(live) -> None:
         assert fine.status_code == 200, fine.text
 
 
+def test_new_custom_labels_are_bounded_per_request_and_kept_off_disk(
+        live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """1,000 made-up labels were 80,000 texts to encode in one request (~14 minutes of a
+    BioCLIP-sized text tower on two cores), and each was written to the user's cache for
+    good, which every such request rewrote whole."""
+    from bioindex.search.labels import labels_from_strings
+
+    monkeypatch.setenv("BIOINDEX_CACHE_DIR", str(tmp_path / "cache"))
+    url, root = live
+    upload = {"file": ("a.png", next((root / "photos").rglob("*.png")).read_bytes())}
+    novel = [f"made-up label {i}" for i in range(60)]  # 4,800 texts: over 4,096
+    with httpx.Client(base_url=url, timeout=120) as client:
+        def ask(labels: list[str], **params: str) -> httpx.Response:
+            return client.post("/api/classify", params={"labels": ",".join(labels), **params},
+                               files=upload)  # fmt: skip
+
+        refused = ask(novel)
+        assert refused.status_code == 400, refused.text
+        assert "60 labels not encoded before" in refused.json()["error"]
+        assert "at most 4096" in refused.json()["error"]
+        assert "templates=one" in refused.json()["error"]
+        assert ask(novel, templates="one").status_code == 200
+        first = ask(novel[:50])  # 4,000 texts
+        assert first.status_code == 200, first.text
+        assert ask(novel).status_code == 200  # 50 of them encoded already: 800 more texts
+        assert ask(novel[:50]).json() == first.json()
+        assert not list((tmp_path / "cache").rglob("*.npy"))  # nothing written to disk
+        # Labels the user's own cache holds cost the server nothing to encode.
+        stored = [f"stored label {i}" for i in range(60)]
+        with Collection.open(root / "store", read_only=True) as col:
+            col.with_label_vectors(labels_from_strings(stored))
+        assert list((tmp_path / "cache").rglob("*.npy"))
+        assert ask(stored).status_code == 200
+
+
 def test_ids_no_integer_column_holds_are_not_found(live) -> None:
     """The fuzzer's /api/thumbnails/314702996921268396868043191529236332544 was a 500."""
     url, _ = live

@@ -14,6 +14,8 @@ import io
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -256,27 +258,81 @@ def default_cache_root() -> Path:
     return Path(base) / "bioindex"
 
 
+class RecentLabels:
+    """Label vectors a server encoded for its requests' custom labels, in memory only,
+    least recently used out. Anyone who reaches an exposed server can send labels; written
+    to the persisted cache, made-up ones grew it without end and each request rewrote its
+    whole matrix. Thread-safe."""
+
+    def __init__(self, size: int = 16_384):
+        self.size = size
+        self._vectors: OrderedDict[tuple[str, str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model_key: str, template_set: str, texts: Sequence[str]
+            ) -> dict[str, np.ndarray]:  # fmt: skip
+        with self._lock:
+            found = {}
+            for text in texts:
+                key = (model_key, template_set, text)
+                if key in self._vectors:
+                    found[text] = self._vectors[key]
+                    self._vectors.move_to_end(key)
+            return found
+
+    def put(self, model_key: str, template_set: str, vectors: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            for text, vector in vectors.items():
+                self._vectors[(model_key, template_set, text)] = vector
+                self._vectors.move_to_end((model_key, template_set, text))
+            while len(self._vectors) > self.size:
+                self._vectors.popitem(last=False)
+
+
+class TooManyNewLabels(BioindexError):
+    pass
+
+
 def label_vectors(
     labels: LabelSet,
     encode_texts: Callable[[Sequence[str]], np.ndarray],
     model_key: str,
     cache_root: str | os.PathLike[str] | None = None,
+    *,
+    max_new_texts: int | None = None,
+    recent: RecentLabels | None = None,
 ) -> np.ndarray:
-    """[N, dim] unit vectors for a label set, encoding only what the cache lacks."""
+    """[N, dim] unit vectors for a label set, encoding only what the cache lacks.
+    `max_new_texts`: refuse (TooManyNewLabels) a set whose labels missing from the caches
+    would take more texts than this to encode; `recent`: labels encoded now are kept there,
+    not in the persisted cache (a server's requests)."""
     if labels.vectors is not None:
         return labels.vectors
     template_set, templates = templates_of(labels.templates)
     cache = TextEmbeddingCache(cache_root or default_cache_root(), model_key, template_set)
     found, missing = cache.get(labels.texts)
+    if recent is not None and missing:
+        found.update(recent.get(model_key, template_set, missing))
+        missing = [t for t in missing if t not in found]
+    texts = len(missing) * len(templates)
+    if max_new_texts is not None and texts > max_new_texts:
+        prompts = "80 prompts" if len(templates) > 1 else "1 prompt"
+        hint = ", or templates=one" if len(templates) > 1 else ""
+        raise TooManyNewLabels(
+            f"{len(missing)} labels not encoded before × {prompts} = {texts} texts to "
+            f"encode; at most {max_new_texts} in one request (send fewer new labels at a "
+            f"time{hint})")  # fmt: skip
     if missing:
-        found.update(_encode_labels(missing, encode_texts, cache, templates))
+        put = cache.put if recent is None else (
+            lambda vectors: recent.put(model_key, template_set, vectors))  # fmt: skip
+        found.update(_encode_labels(missing, encode_texts, put, templates))
     return np.stack([found[t] for t in labels.texts]).astype(np.float32)
 
 
 def _encode_labels(texts: Sequence[str], encode_texts: Callable[[Sequence[str]], np.ndarray],
-                   cache: TextEmbeddingCache, templates: Sequence[Callable[[str], str]],
-                   ) -> dict[str, np.ndarray]:  # fmt: skip
-    """Each text's template-averaged vector, put in the cache every CACHE_EVERY labels: a
+                   put: Callable[[dict[str, np.ndarray]], None],
+                   templates: Sequence[Callable[[str], str]]) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each text's template-averaged vector, `put` in a cache every CACHE_EVERY labels: a
     label set of 10,000 names is 800,000 texts, an hour of a BioCLIP-sized model on a CPU,
     and an interrupted run keeps what it had done."""
     if len(texts) > ENCODE_CHUNK:
@@ -296,10 +352,10 @@ def _encode_labels(texts: Sequence[str], encode_texts: Callable[[Sequence[str]],
             pending.update(zip(chunk, averaged))
             bar.update(len(chunk))
             if len(pending) >= CACHE_EVERY:
-                cache.put(pending)
+                put(pending)
                 done.update(pending)
                 pending = {}
-    cache.put(pending)
+    put(pending)
     done.update(pending)
     return done
 

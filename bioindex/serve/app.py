@@ -42,7 +42,7 @@ from bioindex.search.defaults import (
 )
 from bioindex.search.fewshot import FEW_SHOT_METHODS, store_head
 from bioindex.search.filters import parse_where
-from bioindex.search.labels import labels_from_strings, templated
+from bioindex.search.labels import RecentLabels, labels_from_strings, templated
 from bioindex.search.place import parse_near, species_list_from_text
 from bioindex.search.query import check_k, display_path, group_by_occurrence, source_roots
 from bioindex.serve.concurrency import BatchingModel, Gate
@@ -62,6 +62,10 @@ MAX_K = 1000
 # them in memory (RecentTexts). Labels: each is one text encode.
 MAX_TEXT = 1000
 MAX_LABELS = 1000
+# Texts the model may encode for one request's custom labels not seen before (80 prompts a
+# label; templates=one: 1): 1,000 made-up labels were 80,000 texts, ~14 minutes of a
+# BioCLIP-sized text tower on two cores. 4,096 is ~45 s there, well under a second on a GPU.
+DEFAULT_MAX_LABEL_TEXTS = 4096
 MAX_VIEWS = 8  # photos of one specimen in one classify request
 MAX_SPECIES_LIST = 8 * 1024 * 1024  # a country's GBIF species list is a few MB
 STATIC = Path(__file__).resolve().parent / "static"
@@ -123,10 +127,12 @@ def create_app(
     token: str | None = None,
     hosts: tuple[str, ...] = LOOPBACK_NAMES,
     workers: int = DEFAULT_WORKERS,
+    max_label_texts: int = DEFAULT_MAX_LABEL_TEXTS,
 ) -> FastAPI:
     """The app. `hosts`: the Host names it answers to; `token`: when given, every API call
     must carry it (bearer header, or the cookie the page sets); `workers`: requests served
-    at once (1: one at a time, the model called per request)."""
+    at once (1: one at a time, the model called per request); `max_label_texts`: texts one
+    classify request's new custom labels may take to encode (0: no limit)."""
     collection = Collection.open(store, model=model, device=device, read_only=True)
     loaded = collection.model  # load once, now, not on the first request
     collection.store.index()
@@ -138,6 +144,7 @@ def create_app(
     lock = Gate(collection, workers)
     decoding = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="bioindex-upload")
     metrics = Metrics()
+    recent_labels = RecentLabels()  # custom labels' vectors: never written to disk
     # One "generation" for good: a kept thumbnail's key holds its file's size and mtime.
     thumbnails = GenerationCache(THUMBNAIL_BYTES, weigh=len)
     duplicate_groups = GenerationCache(DUPLICATE_THRESHOLDS_KEPT)
@@ -369,6 +376,10 @@ def create_app(
                 await run_in_threadpool(prepare_head, "few-shot")
 
         def predict() -> tuple[list, dict]:
+            labelled = label_set
+            if label_set is not None and method in ("zero-shot", "combined"):  # text read
+                labelled = collection.with_label_vectors(
+                    label_set, max_new_texts=max_label_texts or None, recent=recent_labels)
             with lock.reading():
                 if where:
                     options["place"] = collection.place_where(where_of(where), outside_weight)
@@ -378,7 +389,7 @@ def create_app(
                     options["place"] = collection.place_near(*parse_near(near), radius_km,
                                                              outside_weight)  # fmt: skip
                 predictions = collection.classify_vectors(
-                    [name], vector[None], rank=rank, k=k, labels=label_set, **options
+                    [name], vector[None], rank=rank, k=k, labels=labelled, **options
                 )  # fmt: skip
                 lineage = {}
                 named = label_set is None and collection.catalog_names_taxa()  # not common names
