@@ -439,9 +439,37 @@ def index(
                    f"(--no-exif keeps every photo's out)", err=True)  # fmt: skip
 
 
-@main.group()
+class _SearchGroup(click.Group):
+    """`bioindex search QUERY …` asks what the page's search box asks (a taxon the catalog
+    names, else the text), and `search image` when one of its words is an image file: what a
+    new user types first (rclip's one command) was "No such command 'elephant'"."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:  # fmt: skip
+        if not args or args[0] in self.commands:
+            return super().resolve_command(ctx, args)
+        from pathlib import Path
+
+        from bioindex.images import IMAGE_EXTENSIONS
+
+        pictures = any(Path(a).suffix.lower() in IMAGE_EXTENSIONS and Path(a).is_file()
+                       for a in args)  # fmt: skip
+        arithmetic = any(a.split("=")[0] in ("--add", "--subtract") for a in args)
+        name = "image" if pictures else "text" if arithmetic else "box"
+        return name, self.commands[name], args
+
+
+@main.group(cls=_SearchGroup, context_settings={"ignore_unknown_options": True})
 def search() -> None:
-    """Find images by text, by example image, or by an indexed image's id."""
+    """Find images by text, by example image, or by an indexed image's id.
+
+    \b
+    Examples:
+      bioindex search "Cardinalis cardinalis" --store my-store  # the page's search box
+      bioindex search query.jpg --store my-store                # an image (search image)
+      bioindex search taxon Felidae --store my-store
+      bioindex search id 42 --store my-store
+    """
 
 
 RANK_CHOICES = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
@@ -476,7 +504,7 @@ arithmetic_options = (
 
 def _search_command(
     name: str, argument: Callable[..., Any], run: Callable[..., Any], doc: str,
-    extra: Sequence[Callable[..., Any]] = (),
+    extra: Sequence[Callable[..., Any]] = (), hidden: bool = False,
 ) -> None:  # fmt: skip
     def command(store: str, k: int, fmt: str, columns: str | None, model: str | None,
                 device: str, where: Sequence[str], group_by: str | None,
@@ -513,7 +541,7 @@ def _search_command(
                      columns_option, format_option, k_option, store_option,
                      argument):  # fmt: skip
         command = decorate(command)
-    search.command(name=name, help=doc)(command)
+    search.command(name=name, help=doc, hidden=hidden)(command)
 
 
 def _missing_note(hits: Sequence[Any], runs: list[dict[str, Any]], store: str) -> str | None:
@@ -562,6 +590,18 @@ def _image_query(c: Any, k: int, where: Any, paths: Sequence[str], add: Sequence
     return c.search_query([*paths, *add], subtract, k=k, where=where)
 
 
+_search_command(
+    "box", click.argument("query"), lambda c, k, where, query: c.search(query, k, where).hits,
+    """Images for QUERY as the page's search box finds them: a taxon the catalog names
+    (its images, then look-alikes), else a text search. `bioindex search QUERY` runs this.
+
+    \b
+    Examples:
+      bioindex search Felidae --store my-store
+      bioindex search "a frog on a leaf" --store my-store --k 20
+    """,
+    hidden=True,
+)  # fmt: skip
 _search_command(
     "text", click.argument("query"), _text_query,
     """Images that best match a text QUERY.

@@ -496,6 +496,29 @@ def test_search_box_reads_taxa_names_and_text_without_failing(named: Path) -> No
             col.search_taxon("Ursus arctoss", mode="catalog")
 
 
+def test_search_with_no_subcommand_is_the_search_box_or_an_image(named: Path) -> None:
+    """`bioindex search elephant --store s`, what a new user types first, was "No such
+    command 'elephant'"."""
+    store = str(named / "store")
+    photo = str(sorted(p for p in (named / "photos").rglob("*") if p.is_file())[5])
+
+    def ids(*args: str) -> list[int]:
+        result = CliRunner().invoke(main, ["search", *args, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        return [hit["image_id"] for hit in json.loads(result.output)]
+
+    with Collection.open(named / "store", read_only=True) as col:
+        for query in ("Ursus arctos", "a bear on the ice"):
+            assert ids(query, "--store", store, "-k", "4") == [
+                h.image_id for h in col.search(query, k=4).hits]  # fmt: skip
+        assert ids("-k", "3", "--store", store, photo) == [
+            h.image_id for h in col.search_image(photo, k=3)]  # fmt: skip
+        assert ids("a bear", "--add", "on ice", "-s", store) == [
+            h.image_id for h in col.search_query(["a bear", "on ice"], [], k=10)]  # fmt: skip
+    assert ids("text", "Ursus arctos", "-s", store, "-k", "4") != ids("Ursus arctos", "-s",
+                                                                      store, "-k", "4")
+
+
 def test_the_query_cache_keeps_to_its_bound(named: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # Every new text a server was asked left a file in the store for good: a fuzzer or a
