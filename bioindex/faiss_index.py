@@ -73,6 +73,13 @@ FLAT_BLOCK = 1 << 18  # rows per product: a few queries' scores stay a few MB
 # 12 recall@10 went 0.909 -> 0.946; there a wide search of few lists beats a narrow one of
 # many, while on tightly clustered vectors the narrow one costs less.
 QUANTIZER_EF_STEPS = (2, 4, 8)
+# A graph search of the centroids this wide (efSearch x M past this many times the lists)
+# costs more than comparing the query with every centroid, and finds fewer of the nearest
+# lists. 4,096 centroids x 512 on the fifth distribution's 1M store, the lists alone:
+# efSearch 64 0.10 ms, 192 0.25, 320 0.41, all of them compared 0.21; whole searches,
+# interleaved, at nprobe 64 (ef 128) the same, 112 (ef 224) 1.07 -> 0.96 ms, 160 (ef 320)
+# 1.25 -> 1.06 (docs/benchmarks.md).
+EXACT_LISTS_WORK = 1.5
 # Steps of ~15-25%: at 1M x 512 on loosely clustered vectors 64 lists met 0.95 and 96 (the
 # next step then, 50% more time) was what the tuner had to take; 0.99 took 384 at 0.995.
 NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
@@ -399,7 +406,8 @@ def search(
         factor = spec.setting(text).get("rerank_factor", RERANK_FACTOR[spec.kind])
         wanted = min(max(k * factor, RERANK_MIN), int(index.ntotal))
     scores, ids = knn_search(index, queries, max(wanted, 1),
-                             search_parameters(spec, selector, text))  # fmt: skip
+                             search_parameters(spec, selector, text),
+                             exact_lists=exact_lists(spec, spec.setting(text)))  # fmt: skip
     if rerank:
         return rerank_exact(queries, ids, k, fetch)
     if not removable(spec):  # an id deleted and added again is in the index twice
@@ -407,10 +415,18 @@ def search(
     return scores[:, :k], ids[:, :k]
 
 
-def knn_search(index: Any, queries: np.ndarray, k: int, params: Any = None
-               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def exact_lists(spec: IndexSpec, setting: dict[str, int]) -> bool:
+    """Whether a search with this IVF setting finds its lists by comparing the query with
+    every centroid rather than by the graph over them (EXACT_LISTS_WORK)."""
+    return ("nprobe" in setting and graph_quantizer(spec)
+            and lists_ef(setting) * HNSW_M >= EXACT_LISTS_WORK * spec.nlist)  # fmt: skip
+
+
+def knn_search(index: Any, queries: np.ndarray, k: int, params: Any = None,
+               exact_lists: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """index.search, letting an IVF fast-scan index share one query's lists among the
-    OpenMP threads.
+    OpenMP threads; `exact_lists`: an IVF with a graph quantizer finds the lists by its
+    graph's flat storage instead (EXACT_LISTS_WORK).
 
     FAISS's own choice for fewer queries than threads scans a query's lists on one thread;
     its implementation 14 hands the lists out to all of them. At 1M x 512 (hard case,
@@ -421,14 +437,40 @@ def knn_search(index: Any, queries: np.ndarray, k: int, params: Any = None
     several threads runs OpenMP with one thread each: no split, no lock."""
     import faiss
 
-    if not hasattr(index, "implem") or len(queries) >= faiss.omp_get_max_threads():
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        if exact_lists:
+            return _search_exact_lists(index, queries, k, params)
         return index.search(queries, k, params=params)
+
+    if not hasattr(index, "implem") or len(queries) >= faiss.omp_get_max_threads():
+        return run()
     with _FASTSCAN_SWITCH:
         index.implem = FASTSCAN_SPLIT_LISTS
         try:
-            return index.search(queries, k, params=params)
+            return run()
         finally:
             index.implem = 0
+
+
+def _search_exact_lists(index: Any, queries: np.ndarray, k: int, params: Any
+                        ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """An IVF search whose lists are the nearest centroids by the graph's own flat storage
+    (the one `add` assigns by), scanned as FAISS scans lists it is given. Through the C++
+    call: faiss's Python wrapper of search_preassigned refuses search parameters, and
+    without them the lists' count would be the shared index's nprobe."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    graph = faiss.downcast_index(ivf.quantizer)
+    if not isinstance(graph, faiss.IndexHNSW):  # an older build's flat quantizer does this
+        return index.search(queries, k, params=params)
+    centroid_scores, lists = graph.storage.search(queries, int(params.nprobe))
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    ivf.search_preassigned_c(len(queries), faiss.swig_ptr(queries), k, faiss.swig_ptr(lists),
+                             faiss.swig_ptr(centroid_scores), faiss.swig_ptr(scores),
+                             faiss.swig_ptr(ids), False, params)  # fmt: skip
+    return scores, ids
 
 
 def range_search(index: Any, vectors: np.ndarray, radius: float) -> Any:
