@@ -65,9 +65,12 @@ def _command_options() -> set[str]:
     return {opt for param in context.command.params for opt in param.opts}
 
 
+# A store given once per shell (export BIOINDEX_STORE=my-store), as rclip needs none.
+STORE_ENV = "BIOINDEX_STORE"
 store_option = click.option(
-    "--store", "-s", required=True, metavar="DIR", help="The store directory."
-)
+    "--store", "-s", required=True, metavar="DIR", envvar=STORE_ENV, show_envvar=True,
+    help="The store directory.",
+)  # fmt: skip
 device_option = click.option(
     "--device", default="auto", show_default=True,
     type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where the model runs.",
@@ -688,6 +691,8 @@ def _taxonomy(path: str | None) -> Any:
     "-s",
     default=None,
     metavar="DIR",
+    envvar=STORE_ENV,
+    show_envvar=True,
     help="Store whose catalog gives the labels and, for knn, the neighbours.",
 )
 @click.option(

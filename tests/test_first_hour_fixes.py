@@ -519,6 +519,25 @@ def test_search_with_no_subcommand_is_the_search_box_or_an_image(named: Path) ->
                                                                       store, "-k", "4")
 
 
+def test_a_store_given_once_per_shell(named: Path) -> None:
+    """Every command asked for --store again ("Missing option '--store'"); rclip asks for
+    none. BIOINDEX_STORE gives it once, and --store still wins."""
+    store = str(named / "store")
+    runner = CliRunner(env={"BIOINDEX_STORE": store})
+    info = runner.invoke(main, ["info", "--format", "json"])
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.output)["images_live"] == 12
+    found = runner.invoke(main, ["search", "Ursus arctos", "-k", "2", "--format", "json"])
+    assert found.exit_code == 0, found.output
+    assert len(json.loads(found.output)) == 2
+    named_photo = str(sorted((named / "photos").rglob("*.jpg"))[0])
+    classified = runner.invoke(main, ["classify", named_photo, "--format", "json"])
+    assert classified.exit_code == 0, classified.output  # the store's names as labels
+    elsewhere = runner.invoke(main, ["info", "--store", str(named / "none")])
+    assert elsewhere.exit_code != 0 and "none" in elsewhere.output
+    assert "BIOINDEX_STORE" in runner.invoke(main, ["index", "--help"]).output
+
+
 def test_the_query_cache_keeps_to_its_bound(named: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # Every new text a server was asked left a file in the store for good: a fuzzer or a
