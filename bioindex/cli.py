@@ -455,7 +455,10 @@ class _SearchGroup(click.Group):
 
         from bioindex.images import IMAGE_EXTENSIONS
 
-        pictures = any(Path(a).suffix.lower() in IMAGE_EXTENSIONS and Path(a).is_file()
+        # A word naming an image file is a picture, there or not: a mistyped path searched
+        # as text answered with look-alikes of the file's name instead of an error.
+        pictures = any(Path(a).suffix.lower() in IMAGE_EXTENSIONS
+                       and (not any(c.isspace() for c in a) or Path(a).is_file())
                        for a in args)  # fmt: skip
         arithmetic = any(a.split("=")[0] in ("--add", "--subtract") for a in args)
         name = "image" if pictures else "text" if arithmetic else "box"

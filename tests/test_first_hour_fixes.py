@@ -517,6 +517,9 @@ def test_search_with_no_subcommand_is_the_search_box_or_an_image(named: Path) ->
             h.image_id for h in col.search_query(["a bear", "on ice"], [], k=10)]  # fmt: skip
     assert ids("text", "Ursus arctos", "-s", store, "-k", "4") != ids("Ursus arctos", "-s",
                                                                       store, "-k", "4")
+    missing = CliRunner().invoke(main, ["search", str(named / "photos" / "nosuch.jpg"),
+                                        "-s", store])  # fmt: skip
+    assert missing.exit_code != 0 and "does not exist" in missing.output  # not a text search
 
 
 def test_a_store_given_once_per_shell(named: Path) -> None:
