@@ -74,8 +74,8 @@ FLAT_BLOCK = 1 << 18  # rows per product: a few queries' scores stay a few MB
 # many, while on tightly clustered vectors the narrow one costs less.
 QUANTIZER_EF_STEPS = (2, 4, 8)
 # A graph search of the centroids this wide (efSearch x M past this many times the lists)
-# costs more than comparing the query with every centroid, and finds fewer of the nearest
-# lists. 4,096 centroids x 512 on the fifth distribution's 1M store, the lists alone:
+# costs more than comparing the query with every centroid, which finds the nearest lists
+# exactly. 4,096 centroids x 512 on the fifth distribution's 1M store, the lists alone:
 # efSearch 64 0.10 ms, 192 0.25, 320 0.41, all of them compared 0.21; whole searches,
 # interleaved, at nprobe 64 (ef 128) the same, 112 (ef 224) 1.07 -> 0.96 ms, 160 (ef 320)
 # 1.25 -> 1.06 (docs/benchmarks.md).
@@ -464,6 +464,7 @@ def _search_exact_lists(index: Any, queries: np.ndarray, k: int, params: Any
     graph = faiss.downcast_index(ivf.quantizer)
     if not isinstance(graph, faiss.IndexHNSW):  # an older build's flat quantizer does this
         return index.search(queries, k, params=params)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)  # swig_ptr reads raw memory
     centroid_scores, lists = graph.storage.search(queries, int(params.nprobe))
     scores = np.empty((len(queries), k), dtype=np.float32)
     ids = np.empty((len(queries), k), dtype=np.int64)
