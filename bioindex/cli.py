@@ -465,7 +465,8 @@ class _SearchGroup(click.Group):
         return name, self.commands[name], args
 
 
-@main.group(cls=_SearchGroup, context_settings={"ignore_unknown_options": True})
+@main.group(cls=_SearchGroup, context_settings={"ignore_unknown_options": True},
+            subcommand_metavar="QUERY | COMMAND [ARGS]...")
 def search() -> None:
     """Find images by text, by example image, or by an indexed image's id.
 
@@ -596,8 +597,21 @@ def _image_query(c: Any, k: int, where: Any, paths: Sequence[str], add: Sequence
     return c.search_query([*paths, *add], subtract, k=k, where=where)
 
 
+def _query_given(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """The search box's QUERY, or a usage error in `bioindex search`'s own terms: the
+    command is hidden, and "Usage: bioindex search box" named one the help does not list."""
+    if value is None:
+        group = ctx.parent.command
+        commands = ", ".join(name for name in group.list_commands(ctx.parent)
+                             if not group.get_command(ctx.parent, name).hidden)  # fmt: skip
+        raise click.UsageError(f"give a QUERY (a name, a text or an image file) or a command: "
+                               f"{commands}", ctx=ctx.parent)  # fmt: skip
+    return value
+
+
 _search_command(
-    "box", click.argument("query"), lambda c, k, where, query: c.search(query, k, where).hits,
+    "box", click.argument("query", required=False, callback=_query_given),
+    lambda c, k, where, query: c.search(query, k, where).hits,
     """Images for QUERY as the page's search box finds them: a taxon the catalog names
     (its images, then look-alikes), else a text search. `bioindex search QUERY` runs this.
 

@@ -520,6 +520,10 @@ def test_search_with_no_subcommand_is_the_search_box_or_an_image(named: Path) ->
     missing = CliRunner().invoke(main, ["search", str(named / "photos" / "nosuch.jpg"),
                                         "-s", store])  # fmt: skip
     assert missing.exit_code != 0 and "does not exist" in missing.output  # not a text search
+    # No query at all was "Usage: bioindex search box", a command the help does not list.
+    bare = CliRunner().invoke(main, ["search", "-s", store, "-k", "3"])
+    assert bare.exit_code == 2 and "search box" not in bare.output
+    assert "give a QUERY" in bare.output and "id, image, taxon, text" in bare.output
 
 
 def test_a_store_given_once_per_shell(named: Path) -> None:
