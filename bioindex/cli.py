@@ -135,10 +135,10 @@ def main() -> None:
     Examples:
       bioindex demo                                  # offline demo, no downloads
       bioindex index photos/ --store my-store        # embed a folder (BioCLIP)
-      bioindex search text "Cardinalis cardinalis" --store my-store
-      bioindex search image query.jpg --store my-store --k 5
-      bioindex info --store my-store
-      bioindex check --store my-store
+      bioindex search "Cardinalis cardinalis" --store my-store
+      bioindex search query.jpg --store my-store --k 5
+      bioindex serve --store my-store                # a search page for a browser
+      export BIOINDEX_STORE=my-store                 # then --store can be left out
     """
     # Library warnings (a writer waited for, a file rebuilt) reach the user as one line each.
     logger = logging.getLogger("bioindex")
