@@ -545,6 +545,28 @@ def test_a_store_given_once_per_shell(named: Path) -> None:
     assert "BIOINDEX_STORE" in runner.invoke(main, ["index", "--help"]).output
 
 
+def test_a_search_from_the_query_cache_imports_no_heavy_library(named: Path) -> None:
+    """A repeated text search is answered from the query cache without the model, yet the
+    command took 1.2 s: opening a store imported scipy.optimize (0.6 s) for combined's
+    weights and scipy.sparse for classify's ranks. Neither a search nor the model's
+    libraries should be paid for where they are not used."""
+    store = str(named / "store")
+    with Collection.open(store, read_only=True) as col:
+        expected = [h.image_id for h in col.search_text("a bear in the snow", k=3)]
+    code = textwrap.dedent(f"""
+        import json, sys
+        from bioindex import Collection
+        with Collection.open({store!r}, read_only=True) as col:
+            found = [h.image_id for h in col.search_text("a bear in the snow", k=3)]
+        heavy = [m for m in ("scipy", "sklearn", "torch", "open_clip") if m in sys.modules]
+        print(json.dumps({{"found": found, "heavy": heavy}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)  # fmt: skip
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer == {"found": expected, "heavy": []}
+
+
 def test_the_query_cache_keeps_to_its_bound(named: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # Every new text a server was asked left a file in the store for good: a fuzzer or a

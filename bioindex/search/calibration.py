@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 
 ECE_BINS = 15
 
@@ -138,6 +137,8 @@ def fit_pool(cosines: np.ndarray, votes: np.ndarray, truth: np.ndarray) -> Pool:
         expected = (features * p).sum(axis=2)  # [2, images]
         nll = float((log_norm - logits[rows, truth]).mean())
         return nll, (expected - features[:, rows, truth]).mean(axis=1)
+
+    from scipy.optimize import minimize  # 0.6 s to import: every command opening a store paid it
 
     found = minimize(loss, np.ones(2), jac=True, method="L-BFGS-B",
                      bounds=[(0.0, POOL_BOUND)] * 2)  # fmt: skip

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
 
 from bioindex.taxonomy import RANKS, Taxon
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 
 def _order(taxon: Taxon) -> tuple[tuple[str, ...], str]:
@@ -81,6 +84,8 @@ def rank_columns(taxa: Sequence[Taxon], rank: str) -> tuple[list[Taxon], np.ndar
 
 def _summing(index: np.ndarray, columns: int) -> sparse.csr_matrix:
     """[len(index), columns]: 1 where row r adds to column index[r]."""
+    from scipy import sparse  # imported when classifying: a search need not pay for scipy
+
     kept = np.flatnonzero(index >= 0)
     return sparse.csr_matrix((np.ones(len(kept)), (kept, index[kept])),
                              shape=(len(index), columns))  # fmt: skip
