@@ -12,8 +12,12 @@ The full-size p50 is predicted by a power law through the two measurements:
 p50(N) = p50(s) · (N/s)^b, with b from the two sizes (clipped to [0, 1]: a search
 never gets cheaper with more vectors, and no kind here scans more than all of them).
 The list count grows with the sample as it will with the store (≈ 4·√n), so the fit
-sees how the tuned nprobe and the list lengths move together. The p99 is that p50 times
-the larger sample's own tail (p99 / p50 of each query's faster of two timings, `_tail`).
+sees how the tuned nprobe and the list lengths move together. Every candidate's two
+samples are timed together once all are built, query by query in turn, each query's
+fastest of ROUNDS timings (`_timed_together`): the power law carries the ratio of two
+timings 25x further, so timings taken minutes apart, in different phases of the machine,
+made predictions that moved 9x between runs of the same build. The p99 is that p50 times
+the larger sample's own tail (p99 / p50 of the same fastest timings).
 Memory is the kind's bytes per vector times N (faiss_index.estimated_bytes); build time
 is training plus adding, each scaled by what it costs (`predict_build_s`).
 
@@ -45,7 +49,8 @@ from bioindex.faiss_index import RECALL_K, IndexSpec
 CHOICE_TIE = 1.25
 SAMPLE = 40_000  # vectors in the larger sample (the smaller is a quarter of it)
 QUERIES = 200  # held-out sample vectors the candidates are tuned and timed on
-TIMED = 200  # of them, timed twice more for the tail of the latency (`_tail`)
+TIMED = 200  # of them (and of the text probes) timed for the prediction (`_timed_together`)
+ROUNDS = 3  # timings of each query on each sample index; the fastest is its own work
 MIN_VECTORS = 4 * faiss_index.MIN_POINTS_PER_LIST * 16 + QUERIES  # the small sample trains IVF
 
 
@@ -121,8 +126,9 @@ class Run:
     n: int  # vectors in the sample
     train_s: float  # k-means (IVF kinds); 0 for the others
     add_s: float
-    tail: float  # p99 / p50 of each query's faster of two timings
     text: Any = None  # faiss_index.Tuning on the text probes, or None
+    index: Any = None  # the sample's index, kept to be timed with the others
+    fetch: Any = None  # its re-rank's rows, where it re-ranks
 
 
 def predict_build_s(small: Run, large: Run, full: IndexSpec, n: int) -> float:
@@ -200,18 +206,31 @@ def _measure(option: Option, vectors: np.ndarray, queries: np.ndarray, truth: np
         text = faiss_index.tune_text(index, spec, *texts, target, fetch=reranked)
     # Only IVF kinds train (k-means); the others' empty index is part of adding.
     train_s = trained - started if spec.nlist else 0.0
-    return Run(tuning, spec, n, train_s, added - started - train_s,
-               _tail(index, spec, queries, reranked), text)
+    return Run(tuning, spec, n, train_s, added - started - train_s, text, index, reranked)
 
 
-def _tail(index: Any, spec: IndexSpec, queries: np.ndarray, fetch: Any) -> float:
-    """p99 / p50 of single-query latency at the tuned setting, each query timed twice and
-    its faster time kept: the tail a query's own work makes. The p99 of 200 timings is
-    their second slowest, and one pause of the machine's (3-12 ms here) made it: through
-    the power law it predicted 310 ms for a 1M store that answered at p99 1.2 ms."""
-    times = [faiss_index.single_query_latencies(index, spec, queries[:TIMED], RECALL_K, fetch)
-             for _ in range(2)]  # fmt: skip
-    fastest = np.minimum(*times)
+def _timed_together(runs: list[Run], queries: np.ndarray, text: bool = False,
+                    rounds: int = ROUNDS) -> list[np.ndarray]:  # fmt: skip
+    """Per run, milliseconds of each of `queries` searched alone at the run's tuned setting
+    (`text`: its text setting), the fastest of `rounds`: every run searches a query before
+    the next query is asked, so a slow minute of the machine falls on all of them alike,
+    and a pause of it on one timing is not a query's own work (one such pause made a p99
+    from 200 timings: 310 ms predicted for a 1M store that answered at p99 1.2 ms)."""
+    times = np.full((len(runs), len(queries)), np.inf)
+    for row in range(len(queries)):
+        query = queries[row : row + 1]
+        for _ in range(rounds):
+            for at, run in enumerate(runs):
+                started = time.perf_counter()
+                faiss_index.search(run.index, run.spec, query, RECALL_K, fetch=run.fetch,
+                                   text=text)  # fmt: skip
+                elapsed = (time.perf_counter() - started) * 1000
+                times[at, row] = min(times[at, row], elapsed)
+    return list(times)
+
+
+def _tail(fastest: np.ndarray) -> float:
+    """p99 / p50 of each query's fastest time: the tail a query's own work makes."""
     return float(np.percentile(fastest, 99) / max(np.percentile(fastest, 50), 1e-9))
 
 
@@ -241,7 +260,7 @@ def choose(vectors: np.ndarray, n: int, memory: int, target: float,
         text_sets = [(texts, faiss_index.exact_neighbours([(np.arange(size), base[:size])],
                                                           texts, 10))
                      for size in sizes]  # fmt: skip
-    measured = []
+    built = []  # (option, full spec, bytes, small run, large run)
     for option in options:
         if option.kind.startswith("ivf") and sizes[0] < faiss_index.MIN_POINTS_PER_LIST * 16:
             continue
@@ -252,28 +271,38 @@ def choose(vectors: np.ndarray, n: int, memory: int, target: float,
         small_run, large_run = [
             _measure(option, base[:size], queries, truth, target, memory, rerank, full, text)
             for size, truth, text in zip(sizes, truths, text_sets)]  # fmt: skip
+        built.append((option, full, bytes_needed, small_run, large_run))
+    runs = [run for *_, small_run, large_run in built for run in (small_run, large_run)]
+    times = _timed_together(runs, queries[:TIMED])
+    texts_timed = [run for run in runs if run.text is not None]
+    text_times = dict(zip(map(id, texts_timed), _timed_together(
+        texts_timed, text_sets[1][0][:TIMED], text=True))) if texts_timed else {}  # fmt: skip
+    ratio, full_ratio = sizes[1] / sizes[0], max(1.0, n / sizes[1])
+    measured = []
+    for at, (option, full, bytes_needed, small_run, large_run) in enumerate(built):
         small, large = small_run.tuning, large_run.tuning
-        small_text, large_text = small_run.text, large_run.text
-        ratio, full_ratio = sizes[1] / sizes[0], max(1.0, n / sizes[1])
-        p50 = _power(small.latency_ms_p50, large.latency_ms_p50, ratio, full_ratio)
+        small_times, large_times = times[2 * at], times[2 * at + 1]
+        p50 = _power(float(np.median(small_times)), float(np.median(large_times)), ratio,
+                     full_ratio)  # fmt: skip
         measured.append(Measured(
             name=option.name, kind=option.kind, nlist=full.nlist, pq_m=full.pq_m,
             search=dict(large_run.spec.search), recall_at_10=large.recall_at_10,
             recall_lower_bound=large.recall_lower_bound,
             met_target=small.met_target and large.met_target,
-            sample_p50_ms=large.latency_ms_p50,
+            sample_p50_ms=round(float(np.median(large_times)), 3),
             predicted_p50_ms=round(p50, 3),
-            predicted_p99_ms=round(p50 * large_run.tail, 3),
+            predicted_p99_ms=round(p50 * _tail(large_times), 3),
             predicted_bytes=int(bytes_needed),
             predicted_build_s=round(predict_build_s(small_run, large_run, full, n), 1),
             fits_memory=bytes_needed <= memory))  # fmt: skip
+        small_text, large_text = small_run.text, large_run.text
         if large_text is not None:
             measured[-1].search_text = dict(large_text.search)
             measured[-1].text_recall_at_10 = large_text.recall_at_10
             measured[-1].text_met_target = small_text.met_target and large_text.met_target
-            measured[-1].predicted_text_p50_ms = round(
-                _power(small_text.latency_ms_p50, large_text.latency_ms_p50, ratio,
-                       full_ratio), 3)  # fmt: skip
+            measured[-1].predicted_text_p50_ms = round(_power(
+                float(np.median(text_times[id(small_run)])),
+                float(np.median(text_times[id(large_run)])), ratio, full_ratio), 3)  # fmt: skip
         elif text_sets[1] is not None:  # exact search: text queries are exact too
             measured[-1].text_met_target = True
             measured[-1].predicted_text_p50_ms = measured[-1].predicted_p50_ms
@@ -290,12 +319,14 @@ def choose(vectors: np.ndarray, n: int, memory: int, target: float,
 
 def pick(eligible: list[Measured]) -> Measured:
     """The fastest predicted candidate, or among those predicted within CHOICE_TIE of it the
-    smallest: predictions that close are a coin toss (a 1M x 512 store's IVF-SQ8 and IVF-PQ
-    were predicted 9.9 and 10.4 ms, and searched at 0.70 and 0.50), and a smaller index
-    leaves the memory to the rest of the machine."""
+    smallest, then the quickest to build: predictions that close are a coin toss (a 1M x 512
+    store's IVF-SQ8 and IVF-PQ were predicted 9.9 and 10.4 ms, and searched at 0.70 and
+    0.50), and a smaller index leaves the memory to the rest of the machine. Twice the lists
+    has the same lists as the default count on a sample (capped at MIN_POINTS_PER_LIST a
+    list) and trains 3.5x as long: as fast on the samples, it is the slower build."""
     fastest = min(eligible, key=lambda m: m.cost_ms)
     close = [m for m in eligible if m.cost_ms <= CHOICE_TIE * fastest.cost_ms]
-    return min(close, key=lambda m: (m.predicted_bytes, m.cost_ms))
+    return min(close, key=lambda m: (m.predicted_bytes, m.predicted_build_s, m.cost_ms))
 
 
 def describe(candidates: list[dict[str, Any]]) -> str:
