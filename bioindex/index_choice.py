@@ -274,9 +274,9 @@ def choose(vectors: np.ndarray, n: int, memory: int, target: float,
         built.append((option, full, bytes_needed, small_run, large_run))
     runs = [run for *_, small_run, large_run in built for run in (small_run, large_run)]
     times = _timed_together(runs, queries[:TIMED])
-    texts_timed = [run for run in runs if run.text is not None]
-    text_times = dict(zip(map(id, texts_timed), _timed_together(
-        texts_timed, text_sets[1][0][:TIMED], text=True))) if texts_timed else {}  # fmt: skip
+    text_runs = [run for run in runs if run.text is not None]  # none without text probes
+    text_times = {} if texts is None else dict(zip(
+        map(id, text_runs), _timed_together(text_runs, texts[:TIMED], text=True)))  # fmt: skip
     ratio, full_ratio = sizes[1] / sizes[0], max(1.0, n / sizes[1])
     measured = []
     for at, (option, full, bytes_needed, small_run, large_run) in enumerate(built):
