@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bioindex import text_tower
 from bioindex.errors import (
     BioindexError,
     ImageTooLarge,
@@ -87,6 +88,7 @@ from bioindex.search.filters import (
 from bioindex.search.labels import (
     LabelSet,
     RecentLabels,
+    default_cache_root,
     label_vectors,
     labels_from_strings,
     labels_from_taxa,
@@ -102,6 +104,7 @@ from bioindex.search.query import Hit, check_k, nearest, search_vector, to_hits
 from bioindex.search.training import Example, read_training_set, training_key
 from bioindex.store import Store
 from bioindex.taxonomy import RANKS, Taxon, Taxonomy, looks_scientific, spellings
+from bioindex.text_tower import TextTower
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +444,7 @@ class Collection:
                 model.compile_visual()
             return model
 
-        return run_index(
+        summary = run_index(
             self.store,
             load,
             scan,
@@ -459,6 +462,8 @@ class Collection:
             ray_options={"address": address, "num_gpus": num_gpus,
                          "checkpoint": self.store.model.get("checkpoint")},
         )  # fmt: skip
+        self._keep_text_tower()  # loaded to embed: the first text query need not load it
+        return summary
 
     def rebuild_index(self) -> int:
         return int(self.store.rebuild_index().ntotal)
@@ -547,7 +552,7 @@ class Collection:
             manifest = self.store.model
             cache = QueryCache(self.store.path, manifest["weights_sha256"], self.store.dim)
             try:
-                found = cache.embed(missing, lambda new: self.model.encode_texts(new))
+                found = cache.embed(missing, self._encode_texts)
             except BaseException as exc:
                 self._recent_texts.settle(missing, error=exc)
                 raise
@@ -557,6 +562,36 @@ class Collection:
         if not texts:
             return np.zeros((0, self.store.dim), dtype=np.float32)
         return np.stack([known[t] for t in texts])
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts through the model, or through its text tower kept as arrays while the
+        model is not loaded (bioindex.text_tower: a shell's new text query then imports
+        neither torch nor open_clip)."""
+        if self._model is None:
+            tower = self._text_tower()
+            vectors = tower.encode(texts) if tower is not None else None
+            if vectors is not None:
+                return vectors
+        vectors = self.model.encode_texts(texts)
+        self._keep_text_tower()
+        return vectors
+
+    def _text_tower(self) -> TextTower | None:
+        folder = text_tower.folder_for(default_cache_root(), self.identity)
+        return TextTower.load(folder, self.identity) if folder is not None else None
+
+    def _keep_text_tower(self) -> None:
+        """Write the loaded model's text tower to the user's cache, once per model."""
+        model = self._model
+        if not isinstance(model, EmbeddingModel):  # a server's batching stand-in
+            return
+        folder = text_tower.folder_for(default_cache_root(), model.identity)
+        if folder is None or (folder / text_tower.META).is_file():
+            return
+        try:
+            text_tower.export(model, folder)
+        except OSError as exc:  # a read-only or full cache: text queries load the model
+            log.info("text tower not kept in %s: %s", folder, exc)
 
     def embed_image(self, path: str | os.PathLike[str]) -> np.ndarray:
         file = Path(path)

@@ -65,3 +65,25 @@ def test_a_loaded_model_tokenizes_a_word_at_a_time(tiny_model: str) -> None:
 
     model = load_model(tiny_model, device="cpu")
     assert isinstance(model.tokenizer, tokens.WordTokenizer)
+
+
+BPE = tokens.PlainBPE(**tokens.PlainBPE.tables(TOKENIZER))
+PLAIN_WORDS = [w for w in WORDS if tokens.plain(w)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.one_of(
+    st.text(string.ascii_letters + string.digits + string.punctuation.replace("&", "") + " ",
+            max_size=60),
+    st.lists(st.sampled_from(PLAIN_WORDS), max_size=50).map(" ".join)),
+    min_size=1, max_size=8))  # fmt: skip
+@example(["a photo of a Cardinalis cardinalis.", "<start_of_text>x<END_OF_TEXT>", "'S'll'd"])
+def test_the_kept_tables_tokenize_plain_texts_as_open_clip(texts: list[str]) -> None:
+    """PlainBPE (the text tower's tokenizer, without open_clip) gives open_clip's tokens."""
+    assert (tokens.WordTokenizer(BPE).array(texts) == TOKENIZER(texts).numpy()).all(), texts
+
+
+def test_the_kept_tables_refuse_what_is_not_plain() -> None:
+    for word in ("naïve", "M&Ms", "tab\tword"):
+        with pytest.raises(ValueError):
+            BPE.encode(word)

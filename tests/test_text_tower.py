@@ -1,0 +1,150 @@
+"""A text tower kept as arrays encodes texts as the loaded model does, and a new text query
+from a fresh process imports neither torch nor open_clip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bioindex import text_tower
+from bioindex.collection import Collection
+from bioindex.models import load_model
+from bioindex.text_tower import TextTower
+
+TEXTS = ["a photo of Cardinalis cardinalis.", "red fox", "x", "",
+         "Animalia Chordata Aves Passeriformes Cardinalidae Cardinalis cardinalis with "
+         "common name northern cardinal " * 3,  # past the context: truncated
+         "<end_of_text> then more", "Cooper's hawk (Accipiter cooperii), 1758"]  # fmt: skip
+
+
+def _exported(name: str, folder: Path) -> tuple[object, TextTower]:
+    model = load_model(name, device="cpu")
+    assert text_tower.export(model, folder)
+    tower = TextTower.load(folder, model.identity)
+    assert tower is not None
+    return model, tower
+
+
+def _tiny(folder: Path, **model_cfg: object) -> str:
+    import open_clip
+    import torch
+
+    from bioindex.tiny import save_local_dir, tiny_config
+
+    config = tiny_config(embed_dim=24, text_width=64, text_layers=2)
+    config["model_cfg"].update(model_cfg)
+    torch.manual_seed(3)
+    return f"local-dir:{save_local_dir(open_clip.CLIP(**config['model_cfg']), config, folder)}"
+
+
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+def test_the_tower_gives_the_models_vectors(tmp_path: Path, activation: str) -> None:
+    name = _tiny(tmp_path / "model", quick_gelu=activation == "quick_gelu")
+    model, tower = _exported(name, tmp_path / "tower")
+    assert tower.meta["activation"] == activation
+    found, expected = tower.encode(TEXTS), model.encode_texts(TEXTS)
+    np.testing.assert_allclose(found, expected, atol=2e-6)
+    assert np.all(np.sum(found * expected, axis=1) > 1 - 1e-6)
+
+
+def test_the_demo_models_tower_gives_its_vectors(tmp_path: Path) -> None:
+    model, tower = _exported("bioclip-demo", tmp_path / "tower")
+    np.testing.assert_allclose(tower.encode(TEXTS), model.encode_texts(TEXTS), atol=2e-6)
+
+
+def test_texts_the_tower_does_not_take_go_to_the_model(tmp_path: Path) -> None:
+    _, tower = _exported(_tiny(tmp_path / "model"), tmp_path / "tower")
+    assert tower.encode(["Ærø naïve"]) is None  # not plain ASCII: open_clip's own cleaning
+    assert tower.encode(["M&Ms"]) is None  # "&": HTML entities
+    assert tower.encode(["a"] * (text_tower.MOST_TEXTS + 1)) is None  # a label set
+    assert tower.encode(["a"]) is not None
+
+
+def test_a_tower_open_clip_runs_otherwise_is_not_kept(tmp_path: Path) -> None:
+    # LayerScale in the blocks, and the vector read at the last position: not this tower.
+    for cfg in ({"ls_init_value": 0.1}, {"pool_type": "last"}):
+        config = {"text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64,
+                               "heads": 2, "layers": 2, **cfg}}  # fmt: skip
+        name = _tiny(tmp_path / f"model-{sorted(cfg)[0]}", **config)
+        folder = tmp_path / f"tower-{sorted(cfg)[0]}"
+        assert not text_tower.export(load_model(name, device="cpu"), folder)
+        assert not folder.exists()
+
+
+def test_a_damaged_or_foreign_tower_is_not_used(tmp_path: Path) -> None:
+    model, _ = _exported(_tiny(tmp_path / "model"), tmp_path / "tower")
+    other = load_model(_tiny(tmp_path / "other", quick_gelu=True), device="cpu")
+    assert TextTower.load(tmp_path / "tower", other.identity) is None  # other weights
+    (tmp_path / "tower" / "fc_w.npy").write_bytes(b"\x93NUMPY")  # cut short
+    assert TextTower.load(tmp_path / "tower", model.identity) is None
+    assert TextTower.load(tmp_path / "nowhere", model.identity) is None
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.jpg")
+    return folder
+
+
+def test_a_new_text_query_in_a_fresh_process_needs_no_torch(
+    photos: Path, tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new text searched from the shell imported torch and open_clip and built the whole
+    model (6 s with the demo model, ~8 s with BioCLIP's) to encode one short text."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BIOINDEX_CACHE_DIR", str(cache))
+    store = tmp_path / "store"
+    with Collection.open(store, model=tiny_model, create=True, device="cpu") as col:
+        col.index([photos], progress=False)  # keeps the tower, the model being loaded
+        # Not through search_text: the store's query cache would answer the new process.
+        vectors = col.model.encode_texts(TEXTS[:3])
+        expected = {t: [h.image_id for h in col.search_vector(v, k=3, text=True)]
+                    for t, v in zip(TEXTS[:3], vectors)}  # fmt: skip
+    assert not (store / "query-cache").exists()
+    assert len(list((cache / text_tower.CACHE_FOLDER).glob(f"*/{text_tower.META}"))) == 1
+    code = textwrap.dedent(f"""
+        import json, sys
+        from bioindex import Collection
+        with Collection.open({str(store)!r}, read_only=True) as col:
+            found = {{t: [h.image_id for h in col.search_text(t, k=3)] for t in {TEXTS[:3]!r}}}
+            vectors = col.embed_texts({TEXTS[:3]!r}).tolist()
+        heavy = [m for m in ("torch", "open_clip", "torchvision") if m in sys.modules]
+        print(json.dumps({{"found": found, "heavy": heavy, "vectors": vectors}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)  # fmt: skip
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["heavy"] == []
+    assert answer["found"] == expected
+    np.testing.assert_allclose(np.array(answer["vectors"]), vectors, atol=2e-6)
+
+
+def test_without_a_kept_tower_a_text_query_loads_the_model_and_keeps_it(
+    photos: Path, tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    with Collection.open(store, model=tiny_model, create=True, device="cpu") as col:
+        col.index([photos], progress=False)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BIOINDEX_CACHE_DIR", str(cache))  # a new cache: no tower in it
+    with Collection.open(store, read_only=True, device="cpu") as col:
+        col.search_text("a red fox", k=2)
+        assert col._model is not None
+    with Collection.open(store, read_only=True, device="cpu") as col:
+        col.search_text("a green frog", k=2)
+        assert col._model is None  # the kept tower encoded it
+    # A cache that cannot be written costs only the model load.
+    monkeypatch.setenv("BIOINDEX_CACHE_DIR", "/proc/no-such-cache")
+    with Collection.open(store, read_only=True, device="cpu") as col:
+        assert col.search_text("a blue jay", k=2)
