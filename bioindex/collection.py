@@ -258,6 +258,7 @@ class Collection:
         self._model = model
         self._device = device
         self._recent_texts = RecentTexts()
+        self._tower: TextTower | None = None  # the model's text tower as arrays (_text_tower)
         # What is derived from one generation of the store (taxonomy, label vectors, the
         # zero-shot temperature, few-shot heads), and from a training set: computed once,
         # by whichever request asks first; a server's concurrent asks for the same thing
@@ -577,8 +578,12 @@ class Collection:
         return vectors
 
     def _text_tower(self) -> TextTower | None:
-        folder = text_tower.folder_for(default_cache_root(), self.identity)
-        return TextTower.load(folder, self.identity) if folder is not None else None
+        """The kept tower of the store's model, read once (its tokenizer tables are 1.5 MB
+        of JSON), or None while there is none."""
+        if self._tower is None:
+            folder = text_tower.folder_for(default_cache_root(), self.identity)
+            self._tower = TextTower.load(folder, self.identity) if folder is not None else None
+        return self._tower
 
     def _keep_text_tower(self) -> None:
         """Write the loaded model's text tower to the user's cache, once per model."""
