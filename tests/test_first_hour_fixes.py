@@ -457,7 +457,8 @@ def test_cold_paths_never_load_the_model(named: Path) -> None:
                       "--metadata", str(named / "meta.csv")])  # fmt: skip
     assert "unchanged 12" in rerun["out"] and not rerun["torch"]
     first = _run_cli(["search", "text", "a bear on ice", "-s", store, "-k", "3"])
-    assert first["open_clip"]  # a new text needs the model once
+    # A new text: encoded by the text tower `index` kept (bioindex.text_tower), not the model.
+    assert not first["torch"] and not first["open_clip"]
     again = _run_cli(["search", "text", "a bear on ice", "-s", store, "-k", "3"])
     assert again["out"] == first["out"] and not again["torch"]
     with Collection.open(named / "store", read_only=True) as col:  # asks the taxon once
