@@ -8,8 +8,9 @@ start to exit; medians over the rounds. The baseline, in the same run, is `searc
 a text never asked before and no text tower kept (bioindex.text_tower; its cache pointed
 where nothing can be written): it imports torch and open_clip, loads the model, encodes.
 Compared with it: the same with the tower `index` kept (numpy alone encodes), `search text`
-with a text asked before (its vector comes from the store's query cache), and a rerun of
-`index` over the unchanged folder. Target: each at most 25% of the baseline.
+with a text asked before (its vector comes from the store's query cache), `search image`
+without and with the kept image tower, and a rerun of `index` over the unchanged folder.
+Target: each at most 25% of the baseline.
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ def main() -> None:
     subprocess.run(first, check=True, stdout=subprocess.DEVNULL)
     search = ["search", "text", "-s", str(store), "-k", "10", "--device", "cpu"]
     cold, towered = "new text, model loaded (no tower kept)", "new text, kept text tower"
+    picture_cold = "search image, model loaded (no tower kept)"
+    picture = "search image, kept image tower"
     times: dict[str, list[float]] = {cold: [], towered: [], "search text, asked before": [],
+                                     picture_cold: [], picture: [],
                                      "index rerun, nothing changed": []}  # fmt: skip
+    query = min(photos.rglob("*.jpg"))
+    by_image = ["search", "image", str(query), "-s", str(store), "-k", "10", "--device", "cpu"]
     nowhere = {"BIOINDEX_CACHE_DIR": "/dev/null/no-cache"}  # mkdir fails: no tower kept
     for round_ in range(args.rounds):
         text = f"a photo of organism number {round_} on a white sheet"
@@ -68,17 +74,21 @@ def main() -> None:
         text = f"a photo of specimen number {round_} in a drawer"
         times[towered].append(timed([*search[:2], text, *search[2:]]))
         times["search text, asked before"].append(timed([*search[:2], text, *search[2:]]))
+        times[picture_cold].append(timed(by_image, nowhere))
+        times[picture].append(timed(by_image))
         times["index rerun, nothing changed"].append(
             timed(["index", str(photos), "-s", str(store), "-q"]))
     medians = {name: float(np.median(values)) for name, values in times.items()}
     base = medians[cold]
     print(f"{args.images} images, model {args.model}, {args.rounds} rounds, medians")
-    print("| command | seconds | vs cold search | target |")
+    print("| command | seconds | vs its baseline | target |")
     print("| --- | ---: | ---: | --- |")
     rows = []
     for name, seconds in medians.items():
-        ratio = seconds / base
-        target = "baseline" if seconds == base else ("met" if ratio <= 0.25 else "MISSED")
+        # A picture query against a picture query that loads the model.
+        ratio = seconds / (medians[picture_cold] if name.startswith("search image") else base)
+        target = ("baseline" if name in (cold, picture_cold)
+                  else "met" if ratio <= 0.25 else "MISSED")
         print(f"| {name} | {seconds:.2f} | {ratio:.2f} | {target} |")
         rows.append({"command": name, "seconds": round(seconds, 3), "ratio": round(ratio, 3),
                      "all_seconds": [round(v, 3) for v in times[name]]})  # fmt: skip

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bioindex import text_tower
+from bioindex import image_tower, text_tower, towers
 from bioindex.errors import (
     BioindexError,
     ImageTooLarge,
@@ -104,9 +104,12 @@ from bioindex.search.query import Hit, check_k, nearest, search_vector, to_hits
 from bioindex.search.training import Example, read_training_set, training_key
 from bioindex.store import Store
 from bioindex.taxonomy import RANKS, Taxon, Taxonomy, looks_scientific, spellings
-from bioindex.text_tower import TextTower
 
 log = logging.getLogger(__name__)
+
+# Each tower kept as arrays: how it is written from a loaded model, and read back.
+TOWERS = {"text": (text_tower.export, text_tower.TextTower),
+          "image": (image_tower.export, image_tower.ImageTower)}  # fmt: skip
 
 Where = str | Sequence[str] | Mapping[str, Any] | Filter | None
 # One path or several (a folder, where images are asked for, is the images under it).
@@ -258,7 +261,7 @@ class Collection:
         self._model = model
         self._device = device
         self._recent_texts = RecentTexts()
-        self._tower: TextTower | None = None  # the model's text tower as arrays (_text_tower)
+        self._towers: dict[str, Any] = {}  # the model's towers as arrays (_tower)
         # What is derived from one generation of the store (taxonomy, label vectors, the
         # zero-shot temperature, few-shot heads), and from a training set: computed once,
         # by whichever request asks first; a server's concurrent asks for the same thing
@@ -463,7 +466,7 @@ class Collection:
             ray_options={"address": address, "num_gpus": num_gpus,
                          "checkpoint": self.store.model.get("checkpoint")},
         )  # fmt: skip
-        self._keep_text_tower()  # loaded to embed: the first text query need not load it
+        self._keep_towers()  # loaded to embed: the first query need not load it
         return summary
 
     def rebuild_index(self) -> int:
@@ -566,37 +569,40 @@ class Collection:
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts through the model, or through its text tower kept as arrays while the
-        model is not loaded (bioindex.text_tower: a shell's new text query then imports
+        model is not loaded (bioindex.towers: a shell's new text query then imports
         neither torch nor open_clip)."""
         if self._model is None:
-            tower = self._text_tower()
+            tower = self._tower("text")
             vectors = tower.encode(texts) if tower is not None else None
             if vectors is not None:
                 return vectors
         vectors = self.model.encode_texts(texts)
-        self._keep_text_tower()
+        self._keep_towers()
         return vectors
 
-    def _text_tower(self) -> TextTower | None:
-        """The kept tower of the store's model, read once (its tokenizer tables are 1.5 MB
-        of JSON), or None while there is none."""
-        if self._tower is None:
-            folder = text_tower.folder_for(default_cache_root(), self.identity)
-            self._tower = TextTower.load(folder, self.identity) if folder is not None else None
-        return self._tower
+    def _tower(self, kind: str) -> Any:
+        """The kept "text" or "image" tower of the store's model (TextTower, ImageTower),
+        read once (a text tower's tokenizer tables are 1.5 MB of JSON), or None while
+        there is none."""
+        if self._towers.get(kind) is None:
+            folder = towers.folder_for(default_cache_root(), self.identity, kind)
+            kept = TOWERS[kind][1]
+            self._towers[kind] = kept.load(folder, self.identity) if folder else None
+        return self._towers[kind]
 
-    def _keep_text_tower(self) -> None:
-        """Write the loaded model's text tower to the user's cache, once per model."""
+    def _keep_towers(self) -> None:
+        """Write the loaded model's towers to the user's cache, once per model."""
         model = self._model
         if not isinstance(model, EmbeddingModel):  # a server's batching stand-in
             return
-        folder = text_tower.folder_for(default_cache_root(), model.identity)
-        if folder is None or (folder / text_tower.META).is_file():
-            return
-        try:
-            text_tower.export(model, folder)
-        except OSError as exc:  # a read-only or full cache: text queries load the model
-            log.info("text tower not kept in %s: %s", folder, exc)
+        for kind, (export, _) in TOWERS.items():
+            folder = towers.folder_for(default_cache_root(), model.identity, kind)
+            if folder is None or (folder / towers.META).is_file():
+                continue
+            try:
+                export(model, folder)
+            except OSError as exc:  # a read-only or full cache: queries load the model
+                log.info("%s tower not kept in %s: %s", kind, folder, exc)
 
     def embed_image(self, path: str | os.PathLike[str]) -> np.ndarray:
         file = Path(path)
@@ -606,7 +612,12 @@ class Collection:
             image = open_image(file)
         except Exception as exc:
             raise BioindexError(f"cannot read image {path}: {exc}") from exc
-        return self.model.embed_pil([image])[0]
+        tower = self._tower("image") if self._model is None else None
+        if tower is not None:  # the model is not loaded: its image tower as arrays
+            return tower.embed(image)
+        vector = self.model.embed_pil([image])[0]
+        self._keep_towers()
+        return vector
 
     def embed_image_bytes(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
         """An uploaded picture's vector; anything PIL cannot decode is a BioindexError."""

@@ -1,5 +1,5 @@
-"""A text tower kept as arrays encodes texts as the loaded model does, and a new text query
-from a fresh process imports neither torch nor open_clip."""
+"""A model's towers kept as arrays encode texts and pictures as the loaded model does, and a
+new query from a fresh process imports neither torch nor open_clip."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bioindex import text_tower
+from bioindex import image_tower, text_tower, towers
 from bioindex.collection import Collection
+from bioindex.image_tower import ImageTower
 from bioindex.models import load_model
 from bioindex.text_tower import TextTower
 
@@ -87,6 +88,39 @@ def test_a_damaged_or_foreign_tower_is_not_used(tmp_path: Path) -> None:
     assert TextTower.load(tmp_path / "nowhere", model.identity) is None
 
 
+def _pictures() -> list[Image.Image]:
+    """Odd sizes, both orientations, one already at the model's size, modes PIL converts."""
+    rng = np.random.default_rng(5)
+    sizes = [((300, 200), "RGB"), ((97, 411), "RGB"), ((96, 96), "L"), ((50, 61), "RGBA"),
+             ((1001, 999), "P"), ((224, 224), "RGB")]  # fmt: skip
+    return [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).convert(mode)
+            for (w, h), mode in sizes]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["bioclip-demo", "tiny-quick"])
+def test_the_image_tower_gives_the_models_pixels_and_vectors(tmp_path: Path, name: str) -> None:
+    if name == "tiny-quick":
+        name = _tiny(tmp_path / "model", quick_gelu=True)
+    model = load_model(name, device="cpu")
+    assert image_tower.export(model, tmp_path / "tower")
+    tower = ImageTower.load(tmp_path / "tower", model.identity)
+    for picture in _pictures():
+        np.testing.assert_array_equal(tower.pixels(picture), model.transform(picture).numpy())
+        np.testing.assert_allclose(tower.embed(picture), model.embed_pil([picture])[0],
+                                   atol=2e-6)  # fmt: skip
+
+
+def test_an_image_tower_is_kept_only_for_the_plain_transform_and_tower(tmp_path: Path) -> None:
+    # bioindex's squash preprocessing resizes a tensor (torchvision's filter, not PIL's).
+    squash = load_model("bioclip-demo", device="cpu", preprocess="squash")
+    assert not image_tower.export(squash, tmp_path / "squash")
+    config = {"vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 32,
+                             "head_width": 32, "pool_type": "avg"}}  # fmt: skip
+    pooled = load_model(_tiny(tmp_path / "avg", **config), device="cpu")
+    assert not image_tower.export(pooled, tmp_path / "avg-tower")
+    assert not (tmp_path / "squash").exists() and not (tmp_path / "avg-tower").exists()
+
+
 @pytest.fixture()
 def photos(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"
@@ -97,11 +131,12 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
-def test_a_new_text_query_in_a_fresh_process_needs_no_torch(
+def test_a_new_query_in_a_fresh_process_needs_no_torch(
     photos: Path, tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A new text searched from the shell imported torch and open_clip and built the whole
-    model (6 s with the demo model, ~8 s with BioCLIP's) to encode one short text."""
+    """A new text or picture searched from the shell imported torch and open_clip and built
+    the whole model (6 s with the demo model, 9 s with a ViT-B-16 weights file) to encode
+    one short text or one picture."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("BIOINDEX_CACHE_DIR", str(cache))
     store = tmp_path / "store"
@@ -111,16 +146,22 @@ def test_a_new_text_query_in_a_fresh_process_needs_no_torch(
         vectors = col.model.encode_texts(TEXTS[:3])
         expected = {t: [h.image_id for h in col.search_vector(v, k=3, text=True)]
                     for t, v in zip(TEXTS[:3], vectors)}  # fmt: skip
+        query = photos / "0.jpg"
+        expected["image"] = [h.image_id for h in col.search_image(query, k=3)]
+        picture = col.model.embed_pil([Image.open(query)])[0]
     assert not (store / "query-cache").exists()
-    assert len(list((cache / text_tower.CACHE_FOLDER).glob(f"*/{text_tower.META}"))) == 1
+    assert len(list((cache / towers.CACHE_FOLDER).glob(f"*/*/{towers.META}"))) == 2
     code = textwrap.dedent(f"""
         import json, sys
         from bioindex import Collection
         with Collection.open({str(store)!r}, read_only=True) as col:
             found = {{t: [h.image_id for h in col.search_text(t, k=3)] for t in {TEXTS[:3]!r}}}
             vectors = col.embed_texts({TEXTS[:3]!r}).tolist()
+            found["image"] = [h.image_id for h in col.search_image({str(query)!r}, k=3)]
+            picture = col.embed_image({str(query)!r}).tolist()
         heavy = [m for m in ("torch", "open_clip", "torchvision") if m in sys.modules]
-        print(json.dumps({{"found": found, "heavy": heavy, "vectors": vectors}}))
+        print(json.dumps({{"found": found, "heavy": heavy, "vectors": vectors,
+                          "picture": picture}}))
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True)  # fmt: skip
@@ -128,6 +169,7 @@ def test_a_new_text_query_in_a_fresh_process_needs_no_torch(
     assert answer["heavy"] == []
     assert answer["found"] == expected
     np.testing.assert_allclose(np.array(answer["vectors"]), vectors, atol=2e-6)
+    np.testing.assert_allclose(np.array(answer["picture"]), picture, atol=2e-6)
 
 
 def test_without_a_kept_tower_a_text_query_loads_the_model_and_keeps_it(
