@@ -597,7 +597,7 @@ class Collection:
             return
         for kind, (export, _) in TOWERS.items():
             folder = towers.folder_for(default_cache_root(), model.identity, kind)
-            if folder is None or (folder / towers.META).is_file():
+            if folder is None or towers.current(folder, model.identity):
                 continue
             try:
                 export(model, folder)

@@ -69,7 +69,7 @@ def _plain(visual: Any) -> str | None:
 def export(model: Any, folder: Path) -> bool:
     """Write `model`'s (EmbeddingModel) image tower and its transform to `folder`, unless
     it is there already or is not one this module runs; True when it is there after."""
-    if (folder / towers.META).is_file():
+    if towers.current(folder, model.identity):
         return True
     visual = model.model.visual
     steps = _transform(model.transform)

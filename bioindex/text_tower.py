@@ -44,7 +44,7 @@ def _activation(model: Any) -> str | None:
 def export(model: Any, folder: Path) -> bool:
     """Write `model`'s (EmbeddingModel) text tower and tokenizer tables to `folder`, unless
     it is there already or is not one this module runs; True when it is there after."""
-    if (folder / towers.META).is_file():
+    if towers.current(folder, model.identity):
         return True
     net = model.model
     if not isinstance(model.tokenizer, WordTokenizer) or (activation := _activation(net)) is None:

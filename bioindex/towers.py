@@ -125,6 +125,8 @@ def write(folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any],
         for name, text in (files or {}).items():
             (scratch / name).write_text(text)
         (scratch / META).write_text(json.dumps(meta))  # last: its presence means whole
+        if folder.exists():  # one of an older format, or damaged (`current` said no)
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             os.replace(scratch, folder)
         except OSError:  # another process put it there first
@@ -132,6 +134,13 @@ def write(folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any],
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return (folder / META).is_file()
+
+
+def current(folder: Path, identity: Any) -> bool:
+    """Whether `folder` holds a whole tower of this format for a model of `identity`: else
+    a model loaded anyway writes it again (one of an older release, or damaged, would have
+    every later query load the model)."""
+    return read(folder, identity) is not None
 
 
 def read(folder: Path, identity: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:

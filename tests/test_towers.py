@@ -86,6 +86,9 @@ def test_a_damaged_or_foreign_tower_is_not_used(tmp_path: Path) -> None:
     (tmp_path / "tower" / "fc_w.npy").write_bytes(b"\x93NUMPY")  # cut short
     assert TextTower.load(tmp_path / "tower", model.identity) is None
     assert TextTower.load(tmp_path / "nowhere", model.identity) is None
+    # The model, loaded for want of it, writes it again: else every query would load it.
+    assert text_tower.export(model, tmp_path / "tower")
+    assert TextTower.load(tmp_path / "tower", model.identity) is not None
 
 
 def _pictures() -> list[Image.Image]:
