@@ -584,6 +584,8 @@ class Collection:
         """The kept "text" or "image" tower of the store's model (TextTower, ImageTower),
         read once (a text tower's tokenizer tables are 1.5 MB of JSON), or None while
         there is none."""
+        if not towers.wanted():
+            return None
         if self._towers.get(kind) is None:
             folder = towers.folder_for(default_cache_root(), self.identity, kind)
             kept = TOWERS[kind][1]
@@ -593,7 +595,7 @@ class Collection:
     def _keep_towers(self) -> None:
         """Write the loaded model's towers to the user's cache, once per model."""
         model = self._model
-        if not isinstance(model, EmbeddingModel):  # a server's batching stand-in
+        if not isinstance(model, EmbeddingModel) or not towers.wanted():  # a server's stand-in
             return
         for kind, (export, _) in TOWERS.items():
             folder = towers.folder_for(default_cache_root(), model.identity, kind)

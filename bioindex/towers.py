@@ -39,6 +39,12 @@ BLOCK_ARRAYS = ("ln_1_w", "ln_1_b", "in_w", "in_b", "out_w", "out_b", "ln_2_w", 
                 "fc_w", "fc_b", "proj_w", "proj_b")  # fmt: skip
 
 
+def wanted() -> bool:
+    """Whether towers are kept and used: BIOINDEX_TOWERS=0 turns both off (a cache disk too
+    small for BioCLIP-2's ~1.7 GB of towers)."""
+    return os.environ.get("BIOINDEX_TOWERS", "1") != "0"
+
+
 def folder_for(cache_root: Path, identity: Any, tower: str) -> Path | None:
     """Where `tower` ("text", "image") of a model of `identity` (ModelIdentity) is kept in
     the user's cache (`cache_root`, search.labels.default_cache_root); None for weights

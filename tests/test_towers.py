@@ -189,6 +189,11 @@ def test_without_a_kept_tower_a_text_query_loads_the_model_and_keeps_it(
     with Collection.open(store, read_only=True, device="cpu") as col:
         col.search_text("a green frog", k=2)
         assert col._model is None  # the kept tower encoded it
+    monkeypatch.setenv("BIOINDEX_TOWERS", "0")  # turned off: the model, as before
+    with Collection.open(store, read_only=True, device="cpu") as col:
+        col.search_text("a grey wolf", k=2)
+        assert col._model is not None
+    monkeypatch.delenv("BIOINDEX_TOWERS")
     # A cache that cannot be written costs only the model load.
     monkeypatch.setenv("BIOINDEX_CACHE_DIR", "/proc/no-such-cache")
     with Collection.open(store, read_only=True, device="cpu") as col:
