@@ -262,6 +262,7 @@ class Collection:
         self._device = device
         self._recent_texts = RecentTexts()
         self._towers: dict[str, Any] = {}  # the model's towers as arrays (_tower)
+        self._towers_kept = False  # checked (and written) once per collection (_keep_towers)
         # What is derived from one generation of the store (taxonomy, label vectors, the
         # zero-shot temperature, few-shot heads), and from a training set: computed once,
         # by whichever request asks first; a server's concurrent asks for the same thing
@@ -593,10 +594,14 @@ class Collection:
         return self._towers[kind]
 
     def _keep_towers(self) -> None:
-        """Write the loaded model's towers to the user's cache, once per model."""
+        """Write the loaded model's towers to the user's cache, once per model. Checked
+        once per collection: it follows every encode, and reading a tower back to check it
+        costs a JSON record and a score of file maps."""
         model = self._model
-        if not isinstance(model, EmbeddingModel) or not towers.wanted():  # a server's stand-in
+        if (self._towers_kept or not isinstance(model, EmbeddingModel)  # a server's stand-in
+                or not towers.wanted()):  # fmt: skip
             return
+        self._towers_kept = True
         for kind, (export, _) in TOWERS.items():
             folder = towers.folder_for(default_cache_root(), model.identity, kind)
             if folder is None or towers.current(folder, model.identity):

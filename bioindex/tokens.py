@@ -10,6 +10,7 @@ itself. Other texts go to the tokenizer whole.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Sequence
@@ -135,14 +136,10 @@ class PlainBPE:
         the order the merges were learnt."""
         symbols = [*piece[:-1], piece[-1] + "</w>"]
         while len(symbols) > 1:
-            pairs = [(self.ranks.get(pair, -1), at)
-                     for at, pair in enumerate(zip(symbols, symbols[1:]))]  # fmt: skip
-            known = [(rank, at) for rank, at in pairs if rank >= 0]
-            if not known:
+            pairs = list(zip(symbols, symbols[1:]))
+            first, second = min(pairs, key=lambda pair: self.ranks.get(pair, math.inf))
+            if (first, second) not in self.ranks:
                 break
-            rank = min(known)[0]
-            first, second = next(pair for pair in zip(symbols, symbols[1:])
-                                 if self.ranks.get(pair) == rank)  # fmt: skip
             merged, at = [], 0
             while at < len(symbols):
                 if at + 1 < len(symbols) and symbols[at] == first and symbols[at + 1] == second:
