@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 CACHE_FOLDER = "towers"  # under the user's cache (BIOINDEX_CACHE_DIR)
 META = "tower.json"
-# Arrays per layer are stacked [layers, ...]: a dozen files, not a dozen per layer.
-BLOCK_ARRAYS = ("ln_1_w", "ln_1_b", "in_w", "in_b", "out_w", "out_b", "ln_2_w", "ln_2_b",
-                "fc_w", "fc_b", "proj_w", "proj_b")  # fmt: skip
 
 
 def wanted() -> bool:
@@ -100,6 +97,7 @@ def f32(tensor: Any) -> np.ndarray:
 
 
 def block_arrays(blocks: list[Any]) -> dict[str, np.ndarray]:
+    """Each block's weights, stacked [layers, ...]: a dozen files, not a dozen a layer."""
     parts = {
         "ln_1_w": lambda b: b.ln_1.weight, "ln_1_b": lambda b: b.ln_1.bias,
         "in_w": lambda b: b.attn.in_proj_weight, "in_b": lambda b: b.attn.in_proj_bias,
