@@ -117,6 +117,11 @@ Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 Texts = str | Sequence[str]
 
 CLASSIFY_BATCH = 16  # image files decoded and embedded per model call
+# At most this many pictures at once go through the kept image tower while the model is not
+# loaded (a shell's classify of a specimen's views); more load the model, which is faster
+# per picture once loaded (ViT-B-16 on 2 cores: numpy ~0.43 s a picture against a load of
+# ~10 s and ~0.1 s a picture).
+MOST_TOWER_PICTURES = 8
 EMPTY_WORDS = ("blank", "empty")  # what a search box is typed to find a camera trap's empty frames
 CALIBRATION_IMAGES = 4096  # labelled images a zero-shot temperature is fitted on, at most
 # Labelled images combined's two weights are fitted on, at most: each is voted on by its
@@ -522,7 +527,7 @@ class Collection:
         files = [f for path in paths for f in image_files(path)]
         if not files:
             raise BioindexError(f"no images to tune on under {', '.join(map(str, paths))}")
-        _, vectors, failed = embed_files(self.model, files)
+        _, vectors, failed = embed_files(self._embed_pictures, files)
         for bad in failed:
             log.warning("not tuning on %s: %s", bad.file, bad.error)
         return vectors
@@ -611,6 +616,25 @@ class Collection:
             except OSError as exc:  # a read-only or full cache: queries load the model
                 log.info("%s tower not kept in %s: %s", kind, folder, exc)
 
+    @property
+    def logit_scale(self) -> float:
+        """The model's exp(logit_scale) (zero-shot's softmax, the neighbours' vote): from its
+        text tower's record while the model is not loaded, so a shell's classify of a few
+        photos needs neither torch nor the model."""
+        tower = self._tower("text") if self._model is None else None
+        return tower.logit_scale if tower is not None else self.model.logit_scale
+
+    def _embed_pictures(self, images: list[Any]) -> np.ndarray:
+        """Unit vectors of PIL images: through the kept image tower while the model is not
+        loaded and they are at most MOST_TOWER_PICTURES, else through the model."""
+        if self._model is None and len(images) <= MOST_TOWER_PICTURES:
+            tower = self._tower("image")
+            if tower is not None:
+                return np.stack([tower.embed(image) for image in images])
+        vectors = self.model.embed_pil(images)
+        self._keep_towers()
+        return vectors
+
     def embed_image(self, path: str | os.PathLike[str]) -> np.ndarray:
         file = Path(path)
         if not file.is_file():
@@ -619,12 +643,7 @@ class Collection:
             image = open_image(file)
         except Exception as exc:
             raise BioindexError(f"cannot read image {path}: {exc}") from exc
-        tower = self._tower("image") if self._model is None else None
-        if tower is not None:  # the model is not loaded: its image tower as arrays
-            return tower.embed(image)
-        vector = self.model.embed_pil([image])[0]
-        self._keep_towers()
-        return vector
+        return self._embed_pictures([image])[0]
 
     def embed_image_bytes(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
         """An uploaded picture's vector; anything PIL cannot decode is a BioindexError."""
@@ -982,7 +1001,7 @@ class Collection:
             self._require_names(labels)
         if specimen and by_event:
             raise BioindexError(SPECIMEN_OR_BURSTS)
-        names, vectors, failed = embed_files(self.model, images)
+        names, vectors, failed = embed_files(self._embed_pictures, images)
         if specimen:
             names, vectors = [" + ".join(names)], combine_views(vectors)[None]
 
@@ -1013,9 +1032,13 @@ class Collection:
                            recent: RecentLabels | None = None) -> LabelSet:  # fmt: skip
         """`labels` with their vectors (a server's custom labels: at most `max_new_texts`
         texts encoded, new ones kept in `recent`; see label_vectors)."""
-        return replace(labels, vectors=_label_matrix(self.model, labels,
-                                                     max_new_texts=max_new_texts,
-                                                     recent=recent))  # fmt: skip
+        return replace(labels, vectors=self._labels_matrix(labels, max_new_texts=max_new_texts,
+                                                           recent=recent))  # fmt: skip
+
+    def _labels_matrix(self, labels: LabelSet, **options: Any) -> np.ndarray:
+        """`labels`' vectors, new texts encoded as embed_texts encodes them (through the
+        text tower while the model is not loaded and they are few)."""
+        return _label_matrix(self.identity, self._encode_texts, labels, **options)
 
     def classify_vectors(self, names: Sequence[str], vectors: np.ndarray, *,
                          rank: str = "species", k: int = 5, method: str = "zero-shot",
@@ -1047,10 +1070,10 @@ class Collection:
         elif labels is None and not self.catalog_names_taxa():
             labels = self._voted_labels()  # the neighbours vote for their common names
         elif labels is not None and method != "knn":
-            label_matrix = _label_matrix(self.model, labels)
+            label_matrix = self._labels_matrix(labels)
         return classify_vectors(
             list(names), np.asarray(vectors, dtype=np.float32), rank=rank, k=k, method=method,
-            labels=labels, label_vectors=label_matrix, logit_scale=self.model.logit_scale,
+            labels=labels, label_vectors=label_matrix, logit_scale=self.logit_scale,
             store=self.store, neighbours=neighbours, head=head, place=place,
             min_confidence=min_confidence, temperature=temperature, pool=pool,
             novelty=novelty,
@@ -1094,7 +1117,7 @@ class Collection:
         excludes = [{int(i), *mates.get(int(i), ())} for i in ids]
         vote = knn_votes if labels.has_lineage else knn_label_votes
         votes = vote(self.store, vectors, labels.taxa if labels.has_lineage else labels.names,
-                     neighbours, self.model.logit_scale, excludes=excludes)  # fmt: skip
+                     neighbours, self.logit_scale, excludes=excludes)  # fmt: skip
         pool = fit_pool(vectors @ matrix.T, votes, truth)
         log.info("combined's weights: %.2f per unit of cosine, %.2f per unit of vote share",
                  pool.text, pool.votes)  # fmt: skip
@@ -1162,7 +1185,7 @@ class Collection:
     def _fit_training(self, method: str, train: str | os.PathLike[str],
                       examples: list[Example]) -> Head:  # fmt: skip
         log.info("embedding %d training images from %s", len(examples), train)
-        names, vectors, failed = embed_files(self.model, [e.path for e in examples])
+        names, vectors, failed = embed_files(self._embed_pictures, [e.path for e in examples])
         for bad in failed:
             log.warning("training image %s skipped: %s", bad.file, bad.error)
         taxon_of = {str(e.path): e.taxon for e in examples}
@@ -1208,7 +1231,7 @@ class Collection:
         classifies many uploads against the same labels)."""
         def derive() -> tuple[LabelSet, np.ndarray]:
             labels = self.catalog_labels()
-            return labels, _label_matrix(self.model, labels)
+            return labels, self._labels_matrix(labels)
 
         return self._kept("catalog labels", derive)
 
@@ -1437,12 +1460,12 @@ def classify_images(
     as Collection.classify's."""
     if specimen and by_event:
         raise BioindexError(SPECIMEN_OR_BURSTS)
-    names, vectors, failed = embed_files(model, images)
+    names, vectors, failed = embed_files(model.embed_pil, images)
     if specimen:
         names, vectors = [" + ".join(names)], combine_views(vectors)[None]
     label_matrix = None
     if labels is not None and method != "knn":
-        label_matrix = _label_matrix(model, labels, cache_root)
+        label_matrix = _label_matrix(model.identity, model.encode_texts, labels, cache_root)
 
     def answer(files: Sequence[str], of: np.ndarray) -> list[Prediction]:
         return classify_vectors(
@@ -1532,12 +1555,12 @@ def combine_views(vectors: np.ndarray) -> np.ndarray:
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
-def embed_files(model: EmbeddingModel, images: Paths,
+def embed_files(embed: Callable[[list[Any]], np.ndarray], images: Paths,
                 ) -> tuple[list[str], np.ndarray, list[Prediction]]:  # fmt: skip
-    """(readable files, their unit vectors, a failed Prediction for each file that is missing
-    or does not decode); a folder stands for the images under it, a webdataset .tar shard
-    for its images (named shard.tar#key). Like `index`, one bad file does not stop the
-    batch; none readable is a BioindexError."""
+    """(readable files, their unit vectors by `embed` of PIL images, a failed Prediction for
+    each file that is missing or does not decode); a folder stands for the images under it,
+    a webdataset .tar shard for its images (named shard.tar#key). Like `index`, one bad file
+    does not stop the batch; none readable is a BioindexError."""
     given = listed(images)
     images = [image for path in expand_folders(given) for image in _shard_or_file(path)]
     if not images:
@@ -1568,7 +1591,7 @@ def embed_files(model: EmbeddingModel, images: Paths,
                               else describe_error(exc))  # fmt: skip
                     failed.append(Prediction(name, 0.0, error=reason))
             if opened:
-                vectors.extend(model.embed_pil([image for _, image in opened]))
+                vectors.extend(embed([image for _, image in opened]))
                 names.extend(name for name, _ in opened)
             bar.update(min(CLASSIFY_BATCH, len(images) - start))
     if not names:
@@ -1600,20 +1623,18 @@ def _shard_or_file(path: str | os.PathLike[str]) -> list[str | os.PathLike[str] 
         return [path]
 
 
-def _label_matrix(model: EmbeddingModel, labels: LabelSet,
-                  cache_root: str | os.PathLike[str] | None = None, *,
+def _label_matrix(identity: ModelIdentity, encode_texts: Callable[[Sequence[str]], np.ndarray],
+                  labels: LabelSet, cache_root: str | os.PathLike[str] | None = None, *,
                   max_new_texts: int | None = None,
                   recent: RecentLabels | None = None) -> np.ndarray:  # fmt: skip
-    if labels.vectors is not None and labels.vectors.shape[1] != model.identity.dim:
+    """The label set's vectors by a model of `identity`, encoding through `encode_texts`
+    what the cache lacks."""
+    if labels.vectors is not None and labels.vectors.shape[1] != identity.dim:
         raise BioindexError(f"label vectors have dim {labels.vectors.shape[1]}; the model "
-                            f"has {model.identity.dim}")  # fmt: skip
-    return label_vectors(labels, model.encode_texts, _text_key(model), cache_root,
-                         max_new_texts=max_new_texts, recent=recent)  # fmt: skip
-
-
-def _text_key(model: EmbeddingModel) -> str:
+                            f"has {identity.dim}")  # fmt: skip
     # Text embeddings depend on the weights only, not on image preprocessing.
-    return model.identity.weights_sha256
+    return label_vectors(labels, encode_texts, identity.weights_sha256, cache_root,
+                         max_new_texts=max_new_texts, recent=recent)  # fmt: skip
 
 
 def _builder(engine: str, address: str | None) -> Any:

@@ -60,7 +60,8 @@ def export(model: Any, folder: Path) -> bool:
     }
     record = towers.block_record(blocks, activation)
     meta = {**towers.identity_record(model.identity), **record,
-            "eps": record["eps"] + [float(net.ln_final.eps)]}  # fmt: skip
+            "eps": record["eps"] + [float(net.ln_final.eps)],
+            "logit_scale": float(model.logit_scale)}  # fmt: skip
     tables = json.dumps(PlainBPE.tables(model.tokenizer.tokenizer))
     return towers.write(folder, arrays, meta, {TOKENIZER: tables})
 
@@ -86,6 +87,11 @@ class TextTower:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return cls(*found, tokenizer)
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's exp(logit_scale), as EmbeddingModel.logit_scale gives it."""
+        return float(self.meta["logit_scale"])
 
     def encode(self, texts: Sequence[str]) -> np.ndarray | None:
         """Unit vectors [texts, dim], or None when a text is not one to encode here (not

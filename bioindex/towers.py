@@ -31,7 +31,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: the text tower's record holds the logit scale (a classify's softmax)
 CACHE_FOLDER = "towers"  # under the user's cache (BIOINDEX_CACHE_DIR)
 META = "tower.json"
 

@@ -18,6 +18,7 @@ from bioindex.collection import Collection
 from bioindex.image_tower import ImageTower
 from bioindex.models import load_model
 from bioindex.text_tower import TextTower
+from tests.conftest import shared
 
 TEXTS = ["a photo of Cardinalis cardinalis.", "red fox", "x", "",
          "Animalia Chordata Aves Passeriformes Cardinalidae Cardinalis cardinalis with "
@@ -198,3 +199,51 @@ def test_without_a_kept_tower_a_text_query_loads_the_model_and_keeps_it(
     monkeypatch.setenv("BIOINDEX_CACHE_DIR", "/proc/no-such-cache")
     with Collection.open(store, read_only=True, device="cpu") as col:
         assert col.search_text("a blue jay", k=2)
+
+
+CLASSIFY_CALLS = [{"method": "zero-shot", "rank": "family"}, {"method": "combined"},
+                  {"method": "few-shot"}, {"method": "zero-shot", "specimen": True}]  # fmt: skip
+
+
+def test_classifying_a_few_photos_in_a_fresh_process_needs_no_torch(
+    tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bioindex classify photo.jpg` embedded through the loaded model and took its logit
+    scale from it: every "what is this specimen?" from the shell built the whole model."""
+    monkeypatch.setenv("BIOINDEX_CACHE_DIR", str(tmp_path / "cache"))
+    folder = shared("camera-trap")
+    meta = tmp_path / "meta.csv"
+    meta.write_text(
+        "file,scientificName,kingdom,family,genus,specificEpithet\n"
+        "ocelot.jpg,Leopardus pardalis,Animalia,Felidae,Leopardus,pardalis\n"
+        "american_black_bear.jpg,Ursus americanus,Animalia,Ursidae,Ursus,americanus\n"
+        "african_elephants.jpg,Loxodonta africana,Animalia,Elephantidae,Loxodonta,africana\n"
+        "african_elephants_bw.jpg,Loxodonta africana,Animalia,Elephantidae,Loxodonta,africana\n"
+    )  # fmt: skip
+    store = tmp_path / "store"
+    queries = [str(folder / "african_elephants_cmyk.jpg"), str(folder / "ocelot.jpg")]
+    with Collection.open(store, model=tiny_model, create=True, device="cpu") as col:
+        col.index([folder / n for n in ("ocelot.jpg", "american_black_bear.jpg",
+                                        "african_elephants.jpg", "african_elephants_bw.jpg")],
+                  metadata=meta, progress=False)  # fmt: skip
+        assert col._model is not None
+        expected = [[p.to_dict() for p in col.classify(queries, k=3, **call)]
+                    for call in CLASSIFY_CALLS]  # fmt: skip
+    code = textwrap.dedent(f"""
+        import json, sys
+        from bioindex import Collection
+        with Collection.open({str(store)!r}, read_only=True) as col:
+            found = [[p.to_dict() for p in col.classify({queries!r}, k=3, **call)]
+                     for call in {CLASSIFY_CALLS!r}]
+        heavy = [m for m in ("torch", "open_clip", "torchvision") if m in sys.modules]
+        print(json.dumps({{"found": found, "heavy": heavy}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)  # fmt: skip
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["heavy"] == []
+    for got, want in zip(answer["found"], expected, strict=True):
+        assert [{k: v for k, v in row.items() if "score" not in k} for row in got] == [
+            {k: v for k, v in row.items() if "score" not in k} for row in want]
+        np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want],
+                                   atol=1e-5)  # fmt: skip

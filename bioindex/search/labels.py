@@ -51,13 +51,20 @@ def a_photo_of(text: str) -> str:
     return f"a photo of {text}."
 
 
-def templates_of(choice: str) -> tuple[str, list[Callable[[str], str]]]:
-    """(the cache's name for the template set, its templates) for a TEMPLATE_CHOICES name."""
-    if choice == "openai":
-        return TEMPLATE_SET, openai_templates()
-    if choice == "one":
-        return ONE_TEMPLATE_SET, [a_photo_of]
-    raise BioindexError(f"templates: {choice!r}; choose one of {', '.join(TEMPLATE_CHOICES)}")
+def template_set(choice: str) -> str:
+    """The cache's name for a TEMPLATE_CHOICES template set."""
+    names = {"openai": TEMPLATE_SET, "one": ONE_TEMPLATE_SET}
+    if choice not in names:
+        raise BioindexError(f"templates: {choice!r}; choose one of "
+                            f"{', '.join(TEMPLATE_CHOICES)}")  # fmt: skip
+    return names[choice]
+
+
+def templates_of(choice: str) -> list[Callable[[str], str]]:
+    """The templates of a TEMPLATE_CHOICES name. Only for texts to encode: OpenAI's come
+    from open_clip, whose import brings torch (4-5 s) into a command whose labels are all
+    cached."""
+    return openai_templates() if template_set(choice) == TEMPLATE_SET else [a_photo_of]
 
 
 @dataclass
@@ -308,12 +315,15 @@ def label_vectors(
     not in the persisted cache (a server's requests)."""
     if labels.vectors is not None:
         return labels.vectors
-    template_set, templates = templates_of(labels.templates)
-    cache = TextEmbeddingCache(cache_root or default_cache_root(), model_key, template_set)
+    named = template_set(labels.templates)
+    cache = TextEmbeddingCache(cache_root or default_cache_root(), model_key, named)
     found, missing = cache.get(labels.texts)
     if recent is not None and missing:
-        found.update(recent.get(model_key, template_set, missing))
+        found.update(recent.get(model_key, named, missing))
         missing = [t for t in missing if t not in found]
+    if not missing:
+        return np.stack([found[t] for t in labels.texts]).astype(np.float32)
+    templates = templates_of(labels.templates)
     texts = len(missing) * len(templates)
     if max_new_texts is not None and texts > max_new_texts:
         prompts = "80 prompts" if len(templates) > 1 else "1 prompt"
@@ -322,10 +332,9 @@ def label_vectors(
             f"{len(missing)} labels not encoded before × {prompts} = {texts} texts to "
             f"encode; at most {max_new_texts} in one request (send fewer new labels at a "
             f"time{hint})")  # fmt: skip
-    if missing:
-        put = cache.put if recent is None else (
-            lambda vectors: recent.put(model_key, template_set, vectors))  # fmt: skip
-        found.update(_encode_labels(missing, encode_texts, put, templates))
+    put = cache.put if recent is None else (
+        lambda vectors: recent.put(model_key, named, vectors))  # fmt: skip
+    found.update(_encode_labels(missing, encode_texts, put, templates))
     return np.stack([found[t] for t in labels.texts]).astype(np.float32)
 
 
