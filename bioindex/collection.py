@@ -609,10 +609,10 @@ class Collection:
         self._towers_kept = True
         for kind, (export, _) in TOWERS.items():
             folder = towers.folder_for(default_cache_root(), model.identity, kind)
-            if folder is None or towers.current(folder, model.identity):
+            if folder is None:
                 continue
             try:
-                export(model, folder)
+                export(model, folder)  # nothing to do where it is whole and current
             except OSError as exc:  # a read-only or full cache: queries load the model
                 log.info("%s tower not kept in %s: %s", kind, folder, exc)
 

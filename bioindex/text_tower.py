@@ -10,7 +10,9 @@ tests/test_text_tower.py holds the two to the same vectors.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ import numpy as np
 
 from bioindex import towers
 from bioindex.tokens import PlainBPE, WordTokenizer, plain
+
+log = logging.getLogger(__name__)
 
 TOKENIZER = "tokenizer.json"
 # More texts than this at once (a label set) go to the model, batched as it batches them.
@@ -44,7 +48,7 @@ def _activation(model: Any) -> str | None:
 def export(model: Any, folder: Path) -> bool:
     """Write `model`'s (EmbeddingModel) text tower and tokenizer tables to `folder`, unless
     it is there already or is not one this module runs; True when it is there after."""
-    if towers.current(folder, model.identity):
+    if (tower := TextTower.load(folder, model.identity)) and tower.tokenizer is not None:
         return True
     net = model.model
     if not isinstance(model.tokenizer, WordTokenizer) or (activation := _activation(net)) is None:
@@ -70,23 +74,29 @@ class TextTower:
     """A text tower read back from `export`'s folder; `encode` as EmbeddingModel's."""
 
     def __init__(self, meta: dict[str, Any], arrays: dict[str, np.ndarray],
-                 tokenizer: WordTokenizer) -> None:  # fmt: skip
+                 folder: Path) -> None:  # fmt: skip
         self.meta = meta
         self.arrays = arrays
         self.blocks = towers.Blocks(meta, arrays)
-        self.tokenizer = tokenizer
+        self.folder = folder
 
     @classmethod
     def load(cls, folder: Path, identity: Any) -> TextTower | None:
         """The tower in `folder` when it is whole and of a model of `identity`, else None."""
         found = towers.read(folder, identity)
-        if found is None:
-            return None
+        return None if found is None else cls(*found, folder)
+
+    @functools.cached_property
+    def tokenizer(self) -> WordTokenizer | None:
+        """The tokenizer from its kept tables, None where they do not read back. Read on the
+        first encode: parsing 1.5 MB of JSON took 0.1 s of a classify that wants only the
+        logit scale."""
         try:
-            tokenizer = WordTokenizer(PlainBPE(**json.loads((folder / TOKENIZER).read_text())))
-        except (OSError, ValueError, KeyError, TypeError):
+            tables = json.loads((self.folder / TOKENIZER).read_text())
+            return WordTokenizer(PlainBPE(**tables))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.debug("text tower in %s not used: %s", self.folder, exc)
             return None
-        return cls(*found, tokenizer)
 
     @property
     def logit_scale(self) -> float:
@@ -97,7 +107,8 @@ class TextTower:
         """Unit vectors [texts, dim], or None when a text is not one to encode here (not
         plain: see module doc) or there are more than MOST_TEXTS."""
         texts = list(texts)
-        if not texts or len(texts) > MOST_TEXTS or not all(plain(t) for t in texts):
+        if (not texts or len(texts) > MOST_TEXTS or not all(plain(t) for t in texts)
+                or self.tokenizer is None):  # fmt: skip
             return None
         return towers.unit(np.stack([self._forward(row) for row in self.tokenizer.array(texts)]))
 

@@ -90,6 +90,12 @@ def test_a_damaged_or_foreign_tower_is_not_used(tmp_path: Path) -> None:
     # The model, loaded for want of it, writes it again: else every query would load it.
     assert text_tower.export(model, tmp_path / "tower")
     assert TextTower.load(tmp_path / "tower", model.identity) is not None
+    # Tokenizer tables that do not read back: the model encodes, and writes them again.
+    (tmp_path / "tower" / text_tower.TOKENIZER).write_text('{"merges": [')
+    assert TextTower.load(tmp_path / "tower", model.identity).encode(["a fox"]) is None
+    assert text_tower.export(model, tmp_path / "tower")
+    tower = TextTower.load(tmp_path / "tower", model.identity)
+    np.testing.assert_allclose(tower.encode(["a fox"]), model.encode_texts(["a fox"]), atol=1e-6)
 
 
 def _pictures() -> list[Image.Image]:
