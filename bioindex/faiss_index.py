@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bioindex import ivf_lists
 from bioindex.errors import BioindexError
 
 KINDS = ("flat", "hnsw", "ivf", "ivf-pq")
@@ -457,7 +458,8 @@ def knn_search(index: Any, queries: np.ndarray, k: int, params: Any = None,
 def _search_exact_lists(index: Any, queries: np.ndarray, k: int, params: Any
                         ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """An IVF search whose lists are the nearest centroids by the graph's own flat storage
-    (the one `add` assigns by), scanned as FAISS scans lists it is given. Through the C++
+    (the one `add` assigns by; for a few queries through ivf_lists' coded copy, re-scored
+    exactly), scanned as FAISS scans lists it is given. Through the C++
     call: faiss's Python wrapper of search_preassigned refuses search parameters, and
     without them the lists' count would be the shared index's nprobe."""
     import faiss
@@ -467,7 +469,8 @@ def _search_exact_lists(index: Any, queries: np.ndarray, k: int, params: Any
     if not isinstance(graph, faiss.IndexHNSW):  # an older build's flat quantizer does this
         return index.search(queries, k, params=params)
     queries = np.ascontiguousarray(queries, dtype=np.float32)  # swig_ptr reads raw memory
-    centroid_scores, lists = graph.storage.search(queries, int(params.nprobe))
+    storage = faiss.downcast_index(graph.storage)
+    centroid_scores, lists = ivf_lists.nearest_lists(storage, queries, int(params.nprobe))
     scores = np.empty((len(queries), k), dtype=np.float32)
     ids = np.empty((len(queries), k), dtype=np.int64)
     ivf.search_preassigned_c(len(queries), faiss.swig_ptr(queries), k, faiss.swig_ptr(lists),
