@@ -458,8 +458,8 @@ def knn_search(index: Any, queries: np.ndarray, k: int, params: Any = None,
 def _search_exact_lists(index: Any, queries: np.ndarray, k: int, params: Any
                         ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """An IVF search whose lists are the nearest centroids by the graph's own flat storage
-    (the one `add` assigns by; for a few queries through ivf_lists' coded copy, re-scored
-    exactly), scanned as FAISS scans lists it is given. Through the C++
+    (the one `add` assigns by; found through ivf_lists' coded copy, re-scored exactly),
+    scanned as FAISS scans lists it is given. Through the C++
     call: faiss's Python wrapper of search_preassigned refuses search parameters, and
     without them the lists' count would be the shared index's nprobe."""
     import faiss

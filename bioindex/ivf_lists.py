@@ -2,11 +2,12 @@
 
 A 1M x 512 IVF with 4,096 lists and an HNSW graph over its centroids finds a wide search's
 lists (nprobe 144) by comparing the query with every centroid (faiss_index.exact_lists):
-4,096 inner products of 512 numbers, 0.2 ms of a ~1.1 ms search on this project's machine,
-and whole searches took 20-35% longer than through this module (docs/benchmarks.md). Here
+4,096 inner products of 512 numbers, 0.2 ms of a ~1.1 ms search on this project's machine.
+Through this module whole searches took 5-12% less, the two taking turns on the same
+index (benchmarks/ivf_lists.py; 20-35% in a five-way /tmp comparison). Here
 the centroids are also coded 4 bits per pair of dimensions (a fast-scan PQ, a 16-point grid
 at each pair's quantiles: no k-means to train, 50-70 ms to build at 4,096 x 512) and the
-best LIST_DEPTH times as many as wanted are scored again exactly (IndexRefineFlat).
+best LIST_DEPTH times as many as wanted are scored again exactly (IndexRefine).
 
 The lists are the nearest ones for all but a few in 10,000 at nprobe 64-144 (k-means
 centroids of the five distributions of benchmarks/search.py), and a 1M store's answers were
@@ -79,7 +80,10 @@ def build(storage: Any) -> Any | None:
     faiss.copy_array_to_vector(layout.ravel(), coded.pq.centroids)
     coded.is_trained = True
     coded.add(centroids)
-    finder = faiss.IndexRefineFlat(coded, faiss.swig_ptr(centroids))
+    # Re-scored against the storage itself, not a copy (as fast; a 10M store's 65,536 x 768
+    # centroids are 200 MB): safe, since a finder is only looked up for a live storage at
+    # the address it was built for (`_finder`).
+    finder = faiss.IndexRefine(coded, storage)
     finder.referenced_objects = [coded]  # the refine index does not own its base
     return finder
 

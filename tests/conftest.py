@@ -26,6 +26,18 @@ def shared(*parts: str) -> Path:
     return path
 
 
+# Four of the shared camera-trap photos named to species, as Darwin Core columns.
+CAMERA_TRAP_SPECIES = (
+    "file,scientificName,kingdom,family,genus,specificEpithet\n"
+    "ocelot.jpg,Leopardus pardalis,Animalia,Felidae,Leopardus,pardalis\n"
+    "american_black_bear.jpg,Ursus americanus,Animalia,Ursidae,Ursus,americanus\n"
+    "african_elephants.jpg,Loxodonta africana,Animalia,Elephantidae,Loxodonta,africana\n"
+    "african_elephants_bw.jpg,Loxodonta africana,Animalia,Elephantidae,Loxodonta,africana\n"
+)
+CAMERA_TRAP_NAMED = ("ocelot.jpg", "american_black_bear.jpg", "african_elephants.jpg",
+                     "african_elephants_bw.jpg")  # fmt: skip
+
+
 def draw_images(folder: Path, count: int, seed: int = 0, start: int = 0,
                 sides: tuple[int, int] = (96, 320)) -> list[Path]:  # fmt: skip
     """Distinct pictures (random shapes on random backgrounds), as JPEG and PNG, with

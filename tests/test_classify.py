@@ -22,7 +22,7 @@ from bioindex.search.labels import (
     write_tree_of_life,
 )
 from bioindex.taxonomy import RANKS, make_taxon
-from tests.conftest import shared
+from tests.conftest import CAMERA_TRAP_SPECIES, shared
 
 TAXA = [
     make_taxon(["Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Panthera", "leo"],
@@ -265,13 +265,7 @@ def test_knn_and_combined_need_a_store(tiny_model: str, cache_dir) -> None:
 def test_knn_votes_with_labelled_neighbours(tmp_path: Path, tiny_model: str, cache_dir) -> None:
     folder = shared("camera-trap")
     meta = tmp_path / "meta.csv"
-    meta.write_text(
-        "file,scientificName,kingdom,family,genus,specificEpithet\n"
-        "ocelot.jpg,Leopardus pardalis,Animalia,Felidae,Leopardus,pardalis\n"
-        "american_black_bear.jpg,Ursus americanus,Animalia,Ursidae,Ursus,americanus\n"
-        "african_elephants.jpg,Loxodonta africana,Animalia,Elephantidae,Loxodonta,africana\n"
-        "african_elephants_bw.jpg,Loxodonta africana,Animalia,Elephantidae,Loxodonta,africana\n"
-    )  # fmt: skip
+    meta.write_text(CAMERA_TRAP_SPECIES)
     with Collection.open(tmp_path / "s", model=tiny_model, create=True) as col:
         col.index([folder / n for n in ("ocelot.jpg", "american_black_bear.jpg",
                                         "african_elephants.jpg", "african_elephants_bw.jpg",

@@ -18,7 +18,7 @@ from bioindex.collection import Collection
 from bioindex.image_tower import ImageTower
 from bioindex.models import load_model
 from bioindex.text_tower import TextTower
-from tests.conftest import shared
+from tests.conftest import CAMERA_TRAP_NAMED, CAMERA_TRAP_SPECIES, shared
 
 TEXTS = ["a photo of Cardinalis cardinalis.", "red fox", "x", "",
          "Animalia Chordata Aves Passeriformes Cardinalidae Cardinalis cardinalis with "
@@ -219,19 +219,11 @@ def test_classifying_a_few_photos_in_a_fresh_process_needs_no_torch(
     monkeypatch.setenv("BIOINDEX_CACHE_DIR", str(tmp_path / "cache"))
     folder = shared("camera-trap")
     meta = tmp_path / "meta.csv"
-    meta.write_text(
-        "file,scientificName,kingdom,family,genus,specificEpithet\n"
-        "ocelot.jpg,Leopardus pardalis,Animalia,Felidae,Leopardus,pardalis\n"
-        "american_black_bear.jpg,Ursus americanus,Animalia,Ursidae,Ursus,americanus\n"
-        "african_elephants.jpg,Loxodonta africana,Animalia,Elephantidae,Loxodonta,africana\n"
-        "african_elephants_bw.jpg,Loxodonta africana,Animalia,Elephantidae,Loxodonta,africana\n"
-    )  # fmt: skip
+    meta.write_text(CAMERA_TRAP_SPECIES)
     store = tmp_path / "store"
     queries = [str(folder / "african_elephants_cmyk.jpg"), str(folder / "ocelot.jpg")]
     with Collection.open(store, model=tiny_model, create=True, device="cpu") as col:
-        col.index([folder / n for n in ("ocelot.jpg", "american_black_bear.jpg",
-                                        "african_elephants.jpg", "african_elephants_bw.jpg")],
-                  metadata=meta, progress=False)  # fmt: skip
+        col.index([folder / n for n in CAMERA_TRAP_NAMED], metadata=meta, progress=False)
         assert col._model is not None
         expected = [[p.to_dict() for p in col.classify(queries, k=3, **call)]
                     for call in CLASSIFY_CALLS]  # fmt: skip
