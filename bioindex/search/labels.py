@@ -321,9 +321,7 @@ def label_vectors(
     if recent is not None and missing:
         found.update(recent.get(model_key, named, missing))
         missing = [t for t in missing if t not in found]
-    if not missing:
-        return np.stack([found[t] for t in labels.texts]).astype(np.float32)
-    templates = templates_of(labels.templates)
+    templates = templates_of(labels.templates) if missing else []
     texts = len(missing) * len(templates)
     if max_new_texts is not None and texts > max_new_texts:
         prompts = "80 prompts" if len(templates) > 1 else "1 prompt"
@@ -332,9 +330,10 @@ def label_vectors(
             f"{len(missing)} labels not encoded before × {prompts} = {texts} texts to "
             f"encode; at most {max_new_texts} in one request (send fewer new labels at a "
             f"time{hint})")  # fmt: skip
-    put = cache.put if recent is None else (
-        lambda vectors: recent.put(model_key, named, vectors))  # fmt: skip
-    found.update(_encode_labels(missing, encode_texts, put, templates))
+    if missing:
+        put = cache.put if recent is None else (
+            lambda vectors: recent.put(model_key, named, vectors))  # fmt: skip
+        found.update(_encode_labels(missing, encode_texts, put, templates))
     return np.stack([found[t] for t in labels.texts]).astype(np.float32)
 
 
