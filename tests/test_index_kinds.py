@@ -534,9 +534,16 @@ def test_rerank_reads_the_stored_halves_exactly(store_copy) -> None:
         store.mark_deleted([7])
         ids = np.array([3, 7, N, 1, N + 5, 2 * N, -1])
         got = store._live.fetch(ids)  # what rerank_exact reads
-    live = np.isin(ids, np.arange(1, N + 1)) & (ids != 7)
-    assert np.isnan(got[~live]).all()
-    assert np.array_equal(got[live], vectors[ids[live] - 1].astype(np.float16).astype(np.float32))
+        # A re-rank's own order: ascending ids, so shards come in turn and rows go straight
+        # into place (the 5,000-row shards: ids 1-5,000 in the first).
+        ascending = np.array([1, 2, 7, 5_000, 5_001, 12_345, N, N + 1])
+        got_ascending = store._live.fetch(ascending)
+    for asked, found in ((ids, got), (ascending, got_ascending)):
+        live = np.isin(asked, np.arange(1, N + 1)) & (asked != 7)
+        assert np.isnan(found[~live]).all()
+        assert not np.isnan(found[live]).any()
+        assert np.array_equal(found[live],
+                              vectors[asked[live] - 1].astype(np.float16).astype(np.float32))
 
 
 def _rerank_row_by_row(queries, candidates, k, stored):
@@ -814,14 +821,17 @@ print("ok")
 
 
 def test_halves_widen_exactly_as_numpy_converts_them() -> None:
-    # Re-ranks widen float16 rows with faiss's decoder in a process without torch; a row of
-    # NaN is how a fetch says "no longer stored", so it must survive the conversion too.
-    from bioindex.store.shards import widen
+    # Re-ranks widen float16 rows by moving their bits in a process without torch: every
+    # one of the 65,536 halves (zeros, subnormals, infinities, NaNs) must come out as
+    # numpy's own conversion gives it, bit for bit.
+    from bioindex.store.shards import _widen_bits, widen
 
-    halves = np.random.default_rng(4).standard_normal((80, 64)).astype(np.float16)
-    halves[3] = np.nan
-    halves[4, :3] = [np.inf, -np.inf, 6e-8]  # infinities and a subnormal
-    for rows in (halves, halves[::3], halves[:0]):
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    assert np.array_equal(_widen_bits(every).view(np.uint32),
+                          every.astype(np.float32).view(np.uint32))  # fmt: skip
+    finite = np.random.default_rng(4).standard_normal((80, 64)).astype(np.float16)
+    assert np.array_equal(_widen_bits(finite), finite.astype(np.float32))
+    for rows in (every, every[::3], every[:, ::5], every[:0]):
         widened = widen(rows)
         assert widened.dtype == np.float32
         assert np.array_equal(widened, rows.astype(np.float32), equal_nan=True)
