@@ -299,7 +299,7 @@ class LiveIndex:
         # Gathered as the shards hold them, straight into one float16 array where the
         # shards come in the ids' order, and widened once: 0.09 ms for a re-rank's 80
         # rows from 8 shards of a 1M store, where a gather per shard scattered into place
-        # and faiss's float16 decoder took 0.12 (benchmarks/rerank.py).
+        # and faiss's float16 decoder took 0.12 (benchmarks/search_overheads.py).
         where = self.locations()
         codes, rows = where.find(image_ids)
         half = np.zeros((len(codes), self.spec.dim), dtype=np.float16)

@@ -25,7 +25,7 @@ class Locations:
             # every id outside it (np.clip sends negative ids there too).
             self._code_of = np.full(int(ids[-1]) + 2, MISSING, dtype=np.int32)
             self._code_of[ids] = codes
-            self._row_of = np.zeros(len(self._code_of), dtype=np.int64)
+            self._row_of = np.zeros(len(self._code_of), dtype=np.int32)  # 8 bytes an id
             self._row_of[ids] = rows
 
     def find(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
