@@ -245,6 +245,33 @@ def test_three_views_beat_the_best_single_view(world: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_open_set_is_measured_over_draws_of_the_store(world: Path) -> None:
+    """#19 item 2 depends on which images a 5-shot store drew (its novelty bar is a
+    quantile of 190 held-out ones); benchmarks/identify.py --store-draws reports both
+    shares over many draws. The first draw is the store and queries of open_set."""
+    over = identify.open_set_over_stores(LOOK, 5, 12, world, identify.store_draws(2),
+                                         query_seeds=(identify.QUERY_SEED,))  # fmt: skip
+    single = identify.open_set(LOOK, 5, 12, world)
+    assert over["store_seeds"] == [identify.STORE_SEED, 505]
+    assert over["unknown_said_for_held_out"][0] == [single["unknown_said_for_held_out"]]
+    assert over["known_keep_species_answer"][0] == [single["known_keep_species_answer"]]
+    # Another draw of the store answers other images: not the first draw's shares.
+    assert over["known_keep_species_answer"][1] != over["known_keep_species_answer"][0]
+    pairs = [(u, k) for us, ks in zip(over["unknown_said_for_held_out"],
+                                      over["known_keep_species_answer"])
+             for u, k in zip(us, ks)]  # fmt: skip
+    assert over["draws"] == 2
+    assert over["draws_meeting_both"] == sum(u >= 0.8 and k >= 0.9 for u, k in pairs)
+
+
+def test_store_draws_start_with_the_benchmarks_five() -> None:
+    assert identify.store_draws(1) == (identify.STORE_SEED,)
+    assert identify.store_draws(7) == (*identify.STORE_DRAWS, 1001, 1002)
+    with pytest.raises(ValueError):
+        identify.store_draws(0)
+
+
+@pytest.mark.slow
 def test_species_left_out_of_the_labels_are_not_named_but_their_genus_is(world: Path) -> None:
     """#19's open set on the demo world's query draw (benchmarks/identify.py; other draws of
     queries move these by several points, docs/benchmarks.md)."""
