@@ -659,7 +659,7 @@ class Collection:
         except ImageTooLarge:
             raise
         except Exception as exc:
-            raise BioindexError(f"not a readable image ({type(exc).__name__})") from exc
+            raise BioindexError(f"not a readable image ({describe_error(exc)})") from exc
         return self.model.transform(image)
 
     def embed_pixels(self, pixels: Any) -> np.ndarray:

@@ -169,6 +169,25 @@ def test_bad_input_is_4xx_json(server, tmp_path, method, path, kwargs, status) -
     assert "--" not in body.get("error", ""), "a command-line option named to an HTTP client"
 
 
+@pytest.mark.parametrize("path", ["/api/classify", "/api/search/image"])
+def test_an_unreadable_view_is_named_with_why(server, tmp_path, path) -> None:
+    """Three views of a specimen, one cut short in transfer: the error said "not a readable
+    image (OSError)", neither which upload nor why."""
+    client, _ = server
+    photo = _photo(tmp_path)
+    files = [("file", ("dorsal.jpg", photo, "image/jpeg")),
+             ("file", ("ventral.jpg", photo[: len(photo) // 2], "image/jpeg")),
+             ("file", ("lateral.jpg", photo, "image/jpeg"))]  # fmt: skip
+    response = client.post(path, files=files)
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    assert error.startswith("ventral.jpg: ") and "truncated" in error, error
+    not_an_image = client.post(path, files={"file": ("notes.txt", b"field notes", "text/plain")})
+    error = not_an_image.json()["error"]
+    assert not_an_image.status_code == 415 and error.startswith("notes.txt: "), error
+    assert "0x" not in error and "BytesIO" not in error, "a server's memory address"
+
+
 def test_a_thumbnail_follows_its_file(server) -> None:
     """Thumbnails are kept (by the file's size and mtime): asked again they are the same,
     and a file changed since is shrunk again, never shown from before."""

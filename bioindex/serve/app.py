@@ -301,8 +301,13 @@ def create_app(
         """Several uploads are views of one specimen: the mean of their unit vectors."""
         if len(parts) > MAX_VIEWS:
             raise ApiError(400, f"at most {MAX_VIEWS} views of one specimen")
-        return combine_views(np.stack([await upload_vector(await read_upload(part))
-                                       for part in parts]))  # fmt: skip
+        return combine_views(np.stack([await named_upload_vector(part) for part in parts]))
+
+    async def named_upload_vector(part: UploadFile) -> np.ndarray:
+        try:
+            return await upload_vector(await read_upload(part))
+        except ApiError as exc:  # say which view, of several, could not be read
+            raise ApiError(exc.status, f"{part.filename or 'upload'}: {exc.message}") from exc
 
     @app.post("/api/search/image")
     async def search_image(file: list[UploadFile] = File(...), k: int = 10,
