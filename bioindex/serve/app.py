@@ -307,7 +307,8 @@ def create_app(
         try:
             return await upload_vector(await read_upload(part))
         except ApiError as exc:  # say which view, of several, could not be read
-            raise ApiError(exc.status, f"{part.filename or 'upload'}: {exc.message}") from exc
+            name = " ".join((part.filename or "upload").split())[:120]  # kept to one line
+            raise ApiError(exc.status, f"{name}: {exc.message}") from exc
 
     @app.post("/api/search/image")
     async def search_image(file: list[UploadFile] = File(...), k: int = 10,
