@@ -283,13 +283,13 @@ def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str
         nearest_image = (features @ labelled.T).max(axis=1)
     is_held = np.array([s in held for s in truth])
     decisions = [p.decision for p in found]
-    species_answer = np.array([d.rank == "species" for d in decisions])
+    unknown, kept = open_set_shares(found, is_held)
     confidence = np.array([p.score for p in found])  # the top species' probability
     genus_answers = [(d, s) for d, s, h in zip(decisions, truth, is_held)
                      if h and d.rank == "genus"]  # fmt: skip
     return {
-        "unknown_said_for_held_out": float((~species_answer[is_held]).mean()),
-        "known_keep_species_answer": float(species_answer[~is_held].mean()),
+        "unknown_said_for_held_out": unknown,
+        "known_keep_species_answer": kept,
         "known_species_correct": float(np.mean([p.taxon.lineage == s.taxon.lineage
                                                 for p, s, h in zip(found, truth, is_held)
                                                 if not h])),  # fmt: skip
@@ -309,6 +309,13 @@ def open_set(look: str, shots: int, per_species: int, workdir: Path, method: str
         "held_out_said_unknown_at_every_rank": float(np.mean(
             [d.name == UNKNOWN for d, h in zip(decisions, is_held) if h])),
     }  # fmt: skip
+
+
+def open_set_shares(found: Sequence[Any], is_held: np.ndarray) -> tuple[float, float]:
+    """(share of held-out species' queries not answered at species, share of known species'
+    queries answered at species): #19 item 2's two figures."""
+    at_species = np.array([p.decision.rank == "species" for p in found])
+    return float((~at_species[is_held]).mean()), float(at_species[~is_held].mean())
 
 
 def open_set_over_stores(look: str, shots: int, per_species: int, workdir: Path,
@@ -331,10 +338,7 @@ def open_set_over_stores(look: str, shots: int, per_species: int, workdir: Path,
                 vectors, truth = query_vectors(collection, per_species, look, seed=query_seed)
                 names = [str(i) for i in range(len(truth))]
                 found = collection.classify_vectors(names, vectors, k=1, method="few-shot")
-                is_held = np.array([s in held for s in truth])
-                at_species = np.array([p.decision.rank == "species" for p in found])
-                per_store.append((float((~at_species[is_held]).mean()),
-                                  float(at_species[~is_held].mean())))  # fmt: skip
+                per_store.append(open_set_shares(found, np.array([s in held for s in truth])))
             draws.append(per_store)
     shares = np.array(draws)  # [stores, query draws, (unknown, kept)]
     means = shares.mean(axis=1)
