@@ -65,6 +65,14 @@ def _command_options() -> set[str]:
     return {opt for param in context.command.params for opt in param.opts}
 
 
+def given(name: str) -> bool:
+    """Whether the running command's option `name` came from the command line or the
+    environment, not its default (an option that only means something beside another)."""
+    context = click.get_current_context()
+    return context.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT,
+                                                      None)  # fmt: skip
+
+
 # A store given once per shell (export BIOINDEX_STORE=my-store), as rclip needs none.
 STORE_ENV = "BIOINDEX_STORE"
 store_option = click.option(
@@ -871,6 +879,11 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
         raise BioindexError("give --labels or --tol, not both")
     if sum(bool(p) for p in (near, place_where, species_list)) > 1:
         raise BioindexError("give one place: --near, --where or --species-list")
+    if given("radius_km") and not near:
+        raise BioindexError("--radius-km is the distance from --near; give --near LAT,LON")
+    if given("outside_weight") and not (near or place_where or species_list):
+        raise BioindexError("--outside-weight re-weights taxa by a place; give --near, "
+                            "--where or --species-list with it")  # fmt: skip
     label_set = templated(read_labels_argument(labels) if labels else None, templates)
     place = species_list_prior(species_list, outside_weight) if species_list else None
     if train and method not in ("few-shot", "linear-probe"):

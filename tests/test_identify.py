@@ -657,7 +657,11 @@ def test_cli_answers_a_specimen_once_with_place_and_band(world: Path, tmp_path: 
     assert by_folder.exit_code == 0, by_folder.output
     for args, message in ((["--near", "91,0"], "latitude must be in"),
                           (["--near", "x"], "give LAT,LON"),
-                          (["--near", "1,2", "--where", "country_code=KE"], "give one place")):
+                          (["--near", "1,2", "--where", "country_code=KE"], "give one place"),
+                          # Both were ignored without a place: an answer as if never given.
+                          (["--outside-weight", "0"], "--outside-weight re-weights taxa by a"),
+                          (["--radius-km", "50", "--where", "country_code=KE"],
+                           "--radius-km is the distance from --near")):
         bad = runner.invoke(main, ["classify", str(paths[0]), "--store", str(store), *args])
         assert bad.exit_code == 1 and message in bad.output, bad.output
 
@@ -707,6 +711,11 @@ def test_http_classify_takes_several_views_and_a_place(world: Path) -> None:
             unlisted = ("species_list", ("x.csv", b"name\nfoo\n", "text/csv"))
             refused = client.post("/api/classify", files=[*parts[:1], unlisted])
             assert refused.status_code == 400 and "no 'species'" in refused.json()["error"]
+            for alone, message in (({"outside_weight": 0}, "outside_weight re-weights"),
+                                   ({"radius_km": 9, "where": "bbox=-180,-90,180,90"},
+                                    "radius_km is the distance from near")):
+                ignored = client.post("/api/classify", files=parts[:1], params=alone)
+                assert ignored.status_code == 400 and message in ignored.json()["error"]
             two = client.post("/api/classify", files=[*parts[:1], listed],
                               params={"near": f"{lat},{lon}"})  # fmt: skip
             assert two.status_code == 400 and "give one place" in two.json()["error"]

@@ -350,8 +350,8 @@ def create_app(
     async def classify(file: list[UploadFile] = File(...), rank: str = "species", k: int = 5,
                        method: str = "zero-shot", labels: str | None = None,
                        min_confidence: float = DEFAULT_MIN_CONFIDENCE, near: str | None = None,
-                       radius_km: float = DEFAULT_RADIUS_KM,
-                       outside_weight: float = DEFAULT_OUTSIDE_WEIGHT,
+                       radius_km: float | None = None,
+                       outside_weight: float | None = None,
                        where: list[str] | None = Query(None),
                        species_list: UploadFile | None = File(None),
                        calibrate: bool = True, templates: str = "openai") -> dict:  # fmt: skip
@@ -373,6 +373,13 @@ def create_app(
         options = {"method": method, "min_confidence": min_confidence, "calibrate": calibrate}
         if sum(bool(p) for p in (near, where, species_list)) > 1:
             raise ApiError(400, "give one place: near, where or species_list")
+        if radius_km is not None and not near:
+            raise ApiError(400, "radius_km is the distance from near; give near=LAT,LON")
+        if outside_weight is not None and not (near or where or species_list):
+            raise ApiError(400, "outside_weight re-weights taxa by a place; give near, where "
+                                "or species_list with it")  # fmt: skip
+        radius_km = DEFAULT_RADIUS_KM if radius_km is None else radius_km
+        outside_weight = DEFAULT_OUTSIDE_WEIGHT if outside_weight is None else outside_weight
         if species_list is not None:
             options["place"] = await read_species_list(species_list, outside_weight)
         if method in FEW_SHOT_METHODS:
