@@ -339,6 +339,25 @@ def test_sql_command_and_views_for_the_duckdb_cli(tmp_path: Path) -> None:
                                          {"family": "Felidae", "n": 2}]  # fmt: skip
     bad = runner.invoke(main, ["sql", "-s", str(tmp_path / "s"), "SELEC nonsense"])
     assert bad.exit_code == 1 and bad.output.startswith("error: SQL error")
+    explained = runner.invoke(main, ["sql", "-s", str(tmp_path / "s"),
+                                     "EXPLAIN SELECT count(*) FROM images"])  # fmt: skip
+    assert explained.exit_code == 0, explained.output
+    # "Read-only" held for the store's tables, not for DuckDB: COPY wrote any file, over
+    # the store's own catalog segments too, and EXPLAIN ANALYZE runs what it explains.
+    segment = next((tmp_path / "s").rglob("*.parquet"))
+    before = segment.read_bytes()
+    for statement in (f"COPY (SELECT 1 AS x) TO '{segment}' (FORMAT parquet)",
+                      f"COPY images TO '{tmp_path / 'out.csv'}'",
+                      f"explain  analyze COPY images TO '{tmp_path / 'out.csv'}'",
+                      f"SELECT 1; COPY images TO '{tmp_path / 'out.csv'}'",
+                      f"EXPORT DATABASE '{tmp_path / 'exported'}'",
+                      "ATTACH ':memory:' AS other", "INSTALL httpfs",
+                      "CREATE TABLE t AS SELECT 1"):
+        refused = runner.invoke(main, ["sql", "-s", str(tmp_path / "s"), statement])
+        assert refused.exit_code == 1 and "read-only" in refused.output, (statement,
+                                                                           refused.output)
+    assert segment.read_bytes() == before
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "exported").exists()
     views = runner.invoke(main, ["sql", "-s", str(tmp_path / "s"), "--views"]).output
     con = duckdb.connect()
     for statement in filter(str.strip, views.split(";")):

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,31 @@ def _releasing_ids(method: Callable[..., Any]) -> Callable[..., Any]:
             self._forget_ids()
 
     return wrapper
+
+
+# EXPLAIN ANALYZE runs the statement it explains; plain EXPLAIN does not, but is checked
+# the same way.
+_EXPLAIN = re.compile(r"\s*explain(?:\s+analyze)?\s+(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def read_only_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise unless `sql` is one statement that only reads: a SELECT (WITH, SHOW, DESCRIBE,
+    SUMMARIZE and VALUES are SELECTs to DuckDB) or an EXPLAIN of one. Other statements
+    write where the views cannot stop them: COPY and EXPORT to any file (the store's own
+    Parquet segments too), ATTACH, INSTALL, CREATE."""
+    statements = con.extract_statements(sql)
+    if len(statements) != 1:
+        raise BioindexError(f"give one read-only statement, not {len(statements)}")
+    statement = statements[0]
+    if statement.type == duckdb.StatementType.EXPLAIN:
+        explained = _EXPLAIN.fullmatch(statement.query)
+        inner = con.extract_statements(explained.group(1)) if explained else []
+        if len(inner) == 1 and inner[0].type == duckdb.StatementType.SELECT:
+            return
+    elif statement.type == duckdb.StatementType.SELECT:
+        return
+    raise BioindexError(f"the catalog is read-only: a {statement.type.name} statement is not run "
+                        f"here (SELECT, WITH, SHOW, DESCRIBE or EXPLAIN SELECT are)")
 
 
 class Catalog:
@@ -123,8 +149,10 @@ class Catalog:
     # ---- reads -------------------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
-        """A user's SQL on the views: (column names, rows)."""
+        """A user's SQL on the views: (column names, rows). One statement that only reads
+        (read_only_statement)."""
         try:
+            read_only_statement(self.con, sql)
             result = self.con.execute(sql, list(params))
         except duckdb.Error as exc:
             raise BioindexError(f"SQL error: {str(exc).splitlines()[0]}") from exc
