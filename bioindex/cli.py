@@ -18,6 +18,7 @@ import click
 from bioindex.errors import BioindexError
 from bioindex.output import (
     FORMATS,
+    absent_columns,
     csv_value,
     parse_columns,
     render,
@@ -71,6 +72,16 @@ def given(name: str) -> bool:
     context = click.get_current_context()
     return context.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT,
                                                       None)  # fmt: skip
+
+
+def warn_absent_columns(rows: Sequence[dict[str, Any]], columns: str | None) -> None:
+    """Say which --columns no result has a value in, and which columns they do have."""
+    asked = parse_columns(columns, None)
+    absent = absent_columns(rows, asked)
+    if absent:
+        filled = sorted({c for row in rows for c, v in row.items() if v not in (None, "")})
+        click.echo(f"warning: no result has a value in {', '.join(map(repr, absent))}; "
+                   f"these do: {', '.join(filled)}", err=True)  # fmt: skip
 
 
 # A store given once per shell (export BIOINDEX_STORE=my-store), as rclip needs none.
@@ -543,6 +554,7 @@ def _search_command(
         # The short default set is for eyes; JSON and CSV keep every field for programs.
         shown = parse_columns(columns, HIT_COLUMNS if fmt == "table" else None)
         click.echo(render_hits(hits, fmt, shown), nl=False)
+        warn_absent_columns([h.to_dict() for h in hits], columns)
         if gone:
             click.echo(gone, err=True)
         if empty:  # an archive of records without media embeds nothing: say where to go
@@ -944,6 +956,7 @@ def classify(images: Sequence[str], store: str | None, rank: str, method: str,
             click.echo(f"place: {place.source} (others weighted {place.outside:g})", err=True)
     click.echo(render_predictions(rows, fmt, parse_columns(columns, None),
                                   terminal_width()), nl=False)  # fmt: skip
+    warn_absent_columns(rows, columns)
 
 
 @main.command()
@@ -973,9 +986,10 @@ def dedup(store: str, threshold: float, fmt: str, columns: str | None) -> None:
 
     with Store.open(store, read_only=True) as opened:
         members = find_duplicates(opened, threshold)
-    click.echo(render([m.to_dict() for m in members], fmt,
-                      parse_columns(columns, DEDUP_COLUMNS if fmt == "table" else None),
-                      terminal_width()), nl=False)  # fmt: skip
+    rows = [m.to_dict() for m in members]
+    click.echo(render(rows, fmt, parse_columns(columns, DEDUP_COLUMNS if fmt == "table"
+                                               else None), terminal_width()), nl=False)
+    warn_absent_columns(rows, columns)
 
 
 @main.command()
@@ -995,9 +1009,10 @@ def models(fmt: str, columns: str | None) -> None:
     from bioindex.models import model_catalog
 
     default = ["alias", "hub", "architecture", "dim", "image_size", "cached"]
-    click.echo(render(model_catalog(), fmt,
-                      parse_columns(columns, default if fmt == "table" else None),
+    rows = model_catalog()
+    click.echo(render(rows, fmt, parse_columns(columns, default if fmt == "table" else None),
                       terminal_width()), nl=False)  # fmt: skip
+    warn_absent_columns(rows, columns)
 
 
 @main.command()

@@ -39,8 +39,8 @@ def render(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str] | None =
     `columns` picks and orders the columns (None: every column any row has, in first-seen
     order). A table leaves out columns that are empty in every row and, when `width` is
     given, shortens its widest cells with "…" until each line fits."""
-    if columns is not None:
-        rows = [{c: row.get(c) for c in columns if c in row} for row in rows]
+    if columns is not None:  # each asked-for column, so a CSV's header is what was asked
+        rows = [{c: row.get(c) for c in columns} for row in rows]
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str) + "\n"
     names = _columns(rows)
@@ -61,6 +61,15 @@ def render(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str] | None =
     lines += ["  ".join(_clip(v, w, c) for v, c, w in zip(r, names, widths)).rstrip()
               for r in cells]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def absent_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
+                   ) -> list[str]:  # fmt: skip
+    """Which of `columns` no row has a value in (a misspelt name, or a field these results
+    never fill): printed as blanks, they would look like missing data."""
+    if not rows or columns is None:
+        return []
+    return [c for c in columns if all(row.get(c) in (None, "") for row in rows)]
 
 
 def _spreadsheet_text(value: Any) -> Any:

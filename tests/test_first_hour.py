@@ -109,6 +109,15 @@ def test_cli_first_hour(plain) -> None:
     assert anchors and all(m["score"] is None for m in anchors)
     assert [m["score"] for m in members if m["kind"] == "exact"] == [1.0]
 
+    # A misspelt --columns printed blank lines: a CSV with no header and empty rows.
+    picked = _cli("search", "text", "an animal", "-s", store, "-k", "2", "--format", "csv",
+                  "--columns", "path,scientfic_name")  # fmt: skip
+    assert picked.exit_code == 0, picked.output
+    header, *cells = picked.stdout.splitlines()
+    assert header == "path,scientfic_name" and len(cells) == 2 and cells[0].startswith("photos/")
+    assert "no result has a value in 'scientfic_name'" in picked.stderr
+    assert "path" in picked.stderr.split("these do:")[1]
+
     info = _cli("info", "-s", store)
     assert info.exit_code == 0 and "None" not in info.output
     assert all(len(line) <= 80 for line in info.output.splitlines()), info.output
