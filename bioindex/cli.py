@@ -479,6 +479,12 @@ class _SearchGroup(click.Group):
         pictures = any(Path(a).suffix.lower() in IMAGE_EXTENSIONS
                        and (not any(c.isspace() for c in a) or Path(a).is_file())
                        for a in args)  # fmt: skip
+        # So is a path to a folder (search image says it is one): searched as text, the
+        # folder's name answered with look-alikes of it. An option's value (--store DIR)
+        # is not the query.
+        pictures = pictures or any(
+            ("/" in a or os.sep in a) and not (i and args[i - 1].startswith("-"))
+            and Path(a).is_dir() for i, a in enumerate(args))  # fmt: skip
         arithmetic = any(a.split("=")[0] in ("--add", "--subtract") for a in args)
         name = "image" if pictures else "text" if arithmetic else "box"
         return name, self.commands[name], args

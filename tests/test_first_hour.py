@@ -102,6 +102,9 @@ def test_cli_first_hour(plain) -> None:
     assert answered == {str(p) for p in photos.rglob("*.*") if p.is_file()}, answered
     searched = _cli("search", "image", str(photos), "-s", store)
     assert searched.exit_code == 1 and "is a folder" in searched.output, searched.output
+    # Without `image`, a folder's path was searched as text: look-alikes of its name.
+    boxed = _cli("search", str(photos), "-s", store)
+    assert boxed.exit_code == 1 and "is a folder" in boxed.output, boxed.output
 
     dedup = _cli("dedup", "-s", store, "--format", "json")
     members = json.loads(dedup.output)
