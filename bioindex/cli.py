@@ -470,21 +470,12 @@ class _SearchGroup(click.Group):
                         ) -> tuple[str | None, click.Command | None, list[str]]:  # fmt: skip
         if not args or args[0] in self.commands:
             return super().resolve_command(ctx, args)
-        from pathlib import Path
+        from bioindex.images import names_a_picture
 
-        from bioindex.images import IMAGE_EXTENSIONS
-
-        # A word naming an image file is a picture, there or not: a mistyped path searched
-        # as text answered with look-alikes of the file's name instead of an error.
-        pictures = any(Path(a).suffix.lower() in IMAGE_EXTENSIONS
-                       and (not any(c.isspace() for c in a) or Path(a).is_file())
-                       for a in args)  # fmt: skip
-        # So is a path to a folder (search image says it is one): searched as text, the
-        # folder's name answered with look-alikes of it. An option's value (--store DIR)
-        # is not the query.
-        pictures = pictures or any(
-            ("/" in a or os.sep in a) and not (i and args[i - 1].startswith("-"))
-            and Path(a).is_dir() for i, a in enumerate(args))  # fmt: skip
+        # An option's value (--store DIR, --add photo.jpg) is not the query.
+        words = [a for i, a in enumerate(args)
+                 if not (i and args[i - 1].startswith("-") and "=" not in args[i - 1])]
+        pictures = any(names_a_picture(a) for a in words)
         arithmetic = any(a.split("=")[0] in ("--add", "--subtract") for a in args)
         name = "image" if pictures else "text" if arithmetic else "box"
         return name, self.commands[name], args

@@ -916,7 +916,9 @@ class Collection:
     def search(self, query: str, k: int = 10, where: Where = None) -> Answer:
         """What a search box does with `query`: a taxon the catalog names gives its images
         and then look-alikes; a Latin name it does not know, or any name on a store without
-        labels, gives look-alikes of the name's caption; anything else is a text search."""
+        labels, gives look-alikes of the name's caption; anything else is a text search.
+        A path in `query` is text, never read (a server passes its users' words here):
+        search_image takes pictures."""
         check_k(k)
         if not query or not query.strip():
             raise BioindexError("the query is empty")

@@ -116,6 +116,17 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 _OBJECT_REPR = re.compile(r"\s*<[\w.]+ (?:object at 0x[0-9a-fA-F]+|name=[^>]*)>")
 
 
+def names_a_picture(word: str) -> bool:
+    """Whether a search box's `word` is a picture to search with, not text: a name ending
+    like an image file, there or not (a mistyped path searched as text answered with
+    look-alikes of the file's name instead of an error), unless it has spaces and no such
+    file ("a photo of a cat.jpg"); or a path to a folder (image search says it is one)."""
+    path = Path(word)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return not any(c.isspace() for c in word) or path.is_file()
+    return ("/" in word or os.sep in word) and path.is_dir()
+
+
 def describe_error(exc: BaseException) -> str:
     """A decode failure in words: its kind and message, without the object reprs PIL puts
     in ("cannot identify image file <_io.BytesIO object at 0x…>")."""

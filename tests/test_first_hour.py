@@ -105,6 +105,10 @@ def test_cli_first_hour(plain) -> None:
     # Without `image`, a folder's path was searched as text: look-alikes of its name.
     boxed = _cli("search", str(photos), "-s", store)
     assert boxed.exit_code == 1 and "is a folder" in boxed.output, boxed.output
+    # A picture given to --add is a term of a text query: it made the query an image path.
+    added = _cli("search", "an animal", "--add", good, "-s", store, "--format", "json")
+    assert added.exit_code == 0, added.output
+    assert f"photos/{Path(good).name}" in [r["path"] for r in json.loads(added.output)[:3]]
 
     dedup = _cli("dedup", "-s", store, "--format", "json")
     members = json.loads(dedup.output)
