@@ -339,6 +339,9 @@ def test_sql_command_and_views_for_the_duckdb_cli(tmp_path: Path) -> None:
                                          {"family": "Felidae", "n": 2}]  # fmt: skip
     bad = runner.invoke(main, ["sql", "-s", str(tmp_path / "s"), "SELEC nonsense"])
     assert bad.exit_code == 1 and bad.output.startswith("error: SQL error")
+    shown = runner.invoke(main, ["sql", "-s", str(tmp_path / "s"), "--format", "csv",
+                                 "SHOW TABLES"])  # fmt: skip
+    assert shown.output.split() == ["name", "failures", "images", "occurrences"], shown.output
     explained = runner.invoke(main, ["sql", "-s", str(tmp_path / "s"),
                                      "EXPLAIN SELECT count(*) FROM images"])  # fmt: skip
     assert explained.exit_code == 0, explained.output

@@ -106,8 +106,11 @@ class Catalog:
                 self._run(f"SET {option}=true")
             except duckdb.Error:
                 pass
+        # Kept out of the main schema, so that SHOW TABLES in `bioindex sql` lists the
+        # catalog's three views only.
+        self._run("CREATE SCHEMA internal")
         for table, columns in _TABLES.items():
-            self._run(f"CREATE TABLE _empty_{table} ({_ddl(columns)})")
+            self._run(f"CREATE TABLE internal.empty_{table} ({_ddl(columns)})")
         self.files: dict[str, list[str]] = {}
         self.snap: Snapshot | None = None  # the generation the views read
         self._registered: list[str] = []  # id arrays registered for the statement in hand
@@ -133,7 +136,7 @@ class Catalog:
 
     def _source(self, table: str, names: Sequence[str]) -> str:
         if not names:
-            return f"SELECT * FROM _empty_{table}"
+            return f"SELECT * FROM internal.empty_{table}"
         return f"SELECT * FROM read_parquet({_paths(self.root, names)})"
 
     def view_sql(self) -> str:
