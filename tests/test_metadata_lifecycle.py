@@ -90,3 +90,37 @@ def test_taxon_search_on_a_plain_folder_asks_the_model(tmp_path: Path, tiny_mode
     result = CliRunner().invoke(main, ["search", "taxon", "Felidae", "-s", str(tmp_path / "s"),
                                        "--format", "json"])  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+def test_a_file_of_other_columns_keeps_what_an_earlier_one_gave(tmp_path: Path,
+                                                                tiny_model: str) -> None:
+    """A --metadata file speaks for its own columns only: one of places alone erased every
+    name an earlier file gave (and one of names, every country and field of its own)."""
+    photos = tmp_path / "photos"
+    first = sorted(draw_images(photos, 3, seed=12))[0].name
+    store = tmp_path / "s"
+
+    def index_with(header: str, row: str) -> dict:
+        table = tmp_path / "meta.csv"
+        table.write_text(f"file,{header}\n{first},{row}\n")
+        with Collection.open(store, model=tiny_model, create=True) as col:
+            col.index([photos], metadata=table, progress=False, workers=0)
+            found = col.store.catalog.query(
+                "SELECT scientific_name, family, genus, country_code, extra FROM images "
+                "WHERE uri LIKE ?", [f"%{first}"])  # fmt: skip
+        return dict(zip(found[0], found[1][0]))
+
+    named = index_with("scientificName,family,notes", "Felis catus,Felidae,shelf 4")
+    assert (named["scientific_name"], named["family"]) == ("Felis catus", "Felidae")
+    placed = index_with("countryCode", "KE")
+    assert (placed["scientific_name"], placed["family"], placed["country_code"]) == (
+        "Felis catus", "Felidae", "KE")  # fmt: skip
+    assert placed["extra"] == '{"notes": "shelf 4"}'
+    # A new name replaces the whole lineage: the earlier family could contradict it.
+    renamed = index_with("scientificName", "Canis lupus")
+    assert (renamed["scientific_name"], renamed["genus"], renamed["family"]) == (
+        "Canis lupus", "Canis", None)  # fmt: skip
+    assert renamed["country_code"] == "KE" and renamed["extra"] == '{"notes": "shelf 4"}'
+    cleared = index_with("countryCode,notes", ",")  # a blank cell clears
+    assert cleared["country_code"] is None and cleared["extra"] is None
+    assert cleared["scientific_name"] == "Canis lupus"

@@ -64,6 +64,8 @@ from bioindex.store.records import (
     failure_columns,
     image_columns,
     is_specimen,
+    keep_unnamed,
+    named_columns,
     texts,
     with_photo_facts,
     without_photo_facts,
@@ -565,13 +567,16 @@ class Store:
     def update_metadata(self, items: Sequence[tuple[str, dict[str, Any]]],
                         keep_photo_facts: bool = True) -> int:  # fmt: skip
         """New Darwin Core values for images already embedded, by uri (no re-embedding).
-        Only rows whose values differ are rewritten; returns how many were.
-        `keep_photo_facts`: a date or place the new values leave empty is kept."""
+        Only rows whose values differ are rewritten; returns how many were. What an
+        image's new metadata does not name keeps its value (records.keep_unnamed);
+        `keep_photo_facts`: a date or place the new values leave empty is kept too."""
         self._require_writable()
         if not items:
             return 0
         columns = {"uri": texts([uri for uri, _ in items]),
                    **darwin_core_columns([m for _, m in items])}  # fmt: skip
+        columns = keep_unnamed(columns, [named_columns(m) for _, m in items],
+                               self.catalog.stored_values(columns["uri"], METADATA_COLUMNS))
         if keep_photo_facts:
             self._keep_photo_facts(columns)
         changed = self.catalog.changed_metadata(columns)

@@ -86,6 +86,54 @@ def dwc_column(term: str) -> str:
 
 # The columns a photo's own EXIF may fill (images.photo_facts).
 PHOTO_FACT_COLUMNS = ("event_date", "decimal_latitude", "decimal_longitude")
+# The columns that name an image's taxon: new metadata naming any of them replaces them all,
+# as a family left from an earlier identification could contradict the new name.
+TAXON_COLUMNS = ("scientific_name", "taxon_rank", *RANK_COLUMNS, "vernacular_name")
+PLACE_COLUMNS = ("decimal_latitude", "decimal_longitude")
+PLACE_VERBATIM = ("verbatimLatitude", "verbatimLongitude")  # split_metadata's, in extra
+
+
+def named_columns(metadata: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """(catalog columns, extra keys) that a row of new metadata speaks for: its keys, blank
+    or not (a blank cell clears), widened to every taxon column where it names one and to
+    the whole place where it names a coordinate."""
+    columns, extra = set(), set()
+    for key in metadata:
+        column = dwc_column(key)
+        if column in DWC_COLUMNS:
+            columns.add(column)
+        else:
+            extra.add(key)
+    if columns & set(TAXON_COLUMNS):
+        columns |= set(TAXON_COLUMNS)
+    if columns & set(PLACE_COLUMNS):
+        columns |= set(PLACE_COLUMNS)
+        extra |= set(PLACE_VERBATIM)
+    return columns, extra
+
+
+def keep_unnamed(columns: dict[str, np.ndarray], named: Sequence[tuple[set[str], set[str]]],
+                 stored: dict[str, list[Any]]) -> dict[str, np.ndarray]:  # fmt: skip
+    """`columns` (darwin_core_columns of new metadata, one row per image) with what each
+    row's metadata does not name (`named`: named_columns) kept as `stored` (the images'
+    rows now, METADATA_COLUMNS): a --metadata file of places alone erased every name an
+    earlier file gave, and one of names every country."""
+    out = dict(columns)
+    for name in DWC_COLUMNS:
+        if name in PHOTO_FACT_COLUMNS:  # may be the photo's own: Store._keep_photo_facts
+            continue
+        keep = [name not in said for said, _ in named]
+        if not any(keep):
+            continue
+        values = [old if kept else new for new, old, kept in zip(columns[name], stored[name], keep)]
+        out[name] = numbers(values) if name in DWC_FLOAT_COLUMNS else texts(values)
+    merged = []
+    for new, old, (_, keys) in zip(columns["extra"], stored["extra"], named):
+        kept = {k: v for k, v in (json.loads(old) if old else {}).items() if k not in keys}
+        both = {**kept, **(json.loads(new) if new else {})}
+        merged.append(json.dumps(both, default=str, sort_keys=True) if both else None)
+    out["extra"] = texts(merged)
+    return out
 
 
 def with_photo_facts(metadata: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
