@@ -124,3 +124,25 @@ def test_a_file_of_other_columns_keeps_what_an_earlier_one_gave(tmp_path: Path,
     cleared = index_with("countryCode,notes", ",")  # a blank cell clears
     assert cleared["country_code"] is None and cleared["extra"] is None
     assert cleared["scientific_name"] == "Canis lupus"
+
+
+def test_a_record_that_lost_its_name_loses_it_from_a_source_of_whole_records(
+        tmp_path: Path) -> None:  # fmt: skip
+    """Sources of whole records (a COCO listing, a Camtrap DP package) leave out what a
+    record lacks: a photo whose animal was struck off while others kept theirs is named
+    no more, where a file naming no animal at all keeps every name."""
+    from bioindex.store import Store
+    from tests.test_store import MODEL, _records, _unit
+
+    with Store.create(tmp_path / "s", MODEL) as store:
+        store.commit(_records(["a", "b"], vernacularName="zebra", locationID="L0"), _unit(2))
+        assert store.update_metadata([("/x/a", {"vernacularName": "zebra", "locationID": "L1"}),
+                                      ("/x/b", {"locationID": "L2"})]) == 2  # fmt: skip
+        rows = store.rows(store.catalog.live_ids())
+        names = {r["uri"]: (r.get("vernacular_name"), r.get("extra")) for r in rows.values()}
+        assert names == {"/x/a": ("zebra", {"locationID": "L1"}),
+                         "/x/b": (None, {"locationID": "L2"})}  # fmt: skip
+        store.update_metadata([("/x/a", {"countryCode": "KE"}), ("/x/b", {"countryCode": "TZ"})])
+        rows = store.rows(store.catalog.live_ids())
+        assert {r["uri"]: (r.get("vernacular_name"), r.get("country_code"))
+                for r in rows.values()} == {"/x/a": ("zebra", "KE"), "/x/b": (None, "TZ")}

@@ -575,7 +575,7 @@ class Store:
             return 0
         columns = {"uri": texts([uri for uri, _ in items]),
                    **darwin_core_columns([m for _, m in items])}  # fmt: skip
-        columns = keep_unnamed(columns, [named_columns(m) for _, m in items],
+        columns = keep_unnamed(columns, named_columns([m for _, m in items]),
                                self.catalog.stored_values(columns["uri"], METADATA_COLUMNS))
         if keep_photo_facts:
             self._keep_photo_facts(columns)

@@ -93,17 +93,16 @@ PLACE_COLUMNS = ("decimal_latitude", "decimal_longitude")
 PLACE_VERBATIM = ("verbatimLatitude", "verbatimLongitude")  # split_metadata's, in extra
 
 
-def named_columns(metadata: dict[str, Any]) -> tuple[set[str], set[str]]:
-    """(catalog columns, extra keys) that a row of new metadata speaks for: its keys, blank
-    or not (a blank cell clears), widened to every taxon column where it names one and to
-    the whole place where it names a coordinate."""
-    columns, extra = set(), set()
-    for key in metadata:
-        column = dwc_column(key)
-        if column in DWC_COLUMNS:
-            columns.add(column)
-        else:
-            extra.add(key)
+def named_columns(metadatas: Sequence[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """(catalog columns, extra keys) that rows of new metadata speak for: the keys any of
+    them has, blank or not (a table's header: a blank cell clears), widened to every taxon
+    column where they name one and to the whole place where they name a coordinate. Taken
+    over all the rows, not row by row: a source of whole records (a COCO listing, a Camtrap
+    DP package) leaves out the fields a record lacks, and a photo whose animal was struck
+    off must lose its name."""
+    keys = set().union(*metadatas) if metadatas else set()
+    columns = {dwc_column(key) for key in keys} & set(DWC_COLUMNS)
+    extra = {key for key in keys if dwc_column(key) not in DWC_COLUMNS}
     if columns & set(TAXON_COLUMNS):
         columns |= set(TAXON_COLUMNS)
     if columns & set(PLACE_COLUMNS):
@@ -112,23 +111,21 @@ def named_columns(metadata: dict[str, Any]) -> tuple[set[str], set[str]]:
     return columns, extra
 
 
-def keep_unnamed(columns: dict[str, np.ndarray], named: Sequence[tuple[set[str], set[str]]],
+def keep_unnamed(columns: dict[str, np.ndarray], named: tuple[set[str], set[str]],
                  stored: dict[str, list[Any]]) -> dict[str, np.ndarray]:  # fmt: skip
-    """`columns` (darwin_core_columns of new metadata, one row per image) with what each
-    row's metadata does not name (`named`: named_columns) kept as `stored` (the images'
-    rows now, METADATA_COLUMNS): a --metadata file of places alone erased every name an
+    """`columns` (darwin_core_columns of new metadata, one row per image) with what the
+    metadata does not name (`named`: named_columns) kept as `stored` (the images' rows
+    now, METADATA_COLUMNS): a --metadata file of places alone erased every name an
     earlier file gave, and one of names every country."""
+    said, keys = named
     out = dict(columns)
     for name in DWC_COLUMNS:
-        if name in PHOTO_FACT_COLUMNS:  # may be the photo's own: Store._keep_photo_facts
-            continue
-        keep = [name not in said for said, _ in named]
-        if not any(keep):
-            continue
-        values = [old if kept else new for new, old, kept in zip(columns[name], stored[name], keep)]
-        out[name] = numbers(values) if name in DWC_FLOAT_COLUMNS else texts(values)
+        # A date or place may be the photo's own: Store._keep_photo_facts decides those.
+        if name not in said and name not in PHOTO_FACT_COLUMNS:
+            out[name] = (numbers(stored[name]) if name in DWC_FLOAT_COLUMNS
+                         else texts(stored[name]))  # fmt: skip
     merged = []
-    for new, old, (_, keys) in zip(columns["extra"], stored["extra"], named):
+    for new, old in zip(columns["extra"], stored["extra"]):
         kept = {k: v for k, v in (json.loads(old) if old else {}).items() if k not in keys}
         both = {**kept, **(json.loads(new) if new else {})}
         merged.append(json.dumps(both, default=str, sort_keys=True) if both else None)
