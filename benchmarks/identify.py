@@ -49,6 +49,9 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
         ("ECE of combined (5-shot): plain average / fitted weights (text, votes)",
          f"{cal['combined']['ece_before']:.3f} / {cal['combined']['ece_fitted']:.3f} "
          f"({', '.join(f'{w:.2f}' for w in cal['combined']['weights'])})", "after <= 0.05"),
+        ("ECE of knn (5-shot): the model's scale / the fitted one",
+         f"{cal['knn']['ece_before']:.3f} ({cal['knn']['scale_before']:.1f}) / "
+         f"{cal['knn']['ece_fitted']:.3f} ({cal['knn']['scale_fitted']:.1f})", "reported"),
         ("combined top-1 / mean confidence: plain average / fitted weights",
          f"{pct(cal['combined']['top1_before'])} / {cal['combined']['mean_confidence_before']:.2f}"
          f" / {pct(cal['combined']['top1_fitted'])} / "
@@ -57,7 +60,7 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
            f"{len(draws['query_seeds'])} query draws: pooled / mean of stores / each",
            f"{draws[m]['ece_pooled']:.3f} / {draws[m]['ece_mean_of_stores']:.3f} / "
            + " ".join(f"{e:.3f}" for e in draws[m]["ece_per_store"]), "after <= 0.05")
-          for m in ("zero-shot", "few-shot", "linear-probe", "combined")),
+          for m in ("zero-shot", "few-shot", "linear-probe", "combined", "knn")),
         *((f"{kind} (5-shot): T few-shot / probe; ECE few-shot / probe / combined",
            f"{b['temperature_few-shot']:.1f} / {b['temperature_linear-probe']:.2f}; "
            f"{b['ece_few-shot']:.3f} / {b['ece_linear-probe']:.3f} / {b['ece_combined']:.3f}",

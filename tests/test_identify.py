@@ -28,7 +28,7 @@ from bioindex.demo.world import (
 )
 from bioindex.errors import BioindexError
 from bioindex.search import calibration, fewshot
-from bioindex.search.classify import classify_vectors, decide
+from bioindex.search.classify import classify_vectors, decide, vote_shares
 from bioindex.search.place import species_list_prior
 from bioindex.search.training import read_training_set
 from tests.conftest import LiveServer
@@ -100,6 +100,26 @@ def test_the_top_label_fit_calibrates_a_top_answer_that_is_mostly_wrong() -> Non
     assert ece["top-label"] <= 0.03, ece
 
 
+def test_the_vote_s_scale_is_recovered_from_labels_drawn_by_it() -> None:
+    """Labels drawn from the shares of a vote weighted by exp(40 · cosine): fitting the
+    scale by the Brier score finds 40, where the model's logit scale (the demo model's 19) leaves
+    the vote's answers under-confident."""
+    rng = np.random.default_rng(5)
+    cosines = np.sort(rng.uniform(0.3, 0.6, (4000, 20)), axis=1)[:, ::-1]
+    classes = rng.integers(0, 8, cosines.shape)
+    classes[rng.random(cosines.shape) < 0.05] = -1  # neighbours named by no label
+    shares = vote_shares(cosines, classes, 8, 40.0)
+    voted = shares.sum(axis=1) > 0
+    truth = np.array([rng.choice(8, p=p) for p in shares[voted]])
+    fitted = calibration.fit_scale(lambda s: calibration.brier_score(
+        vote_shares(cosines[voted], classes[voted], 8, s), truth), 1.0, 1000.0)
+    assert fitted == pytest.approx(40, rel=0.15), fitted
+    for scale, most in ((fitted, 0.03), (19.0, None)):
+        ece = calibration.expected_calibration_error(
+            vote_shares(cosines[voted], classes[voted], 8, scale), truth)
+        assert most is None and ece > 0.05 or most is not None and ece <= most, (scale, ece)
+
+
 def test_the_pool_recovers_what_each_method_is_worth() -> None:
     """Labels drawn from softmax(6 · cosine + 3 · vote share): the fit finds both weights;
     and a vote that carries nothing (or points away from the truth) gets weight 0, never
@@ -122,7 +142,10 @@ def test_each_method_is_calibrated_over_draws_of_the_store(world: Path) -> None:
     of the store the centroid's, the probe's and zero-shot's fitted probabilities are
     calibrated."""
     found = identify.calibration_over_stores(LOOK, 5, 12, world, identify.STORE_DRAWS[:3],
-                                             methods=("few-shot", "linear-probe", "zero-shot"))
+                                             methods=("few-shot", "linear-probe", "zero-shot",
+                                                      "knn"))  # fmt: skip
+    # The vote weighted at the model's logit scale was under-confident: ECE 0.14-0.16.
+    assert found["knn"]["ece_pooled"] <= 0.05, found
     for method in ("few-shot", "linear-probe", "zero-shot"):
         assert found[method]["ece_pooled"] <= 0.05, found
         assert found[method]["ece_mean_of_stores"] <= 0.05, found

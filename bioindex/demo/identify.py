@@ -45,7 +45,7 @@ def store_draws(count: int) -> tuple[int, ...]:
     return (STORE_DRAWS + tuple(range(1001, 1001 + extra)))[:count]
 
 
-CALIBRATED_METHODS = ("few-shot", "linear-probe", "zero-shot", "combined")
+CALIBRATED_METHODS = ("few-shot", "linear-probe", "zero-shot", "combined", "knn")
 
 
 _DRAWN: set[tuple] = set()  # the worlds written by this process: (folder, setting)
@@ -133,7 +133,20 @@ def calibration(look: str, shots: int, per_species: int, workdir: Path) -> dict[
             }  # fmt: skip
         results["zero-shot"] = _zero_shot_calibration(collection, vectors, truth)
         results["combined"] = _combined_calibration(collection, vectors, truth)
+        results["knn"] = _knn_calibration(collection, vectors, truth)
     return results
+
+
+def _knn_calibration(collection: Collection, vectors: np.ndarray,
+                     truth: Sequence[Species]) -> dict[str, float]:  # fmt: skip
+    """The neighbour vote weighted at the model's logit scale and at the fitted one."""
+    found: dict[str, float] = {"scale_before": collection.logit_scale,
+                               "scale_fitted": collection.knn_scale() or collection.logit_scale}
+    for key, calibrate in (("before", False), ("fitted", True)):
+        probabilities, classes, _ = _catalog_probabilities(collection, vectors, truth,
+                                                           calibrate, method="knn")
+        found[f"ece_{key}"] = expected_calibration_error(probabilities, classes)
+    return found
 
 
 def calibration_over_stores(look: str, shots: int, per_species: int, workdir: Path,
@@ -172,7 +185,7 @@ def calibration_over_stores(look: str, shots: int, per_species: int, workdir: Pa
 def _fitted_probabilities(collection: Collection, method: str, vectors: np.ndarray,
                           truth: Sequence[Species]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """A method's calibrated probabilities of the queries and each query's class."""
-    if method in ("zero-shot", "combined"):
+    if method in ("zero-shot", "combined", "knn"):
         return _catalog_probabilities(collection, vectors, truth, method=method)[:2]
     head = collection.head(method)
     index = {t.lineage: i for i, t in enumerate(head.taxa)}

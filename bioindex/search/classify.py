@@ -17,7 +17,7 @@ reaches it). A place prior (search.place) re-weights the candidates first.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -151,15 +151,72 @@ def knn_votes(store: Store, vectors: np.ndarray, taxa: Sequence[Taxon],
     a species not among them is dropped). No image of `excludes[i]` is a neighbour of
     image i: a stored image held out to fit on is not its own nearest neighbour, nor are
     the other frames of its burst."""
+    return vote_shares(*species_voters(store, vectors, taxa, neighbours, excludes), len(taxa),
+                       logit_scale)  # fmt: skip
+
+
+def species_voters(store: Store, vectors: np.ndarray, taxa: Sequence[Taxon],
+                   neighbours: int = DEFAULT_NEIGHBOURS,
+                   excludes: list[set[int]] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(cosines, classes), each [images, neighbours]: each image's labelled nearest
+    neighbours and the index in `taxa` of each one's species (-1: none of them, or no
+    neighbour), for vote_shares."""
     column = {t.lineage: j for j, t in enumerate(taxa)}
-    votes = np.zeros((len(vectors), len(taxa)), dtype=np.float64)
-    for i, shares in enumerate(knn_vote_many(store, vectors, "species", neighbours, excludes,
-                                             logit_scale)):  # fmt: skip
-        for taxon, share in shares.items():
-            j = column.get(taxon.lineage)
-            if j is not None:
-                votes[i, j] = share
-    return votes
+    found = nearest_many(store, np.asarray(vectors, dtype=np.float32), neighbours, excludes,
+                         where=labelled_filter("species"))  # fmt: skip
+    rows = store.catalog.taxa_of(sorted({i for pairs in found for _, i in pairs}))
+
+    def species(image_id: int) -> int:
+        taxon = taxon_from_row(rows[image_id])
+        if taxon is None or len(taxon.lineage) < len(RANKS):
+            return -1
+        return column.get(taxon.at_rank("species").lineage, -1)
+
+    return _voters(found, species, neighbours)
+
+
+def label_voters(store: Store, vectors: np.ndarray, names: Sequence[str],
+                 neighbours: int = DEFAULT_NEIGHBOURS, excludes: list[set[int]] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """species_voters over free labels: the nearest images the catalog calls by one of
+    `names` (its common names: a camera trap's "zebra"), and which name each is called."""
+    named = common_names_filter(names)
+    if not len(store.ids_where(named.sql, named.params)):
+        raise BioindexError("no image of the store is called by any of the labels (its "
+                            "common name), so no neighbour can vote for one")  # fmt: skip
+    column = {common_name_key(name): j for j, name in enumerate(names)}
+    found = nearest_many(store, np.asarray(vectors, dtype=np.float32), neighbours,
+                         excludes, where=named)  # fmt: skip
+    rows = store.catalog.taxa_of(sorted({i for pairs in found for _, i in pairs}))
+    # A row of the filter without a common name is an empty frame (common_names_filter).
+    return _voters(found, lambda i: column.get(common_name_key(rows[i][7] or "") or BLANK, -1),
+                   neighbours)  # fmt: skip
+
+
+def _voters(found: list[list[tuple[float, int]]], class_of: Callable[[int], int],
+            neighbours: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    cosines = np.zeros((len(found), max(neighbours, 1)), dtype=np.float64)
+    classes = np.full(cosines.shape, -1, dtype=np.int64)
+    for i, pairs in enumerate(found):
+        for j, (score, image_id) in enumerate(pairs[: cosines.shape[1]]):
+            cosines[i, j], classes[i, j] = score, class_of(image_id)
+    return cosines, classes
+
+
+def vote_shares(cosines: np.ndarray, classes: np.ndarray, count: int,
+                scale: float) -> np.ndarray:  # fmt: skip
+    """[images, count]: each class's share of the vote of the neighbours (species_voters),
+    each weighted by exp(scale · cosine) as knn_vote weighs; all zero with no vote."""
+    voting = classes >= 0
+    top = np.where(voting, cosines, -np.inf).max(axis=1, keepdims=True)
+    weights = np.where(voting, np.exp(scale * (cosines - np.where(np.isfinite(top), top, 0))),
+                       0.0)  # fmt: skip
+    votes = np.zeros((len(cosines), count), dtype=np.float64)
+    rows = np.broadcast_to(np.arange(len(cosines))[:, None], classes.shape)
+    np.add.at(votes, (rows[voting], classes[voting]), weights[voting])
+    totals = votes.sum(axis=1, keepdims=True)
+    return np.divide(votes, totals, out=np.zeros_like(votes), where=totals > 0)
 
 
 def knn_label_votes(store: Store, vectors: np.ndarray, names: Sequence[str],
@@ -169,23 +226,8 @@ def knn_label_votes(store: Store, vectors: np.ndarray, names: Sequence[str],
     calls by one of `names` (its common names: a camera trap's "zebra"), each weighted as
     knn_vote weighs, the share of each name. A row is all zero when no neighbour is found.
     `excludes` as for knn_votes."""
-    named = common_names_filter(names)
-    if not len(store.ids_where(named.sql, named.params)):
-        raise BioindexError("no image of the store is called by any of the labels (its "
-                            "common name), so no neighbour can vote for one")  # fmt: skip
-    column = {common_name_key(name): j for j, name in enumerate(names)}
-    found = nearest_many(store, np.asarray(vectors, dtype=np.float32), neighbours,
-                         excludes, where=named)  # fmt: skip
-    rows = store.catalog.taxa_of(sorted({i for pairs in found for _, i in pairs}))
-    votes = np.zeros((len(vectors), len(names)), dtype=np.float64)
-    for i, pairs in enumerate(found):
-        for score, image_id in pairs:
-            # A row of the filter without a common name is an empty frame (common_names_filter).
-            j = column.get(common_name_key(rows[image_id][7] or "") or BLANK)
-            if j is not None:
-                votes[i, j] += float(np.exp(logit_scale * (score - pairs[0][0])))
-    totals = votes.sum(axis=1, keepdims=True)
-    return np.divide(votes, totals, out=np.zeros_like(votes), where=totals > 0)
+    return vote_shares(*label_voters(store, vectors, names, neighbours, excludes), len(names),
+                       logit_scale)  # fmt: skip
 
 
 def decide(scores: dict[Taxon, float], rank: str, min_confidence: float,
@@ -243,6 +285,7 @@ def classify_vectors(
     temperature: float | None = None,
     pool: Pool | None = None,
     novelty: Head | None = None,
+    vote_scale: float | None = None,
 ) -> list[Prediction]:
     """Top-k predictions per image, best first, each carrying its file's decision.
     `temperature` replaces `logit_scale` in zero-shot's softmax (a calibrated one, see
@@ -252,7 +295,9 @@ def classify_vectors(
     zero-shot, knn and combined over the store's own names, the store's few-shot head,
     whose test (Head.novel) says which images are unlike every labelled species — answered from the
     genus up, their genus from its discriminant, as few-shot's own are. Without it a
-    species missing from the labels is named as its nearest labelled sibling."""
+    species missing from the labels is named as its nearest labelled sibling. `vote_scale`:
+    the neighbour vote's fitted scale for method knn (Collection.knn_scale; None: the
+    model's `logit_scale`)."""
     if rank not in RANKS:
         raise BioindexError(f"unknown rank {rank!r}; choose one of {', '.join(RANKS)}")
     if method not in METHODS:
@@ -283,7 +328,8 @@ def classify_vectors(
     if free is not None:
         return _free_label_predictions(files, image_vectors, free, k, min_confidence, method,
                                        store, neighbours, logit_scale, temperature,
-                                       label_vectors, head, pool, judge)  # fmt: skip
+                                       label_vectors, head, pool, judge,
+                                       vote_scale)  # fmt: skip
 
     pooled = method == "combined" and pool is not None
     averaged = method == "combined" and pool is None
@@ -305,7 +351,9 @@ def classify_vectors(
                                                    temperature or logit_scale),
                            labels.taxa, rank)  # fmt: skip
     else:
-        voted = knn_vote_many(store, image_vectors, rank, neighbours, logit_scale=logit_scale)
+        voted = knn_vote_many(store, image_vectors, rank, neighbours,
+                              logit_scale=(vote_scale or logit_scale) if method == "knn"
+                              else logit_scale)  # fmt: skip
         if averaged:
             text = summed_to(zero_shot_probabilities(image_vectors, label_vectors,
                                                      temperature or logit_scale),
@@ -345,6 +393,7 @@ def _free_label_predictions(files: Sequence[str], image_vectors: np.ndarray, nam
                             neighbours: int, logit_scale: float, temperature: float | None,
                             label_vectors: np.ndarray | None, head: Head | None,
                             pool: Pool | None = None, judge: Head | None = None,
+                            vote_scale: float | None = None,
                             ) -> list[Prediction]:  # fmt: skip
     """Top-k over labels with no lineage (custom labels, a catalog's common names): the
     answer is the best label when it reaches `min_confidence` (and, where a head over the
@@ -361,7 +410,9 @@ def _free_label_predictions(files: Sequence[str], image_vectors: np.ndarray, nam
             probabilities = zero_shot_probabilities(image_vectors, label_vectors,
                                                     temperature or logit_scale)  # fmt: skip
         if method in ("knn", "combined"):
-            votes = knn_label_votes(store, image_vectors, names, neighbours, logit_scale)
+            votes = knn_label_votes(store, image_vectors, names, neighbours,
+                                    (vote_scale or logit_scale) if method == "knn"
+                                    else logit_scale)  # fmt: skip
             if method == "knn":
                 probabilities = votes
             elif pool is not None:
