@@ -216,7 +216,8 @@ def _combined_calibration(collection: Collection, vectors: np.ndarray,
     neighbour vote, against combined with its fitted weights: ECE, top-1 and how many
     answers are called confident."""
     zero, classes, _ = _catalog_probabilities(collection, vectors, truth)
-    votes = _catalog_probabilities(collection, vectors, truth, method="knn")[0]
+    votes = _catalog_probabilities(collection, vectors, truth, calibrate=False,
+                                   method="knn")[0]  # the vote as it was averaged
     pooled, _, rows = _catalog_probabilities(collection, vectors, truth, method="combined")
     pool = collection.combined_pool()
     found: dict[str, Any] = {"weights": None if pool is None else [pool.text, pool.votes]}
