@@ -1118,6 +1118,8 @@ def _result_rows(path: str) -> list[dict[str, Any]]:
             text = handle.read()
     except OSError as exc:
         raise BioindexError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:  # a photo or an archive named by mistake
+        text = ""
     try:
         rows = json.loads(text) if text.lstrip().startswith(("[", "{")) else [
             {k: csv_value(v) if isinstance(v, str) else v for k, v in row.items()}

@@ -214,6 +214,10 @@ def test_export_chooses_by_filter_and_by_saved_results(tmp_path: Path, tiny_mode
     bad = CliRunner().invoke(main, ["export", "-s", str(store), "-o", str(tmp_path / "x.zip"),
                                     "--from", str(store / "manifest.json")])  # fmt: skip
     assert bad.exit_code == 1 and "not a search or classify result" in bad.output
+    photo = next((source / "media").rglob("*.jpg"))  # bytes, not text: was a traceback
+    binary = CliRunner().invoke(main, ["export", "-s", str(store), "-o", str(tmp_path / "x.zip"),
+                                       "--from", str(photo)])  # fmt: skip
+    assert binary.exit_code == 1 and "not a search or classify result" in binary.output
     for fmt in ("dwca", "npy"):  # a folder named as the output: one line, not a traceback
         folder = CliRunner().invoke(main, ["export", "-s", str(store), "--format", fmt,
                                            "-o", str(source)])  # fmt: skip
