@@ -16,7 +16,6 @@ reaches it). A place prior (search.place) re-weights the candidates first.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -129,19 +128,13 @@ def knn_vote_many(
 ) -> list[dict[Taxon, float]]:  # fmt: skip
     """knn_vote of each vector, the neighbours searched together and their taxa read in
     one query."""
-    found = nearest_many(store, vectors, neighbours, excludes, where=labelled_filter(rank))
-    rows = store.catalog.taxa_of(sorted({i for pairs in found for _, i in pairs}))
-    depth = RANKS.index(rank) + 1
-    shares = []
-    for pairs in found:
-        votes: dict[Taxon, float] = defaultdict(float)
-        for score, image_id in pairs:
-            taxon = taxon_from_row(rows[image_id])
-            if taxon is not None and len(taxon.lineage) >= depth:
-                votes[taxon.at_rank(rank)] += float(np.exp(logit_scale * (score - pairs[0][0])))
-        total = sum(votes.values())
-        shares.append({t: v / total for t, v in votes.items()} if total > 0 else {})
-    return shares
+    voted: dict[Taxon, int] = {}  # each taxon a neighbour is of, in the order first met
+    cosines, classes = _rank_voters(store, vectors, rank, neighbours, excludes,
+                                    lambda taxon: voted.setdefault(taxon, len(voted)))
+    shares = vote_shares(cosines, classes, len(voted), logit_scale)
+    taxa = list(voted)
+    return [{taxa[j]: float(shares[i, j]) for j in dict.fromkeys(classes[i][classes[i] >= 0])}
+            for i in range(len(shares))]  # fmt: skip
 
 
 def knn_votes(store: Store, vectors: np.ndarray, taxa: Sequence[Taxon],
@@ -163,17 +156,27 @@ def species_voters(store: Store, vectors: np.ndarray, taxa: Sequence[Taxon],
     neighbours and the index in `taxa` of each one's species (-1: none of them, or no
     neighbour), for vote_shares."""
     column = {t.lineage: j for j, t in enumerate(taxa)}
+    return _rank_voters(store, vectors, "species", neighbours, excludes,
+                        lambda taxon: column.get(taxon.lineage, -1))
+
+
+def _rank_voters(store: Store, vectors: np.ndarray, rank: str, neighbours: int,
+                 excludes: list[set[int]] | None, class_of: Callable[[Taxon], int],
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """species_voters at `rank`: each neighbour named to it, classed by `class_of` of its
+    taxon at that rank."""
     found = nearest_many(store, np.asarray(vectors, dtype=np.float32), neighbours, excludes,
-                         where=labelled_filter("species"))  # fmt: skip
+                         where=labelled_filter(rank))  # fmt: skip
     rows = store.catalog.taxa_of(sorted({i for pairs in found for _, i in pairs}))
+    depth = RANKS.index(rank) + 1
 
-    def species(image_id: int) -> int:
+    def classed(image_id: int) -> int:
         taxon = taxon_from_row(rows[image_id])
-        if taxon is None or len(taxon.lineage) < len(RANKS):
+        if taxon is None or len(taxon.lineage) < depth:
             return -1
-        return column.get(taxon.at_rank("species").lineage, -1)
+        return class_of(taxon.at_rank(rank))
 
-    return _voters(found, species, neighbours)
+    return _voters(found, classed, neighbours)
 
 
 def label_voters(store: Store, vectors: np.ndarray, names: Sequence[str],
