@@ -575,10 +575,10 @@ class Store:
             return 0
         columns = {"uri": texts([uri for uri, _ in items]),
                    **darwin_core_columns([m for _, m in items])}  # fmt: skip
-        columns = keep_unnamed(columns, named_columns([m for _, m in items]),
-                               self.catalog.stored_values(columns["uri"], METADATA_COLUMNS))
+        stored = self.catalog.stored_values(columns["uri"], METADATA_COLUMNS)
+        columns = keep_unnamed(columns, named_columns([m for _, m in items]), stored)
         if keep_photo_facts:
-            self._keep_photo_facts(columns)
+            self._keep_photo_facts(columns, stored)
         changed = self.catalog.changed_metadata(columns)
         if not changed:
             return 0
@@ -638,7 +638,8 @@ class Store:
             rows.append(change({k: v for k, v in row.items() if v is not None}, facts))
         return self.update_metadata(list(zip(uris, rows)), keep_photo_facts=False)
 
-    def _keep_photo_facts(self, columns: dict[str, np.ndarray]) -> None:
+    def _keep_photo_facts(self, columns: dict[str, np.ndarray],
+                          stored: dict[str, list[Any]]) -> None:  # fmt: skip
         """A date or a place that new metadata leaves empty keeps the one the image has
         (from its photo's EXIF, or from metadata given before): a --metadata file of names
         alone erased every date a camera trap had stamped."""
@@ -650,7 +651,6 @@ class Store:
                     & np.isnan(columns["decimal_longitude"]) & observed)  # fmt: skip
         if not no_date.any() and not no_place.any():
             return
-        stored = self.catalog.stored_values(columns["uri"], PHOTO_FACT_COLUMNS)
         columns["event_date"] = texts([old if empty else new for new, old, empty
                                        in zip(date, stored["event_date"], no_date)])
         for name in ("decimal_latitude", "decimal_longitude"):
